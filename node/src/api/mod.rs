@@ -1,0 +1,3 @@
+//! HTTP routers.
+
+pub mod admin;

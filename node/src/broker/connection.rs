@@ -1,0 +1,827 @@
+//! One client connection's protocol state machine, without I/O: the shell
+//! in `gateway` feeds it packets, timeouts and wake-ups, and writes out
+//! what it leaves in [`Connection::out`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::session::{Attachment, Inflight, Session};
+use super::{Broker, Delivery, Message};
+use crate::metrics::DropReason;
+use crate::mqtt::topic::{self, TopicError};
+use crate::mqtt::{
+    Ack, ConnAck, Connect, DecodeError, Disconnect, Encoder, Packet, Properties, ProtocolVersion,
+    Publish, PublishRef, QoS, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    reason,
+};
+
+/// Once this much is waiting to be written, deliveries pause until it is flushed.
+const FLUSH_THRESHOLD: usize = 64 * 1024;
+
+/// Topics under this prefix are AWS IoT reserved topics, exempt from the
+/// topic length and depth limits as in AWS IoT Core.
+const RESERVED_PREFIX: &str = "$aws/";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingConnect,
+    Active,
+    Closed,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseKind {
+    /// DISCONNECT with reason 0: no will.
+    Normal,
+    /// v5 DISCONNECT with reason 0x04: the will is published.
+    NormalWithWill,
+    PeerClosed,
+    ProtocolError,
+    KeepAliveTimeout,
+    TakenOver,
+    ServerShutdown,
+    Refused,
+}
+
+pub struct Connection {
+    broker: Broker,
+    id: u64,
+    waker: Arc<Notify>,
+    phase: Phase,
+    close_kind: Option<CloseKind>,
+    version: ProtocolVersion,
+    session: Option<Arc<Session>>,
+    will: Option<Will>,
+    opened_at: Instant,
+    last_received: Instant,
+    keep_alive: Option<Duration>,
+    session_expiry: u32,
+    client_receive_maximum: usize,
+    client_max_packet_size: usize,
+    client_topic_alias_maximum: u16,
+    inbound_aliases: HashMap<u16, String>,
+    outbound_aliases: HashMap<Arc<str>, u16>,
+    encoder: Encoder,
+    /// Encoded packets waiting to be written to the socket.
+    pub out: BytesMut,
+}
+
+impl Connection {
+    pub fn new(broker: Broker, now: Instant) -> Connection {
+        let id = broker.next_id();
+        Connection {
+            broker,
+            id,
+            waker: Arc::new(Notify::new()),
+            phase: Phase::AwaitingConnect,
+            close_kind: None,
+            version: ProtocolVersion::V311,
+            session: None,
+            will: None,
+            opened_at: now,
+            last_received: now,
+            keep_alive: None,
+            session_expiry: 0,
+            client_receive_maximum: usize::from(u16::MAX),
+            client_max_packet_size: usize::MAX,
+            client_topic_alias_maximum: 0,
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            encoder: Encoder::new(),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Notified whenever the session has something for this connection, or
+    /// another connection took the session over.
+    pub fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.waker)
+    }
+
+    pub fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn close_kind(&self) -> Option<CloseKind> {
+        self.close_kind
+    }
+
+    /// Largest packet accepted from the client.
+    pub fn max_packet_size(&self) -> usize {
+        self.broker.config().max_packet_size as usize
+    }
+
+    /// When the connection times out: CONNECT not received in time, or
+    /// 1.5 times the keep-alive without a packet.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitingConnect => Some(
+                self.opened_at
+                    + Duration::from_secs(u64::from(self.broker.config().connect_timeout)),
+            ),
+            Phase::Active => self.keep_alive.map(|ka| self.last_received + ka * 3 / 2),
+            Phase::Closed => None,
+        }
+    }
+
+    /// The deadline passed without traffic.
+    pub fn timed_out(&mut self) {
+        if self.phase == Phase::Active {
+            self.close(reason::KEEP_ALIVE_TIMEOUT, CloseKind::KeepAliveTimeout);
+        } else {
+            self.close_silently(CloseKind::ProtocolError);
+        }
+    }
+
+    /// The server is stopping.
+    pub fn shutdown(&mut self) {
+        self.close(reason::SERVER_SHUTTING_DOWN, CloseKind::ServerShutdown);
+    }
+
+    /// The peer closed the socket or it failed.
+    pub fn peer_closed(&mut self) {
+        self.close_silently(CloseKind::PeerClosed);
+    }
+
+    /// Bytes that do not decode: the connection ends with the reason code
+    /// the error maps to (CONNACK before CONNECT completes, DISCONNECT after).
+    pub fn decode_error(&mut self, err: &DecodeError) {
+        self.broker.metrics().packet_error(err.label());
+        tracing::debug!(connection = self.id, error = %err, "invalid packet");
+        match (self.phase, err) {
+            (Phase::AwaitingConnect, DecodeError::UnsupportedProtocolVersion(level)) => {
+                // The client's own level decides the CONNACK layout it can read.
+                if *level >= 5 {
+                    self.version = ProtocolVersion::V5;
+                }
+                self.refuse(reason::UNSUPPORTED_PROTOCOL_VERSION);
+            }
+            (Phase::AwaitingConnect, _) => self.close_silently(CloseKind::ProtocolError),
+            _ => self.close(err.reason_code(), CloseKind::ProtocolError),
+        }
+    }
+
+    /// Handles one packet from the client.
+    pub fn handle(&mut self, packet: Packet, now: Instant) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.last_received = now;
+        if self.phase == Phase::AwaitingConnect {
+            match packet {
+                Packet::Connect(connect) => self.on_connect(*connect, now),
+                other => {
+                    self.broker.metrics().packet_error("protocol_error");
+                    tracing::debug!(
+                        connection = self.id,
+                        packet = other.name(),
+                        "packet before CONNECT"
+                    );
+                    self.close_silently(CloseKind::ProtocolError);
+                }
+            }
+            return;
+        }
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, now),
+            Packet::PubAck(a) => self.on_puback(a),
+            Packet::PubRec(a) => self.on_pubrec(a),
+            Packet::PubRel(a) => self.on_pubrel(a),
+            Packet::PubComp(a) => self.on_pubcomp(a),
+            Packet::Subscribe(s) => self.on_subscribe(s, now),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            other => {
+                self.broker.metrics().packet_error("protocol_error");
+                tracing::debug!(
+                    connection = self.id,
+                    packet = other.name(),
+                    "unexpected packet"
+                );
+                self.close(reason::PROTOCOL_ERROR, CloseKind::ProtocolError);
+            }
+        }
+    }
+
+    /// Moves queued deliveries into `out`, within the client's Receive
+    /// Maximum; notices a takeover.
+    pub fn pump(&mut self, now: Instant) {
+        if self.phase != Phase::Active {
+            return;
+        }
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let mut state = session.state.lock();
+        if state
+            .attached
+            .as_ref()
+            .is_none_or(|a| a.connection_id != self.id)
+        {
+            drop(state);
+            self.close(reason::SESSION_TAKEN_OVER, CloseKind::TakenOver);
+            return;
+        }
+        while self.out.len() < FLUSH_THRESHOLD {
+            let Some(front) = state.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.client_receive_maximum {
+                break;
+            }
+            let Some(delivery) = state.queue.pop_front() else {
+                break;
+            };
+            if delivery.message.is_expired(now) {
+                self.broker.metrics().message_dropped(DropReason::Expired);
+                continue;
+            }
+            let packet_id = if delivery.qos == QoS::AtMostOnce {
+                0
+            } else {
+                match state.allocate_packet_id() {
+                    Some(id) => id,
+                    None => {
+                        state.queue.push_front(delivery);
+                        break;
+                    }
+                }
+            };
+            if self.write_delivery(&delivery, packet_id, false, now) && packet_id != 0 {
+                state.inflight.insert(packet_id, Inflight::Sent(delivery));
+            }
+        }
+        if self.out.len() >= FLUSH_THRESHOLD && !state.queue.is_empty() {
+            // Continue after this batch is written.
+            self.waker.notify_one();
+        }
+    }
+
+    /// Runs once the socket is gone: detaches the session and publishes the
+    /// will when the connection did not end normally.
+    pub fn finish(&mut self) {
+        self.phase = Phase::Closed;
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let generation = self.broker.close_session(&session, self.id);
+        let Some(will) = self.will.take() else {
+            return;
+        };
+        if self.close_kind == Some(CloseKind::Normal) {
+            return;
+        }
+        let delay = will
+            .properties
+            .will_delay_interval
+            .unwrap_or(0)
+            .min(self.session_expiry);
+        let message = will_message(will, session.id);
+        match generation {
+            Some(generation) if delay > 0 && session.is_alive() => {
+                self.broker
+                    .schedule_will(message, delay, session, generation);
+            }
+            // Taken over by a connection that resumed the session: the
+            // delayed will is cancelled, as a reconnect within the delay would.
+            None if delay > 0 && session.is_alive() => {}
+            _ => {
+                self.broker.publish(message);
+            }
+        }
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        if let Err(e) = self.encoder.encode(packet, self.version, &mut self.out) {
+            tracing::warn!(connection = self.id, error = %e, packet = packet.name(), "cannot encode packet");
+        }
+    }
+
+    /// Ends the connection, telling a v5 client why.
+    fn close(&mut self, code: u8, kind: CloseKind) {
+        if self.phase == Phase::Active && self.version.is_v5() {
+            self.send(&Packet::Disconnect(Disconnect {
+                reason_code: code,
+                properties: Properties::default(),
+            }));
+        }
+        self.close_silently(kind);
+    }
+
+    fn close_silently(&mut self, kind: CloseKind) {
+        self.phase = Phase::Closed;
+        self.close_kind.get_or_insert(kind);
+    }
+
+    /// Refuses a CONNECT with `code` (mapped to a 3.1.1 return code as needed).
+    fn refuse(&mut self, code: u8) {
+        self.send(&Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: code,
+            properties: Properties::default(),
+        }));
+        self.close_silently(CloseKind::Refused);
+    }
+
+    fn topic_limits(&self, name: &str) -> (usize, usize) {
+        if name.starts_with(RESERVED_PREFIX) {
+            (usize::from(u16::MAX), usize::MAX)
+        } else {
+            let c = self.broker.config();
+            (c.max_topic_length, c.max_topic_levels)
+        }
+    }
+
+    fn validate_topic_name(&self, name: &str) -> Result<(), TopicError> {
+        let (len, levels) = self.topic_limits(name);
+        topic::validate_name(name, len, levels)
+    }
+
+    fn on_connect(&mut self, c: Connect, now: Instant) {
+        self.version = c.protocol;
+        let v5 = c.protocol.is_v5();
+        let config = self.broker.config().clone();
+
+        let mut assigned_client_id = None;
+        let client_id = if c.client_id.is_empty() {
+            if !v5 && !c.clean_start {
+                return self.refuse(reason::CLIENT_IDENTIFIER_NOT_VALID);
+            }
+            let id = format!("halyard-{:016x}", rand::random::<u64>());
+            if v5 {
+                assigned_client_id = Some(id.clone());
+            }
+            id
+        } else {
+            c.client_id
+        };
+        if client_id.len() > config.max_client_id_length {
+            return self.refuse(reason::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        if c.properties.authentication_method.is_some() {
+            return self.refuse(reason::BAD_AUTHENTICATION_METHOD);
+        }
+        if let Some(will) = &c.will {
+            if self.validate_topic_name(&will.topic).is_err() {
+                return self.refuse(reason::TOPIC_NAME_INVALID);
+            }
+            if will.qos.as_u8() > config.maximum_qos {
+                return self.refuse(reason::QOS_NOT_SUPPORTED);
+            }
+            if will.retain && !config.retain_available {
+                return self.refuse(reason::RETAIN_NOT_SUPPORTED);
+            }
+            if will.payload.len() > config.max_payload_size as usize {
+                return self.refuse(reason::PACKET_TOO_LARGE);
+            }
+        }
+
+        let requested_expiry = if v5 {
+            c.properties.session_expiry_interval.unwrap_or(0)
+        } else if c.clean_start {
+            0
+        } else {
+            config.persistent_session_expiry
+        };
+        self.session_expiry = requested_expiry.min(config.max_session_expiry);
+
+        let mut keep_alive = c.keep_alive;
+        let mut server_keep_alive = None;
+        if let Some(k) = config.server_keep_alive {
+            keep_alive = k;
+            server_keep_alive = Some(k);
+        } else if keep_alive > config.max_keep_alive || (keep_alive == 0 && v5) {
+            // A client that asks for no keep-alive gets the longest one, as
+            // AWS IoT Core does, so that dead connections are found.
+            keep_alive = config.max_keep_alive;
+            server_keep_alive = Some(keep_alive);
+        }
+        if keep_alive == 0 {
+            keep_alive = config.max_keep_alive;
+        }
+        self.keep_alive = Some(Duration::from_secs(u64::from(keep_alive)));
+
+        if let Some(rm) = c.properties.receive_maximum {
+            self.client_receive_maximum = usize::from(rm);
+        }
+        self.client_receive_maximum = self
+            .client_receive_maximum
+            .min(usize::from(config.max_inflight_messages));
+        if let Some(mps) = c.properties.maximum_packet_size {
+            self.client_max_packet_size = mps as usize;
+        }
+        self.client_topic_alias_maximum = c.properties.topic_alias_maximum.unwrap_or(0);
+        self.will = c.will;
+
+        let opened = self.broker.open_session(
+            &client_id,
+            c.clean_start,
+            Attachment {
+                connection_id: self.id,
+                waker: Arc::clone(&self.waker),
+            },
+            self.session_expiry,
+        );
+        let mut properties = Properties::default();
+        if v5 {
+            properties.assigned_client_identifier = assigned_client_id;
+            properties.server_keep_alive = server_keep_alive;
+            properties.receive_maximum = Some(config.receive_maximum);
+            properties.topic_alias_maximum = Some(config.topic_alias_maximum);
+            properties.maximum_packet_size = Some(config.max_packet_size);
+            if config.maximum_qos < 2 {
+                properties.maximum_qos = Some(config.maximum_qos);
+            }
+            if !config.retain_available {
+                properties.retain_available = Some(0);
+            }
+            if requested_expiry != self.session_expiry {
+                properties.session_expiry_interval = Some(self.session_expiry);
+            }
+        }
+        self.send(&Packet::ConnAck(ConnAck {
+            session_present: opened.present,
+            reason_code: reason::SUCCESS,
+            properties,
+        }));
+        self.phase = Phase::Active;
+        self.session = Some(Arc::clone(&opened.session));
+        tracing::debug!(connection = self.id, client_id = %client_id, present = opened.present, "connected");
+        if opened.present {
+            self.resend_inflight(&opened.session, now);
+        }
+    }
+
+    /// On resume, unacknowledged deliveries go again with DUP set, and
+    /// released QoS 2 messages get their PUBREL again.
+    fn resend_inflight(&mut self, session: &Arc<Session>, now: Instant) {
+        let state = session.state.lock();
+        for (&packet_id, inflight) in &state.inflight {
+            match inflight {
+                Inflight::Sent(delivery) => {
+                    self.write_delivery(delivery, packet_id, true, now);
+                }
+                Inflight::Released => {
+                    let packet = Packet::PubRel(Ack::new(packet_id, reason::SUCCESS));
+                    if let Err(e) = self.encoder.encode(&packet, self.version, &mut self.out) {
+                        tracing::warn!(connection = self.id, error = %e, "cannot encode PUBREL");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encodes one delivery into `out`; false when it was dropped because
+    /// it exceeds the client's Maximum Packet Size.
+    fn write_delivery(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> bool {
+        let msg = &d.message;
+        let v5 = self.version.is_v5();
+        let mut topic: &str = &msg.topic;
+        let mut alias = None;
+        let mut new_alias = false;
+        if v5 && self.client_topic_alias_maximum > 0 {
+            if let Some(&a) = self.outbound_aliases.get(&msg.topic) {
+                alias = Some(a);
+                topic = "";
+            } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum) {
+                alias = Some(self.outbound_aliases.len() as u16 + 1);
+                new_alias = true;
+            }
+        }
+        let publish = PublishRef {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id,
+            payload: &msg.payload,
+            properties: v5.then_some(&msg.properties),
+            message_expiry_interval: msg.remaining_expiry(now),
+            subscription_identifiers: &d.subscription_ids,
+            topic_alias: alias,
+        };
+        match self.encoder.publish(
+            &publish,
+            self.version,
+            self.client_max_packet_size,
+            &mut self.out,
+        ) {
+            Ok(_) => {
+                if new_alias && let Some(a) = alias {
+                    self.outbound_aliases.insert(Arc::clone(&msg.topic), a);
+                }
+                self.broker.metrics().message_sent(d.qos);
+                true
+            }
+            Err(_) => {
+                self.broker
+                    .metrics()
+                    .message_dropped(DropReason::PacketTooLarge);
+                false
+            }
+        }
+    }
+
+    fn on_publish(&mut self, mut p: Publish, now: Instant) {
+        let v5 = self.version.is_v5();
+        let config = self.broker.config();
+        self.broker.metrics().message_received(p.qos);
+        if p.qos.as_u8() > config.maximum_qos {
+            return self.close(reason::QOS_NOT_SUPPORTED, CloseKind::ProtocolError);
+        }
+        if p.retain && !config.retain_available {
+            return self.close(reason::RETAIN_NOT_SUPPORTED, CloseKind::ProtocolError);
+        }
+        if p.payload.len() > config.max_payload_size as usize {
+            return self.close(reason::PACKET_TOO_LARGE, CloseKind::ProtocolError);
+        }
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias > self.broker.config().topic_alias_maximum {
+                return self.close(reason::TOPIC_ALIAS_INVALID, CloseKind::ProtocolError);
+            }
+            if p.topic.is_empty() {
+                match self.inbound_aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return self.close(reason::PROTOCOL_ERROR, CloseKind::ProtocolError),
+                }
+            } else {
+                self.inbound_aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if let Err(e) = self.validate_topic_name(&p.topic) {
+            tracing::debug!(connection = self.id, topic = %p.topic, error = %e, "invalid topic name");
+            self.broker.metrics().packet_error("topic_name_invalid");
+            if v5 && p.qos != QoS::AtMostOnce {
+                return self.ack_publish(&p, reason::TOPIC_NAME_INVALID);
+            }
+            return self.close(reason::TOPIC_NAME_INVALID, CloseKind::ProtocolError);
+        }
+        if v5
+            && p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            self.broker.metrics().packet_error("payload_format_invalid");
+            if p.qos != QoS::AtMostOnce {
+                return self.ack_publish(&p, reason::PAYLOAD_FORMAT_INVALID);
+            }
+            return self.close(reason::PAYLOAD_FORMAT_INVALID, CloseKind::ProtocolError);
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let Some(session) = self.session.clone() else {
+                return;
+            };
+            let mut state = session.state.lock();
+            if state.incoming_qos2.contains(&p.packet_id) {
+                // A retransmission of a message already taken: acknowledge only.
+                drop(state);
+                return self.ack_publish(&p, reason::SUCCESS);
+            }
+            if state.incoming_qos2.len() >= usize::from(self.broker.config().receive_maximum) {
+                drop(state);
+                return self.close(reason::RECEIVE_MAXIMUM_EXCEEDED, CloseKind::ProtocolError);
+            }
+            state.incoming_qos2.insert(p.packet_id);
+        }
+        let origin = self.session.as_ref().map_or(0, |s| s.id);
+        let message = inbound_message(&mut p, origin, now);
+        let offered = self.broker.publish(message);
+        if p.qos != QoS::AtMostOnce {
+            let code = if offered == 0 && v5 {
+                reason::NO_MATCHING_SUBSCRIBERS
+            } else {
+                reason::SUCCESS
+            };
+            self.ack_publish(&p, code);
+        }
+    }
+
+    fn ack_publish(&mut self, p: &Publish, code: u8) {
+        let ack = Ack::new(p.packet_id, code);
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack)),
+        }
+    }
+
+    fn on_puback(&mut self, a: Ack) {
+        if let Some(session) = &self.session {
+            let mut state = session.state.lock();
+            if matches!(state.inflight.get(&a.packet_id), Some(Inflight::Sent(d)) if d.qos == QoS::AtLeastOnce)
+            {
+                state.inflight.remove(&a.packet_id);
+            }
+        }
+    }
+
+    fn on_pubrec(&mut self, a: Ack) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let mut state = session.state.lock();
+        let known = matches!(state.inflight.get(&a.packet_id), Some(Inflight::Sent(d)) if d.qos == QoS::ExactlyOnce)
+            || matches!(state.inflight.get(&a.packet_id), Some(Inflight::Released));
+        if !known {
+            drop(state);
+            return self.send(&Packet::PubRel(Ack::new(
+                a.packet_id,
+                reason::PACKET_IDENTIFIER_NOT_FOUND,
+            )));
+        }
+        if a.reason_code >= 0x80 {
+            state.inflight.remove(&a.packet_id);
+            return;
+        }
+        state.inflight.insert(a.packet_id, Inflight::Released);
+        drop(state);
+        self.send(&Packet::PubRel(Ack::new(a.packet_id, reason::SUCCESS)));
+    }
+
+    fn on_pubrel(&mut self, a: Ack) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let known = session.state.lock().incoming_qos2.remove(&a.packet_id);
+        let code = if known {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubComp(Ack::new(a.packet_id, code)));
+    }
+
+    fn on_pubcomp(&mut self, a: Ack) {
+        if let Some(session) = &self.session {
+            let mut state = session.state.lock();
+            if matches!(state.inflight.get(&a.packet_id), Some(Inflight::Released)) {
+                state.inflight.remove(&a.packet_id);
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe, now: Instant) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let v5 = self.version.is_v5();
+        let failure = if v5 {
+            reason::TOPIC_FILTER_INVALID
+        } else {
+            reason::v311::SUBACK_FAILURE
+        };
+        let subscription_id = s.properties.subscription_identifiers.first().copied();
+        let maximum_qos =
+            QoS::from_u8(self.broker.config().maximum_qos).unwrap_or(QoS::AtLeastOnce);
+        let mut codes = Vec::with_capacity(s.subscriptions.len());
+        let mut retained = Vec::new();
+        for sub in &s.subscriptions {
+            let parsed = match topic::parse_filter(&sub.filter) {
+                Ok(p) => p,
+                Err(_) => {
+                    codes.push(failure);
+                    continue;
+                }
+            };
+            if parsed.share_group.is_some() && sub.options.no_local && v5 {
+                return self.close(reason::PROTOCOL_ERROR, CloseKind::ProtocolError);
+            }
+            let (len, levels) = self.topic_limits(parsed.filter);
+            if topic::validate_filter(parsed.filter, len, levels).is_err() {
+                self.broker.metrics().packet_error("topic_filter_invalid");
+                codes.push(failure);
+                continue;
+            }
+            let mut options = sub.options;
+            options.qos = options.qos.min(maximum_qos);
+            if !v5 {
+                options = crate::mqtt::SubscriptionOptions {
+                    qos: options.qos,
+                    ..Default::default()
+                };
+            }
+            let is_new =
+                self.broker
+                    .subscribe(&session, &sub.filter, parsed, options, subscription_id);
+            codes.push(options.qos.as_u8());
+            let send_retained = parsed.share_group.is_none()
+                && match options.retain_handling {
+                    RetainHandling::SendOnSubscribe => true,
+                    RetainHandling::SendIfNewSubscription => is_new,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for message in self.broker.retained_matching(parsed.filter, now) {
+                    retained.push(Delivery {
+                        qos: message.qos.min(options.qos),
+                        retain: true,
+                        subscription_ids: subscription_id.into_iter().collect(),
+                        message,
+                    });
+                }
+            }
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        }));
+        let max_queued = self.broker.config().max_queued_messages;
+        for delivery in retained {
+            if let super::Enqueued::Dropped(r) = session.enqueue(delivery, max_queued) {
+                self.broker.metrics().message_dropped(r);
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let codes = u
+            .filters
+            .iter()
+            .map(|f| {
+                if self.broker.unsubscribe(&session, f) {
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            if self.session_expiry == 0 && expiry > 0 {
+                return self.close(reason::PROTOCOL_ERROR, CloseKind::ProtocolError);
+            }
+            self.session_expiry = expiry.min(self.broker.config().max_session_expiry);
+            if let Some(session) = &self.session {
+                session.state.lock().expiry_interval = self.session_expiry;
+            }
+        }
+        let kind = if d.reason_code == reason::DISCONNECT_WITH_WILL {
+            CloseKind::NormalWithWill
+        } else if d.reason_code == reason::SUCCESS {
+            CloseKind::Normal
+        } else {
+            CloseKind::PeerClosed
+        };
+        self.close_silently(kind);
+    }
+}
+
+/// Turns a received PUBLISH into a routed message, keeping only the
+/// properties that travel with it.
+fn inbound_message(p: &mut Publish, origin: u64, now: Instant) -> Message {
+    let mut properties = std::mem::take(&mut p.properties);
+    let expires_at = properties
+        .message_expiry_interval
+        .take()
+        .map(|secs| now + Duration::from_secs(u64::from(secs)));
+    properties.subscription_identifiers.clear();
+    properties.topic_alias = None;
+    Message {
+        topic: Arc::from(p.topic.as_str()),
+        payload: p.payload.clone(),
+        qos: p.qos,
+        retain: p.retain,
+        properties,
+        expires_at,
+        origin,
+    }
+}
+
+fn will_message(will: Will, origin: u64) -> Message {
+    let mut properties = will.properties;
+    properties.will_delay_interval = None;
+    let expires_at = properties
+        .message_expiry_interval
+        .take()
+        .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+    Message {
+        topic: Arc::from(will.topic),
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        properties,
+        expires_at,
+        origin,
+    }
+}

@@ -1,0 +1,52 @@
+//! Application messages as the broker routes them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::mqtt::{Properties, QoS};
+
+/// One published message, shared by every subscriber it goes to.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// v5 properties passed through to subscribers (payload format, content
+    /// type, response topic, correlation data, user properties).
+    pub properties: Properties,
+    pub expires_at: Option<Instant>,
+    /// The session that published it, for No Local; 0 for the broker itself.
+    pub origin: u64,
+}
+
+impl Message {
+    /// Seconds left before expiry, rounded up; `None` without an expiry.
+    /// `Some(0)` means the message has expired.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            if left.is_zero() {
+                0
+            } else {
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                u32::try_from(secs).unwrap_or(u32::MAX)
+            }
+        })
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.remaining_expiry(now) == Some(0)
+    }
+}
+
+/// A message on its way to one session, with that subscription's terms.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}

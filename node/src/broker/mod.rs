@@ -1,0 +1,316 @@
+//! The broker: sessions, the subscription trie, retained messages, delivery,
+//! wills and takeover. In-memory and synchronous except for the timers of
+//! session expiry and delayed wills; connections drive it through
+//! [`Connection`], services through the [`Broker`] handle.
+
+mod connection;
+mod message;
+mod retained;
+mod session;
+mod trie;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::time::Instant;
+
+pub use connection::{CloseKind, Connection};
+pub use message::{Delivery, Message};
+pub use retained::RetainedStore;
+pub use session::{Attachment, Enqueued, Inflight, Session, StoredSubscription};
+pub use trie::{Subscriber, SubscriptionTrie};
+
+use crate::config::MqttConfig;
+use crate::metrics::BrokerMetrics;
+use crate::mqtt::topic::{self, ParsedFilter};
+use crate::mqtt::{QoS, SubscriptionOptions};
+
+/// A cheap, cloneable handle to one broker.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: MqttConfig,
+    metrics: BrokerMetrics,
+    /// Taken only to open and end sessions, never on the publish path.
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// Read-locked by every publish; written by SUBSCRIBE and UNSUBSCRIBE.
+    trie: RwLock<SubscriptionTrie>,
+    retained: RwLock<RetainedStore>,
+    next_id: AtomicU64,
+}
+
+/// The outcome of opening a session for a new connection.
+pub struct OpenedSession {
+    pub session: Arc<Session>,
+    /// Whether an existing session was resumed.
+    pub present: bool,
+}
+
+impl Broker {
+    pub fn new(config: MqttConfig, metrics: BrokerMetrics) -> Broker {
+        Broker {
+            inner: Arc::new(Inner {
+                config,
+                metrics,
+                sessions: Mutex::new(HashMap::new()),
+                trie: RwLock::new(SubscriptionTrie::default()),
+                retained: RwLock::new(RetainedStore::default()),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &MqttConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &BrokerMetrics {
+        &self.inner.metrics
+    }
+
+    /// A fresh id for a connection or a session.
+    pub fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of sessions, connected or not.
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.lock().len()
+    }
+
+    /// Resumes or creates the session of `client_id` and attaches a
+    /// connection to it; a connection attached before is told to leave.
+    pub fn open_session(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        attachment: Attachment,
+        expiry_interval: u32,
+    ) -> OpenedSession {
+        let mut sessions = self.inner.sessions.lock();
+        if let Some(existing) = sessions.get(client_id).cloned() {
+            if !clean_start {
+                let replaced = existing.attach(attachment);
+                existing.state.lock().expiry_interval = expiry_interval;
+                drop(sessions);
+                if let Some(old) = replaced {
+                    old.waker.notify_one();
+                }
+                return OpenedSession {
+                    session: existing,
+                    present: true,
+                };
+            }
+            sessions.remove(client_id);
+            let replaced = existing.state.lock().attached.take();
+            if let Some(old) = replaced {
+                old.waker.notify_one();
+            }
+            self.inner.metrics.sessions.dec();
+            self.discard(&existing);
+        }
+        let session = Arc::new(Session::new(self.next_id(), Arc::from(client_id)));
+        session.attach(attachment);
+        session.state.lock().expiry_interval = expiry_interval;
+        sessions.insert(session.client_id.clone(), Arc::clone(&session));
+        self.inner.metrics.sessions.inc();
+        OpenedSession {
+            session,
+            present: false,
+        }
+    }
+
+    /// Detaches connection `connection_id` from `session`. A session with no
+    /// expiry interval ends now; others end when the interval passes
+    /// without a new connection. Returns the generation at detach, or
+    /// `None` when another connection had already taken the session over.
+    pub fn close_session(&self, session: &Arc<Session>, connection_id: u64) -> Option<u64> {
+        let generation = session.detach(connection_id)?;
+        let expiry = session.state.lock().expiry_interval;
+        if expiry == 0 {
+            self.end_session(session);
+        } else if expiry != u32::MAX {
+            let broker = self.clone();
+            let session = Arc::clone(session);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                let resumed = session.state.lock().generation != generation;
+                if !resumed && !session.is_connected() {
+                    broker.end_session(&session);
+                }
+            });
+        }
+        Some(generation)
+    }
+
+    fn end_session(&self, session: &Arc<Session>) {
+        let mut sessions = self.inner.sessions.lock();
+        let is_current = sessions
+            .get(&session.client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, session));
+        if !is_current {
+            return;
+        }
+        sessions.remove(&session.client_id);
+        self.inner.metrics.sessions.dec();
+        drop(sessions);
+        self.discard(session);
+    }
+
+    /// Removes everything a session holds in the broker.
+    fn discard(&self, session: &Arc<Session>) {
+        session.mark_dead();
+        let subscriptions = {
+            let mut state = session.state.lock();
+            state.queue.clear();
+            state.inflight.clear();
+            std::mem::take(&mut state.subscriptions)
+        };
+        if subscriptions.is_empty() {
+            return;
+        }
+        let mut trie = self.inner.trie.write();
+        for raw in subscriptions.keys() {
+            if let Ok(parsed) = topic::parse_filter(raw) {
+                trie.remove(parsed.filter, parsed.share_group, session.id);
+            }
+        }
+        self.inner.metrics.subscriptions.set(trie.len() as i64);
+    }
+
+    /// Routes `message` to every matching subscription and stores it when
+    /// retained. Returns the number of sessions it was offered to.
+    pub fn publish(&self, message: Message) -> usize {
+        let message = Arc::new(message);
+        if message.retain && self.inner.config.retain_available {
+            let mut retained = self.inner.retained.write();
+            retained.update(&message);
+            self.inner
+                .metrics
+                .retained_messages
+                .set(retained.len() as i64);
+        }
+        let trie = self.inner.trie.read();
+        let mut matches = Vec::new();
+        trie.matches(&message.topic, &mut matches);
+        if matches.len() > 1 {
+            matches.sort_unstable_by_key(|s| s.session.id);
+        }
+        let max_queued = self.inner.config.max_queued_messages;
+        let mut offered = 0;
+        // Overlapping subscriptions of one session yield one delivery at
+        // the highest QoS, carrying every subscription identifier.
+        for group in matches.chunk_by(|a, b| a.session.id == b.session.id) {
+            let session = &group[0].session;
+            let mut delivery: Option<Delivery> = None;
+            for sub in group {
+                if sub.options.no_local && session.id == message.origin {
+                    continue;
+                }
+                let d = delivery.get_or_insert_with(|| Delivery {
+                    message: Arc::clone(&message),
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    subscription_ids: Vec::new(),
+                });
+                d.qos = d.qos.max(message.qos.min(sub.options.qos));
+                d.retain |= sub.options.retain_as_published && message.retain;
+                if let Some(id) = sub.subscription_id {
+                    d.subscription_ids.push(id);
+                }
+            }
+            let Some(delivery) = delivery else {
+                continue;
+            };
+            offered += 1;
+            if let Enqueued::Dropped(reason) = session.enqueue(delivery, max_queued) {
+                self.inner.metrics.message_dropped(reason);
+            }
+        }
+        offered
+    }
+
+    /// Adds or replaces a subscription; returns true when it is new.
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        raw_filter: &str,
+        parsed: ParsedFilter<'_>,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+    ) -> bool {
+        let is_new = {
+            let mut trie = self.inner.trie.write();
+            let is_new = trie.insert(
+                parsed.filter,
+                parsed.share_group,
+                Subscriber {
+                    session: Arc::clone(session),
+                    options,
+                    subscription_id,
+                },
+            );
+            self.inner.metrics.subscriptions.set(trie.len() as i64);
+            is_new
+        };
+        session.state.lock().subscriptions.insert(
+            raw_filter.to_owned(),
+            StoredSubscription {
+                options,
+                subscription_id,
+            },
+        );
+        is_new
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, raw_filter: &str) -> bool {
+        let Ok(parsed) = topic::parse_filter(raw_filter) else {
+            return false;
+        };
+        let removed = {
+            let mut trie = self.inner.trie.write();
+            let removed = trie.remove(parsed.filter, parsed.share_group, session.id);
+            self.inner.metrics.subscriptions.set(trie.len() as i64);
+            removed
+        };
+        session.state.lock().subscriptions.remove(raw_filter);
+        removed
+    }
+
+    /// Retained messages matching `filter`, for a new subscription.
+    pub fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+        let mut retained = self.inner.retained.write();
+        let found = retained.matching(filter, now);
+        self.inner
+            .metrics
+            .retained_messages
+            .set(retained.len() as i64);
+        found
+    }
+
+    /// Publishes `will` after `delay_secs` unless the session is resumed
+    /// (its generation changes) before then.
+    pub fn schedule_will(
+        &self,
+        will: Message,
+        delay_secs: u32,
+        session: Arc<Session>,
+        generation: u64,
+    ) {
+        let broker = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(delay_secs))).await;
+            let resumed = session.is_alive() && session.state.lock().generation != generation;
+            if !resumed {
+                broker.publish(will);
+            }
+        });
+    }
+}

@@ -1,0 +1,375 @@
+//! One `Config`: defaults, then a TOML file, then `HALYARD_*` environment
+//! variables, then command-line flags. Every error names the offending key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The node's whole configuration. Field names are the TOML keys; nested
+/// tables map to environment variables with `__`, e.g.
+/// `HALYARD_MQTT__MAX_QUEUED_MESSAGES`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where durable state lives.
+    pub data_dir: PathBuf,
+    /// Plain MQTT listener (TCP). Port 0 binds an ephemeral port.
+    pub mqtt_listen: SocketAddr,
+    /// Admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+    pub admin_listen: SocketAddr,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` syntax, e.g. `info` or `halyard_node=debug`.
+    pub log_level: String,
+    pub mqtt: MqttConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// MQTT protocol limits. Defaults follow AWS IoT Core's where it has one.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Largest packet accepted from a client, in bytes.
+    pub max_packet_size: u32,
+    /// Largest PUBLISH payload accepted, in bytes (AWS: 128 KiB).
+    pub max_payload_size: u32,
+    /// Unacknowledged QoS 2 PUBLISHes a client may have outstanding (v5 Receive Maximum).
+    pub receive_maximum: u16,
+    /// Unacknowledged QoS 1/2 deliveries to one client at a time (capped by its Receive Maximum).
+    pub max_inflight_messages: u16,
+    /// Messages queued per session while it is offline or slow; more are dropped and counted.
+    pub max_queued_messages: usize,
+    /// Topic aliases a v5 client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Longest keep-alive a client gets, in seconds (AWS: 1200); longer requests are lowered.
+    pub max_keep_alive: u16,
+    /// When set, every v5 client is told to use this keep-alive (Server Keep Alive).
+    pub server_keep_alive: Option<u16>,
+    /// How long an MQTT 3.1.1 persistent session outlives its connection, in seconds (AWS: 3600).
+    pub persistent_session_expiry: u32,
+    /// Upper bound for a v5 client's Session Expiry Interval, in seconds (AWS: 7 days).
+    pub max_session_expiry: u32,
+    /// Longest topic name or filter, in bytes (AWS: 256); `$aws/` topics are exempt.
+    pub max_topic_length: usize,
+    /// Most levels in a topic (AWS: 8, i.e. 7 slashes); `$aws/` topics are exempt.
+    pub max_topic_levels: usize,
+    /// Longest client identifier, in bytes (AWS: 128).
+    pub max_client_id_length: usize,
+    /// Whether retained messages are accepted.
+    pub retain_available: bool,
+    /// Highest QoS the broker grants (0, 1 or 2; AWS IoT Core: 1).
+    pub maximum_qos: u8,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            log_format: LogFormat::Text,
+            log_level: "info".to_owned(),
+            mqtt: MqttConfig::default(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_packet_size: 256 * 1024,
+            max_payload_size: 128 * 1024,
+            receive_maximum: 100,
+            max_inflight_messages: 100,
+            max_queued_messages: 1000,
+            topic_alias_maximum: 10,
+            max_keep_alive: 1200,
+            server_keep_alive: None,
+            persistent_session_expiry: 3600,
+            max_session_expiry: 7 * 24 * 3600,
+            max_topic_length: 256,
+            max_topic_levels: 8,
+            max_client_id_length: 128,
+            retain_available: true,
+            maximum_qos: 2,
+            connect_timeout: 10,
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the layer below in force.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub mqtt_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub log_format: Option<LogFormat>,
+}
+
+const ENV_PREFIX: &str = "HALYARD_";
+
+impl Config {
+    /// Builds the configuration from every layer.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        path: path.to_owned(),
+                        message: e.message().to_owned(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            // The config file's own path, read by the command line.
+            if rest == "CONFIG" {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            set_path(&mut table, &path, env_value(&value));
+        }
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::Invalid {
+                    key,
+                    message: e.into_inner().message().to_owned(),
+                }
+            })?;
+        if let Some(v) = &overrides.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = overrides.mqtt_listen {
+            config.mqtt_listen = v;
+        }
+        if let Some(v) = overrides.admin_listen {
+            config.admin_listen = v;
+        }
+        if let Some(v) = overrides.log_format {
+            config.log_format = v;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let m = &self.mqtt;
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        if m.max_packet_size < 64 {
+            return invalid("mqtt.max_packet_size", "must be at least 64 bytes");
+        }
+        if m.max_packet_size > 268_435_455 {
+            return invalid("mqtt.max_packet_size", "must be at most 268435455 bytes");
+        }
+        if m.max_payload_size == 0 || m.max_payload_size > m.max_packet_size {
+            return invalid(
+                "mqtt.max_payload_size",
+                "must be between 1 and mqtt.max_packet_size",
+            );
+        }
+        if m.receive_maximum == 0 {
+            return invalid("mqtt.receive_maximum", "must be at least 1");
+        }
+        if m.max_inflight_messages == 0 {
+            return invalid("mqtt.max_inflight_messages", "must be at least 1");
+        }
+        if m.max_keep_alive == 0 {
+            return invalid("mqtt.max_keep_alive", "must be at least 1 second");
+        }
+        if m.server_keep_alive.is_some_and(|k| k > m.max_keep_alive) {
+            return invalid(
+                "mqtt.server_keep_alive",
+                "must not exceed mqtt.max_keep_alive",
+            );
+        }
+        if m.max_topic_length == 0 || m.max_topic_length > 65_535 {
+            return invalid("mqtt.max_topic_length", "must be between 1 and 65535");
+        }
+        if m.max_topic_levels == 0 {
+            return invalid("mqtt.max_topic_levels", "must be at least 1");
+        }
+        if m.max_client_id_length == 0 || m.max_client_id_length > 65_535 {
+            return invalid("mqtt.max_client_id_length", "must be between 1 and 65535");
+        }
+        if m.maximum_qos > 2 {
+            return invalid("mqtt.maximum_qos", "must be 0, 1 or 2");
+        }
+        if m.connect_timeout == 0 {
+            return invalid("mqtt.connect_timeout", "must be at least 1 second");
+        }
+        if self.log_level.trim().is_empty() {
+            return invalid("log_level", "must not be empty");
+        }
+        Ok(())
+    }
+}
+
+/// Environment values are TOML scalars when they parse as one (numbers,
+/// booleans), strings otherwise, so `HALYARD_DATA_DIR=/var/lib/halyard` needs no quotes.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(v) = raw.parse::<i64>() {
+        return toml::Value::Integer(v);
+    }
+    match raw {
+        "true" => return toml::Value::Boolean(true),
+        "false" => return toml::Value::Boolean(false),
+        _ => {}
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut current = table;
+    for key in parents {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
+        current = next;
+    }
+    current.insert(last.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.mqtt_listen.to_string(), "127.0.0.1:1883");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("halyard.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\nmqtt_listen = \"127.0.0.1:1000\"\n[mqtt]\nmax_queued_messages = 5\nreceive_maximum = 7\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("HALYARD_MQTT_LISTEN", "127.0.0.1:2000"),
+                ("HALYARD_MQTT__MAX_QUEUED_MESSAGES", "9"),
+                ("OTHER", "x"),
+            ]),
+            &Overrides {
+                mqtt_listen: Some("127.0.0.1:3000".parse().unwrap()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.mqtt_listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.mqtt.max_queued_messages, 9);
+        assert_eq!(c.mqtt.receive_maximum, 7);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::load(
+            None,
+            env(&[("HALYARD_MQTT__RECEIVE_MAXIMUM", "lots")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("mqtt.receive_maximum"), "{err}");
+
+        let err = Config::load(
+            None,
+            env(&[("HALYARD_MQTT__RECEIVE_MAXIMUM", "0")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("mqtt.receive_maximum"), "{err}");
+
+        let err = Config::load(
+            None,
+            env(&[("HALYARD_MQTT_LISTEN", "nowhere")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("mqtt_listen"), "{err}");
+
+        let err = Config::load(
+            None,
+            env(&[("HALYARD_NO_SUCH_KEY", "1")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+
+    #[test]
+    fn bad_file_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "mqtt = [").unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("not valid TOML"), "{err}");
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load(Some(&missing), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+}

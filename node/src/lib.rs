@@ -1,0 +1,16 @@
+//! Halyard node: an MQTT 3.1.1/5.0 broker and device gateway, with AWS IoT
+//! Core compatible services on top.
+//!
+//! The data path: [`gateway`] accepts connections and runs their I/O,
+//! [`mqtt`] decodes bytes into packets, [`broker`] routes messages between
+//! sessions. [`server`] wires them together from a [`config::Config`].
+
+#[cfg(not(madsim))]
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod mqtt;
+#[cfg(not(madsim))]
+pub mod server;

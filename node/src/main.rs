@@ -1,0 +1,116 @@
+//! The `halyard` command.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use halyard_node::config::{Config, LogFormat, Overrides};
+use halyard_node::server::Server;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "halyard",
+    version,
+    about = "Self-hosted AWS IoT Core compatible MQTT broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no options: one node, data in ./data, MQTT on
+    /// 127.0.0.1:1883 with anonymous access, admin HTTP on 127.0.0.1:9090.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file; environment variables HALYARD_* and flags override it.
+    #[arg(long, env = "HALYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for durable state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// MQTT (TCP) listen address; port 0 picks a free port.
+    #[arg(long)]
+    mqtt_listen: Option<SocketAddr>,
+    /// Admin HTTP listen address (/metrics, /healthz, /readyz).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        mqtt_listen: args.mqtt_listen,
+        admin_listen: args.admin_listen,
+        log_format: args.log_format.map(|f| match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }),
+    };
+    let config = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    init_logging(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let server = Server::start(config).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .with_context(|| {
+            format!(
+                "config key `log_level`: invalid filter {:?}",
+                config.log_level
+            )
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Prometheus metrics of the node; every subsystem registers its own set here.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::mqtt::QoS;
+
+/// The broker's metrics. Labels are low-cardinality: QoS and reason only.
+#[derive(Clone)]
+pub struct BrokerMetrics {
+    pub connections: IntGauge,
+    pub connections_total: IntCounter,
+    pub sessions: IntGauge,
+    pub subscriptions: IntGauge,
+    pub retained_messages: IntGauge,
+    pub bytes_received: IntCounter,
+    pub bytes_sent: IntCounter,
+    messages_dropped: IntCounterVec,
+    packet_errors: IntCounterVec,
+    received_by_qos: [IntCounter; 3],
+    sent_by_qos: [IntCounter; 3],
+}
+
+/// Why a message was not delivered to a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    QueueFull,
+    Expired,
+    PacketTooLarge,
+    OfflineQos0,
+}
+
+impl DropReason {
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Expired => "expired",
+            DropReason::PacketTooLarge => "packet_too_large",
+            DropReason::OfflineQos0 => "offline_qos0",
+        }
+    }
+}
+
+impl BrokerMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let connections = IntGauge::with_opts(Opts::new(
+            "halyard_connections",
+            "Open MQTT network connections",
+        ))?;
+        let connections_total = IntCounter::with_opts(Opts::new(
+            "halyard_connections_total",
+            "MQTT network connections accepted",
+        ))?;
+        let sessions = IntGauge::with_opts(Opts::new(
+            "halyard_sessions",
+            "MQTT sessions, connected or persisted",
+        ))?;
+        let subscriptions = IntGauge::with_opts(Opts::new(
+            "halyard_subscriptions",
+            "Topic filter subscriptions held by sessions",
+        ))?;
+        let retained_messages = IntGauge::with_opts(Opts::new(
+            "halyard_retained_messages",
+            "Retained messages stored",
+        ))?;
+        let messages_received = IntCounterVec::new(
+            Opts::new(
+                "halyard_messages_received_total",
+                "PUBLISH packets received from clients",
+            ),
+            &["qos"],
+        )?;
+        let messages_sent = IntCounterVec::new(
+            Opts::new(
+                "halyard_messages_sent_total",
+                "PUBLISH packets sent to clients",
+            ),
+            &["qos"],
+        )?;
+        let bytes_received = IntCounter::with_opts(Opts::new(
+            "halyard_bytes_received_total",
+            "Bytes read from MQTT connections",
+        ))?;
+        let bytes_sent = IntCounter::with_opts(Opts::new(
+            "halyard_bytes_sent_total",
+            "Bytes written to MQTT connections",
+        ))?;
+        let messages_dropped = IntCounterVec::new(
+            Opts::new(
+                "halyard_messages_dropped_total",
+                "Messages not delivered to a subscriber, by reason",
+            ),
+            &["reason"],
+        )?;
+        let packet_errors = IntCounterVec::new(
+            Opts::new(
+                "halyard_packet_errors_total",
+                "Invalid packets received, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(connections_total.clone()))?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(subscriptions.clone()))?;
+        registry.register(Box::new(retained_messages.clone()))?;
+        registry.register(Box::new(messages_received.clone()))?;
+        registry.register(Box::new(messages_sent.clone()))?;
+        registry.register(Box::new(bytes_received.clone()))?;
+        registry.register(Box::new(bytes_sent.clone()))?;
+        registry.register(Box::new(messages_dropped.clone()))?;
+        registry.register(Box::new(packet_errors.clone()))?;
+        let by_qos = |vec: &IntCounterVec| {
+            [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+                .map(|q| vec.with_label_values(&[q.label()]))
+        };
+        let received_by_qos = by_qos(&messages_received);
+        let sent_by_qos = by_qos(&messages_sent);
+        for reason in [
+            DropReason::QueueFull,
+            DropReason::Expired,
+            DropReason::PacketTooLarge,
+            DropReason::OfflineQos0,
+        ] {
+            messages_dropped.with_label_values(&[reason.label()]);
+        }
+        Ok(BrokerMetrics {
+            connections,
+            connections_total,
+            sessions,
+            subscriptions,
+            retained_messages,
+            bytes_received,
+            bytes_sent,
+            messages_dropped,
+            packet_errors,
+            received_by_qos,
+            sent_by_qos,
+        })
+    }
+
+    pub fn message_received(&self, qos: QoS) {
+        self.received_by_qos[qos as usize].inc();
+    }
+
+    pub fn message_sent(&self, qos: QoS) {
+        self.sent_by_qos[qos as usize].inc();
+    }
+
+    pub fn message_dropped(&self, reason: DropReason) {
+        self.messages_dropped
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    pub fn packet_error(&self, reason: &str) {
+        self.packet_errors.with_label_values(&[reason]).inc();
+    }
+
+    #[cfg(test)]
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.messages_dropped
+            .with_label_values(&[reason.label()])
+            .get()
+    }
+}
+
+/// Renders every metric in `registry` in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
+        tracing::warn!(error = %e, "cannot render metrics");
+    }
+    out
+}

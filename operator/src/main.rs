@@ -1,0 +1,3 @@
+//! Kubernetes operator for Halyard clusters.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Raft-replicated transactional key-value store (filled by the raft issue).

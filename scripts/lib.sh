@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Helpers shared by scripts/run.sh and scripts/test.sh. Sourced, not run.
+
+# librocksdb-sys compiles RocksDB with cmake and generates its bindings with bindgen, which
+# loads libclang at build time.
+BUILD_PACKAGES=(build-essential pkg-config libclang-dev clang cmake)
+
+# Installs those of the given Debian packages that are not installed yet. A machine that already
+# has everything never touches the network, and `apt-get update` runs at most once per script.
+ensure_apt_packages() {
+    local pkg missing=()
+    for pkg in "$@"; do
+        if ! dpkg -s "$pkg" 2>/dev/null | grep '^Status: install ok installed$' >/dev/null; then
+            missing+=("$pkg")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        return 0
+    fi
+
+    local sudo=()
+    if ((EUID != 0)); then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "error: root or sudo is needed to install: ${missing[*]}" >&2
+            return 1
+        fi
+        sudo=(sudo)
+    fi
+
+    echo "Installing missing packages: ${missing[*]}"
+    if [[ -z "${_halyard_apt_updated:-}" ]]; then
+        "${sudo[@]}" apt-get update -qq
+        _halyard_apt_updated=1
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# rustup puts cargo in ~/.cargo/bin, which a non-login shell (CI, cron, ssh -c) may not have on PATH.
+ensure_cargo() {
+    if ! command -v cargo >/dev/null 2>&1 && [[ -f "${HOME:-}/.cargo/env" ]]; then
+        # shellcheck source=/dev/null
+        . "$HOME/.cargo/env"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "error: cargo not found; install a Rust toolchain with rustup (https://rustup.rs)" >&2
+        return 1
+    fi
+}
+
+# Where `cargo build --release` leaves the binary, as an absolute path so that it stays valid
+# for processes started from another directory.
+halyard_bin() {
+    local dir="${CARGO_TARGET_DIR:-target}"
+    [[ "$dir" == /* ]] || dir="$PWD/$dir"
+    printf '%s/release/halyard\n' "$dir"
+}

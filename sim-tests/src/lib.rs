@@ -1,0 +1,1 @@
+//! Deterministic simulations of Halyard clusters (run under `--cfg madsim`).

@@ -1,0 +1,67 @@
+"""Fixtures that run a real `halyard serve` process and drive it with real MQTT clients.
+
+Each test gets its own broker on ephemeral ports with its own data directory, so tests share no
+retained messages, sessions or counters, and the teardown checks that the broker shuts down
+cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from harness import Broker, Client, MakeClient, start_broker
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    running = start_broker(tmp_path)
+    try:
+        yield running
+        code = running.stop()
+        assert code == 0, (
+            f"halyard exited with code {code} on SIGTERM\n--- halyard log ---\n{running.log.text()}"
+        )
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Attaches the broker's log to a failed test's report."""
+    outcome = yield
+    report = outcome.get_result()
+    running = (getattr(item, "funcargs", None) or {}).get("broker")
+    if report.when == "call" and report.failed and isinstance(running, Broker):
+        report.sections.append(("halyard log", running.log.text()))
+
+
+@pytest.fixture
+def mqtt_client(broker: Broker) -> Iterator[MakeClient]:
+    """Factory: mqtt_client(client_id=None, protocol=mqtt.MQTTv5, clean=True, will=None)."""
+    clients: list[Client] = []
+
+    def make(
+        client_id: str | None = None,
+        protocol: int = mqtt.MQTTv5,
+        clean: bool = True,
+        will: tuple[str, bytes, int, bool] | None = None,
+    ) -> Client:
+        client = Client(
+            broker,
+            client_id or f"e2e-{len(clients) + 1}",
+            protocol,
+            clean,
+            will,
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
