@@ -1,1 +1,233 @@
-fn main() {}
+//! The `halyard-bench` command.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use halyard_bench::{compare, conn, loopback_sources, pubsub, stats};
+use halyard_node::mqtt::{ProtocolVersion, QoS};
+
+#[derive(Parser)]
+#[command(
+    name = "halyard-bench",
+    version,
+    about = "MQTT load generator and side-by-side broker comparison"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// P publishers x S subscribers over T topics; latency, throughput, loss.
+    Pubsub(PubsubArgs),
+    /// Open N connections and keep them idle; connect rate and broker memory.
+    Conn(ConnArgs),
+    /// Run the standard scenarios against Halyard and its peers, write docs/benchmarks.md.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// Broker host.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// MQTT version.
+    #[arg(long, value_enum, default_value_t = Version::V311)]
+    mqtt_version: Version,
+    /// Spread connections over this many loopback source addresses (127.0.0.1..N).
+    #[arg(long, default_value_t = 1)]
+    sources: usize,
+    /// Write the JSON result here as well as to standard output.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Version {
+    V311,
+    V5,
+}
+
+#[derive(Args)]
+struct PubsubArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    #[arg(long, default_value_t = 1)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Payload size in bytes (at least 20, the benchmark header).
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// Total publish rate in messages per second, or `max`.
+    #[arg(long, default_value = "max")]
+    rate: String,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unacknowledged messages per publisher.
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+}
+
+#[derive(Args)]
+struct ConnArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Connections per second, or `max`.
+    #[arg(long, default_value = "max")]
+    rate: String,
+    /// Handshakes in progress at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Seconds to keep the connections open after the last one connected.
+    #[arg(long, default_value_t = 1.0)]
+    hold: f64,
+    /// The broker's process id, to measure its memory per connection.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The halyard binary to measure.
+    #[arg(long)]
+    halyard: PathBuf,
+    /// The mosquitto binary; without it Mosquitto is left out.
+    #[arg(long)]
+    mosquitto: Option<PathBuf>,
+    /// The rumqttd binary; without it rumqttd is left out.
+    #[arg(long)]
+    rumqttd: Option<PathBuf>,
+    /// Markdown file whose generated section is replaced with the results.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+    /// Short scenarios (seconds instead of tens of seconds), to check the runner.
+    #[arg(long)]
+    quick: bool,
+    /// Only the scenarios whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
+    /// The command line recorded with the results.
+    #[arg(long, default_value = "bench/compare.sh")]
+    command_line: String,
+}
+
+fn parse_rate(raw: &str, flag: &str) -> anyhow::Result<Option<f64>> {
+    if raw == "max" {
+        return Ok(None);
+    }
+    let rate: f64 = raw
+        .parse()
+        .with_context(|| format!("{flag} must be a number or `max`, not {raw:?}"))?;
+    anyhow::ensure!(rate > 0.0, "{flag} must be positive");
+    Ok(Some(rate))
+}
+
+fn resolve(target: &Target) -> anyhow::Result<SocketAddr> {
+    (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {}:{}", target.host, target.port))?
+        .next()
+        .with_context(|| format!("no address for {}", target.host))
+}
+
+fn version(v: Version) -> ProtocolVersion {
+    match v {
+        Version::V311 => ProtocolVersion::V311,
+        Version::V5 => ProtocolVersion::V5,
+    }
+}
+
+fn emit<T: serde::Serialize>(value: &T, path: Option<&PathBuf>) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(value)?;
+    println!("{json}");
+    if let Some(p) = path {
+        std::fs::write(p, &json).with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("bench{:x}", nanos & 0xFFFF_FFFF)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    stats::raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Pubsub(a) => {
+                let qos = QoS::from_u8(a.qos).context("--qos must be 0, 1 or 2")?;
+                let opts = pubsub::PubSubOptions {
+                    broker: resolve(&a.target)?,
+                    sources: loopback_sources(a.target.sources),
+                    publishers: a.publishers,
+                    subscribers: a.subscribers,
+                    topics: a.topics,
+                    qos,
+                    payload: a.payload,
+                    rate: parse_rate(&a.rate, "--rate")?,
+                    duration: Duration::from_secs_f64(a.duration.max(0.1)),
+                    inflight: a.inflight,
+                    version: version(a.target.mqtt_version),
+                    topic_prefix: run_id(),
+                    drain_timeout: Duration::from_secs(10),
+                    progress: true,
+                };
+                let report = pubsub::run(opts).await?;
+                eprintln!("{}", pubsub::summary(&report));
+                emit(&report, a.target.json.as_ref())
+            }
+            Command::Conn(a) => {
+                let opts = conn::ConnOptions {
+                    broker: resolve(&a.target)?,
+                    sources: loopback_sources(a.target.sources),
+                    connections: a.connections,
+                    rate: parse_rate(&a.rate, "--rate")?,
+                    concurrency: a.concurrency,
+                    hold: Duration::from_secs_f64(a.hold.max(0.0)),
+                    version: version(a.target.mqtt_version),
+                    broker_pid: a.broker_pid,
+                    client_prefix: run_id(),
+                    progress: true,
+                };
+                let report = conn::run(opts).await?;
+                eprintln!("{}", conn::summary(&report));
+                emit(&report, a.target.json.as_ref())
+            }
+            Command::Compare(a) => {
+                let opts = compare::CompareOptions {
+                    halyard: a.halyard,
+                    mosquitto: a.mosquitto,
+                    rumqttd: a.rumqttd,
+                    out: a.out,
+                    quick: a.quick,
+                    only: a.only,
+                    command_line: a.command_line,
+                };
+                compare::run(opts).await
+            }
+        }
+    })
+}

@@ -167,7 +167,9 @@ impl Connection {
                 self.refuse(reason::UNSUPPORTED_PROTOCOL_VERSION);
             }
             (Phase::AwaitingConnect, _) => self.close_silently(CloseKind::ProtocolError),
-            _ => self.close(err.reason_code(), CloseKind::ProtocolError),
+            _ => {
+                self.close_with_reason(err.reason_code(), CloseKind::ProtocolError, err.to_string())
+            }
         }
     }
 
@@ -310,10 +312,17 @@ impl Connection {
 
     /// Ends the connection, telling a v5 client why.
     fn close(&mut self, code: u8, kind: CloseKind) {
+        self.close_with_reason(code, kind, reason::describe(code).to_owned());
+    }
+
+    fn close_with_reason(&mut self, code: u8, kind: CloseKind, reason_string: String) {
         if self.phase == Phase::Active && self.version.is_v5() {
             self.send(&Packet::Disconnect(Disconnect {
                 reason_code: code,
-                properties: Properties::default(),
+                properties: Properties {
+                    reason_string: Some(reason_string),
+                    ..Properties::default()
+                },
             }));
         }
         self.close_silently(kind);
@@ -326,10 +335,14 @@ impl Connection {
 
     /// Refuses a CONNECT with `code` (mapped to a 3.1.1 return code as needed).
     fn refuse(&mut self, code: u8) {
+        let mut properties = Properties::default();
+        if self.version.is_v5() {
+            properties.reason_string = Some(reason::describe(code).to_owned());
+        }
         self.send(&Packet::ConnAck(ConnAck {
             session_present: false,
             reason_code: code,
-            properties: Properties::default(),
+            properties,
         }));
         self.close_silently(CloseKind::Refused);
     }

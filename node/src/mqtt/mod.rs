@@ -64,3 +64,6 @@ impl QoS {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -59,3 +59,39 @@ pub fn connack_v311(v5_code: u8) -> u8 {
         _ => v311::SERVER_UNAVAILABLE,
     }
 }
+
+/// A short human-readable text for a reason code, sent as the v5 Reason String.
+pub fn describe(code: u8) -> &'static str {
+    match code {
+        SUCCESS => "success",
+        UNSPECIFIED_ERROR => "unspecified error",
+        MALFORMED_PACKET => "malformed packet",
+        PROTOCOL_ERROR => "protocol error",
+        IMPLEMENTATION_SPECIFIC_ERROR => "implementation specific error",
+        UNSUPPORTED_PROTOCOL_VERSION => "unsupported protocol version",
+        CLIENT_IDENTIFIER_NOT_VALID => "client identifier not valid",
+        BAD_USER_NAME_OR_PASSWORD => "bad user name or password",
+        NOT_AUTHORIZED => "not authorized",
+        SERVER_UNAVAILABLE => "server unavailable",
+        SERVER_BUSY => "server busy",
+        SERVER_SHUTTING_DOWN => "server shutting down",
+        BAD_AUTHENTICATION_METHOD => "authentication method not supported",
+        KEEP_ALIVE_TIMEOUT => "keep alive timeout",
+        SESSION_TAKEN_OVER => "session taken over by another connection",
+        TOPIC_FILTER_INVALID => "topic filter invalid",
+        TOPIC_NAME_INVALID => "topic name invalid",
+        PACKET_IDENTIFIER_IN_USE => "packet identifier in use",
+        PACKET_IDENTIFIER_NOT_FOUND => "packet identifier not found",
+        RECEIVE_MAXIMUM_EXCEEDED => "receive maximum exceeded",
+        TOPIC_ALIAS_INVALID => "topic alias invalid",
+        PACKET_TOO_LARGE => "packet too large",
+        QUOTA_EXCEEDED => "quota exceeded",
+        PAYLOAD_FORMAT_INVALID => "payload format invalid",
+        RETAIN_NOT_SUPPORTED => "retain not supported",
+        QOS_NOT_SUPPORTED => "QoS not supported",
+        SHARED_SUBSCRIPTIONS_NOT_SUPPORTED => "shared subscriptions not supported",
+        SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED => "subscription identifiers not supported",
+        WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED => "wildcard subscriptions not supported",
+        _ => "error",
+    }
+}
