@@ -1,0 +1,124 @@
+//! A short run of the load generator against an in-process broker, so that
+//! the bench keeps working; it asserts delivery, never timing.
+
+use std::time::Duration;
+
+use halyard_bench::{conn, pubsub};
+use halyard_node::config::Config;
+use halyard_node::mqtt::{ProtocolVersion, QoS};
+use halyard_node::server::Server;
+
+async fn start() -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        mqtt_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    (Server::start(config).await.unwrap(), dir)
+}
+
+fn options(server: &Server, qos: QoS, version: ProtocolVersion) -> pubsub::PubSubOptions {
+    pubsub::PubSubOptions {
+        broker: server.mqtt_addr(),
+        sources: halyard_bench::loopback_sources(2),
+        publishers: 3,
+        subscribers: 3,
+        topics: 3,
+        qos,
+        payload: 64,
+        rate: Some(600.0),
+        duration: Duration::from_millis(500),
+        inflight: 16,
+        version,
+        topic_prefix: format!("smoke{}", qos.as_u8()),
+        drain_timeout: Duration::from_secs(10),
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_delivers_everything_at_qos_1_and_2() {
+    let (server, _dir) = start().await;
+    for (qos, version) in [
+        (QoS::AtLeastOnce, ProtocolVersion::V311),
+        (QoS::ExactlyOnce, ProtocolVersion::V5),
+    ] {
+        let report = pubsub::run(options(&server, qos, version)).await.unwrap();
+        assert!(report.expected > 0, "{report:?}");
+        assert_eq!(report.received, report.expected, "{report:?}");
+        assert_eq!((report.lost, report.duplicates), (0, 0), "{report:?}");
+        assert_eq!(report.acknowledged, report.published, "{report:?}");
+        assert_eq!(report.latency.samples, report.received);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conn_opens_and_measures_connections() {
+    let (server, _dir) = start().await;
+    let report = conn::run(conn::ConnOptions {
+        broker: server.mqtt_addr(),
+        sources: halyard_bench::loopback_sources(2),
+        connections: 50,
+        rate: None,
+        concurrency: 10,
+        hold: Duration::from_millis(10),
+        version: ProtocolVersion::V311,
+        broker_pid: Some(std::process::id()),
+        client_prefix: "smoke".to_owned(),
+        progress: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!((report.connected, report.failed), (50, 0), "{report:?}");
+    assert!(report.broker_rss_connected_bytes.is_some());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reports_json() {
+    let (server, _dir) = start().await;
+    let port = server.mqtt_addr().port().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_halyard-bench"))
+            .args([
+                "pubsub",
+                "--port",
+                &port,
+                "--publishers",
+                "2",
+                "--subscribers",
+                "2",
+            ])
+            .args([
+                "--topics",
+                "1",
+                "--qos",
+                "1",
+                "--rate",
+                "200",
+                "--duration",
+                "0.5",
+            ])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["lost"], 0);
+    assert!(report["received"].as_u64().unwrap() > 0);
+    // Two publishers on one topic with two subscribers: each message arrives twice.
+    assert_eq!(
+        report["expected"].as_u64(),
+        report["acknowledged"].as_u64().map(|a| a * 2)
+    );
+    server.shutdown().await;
+}
