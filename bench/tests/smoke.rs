@@ -1,6 +1,7 @@
 //! A short run of the load generator against an in-process broker, so that
 //! the bench keeps working; it asserts delivery, never timing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::time::Duration;
 
 use halyard_bench::{conn, pubsub};
