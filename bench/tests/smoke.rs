@@ -2,6 +2,7 @@
 //! the bench keeps working; it asserts delivery, never timing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use halyard_bench::{conn, pubsub};

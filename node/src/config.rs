@@ -58,8 +58,13 @@ pub struct MqttConfig {
     pub receive_maximum: u16,
     /// Unacknowledged QoS 1/2 deliveries to one client at a time (capped by its Receive Maximum).
     pub max_inflight_messages: u16,
-    /// Messages queued per session while it is offline or slow; more are dropped and counted.
+    /// Messages held for a session beyond its in-flight window. An offline
+    /// session drops what comes beyond it (counted); for a connected one the
+    /// publishers feeding it are paused until it catches up.
     pub max_queued_messages: usize,
+    /// Seconds a publisher waits for a congested subscriber before that
+    /// subscriber is treated as too slow: its excess is then dropped instead.
+    pub slow_subscriber_timeout: u16,
     /// Topic aliases a v5 client may use towards the broker.
     pub topic_alias_maximum: u16,
     /// Longest keep-alive a client gets, in seconds (AWS: 1200); longer requests are lowered.
@@ -105,6 +110,7 @@ impl Default for MqttConfig {
             receive_maximum: 100,
             max_inflight_messages: 100,
             max_queued_messages: 1000,
+            slow_subscriber_timeout: 5,
             topic_alias_maximum: 10,
             max_keep_alive: 1200,
             server_keep_alive: None,
@@ -213,6 +219,12 @@ impl Config {
         }
         if m.max_inflight_messages == 0 {
             return invalid("mqtt.max_inflight_messages", "must be at least 1");
+        }
+        if m.max_queued_messages == 0 {
+            return invalid("mqtt.max_queued_messages", "must be at least 1");
+        }
+        if m.slow_subscriber_timeout == 0 {
+            return invalid("mqtt.slow_subscriber_timeout", "must be at least 1 second");
         }
         if m.max_keep_alive == 0 {
             return invalid("mqtt.max_keep_alive", "must be at least 1 second");

@@ -49,8 +49,16 @@ pub enum CloseKind {
     Refused,
 }
 
+/// A publisher paused until a congested subscriber's queue drains.
+struct Pause {
+    session: Arc<Session>,
+    /// When the subscriber counts as too slow to wait for.
+    until: Instant,
+}
+
 pub struct Connection {
     broker: Broker,
+    paused: Option<Pause>,
     id: u64,
     waker: Arc<Notify>,
     phase: Phase,
@@ -77,6 +85,7 @@ impl Connection {
         let id = broker.next_id();
         Connection {
             broker,
+            paused: None,
             id,
             waker: Arc::new(Notify::new()),
             phase: Phase::AwaitingConnect,
@@ -121,9 +130,27 @@ impl Connection {
         self.broker.config().max_packet_size as usize
     }
 
+    /// The congested session this connection's publishing waits for, if
+    /// any; the shell stops reading from the client meanwhile.
+    pub fn paused_on(&self) -> Option<Arc<Session>> {
+        self.paused.as_ref().map(|p| Arc::clone(&p.session))
+    }
+
+    /// The congestion cleared: reading from the client resumes. The time
+    /// spent paused does not count against the client's keep-alive.
+    pub fn resume(&mut self, now: Instant) {
+        if self.paused.take().is_some() {
+            self.last_received = now;
+        }
+    }
+
     /// When the connection times out: CONNECT not received in time, or
-    /// 1.5 times the keep-alive without a packet.
+    /// 1.5 times the keep-alive without a packet; while paused, when the
+    /// subscriber it waits for counts as too slow.
     pub fn deadline(&self) -> Option<Instant> {
+        if let Some(pause) = &self.paused {
+            return Some(pause.until);
+        }
         match self.phase {
             Phase::AwaitingConnect => Some(
                 self.opened_at
@@ -134,8 +161,14 @@ impl Connection {
         }
     }
 
-    /// The deadline passed without traffic.
-    pub fn timed_out(&mut self) {
+    /// The deadline passed.
+    pub fn timed_out(&mut self, now: Instant) {
+        if let Some(pause) = &self.paused {
+            tracing::debug!(connection = self.id, client_id = %pause.session.client_id, "slow subscriber");
+            pause.session.mark_slow();
+            self.resume(now);
+            return;
+        }
         if self.phase == Phase::Active {
             self.close(reason::KEEP_ALIVE_TIMEOUT, CloseKind::KeepAliveTimeout);
         } else {
@@ -268,6 +301,7 @@ impl Connection {
             // Continue after this batch is written.
             self.waker.notify_one();
         }
+        session.drained(state.queue.len(), self.broker.config().max_queued_messages);
     }
 
     /// Runs once the socket is gone: detaches the session and publishes the
@@ -608,9 +642,17 @@ impl Connection {
         }
         let origin = self.session.as_ref().map_or(0, |s| s.id);
         let message = inbound_message(&mut p, origin, now);
-        let offered = self.broker.publish(message);
+        let published = self.broker.publish(message);
+        if let Some(session) = published.congested {
+            let timeout =
+                Duration::from_secs(u64::from(self.broker.config().slow_subscriber_timeout));
+            self.paused = Some(Pause {
+                session,
+                until: now + timeout,
+            });
+        }
         if p.qos != QoS::AtMostOnce {
-            let code = if offered == 0 && v5 {
+            let code = if published.offered == 0 && v5 {
                 reason::NO_MATCHING_SUBSCRIBERS
             } else {
                 reason::SUCCESS

@@ -45,6 +45,16 @@ struct Inner {
     next_id: AtomicU64,
 }
 
+/// What became of a published message.
+#[derive(Default)]
+pub struct Published {
+    /// Sessions the message was offered to.
+    pub offered: usize,
+    /// A connected session whose queue reached its limit with this message:
+    /// the publisher should pause until it drains.
+    pub congested: Option<Arc<Session>>,
+}
+
 /// The outcome of opening a session for a new connection.
 pub struct OpenedSession {
     pub session: Arc<Session>,
@@ -185,8 +195,8 @@ impl Broker {
     }
 
     /// Routes `message` to every matching subscription and stores it when
-    /// retained. Returns the number of sessions it was offered to.
-    pub fn publish(&self, message: Message) -> usize {
+    /// retained.
+    pub fn publish(&self, message: Message) -> Published {
         let message = Arc::new(message);
         if message.retain && self.inner.config.retain_available {
             let mut retained = self.inner.retained.write();
@@ -203,7 +213,7 @@ impl Broker {
             matches.sort_unstable_by_key(|s| s.session.id);
         }
         let max_queued = self.inner.config.max_queued_messages;
-        let mut offered = 0;
+        let mut outcome = Published::default();
         // Overlapping subscriptions of one session yield one delivery at
         // the highest QoS, carrying every subscription identifier.
         for group in matches.chunk_by(|a, b| a.session.id == b.session.id) {
@@ -228,12 +238,16 @@ impl Broker {
             let Some(delivery) = delivery else {
                 continue;
             };
-            offered += 1;
-            if let Enqueued::Dropped(reason) = session.enqueue(delivery, max_queued) {
-                self.inner.metrics.message_dropped(reason);
+            outcome.offered += 1;
+            match session.enqueue(delivery, max_queued) {
+                Enqueued::Dropped(reason) => self.inner.metrics.message_dropped(reason),
+                Enqueued::Congested if outcome.congested.is_none() => {
+                    outcome.congested = Some(Arc::clone(session));
+                }
+                _ => {}
             }
         }
-        offered
+        outcome
     }
 
     /// Adds or replaces a subscription; returns true when it is new.

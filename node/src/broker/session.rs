@@ -71,6 +71,9 @@ impl SessionState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     Queued,
+    /// Queued, and the connected session's queue is at its limit: the
+    /// publisher should pause until it drains.
+    Congested,
     Dropped(DropReason),
     /// The session was discarded; the subscription is stale.
     Gone,
@@ -83,8 +86,18 @@ pub struct Session {
     pub client_id: Arc<str>,
     alive: AtomicBool,
     connected: AtomicBool,
+    /// Set when a publisher gave up waiting for this session to drain; its
+    /// excess is dropped instead of pausing publishers, until it catches up.
+    slow: AtomicBool,
+    /// Wakes publishers paused on this session when its queue drains.
+    space: Notify,
     pub state: Mutex<SessionState>,
 }
+
+/// Beyond this many times the queue limit even a connected session's
+/// QoS 1/2 messages are dropped: the bound on memory when many publishers
+/// overshoot the limit at once.
+const HARD_LIMIT_FACTOR: usize = 4;
 
 impl Session {
     pub fn new(id: u64, client_id: Arc<str>) -> Session {
@@ -93,6 +106,8 @@ impl Session {
             client_id,
             alive: AtomicBool::new(true),
             connected: AtomicBool::new(false),
+            slow: AtomicBool::new(false),
+            space: Notify::new(),
             state: Mutex::new(SessionState::default()),
         }
     }
@@ -107,6 +122,43 @@ impl Session {
 
     pub(super) fn mark_dead(&self) {
         self.alive.store(false, Ordering::Release);
+        self.space.notify_waiters();
+    }
+
+    /// Marks the session too slow to pause publishers for.
+    pub fn mark_slow(&self) {
+        self.slow.store(true, Ordering::Release);
+    }
+
+    /// Whether a publisher paused on this session may go on: the queue is
+    /// below half its limit, or the session can no longer pause anyone.
+    pub fn has_space(&self, max_queued: usize) -> bool {
+        !self.is_alive()
+            || !self.is_connected()
+            || self.slow.load(Ordering::Acquire)
+            || self.state.lock().queue.len() < max_queued.div_ceil(2)
+    }
+
+    /// Resolves once [`Session::has_space`] holds.
+    pub async fn space_available(&self, max_queued: usize) {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_space(max_queued) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Called by the session's connection after it took messages off the
+    /// queue: wakes paused publishers once the queue is below half its limit.
+    pub(super) fn drained(&self, queue_len: usize, max_queued: usize) {
+        if queue_len < max_queued.div_ceil(2) {
+            self.slow.store(false, Ordering::Release);
+            self.space.notify_waiters();
+        }
     }
 
     /// Attaches a connection; returns the one it replaces.
@@ -125,29 +177,155 @@ impl Session {
             Some(a) if a.connection_id == connection_id => {
                 state.attached = None;
                 self.connected.store(false, Ordering::Release);
+                self.space.notify_waiters();
                 Some(state.generation)
             }
             _ => None,
         }
     }
 
-    /// Offers a message. Offline sessions keep QoS 1/2 only; every session's
-    /// queue is bounded.
+    /// Offers a message. Offline sessions keep QoS 1/2 only, up to the
+    /// limit. A connected session past the limit drops QoS 0 and keeps QoS
+    /// 1/2, asking the publisher to pause, unless it is marked slow.
     pub fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Enqueued {
         if !self.is_alive() {
             return Enqueued::Gone;
         }
         let mut state = self.state.lock();
-        if state.attached.is_none() && delivery.qos == QoS::AtMostOnce {
-            return Enqueued::Dropped(DropReason::OfflineQos0);
+        let len = state.queue.len();
+        if state.attached.is_none() {
+            if delivery.qos == QoS::AtMostOnce {
+                return Enqueued::Dropped(DropReason::OfflineQos0);
+            }
+            if len >= max_queued {
+                return Enqueued::Dropped(DropReason::QueueFull);
+            }
+            state.queue.push_back(delivery);
+            return Enqueued::Queued;
         }
-        if state.queue.len() >= max_queued {
+        if len >= max_queued
+            && (delivery.qos == QoS::AtMostOnce
+                || self.slow.load(Ordering::Acquire)
+                || len >= max_queued.saturating_mul(HARD_LIMIT_FACTOR))
+        {
             return Enqueued::Dropped(DropReason::QueueFull);
         }
         state.queue.push_back(delivery);
         if let Some(a) = &state.attached {
             a.waker.notify_one();
         }
-        Enqueued::Queued
+        if len + 1 >= max_queued {
+            Enqueued::Congested
+        } else {
+            Enqueued::Queued
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Message;
+    use bytes::Bytes;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: Arc::from("t"),
+                payload: Bytes::from_static(b"x"),
+                qos,
+                retain: false,
+                properties: Default::default(),
+                expires_at: None,
+                origin: 0,
+            }),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn connected_session() -> Session {
+        let s = Session::new(1, Arc::from("c"));
+        s.attach(Attachment {
+            connection_id: 7,
+            waker: Arc::new(Notify::new()),
+        });
+        s
+    }
+
+    #[test]
+    fn offline_sessions_keep_qos1_up_to_the_limit() {
+        let s = Session::new(1, Arc::from("c"));
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce), 2),
+            Enqueued::Dropped(DropReason::OfflineQos0)
+        );
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 2), Enqueued::Queued);
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 2), Enqueued::Queued);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            Enqueued::Dropped(DropReason::QueueFull)
+        );
+    }
+
+    #[test]
+    fn connected_sessions_push_back_instead_of_dropping_qos1() {
+        let s = connected_session();
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 2), Enqueued::Queued);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            Enqueued::Congested
+        );
+        assert!(!s.has_space(2));
+        // Over the limit QoS 1 is still kept, QoS 0 is not.
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            Enqueued::Congested
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce), 2),
+            Enqueued::Dropped(DropReason::QueueFull)
+        );
+        // Up to the hard limit.
+        for _ in 3..2 * HARD_LIMIT_FACTOR {
+            assert_eq!(
+                s.enqueue(delivery(QoS::AtLeastOnce), 2),
+                Enqueued::Congested
+            );
+        }
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            Enqueued::Dropped(DropReason::QueueFull)
+        );
+    }
+
+    #[test]
+    fn slow_sessions_drop_their_excess_until_they_drain() {
+        let s = connected_session();
+        s.enqueue(delivery(QoS::AtLeastOnce), 2);
+        s.enqueue(delivery(QoS::AtLeastOnce), 2);
+        s.mark_slow();
+        assert!(s.has_space(2));
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            Enqueued::Dropped(DropReason::QueueFull)
+        );
+        s.state.lock().queue.clear();
+        s.drained(0, 2);
+        s.enqueue(delivery(QoS::AtLeastOnce), 2);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            Enqueued::Congested
+        );
+    }
+
+    #[test]
+    fn detaching_releases_paused_publishers() {
+        let s = connected_session();
+        s.enqueue(delivery(QoS::AtLeastOnce), 1);
+        assert!(!s.has_space(1));
+        s.detach(7);
+        assert!(s.has_space(1));
     }
 }

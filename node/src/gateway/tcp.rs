@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Connection};
+use crate::broker::{Broker, Connection, Session};
 use crate::mqtt::decode_packet;
 
 /// Bytes of spare room kept in a connection's read buffer before a read.
@@ -45,6 +45,7 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let metrics = broker.metrics().clone();
+    let max_queued = broker.config().max_queued_messages;
     metrics.connections.inc();
     metrics.connections_total.inc();
     let (mut reader, mut writer) = tokio::io::split(stream);
@@ -55,41 +56,18 @@ where
     if shutting_down {
         conn.shutdown();
     }
-    while !conn.is_closed() {
-        input.reserve(READ_CHUNK);
-        tokio::select! {
-            read = reader.read_buf(&mut input) => match read {
-                Ok(0) | Err(_) => conn.peer_closed(),
-                Ok(n) => {
-                    metrics.bytes_received.inc_by(n as u64);
-                    let now = Instant::now();
-                    loop {
-                        match decode_packet(&mut input, conn.version(), conn.max_packet_size()) {
-                            Ok(Some(packet)) => {
-                                conn.handle(packet, now);
-                                if conn.is_closed() {
-                                    break;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                conn.decode_error(&e);
-                                break;
-                            }
-                        }
-                    }
-                }
-            },
-            _ = waker.notified() => {}
-            _ = sleep_until(conn.deadline()) => conn.timed_out(),
-            changed = shutdown.changed(), if !shutting_down => {
-                shutting_down = true;
-                if changed.is_err() || *shutdown.borrow() {
-                    conn.shutdown();
-                }
+    loop {
+        // Packets already read are handled first, unless a congested
+        // subscriber paused this publisher: then they wait in `input`.
+        let now = Instant::now();
+        while !conn.is_closed() && conn.paused_on().is_none() {
+            match decode_packet(&mut input, conn.version(), conn.max_packet_size()) {
+                Ok(Some(packet)) => conn.handle(packet, now),
+                Ok(None) => break,
+                Err(e) => conn.decode_error(&e),
             }
         }
-        conn.pump(Instant::now());
+        conn.pump(now);
         if !conn.out.is_empty() {
             match writer.write_all(&conn.out).await {
                 Ok(()) => metrics.bytes_sent.inc_by(conn.out.len() as u64),
@@ -97,10 +75,39 @@ where
             }
             conn.out.clear();
         }
+        if conn.is_closed() {
+            break;
+        }
+        let paused_on = conn.paused_on();
+        if paused_on.is_none() {
+            input.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = reader.read_buf(&mut input), if paused_on.is_none() => match read {
+                Ok(0) | Err(_) => conn.peer_closed(),
+                Ok(n) => metrics.bytes_received.inc_by(n as u64),
+            },
+            _ = space_available(paused_on.as_deref(), max_queued) => conn.resume(Instant::now()),
+            _ = waker.notified() => {}
+            _ = sleep_until(conn.deadline()) => conn.timed_out(Instant::now()),
+            changed = shutdown.changed(), if !shutting_down => {
+                shutting_down = true;
+                if changed.is_err() || *shutdown.borrow() {
+                    conn.shutdown();
+                }
+            }
+        }
     }
     let _ = writer.shutdown().await;
     conn.finish();
     metrics.connections.dec();
+}
+
+async fn space_available(session: Option<&Session>, max_queued: usize) {
+    match session {
+        Some(s) => s.space_available(max_queued).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
