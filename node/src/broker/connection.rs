@@ -2,7 +2,7 @@
 //! in `gateway` feeds it packets, timeouts and wake-ups, and writes out
 //! what it leaves in [`Connection::out`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,9 @@ pub enum CloseKind {
     Refused,
 }
 
+/// Packets held back while paused; beyond this the shell stops reading.
+const HOLD_LIMIT: usize = 64;
+
 /// A publisher paused until a congested subscriber's queue drains.
 struct Pause {
     session: Arc<Session>,
@@ -59,6 +62,8 @@ struct Pause {
 pub struct Connection {
     broker: Broker,
     paused: Option<Pause>,
+    /// Packets that arrived while paused, handled in order on resume.
+    held: VecDeque<Packet>,
     id: u64,
     waker: Arc<Notify>,
     phase: Phase,
@@ -86,6 +91,7 @@ impl Connection {
         Connection {
             broker,
             paused: None,
+            held: VecDeque::new(),
             id,
             waker: Arc::new(Notify::new()),
             phase: Phase::AwaitingConnect,
@@ -130,17 +136,30 @@ impl Connection {
         self.broker.config().max_packet_size as usize
     }
 
-    /// The congested session this connection's publishing waits for, if
-    /// any; the shell stops reading from the client meanwhile.
+    /// The congested session this connection's publishing waits for, if any.
     pub fn paused_on(&self) -> Option<Arc<Session>> {
         self.paused.as_ref().map(|p| Arc::clone(&p.session))
     }
 
-    /// The congestion cleared: reading from the client resumes. The time
-    /// spent paused does not count against the client's keep-alive.
+    /// Whether the shell should read and hand over more packets. While
+    /// paused, acknowledgements are still handled (so that two clients
+    /// publishing to each other drain each other's queues) and everything
+    /// else is held, up to a bound.
+    pub fn wants_input(&self) -> bool {
+        self.phase != Phase::Closed && self.held.len() < HOLD_LIMIT
+    }
+
+    /// The congestion cleared: held packets are handled, in order, until
+    /// the connection pauses again.
     pub fn resume(&mut self, now: Instant) {
         if self.paused.take().is_some() {
             self.last_received = now;
+        }
+        while self.paused.is_none()
+            && self.phase != Phase::Closed
+            && let Some(packet) = self.held.pop_front()
+        {
+            self.dispatch(packet, now);
         }
     }
 
@@ -148,22 +167,26 @@ impl Connection {
     /// 1.5 times the keep-alive without a packet; while paused, when the
     /// subscriber it waits for counts as too slow.
     pub fn deadline(&self) -> Option<Instant> {
-        if let Some(pause) = &self.paused {
-            return Some(pause.until);
-        }
-        match self.phase {
+        let timeout = match self.phase {
             Phase::AwaitingConnect => Some(
                 self.opened_at
                     + Duration::from_secs(u64::from(self.broker.config().connect_timeout)),
             ),
             Phase::Active => self.keep_alive.map(|ka| self.last_received + ka * 3 / 2),
             Phase::Closed => None,
+        };
+        match (&self.paused, timeout) {
+            // Not reading, the keep-alive cannot be held against the client.
+            (Some(pause), _) if !self.wants_input() => Some(pause.until),
+            (Some(pause), Some(t)) => Some(pause.until.min(t)),
+            (Some(pause), None) => Some(pause.until),
+            (None, t) => t,
         }
     }
 
     /// The deadline passed.
     pub fn timed_out(&mut self, now: Instant) {
-        if let Some(pause) = &self.paused {
+        if let Some(pause) = self.paused.as_ref().filter(|p| p.until <= now) {
             tracing::debug!(connection = self.id, client_id = %pause.session.client_id, "slow subscriber");
             pause.session.mark_slow();
             self.resume(now);
@@ -212,6 +235,22 @@ impl Connection {
             return;
         }
         self.last_received = now;
+        let acknowledgement = matches!(
+            packet,
+            Packet::PubAck(_)
+                | Packet::PubRec(_)
+                | Packet::PubRel(_)
+                | Packet::PubComp(_)
+                | Packet::PingReq
+        );
+        if self.paused.is_some() && !acknowledgement {
+            self.held.push_back(packet);
+            return;
+        }
+        self.dispatch(packet, now);
+    }
+
+    fn dispatch(&mut self, packet: Packet, now: Instant) {
         if self.phase == Phase::AwaitingConnect {
             match packet {
                 Packet::Connect(connect) => self.on_connect(*connect, now),
@@ -351,13 +390,28 @@ impl Connection {
 
     fn close_with_reason(&mut self, code: u8, kind: CloseKind, reason_string: String) {
         if self.phase == Phase::Active && self.version.is_v5() {
-            self.send(&Packet::Disconnect(Disconnect {
+            let mut disconnect = Disconnect {
                 reason_code: code,
                 properties: Properties {
                     reason_string: Some(reason_string),
                     ..Properties::default()
                 },
-            }));
+            };
+            // The Reason String is left out rather than exceed the client's
+            // Maximum Packet Size [MQTT-3.14.2-3].
+            let mut probe = BytesMut::new();
+            let fits = self
+                .encoder
+                .encode(
+                    &Packet::Disconnect(disconnect.clone()),
+                    self.version,
+                    &mut probe,
+                )
+                .is_ok_and(|size| size <= self.client_max_packet_size);
+            if !fits {
+                disconnect.properties.reason_string = None;
+            }
+            self.send(&Packet::Disconnect(disconnect));
         }
         self.close_silently(kind);
     }

@@ -144,27 +144,28 @@ impl Broker {
         let generation = session.detach(connection_id)?;
         let expiry = session.state.lock().expiry_interval;
         if expiry == 0 {
-            self.end_session(session);
+            self.end_session(session, generation);
         } else if expiry != u32::MAX {
             let broker = self.clone();
             let session = Arc::clone(session);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                let resumed = session.state.lock().generation != generation;
-                if !resumed && !session.is_connected() {
-                    broker.end_session(&session);
-                }
+                broker.end_session(&session, generation);
             });
         }
         Some(generation)
     }
 
-    fn end_session(&self, session: &Arc<Session>) {
+    /// Ends `session` unless a connection attached to it after the detach
+    /// at `generation`. Checked under the sessions lock, which a resuming
+    /// connection holds while it attaches, so that a session is never
+    /// discarded just after a client was told it was resumed.
+    fn end_session(&self, session: &Arc<Session>, generation: u64) {
         let mut sessions = self.inner.sessions.lock();
         let is_current = sessions
             .get(&session.client_id)
             .is_some_and(|s| Arc::ptr_eq(s, session));
-        if !is_current {
+        if !is_current || session.state.lock().generation != generation {
             return;
         }
         sessions.remove(&session.client_id);
@@ -241,7 +242,11 @@ impl Broker {
             outcome.offered += 1;
             match session.enqueue(delivery, max_queued) {
                 Enqueued::Dropped(reason) => self.inner.metrics.message_dropped(reason),
-                Enqueued::Congested if outcome.congested.is_none() => {
+                // Never pause a publisher on its own session: paused, it
+                // stops reading the acks that would drain that session.
+                Enqueued::Congested
+                    if outcome.congested.is_none() && session.id != message.origin =>
+                {
                     outcome.congested = Some(Arc::clone(session));
                 }
                 _ => {}

@@ -57,10 +57,8 @@ where
         conn.shutdown();
     }
     loop {
-        // Packets already read are handled first, unless a congested
-        // subscriber paused this publisher: then they wait in `input`.
         let now = Instant::now();
-        while !conn.is_closed() && conn.paused_on().is_none() {
+        while conn.wants_input() {
             match decode_packet(&mut input, conn.version(), conn.max_packet_size()) {
                 Ok(Some(packet)) => conn.handle(packet, now),
                 Ok(None) => break,
@@ -79,11 +77,12 @@ where
             break;
         }
         let paused_on = conn.paused_on();
-        if paused_on.is_none() {
+        let reading = conn.wants_input();
+        if reading {
             input.reserve(READ_CHUNK);
         }
         tokio::select! {
-            read = reader.read_buf(&mut input), if paused_on.is_none() => match read {
+            read = reader.read_buf(&mut input), if reading => match read {
                 Ok(0) | Err(_) => conn.peer_closed(),
                 Ok(n) => metrics.bytes_received.inc_by(n as u64),
             },
