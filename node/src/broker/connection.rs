@@ -55,8 +55,10 @@ const HOLD_LIMIT: usize = 64;
 /// A publisher paused until a congested subscriber's queue drains.
 struct Pause {
     session: Arc<Session>,
-    /// When the subscriber counts as too slow to wait for.
+    /// When to look again whether the subscriber is making progress.
     until: Instant,
+    /// The subscriber's progress when the pause began or was last checked.
+    progress: u64,
 }
 
 pub struct Connection {
@@ -184,9 +186,21 @@ impl Connection {
         }
     }
 
+    fn slow_subscriber_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.broker.config().slow_subscriber_timeout))
+    }
+
     /// The deadline passed.
     pub fn timed_out(&mut self, now: Instant) {
-        if let Some(pause) = self.paused.as_ref().filter(|p| p.until <= now) {
+        let timeout = self.slow_subscriber_timeout();
+        if let Some(pause) = self.paused.as_mut().filter(|p| p.until <= now) {
+            let progress = pause.session.progress();
+            if progress != pause.progress {
+                // Busy, not stuck: keep waiting for it.
+                pause.progress = progress;
+                pause.until = now + timeout;
+                return;
+            }
             tracing::debug!(connection = self.id, client_id = %pause.session.client_id, "slow subscriber");
             pause.session.mark_slow();
             self.resume(now);
@@ -307,6 +321,7 @@ impl Connection {
             self.close(reason::SESSION_TAKEN_OVER, CloseKind::TakenOver);
             return;
         }
+        let queued_before = state.queue.len();
         while self.out.len() < FLUSH_THRESHOLD {
             let Some(front) = state.queue.front() else {
                 break;
@@ -340,7 +355,11 @@ impl Connection {
             // Continue after this batch is written.
             self.waker.notify_one();
         }
-        session.drained(state.queue.len(), self.broker.config().max_queued_messages);
+        session.drained(
+            queued_before - state.queue.len(),
+            state.queue.len(),
+            self.broker.config().max_queued_messages,
+        );
     }
 
     /// Runs once the socket is gone: detaches the session and publishes the
@@ -698,11 +717,10 @@ impl Connection {
         let message = inbound_message(&mut p, origin, now);
         let published = self.broker.publish(message);
         if let Some(session) = published.congested {
-            let timeout =
-                Duration::from_secs(u64::from(self.broker.config().slow_subscriber_timeout));
             self.paused = Some(Pause {
+                progress: session.progress(),
                 session,
-                until: now + timeout,
+                until: now + self.slow_subscriber_timeout(),
             });
         }
         if p.qos != QoS::AtMostOnce {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -91,7 +91,27 @@ pub struct Session {
     slow: AtomicBool,
     /// Wakes publishers paused on this session when its queue drains.
     space: Notify,
+    /// Publishers paused on this session right now.
+    waiting: AtomicUsize,
+    /// Messages taken off the queue since the session began.
+    drained_total: AtomicU64,
     pub state: Mutex<SessionState>,
+}
+
+/// Counts a paused publisher for as long as it waits, however its wait ends.
+struct WaitingGuard<'a>(&'a AtomicUsize);
+
+impl<'a> WaitingGuard<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        WaitingGuard(counter)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Beyond this many times the queue limit even a connected session's
@@ -108,6 +128,8 @@ impl Session {
             connected: AtomicBool::new(false),
             slow: AtomicBool::new(false),
             space: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            drained_total: AtomicU64::new(0),
             state: Mutex::new(SessionState::default()),
         }
     }
@@ -125,22 +147,33 @@ impl Session {
         self.space.notify_waiters();
     }
 
-    /// Marks the session too slow to pause publishers for.
+    /// Marks the session too slow to pause publishers for, releasing those
+    /// paused on it.
     pub fn mark_slow(&self) {
         self.slow.store(true, Ordering::Release);
+        self.space.notify_waiters();
+    }
+
+    /// Messages taken off the queue so far: a paused publisher tells a slow
+    /// subscriber from a busy one by whether this moves.
+    pub fn progress(&self) -> u64 {
+        self.drained_total.load(Ordering::Acquire)
     }
 
     /// Whether a publisher paused on this session may go on: the queue is
-    /// below half its limit, or the session can no longer pause anyone.
+    /// below its limit, or the session can no longer pause anyone.
     pub fn has_space(&self, max_queued: usize) -> bool {
         !self.is_alive()
             || !self.is_connected()
             || self.slow.load(Ordering::Acquire)
-            || self.state.lock().queue.len() < max_queued.div_ceil(2)
+            || self.state.lock().queue.len() < max_queued
     }
 
-    /// Resolves once [`Session::has_space`] holds.
+    /// Resolves once [`Session::has_space`] holds. Paused publishers are
+    /// woken one per message taken off the queue, in the order they paused,
+    /// so that many publishers feeding one subscriber take turns.
     pub async fn space_available(&self, max_queued: usize) {
+        let _waiting = WaitingGuard::new(&self.waiting);
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
@@ -152,12 +185,20 @@ impl Session {
         }
     }
 
-    /// Called by the session's connection after it took messages off the
-    /// queue: wakes paused publishers once the queue is below half its limit.
-    pub(super) fn drained(&self, queue_len: usize, max_queued: usize) {
+    /// Called by the session's connection after it took `popped` messages
+    /// off the queue: wakes as many paused publishers.
+    pub(super) fn drained(&self, popped: usize, queue_len: usize, max_queued: usize) {
+        if popped == 0 {
+            return;
+        }
+        self.drained_total
+            .fetch_add(popped as u64, Ordering::AcqRel);
         if queue_len < max_queued.div_ceil(2) {
             self.slow.store(false, Ordering::Release);
-            self.space.notify_waiters();
+        }
+        let waiting = self.waiting.load(Ordering::Acquire);
+        for _ in 0..popped.min(waiting) {
+            self.space.notify_one();
         }
     }
 
@@ -312,7 +353,7 @@ mod tests {
             Enqueued::Dropped(DropReason::QueueFull)
         );
         s.state.lock().queue.clear();
-        s.drained(0, 2);
+        s.drained(2, 0, 2);
         s.enqueue(delivery(QoS::AtLeastOnce), 2);
         assert_eq!(
             s.enqueue(delivery(QoS::AtLeastOnce), 2),
