@@ -102,6 +102,7 @@ impl Server {
     /// Stops accepting, tells every client the server is going away, and
     /// waits (bounded) for connections to close.
     pub async fn shutdown(self) {
+        self.broker.begin_shutdown();
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;

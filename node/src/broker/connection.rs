@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::session::{Attachment, Inflight, Session};
+use super::session::{Attachment, Inflight, Session, Signal};
 use super::{Broker, Delivery, Message};
 use crate::metrics::DropReason;
 use crate::mqtt::topic::{self, TopicError};
@@ -49,6 +48,13 @@ pub enum CloseKind {
     Refused,
 }
 
+/// Topic aliases of a v5 connection, both ways.
+#[derive(Default)]
+struct TopicAliases {
+    inbound: HashMap<u16, String>,
+    outbound: HashMap<Arc<str>, u16>,
+}
+
 /// Packets held back while paused; beyond this the shell stops reading.
 const HOLD_LIMIT: usize = 64;
 
@@ -67,12 +73,13 @@ pub struct Connection {
     /// Packets that arrived while paused, handled in order on resume.
     held: VecDeque<Packet>,
     id: u64,
-    waker: Arc<Notify>,
+    waker: Arc<Signal>,
     phase: Phase,
     close_kind: Option<CloseKind>,
     version: ProtocolVersion,
     session: Option<Arc<Session>>,
-    will: Option<Will>,
+    /// Boxed: most connections have none, and every byte here is paid per connection.
+    will: Option<Box<Will>>,
     opened_at: Instant,
     last_received: Instant,
     keep_alive: Option<Duration>,
@@ -80,8 +87,8 @@ pub struct Connection {
     client_receive_maximum: usize,
     client_max_packet_size: usize,
     client_topic_alias_maximum: u16,
-    inbound_aliases: HashMap<u16, String>,
-    outbound_aliases: HashMap<Arc<str>, u16>,
+    /// Created by the first topic alias, in either direction.
+    aliases: Option<Box<TopicAliases>>,
     encoder: Encoder,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
@@ -95,7 +102,7 @@ impl Connection {
             paused: None,
             held: VecDeque::new(),
             id,
-            waker: Arc::new(Notify::new()),
+            waker: Arc::new(Signal::default()),
             phase: Phase::AwaitingConnect,
             close_kind: None,
             version: ProtocolVersion::V311,
@@ -108,8 +115,7 @@ impl Connection {
             client_receive_maximum: usize::from(u16::MAX),
             client_max_packet_size: usize::MAX,
             client_topic_alias_maximum: 0,
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
+            aliases: None,
             encoder: Encoder::new(),
             out: BytesMut::new(),
         }
@@ -117,8 +123,12 @@ impl Connection {
 
     /// Notified whenever the session has something for this connection, or
     /// another connection took the session over.
-    pub fn waker(&self) -> Arc<Notify> {
+    pub fn waker(&self) -> Arc<Signal> {
         Arc::clone(&self.waker)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.broker.is_shutting_down()
     }
 
     pub fn version(&self) -> ProtocolVersion {
@@ -138,9 +148,20 @@ impl Connection {
         self.broker.config().max_packet_size as usize
     }
 
-    /// The congested session this connection's publishing waits for, if any.
-    pub fn paused_on(&self) -> Option<Arc<Session>> {
-        self.paused.as_ref().map(|p| Arc::clone(&p.session))
+    /// The connection's signal fired: resumes publishing if the subscriber
+    /// it was paused on has room again, and notices a server shutdown.
+    pub fn woken(&mut self, now: Instant) {
+        if self.broker.is_shutting_down() {
+            return self.shutdown();
+        }
+        let max_queued = self.broker.config().max_queued_messages;
+        if let Some(pause) = &self.paused {
+            if pause.session.has_space(max_queued) {
+                self.resume(now);
+            } else {
+                pause.session.wait_for_space(&self.waker, max_queued);
+            }
+        }
     }
 
     /// Whether the shell should read and hand over more packets. While
@@ -353,13 +374,10 @@ impl Connection {
         }
         if self.out.len() >= FLUSH_THRESHOLD && !state.queue.is_empty() {
             // Continue after this batch is written.
-            self.waker.notify_one();
+            self.waker.wake();
         }
-        session.drained(
-            queued_before - state.queue.len(),
-            state.queue.len(),
-            self.broker.config().max_queued_messages,
-        );
+        let popped = queued_before - state.queue.len();
+        session.drained(&mut state, popped, self.broker.config().max_queued_messages);
     }
 
     /// Runs once the socket is gone: detaches the session and publishes the
@@ -370,7 +388,7 @@ impl Connection {
             return;
         };
         let generation = self.broker.close_session(&session, self.id);
-        let Some(will) = self.will.take() else {
+        let Some(will) = self.will.take().map(|w| *w) else {
             return;
         };
         if self.close_kind == Some(CloseKind::Normal) {
@@ -542,7 +560,7 @@ impl Connection {
             self.client_max_packet_size = mps as usize;
         }
         self.client_topic_alias_maximum = c.properties.topic_alias_maximum.unwrap_or(0);
-        self.will = c.will;
+        self.will = c.will.map(Box::new);
 
         let opened = self.broker.open_session(
             &client_id,
@@ -611,11 +629,12 @@ impl Connection {
         let mut alias = None;
         let mut new_alias = false;
         if v5 && self.client_topic_alias_maximum > 0 {
-            if let Some(&a) = self.outbound_aliases.get(&msg.topic) {
+            let aliases = self.aliases.get_or_insert_with(Default::default);
+            if let Some(&a) = aliases.outbound.get(&msg.topic) {
                 alias = Some(a);
                 topic = "";
-            } else if self.outbound_aliases.len() < usize::from(self.client_topic_alias_maximum) {
-                alias = Some(self.outbound_aliases.len() as u16 + 1);
+            } else if aliases.outbound.len() < usize::from(self.client_topic_alias_maximum) {
+                alias = Some(aliases.outbound.len() as u16 + 1);
                 new_alias = true;
             }
         }
@@ -639,7 +658,10 @@ impl Connection {
         ) {
             Ok(_) => {
                 if new_alias && let Some(a) = alias {
-                    self.outbound_aliases.insert(Arc::clone(&msg.topic), a);
+                    self.aliases
+                        .get_or_insert_with(Default::default)
+                        .outbound
+                        .insert(Arc::clone(&msg.topic), a);
                 }
                 self.broker.metrics().message_sent(d.qos);
                 true
@@ -671,12 +693,15 @@ impl Connection {
                 return self.close(reason::TOPIC_ALIAS_INVALID, CloseKind::ProtocolError);
             }
             if p.topic.is_empty() {
-                match self.inbound_aliases.get(&alias) {
+                match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                     Some(t) => p.topic = t.clone(),
                     None => return self.close(reason::PROTOCOL_ERROR, CloseKind::ProtocolError),
                 }
             } else {
-                self.inbound_aliases.insert(alias, p.topic.clone());
+                self.aliases
+                    .get_or_insert_with(Default::default)
+                    .inbound
+                    .insert(alias, p.topic.clone());
             }
         }
         if let Err(e) = self.validate_topic_name(&p.topic) {
@@ -717,6 +742,7 @@ impl Connection {
         let message = inbound_message(&mut p, origin, now);
         let published = self.broker.publish(message);
         if let Some(session) = published.congested {
+            session.wait_for_space(&self.waker, self.broker.config().max_queued_messages);
             self.paused = Some(Pause {
                 progress: session.progress(),
                 session,

@@ -11,7 +11,7 @@ mod trie;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 pub use connection::{CloseKind, Connection};
 pub use message::{Delivery, Message};
 pub use retained::RetainedStore;
-pub use session::{Attachment, Enqueued, Inflight, Session, StoredSubscription};
+pub use session::{Attachment, Enqueued, Inflight, Session, Signal, StoredSubscription};
 pub use trie::{Subscriber, SubscriptionTrie};
 
 use crate::config::MqttConfig;
@@ -43,6 +43,7 @@ struct Inner {
     trie: RwLock<SubscriptionTrie>,
     retained: RwLock<RetainedStore>,
     next_id: AtomicU64,
+    shutting_down: AtomicBool,
 }
 
 /// What became of a published message.
@@ -72,6 +73,7 @@ impl Broker {
                 trie: RwLock::new(SubscriptionTrie::default()),
                 retained: RwLock::new(RetainedStore::default()),
                 next_id: AtomicU64::new(1),
+                shutting_down: AtomicBool::new(false),
             }),
         }
     }
@@ -82,6 +84,21 @@ impl Broker {
 
     pub fn metrics(&self) -> &BrokerMetrics {
         &self.inner.metrics
+    }
+
+    /// Tells every connection with a session that the server is stopping;
+    /// connections still before CONNECT notice when they next wake.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        for session in self.inner.sessions.lock().values() {
+            if let Some(a) = &session.state.lock().attached {
+                a.waker.wake();
+            }
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Acquire)
     }
 
     /// A fresh id for a connection or a session.
@@ -110,7 +127,7 @@ impl Broker {
                 existing.state.lock().expiry_interval = expiry_interval;
                 drop(sessions);
                 if let Some(old) = replaced {
-                    old.waker.notify_one();
+                    old.waker.wake();
                 }
                 return OpenedSession {
                     session: existing,
@@ -120,7 +137,7 @@ impl Broker {
             sessions.remove(client_id);
             let replaced = existing.state.lock().attached.take();
             if let Some(old) = replaced {
-                old.waker.notify_one();
+                old.waker.wake();
             }
             self.inner.metrics.sessions.dec();
             self.discard(&existing);

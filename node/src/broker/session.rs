@@ -3,10 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use super::message::Delivery;
 use crate::metrics::DropReason;
@@ -28,11 +29,31 @@ pub enum Inflight {
     Released,
 }
 
+/// Wakes a connection's task: a delivery was queued, its session was taken
+/// over, a subscriber it was paused on drained, or the server is stopping.
+/// One per connection, so that its task waits on a single future.
+#[derive(Debug, Default)]
+pub struct Signal {
+    notify: Notify,
+    /// Whether the connection is in some session's queue of paused publishers.
+    waiting_for_space: AtomicBool,
+}
+
+impl Signal {
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    pub fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+}
+
 /// The connection currently attached to a session.
 #[derive(Debug, Clone)]
 pub struct Attachment {
     pub connection_id: u64,
-    pub waker: Arc<Notify>,
+    pub waker: Arc<Signal>,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +70,8 @@ pub struct SessionState {
     /// Bumped on every attach, so that timers armed at a detach can tell
     /// whether the session was resumed since.
     pub generation: u64,
+    /// Publishers paused until this queue drains, in the order they paused.
+    paused_publishers: VecDeque<Arc<Signal>>,
 }
 
 impl SessionState {
@@ -89,28 +112,19 @@ pub struct Session {
     /// Set when a publisher gave up waiting for this session to drain; its
     /// excess is dropped instead of pausing publishers, until it catches up.
     slow: AtomicBool,
-    /// Wakes publishers paused on this session when its queue drains.
-    space: Notify,
-    /// Publishers paused on this session right now.
-    waiting: AtomicUsize,
     /// Messages taken off the queue since the session began.
     drained_total: AtomicU64,
     pub state: Mutex<SessionState>,
 }
 
-/// Counts a paused publisher for as long as it waits, however its wait ends.
-struct WaitingGuard<'a>(&'a AtomicUsize);
-
-impl<'a> WaitingGuard<'a> {
-    fn new(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::AcqRel);
-        WaitingGuard(counter)
-    }
-}
-
-impl Drop for WaitingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+/// Wakes up to `n` paused publishers, oldest first.
+fn release_paused(state: &mut SessionState, n: usize) {
+    for _ in 0..n {
+        let Some(publisher) = state.paused_publishers.pop_front() else {
+            break;
+        };
+        publisher.waiting_for_space.store(false, Ordering::Release);
+        publisher.wake();
     }
 }
 
@@ -127,8 +141,6 @@ impl Session {
             alive: AtomicBool::new(true),
             connected: AtomicBool::new(false),
             slow: AtomicBool::new(false),
-            space: Notify::new(),
-            waiting: AtomicUsize::new(0),
             drained_total: AtomicU64::new(0),
             state: Mutex::new(SessionState::default()),
         }
@@ -144,14 +156,14 @@ impl Session {
 
     pub(super) fn mark_dead(&self) {
         self.alive.store(false, Ordering::Release);
-        self.space.notify_waiters();
+        release_paused(&mut self.state.lock(), usize::MAX);
     }
 
     /// Marks the session too slow to pause publishers for, releasing those
     /// paused on it.
     pub fn mark_slow(&self) {
         self.slow.store(true, Ordering::Release);
-        self.space.notify_waiters();
+        release_paused(&mut self.state.lock(), usize::MAX);
     }
 
     /// Messages taken off the queue so far: a paused publisher tells a slow
@@ -163,43 +175,41 @@ impl Session {
     /// Whether a publisher paused on this session may go on: the queue is
     /// below its limit, or the session can no longer pause anyone.
     pub fn has_space(&self, max_queued: usize) -> bool {
-        !self.is_alive()
-            || !self.is_connected()
-            || self.slow.load(Ordering::Acquire)
-            || self.state.lock().queue.len() < max_queued
+        self.has_space_in(&self.state.lock(), max_queued)
     }
 
-    /// Resolves once [`Session::has_space`] holds. Paused publishers are
-    /// woken one per message taken off the queue, in the order they paused,
-    /// so that many publishers feeding one subscriber take turns.
-    pub async fn space_available(&self, max_queued: usize) {
-        let _waiting = WaitingGuard::new(&self.waiting);
-        loop {
-            let notified = self.space.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.has_space(max_queued) {
-                return;
-            }
-            notified.await;
+    fn has_space_in(&self, state: &SessionState, max_queued: usize) -> bool {
+        !self.is_alive()
+            || state.attached.is_none()
+            || self.slow.load(Ordering::Acquire)
+            || state.queue.len() < max_queued
+    }
+
+    /// Queues `publisher` to be woken when this session's queue has room,
+    /// or wakes it now if it has. Publishers are woken one per message
+    /// taken off the queue, in the order they paused, so that many
+    /// publishers feeding one subscriber take turns.
+    pub fn wait_for_space(&self, publisher: &Arc<Signal>, max_queued: usize) {
+        let mut state = self.state.lock();
+        if self.has_space_in(&state, max_queued) {
+            publisher.wake();
+        } else if !publisher.waiting_for_space.swap(true, Ordering::AcqRel) {
+            state.paused_publishers.push_back(Arc::clone(publisher));
         }
     }
 
-    /// Called by the session's connection after it took `popped` messages
-    /// off the queue: wakes as many paused publishers.
-    pub(super) fn drained(&self, popped: usize, queue_len: usize, max_queued: usize) {
+    /// Called by the session's connection, under the session lock, after it
+    /// took `popped` messages off the queue: wakes as many paused publishers.
+    pub(super) fn drained(&self, state: &mut SessionState, popped: usize, max_queued: usize) {
         if popped == 0 {
             return;
         }
         self.drained_total
             .fetch_add(popped as u64, Ordering::AcqRel);
-        if queue_len < max_queued.div_ceil(2) {
+        if state.queue.len() < max_queued.div_ceil(2) {
             self.slow.store(false, Ordering::Release);
         }
-        let waiting = self.waiting.load(Ordering::Acquire);
-        for _ in 0..popped.min(waiting) {
-            self.space.notify_one();
-        }
+        release_paused(state, popped);
     }
 
     /// Attaches a connection; returns the one it replaces.
@@ -218,7 +228,7 @@ impl Session {
             Some(a) if a.connection_id == connection_id => {
                 state.attached = None;
                 self.connected.store(false, Ordering::Release);
-                self.space.notify_waiters();
+                release_paused(&mut state, usize::MAX);
                 Some(state.generation)
             }
             _ => None,
@@ -252,8 +262,11 @@ impl Session {
             return Enqueued::Dropped(DropReason::QueueFull);
         }
         state.queue.push_back(delivery);
-        if let Some(a) = &state.attached {
-            a.waker.notify_one();
+        // A non-empty queue already has its connection's attention.
+        if len == 0
+            && let Some(a) = &state.attached
+        {
+            a.waker.wake();
         }
         if len + 1 >= max_queued {
             Enqueued::Congested
@@ -290,7 +303,7 @@ mod tests {
         let s = Session::new(1, Arc::from("c"));
         s.attach(Attachment {
             connection_id: 7,
-            waker: Arc::new(Notify::new()),
+            waker: Arc::new(Signal::default()),
         });
         s
     }
@@ -352,8 +365,10 @@ mod tests {
             s.enqueue(delivery(QoS::AtLeastOnce), 2),
             Enqueued::Dropped(DropReason::QueueFull)
         );
-        s.state.lock().queue.clear();
-        s.drained(2, 0, 2);
+        let mut state = s.state.lock();
+        state.queue.clear();
+        s.drained(&mut state, 2, 2);
+        drop(state);
         s.enqueue(delivery(QoS::AtLeastOnce), 2);
         assert_eq!(
             s.enqueue(delivery(QoS::AtLeastOnce), 2),

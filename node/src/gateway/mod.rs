@@ -2,5 +2,7 @@
 //! broker's [`Connection`](crate::broker::Connection) state machine.
 
 mod tcp;
+mod transport;
 
 pub use tcp::{run_tcp_listener, serve_connection};
+pub use transport::Transport;

@@ -1,17 +1,21 @@
 //! The plain TCP listener and the per-connection I/O loop, generic over the
-//! byte stream so that TLS and WebSocket streams reuse it.
+//! [`Transport`] so that TLS and WebSocket streams reuse it.
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Connection, Session};
+use super::Transport;
+use crate::broker::{Broker, Connection};
 use crate::mqtt::decode_packet;
 
-/// Bytes of spare room kept in a connection's read buffer before a read.
+/// Room made in a connection's read buffer before a read.
 const READ_CHUNK: usize = 4096;
+
+/// A write buffer larger than this is released once written, so that a
+/// burst does not stay allocated on an idle connection.
+const MAX_IDLE_OUTPUT: usize = 16 * 1024;
 
 /// Accepts connections until `shutdown` turns true.
 pub async fn run_tcp_listener(
@@ -26,7 +30,7 @@ pub async fn run_tcp_listener(
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
                     }
-                    tokio::spawn(serve_connection(stream, broker.clone(), shutdown.clone()));
+                    tokio::spawn(serve_connection(stream, broker.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -40,22 +44,18 @@ pub async fn run_tcp_listener(
 }
 
 /// Runs one MQTT connection over `stream` until either side ends it.
-pub async fn serve_connection<S>(stream: S, broker: Broker, mut shutdown: watch::Receiver<bool>)
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin,
-{
+pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
     let metrics = broker.metrics().clone();
-    let max_queued = broker.config().max_queued_messages;
     metrics.connections.inc();
     metrics.connections_total.inc();
-    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut conn = Connection::new(broker, Instant::now());
     let waker = conn.waker();
     let mut input = BytesMut::new();
-    let mut shutting_down = *shutdown.borrow();
-    if shutting_down {
+    if conn.is_shutting_down() {
         conn.shutdown();
     }
+    let timer = tokio::time::sleep_until(far_future());
+    tokio::pin!(timer);
     loop {
         let now = Instant::now();
         while conn.wants_input() {
@@ -65,53 +65,53 @@ where
                 Err(e) => conn.decode_error(&e),
             }
         }
+        if input.is_empty() {
+            // Idle connections keep no read buffer.
+            input = BytesMut::new();
+        }
         conn.pump(now);
         if !conn.out.is_empty() {
-            match writer.write_all(&conn.out).await {
+            match stream.write_all(&conn.out).await {
                 Ok(()) => metrics.bytes_sent.inc_by(conn.out.len() as u64),
                 Err(_) => conn.peer_closed(),
             }
             conn.out.clear();
+            if conn.out.capacity() > MAX_IDLE_OUTPUT {
+                conn.out = BytesMut::new();
+            }
         }
         if conn.is_closed() {
             break;
         }
-        let paused_on = conn.paused_on();
-        let reading = conn.wants_input();
-        if reading {
-            input.reserve(READ_CHUNK);
+        let deadline = conn.deadline().unwrap_or_else(far_future);
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
         }
+        let reading = conn.wants_input();
         tokio::select! {
-            read = reader.read_buf(&mut input), if reading => match read {
-                Ok(0) | Err(_) => conn.peer_closed(),
-                Ok(n) => metrics.bytes_received.inc_by(n as u64),
-            },
-            _ = space_available(paused_on.as_deref(), max_queued) => conn.resume(Instant::now()),
-            _ = waker.notified() => {}
-            _ = sleep_until(conn.deadline()) => conn.timed_out(Instant::now()),
-            changed = shutdown.changed(), if !shutting_down => {
-                shutting_down = true;
-                if changed.is_err() || *shutdown.borrow() {
-                    conn.shutdown();
+            ready = stream.readable(), if reading => {
+                if ready.is_err() {
+                    conn.peer_closed();
+                    continue;
+                }
+                input.reserve(READ_CHUNK);
+                match stream.try_read_buf(&mut input) {
+                    Ok(0) => conn.peer_closed(),
+                    Ok(n) => metrics.bytes_received.inc_by(n as u64),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => conn.peer_closed(),
                 }
             }
+            _ = waker.notified() => conn.woken(Instant::now()),
+            _ = &mut timer => conn.timed_out(Instant::now()),
         }
     }
-    let _ = writer.shutdown().await;
+    stream.close().await;
     conn.finish();
     metrics.connections.dec();
 }
 
-async fn space_available(session: Option<&Session>, max_queued: usize) {
-    match session {
-        Some(s) => s.space_available(max_queued).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// A deadline that never comes, for a timer with nothing to time.
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }

@@ -1,0 +1,49 @@
+//! The byte streams a connection runs over. Reading goes by readiness, so
+//! that an idle connection holds no read buffer: it waits for the socket to
+//! become readable and only then takes a buffer to read into.
+
+use std::future::Future;
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+pub trait Transport: Send + Sync + 'static {
+    /// Resolves when a read may make progress.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Reads what is available into `buf` without waiting; `WouldBlock`
+    /// when nothing is.
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
+    /// Writes all of `buf`.
+    fn write_all(&self, buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ends the stream after what was written.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl Transport for TcpStream {
+    async fn readable(&self) -> io::Result<()> {
+        TcpStream::readable(self).await
+    }
+
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        TcpStream::try_read_buf(self, buf)
+    }
+
+    async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            // Most writes fit the socket buffer at once: try before waiting.
+            match self.try_write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        let _ = AsyncWriteExt::shutdown(self).await;
+    }
+}
