@@ -10,6 +10,11 @@ use halyard_node::config::{Config, LogFormat, Overrides};
 use halyard_node::server::Server;
 use tracing_subscriber::EnvFilter;
 
+// Many small, short-lived allocations per message and per connection: mimalloc
+// serves them faster and with less overhead per idle connection than glibc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "halyard",
