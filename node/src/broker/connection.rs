@@ -14,9 +14,9 @@ use super::{Broker, Delivery, Message};
 use crate::metrics::DropReason;
 use crate::mqtt::topic::{self, TopicError};
 use crate::mqtt::{
-    Ack, ConnAck, Connect, DecodeError, Disconnect, Encoder, Packet, Properties, ProtocolVersion,
-    Publish, PublishRef, QoS, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
-    reason,
+    Ack, AckKind, ConnAck, Connect, DecodeError, Disconnect, Encoder, Packet, Properties,
+    ProtocolVersion, Publish, PublishRef, QoS, RetainHandling, SubAck, Subscribe, UnsubAck,
+    Unsubscribe, Will, reason,
 };
 
 /// Once this much is waiting to be written, deliveries pause until it is flushed.
@@ -285,7 +285,7 @@ impl Connection {
         self.dispatch(packet, now);
     }
 
-    fn dispatch(&mut self, packet: Packet, now: Instant) {
+    fn dispatch(&mut self, mut packet: Packet, now: Instant) {
         if self.phase == Phase::AwaitingConnect {
             match packet {
                 Packet::Connect(connect) => self.on_connect(*connect, now),
@@ -301,7 +301,8 @@ impl Connection {
             }
             return;
         }
-        match packet {
+        // By reference: packets are large and this is the publish path.
+        match &mut packet {
             Packet::Publish(p) => self.on_publish(p, now),
             Packet::PubAck(a) => self.on_puback(a),
             Packet::PubRec(a) => self.on_pubrec(a),
@@ -605,17 +606,12 @@ impl Connection {
     /// released QoS 2 messages get their PUBREL again.
     fn resend_inflight(&mut self, session: &Arc<Session>, now: Instant) {
         let state = session.state.lock();
-        for (&packet_id, inflight) in &state.inflight {
+        for (&packet_id, inflight) in state.inflight.iter() {
             match inflight {
                 Inflight::Sent(delivery) => {
                     self.write_delivery(delivery, packet_id, true, now);
                 }
-                Inflight::Released => {
-                    let packet = Packet::PubRel(Ack::new(packet_id, reason::SUCCESS));
-                    if let Err(e) = self.encoder.encode(&packet, self.version, &mut self.out) {
-                        tracing::warn!(connection = self.id, error = %e, "cannot encode PUBREL");
-                    }
-                }
+                Inflight::Released => self.send_ack(AckKind::PubRel, packet_id, reason::SUCCESS),
             }
         }
     }
@@ -645,7 +641,7 @@ impl Connection {
             topic,
             packet_id,
             payload: &msg.payload,
-            properties: v5.then_some(&msg.properties),
+            properties: msg.properties.as_deref().filter(|_| v5),
             message_expiry_interval: msg.remaining_expiry(now),
             subscription_identifiers: &d.subscription_ids,
             topic_alias: alias,
@@ -675,7 +671,7 @@ impl Connection {
         }
     }
 
-    fn on_publish(&mut self, mut p: Publish, now: Instant) {
+    fn on_publish(&mut self, p: &mut Publish, now: Instant) {
         let v5 = self.version.is_v5();
         let config = self.broker.config();
         self.broker.metrics().message_received(p.qos);
@@ -727,7 +723,7 @@ impl Connection {
                 return;
             };
             let mut state = session.state.lock();
-            if state.incoming_qos2.contains(&p.packet_id) {
+            if state.incoming_qos2.contains(p.packet_id) {
                 // A retransmission of a message already taken: acknowledge only.
                 drop(state);
                 return self.ack_publish(&p, reason::SUCCESS);
@@ -739,7 +735,7 @@ impl Connection {
             state.incoming_qos2.insert(p.packet_id);
         }
         let origin = self.session.as_ref().map_or(0, |s| s.id);
-        let message = inbound_message(&mut p, origin, now);
+        let message = inbound_message(p, origin, now);
         let published = self.broker.publish(message);
         if let Some(session) = published.congested {
             session.wait_for_space(&self.waker, self.broker.config().max_queued_messages);
@@ -760,15 +756,19 @@ impl Connection {
     }
 
     fn ack_publish(&mut self, p: &Publish, code: u8) {
-        let ack = Ack::new(p.packet_id, code);
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
-            QoS::ExactlyOnce => self.send(&Packet::PubRec(ack)),
+            QoS::AtLeastOnce => self.send_ack(AckKind::PubAck, p.packet_id, code),
+            QoS::ExactlyOnce => self.send_ack(AckKind::PubRec, p.packet_id, code),
         }
     }
 
-    fn on_puback(&mut self, a: Ack) {
+    fn send_ack(&mut self, kind: AckKind, packet_id: u16, code: u8) {
+        self.encoder
+            .ack(kind, packet_id, code, self.version, &mut self.out);
+    }
+
+    fn on_puback(&mut self, a: &Ack) {
         if let Some(session) = &self.session {
             let mut state = session.state.lock();
             if matches!(state.inflight.get(&a.packet_id), Some(Inflight::Sent(d)) if d.qos == QoS::AtLeastOnce)
@@ -778,7 +778,7 @@ impl Connection {
         }
     }
 
-    fn on_pubrec(&mut self, a: Ack) {
+    fn on_pubrec(&mut self, a: &Ack) {
         let Some(session) = self.session.clone() else {
             return;
         };
@@ -787,10 +787,11 @@ impl Connection {
             || matches!(state.inflight.get(&a.packet_id), Some(Inflight::Released));
         if !known {
             drop(state);
-            return self.send(&Packet::PubRel(Ack::new(
+            return self.send_ack(
+                AckKind::PubRel,
                 a.packet_id,
                 reason::PACKET_IDENTIFIER_NOT_FOUND,
-            )));
+            );
         }
         if a.reason_code >= 0x80 {
             state.inflight.remove(&a.packet_id);
@@ -798,23 +799,23 @@ impl Connection {
         }
         state.inflight.insert(a.packet_id, Inflight::Released);
         drop(state);
-        self.send(&Packet::PubRel(Ack::new(a.packet_id, reason::SUCCESS)));
+        self.send_ack(AckKind::PubRel, a.packet_id, reason::SUCCESS);
     }
 
-    fn on_pubrel(&mut self, a: Ack) {
+    fn on_pubrel(&mut self, a: &Ack) {
         let Some(session) = self.session.clone() else {
             return;
         };
-        let known = session.state.lock().incoming_qos2.remove(&a.packet_id);
+        let known = session.state.lock().incoming_qos2.remove(a.packet_id);
         let code = if known {
             reason::SUCCESS
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND
         };
-        self.send(&Packet::PubComp(Ack::new(a.packet_id, code)));
+        self.send_ack(AckKind::PubComp, a.packet_id, code);
     }
 
-    fn on_pubcomp(&mut self, a: Ack) {
+    fn on_pubcomp(&mut self, a: &Ack) {
         if let Some(session) = &self.session {
             let mut state = session.state.lock();
             if matches!(state.inflight.get(&a.packet_id), Some(Inflight::Released)) {
@@ -823,7 +824,7 @@ impl Connection {
         }
     }
 
-    fn on_subscribe(&mut self, s: Subscribe, now: Instant) {
+    fn on_subscribe(&mut self, s: &Subscribe, now: Instant) {
         let Some(session) = self.session.clone() else {
             return;
         };
@@ -897,7 +898,7 @@ impl Connection {
         }
     }
 
-    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+    fn on_unsubscribe(&mut self, u: &Unsubscribe) {
         let Some(session) = self.session.clone() else {
             return;
         };
@@ -919,7 +920,7 @@ impl Connection {
         }));
     }
 
-    fn on_disconnect(&mut self, d: Disconnect) {
+    fn on_disconnect(&mut self, d: &Disconnect) {
         if let Some(expiry) = d.properties.session_expiry_interval {
             if self.session_expiry == 0 && expiry > 0 {
                 return self.close(reason::PROTOCOL_ERROR, CloseKind::ProtocolError);
@@ -955,7 +956,7 @@ fn inbound_message(p: &mut Publish, origin: u64, now: Instant) -> Message {
         payload: p.payload.clone(),
         qos: p.qos,
         retain: p.retain,
-        properties,
+        properties: (!properties.is_empty()).then(|| Box::new(properties)),
         expires_at,
         origin,
     }
@@ -973,7 +974,7 @@ fn will_message(will: Will, origin: u64) -> Message {
         payload: will.payload,
         qos: will.qos,
         retain: will.retain,
-        properties,
+        properties: (!properties.is_empty()).then(|| Box::new(properties)),
         expires_at,
         origin,
     }

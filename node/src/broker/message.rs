@@ -15,8 +15,9 @@ pub struct Message {
     pub qos: QoS,
     pub retain: bool,
     /// v5 properties passed through to subscribers (payload format, content
-    /// type, response topic, correlation data, user properties).
-    pub properties: Properties,
+    /// type, response topic, correlation data, user properties); `None`
+    /// when there are none, as for every 3.1.1 message, to keep messages small.
+    pub properties: Option<Box<Properties>>,
     pub expires_at: Option<Instant>,
     /// The session that published it, for No Local; 0 for the broker itself.
     pub origin: u64,

@@ -1,7 +1,7 @@
 //! Session state: what survives a connection (subscriptions, queued and
 //! in-flight messages) and the link to the connection attached to it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -61,9 +61,9 @@ pub struct SessionState {
     pub attached: Option<Attachment>,
     pub subscriptions: HashMap<String, StoredSubscription>,
     pub queue: VecDeque<Delivery>,
-    pub inflight: BTreeMap<u16, Inflight>,
+    pub inflight: InflightWindow,
     /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting PUBREL.
-    pub incoming_qos2: HashSet<u16>,
+    pub incoming_qos2: PacketIds,
     pub next_packet_id: u16,
     /// Seconds the session outlives its connection; 0 ends it with the connection.
     pub expiry_interval: u32,
@@ -87,6 +87,94 @@ impl SessionState {
             }
         }
         None
+    }
+}
+
+/// Outgoing messages awaiting acknowledgement, in the order they were sent.
+/// Clients acknowledge mostly in order, so the entry sought is nearly
+/// always the first: cheaper than a tree that shifts its nodes on removal.
+#[derive(Debug, Default)]
+pub struct InflightWindow {
+    entries: VecDeque<(u16, Inflight)>,
+}
+
+impl InflightWindow {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn position(&self, id: u16) -> Option<usize> {
+        self.entries.iter().position(|(k, _)| *k == id)
+    }
+
+    pub fn contains_key(&self, id: &u16) -> bool {
+        self.position(*id).is_some()
+    }
+
+    pub fn get(&self, id: &u16) -> Option<&Inflight> {
+        self.position(*id).map(|i| &self.entries[i].1)
+    }
+
+    /// Adds `id` at the end, or replaces its state where it stands.
+    pub fn insert(&mut self, id: u16, value: Inflight) {
+        match self.position(id) {
+            Some(i) => self.entries[i].1 = value,
+            None => self.entries.push_back((id, value)),
+        }
+    }
+
+    pub fn remove(&mut self, id: &u16) -> Option<Inflight> {
+        let i = self.position(*id)?;
+        self.entries.remove(i).map(|(_, v)| v)
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// In the order the messages were sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&u16, &Inflight)> {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+}
+
+/// A small set of packet ids, bounded by a Receive Maximum: a vector is
+/// smaller than a hash set and as fast at these sizes.
+#[derive(Debug, Default)]
+pub struct PacketIds(Vec<u16>);
+
+impl PacketIds {
+    pub fn contains(&self, id: u16) -> bool {
+        self.0.contains(&id)
+    }
+
+    pub fn insert(&mut self, id: u16) {
+        if !self.contains(id) {
+            self.0.push(id);
+        }
+    }
+
+    /// Removes `id`; returns whether it was there.
+    pub fn remove(&mut self, id: u16) -> bool {
+        match self.0.iter().position(|&x| x == id) {
+            Some(i) => {
+                self.0.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

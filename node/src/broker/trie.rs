@@ -25,7 +25,7 @@ struct SharedGroup {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: HashMap<Box<str>, Node, foldhash::fast::RandomState>,
     direct: Vec<Subscriber>,
     shared: Vec<SharedGroup>,
 }

@@ -89,7 +89,7 @@ pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
         }
         let reading = conn.wants_input();
         tokio::select! {
-            ready = stream.readable(), if reading => {
+            ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)), if reading => {
                 if ready.is_err() {
                     conn.peer_closed();
                     continue;

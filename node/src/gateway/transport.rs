@@ -4,14 +4,16 @@
 
 use std::future::Future;
 use std::io;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 pub trait Transport: Send + Sync + 'static {
-    /// Resolves when a read may make progress.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ready when a read may make progress. A poll function rather than a
+    /// future, so that a waiting connection stores no readiness future.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Reads what is available into `buf` without waiting; `WouldBlock`
     /// when nothing is.
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
@@ -22,8 +24,8 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 impl Transport for TcpStream {
-    async fn readable(&self) -> io::Result<()> {
-        TcpStream::readable(self).await
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
     }
 
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
@@ -36,7 +38,9 @@ impl Transport for TcpStream {
             match self.try_write(buf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::future::poll_fn(|cx| self.poll_write_ready(cx)).await?;
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -34,6 +34,15 @@ pub struct PublishRef<'a> {
     pub topic_alias: Option<u16>,
 }
 
+/// The four acknowledgements of the QoS flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+}
+
 /// Encodes packets; keeps one scratch buffer so that the variable header is
 /// measured before the fixed header is written, and payloads are copied once.
 #[derive(Debug, Default)]
@@ -178,6 +187,32 @@ impl Encoder {
         put_varint(out, len as u32);
         out.extend_from_slice(&self.scratch);
         Ok(total)
+    }
+
+    /// Appends an acknowledgement without properties: the form every QoS
+    /// 1/2 message costs, written without building a [`Packet`].
+    pub fn ack(
+        &mut self,
+        kind: AckKind,
+        packet_id: u16,
+        reason_code: u8,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) {
+        let first = match kind {
+            AckKind::PubAck => 0x40,
+            AckKind::PubRec => 0x50,
+            AckKind::PubRel => 0x62,
+            AckKind::PubComp => 0x70,
+        };
+        let with_code = version.is_v5() && reason_code != reason::SUCCESS;
+        out.reserve(5);
+        out.put_u8(first);
+        out.put_u8(if with_code { 3 } else { 2 });
+        out.put_u16(packet_id);
+        if with_code {
+            out.put_u8(reason_code);
+        }
     }
 
     /// Appends a PUBLISH to `out` unless it would exceed `max_size`, the

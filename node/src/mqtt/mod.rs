@@ -14,7 +14,7 @@ pub mod topic;
 mod wire;
 
 pub use decode::decode_packet;
-pub use encode::{EncodeError, Encoder, PublishRef};
+pub use encode::{AckKind, EncodeError, Encoder, PublishRef};
 pub use error::DecodeError;
 pub use packet::*;
 pub use properties::{Properties, PropertyContext};

@@ -612,3 +612,41 @@ fn v311_connack_uses_return_codes() {
         &[0x20, 0x02, 0x00, 0x02]
     );
 }
+
+#[test]
+fn fast_acks_match_the_general_encoder() {
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        for (kind, code) in [
+            (AckKind::PubAck, 0u8),
+            (AckKind::PubAck, 0x10),
+            (AckKind::PubRec, 0x90),
+            (AckKind::PubRel, 0),
+            (AckKind::PubComp, 0x92),
+        ] {
+            let ack = Ack::new(513, code);
+            let packet = match kind {
+                AckKind::PubAck => Packet::PubAck(ack),
+                AckKind::PubRec => Packet::PubRec(ack),
+                AckKind::PubRel => Packet::PubRel(ack),
+                AckKind::PubComp => Packet::PubComp(ack),
+            };
+            let mut fast = BytesMut::new();
+            Encoder::new().ack(kind, 513, code, version, &mut fast);
+            let expected = if version.is_v5() || code == 0 {
+                encode(&packet, version)
+            } else {
+                // 3.1.1 acknowledgements carry no reason code.
+                encode(
+                    &match packet {
+                        Packet::PubAck(_) => Packet::PubAck(Ack::new(513, 0)),
+                        Packet::PubRec(_) => Packet::PubRec(Ack::new(513, 0)),
+                        Packet::PubRel(_) => Packet::PubRel(Ack::new(513, 0)),
+                        _ => Packet::PubComp(Ack::new(513, 0)),
+                    },
+                    version,
+                )
+            };
+            assert_eq!(fast, expected, "{kind:?} {code:#x} {version:?}");
+        }
+    }
+}
