@@ -704,7 +704,7 @@ impl Connection {
             tracing::debug!(connection = self.id, topic = %p.topic, error = %e, "invalid topic name");
             self.broker.metrics().packet_error("topic_name_invalid");
             if v5 && p.qos != QoS::AtMostOnce {
-                return self.ack_publish(&p, reason::TOPIC_NAME_INVALID);
+                return self.ack_publish(p, reason::TOPIC_NAME_INVALID);
             }
             return self.close(reason::TOPIC_NAME_INVALID, CloseKind::ProtocolError);
         }
@@ -714,7 +714,7 @@ impl Connection {
         {
             self.broker.metrics().packet_error("payload_format_invalid");
             if p.qos != QoS::AtMostOnce {
-                return self.ack_publish(&p, reason::PAYLOAD_FORMAT_INVALID);
+                return self.ack_publish(p, reason::PAYLOAD_FORMAT_INVALID);
             }
             return self.close(reason::PAYLOAD_FORMAT_INVALID, CloseKind::ProtocolError);
         }
@@ -726,7 +726,7 @@ impl Connection {
             if state.incoming_qos2.contains(p.packet_id) {
                 // A retransmission of a message already taken: acknowledge only.
                 drop(state);
-                return self.ack_publish(&p, reason::SUCCESS);
+                return self.ack_publish(p, reason::SUCCESS);
             }
             if state.incoming_qos2.len() >= usize::from(self.broker.config().receive_maximum) {
                 drop(state);
@@ -751,7 +751,7 @@ impl Connection {
             } else {
                 reason::SUCCESS
             };
-            self.ack_publish(&p, code);
+            self.ack_publish(p, code);
         }
     }
 
