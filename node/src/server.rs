@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -115,14 +115,25 @@ impl Server {
     }
 }
 
+/// Pending connections the kernel holds for a listener (capped by
+/// `net.core.somaxconn`): a connection storm must not overflow it.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            listener,
-            addr,
-            source,
-        })
+    let error = |source| ServerError::Bind {
+        listener,
+        addr,
+        source,
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(error)
 }
 
 fn local_addr(
