@@ -451,7 +451,7 @@ fn render(opts: &CompareOptions, results: &[(Scenario, Vec<(Kind, Outcome)>)]) -
             Scenario::PubSub { .. } => {
                 let _ = writeln!(
                     md,
-                    "| Broker | in msg/s | out msg/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | peak RSS MiB | CPU s | out vs Halyard |"
+                    "| Broker | in msg/s | out msg/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | peak RSS MiB | CPU s | Halyard / broker (out msg/s) |"
                 );
                 let _ = writeln!(
                     md,

@@ -71,7 +71,10 @@ pub struct Connection {
     broker: Broker,
     paused: Option<Pause>,
     /// Packets that arrived while paused, handled in order on resume.
-    held: VecDeque<Packet>,
+    /// Boxed: only a paused connection has any, and an empty VecDeque
+    /// inline would cost every connection its 32 bytes.
+    #[allow(clippy::box_collection)]
+    held: Option<Box<VecDeque<Packet>>>,
     id: u64,
     waker: Arc<Signal>,
     phase: Phase,
@@ -80,7 +83,6 @@ pub struct Connection {
     session: Option<Arc<Session>>,
     /// Boxed: most connections have none, and every byte here is paid per connection.
     will: Option<Box<Will>>,
-    opened_at: Instant,
     last_received: Instant,
     keep_alive: Option<Duration>,
     session_expiry: u32,
@@ -100,7 +102,7 @@ impl Connection {
         Connection {
             broker,
             paused: None,
-            held: VecDeque::new(),
+            held: None,
             id,
             waker: Arc::new(Signal::default()),
             phase: Phase::AwaitingConnect,
@@ -108,7 +110,6 @@ impl Connection {
             version: ProtocolVersion::V311,
             session: None,
             will: None,
-            opened_at: now,
             last_received: now,
             keep_alive: None,
             session_expiry: 0,
@@ -125,6 +126,10 @@ impl Connection {
     /// another connection took the session over.
     pub fn waker(&self) -> Arc<Signal> {
         Arc::clone(&self.waker)
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::BrokerMetrics {
+        self.broker.metrics()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -169,7 +174,7 @@ impl Connection {
     /// publishing to each other drain each other's queues) and everything
     /// else is held, up to a bound.
     pub fn wants_input(&self) -> bool {
-        self.phase != Phase::Closed && self.held.len() < HOLD_LIMIT
+        self.phase != Phase::Closed && self.held.as_ref().is_none_or(|h| h.len() < HOLD_LIMIT)
     }
 
     /// The congestion cleared: held packets are handled, in order, until
@@ -180,9 +185,12 @@ impl Connection {
         }
         while self.paused.is_none()
             && self.phase != Phase::Closed
-            && let Some(packet) = self.held.pop_front()
+            && let Some(packet) = self.held.as_mut().and_then(|h| h.pop_front())
         {
             self.dispatch(packet, now);
+        }
+        if self.held.as_ref().is_some_and(|h| h.is_empty()) {
+            self.held = None;
         }
     }
 
@@ -192,7 +200,9 @@ impl Connection {
     pub fn deadline(&self) -> Option<Instant> {
         let timeout = match self.phase {
             Phase::AwaitingConnect => Some(
-                self.opened_at
+                // Nothing but CONNECT is accepted before CONNECT, so the
+                // last packet time is still the time the connection opened.
+                self.last_received
                     + Duration::from_secs(u64::from(self.broker.config().connect_timeout)),
             ),
             Phase::Active => self.keep_alive.map(|ka| self.last_received + ka * 3 / 2),
@@ -279,7 +289,9 @@ impl Connection {
                 | Packet::PingReq
         );
         if self.paused.is_some() && !acknowledgement {
-            self.held.push_back(packet);
+            self.held
+                .get_or_insert_with(Default::default)
+                .push_back(packet);
             return;
         }
         self.dispatch(packet, now);

@@ -1,7 +1,7 @@
 //! Session state: what survives a connection (subscriptions, queued and
 //! in-flight messages) and the link to the connection attached to it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -59,7 +59,7 @@ pub struct Attachment {
 #[derive(Debug, Default)]
 pub struct SessionState {
     pub attached: Option<Attachment>,
-    pub subscriptions: HashMap<String, StoredSubscription>,
+    pub subscriptions: Subscriptions,
     pub queue: VecDeque<Delivery>,
     pub inflight: InflightWindow,
     /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting PUBREL.
@@ -71,7 +71,9 @@ pub struct SessionState {
     /// whether the session was resumed since.
     pub generation: u64,
     /// Publishers paused until this queue drains, in the order they paused.
-    paused_publishers: VecDeque<Arc<Signal>>,
+    /// Boxed: a session rarely has any, and this struct is paid per connection.
+    #[allow(clippy::box_collection)]
+    paused_publishers: Option<Box<VecDeque<Arc<Signal>>>>,
 }
 
 impl SessionState {
@@ -87,6 +89,42 @@ impl SessionState {
             }
         }
         None
+    }
+}
+
+/// A session's subscriptions by their filter as the client wrote it. A
+/// vector: clients hold few, and it is half the size of an empty map.
+#[derive(Debug, Default)]
+pub struct Subscriptions(Vec<(String, StoredSubscription)>);
+
+impl Subscriptions {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, filter: &str) -> Option<&StoredSubscription> {
+        self.0.iter().find(|(f, _)| f == filter).map(|(_, s)| s)
+    }
+
+    /// Adds or replaces the subscription to `filter`.
+    pub fn insert(&mut self, filter: String, subscription: StoredSubscription) {
+        match self.0.iter_mut().find(|(f, _)| *f == filter) {
+            Some((_, existing)) => *existing = subscription,
+            None => self.0.push((filter, subscription)),
+        }
+    }
+
+    pub fn remove(&mut self, filter: &str) -> Option<StoredSubscription> {
+        let i = self.0.iter().position(|(f, _)| f == filter)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(f, _)| f.as_str())
     }
 }
 
@@ -207,12 +245,18 @@ pub struct Session {
 
 /// Wakes up to `n` paused publishers, oldest first.
 fn release_paused(state: &mut SessionState, n: usize) {
+    let Some(paused) = state.paused_publishers.as_mut() else {
+        return;
+    };
     for _ in 0..n {
-        let Some(publisher) = state.paused_publishers.pop_front() else {
+        let Some(publisher) = paused.pop_front() else {
             break;
         };
         publisher.waiting_for_space.store(false, Ordering::Release);
         publisher.wake();
+    }
+    if paused.is_empty() {
+        state.paused_publishers = None;
     }
 }
 
@@ -282,7 +326,10 @@ impl Session {
         if self.has_space_in(&state, max_queued) {
             publisher.wake();
         } else if !publisher.waiting_for_space.swap(true, Ordering::AcqRel) {
-            state.paused_publishers.push_back(Arc::clone(publisher));
+            state
+                .paused_publishers
+                .get_or_insert_with(Default::default)
+                .push_back(Arc::clone(publisher));
         }
     }
 

@@ -45,9 +45,8 @@ pub async fn run_tcp_listener(
 
 /// Runs one MQTT connection over `stream` until either side ends it.
 pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
-    let metrics = broker.metrics().clone();
-    metrics.connections.inc();
-    metrics.connections_total.inc();
+    broker.metrics().connections.inc();
+    broker.metrics().connections_total.inc();
     let mut conn = Connection::new(broker, Instant::now());
     let waker = conn.waker();
     let mut input = BytesMut::new();
@@ -72,7 +71,7 @@ pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
         conn.pump(now);
         if !conn.out.is_empty() {
             match stream.write_all(&conn.out).await {
-                Ok(()) => metrics.bytes_sent.inc_by(conn.out.len() as u64),
+                Ok(()) => conn.metrics().bytes_sent.inc_by(conn.out.len() as u64),
                 Err(_) => conn.peer_closed(),
             }
             conn.out.clear();
@@ -97,7 +96,7 @@ pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
                 input.reserve(READ_CHUNK);
                 match stream.try_read_buf(&mut input) {
                     Ok(0) => conn.peer_closed(),
-                    Ok(n) => metrics.bytes_received.inc_by(n as u64),
+                    Ok(n) => conn.metrics().bytes_received.inc_by(n as u64),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => conn.peer_closed(),
                 }
@@ -108,7 +107,7 @@ pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
     }
     stream.close().await;
     conn.finish();
-    metrics.connections.dec();
+    conn.metrics().connections.dec();
 }
 
 /// A deadline that never comes, for a timer with nothing to time.

@@ -1,5 +1,7 @@
 //! Packet encoder: [`Packet`]s to bytes for a peer.
 
+use std::cell::RefCell;
+
 use bytes::{BufMut, BytesMut};
 use thiserror::Error;
 
@@ -43,11 +45,26 @@ pub enum AckKind {
     PubComp,
 }
 
-/// Encodes packets; keeps one scratch buffer so that the variable header is
-/// measured before the fixed header is written, and payloads are copied once.
+/// Encodes packets. The variable header is written to a scratch buffer
+/// first, so that it is measured before the fixed header is written and
+/// payloads are copied once; the scratch buffer is per thread, not per
+/// connection, so that idle connections do not each keep one.
 #[derive(Debug, Default)]
-pub struct Encoder {
-    scratch: BytesMut,
+pub struct Encoder {}
+
+thread_local! {
+    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            scratch.clear();
+            f(&mut scratch)
+        }
+        // Not reentered today; a fresh buffer keeps it correct if it ever is.
+        Err(_) => f(&mut BytesMut::new()),
+    })
 }
 
 impl Encoder {
@@ -81,112 +98,7 @@ impl Encoder {
                 out,
             );
         }
-        self.scratch.clear();
-        let v5 = version.is_v5();
-        let s = &mut self.scratch;
-        let first = match packet {
-            Packet::Connect(c) => {
-                write_connect(s, c)?;
-                0x10
-            }
-            Packet::ConnAck(c) => {
-                s.put_u8(u8::from(c.session_present));
-                if v5 {
-                    s.put_u8(c.reason_code);
-                    write_properties(s, &c.properties)?;
-                } else {
-                    s.put_u8(reason::connack_v311(c.reason_code));
-                }
-                0x20
-            }
-            // Sent above through `Encoder::publish`.
-            Packet::Publish(_) => 0x30,
-            Packet::PubAck(a) => {
-                write_ack(s, a, v5)?;
-                0x40
-            }
-            Packet::PubRec(a) => {
-                write_ack(s, a, v5)?;
-                0x50
-            }
-            Packet::PubRel(a) => {
-                write_ack(s, a, v5)?;
-                0x62
-            }
-            Packet::PubComp(a) => {
-                write_ack(s, a, v5)?;
-                0x70
-            }
-            Packet::Subscribe(sub) => {
-                s.put_u16(sub.packet_id);
-                if v5 {
-                    write_properties(s, &sub.properties)?;
-                }
-                for t in &sub.subscriptions {
-                    put_str(s, &t.filter)?;
-                    let o = &t.options;
-                    let mut byte = o.qos.as_u8();
-                    if v5 {
-                        byte |= u8::from(o.no_local) << 2
-                            | u8::from(o.retain_as_published) << 3
-                            | (o.retain_handling as u8) << 4;
-                    }
-                    s.put_u8(byte);
-                }
-                0x82
-            }
-            Packet::SubAck(a) => {
-                s.put_u16(a.packet_id);
-                if v5 {
-                    write_properties(s, &a.properties)?;
-                }
-                s.put_slice(&a.reason_codes);
-                0x90
-            }
-            Packet::Unsubscribe(u) => {
-                s.put_u16(u.packet_id);
-                if v5 {
-                    write_properties(s, &u.properties)?;
-                }
-                for f in &u.filters {
-                    put_str(s, f)?;
-                }
-                0xA2
-            }
-            Packet::UnsubAck(a) => {
-                s.put_u16(a.packet_id);
-                if v5 {
-                    write_properties(s, &a.properties)?;
-                    s.put_slice(&a.reason_codes);
-                }
-                0xB0
-            }
-            Packet::PingReq => 0xC0,
-            Packet::PingResp => 0xD0,
-            Packet::Disconnect(d) => {
-                if v5 {
-                    write_reason_tail(s, d.reason_code, &d.properties)?;
-                }
-                0xE0
-            }
-            Packet::Auth(a) => {
-                write_reason_tail(s, a.reason_code, &a.properties)?;
-                0xF0
-            }
-        };
-        let len = self.scratch.len();
-        let total = 1 + varint_len(len as u32) + len;
-        if len > MAX_VARINT as usize {
-            return Err(EncodeError::ExceedsMaximumPacketSize {
-                size: total,
-                max: MAX_VARINT as usize,
-            });
-        }
-        out.reserve(total);
-        out.put_u8(first);
-        put_varint(out, len as u32);
-        out.extend_from_slice(&self.scratch);
-        Ok(total)
+        with_scratch(|scratch| encode_control(scratch, packet, version, out))
     }
 
     /// Appends an acknowledgement without properties: the form every QoS
@@ -224,31 +136,152 @@ impl Encoder {
         max_size: usize,
         out: &mut BytesMut,
     ) -> Result<usize, EncodeError> {
-        self.scratch.clear();
-        let s = &mut self.scratch;
-        put_str(s, p.topic)?;
-        if p.qos != QoS::AtMostOnce {
-            s.put_u16(p.packet_id);
-        }
-        if version.is_v5() {
-            write_publish_properties(s, p)?;
-        }
-        let len = s.len() + p.payload.len();
-        let total = 1 + varint_len(len as u32) + len;
-        if len > MAX_VARINT as usize || total > max_size {
-            return Err(EncodeError::ExceedsMaximumPacketSize {
-                size: total,
-                max: max_size.min(MAX_VARINT as usize),
-            });
-        }
-        let first = 0x30 | u8::from(p.dup) << 3 | p.qos.as_u8() << 1 | u8::from(p.retain);
-        out.reserve(total);
-        out.put_u8(first);
-        put_varint(out, len as u32);
-        out.extend_from_slice(&self.scratch);
-        out.extend_from_slice(p.payload);
-        Ok(total)
+        with_scratch(|s| encode_publish(s, p, version, max_size, out))
     }
+}
+
+fn encode_publish(
+    s: &mut BytesMut,
+    p: &PublishRef<'_>,
+    version: ProtocolVersion,
+    max_size: usize,
+    out: &mut BytesMut,
+) -> Result<usize, EncodeError> {
+    put_str(s, p.topic)?;
+    if p.qos != QoS::AtMostOnce {
+        s.put_u16(p.packet_id);
+    }
+    if version.is_v5() {
+        write_publish_properties(s, p)?;
+    }
+    let len = s.len() + p.payload.len();
+    let total = 1 + varint_len(len as u32) + len;
+    if len > MAX_VARINT as usize || total > max_size {
+        return Err(EncodeError::ExceedsMaximumPacketSize {
+            size: total,
+            max: max_size.min(MAX_VARINT as usize),
+        });
+    }
+    let first = 0x30 | u8::from(p.dup) << 3 | p.qos.as_u8() << 1 | u8::from(p.retain);
+    out.reserve(total);
+    out.put_u8(first);
+    put_varint(out, len as u32);
+    out.extend_from_slice(s);
+    out.extend_from_slice(p.payload);
+    Ok(total)
+}
+
+fn encode_control(
+    scratch: &mut BytesMut,
+    packet: &Packet,
+    version: ProtocolVersion,
+    out: &mut BytesMut,
+) -> Result<usize, EncodeError> {
+    let v5 = version.is_v5();
+    let s = &mut *scratch;
+    let first = match packet {
+        Packet::Connect(c) => {
+            write_connect(s, c)?;
+            0x10
+        }
+        Packet::ConnAck(c) => {
+            s.put_u8(u8::from(c.session_present));
+            if v5 {
+                s.put_u8(c.reason_code);
+                write_properties(s, &c.properties)?;
+            } else {
+                s.put_u8(reason::connack_v311(c.reason_code));
+            }
+            0x20
+        }
+        // Sent above through `Encoder::publish`.
+        Packet::Publish(_) => 0x30,
+        Packet::PubAck(a) => {
+            write_ack(s, a, v5)?;
+            0x40
+        }
+        Packet::PubRec(a) => {
+            write_ack(s, a, v5)?;
+            0x50
+        }
+        Packet::PubRel(a) => {
+            write_ack(s, a, v5)?;
+            0x62
+        }
+        Packet::PubComp(a) => {
+            write_ack(s, a, v5)?;
+            0x70
+        }
+        Packet::Subscribe(sub) => {
+            s.put_u16(sub.packet_id);
+            if v5 {
+                write_properties(s, &sub.properties)?;
+            }
+            for t in &sub.subscriptions {
+                put_str(s, &t.filter)?;
+                let o = &t.options;
+                let mut byte = o.qos.as_u8();
+                if v5 {
+                    byte |= u8::from(o.no_local) << 2
+                        | u8::from(o.retain_as_published) << 3
+                        | (o.retain_handling as u8) << 4;
+                }
+                s.put_u8(byte);
+            }
+            0x82
+        }
+        Packet::SubAck(a) => {
+            s.put_u16(a.packet_id);
+            if v5 {
+                write_properties(s, &a.properties)?;
+            }
+            s.put_slice(&a.reason_codes);
+            0x90
+        }
+        Packet::Unsubscribe(u) => {
+            s.put_u16(u.packet_id);
+            if v5 {
+                write_properties(s, &u.properties)?;
+            }
+            for f in &u.filters {
+                put_str(s, f)?;
+            }
+            0xA2
+        }
+        Packet::UnsubAck(a) => {
+            s.put_u16(a.packet_id);
+            if v5 {
+                write_properties(s, &a.properties)?;
+                s.put_slice(&a.reason_codes);
+            }
+            0xB0
+        }
+        Packet::PingReq => 0xC0,
+        Packet::PingResp => 0xD0,
+        Packet::Disconnect(d) => {
+            if v5 {
+                write_reason_tail(s, d.reason_code, &d.properties)?;
+            }
+            0xE0
+        }
+        Packet::Auth(a) => {
+            write_reason_tail(s, a.reason_code, &a.properties)?;
+            0xF0
+        }
+    };
+    let len = scratch.len();
+    let total = 1 + varint_len(len as u32) + len;
+    if len > MAX_VARINT as usize {
+        return Err(EncodeError::ExceedsMaximumPacketSize {
+            size: total,
+            max: MAX_VARINT as usize,
+        });
+    }
+    out.reserve(total);
+    out.put_u8(first);
+    put_varint(out, len as u32);
+    out.extend_from_slice(scratch);
+    Ok(total)
 }
 
 fn put_str(buf: &mut BytesMut, text: &str) -> Result<(), EncodeError> {
