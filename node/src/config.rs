@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -23,7 +23,7 @@ pub enum ConfigError {
 /// The node's whole configuration. Field names are the TOML keys; nested
 /// tables map to environment variables with `__`, e.g.
 /// `HALYARD_MQTT__MAX_QUEUED_MESSAGES`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where durable state lives.
@@ -39,7 +39,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -47,7 +47,7 @@ pub enum LogFormat {
 }
 
 /// MQTT protocol limits. Defaults follow AWS IoT Core's where it has one.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     /// Largest packet accepted from a client, in bytes.
@@ -137,6 +137,46 @@ pub struct Overrides {
 
 const ENV_PREFIX: &str = "HALYARD_";
 
+/// Every key an environment variable may set. Other `HALYARD_*` variables
+/// are not config (Kubernetes, for one, injects `HALYARD_SERVICE_HOST` and
+/// the like for a Service named halyard) and are left alone;
+/// [`Config::unknown_env`] lists them for a warning.
+const ENV_KEYS: &[&str] = &[
+    "data_dir",
+    "mqtt_listen",
+    "admin_listen",
+    "log_format",
+    "log_level",
+    "mqtt.max_packet_size",
+    "mqtt.max_payload_size",
+    "mqtt.receive_maximum",
+    "mqtt.max_inflight_messages",
+    "mqtt.max_queued_messages",
+    "mqtt.slow_subscriber_timeout",
+    "mqtt.topic_alias_maximum",
+    "mqtt.max_keep_alive",
+    "mqtt.server_keep_alive",
+    "mqtt.persistent_session_expiry",
+    "mqtt.max_session_expiry",
+    "mqtt.max_topic_length",
+    "mqtt.max_topic_levels",
+    "mqtt.max_client_id_length",
+    "mqtt.retain_available",
+    "mqtt.maximum_qos",
+    "mqtt.connect_timeout",
+];
+
+/// The config key a `HALYARD_*` variable names, if it names one.
+fn env_key(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    let key = rest
+        .split("__")
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(".");
+    ENV_KEYS.contains(&key.as_str()).then_some(key)
+}
+
 impl Config {
     /// Builds the configuration from every layer.
     pub fn load(
@@ -159,15 +199,10 @@ impl Config {
             None => toml::Table::new(),
         };
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            // The config file's own path, read by the command line.
-            if rest == "CONFIG" {
-                continue;
+            if let Some(key) = env_key(&name) {
+                let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+                set_path(&mut table, &path, env_value(&value));
             }
-            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
-            set_path(&mut table, &path, env_value(&value));
         }
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
@@ -191,6 +226,17 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// `HALYARD_*` variables that set no config key (the config file's own
+    /// `HALYARD_CONFIG` aside): likely typos, worth a warning.
+    pub fn unknown_env(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+        env.into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| {
+                name.starts_with(ENV_PREFIX) && name != "HALYARD_CONFIG" && env_key(name).is_none()
+            })
+            .collect()
     }
 
     /// Checks the rules serde cannot express.
@@ -364,13 +410,45 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("mqtt_listen"), "{err}");
 
-        let err = Config::load(
-            None,
-            env(&[("HALYARD_NO_SUCH_KEY", "1")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("typo.toml");
+        std::fs::write(&file, "[mqtt]\nno_such_key = 1\n").unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+
+    #[test]
+    fn other_halyard_variables_are_not_config() {
+        let vars = env(&[
+            ("HALYARD_SERVICE_HOST", "10.0.0.1"),
+            ("HALYARD_PORT_1883_TCP", "tcp://10.0.0.1:1883"),
+            ("HALYARD_CONFIG", "/etc/halyard.toml"),
+            ("HALYARD_MQTT__MAXIMUM_QOS", "1"),
+        ]);
+        let c = Config::load(None, vars.clone(), &Overrides::default()).unwrap();
+        assert_eq!(c.mqtt.maximum_qos, 1);
+        assert_eq!(
+            Config::unknown_env(vars),
+            vec!["HALYARD_SERVICE_HOST", "HALYARD_PORT_1883_TCP"]
+        );
+    }
+
+    #[test]
+    fn every_key_can_be_set_from_the_environment() {
+        let mut config = Config::default();
+        config.mqtt.server_keep_alive = Some(60);
+        let table = toml::Table::try_from(&config).unwrap();
+        let mut keys = Vec::new();
+        for (k, v) in &table {
+            match v {
+                toml::Value::Table(inner) => keys.extend(inner.keys().map(|i| format!("{k}.{i}"))),
+                _ => keys.push(k.clone()),
+            }
+        }
+        keys.sort();
+        let mut listed: Vec<String> = ENV_KEYS.iter().map(|k| (*k).to_owned()).collect();
+        listed.sort();
+        assert_eq!(keys, listed);
     }
 
     #[test]

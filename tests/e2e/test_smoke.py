@@ -11,7 +11,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from harness import WAIT, Broker, MakeClient
+from harness import WAIT, Broker, MakeClient, halyard_bin
 
 PROTOCOLS = [pytest.param(mqtt.MQTTv311, id="v311"), pytest.param(mqtt.MQTTv5, id="v5")]
 
@@ -339,3 +339,31 @@ def test_sigterm_disconnects_clients_and_exits_cleanly(broker: Broker, mqtt_clie
 
     assert broker.stop() == 0, broker.log.text()
     client.wait_disconnected()
+
+
+@pytest.mark.parametrize(
+    ("env", "config", "key"),
+    [
+        ({"HALYARD_MQTT__MAX_PAYLOAD_SIZE": "999999999"}, None, "mqtt.max_payload_size"),
+        ({"HALYARD_MQTT__RECEIVE_MAXIMUM": "many"}, None, "mqtt.receive_maximum"),
+        ({}, "mqtt_listen = 5\n", "mqtt_listen"),
+        ({}, "[mqtt]\nno_such_setting = 1\n", "no_such_setting"),
+    ],
+)
+def test_bad_configuration_is_refused_naming_the_key(
+    tmp_path, env: dict[str, str], config: str | None, key: str
+) -> None:
+    args = [halyard_bin(), "serve", "--data-dir", str(tmp_path / "data")]
+    args += ["--mqtt-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
+    if config is not None:
+        path = tmp_path / "halyard.toml"
+        path.write_text(config)
+        args += ["--config", str(path)]
+    result = subprocess.run(
+        args, env={**os.environ, **env}, capture_output=True, text=True, timeout=WAIT
+    )
+    assert result.returncode != 0
+    assert key in result.stderr, result.stderr
+    assert result.stderr.startswith("error: config key"), result.stderr
+    # The message is for the operator: no backtrace, even with RUST_BACKTRACE set.
+    assert "backtrace" not in result.stderr.lower()
