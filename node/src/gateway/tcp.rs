@@ -82,9 +82,12 @@ pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
         if conn.is_closed() {
             break;
         }
-        let deadline = conn.deadline().unwrap_or_else(far_future);
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
+        // Deadlines move later with every packet: rather than re-arm the
+        // timer each time, let it fire early and look again.
+        match conn.deadline() {
+            Some(d) if timer.is_elapsed() || d < timer.deadline() => timer.as_mut().reset(d),
+            None if timer.is_elapsed() => timer.as_mut().reset(far_future()),
+            _ => {}
         }
         let reading = conn.wants_input();
         tokio::select! {
@@ -102,7 +105,12 @@ pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
                 }
             }
             _ = waker.notified() => conn.woken(Instant::now()),
-            _ = &mut timer => conn.timed_out(Instant::now()),
+            _ = &mut timer => {
+                let now = Instant::now();
+                if conn.deadline().is_some_and(|d| d <= now) {
+                    conn.timed_out(now);
+                }
+            }
         }
     }
     stream.close().await;
