@@ -10,15 +10,15 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-pub trait Transport: Send + Sync + 'static {
+pub trait Transport: Send + 'static {
     /// Ready when a read may make progress. A poll function rather than a
     /// future, so that a waiting connection stores no readiness future.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Reads what is available into `buf` without waiting; `WouldBlock`
     /// when nothing is.
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
     /// Writes all of `buf`.
-    fn write_all(&self, buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    fn write_all(&mut self, buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
     /// Ends the stream after what was written.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -28,11 +28,11 @@ impl Transport for TcpStream {
         TcpStream::poll_read_ready(self, cx)
     }
 
-    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         TcpStream::try_read_buf(self, buf)
     }
 
-    async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+    async fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             // Most writes fit the socket buffer at once: try before waiting.
             match self.try_write(buf) {
@@ -51,3 +51,4 @@ impl Transport for TcpStream {
         let _ = AsyncWriteExt::shutdown(self).await;
     }
 }
+
