@@ -60,6 +60,7 @@ impl Server {
         let admin_addr = local_addr("admin", &admin, config.admin_listen)?;
         let (shutdown, watch_rx) = watch::channel(false);
         let tasks = vec![
+            tokio::spawn(broker.clone().run_deadlines(watch_rx.clone())),
             tokio::spawn(gateway::run_tcp_listener(
                 mqtt,
                 broker.clone(),

@@ -99,12 +99,14 @@ pub struct Connection {
 impl Connection {
     pub fn new(broker: Broker, now: Instant) -> Connection {
         let id = broker.next_id();
+        let waker = Arc::new(Signal::default());
+        broker.deadlines().register(id, &waker);
         Connection {
             broker,
             paused: None,
             held: None,
             id,
-            waker: Arc::new(Signal::default()),
+            waker,
             phase: Phase::AwaitingConnect,
             close_kind: None,
             version: ProtocolVersion::V311,
@@ -153,11 +155,15 @@ impl Connection {
         self.broker.config().max_packet_size as usize
     }
 
-    /// The connection's signal fired: resumes publishing if the subscriber
-    /// it was paused on has room again, and notices a server shutdown.
+    /// The connection's signal fired: notices a server shutdown or a passed
+    /// deadline, and resumes publishing if the subscriber it was paused on
+    /// has room again.
     pub fn woken(&mut self, now: Instant) {
         if self.broker.is_shutting_down() {
             return self.shutdown();
+        }
+        if self.deadline().is_some_and(|d| d <= now) {
+            self.timed_out(now);
         }
         let max_queued = self.broker.config().max_queued_messages;
         if let Some(pause) = &self.paused {
@@ -219,6 +225,14 @@ impl Connection {
 
     fn slow_subscriber_timeout(&self) -> Duration {
         Duration::from_secs(u64::from(self.broker.config().slow_subscriber_timeout))
+    }
+
+    /// Publishes the current deadline for the broker's sweep to watch.
+    pub fn arm_deadline(&self) {
+        let ticks = self
+            .deadline()
+            .map_or(0, |d| self.broker.deadlines().ticks(d));
+        self.waker.set_deadline(ticks);
     }
 
     /// The deadline passed.
@@ -950,6 +964,12 @@ impl Connection {
             CloseKind::PeerClosed
         };
         self.close_silently(kind);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.broker.deadlines().unregister(self.id);
     }
 }
 

@@ -4,6 +4,7 @@
 //! [`Connection`], services through the [`Broker`] handle.
 
 mod connection;
+mod deadlines;
 mod message;
 mod retained;
 mod session;
@@ -18,6 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
 pub use connection::{CloseKind, Connection};
+pub use deadlines::{Deadlines, SWEEP_INTERVAL};
 pub use message::{Delivery, Message};
 pub use retained::RetainedStore;
 pub use session::{Attachment, Enqueued, Inflight, Session, Signal, StoredSubscription};
@@ -44,6 +46,7 @@ struct Inner {
     retained: RwLock<RetainedStore>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
+    deadlines: Deadlines,
 }
 
 /// What became of a published message.
@@ -74,6 +77,7 @@ impl Broker {
                 retained: RwLock::new(RetainedStore::default()),
                 next_id: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
+                deadlines: Deadlines::default(),
             }),
         }
     }
@@ -99,6 +103,22 @@ impl Broker {
 
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn deadlines(&self) -> &Deadlines {
+        &self.inner.deadlines
+    }
+
+    /// Wakes connections whose deadline passed, until `shutdown` turns true.
+    pub async fn run_deadlines(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.inner.deadlines.sweep(Instant::now()),
+                _ = shutdown.changed() => break,
+            }
+        }
     }
 
     /// A fresh id for a connection or a session.

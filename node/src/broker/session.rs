@@ -37,11 +37,23 @@ pub struct Signal {
     notify: Notify,
     /// Whether the connection is in some session's queue of paused publishers.
     waiting_for_space: AtomicBool,
+    /// The connection's next deadline in [`Deadlines`](super::deadlines::Deadlines)
+    /// ticks; 0 for none.
+    deadline: AtomicU64,
 }
 
 impl Signal {
     pub fn wake(&self) {
         self.notify.notify_one();
+    }
+
+    pub fn set_deadline(&self, ticks: u64) {
+        self.deadline.store(ticks, Ordering::Relaxed);
+    }
+
+    pub fn deadline_passed(&self, now_ticks: u64) -> bool {
+        let deadline = self.deadline.load(Ordering::Relaxed);
+        deadline != 0 && deadline <= now_ticks
     }
 
     pub fn notified(&self) -> Notified<'_> {

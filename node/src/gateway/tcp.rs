@@ -53,8 +53,6 @@ pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
     if conn.is_shutting_down() {
         conn.shutdown();
     }
-    let timer = tokio::time::sleep_until(far_future());
-    tokio::pin!(timer);
     loop {
         let now = Instant::now();
         while conn.wants_input() {
@@ -82,13 +80,7 @@ pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
         if conn.is_closed() {
             break;
         }
-        // Deadlines move later with every packet: rather than re-arm the
-        // timer each time, let it fire early and look again.
-        match conn.deadline() {
-            Some(d) if timer.is_elapsed() || d < timer.deadline() => timer.as_mut().reset(d),
-            None if timer.is_elapsed() => timer.as_mut().reset(far_future()),
-            _ => {}
-        }
+        conn.arm_deadline();
         let reading = conn.wants_input();
         tokio::select! {
             ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)), if reading => {
@@ -105,20 +97,9 @@ pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
                 }
             }
             _ = waker.notified() => conn.woken(Instant::now()),
-            _ = &mut timer => {
-                let now = Instant::now();
-                if conn.deadline().is_some_and(|d| d <= now) {
-                    conn.timed_out(now);
-                }
-            }
         }
     }
     stream.close().await;
     conn.finish();
     conn.metrics().connections.dec();
-}
-
-/// A deadline that never comes, for a timer with nothing to time.
-fn far_future() -> Instant {
-    Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }

@@ -51,4 +51,3 @@ impl Transport for TcpStream {
         let _ = AsyncWriteExt::shutdown(self).await;
     }
 }
-
