@@ -169,7 +169,17 @@ fn run_id() -> String {
     format!("bench{:x}", nanos & 0xFFFF_FFFF)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     stats::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()

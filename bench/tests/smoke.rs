@@ -124,3 +124,29 @@ async fn the_binary_reports_json() {
     );
     server.shutdown().await;
 }
+
+#[test]
+fn bad_arguments_are_refused_with_a_clear_error() {
+    for (args, expected) in [
+        (
+            vec!["pubsub", "--rate", "fast"],
+            "--rate must be a number or `max`",
+        ),
+        (
+            vec!["pubsub", "--publishers", "0", "--port", "1"],
+            "--publishers must be at least 1",
+        ),
+        (
+            vec!["conn", "--connections", "0", "--port", "1"],
+            "--connections must be at least 1",
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_halyard-bench"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
