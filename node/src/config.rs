@@ -69,7 +69,8 @@ pub struct MqttConfig {
     pub topic_alias_maximum: u16,
     /// Longest keep-alive a client gets, in seconds (AWS: 1200); longer requests are lowered.
     pub max_keep_alive: u16,
-    /// When set, every v5 client is told to use this keep-alive (Server Keep Alive).
+    /// When set, every client gets this keep-alive; v5 clients are told so
+    /// (Server Keep Alive), 3.1.1 clients cannot be and must ping within it.
     pub server_keep_alive: Option<u16>,
     /// How long an MQTT 3.1.1 persistent session outlives its connection, in seconds (AWS: 3600).
     pub persistent_session_expiry: u32,

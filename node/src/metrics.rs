@@ -155,13 +155,6 @@ impl BrokerMetrics {
     pub fn packet_error(&self, reason: &str) {
         self.packet_errors.with_label_values(&[reason]).inc();
     }
-
-    #[cfg(test)]
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.messages_dropped
-            .with_label_values(&[reason.label()])
-            .get()
-    }
 }
 
 /// Renders every metric in `registry` in the Prometheus text format.

@@ -146,10 +146,6 @@ impl Connection {
         self.phase == Phase::Closed
     }
 
-    pub fn close_kind(&self) -> Option<CloseKind> {
-        self.close_kind
-    }
-
     /// Largest packet accepted from the client.
     pub fn max_packet_size(&self) -> usize {
         self.broker.config().max_packet_size as usize

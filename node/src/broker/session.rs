@@ -118,10 +118,6 @@ impl Subscriptions {
         self.0.is_empty()
     }
 
-    pub fn get(&self, filter: &str) -> Option<&StoredSubscription> {
-        self.0.iter().find(|(f, _)| f == filter).map(|(_, s)| s)
-    }
-
     /// Adds or replaces the subscription to `filter`.
     pub fn insert(&mut self, filter: String, subscription: StoredSubscription) {
         match self.0.iter_mut().find(|(f, _)| *f == filter) {

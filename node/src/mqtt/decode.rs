@@ -151,7 +151,11 @@ fn packet_id(r: &mut Reader) -> Result<u16, DecodeError> {
     }
 }
 
-fn properties(r: &mut Reader, v5: bool, ctx: PropertyContext) -> Result<Properties, DecodeError> {
+fn read_properties(
+    r: &mut Reader,
+    v5: bool,
+    ctx: PropertyContext,
+) -> Result<Properties, DecodeError> {
     if v5 {
         Properties::decode(r, ctx)
     } else {
@@ -187,10 +191,10 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     }
     let will_qos = QoS::from_u8(will_qos_bits).ok_or(DecodeError::InvalidQoS(will_qos_bits))?;
     let keep_alive = r.u16()?;
-    let properties = properties(r, v5, PropertyContext::Connect)?;
+    let properties = read_properties(r, v5, PropertyContext::Connect)?;
     let client_id = r.string()?;
     let will = if will_flag {
-        let properties = properties_will(r, v5)?;
+        let properties = read_properties(r, v5, PropertyContext::Will)?;
         let topic = r.string()?;
         let payload = r.binary()?;
         Some(Will {
@@ -225,17 +229,13 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
     })
 }
 
-fn properties_will(r: &mut Reader, v5: bool) -> Result<Properties, DecodeError> {
-    properties(r, v5, PropertyContext::Will)
-}
-
 fn connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
     let ack_flags = r.u8()?;
     if ack_flags & 0xFE != 0 {
         return Err(DecodeError::InvalidFlags(2));
     }
     let reason_code = r.u8()?;
-    let properties = properties(r, v5, PropertyContext::ConnAck)?;
+    let properties = read_properties(r, v5, PropertyContext::ConnAck)?;
     Ok(ConnAck {
         session_present: ack_flags & 0x01 != 0,
         reason_code,
@@ -257,7 +257,7 @@ fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> 
     } else {
         packet_id(r)?
     };
-    let properties = properties(r, v5, PropertyContext::Publish)?;
+    let properties = read_properties(r, v5, PropertyContext::Publish)?;
     Ok(Publish {
         dup,
         qos,
@@ -299,7 +299,7 @@ fn reason_and_properties(
 
 fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
     let packet_id = packet_id(r)?;
-    let properties = properties(r, v5, PropertyContext::Subscribe)?;
+    let properties = read_properties(r, v5, PropertyContext::Subscribe)?;
     let mut subscriptions = Vec::new();
     while !r.is_empty() {
         let filter = r.string()?;
@@ -337,7 +337,7 @@ fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
 
 fn suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
     let packet_id = packet_id(r)?;
-    let properties = properties(r, v5, PropertyContext::SubAck)?;
+    let properties = read_properties(r, v5, PropertyContext::SubAck)?;
     let reason_codes = r.rest().to_vec();
     Ok(SubAck {
         packet_id,
@@ -348,7 +348,7 @@ fn suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
 
 fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
     let packet_id = packet_id(r)?;
-    let properties = properties(r, v5, PropertyContext::Unsubscribe)?;
+    let properties = read_properties(r, v5, PropertyContext::Unsubscribe)?;
     let mut filters = Vec::new();
     while !r.is_empty() {
         filters.push(r.string()?);
@@ -365,7 +365,7 @@ fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
 
 fn unsuback(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
     let packet_id = packet_id(r)?;
-    let properties = properties(r, v5, PropertyContext::UnsubAck)?;
+    let properties = read_properties(r, v5, PropertyContext::UnsubAck)?;
     let reason_codes = if v5 { r.rest().to_vec() } else { Vec::new() };
     Ok(UnsubAck {
         packet_id,
