@@ -10,7 +10,11 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::broker::Broker;
+use std::collections::BTreeMap;
+
+use halyard_raft::{KvEngine, RaftTransport, Store, StoreConfig};
+
+use crate::broker::{Broker, Durable};
 use crate::config::Config;
 use crate::gateway;
 use crate::metrics::BrokerMetrics;
@@ -30,11 +34,21 @@ pub enum ServerError {
     },
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot open the store in {path}: {source}")]
+    Engine {
+        path: std::path::PathBuf,
+        source: halyard_raft::engine::EngineError,
+    },
+    #[error("store: {0}")]
+    Store(#[from] halyard_raft::StoreError),
 }
 
 /// A running node.
 pub struct Server {
     broker: Broker,
+    store: Store,
+    durable: Arc<Durable>,
+    durable_writer: JoinHandle<()>,
     registry: Arc<Registry>,
     mqtt_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -42,18 +56,67 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// The node id of a node that is its own cluster.
+const STANDALONE_NODE: u64 = 1;
+
+/// How long startup waits for the store to elect itself and replay its log.
+const STORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a graceful shutdown waits for connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl Server {
-    /// Binds the listeners of `config` and starts serving.
+    /// Opens the store in `{data_dir}/raft`, binds the listeners of `config` and starts serving.
+    #[cfg(not(madsim))]
     pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let db = config.data_dir.join("raft").join("db");
+        let engine = halyard_raft::RocksEngine::open(&db)
+            .map_err(|source| ServerError::Engine { path: db, source })?;
+        let network = halyard_raft::local::LocalNetwork::new();
+        let transport = network.transport(STANDALONE_NODE);
+        let server = Self::start_with(config, Arc::new(engine), transport).await?;
+        network.register(STANDALONE_NODE, server.store.service());
+        Ok(server)
+    }
+
+    /// Starts on the given storage engine and peer transport.
+    pub async fn start_with(
+        config: Config,
+        engine: Arc<dyn KvEngine>,
+        transport: Arc<dyn RaftTransport>,
+    ) -> Result<Server, ServerError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
         let registry = Arc::new(Registry::new());
-        let broker = Broker::new(config.mqtt.clone(), BrokerMetrics::new(&registry)?);
+        let raft_metrics = halyard_raft::RaftMetrics::new(&registry)?;
+        let store_config = StoreConfig::new(
+            STANDALONE_NODE,
+            "local",
+            config.data_dir.join("raft").join("snapshots"),
+        );
+        let store = Store::open(store_config, engine, transport, raft_metrics).await?;
+        store
+            .initialize(BTreeMap::from([(STANDALONE_NODE, "local".to_string())]))
+            .await?;
+        store.wait_ready(STORE_READY_TIMEOUT).await?;
+        let durable = Durable::new(store.clone());
+        let broker = Broker::new(
+            config.mqtt.clone(),
+            BrokerMetrics::new(&registry)?,
+            Some(Arc::clone(&durable)),
+        );
+        let retained = durable.load_retained().await?;
+        let sessions = durable.load_sessions().await?;
+        tracing::info!(
+            retained = retained.len(),
+            sessions = sessions.len(),
+            revision = store.revision(),
+            "restored broker state"
+        );
+        broker.restore(retained, sessions);
+        let durable_writer = tokio::spawn(Arc::clone(&durable).run());
         let mqtt = bind("mqtt", config.mqtt_listen).await?;
         let admin = bind("admin", config.admin_listen).await?;
         let mqtt_addr = local_addr("mqtt", &mqtt, config.mqtt_listen)?;
@@ -76,6 +139,9 @@ impl Server {
         tracing::info!(listener = %"admin", addr = %admin_addr, "listening");
         Ok(Server {
             broker,
+            store,
+            durable,
+            durable_writer,
             registry,
             mqtt_addr,
             admin_addr,
@@ -96,6 +162,10 @@ impl Server {
         &self.broker
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
@@ -113,6 +183,12 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if !self.durable.flush(SHUTDOWN_GRACE).await {
+            tracing::warn!("shutting down with broker state not yet persisted");
+        }
+        self.durable.stop();
+        let _ = self.durable_writer.await;
+        self.store.shutdown().await;
     }
 }
 

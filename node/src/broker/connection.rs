@@ -58,6 +58,17 @@ struct TopicAliases {
 /// Packets held back while paused; beyond this the shell stops reading.
 const HOLD_LIMIT: usize = 64;
 
+/// Responses waiting for their store writes past which no more packets are read.
+const RESPONSE_BACKLOG_LIMIT: usize = 1024;
+
+/// A response held until the store write it reports on is durable.
+enum Response {
+    Ack(AckKind, u16, u8),
+    /// A SUBACK and the retained messages that follow it.
+    SubAck(Packet, Vec<Delivery>),
+    Packet(Packet),
+}
+
 /// A publisher paused until a congested subscriber's queue drains.
 struct Pause {
     session: Arc<Session>,
@@ -75,6 +86,10 @@ pub struct Connection {
     /// inline would cost every connection its 32 bytes.
     #[allow(clippy::box_collection)]
     held: Option<Box<VecDeque<Packet>>>,
+    /// Responses in the order they must be sent, each with the store sequence number it
+    /// waits for (0: none, only the ones before it). Boxed for the same reason as `held`.
+    #[allow(clippy::box_collection)]
+    responses: Option<Box<VecDeque<(u64, Response)>>>,
     id: u64,
     waker: Arc<Signal>,
     phase: Phase,
@@ -105,6 +120,7 @@ impl Connection {
             broker,
             paused: None,
             held: None,
+            responses: None,
             id,
             waker,
             phase: Phase::AwaitingConnect,
@@ -158,6 +174,7 @@ impl Connection {
         if self.broker.is_shutting_down() {
             return self.shutdown();
         }
+        self.release_responses();
         if self.deadline().is_some_and(|d| d <= now) {
             self.timed_out(now);
         }
@@ -176,7 +193,12 @@ impl Connection {
     /// publishing to each other drain each other's queues) and everything
     /// else is held, up to a bound.
     pub fn wants_input(&self) -> bool {
-        self.phase != Phase::Closed && self.held.as_ref().is_none_or(|h| h.len() < HOLD_LIMIT)
+        self.phase != Phase::Closed
+            && self.held.as_ref().is_none_or(|h| h.len() < HOLD_LIMIT)
+            && self
+                .responses
+                .as_ref()
+                .is_none_or(|r| r.len() < RESPONSE_BACKLOG_LIMIT)
     }
 
     /// The congestion cleared: held packets are handled, in order, until
@@ -432,7 +454,58 @@ impl Connection {
             // delayed will is cancelled, as a reconnect within the delay would.
             None if delay > 0 && session.is_alive() => {}
             _ => {
-                self.broker.publish(message);
+                self.broker.publish(message, None);
+            }
+        }
+    }
+
+    /// Sends `response` once store write `seq` (and every response before it) is done.
+    fn respond(&mut self, seq: u64, response: Response) {
+        if self.responses.is_none() {
+            let durable_now =
+                seq == 0 || self.broker.durable().is_none_or(|d| d.committed() >= seq);
+            if durable_now {
+                return self.send_response(response);
+            }
+        }
+        self.responses
+            .get_or_insert_with(Default::default)
+            .push_back((seq, response));
+    }
+
+    /// Sends the held responses whose store writes are now durable.
+    fn release_responses(&mut self) {
+        let committed = self.broker.durable().map_or(u64::MAX, |d| d.committed());
+        while let Some(queue) = self.responses.as_mut() {
+            match queue.front() {
+                Some((seq, _)) if *seq <= committed => {}
+                Some(_) => return,
+                None => {
+                    self.responses = None;
+                    return;
+                }
+            }
+            if let Some((_, response)) = queue.pop_front() {
+                self.send_response(response);
+            }
+        }
+    }
+
+    fn send_response(&mut self, response: Response) {
+        match response {
+            Response::Ack(kind, packet_id, code) => self.send_ack(kind, packet_id, code),
+            Response::Packet(packet) => self.send(&packet),
+            Response::SubAck(packet, retained) => {
+                self.send(&packet);
+                let Some(session) = self.session.clone() else {
+                    return;
+                };
+                let max_queued = self.broker.config().max_queued_messages;
+                for delivery in retained {
+                    if let super::Enqueued::Dropped(r) = session.enqueue(delivery, max_queued) {
+                        self.broker.metrics().message_dropped(r);
+                    }
+                }
             }
         }
     }
@@ -758,7 +831,7 @@ impl Connection {
         }
         let origin = self.session.as_ref().map_or(0, |s| s.id);
         let message = inbound_message(p, origin, now);
-        let published = self.broker.publish(message);
+        let published = self.broker.publish(message, Some(&self.waker));
         if let Some(session) = published.congested {
             session.wait_for_space(&self.waker, self.broker.config().max_queued_messages);
             self.paused = Some(Pause {
@@ -778,11 +851,18 @@ impl Connection {
     }
 
     fn ack_publish(&mut self, p: &Publish, code: u8) {
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send_ack(AckKind::PubAck, p.packet_id, code),
-            QoS::ExactlyOnce => self.send_ack(AckKind::PubRec, p.packet_id, code),
-        }
+        self.ack_publish_after(p, code, 0);
+    }
+
+    /// Acknowledges once store write `seq` is durable: the publisher may forget the message
+    /// only when a crash can no longer lose it.
+    fn ack_publish_after(&mut self, p: &Publish, code: u8, seq: u64) {
+        let kind = match p.qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => AckKind::PubAck,
+            QoS::ExactlyOnce => AckKind::PubRec,
+        };
+        self.respond(seq, Response::Ack(kind, p.packet_id, code));
     }
 
     fn send_ack(&mut self, kind: AckKind, packet_id: u16, code: u8) {
@@ -794,8 +874,10 @@ impl Connection {
         if let Some(session) = &self.session {
             let mut state = session.state.lock();
             if matches!(state.inflight.get(&a.packet_id), Some(Inflight::Sent(d)) if d.qos == QoS::AtLeastOnce)
+                && let Some(Inflight::Sent(d)) = state.inflight.remove(&a.packet_id)
             {
-                state.inflight.remove(&a.packet_id);
+                drop(state);
+                self.broker.delivered(session, d.stored);
             }
         }
     }
@@ -815,12 +897,18 @@ impl Connection {
                 reason::PACKET_IDENTIFIER_NOT_FOUND,
             );
         }
+        let previous = if a.reason_code >= 0x80 {
+            state.inflight.remove(&a.packet_id)
+        } else {
+            state.inflight.insert(a.packet_id, Inflight::Released)
+        };
+        drop(state);
+        if let Some(Inflight::Sent(d)) = previous {
+            self.broker.delivered(&session, d.stored);
+        }
         if a.reason_code >= 0x80 {
-            state.inflight.remove(&a.packet_id);
             return;
         }
-        state.inflight.insert(a.packet_id, Inflight::Released);
-        drop(state);
         self.send_ack(AckKind::PubRel, a.packet_id, reason::SUCCESS);
     }
 
@@ -903,21 +991,18 @@ impl Connection {
                         retain: true,
                         subscription_ids: subscription_id.into_iter().collect(),
                         message,
+                        stored: 0,
                     });
                 }
             }
         }
-        self.send(&Packet::SubAck(SubAck {
+        let seq = self.broker.persist_subscriptions(&session, &self.waker);
+        let suback = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reason_codes: codes,
             properties: Properties::default(),
-        }));
-        let max_queued = self.broker.config().max_queued_messages;
-        for delivery in retained {
-            if let super::Enqueued::Dropped(r) = session.enqueue(delivery, max_queued) {
-                self.broker.metrics().message_dropped(r);
-            }
-        }
+        });
+        self.respond(seq, Response::SubAck(suback, retained));
     }
 
     fn on_unsubscribe(&mut self, u: &Unsubscribe) {
@@ -935,11 +1020,13 @@ impl Connection {
                 }
             })
             .collect();
-        self.send(&Packet::UnsubAck(UnsubAck {
+        let seq = self.broker.persist_subscriptions(&session, &self.waker);
+        let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reason_codes: codes,
             properties: Properties::default(),
-        }));
+        });
+        self.respond(seq, Response::Packet(unsuback));
     }
 
     fn on_disconnect(&mut self, d: &Disconnect) {

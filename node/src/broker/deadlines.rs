@@ -43,7 +43,7 @@ impl Deadlines {
     /// never wakes a connection before its deadline; never 0, which means none.
     pub fn ticks(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.epoch);
-        let ms = since.as_millis() + u128::from(since.subsec_nanos() % 1_000_000 != 0);
+        let ms = since.as_millis() + u128::from(!since.subsec_nanos().is_multiple_of(1_000_000));
         u64::try_from(ms).unwrap_or(u64::MAX).max(1)
     }
 

@@ -50,4 +50,6 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// Sequence number of its copy in the store, for a persistent session; 0 when not stored.
+    pub stored: u64,
 }

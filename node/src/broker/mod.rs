@@ -5,6 +5,7 @@
 
 mod connection;
 mod deadlines;
+pub mod durable;
 mod message;
 mod retained;
 mod session;
@@ -24,6 +25,8 @@ pub use message::{Delivery, Message};
 pub use retained::RetainedStore;
 pub use session::{Attachment, Enqueued, Inflight, Session, Signal, StoredSubscription};
 pub use trie::{Subscriber, SubscriptionTrie};
+
+pub use durable::Durable;
 
 use crate::config::MqttConfig;
 use crate::metrics::BrokerMetrics;
@@ -47,6 +50,8 @@ struct Inner {
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     deadlines: Deadlines,
+    /// Where retained messages and persistent sessions are kept; `None` keeps them in memory.
+    durable: Option<Arc<Durable>>,
 }
 
 /// What became of a published message.
@@ -57,6 +62,8 @@ pub struct Published {
     /// A connected session whose queue reached its limit with this message:
     /// the publisher should pause until it drains.
     pub congested: Option<Arc<Session>>,
+    /// The store write this message needs before it may be acknowledged; 0 for none.
+    pub durable_seq: u64,
 }
 
 /// The outcome of opening a session for a new connection.
@@ -67,7 +74,11 @@ pub struct OpenedSession {
 }
 
 impl Broker {
-    pub fn new(config: MqttConfig, metrics: BrokerMetrics) -> Broker {
+    pub fn new(
+        config: MqttConfig,
+        metrics: BrokerMetrics,
+        durable: Option<Arc<Durable>>,
+    ) -> Broker {
         Broker {
             inner: Arc::new(Inner {
                 config,
@@ -78,6 +89,7 @@ impl Broker {
                 next_id: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
                 deadlines: Deadlines::default(),
+                durable,
             }),
         }
     }
@@ -103,6 +115,10 @@ impl Broker {
 
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn durable(&self) -> Option<&Arc<Durable>> {
+        self.inner.durable.as_ref()
     }
 
     pub fn deadlines(&self) -> &Deadlines {
@@ -145,6 +161,7 @@ impl Broker {
             if !clean_start {
                 let replaced = existing.attach(attachment);
                 existing.state.lock().expiry_interval = expiry_interval;
+                self.set_persistence(&existing, expiry_interval);
                 drop(sessions);
                 if let Some(old) = replaced {
                     old.waker.wake();
@@ -165,12 +182,126 @@ impl Broker {
         let session = Arc::new(Session::new(self.next_id(), Arc::from(client_id)));
         session.attach(attachment);
         session.state.lock().expiry_interval = expiry_interval;
+        self.set_persistence(&session, expiry_interval);
         sessions.insert(session.client_id.clone(), Arc::clone(&session));
         self.inner.metrics.sessions.inc();
         OpenedSession {
             session,
             present: false,
         }
+    }
+
+    /// Records whether the session outlives its connection; a session that stops being
+    /// persistent forgets what it stored.
+    fn set_persistence(&self, session: &Arc<Session>, expiry_interval: u32) {
+        let Some(durable) = &self.inner.durable else {
+            return;
+        };
+        let persistent = expiry_interval > 0;
+        let was = session.is_persistent();
+        session.set_persistent(persistent);
+        if persistent {
+            durable.submit([durable.session_put(&self.session_record(session))], None);
+        } else if was {
+            durable.submit(Durable::session_delete(&session.client_id), None);
+        }
+    }
+
+    fn session_record(&self, session: &Session) -> durable::SessionRecord {
+        let state = session.state.lock();
+        durable::SessionRecord {
+            client_id: session.client_id.to_string(),
+            expiry_interval: state.expiry_interval,
+            subscriptions: state
+                .subscriptions
+                .iter()
+                .map(|(filter, s)| {
+                    durable::SubscriptionRecord::new(filter, s.options, s.subscription_id)
+                })
+                .collect(),
+        }
+    }
+
+    /// Stores the session's subscriptions; returns the sequence number to wait for before
+    /// acknowledging, 0 when the session is not persistent.
+    pub fn persist_subscriptions(&self, session: &Arc<Session>, waker: &Arc<Signal>) -> u64 {
+        match &self.inner.durable {
+            Some(durable) if session.is_persistent() => durable.submit(
+                [durable.session_put(&self.session_record(session))],
+                Some(waker),
+            ),
+            _ => 0,
+        }
+    }
+
+    /// The subscriber acknowledged a stored message: its copy is no longer needed.
+    pub fn delivered(&self, session: &Session, stored: u64) {
+        if stored == 0 {
+            return;
+        }
+        if let Some(durable) = &self.inner.durable {
+            durable.submit(
+                [halyard_raft::Op::delete(durable::queue_key(
+                    &session.client_id,
+                    stored,
+                ))],
+                None,
+            );
+        }
+    }
+
+    /// Sessions and retained messages found in the store when the node starts.
+    pub fn restore(&self, retained: Vec<Message>, sessions: Vec<durable::RestoredSession>) {
+        {
+            let mut store = self.inner.retained.write();
+            for message in retained {
+                store.update(&Arc::new(message));
+            }
+            self.inner.metrics.retained_messages.set(store.len() as i64);
+        }
+        for restored in sessions {
+            let record = restored.record;
+            let session = Arc::new(Session::new(
+                self.next_id(),
+                Arc::from(record.client_id.as_str()),
+            ));
+            session.set_persistent(true);
+            {
+                let mut state = session.state.lock();
+                state.expiry_interval = record.expiry_interval;
+                state
+                    .queue
+                    .extend(restored.queue.into_iter().map(|(_, d)| d));
+            }
+            for sub in &record.subscriptions {
+                let (Ok(parsed), Some(options)) = (
+                    topic::parse_filter(&sub.filter),
+                    SubscriptionOptions::from_byte(sub.options),
+                ) else {
+                    continue;
+                };
+                self.subscribe(&session, &sub.filter, parsed, options, sub.subscription_id);
+            }
+            self.inner
+                .sessions
+                .lock()
+                .insert(session.client_id.clone(), Arc::clone(&session));
+            self.inner.metrics.sessions.inc();
+            let generation = session.state.lock().generation;
+            self.expire_later(&session, record.expiry_interval, generation);
+        }
+    }
+
+    fn expire_later(&self, session: &Arc<Session>, expiry: u32, generation: u64) {
+        if expiry == u32::MAX {
+            return;
+        }
+        let broker = self.clone();
+        let session = Arc::clone(session);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+            broker.end_session(&session, generation);
+        });
     }
 
     /// Detaches connection `connection_id` from `session`. A session with no
@@ -182,13 +313,8 @@ impl Broker {
         let expiry = session.state.lock().expiry_interval;
         if expiry == 0 {
             self.end_session(session, generation);
-        } else if expiry != u32::MAX {
-            let broker = self.clone();
-            let session = Arc::clone(session);
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
-                broker.end_session(&session, generation);
-            });
+        } else {
+            self.expire_later(session, expiry, generation);
         }
         Some(generation)
     }
@@ -214,6 +340,12 @@ impl Broker {
     /// Removes everything a session holds in the broker.
     fn discard(&self, session: &Arc<Session>) {
         session.mark_dead();
+        if let Some(durable) = &self.inner.durable
+            && session.is_persistent()
+        {
+            session.set_persistent(false);
+            durable.submit(Durable::session_delete(&session.client_id), None);
+        }
         let subscriptions = {
             let mut state = session.state.lock();
             state.queue.clear();
@@ -234,8 +366,11 @@ impl Broker {
 
     /// Routes `message` to every matching subscription and stores it when
     /// retained.
-    pub fn publish(&self, message: Message) -> Published {
+    /// `waker` is woken when the store writes the message needs are durable.
+    pub fn publish(&self, message: Message, waker: Option<&Arc<Signal>>) -> Published {
         let message = Arc::new(message);
+        let durable = self.inner.durable.as_ref();
+        let mut ops = Vec::new();
         if message.retain && self.inner.config.retain_available {
             let mut retained = self.inner.retained.write();
             retained.update(&message);
@@ -243,6 +378,17 @@ impl Broker {
                 .metrics
                 .retained_messages
                 .set(retained.len() as i64);
+            if durable.is_some() {
+                let key = durable::retained_key(&message.topic);
+                ops.push(if message.payload.is_empty() {
+                    halyard_raft::Op::delete(key)
+                } else {
+                    halyard_raft::Op::put(
+                        key,
+                        durable::encode_message(&message, message.qos, true, &[]),
+                    )
+                });
+            }
         }
         let trie = self.inner.trie.read();
         let mut matches = Vec::new();
@@ -266,6 +412,7 @@ impl Broker {
                     qos: QoS::AtMostOnce,
                     retain: false,
                     subscription_ids: Vec::new(),
+                    stored: 0,
                 });
                 d.qos = d.qos.max(message.qos.min(sub.options.qos));
                 d.retain |= sub.options.retain_as_published && message.retain;
@@ -273,11 +420,33 @@ impl Broker {
                     d.subscription_ids.push(id);
                 }
             }
-            let Some(delivery) = delivery else {
+            let Some(mut delivery) = delivery else {
                 continue;
             };
             outcome.offered += 1;
-            match session.enqueue(delivery, max_queued) {
+            let mut stored = None;
+            if let Some(durable) = durable
+                && delivery.qos != QoS::AtMostOnce
+                && session.is_persistent()
+            {
+                delivery.stored = durable.next_message_seq();
+                stored = Some(halyard_raft::Op::put(
+                    durable::queue_key(&session.client_id, delivery.stored),
+                    durable::encode_message(
+                        &message,
+                        delivery.qos,
+                        delivery.retain,
+                        &delivery.subscription_ids,
+                    ),
+                ));
+            }
+            let enqueued = session.enqueue(delivery, max_queued);
+            if let Some(op) = stored
+                && !matches!(enqueued, Enqueued::Dropped(_) | Enqueued::Gone)
+            {
+                ops.push(op);
+            }
+            match enqueued {
                 Enqueued::Dropped(reason) => self.inner.metrics.message_dropped(reason),
                 // Never pause a publisher on its own session: paused, it
                 // stops reading the acks that would drain that session.
@@ -288,6 +457,11 @@ impl Broker {
                 }
                 _ => {}
             }
+        }
+        if let Some(durable) = durable
+            && !ops.is_empty()
+        {
+            outcome.durable_seq = durable.submit(ops, waker);
         }
         outcome
     }
@@ -365,7 +539,7 @@ impl Broker {
             tokio::time::sleep(Duration::from_secs(u64::from(delay_secs))).await;
             let resumed = session.is_alive() && session.state.lock().generation != generation;
             if !resumed {
-                broker.publish(will);
+                broker.publish(will, None);
             }
         });
     }

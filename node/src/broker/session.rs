@@ -131,6 +131,10 @@ impl Subscriptions {
         Some(self.0.swap_remove(i).1)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &StoredSubscription)> {
+        self.0.iter().map(|(f, s)| (f.as_str(), s))
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(f, _)| f.as_str())
     }
@@ -166,10 +170,14 @@ impl InflightWindow {
     }
 
     /// Adds `id` at the end, or replaces its state where it stands.
-    pub fn insert(&mut self, id: u16, value: Inflight) {
+    /// Returns what was in flight under `id` before.
+    pub fn insert(&mut self, id: u16, value: Inflight) -> Option<Inflight> {
         match self.position(id) {
-            Some(i) => self.entries[i].1 = value,
-            None => self.entries.push_back((id, value)),
+            Some(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
+            None => {
+                self.entries.push_back((id, value));
+                None
+            }
         }
     }
 
@@ -246,6 +254,8 @@ pub struct Session {
     /// Set when a publisher gave up waiting for this session to drain; its
     /// excess is dropped instead of pausing publishers, until it catches up.
     slow: AtomicBool,
+    /// Outlives its connection and a restart: its subscriptions and QoS 1/2 messages are stored.
+    persistent: AtomicBool,
     /// Messages taken off the queue since the session began.
     drained_total: AtomicU64,
     pub state: Mutex<SessionState>,
@@ -281,6 +291,7 @@ impl Session {
             alive: AtomicBool::new(true),
             connected: AtomicBool::new(false),
             slow: AtomicBool::new(false),
+            persistent: AtomicBool::new(false),
             drained_total: AtomicU64::new(0),
             state: Mutex::new(SessionState::default()),
         }
@@ -288,6 +299,14 @@ impl Session {
 
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_persistent(&self, persistent: bool) {
+        self.persistent.store(persistent, Ordering::Release);
     }
 
     pub fn is_connected(&self) -> bool {
@@ -439,6 +458,7 @@ mod tests {
             qos,
             retain: false,
             subscription_ids: Vec::new(),
+            stored: 0,
         }
     }
 

@@ -219,13 +219,11 @@ fn encode_control(
             }
             for t in &sub.subscriptions {
                 put_str(s, &t.filter)?;
-                let o = &t.options;
-                let mut byte = o.qos.as_u8();
-                if v5 {
-                    byte |= u8::from(o.no_local) << 2
-                        | u8::from(o.retain_as_published) << 3
-                        | (o.retain_handling as u8) << 4;
-                }
+                let byte = if v5 {
+                    t.options.to_byte()
+                } else {
+                    t.options.qos.as_u8()
+                };
                 s.put_u8(byte);
             }
             0x82

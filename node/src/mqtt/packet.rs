@@ -123,6 +123,35 @@ pub struct SubscriptionOptions {
     pub retain_handling: RetainHandling,
 }
 
+impl SubscriptionOptions {
+    /// The v5 wire form of the options byte.
+    pub fn to_byte(self) -> u8 {
+        self.qos.as_u8()
+            | u8::from(self.no_local) << 2
+            | u8::from(self.retain_as_published) << 3
+            | (self.retain_handling as u8) << 4
+    }
+
+    /// Reads a v5 options byte; `None` for reserved bits or values.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        if byte & 0xC0 != 0 {
+            return None;
+        }
+        let retain_handling = match (byte >> 4) & 0x03 {
+            0 => RetainHandling::SendOnSubscribe,
+            1 => RetainHandling::SendIfNewSubscription,
+            2 => RetainHandling::DoNotSend,
+            _ => return None,
+        };
+        Some(SubscriptionOptions {
+            qos: QoS::from_u8(byte & 0x03)?,
+            no_local: byte & 0x04 != 0,
+            retain_as_published: byte & 0x08 != 0,
+            retain_handling,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSubscription {
     pub filter: String,

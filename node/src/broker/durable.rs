@@ -1,0 +1,454 @@
+//! Broker state that must outlive the process: retained messages, persistent sessions and the
+//! QoS 1/2 messages queued for them. Changes are batched into store transactions by one
+//! writer; a connection that must not acknowledge before its change is durable holds the
+//! acknowledgement until [`Durable::committed`] reaches the sequence number it was given.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use halyard_raft::{Consistency, Op, RangeRequest, Store, StoreError, Txn};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::message::{Delivery, Message};
+use super::session::Signal;
+use crate::mqtt::{
+    Encoder, Packet, Properties, ProtocolVersion, PublishRef, QoS, SubscriptionOptions,
+    decode_packet,
+};
+
+const RETAINED: &str = "mqtt/retained/";
+const SESSION: &str = "mqtt/session/";
+const QUEUE: &str = "mqtt/queue/";
+/// Ops per store transaction; more wait for the next one.
+const BATCH_OPS: usize = 512;
+
+pub fn retained_key(topic: &str) -> Vec<u8> {
+    format!("{RETAINED}{topic}").into_bytes()
+}
+
+fn hex(client_id: &str) -> String {
+    client_id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+pub fn session_key(client_id: &str) -> Vec<u8> {
+    format!("{SESSION}{}", hex(client_id)).into_bytes()
+}
+
+pub fn queue_prefix(client_id: &str) -> Vec<u8> {
+    format!("{QUEUE}{}/", hex(client_id)).into_bytes()
+}
+
+pub fn queue_key(client_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = queue_prefix(client_id);
+    key.extend_from_slice(format!("{seq:016x}").as_bytes());
+    key
+}
+
+fn unix_ms(at: Instant) -> u64 {
+    let left = at.saturating_duration_since(Instant::now());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + left).as_millis() as u64
+}
+
+fn instant_from_unix_ms(ms: u64) -> Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Instant::now() + Duration::from_millis(ms).saturating_sub(now)
+}
+
+/// A message as stored: its expiry, then the message as a v5 PUBLISH packet, which already
+/// knows how to carry every property.
+pub fn encode_message(
+    message: &Message,
+    qos: QoS,
+    retain: bool,
+    subscription_ids: &[u32],
+) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    let expiry = message.expires_at.map_or(0, unix_ms);
+    out.extend_from_slice(&expiry.to_be_bytes());
+    let publish = PublishRef {
+        dup: false,
+        qos,
+        retain,
+        topic: &message.topic,
+        packet_id: if qos == QoS::AtMostOnce { 0 } else { 1 },
+        payload: &message.payload,
+        properties: message.properties.as_deref(),
+        message_expiry_interval: None,
+        subscription_identifiers: subscription_ids,
+        topic_alias: None,
+    };
+    if let Err(e) = Encoder::new().publish(&publish, ProtocolVersion::V5, usize::MAX, &mut out) {
+        tracing::warn!(error = %e, topic = %message.topic, "cannot encode a message for the store");
+    }
+    out.to_vec()
+}
+
+/// A stored message back as a message and the terms it was queued with.
+pub fn decode_message(bytes: &[u8]) -> Option<(Message, QoS, bool, Vec<u32>)> {
+    let expiry = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let mut buf = BytesMut::from(bytes.get(8..)?);
+    let Ok(Some(Packet::Publish(mut p))) = decode_packet(&mut buf, ProtocolVersion::V5, usize::MAX)
+    else {
+        return None;
+    };
+    let subscription_ids = std::mem::take(&mut p.properties.subscription_identifiers);
+    let has_properties = p.properties != Properties::default();
+    let message = Message {
+        topic: Arc::from(p.topic.as_str()),
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        properties: has_properties.then(|| Box::new(p.properties)),
+        expires_at: (expiry != 0).then(|| instant_from_unix_ms(expiry)),
+        origin: 0,
+    };
+    Some((message, p.qos, p.retain, subscription_ids))
+}
+
+/// One stored subscription: the filter and its options.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubscriptionRecord {
+    pub filter: String,
+    pub options: u8,
+    pub subscription_id: Option<u32>,
+}
+
+impl SubscriptionRecord {
+    pub fn new(filter: &str, options: SubscriptionOptions, subscription_id: Option<u32>) -> Self {
+        Self {
+            filter: filter.to_owned(),
+            options: options.to_byte(),
+            subscription_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    pub client_id: String,
+    pub expiry_interval: u32,
+    pub subscriptions: Vec<SubscriptionRecord>,
+}
+
+/// A persistent session as found in the store at startup.
+pub struct RestoredSession {
+    pub record: SessionRecord,
+    pub queue: Vec<(u64, Delivery)>,
+}
+
+#[derive(Default)]
+struct Pending {
+    ops: VecDeque<(u64, Op)>,
+    wakers: Vec<(u64, Arc<Signal>)>,
+}
+
+pub struct Durable {
+    store: Store,
+    pending: Mutex<Pending>,
+    work: Notify,
+    submitted: AtomicU64,
+    committed: AtomicU64,
+    committed_notify: Notify,
+    next_message: AtomicU64,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Durable {
+    pub fn new(store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            pending: Mutex::new(Pending::default()),
+            work: Notify::new(),
+            submitted: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+            committed_notify: Notify::new(),
+            next_message: AtomicU64::new(1),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Queues `ops` for the store; returns the sequence number that [`Durable::committed`]
+    /// reaches once they are durable. `waker` is woken then.
+    pub fn submit(&self, ops: impl IntoIterator<Item = Op>, waker: Option<&Arc<Signal>>) -> u64 {
+        let mut pending = self.pending.lock();
+        let seq = self.submitted.fetch_add(1, Ordering::AcqRel) + 1;
+        let before = pending.ops.len();
+        pending.ops.extend(ops.into_iter().map(|op| (seq, op)));
+        if let Some(waker) = waker {
+            pending.wakers.push((seq, Arc::clone(waker)));
+        }
+        let added = pending.ops.len() > before;
+        drop(pending);
+        if added {
+            self.work.notify_one();
+        } else {
+            // Nothing to write: durable as soon as everything before it is.
+            self.work.notify_one();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+        seq
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// A fresh sequence number for a queued message's key.
+    pub fn next_message_seq(&self) -> u64 {
+        self.next_message.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Writes queued changes until [`Durable::stop`] and nothing is left.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            let notified = self.work.notified();
+            let batch = self.take_batch();
+            let Some((ops, last_seq, wakers)) = batch else {
+                if self.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                notified.await;
+                continue;
+            };
+            self.write(ops).await;
+            self.committed.fetch_max(last_seq, Ordering::AcqRel);
+            self.committed_notify.notify_waiters();
+            for waker in wakers {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Ops of whole submissions, up to [`BATCH_OPS`] unless one submission is larger; `None`
+    /// when nothing is pending. Submissions without ops complete with the batch.
+    fn take_batch(&self) -> Option<(Vec<Op>, u64, Vec<Arc<Signal>>)> {
+        let mut pending = self.pending.lock();
+        let submitted = self.submitted.load(Ordering::Acquire);
+        if pending.ops.is_empty() {
+            if submitted > self.committed() {
+                self.committed.fetch_max(submitted, Ordering::AcqRel);
+                let wakers: Vec<_> = pending.wakers.drain(..).map(|(_, w)| w).collect();
+                drop(pending);
+                self.committed_notify.notify_waiters();
+                for w in wakers {
+                    w.wake();
+                }
+            }
+            return None;
+        }
+        let mut ops = Vec::new();
+        let mut last_seq = 0;
+        while let Some((seq, _)) = pending.ops.front() {
+            let seq = *seq;
+            if ops.len() >= BATCH_OPS && seq != last_seq {
+                break;
+            }
+            if let Some((_, op)) = pending.ops.pop_front() {
+                ops.push(op);
+            }
+            last_seq = seq;
+        }
+        // Submissions after the last op taken but without ops of their own are covered too.
+        if pending.ops.is_empty() {
+            last_seq = submitted;
+        } else if let Some((next, _)) = pending.ops.front() {
+            last_seq = last_seq.max(next - 1);
+        }
+        let mut wakers = Vec::new();
+        pending.wakers.retain(|(seq, w)| {
+            if *seq <= last_seq {
+                wakers.push(Arc::clone(w));
+                false
+            } else {
+                true
+            }
+        });
+        Some((ops, last_seq, wakers))
+    }
+
+    /// Retries until the store takes the batch: acknowledging without it would be a lie.
+    async fn write(&self, ops: Vec<Op>) {
+        let txn = Txn::ops(ops);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.store.txn(txn.clone()).await {
+                Ok(_) => return,
+                Err(StoreError::Shutdown) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot persist broker state; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Waits until everything submitted so far is durable, or `timeout` passes.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let target = self.submitted.load(Ordering::Acquire);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.committed_notify.notified();
+            if self.committed() >= target {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            self.work.notify_one();
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+
+    /// Lets the writer finish once nothing is pending.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.work.notify_one();
+    }
+
+    /// Retained messages stored before this start.
+    pub async fn load_retained(&self) -> Result<Vec<Message>, StoreError> {
+        let range = self
+            .store
+            .range(RangeRequest::prefix(RETAINED), Consistency::Linearizable)
+            .await?;
+        Ok(range
+            .kvs
+            .iter()
+            .filter_map(|kv| decode_message(&kv.value).map(|(m, ..)| m))
+            .collect())
+    }
+
+    /// Persistent sessions stored before this start, with their queued messages in order.
+    pub async fn load_sessions(&self) -> Result<Vec<RestoredSession>, StoreError> {
+        let sessions = self
+            .store
+            .range(RangeRequest::prefix(SESSION), Consistency::Linearizable)
+            .await?;
+        let mut restored = Vec::new();
+        let mut max_seq = 0;
+        for kv in sessions.kvs {
+            let Ok(record) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
+                tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "skipping unreadable session record");
+                continue;
+            };
+            let prefix = queue_prefix(&record.client_id);
+            let queued = self
+                .store
+                .range(
+                    RangeRequest::prefix(prefix.clone()),
+                    Consistency::Linearizable,
+                )
+                .await?;
+            let mut queue = Vec::new();
+            for item in queued.kvs {
+                let seq = std::str::from_utf8(&item.key[prefix.len()..])
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok());
+                let (Some(seq), Some((message, qos, retain, subscription_ids))) =
+                    (seq, decode_message(&item.value))
+                else {
+                    continue;
+                };
+                max_seq = max_seq.max(seq);
+                queue.push((
+                    seq,
+                    Delivery {
+                        message: Arc::new(message),
+                        qos,
+                        retain,
+                        subscription_ids,
+                        stored: seq,
+                    },
+                ));
+            }
+            restored.push(RestoredSession { record, queue });
+        }
+        self.next_message.fetch_max(max_seq + 1, Ordering::AcqRel);
+        Ok(restored)
+    }
+
+    pub fn session_put(&self, record: &SessionRecord) -> Op {
+        let value = serde_json::to_vec(record).unwrap_or_default();
+        Op::put(session_key(&record.client_id), value)
+    }
+
+    /// Ops that forget a session and everything queued for it.
+    pub fn session_delete(client_id: &str) -> [Op; 2] {
+        [
+            Op::delete(session_key(client_id)),
+            Op::delete_prefix(queue_prefix(client_id)),
+        ]
+    }
+
+    #[allow(dead_code)]
+    fn decode_client(hexed: &str) -> Option<String> {
+        unhex(hexed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_messages_round_trip_with_properties() {
+        let properties = Properties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let message = Message {
+            topic: Arc::from("a/b"),
+            payload: bytes::Bytes::from_static(b"hello"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Some(Box::new(properties.clone())),
+            expires_at: Some(Instant::now() + Duration::from_secs(60)),
+            origin: 7,
+        };
+        let bytes = encode_message(&message, QoS::AtLeastOnce, true, &[3, 4]);
+        let (back, qos, retain, ids) = decode_message(&bytes).unwrap();
+        assert_eq!(&*back.topic, "a/b");
+        assert_eq!(back.payload, message.payload);
+        assert_eq!(qos, QoS::AtLeastOnce);
+        assert!(retain);
+        assert_eq!(ids, vec![3, 4]);
+        assert_eq!(back.properties.as_deref(), Some(&properties));
+        let left = back.remaining_expiry(Instant::now()).unwrap();
+        assert!((58..=61).contains(&left), "{left}");
+    }
+
+    #[test]
+    fn client_ids_with_slashes_get_disjoint_queue_prefixes() {
+        let a = queue_prefix("a");
+        let ab = queue_prefix("a/b");
+        assert!(!ab.starts_with(&a));
+        assert_eq!(unhex(&hex("dev/ice-1")).as_deref(), Some("dev/ice-1"));
+        assert!(queue_key("a", 2) > queue_key("a", 1));
+    }
+}

@@ -1,0 +1,53 @@
+use crate::types::{CommandError, LeaseId, NodeId, Revision};
+
+/// What a store operation can fail with. Nothing here is a panic in disguise: every variant
+/// is a state the caller can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("this node is not the leader (leader: {})", leader.map_or("unknown".to_string(), |l| l.to_string()))]
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    #[error("the request did not complete within {0} ms")]
+    Timeout(u64),
+    #[error("revision {requested} was compacted; history starts at {compacted}")]
+    Compacted {
+        requested: Revision,
+        compacted: Revision,
+    },
+    #[error("{what} is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    #[error("lease {0:x} not found")]
+    LeaseNotFound(LeaseId),
+    #[error("lease {0:x} already exists")]
+    LeaseExists(LeaseId),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("no quorum reachable: {0}")]
+    Unavailable(String),
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("the store is shut down")]
+    Shutdown,
+}
+
+impl From<CommandError> for StoreError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::LeaseNotFound(id) => StoreError::LeaseNotFound(id),
+            CommandError::LeaseExists(id) => StoreError::LeaseExists(id),
+            CommandError::CompactFuture { .. } => StoreError::InvalidRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::engine::EngineError> for StoreError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}
