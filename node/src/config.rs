@@ -36,7 +36,97 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter in `tracing` syntax, e.g. `info` or `halyard_node=debug`.
     pub log_level: String,
+    /// Bearer token the admin API's cluster operations require; unset refuses them.
+    pub admin_token: Option<String>,
     pub mqtt: MqttConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// The replicated store's cluster. Without `peer_listen` the node is a cluster of one.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id, unique in the cluster and never reused (at least 1).
+    pub node_id: u64,
+    /// QUIC listener for the other nodes.
+    pub peer_listen: Option<SocketAddr>,
+    /// The address other nodes reach this one at; defaults to `peer_listen`.
+    pub advertise_addr: Option<String>,
+    /// Members of a new cluster, `id=host:port` separated by commas; the lowest id forms it.
+    pub initial_members: Option<String>,
+    /// Address of a running member to join through, as a voter.
+    pub join: Option<String>,
+    /// PEM: the cluster CA that signs every node certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// PEM: this node's certificate, signed by the cluster CA.
+    pub cert: Option<PathBuf>,
+    /// PEM: this node's private key.
+    pub key: Option<PathBuf>,
+    /// Leader heartbeat period, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Follower silence before it stands for election, in milliseconds.
+    pub election_timeout_ms: u64,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
+    /// Revisions of watch history kept.
+    pub history_revisions: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: 1,
+            peer_listen: None,
+            advertise_addr: None,
+            initial_members: None,
+            join: None,
+            ca_cert: None,
+            cert: None,
+            key: None,
+            heartbeat_ms: 100,
+            election_timeout_ms: 1000,
+            snapshot_every: 10_000,
+            history_revisions: 10_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// `initial_members` parsed; errors name the key.
+    pub fn members(&self) -> Result<Vec<(u64, String)>, ConfigError> {
+        let Some(raw) = &self.initial_members else {
+            return Ok(Vec::new());
+        };
+        raw.split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(|part| {
+                let (id, addr) =
+                    part.trim()
+                        .split_once('=')
+                        .ok_or_else(|| ConfigError::Invalid {
+                            key: "cluster.initial_members".into(),
+                            message: format!("`{part}` is not id=host:port"),
+                        })?;
+                let id = id
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "cluster.initial_members".into(),
+                        message: format!("`{id}` is not a node id (a positive integer)"),
+                    })?;
+                Ok((id, addr.trim().to_owned()))
+            })
+            .collect()
+    }
+
+    /// The address this node gives the others.
+    pub fn advertised(&self) -> Option<String> {
+        self.advertise_addr
+            .clone()
+            .or_else(|| self.peer_listen.map(|a| a.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -98,7 +188,9 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
+            admin_token: None,
             mqtt: MqttConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -134,6 +226,10 @@ pub struct Overrides {
     pub mqtt_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
+    pub node_id: Option<u64>,
+    pub peer_listen: Option<SocketAddr>,
+    pub initial_members: Option<String>,
+    pub join: Option<String>,
 }
 
 const ENV_PREFIX: &str = "HALYARD_";
@@ -148,6 +244,7 @@ const ENV_KEYS: &[&str] = &[
     "admin_listen",
     "log_format",
     "log_level",
+    "admin_token",
     "mqtt.max_packet_size",
     "mqtt.max_payload_size",
     "mqtt.receive_maximum",
@@ -165,6 +262,18 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.retain_available",
     "mqtt.maximum_qos",
     "mqtt.connect_timeout",
+    "cluster.node_id",
+    "cluster.peer_listen",
+    "cluster.advertise_addr",
+    "cluster.initial_members",
+    "cluster.join",
+    "cluster.ca_cert",
+    "cluster.cert",
+    "cluster.key",
+    "cluster.heartbeat_ms",
+    "cluster.election_timeout_ms",
+    "cluster.snapshot_every",
+    "cluster.history_revisions",
 ];
 
 /// The config key a `HALYARD_*` variable names, if it names one.
@@ -224,6 +333,18 @@ impl Config {
         }
         if let Some(v) = overrides.log_format {
             config.log_format = v;
+        }
+        if let Some(v) = overrides.node_id {
+            config.cluster.node_id = v;
+        }
+        if let Some(v) = overrides.peer_listen {
+            config.cluster.peer_listen = Some(v);
+        }
+        if let Some(v) = &overrides.initial_members {
+            config.cluster.initial_members = Some(v.clone());
+        }
+        if let Some(v) = &overrides.join {
+            config.cluster.join = Some(v.clone());
         }
         config.validate()?;
         Ok(config)
@@ -299,6 +420,69 @@ impl Config {
         }
         if self.log_level.trim().is_empty() {
             return invalid("log_level", "must not be empty");
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return invalid("admin_token", "must be at least 16 characters");
+        }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        if c.node_id == 0 {
+            return invalid("cluster.node_id", "must be at least 1");
+        }
+        if c.heartbeat_ms == 0 {
+            return invalid("cluster.heartbeat_ms", "must be at least 1");
+        }
+        if c.election_timeout_ms < c.heartbeat_ms * 3 {
+            return invalid(
+                "cluster.election_timeout_ms",
+                "must be at least three heartbeats (cluster.heartbeat_ms)",
+            );
+        }
+        if c.snapshot_every < 10 {
+            return invalid("cluster.snapshot_every", "must be at least 10 entries");
+        }
+        let members = c.members()?;
+        if c.peer_listen.is_none() {
+            if !members.is_empty() || c.join.is_some() {
+                return invalid(
+                    "cluster.peer_listen",
+                    "is required to form or join a cluster",
+                );
+            }
+            return Ok(());
+        }
+        for (key, value) in [
+            ("cluster.ca_cert", &c.ca_cert),
+            ("cluster.cert", &c.cert),
+            ("cluster.key", &c.key),
+        ] {
+            if value.is_none() {
+                return invalid(
+                    key,
+                    "is required with cluster.peer_listen (mutual TLS between nodes)",
+                );
+            }
+        }
+        if !members.is_empty() && c.join.is_some() {
+            return invalid(
+                "cluster.join",
+                "cannot be combined with cluster.initial_members",
+            );
+        }
+        if !members.is_empty() && !members.iter().any(|(id, _)| *id == c.node_id) {
+            return invalid(
+                "cluster.initial_members",
+                "must include this node's cluster.node_id",
+            );
         }
         Ok(())
     }
@@ -438,6 +622,15 @@ mod tests {
     fn every_key_can_be_set_from_the_environment() {
         let mut config = Config::default();
         config.mqtt.server_keep_alive = Some(60);
+        config.admin_token = Some("t".repeat(16));
+        let c = &mut config.cluster;
+        c.peer_listen = Some(SocketAddr::from(([127, 0, 0, 1], 7001)));
+        c.advertise_addr = Some("node-1:7001".into());
+        c.initial_members = Some("1=node-1:7001".into());
+        c.join = Some("node-2:7001".into());
+        c.ca_cert = Some("ca.pem".into());
+        c.cert = Some("node.pem".into());
+        c.key = Some("node.key".into());
         let table = toml::Table::try_from(&config).unwrap();
         let mut keys = Vec::new();
         for (k, v) in &table {
@@ -450,6 +643,36 @@ mod tests {
         let mut listed: Vec<String> = ENV_KEYS.iter().map(|k| (*k).to_owned()).collect();
         listed.sort();
         assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn cluster_settings_are_checked_and_name_their_key() {
+        let load = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default());
+        let err = load(&[("HALYARD_CLUSTER__INITIAL_MEMBERS", "1=a:1")]).unwrap_err();
+        assert!(err.to_string().contains("cluster.peer_listen"), "{err}");
+        let with_peer = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![
+                ("HALYARD_CLUSTER__PEER_LISTEN", "127.0.0.1:7001"),
+                ("HALYARD_CLUSTER__CA_CERT", "ca.pem"),
+                ("HALYARD_CLUSTER__CERT", "n.pem"),
+                ("HALYARD_CLUSTER__KEY", "n.key"),
+            ];
+            vars.extend_from_slice(extra);
+            Config::load(None, env(&vars), &Overrides::default())
+        };
+        let err = with_peer(&[("HALYARD_CLUSTER__INITIAL_MEMBERS", "2=b:1,3=c:1")]).unwrap_err();
+        assert!(err.to_string().contains("must include this node"), "{err}");
+        let err = with_peer(&[("HALYARD_CLUSTER__INITIAL_MEMBERS", "x=b:1")]).unwrap_err();
+        assert!(err.to_string().contains("cluster.initial_members"), "{err}");
+        let ok = with_peer(&[("HALYARD_CLUSTER__INITIAL_MEMBERS", "1=a:1, 2=b:1")]).unwrap();
+        assert_eq!(
+            ok.cluster.members().unwrap(),
+            vec![(1, "a:1".into()), (2, "b:1".into())]
+        );
+        let err = load(&[("HALYARD_CLUSTER__NODE_ID", "0")]).unwrap_err();
+        assert!(err.to_string().contains("cluster.node_id"), "{err}");
+        let err = load(&[("HALYARD_ADMIN_TOKEN", "short")]).unwrap_err();
+        assert!(err.to_string().contains("admin_token"), "{err}");
     }
 
     #[test]

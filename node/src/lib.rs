@@ -8,6 +8,8 @@
 #[cfg(not(madsim))]
 pub mod api;
 pub mod broker;
+#[cfg(not(madsim))]
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod metrics;

@@ -33,6 +33,18 @@ enum Command {
     /// Run a node. With no options: one node, data in ./data, MQTT on
     /// 127.0.0.1:1883 with anonymous access, admin HTTP on 127.0.0.1:9090.
     Serve(ServeArgs),
+    /// Write a new cluster CA and a certificate and key per node, for mutual TLS between nodes.
+    ClusterCerts(ClusterCertsArgs),
+}
+
+#[derive(clap::Args)]
+struct ClusterCertsArgs {
+    /// Directory to write ca.pem, node-<id>.pem and node-<id>.key into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Node ids to issue certificates for, e.g. 1,2,3.
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<u64>,
 }
 
 #[derive(clap::Args)]
@@ -52,6 +64,18 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
+    /// This node's id in the cluster (cluster.node_id).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// QUIC listen address for the other nodes (cluster.peer_listen).
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// Members of a new cluster: id=host:port,... (cluster.initial_members).
+    #[arg(long)]
+    initial_members: Option<String>,
+    /// Join the cluster through this member's peer address (cluster.join).
+    #[arg(long)]
+    join: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,6 +88,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::ClusterCerts(args) => cluster_certs(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,6 +109,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             LogFormatArg::Text => LogFormat::Text,
             LogFormatArg::Json => LogFormat::Json,
         }),
+        node_id: args.node_id,
+        peer_listen: args.peer_listen,
+        initial_members: args.initial_members,
+        join: args.join,
     };
     let config = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     init_logging(&config)?;
@@ -102,6 +131,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn cluster_certs(args: ClusterCertsArgs) -> anyhow::Result<()> {
+    if args.nodes.contains(&0) {
+        anyhow::bail!("--nodes: node ids start at 1");
+    }
+    for path in halyard_node::cluster::certs::generate(&args.out, &args.nodes)? {
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {

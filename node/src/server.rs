@@ -41,6 +41,11 @@ pub enum ServerError {
     },
     #[error("store: {0}")]
     Store(#[from] halyard_raft::StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[cfg(not(madsim))]
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A running node.
@@ -56,34 +61,63 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// The node id of a node that is its own cluster.
-const STANDALONE_NODE: u64 = 1;
-
-/// How long startup waits for the store to elect itself and replay its log.
-const STORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long startup waits for the store to find a leader and replay its log.
+const STORE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a graceful shutdown waits for connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Starts whatever answers the other nodes, once the store exists; returns its tasks.
+pub type PeerServer = Box<dyn FnOnce(&Store, watch::Receiver<bool>) -> Vec<JoinHandle<()>> + Send>;
+
 impl Server {
     /// Opens the store in `{data_dir}/raft`, binds the listeners of `config` and starts serving.
+    /// With `cluster.peer_listen` the store replicates to the other nodes over QUIC.
     #[cfg(not(madsim))]
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         let db = config.data_dir.join("raft").join("db");
         let engine = halyard_raft::RocksEngine::open(&db)
             .map_err(|source| ServerError::Engine { path: db, source })?;
-        let network = halyard_raft::local::LocalNetwork::new();
-        let transport = network.transport(STANDALONE_NODE);
-        let server = Self::start_with(config, Arc::new(engine), transport).await?;
-        network.register(STANDALONE_NODE, server.store.service());
-        Ok(server)
+        let node_id = config.cluster.node_id;
+        let Some(peer_listen) = config.cluster.peer_listen else {
+            let network = halyard_raft::local::LocalNetwork::new();
+            let transport = network.transport(node_id);
+            let register: PeerServer = Box::new(move |store, _| {
+                network.register(node_id, store.service());
+                Vec::new()
+            });
+            return Self::start_with(config, Arc::new(engine), transport, register).await;
+        };
+        let cluster = &config.cluster;
+        let (Some(ca), Some(cert), Some(key)) = (&cluster.ca_cert, &cluster.cert, &cluster.key)
+        else {
+            return Err(ServerError::Cluster(crate::cluster::ClusterError::Tls(
+                "cluster.ca_cert, cluster.cert and cluster.key are required".into(),
+            )));
+        };
+        let tls = crate::cluster::certs::load(ca, cert, key)?;
+        let transport = crate::cluster::QuicTransport::bind(peer_listen, tls)?;
+        if let Some(addr) = transport.local_addr() {
+            tracing::info!(listener = %"peer", %addr, "listening");
+        }
+        let endpoint = transport.endpoint();
+        let serve: PeerServer = Box::new(move |store, shutdown| {
+            vec![tokio::spawn(crate::cluster::serve_peers(
+                endpoint,
+                store.service(),
+                shutdown,
+            ))]
+        });
+        Self::start_with(config, Arc::new(engine), transport, serve).await
     }
 
-    /// Starts on the given storage engine and peer transport.
+    /// Starts on the given storage engine and peer transport; `peers` starts answering the
+    /// other nodes before the store waits for a quorum.
     pub async fn start_with(
         config: Config,
         engine: Arc<dyn KvEngine>,
         transport: Arc<dyn RaftTransport>,
+        peers: PeerServer,
     ) -> Result<Server, ServerError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
@@ -91,15 +125,32 @@ impl Server {
         })?;
         let registry = Arc::new(Registry::new());
         let raft_metrics = halyard_raft::RaftMetrics::new(&registry)?;
-        let store_config = StoreConfig::new(
-            STANDALONE_NODE,
-            "local",
+        let cluster = &config.cluster;
+        let node_id = cluster.node_id;
+        let advertised = cluster.advertised().unwrap_or_else(|| "local".to_owned());
+        let mut store_config = StoreConfig::new(
+            node_id,
+            advertised.clone(),
             config.data_dir.join("raft").join("snapshots"),
         );
+        store_config.heartbeat_interval = Duration::from_millis(cluster.heartbeat_ms);
+        store_config.election_timeout = Duration::from_millis(cluster.election_timeout_ms);
+        store_config.snapshot_every = cluster.snapshot_every;
+        store_config.history_revisions = cluster.history_revisions;
         let store = Store::open(store_config, engine, transport, raft_metrics).await?;
-        store
-            .initialize(BTreeMap::from([(STANDALONE_NODE, "local".to_string())]))
-            .await?;
+        let (shutdown, watch_rx) = watch::channel(false);
+        let mut tasks = peers(&store, watch_rx.clone());
+        let members = cluster.members()?;
+        if let Some(via) = &cluster.join {
+            store.join(via, STORE_READY_TIMEOUT).await?;
+        } else if members.is_empty() {
+            store
+                .initialize(BTreeMap::from([(node_id, advertised)]))
+                .await?;
+        } else if members.iter().map(|(id, _)| *id).min() == Some(node_id) {
+            store.initialize(members.into_iter().collect()).await?;
+        }
+        tracing::info!(node_id, "waiting for the cluster's leader");
         store.wait_ready(STORE_READY_TIMEOUT).await?;
         let durable = Durable::new(store.clone());
         let broker = Broker::new(
@@ -121,8 +172,7 @@ impl Server {
         let admin = bind("admin", config.admin_listen).await?;
         let mqtt_addr = local_addr("mqtt", &mqtt, config.mqtt_listen)?;
         let admin_addr = local_addr("admin", &admin, config.admin_listen)?;
-        let (shutdown, watch_rx) = watch::channel(false);
-        let tasks = vec![
+        tasks.extend([
             tokio::spawn(broker.clone().run_deadlines(watch_rx.clone())),
             tokio::spawn(gateway::run_tcp_listener(
                 mqtt,
@@ -131,10 +181,14 @@ impl Server {
             )),
             tokio::spawn(crate::api::admin::run(
                 admin,
-                Arc::clone(&registry),
+                crate::api::admin::AdminState {
+                    registry: Arc::clone(&registry),
+                    store: store.clone(),
+                    token: config.admin_token.clone(),
+                },
                 watch_rx,
             )),
-        ];
+        ]);
         tracing::info!(listener = %"mqtt", addr = %mqtt_addr, "listening");
         tracing::info!(listener = %"admin", addr = %admin_addr, "listening");
         Ok(Server {

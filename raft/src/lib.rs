@@ -35,5 +35,6 @@ pub use store::{
 pub use transport::{RaftRequest, RaftResponse, RaftTransport, RemoteError, TransportError};
 pub use types::{
     Command, CommandError, CommandResult, Compare, CompareOp, CompareTarget, Event, EventKind,
-    KeyValue, LeaseId, NodeId, Op, OpResult, Revision, RevisionEvents, Txn, TxnResult, TypeConfig,
+    KeyValue, LeaseId, NodeId, Op, OpResult, Revision, RevisionEvents, SnapshotMeta,
+    SnapshotResponse, Txn, TxnResult, TypeConfig, Vote,
 };

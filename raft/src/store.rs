@@ -258,6 +258,43 @@ impl Store {
         }
     }
 
+    /// Asks the cluster reachable at `via` to add this node as a voter, following leader
+    /// hints, until it has or `timeout` passes. A node that is already a member does nothing.
+    pub async fn join(&self, via: &str, timeout: Duration) -> Result<(), StoreError> {
+        if self.inner.raft.is_initialized().await.map_err(fatal)? {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        let mut target = via.to_owned();
+        loop {
+            let request = RaftRequest::AddMember {
+                id: self.inner.id,
+                addr: self.inner.config.advertise_addr.clone(),
+            };
+            match self.inner.transport.request(0, &target, request).await {
+                Ok(RaftResponse::MemberAdded) => return Ok(()),
+                Ok(RaftResponse::Error(RemoteError::NotLeader {
+                    leader_addr: Some(addr),
+                    ..
+                })) => {
+                    target = addr;
+                    continue;
+                }
+                Ok(other) => {
+                    tracing::info!(via = %target, response = ?other, "join not accepted yet")
+                }
+                Err(e) => {
+                    tracing::info!(via = %target, error = %e, "cannot reach the cluster to join")
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::Timeout(timeout.as_millis() as u64));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            target = via.to_owned();
+        }
+    }
+
     /// Waits until this node knows a leader and has applied what that leader committed.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), StoreError> {
         let deadline = Instant::now() + timeout;
@@ -787,6 +824,7 @@ impl Store {
             task.abort();
         }
         let _ = self.inner.raft.shutdown().await;
+        self.inner.transport.close().await;
     }
 
     fn spawn_background(&self) {
@@ -1006,6 +1044,26 @@ impl RaftService {
                 }),
                 Err(e) => failed(&e),
             },
+            RaftRequest::AddMember { id, addr } => {
+                let store = Store {
+                    inner: self.inner.clone(),
+                };
+                let added = match store.add_learner(id, addr).await {
+                    Ok(()) => store.promote(id).await,
+                    Err(e) => Err(e),
+                };
+                match added {
+                    Ok(()) => RaftResponse::MemberAdded,
+                    Err(StoreError::NotLeader {
+                        leader,
+                        leader_addr,
+                    }) => RaftResponse::Error(RemoteError::NotLeader {
+                        leader,
+                        leader_addr,
+                    }),
+                    Err(e) => failed(&e),
+                }
+            }
             RaftRequest::LeaseKeepAlive(id) => {
                 if !raft.is_leader() {
                     return RaftResponse::Error(RemoteError::NotLeader {

@@ -30,6 +30,11 @@ pub enum RaftRequest {
     /// Asks the leader for a read index: the commit index once its leadership is confirmed.
     ReadIndex,
     LeaseKeepAlive(LeaseId),
+    /// A node asks to join the cluster as a voter.
+    AddMember {
+        id: NodeId,
+        addr: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +45,7 @@ pub enum RaftResponse {
     Forward(CommandResult),
     ReadIndex(u64),
     LeaseKeepAlive { ttl_ms: u64 },
+    MemberAdded,
     Error(RemoteError),
 }
 
@@ -69,7 +75,8 @@ pub enum TransportError {
     Timeout(NodeId),
 }
 
-/// Moves requests and snapshots between nodes.
+/// Moves requests and snapshots between nodes. Target 0 is whoever answers at `addr`, for a
+/// node that does not know the cluster's ids yet.
 pub trait RaftTransport: Send + Sync + 'static {
     fn request(
         &self,
@@ -87,6 +94,11 @@ pub trait RaftTransport: Send + Sync + 'static {
         meta: SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> BoxFuture<'_, Result<SnapshotResponse<TypeConfig>, TransportError>>;
+
+    /// Releases the transport's sockets once the store has stopped.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The openraft side: one client per peer, all going through the store's transport.

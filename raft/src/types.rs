@@ -22,6 +22,7 @@ pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type SnapshotResponse = openraft::raft::SnapshotResponse<TypeConfig>;
 
 /// A key with its bookkeeping, as stored and as returned to readers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,29 +1,46 @@
-//! The admin HTTP server: Prometheus metrics and health probes.
+//! The admin HTTP server: Prometheus metrics, health probes, the cluster's status and its
+//! membership operations.
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use halyard_raft::{Store, StoreError};
 use prometheus::Registry;
+use serde::Deserialize;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics;
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` turns true.
-pub async fn run(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+#[derive(Clone)]
+pub struct AdminState {
+    pub registry: Arc<Registry>,
+    pub store: Store,
+    /// Bearer token the cluster operations require; `None` refuses them.
+    pub token: Option<String>,
+}
+
+/// Serves the admin API until `shutdown` turns true.
+pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
     let router = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(ok))
         .route("/readyz", get(ok))
-        .with_state(registry);
+        .route("/cluster/status", get(cluster_status))
+        .route("/cluster/members", post(add_member))
+        .route("/cluster/members/{id}/promote", post(promote_member))
+        .route(
+            "/cluster/members/{id}",
+            axum::routing::delete(remove_member),
+        )
+        .route("/cluster/leader", post(transfer_leader))
+        .with_state(state);
     let stop = async move {
         while !*shutdown.borrow() {
             if shutdown.changed().await.is_err() {
@@ -39,17 +56,148 @@ pub async fn run(
     }
 }
 
-async fn render_metrics(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&registry),
+        metrics::render(&state.registry),
     )
 }
 
 async fn ok() -> &'static str {
     "ok\n"
+}
+
+async fn cluster_status(State(state): State<AdminState>) -> Response {
+    Json(state.store.status()).into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The refusal, unless the request carries the configured admin token.
+fn refusal(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let Some(expected) = &state.token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "cluster operations are disabled: set admin_token (HALYARD_ADMIN_TOKEN)",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compared in full every time, so that timing does not tell how much of a guess matched.
+    let matches = given.is_some_and(|g| {
+        g.len() == expected.len()
+            && g.bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    (!matches).then(|| error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+}
+
+fn outcome(result: Result<(), StoreError>) -> Response {
+    match result {
+        Ok(()) => (StatusCode::OK, Json(json!({ "ok": true }))).into_response(),
+        Err(StoreError::NotLeader {
+            leader,
+            leader_addr,
+        }) => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": "this node is not the leader; send the request to the leader",
+                "leader": leader,
+                "leader_addr": leader_addr,
+            })),
+        )
+            .into_response(),
+        Err(e @ StoreError::InvalidRequest(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ StoreError::Timeout(_)) => error(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    id: u64,
+    addr: String,
+    /// Promote to voter once caught up; default true.
+    #[serde(default = "default_true")]
+    voter: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+async fn add_member(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Result<Json<AddMember>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(denied) = refusal(&state, &headers) {
+        return denied;
+    }
+    let Json(member) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if member.id == 0 {
+        return error(StatusCode::BAD_REQUEST, "id: node ids start at 1");
+    }
+    let mut result = state.store.add_learner(member.id, member.addr).await;
+    if result.is_ok() && member.voter {
+        result = state.store.promote(member.id).await;
+    }
+    outcome(result)
+}
+
+async fn promote_member(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    if let Some(denied) = refusal(&state, &headers) {
+        return denied;
+    }
+    outcome(state.store.promote(id).await)
+}
+
+async fn remove_member(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    if let Some(denied) = refusal(&state, &headers) {
+        return denied;
+    }
+    outcome(state.store.remove(id).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferLeader {
+    id: u64,
+}
+
+async fn transfer_leader(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Result<Json<TransferLeader>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(denied) = refusal(&state, &headers) {
+        return denied;
+    }
+    let Json(target) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    outcome(state.store.transfer_leader(target.id).await)
 }

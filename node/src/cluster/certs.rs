@@ -1,0 +1,149 @@
+//! TLS between nodes: every node presents a certificate signed by the cluster CA and accepts
+//! only peers that do the same.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::ClusterError;
+
+/// The name every node certificate carries and every node dials.
+pub const PEER_SERVER_NAME: &str = "halyard-peer";
+pub const ALPN: &[u8] = b"halyard-raft/1";
+
+fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ClusterError> {
+    let pem_error = |message: String| ClusterError::Pem {
+        what,
+        path: path.to_owned(),
+        message,
+    };
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::Io(source) => ClusterError::Read {
+            what,
+            path: path.to_owned(),
+            source,
+        },
+        other => pem_error(other.to_string()),
+    })?;
+    let certs = iter
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_error("no certificate found".into()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClusterError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::Io(source) => ClusterError::Read {
+            what: "node key",
+            path: path.to_owned(),
+            source,
+        },
+        other => ClusterError::Pem {
+            what: "node key",
+            path: path.to_owned(),
+            message: other.to_string(),
+        },
+    })
+}
+
+/// Client and server TLS for the peer endpoint.
+pub struct PeerTls {
+    pub server: rustls::ServerConfig,
+    pub client: rustls::ClientConfig,
+}
+
+pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<PeerTls, ClusterError> {
+    let tls = |e: rustls::Error| ClusterError::Tls(e.to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca_cert in read_certs("cluster CA", ca)? {
+        roots.add(ca_cert).map_err(tls)?;
+    }
+    let roots = Arc::new(roots);
+    let chain = read_certs("node certificate", cert)?;
+    let key = read_key(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::clone(&roots),
+        Arc::clone(&provider),
+    )
+    .build()
+    .map_err(|e| ClusterError::Tls(e.to_string()))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(tls)?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(tls)?;
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(PeerTls { server, client })
+}
+
+/// Writes a new cluster CA and a certificate and key for each node id into `out`:
+/// `ca.pem`, `node-<id>.pem`, `node-<id>.key`. The CA key is not kept.
+pub fn generate(out: &Path, nodes: &[u64]) -> Result<Vec<PathBuf>, ClusterError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let gen_error = |e: rcgen::Error| ClusterError::Generate(e.to_string());
+    std::fs::create_dir_all(out).map_err(|source| ClusterError::Write {
+        path: out.to_owned(),
+        source,
+    })?;
+    let ca_key = KeyPair::generate().map_err(gen_error)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_error)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Halyard cluster CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_error)?;
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let mut written = Vec::new();
+    let mut write = |name: String, contents: String| -> Result<(), ClusterError> {
+        let path = out.join(name);
+        std::fs::write(&path, contents).map_err(|source| ClusterError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        written.push(path);
+        Ok(())
+    };
+    write("ca.pem".into(), ca_cert.pem())?;
+    for id in nodes {
+        let key = KeyPair::generate().map_err(gen_error)?;
+        let mut params = CertificateParams::new(vec![
+            PEER_SERVER_NAME.to_owned(),
+            format!("node-{id}"),
+            "localhost".to_owned(),
+        ])
+        .map_err(gen_error)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("halyard node {id}"));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &issuer).map_err(gen_error)?;
+        write(format!("node-{id}.pem"), cert.pem())?;
+        write(format!("node-{id}.key"), key.serialize_pem())?;
+    }
+    Ok(written)
+}

@@ -1,0 +1,67 @@
+//! Length-delimited prost frames on a QUIC stream: a `u32` big-endian length, then the
+//! frame. The body of a Raft frame is the request or response as the store serializes it.
+
+use prost::Message;
+use quinn::{RecvStream, SendStream};
+
+/// Largest frame accepted; snapshots are streamed after their header frame, not framed.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Frame {
+    #[prost(enumeration = "Kind", tag = "1")]
+    pub kind: i32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum Kind {
+    Request = 0,
+    Response = 1,
+    /// A snapshot's vote and metadata; the file's bytes follow on the stream.
+    SnapshotHeader = 2,
+    SnapshotResponse = 3,
+    Error = 4,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("stream: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    #[error("frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
+pub async fn write_frame(
+    stream: &mut SendStream,
+    kind: Kind,
+    body: Vec<u8>,
+) -> Result<(), FrameError> {
+    let frame = Frame {
+        kind: kind as i32,
+        body,
+    };
+    let bytes = frame.encode_to_vec();
+    let len = u32::try_from(bytes.len()).map_err(|_| FrameError::TooLarge(bytes.len()))?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(&bytes).await?;
+    Ok(())
+}
+
+pub async fn read_frame(stream: &mut RecvStream) -> Result<Frame, FrameError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes).await?;
+    Ok(Frame::decode(bytes.as_slice())?)
+}

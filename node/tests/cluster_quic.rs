@@ -1,0 +1,139 @@
+//! Three nodes on loopback, replicating over QUIC with mutual TLS: the cluster forms, a
+//! follower's writes reach the leader, a dead leader is replaced without losing acknowledged
+//! writes, and the dead node catches up when it returns.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use halyard_node::config::Config;
+use halyard_node::server::Server;
+use halyard_raft::{Consistency, RangeRequest, StoreError};
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn node_config(dir: &Path, id: u64, peers: &[(u64, u16)]) -> Config {
+    let certs = dir.join("certs");
+    let mut config = Config {
+        data_dir: dir.join(format!("node-{id}")),
+        mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Config::default()
+    };
+    let port = peers.iter().find(|(p, _)| *p == id).unwrap().1;
+    config.cluster.node_id = id;
+    config.cluster.peer_listen = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    config.cluster.initial_members = Some(
+        peers
+            .iter()
+            .map(|(p, port)| format!("{p}=127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    config.cluster.ca_cert = Some(certs.join("ca.pem"));
+    config.cluster.cert = Some(certs.join(format!("node-{id}.pem")));
+    config.cluster.key = Some(certs.join(format!("node-{id}.key")));
+    config.cluster.heartbeat_ms = 50;
+    config.cluster.election_timeout_ms = 300;
+    config.validate().unwrap();
+    config
+}
+
+async fn leader(servers: &[Option<Server>]) -> usize {
+    for _ in 0..200 {
+        for (i, s) in servers.iter().enumerate() {
+            if let Some(s) = s
+                && s.store().raft().is_leader()
+            {
+                return i;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no leader");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_quic_survive_the_leader_dying() {
+    let dir = tempfile::tempdir().unwrap();
+    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
+    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
+    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
+    let mut servers: Vec<Option<Server>> = futures_join(starts)
+        .await
+        .into_iter()
+        .map(|s| Some(s.unwrap()))
+        .collect();
+
+    let leader_index = leader(&servers).await;
+    let follower = (leader_index + 1) % 3;
+    let store = servers[follower].as_ref().unwrap().store().clone();
+    for i in 0..20 {
+        store.put(format!("k{i:02}"), "v").await.unwrap();
+    }
+
+    // The leader dies; the other two elect a new one and keep every acknowledged write.
+    let dead = servers[leader_index].take().unwrap();
+    dead.shutdown().await;
+    for i in 20..30 {
+        let mut attempt = 0;
+        loop {
+            match store.put(format!("k{i:02}"), "v").await {
+                Ok(_) => break,
+                Err(StoreError::Timeout(_) | StoreError::Unavailable(_)) if attempt < 5 => {
+                    attempt += 1
+                }
+                Err(e) => panic!("write after failover failed: {e}"),
+            }
+        }
+    }
+    let new_leader = leader(&servers).await;
+    assert_ne!(new_leader, leader_index);
+    for s in servers.iter().flatten() {
+        let range = s
+            .store()
+            .range(RangeRequest::prefix("k"), Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(range.kvs.len(), 30);
+    }
+
+    // It comes back with its data and catches up.
+    let id = leader_index as u64 + 1;
+    servers[leader_index] = Some(
+        Server::start(node_config(dir.path(), id, &peers))
+            .await
+            .unwrap(),
+    );
+    let back = servers[leader_index].as_ref().unwrap().store().clone();
+    let range = back
+        .range(RangeRequest::prefix("k"), Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(range.kvs.len(), 30);
+    for s in servers.into_iter().flatten() {
+        s.shutdown().await;
+    }
+}
+
+/// Starts every future at once: a node waits for a quorum before `start` returns.
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
