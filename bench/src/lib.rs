@@ -6,6 +6,7 @@ pub mod compare;
 pub mod conn;
 pub mod pubsub;
 pub mod stats;
+pub mod store;
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -28,6 +28,30 @@ enum Command {
     Conn(ConnArgs),
     /// Run the standard scenarios against Halyard and its peers, write docs/benchmarks.md.
     Compare(CompareArgs),
+    /// Committed transactions per second of the replicated store (RocksDB, QUIC on loopback).
+    Store(StoreArgs),
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// Nodes in the cluster: 1, or 3 on loopback.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Concurrent writers, comma-separated for several runs, e.g. 1,16,256.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    clients: Vec<usize>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Directory for the nodes' data (a real disk: fsync is what is measured).
+    #[arg(long, default_value = "target/store-bench")]
+    dir: PathBuf,
+    /// Write the JSON results here as well as to standard output.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -237,6 +261,28 @@ fn run() -> anyhow::Result<()> {
                     command_line: a.command_line,
                 };
                 compare::run(opts).await
+            }
+            Command::Store(a) => {
+                if a.nodes == 0 {
+                    anyhow::bail!("--nodes must be at least 1");
+                }
+                let mut reports = Vec::new();
+                for clients in a.clients {
+                    let opts = halyard_bench::store::StoreBenchOptions {
+                        nodes: a.nodes,
+                        clients: clients.max(1),
+                        duration: Duration::from_secs_f64(a.duration.max(0.5)),
+                        value_size: a.value_size,
+                        dir: halyard_bench::store::scratch_dir(&a.dir),
+                    };
+                    let dir = opts.dir.clone();
+                    let report = halyard_bench::store::run(opts).await;
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let report = report?;
+                    eprintln!("{}", halyard_bench::store::summary(&report));
+                    reports.push(report);
+                }
+                emit(&reports, a.json.as_ref())
             }
         }
     })

@@ -131,8 +131,17 @@ impl AsyncRuntime for HalyardRuntime {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let handle = tokio::task::spawn_blocking(f);
-        async move { handle.await.map_err(|e| io::Error::other(e.to_string())) }
+        #[cfg(not(madsim))]
+        {
+            let handle = tokio::task::spawn_blocking(f);
+            async move { handle.await.map_err(|e| io::Error::other(e.to_string())) }
+        }
+        // The simulation has no threads to block; the work runs in place, deterministically.
+        #[cfg(madsim)]
+        {
+            let result = f();
+            async move { Ok(result) }
+        }
     }
 }
 
