@@ -33,13 +33,14 @@ enum Command {
     /// Run a node. With no options: one node, data in ./data, MQTT on
     /// 127.0.0.1:1883 with anonymous access, admin HTTP on 127.0.0.1:9090.
     Serve(ServeArgs),
-    /// Write a new cluster CA and a certificate and key per node, for mutual TLS between nodes.
+    /// Issue a certificate and key per node for mutual TLS between nodes, signed by the cluster
+    /// CA in the output directory (created on first use).
     ClusterCerts(ClusterCertsArgs),
 }
 
 #[derive(clap::Args)]
 struct ClusterCertsArgs {
-    /// Directory to write ca.pem, node-<id>.pem and node-<id>.key into.
+    /// Directory holding ca.pem and ca.key, and receiving node-<id>.pem and node-<id>.key.
     #[arg(long)]
     out: PathBuf,
     /// Node ids to issue certificates for, e.g. 1,2,3.

@@ -93,8 +93,9 @@ pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<PeerTls, ClusterError>
     Ok(PeerTls { server, client })
 }
 
-/// Writes a new cluster CA and a certificate and key for each node id into `out`:
-/// `ca.pem`, `node-<id>.pem`, `node-<id>.key`. The CA key is not kept.
+/// Issues a certificate and key for each node id into `out` (`node-<id>.pem`, `node-<id>.key`),
+/// signed by the cluster CA in `out` (`ca.pem`, `ca.key`), which is created when absent. Keep
+/// `ca.key` private; it is only needed to issue certificates for nodes added later.
 pub fn generate(out: &Path, nodes: &[u64]) -> Result<Vec<PathBuf>, ClusterError> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -105,26 +106,44 @@ pub fn generate(out: &Path, nodes: &[u64]) -> Result<Vec<PathBuf>, ClusterError>
         path: out.to_owned(),
         source,
     })?;
-    let ca_key = KeyPair::generate().map_err(gen_error)?;
+    let mut written = Vec::new();
+    let write = |written: &mut Vec<PathBuf>, name: String, contents: String, private: bool| {
+        let path = out.join(name);
+        write_file(&path, contents.as_bytes(), private).map_err(|source| ClusterError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        written.push(path);
+        Ok::<(), ClusterError>(())
+    };
+    // The CA is its distinguished name and its key: a CA rebuilt from both signs certificates
+    // that chain to the ca.pem written the first time.
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_error)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
         .push(DnType::CommonName, "Halyard cluster CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_error)?;
-    let issuer = Issuer::from_params(&ca_params, &ca_key);
-    let mut written = Vec::new();
-    let mut write = |name: String, contents: String| -> Result<(), ClusterError> {
-        let path = out.join(name);
-        std::fs::write(&path, contents).map_err(|source| ClusterError::Write {
-            path: path.clone(),
+    let ca_key_path = out.join("ca.key");
+    let ca_key = if ca_key_path.exists() && out.join("ca.pem").exists() {
+        let pem = std::fs::read_to_string(&ca_key_path).map_err(|source| ClusterError::Read {
+            what: "cluster CA key",
+            path: ca_key_path.clone(),
             source,
         })?;
-        written.push(path);
-        Ok(())
+        KeyPair::from_pem(&pem).map_err(|e| ClusterError::Pem {
+            what: "cluster CA key",
+            path: ca_key_path.clone(),
+            message: e.to_string(),
+        })?
+    } else {
+        let key = KeyPair::generate().map_err(gen_error)?;
+        let ca_cert = ca_params.self_signed(&key).map_err(gen_error)?;
+        write(&mut written, "ca.pem".into(), ca_cert.pem(), false)?;
+        write(&mut written, "ca.key".into(), key.serialize_pem(), true)?;
+        key
     };
-    write("ca.pem".into(), ca_cert.pem())?;
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
     for id in nodes {
         let key = KeyPair::generate().map_err(gen_error)?;
         let mut params = CertificateParams::new(vec![
@@ -142,8 +161,62 @@ pub fn generate(out: &Path, nodes: &[u64]) -> Result<Vec<PathBuf>, ClusterError>
         ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = params.signed_by(&key, &issuer).map_err(gen_error)?;
-        write(format!("node-{id}.pem"), cert.pem())?;
-        write(format!("node-{id}.key"), key.serialize_pem())?;
+        write(&mut written, format!("node-{id}.pem"), cert.pem(), false)?;
+        write(
+            &mut written,
+            format!("node-{id}.key"),
+            key.serialize_pem(),
+            true,
+        )?;
     }
     Ok(written)
+}
+
+/// Private keys are readable by their owner only.
+fn write_file(path: &Path, contents: &[u8], private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if private {
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_issued_later_chain_to_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), &[1]).unwrap();
+        let ca_before = std::fs::read(dir.path().join("ca.pem")).unwrap();
+        generate(dir.path(), &[2]).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
+        for id in [1, 2] {
+            let tls = load(
+                &dir.path().join("ca.pem"),
+                &dir.path().join(format!("node-{id}.pem")),
+                &dir.path().join(format!("node-{id}.key")),
+            );
+            assert!(tls.is_ok());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("node-2.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_missing_certificate_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let err = load(&missing, &missing, &missing).err().unwrap();
+        assert!(err.to_string().contains("cluster CA"), "{err}");
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+    }
 }
