@@ -55,3 +55,17 @@ halyard_bin() {
     [[ "$dir" == /* ]] || dir="$PWD/$dir"
     printf '%s/release/halyard\n' "$dir"
 }
+
+# The simulation builds with `--cfg madsim` into a target dir of its own, beside the main one,
+# so that neither build invalidates the other.
+sim_target_dir() {
+    local dir="${CARGO_TARGET_DIR:-target}"
+    [[ "$dir" == /* ]] || dir="$PWD/$dir"
+    printf '%s-sim\n' "${dir%/}"
+}
+
+# Runs the deterministic simulation: SIM_SEEDS seeds (default 200) from SIM_SEED (default 1).
+run_simulation() {
+    RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$(sim_target_dir)" \
+        SIM_SEEDS="${SIM_SEEDS:-200}" cargo test --release -p halyard-sim-tests "$@"
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite, as CI does: formatting, lints, the Rust tests, then the end-to-end
-# tests (tests/e2e) against the release binary with real MQTT clients. Stops at the first
+# Runs the whole test suite, as CI does: formatting, lints, the Rust tests, the deterministic
+# simulation (sim-tests, under madsim), then the end-to-end tests (tests/e2e) against the
+# release binary with real MQTT clients. Stops at the first
 # failing step and exits non-zero.
 set -euo pipefail
 
@@ -44,6 +45,7 @@ step "Formatting" cargo fmt --all --check
 step "Lints" cargo clippy --workspace --all-targets --release -- -D warnings
 step "Build" cargo build --release -p halyard-node --bin halyard
 step "Rust tests" cargo test --release --workspace
+step "Simulation (madsim, 200 seeds)" run_simulation
 step "End-to-end tests" env HALYARD_BIN="$(halyard_bin)" .venv/bin/python -m pytest -q tests/e2e
 
 current_step="done"

@@ -28,6 +28,8 @@ pub enum StoreError {
     LeaseExists(LeaseId),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("the request may or may not have been applied: {0}")]
+    OutcomeUnknown(String),
     #[error("no quorum reachable: {0}")]
     Unavailable(String),
     #[error("storage failure: {0}")]

@@ -22,6 +22,8 @@ struct Faults {
     /// Probability of losing a request or its response.
     drop_rate: f64,
     delay: Duration,
+    /// Commands forwarded to the leader arrive and are applied, but their answers are lost.
+    lose_forward_answers: bool,
 }
 
 /// The shared medium of an in-process cluster.
@@ -77,6 +79,10 @@ impl LocalNetwork {
         self.faults.lock().drop_rate = rate;
     }
 
+    pub fn set_lose_forward_answers(&self, lose: bool) {
+        self.faults.lock().lose_forward_answers = lose;
+    }
+
     pub fn set_delay(&self, delay: Duration) {
         self.faults.lock().delay = delay;
     }
@@ -89,7 +95,9 @@ impl LocalNetwork {
                 "link is partitioned".into(),
             ));
         }
-        if faults.drop_rate > 0.0 && rand::random::<f64>() < faults.drop_rate {
+        if faults.drop_rate > 0.0
+            && (crate::runtime::random_u64() as f64 / u64::MAX as f64) < faults.drop_rate
+        {
             return Err(TransportError::Network(to, "message lost".into()));
         }
         Ok(faults.delay)
@@ -107,6 +115,15 @@ impl LocalNetwork {
 pub struct LocalTransport {
     from: NodeId,
     network: Arc<LocalNetwork>,
+}
+
+fn ambiguous(e: TransportError) -> TransportError {
+    match e {
+        TransportError::Unreachable(to, why) => {
+            TransportError::Network(to, format!("answer lost: {why}"))
+        }
+        other => other,
+    }
 }
 
 fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned>(
@@ -155,9 +172,14 @@ impl RaftTransport for LocalTransport {
         Box::pin(async move {
             self.pass(self.from, target).await?;
             let request = roundtrip(target, &request)?;
+            let forwarded = matches!(request, RaftRequest::Forward(_));
             let service = self.network.service(target)?;
             let response = service.handle(request).await;
-            self.pass(target, self.from).await?;
+            if forwarded && self.network.faults.lock().lose_forward_answers {
+                return Err(TransportError::Network(target, "answer lost".into()));
+            }
+            // The request was handled: losing the answer leaves its outcome unknown.
+            self.pass(target, self.from).await.map_err(ambiguous)?;
             roundtrip(target, &response)
         })
     }
@@ -181,7 +203,7 @@ impl RaftTransport for LocalTransport {
                 .install_snapshot(vote, meta, SnapshotFile { path: spool, size })
                 .await
                 .map_err(|e| TransportError::Network(target, e.to_string()))?;
-            self.pass(target, self.from).await?;
+            self.pass(target, self.from).await.map_err(ambiguous)?;
             Ok(response)
         })
     }

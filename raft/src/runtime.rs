@@ -17,6 +17,60 @@ use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
 #[derive(Debug, Default)]
 pub struct HalyardRuntime;
 
+/// Randomness for election timeouts and the like: the thread's generator in production; in
+/// the simulation the simulator's, since a thread-local generator would carry its state from
+/// one simulated run into the next and break replay.
+#[derive(Default)]
+pub struct Entropy {
+    #[cfg(not(madsim))]
+    inner: Option<rand010::rngs::ThreadRng>,
+}
+
+impl Entropy {
+    #[cfg(not(madsim))]
+    fn next(&mut self) -> u64 {
+        use rand010::Rng;
+        self.inner.get_or_insert_with(rand010::rng).next_u64()
+    }
+
+    #[cfg(madsim)]
+    fn next(&mut self) -> u64 {
+        random_u64()
+    }
+}
+
+impl rand010::TryRng for Entropy {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.next() as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.next())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = self.next().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+/// A random `u64` from the process's generator, or the simulator's under madsim.
+pub fn random_u64() -> u64 {
+    #[cfg(madsim)]
+    {
+        tokio::madsim::rand::random::<u64>()
+    }
+    #[cfg(not(madsim))]
+    {
+        rand::random::<u64>()
+    }
+}
+
 /// A deadline on a future; named so that it can be an associated type.
 pub struct Timeout<F> {
     future: Pin<Box<F>>,
@@ -64,7 +118,7 @@ impl AsyncRuntime for HalyardRuntime {
     type Instant = Instant;
     type TimeoutError = Elapsed;
     type Timeout<R, T: Future<Output = R> + OptionalSend> = Timeout<T>;
-    type ThreadLocalRng = rand010::rngs::ThreadRng;
+    type ThreadLocalRng = Entropy;
 
     fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
     where
@@ -104,9 +158,7 @@ impl AsyncRuntime for HalyardRuntime {
     }
 
     fn thread_rng() -> Self::ThreadLocalRng {
-        // madsim makes the process entropy source deterministic, so this is seeded by the
-        // simulation in tests and by the OS in production.
-        rand010::rng()
+        Entropy::default()
     }
 
     type Mpsc = RtMpsc;

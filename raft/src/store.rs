@@ -20,7 +20,9 @@ use crate::metrics::RaftMetrics;
 use crate::snapshot::SnapshotFile;
 use crate::state;
 use crate::state_machine::{LeaseClock, Notice, Shared, StateMachine};
-use crate::transport::{NetworkFactory, RaftRequest, RaftResponse, RaftTransport, RemoteError};
+use crate::transport::{
+    NetworkFactory, RaftRequest, RaftResponse, RaftTransport, RemoteError, TransportError,
+};
 use crate::types::{
     Command, CommandResult, KeyValue, LeaseId, NodeId, Revision, RevisionEvents, SnapshotMeta, Txn,
     TxnResult, TypeConfig, Vote,
@@ -415,7 +417,7 @@ impl Store {
     pub async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let ttl_ms = ttl.as_millis().max(1) as u64;
         loop {
-            let id = rand::random::<u64>() >> 1;
+            let id = crate::runtime::random_u64() >> 1;
             if id == 0 {
                 continue;
             }
@@ -550,10 +552,14 @@ impl Store {
                         .await
                     {
                         Ok(RaftResponse::Forward(result)) => return Ok(result),
-                        Ok(RaftResponse::Error(RemoteError::NotLeader { .. })) | Err(_) => {
+                        // Refused or never sent: trying again cannot apply it twice.
+                        Ok(RaftResponse::Error(RemoteError::NotLeader { .. }))
+                        | Err(TransportError::Unreachable(..)) => {
                             tokio::time::sleep(self.inner.config.heartbeat_interval).await;
                             continue;
                         }
+                        // Sent, but no answer: it may have been applied, so it is not resent.
+                        Err(e) => return Err(StoreError::OutcomeUnknown(e.to_string())),
                         Ok(RaftResponse::Error(e)) => {
                             return Err(StoreError::Unavailable(e.to_string()));
                         }
@@ -1081,7 +1087,7 @@ impl RaftService {
 
     /// Where a transport spools an incoming snapshot before installing it.
     pub fn snapshot_spool_path(&self) -> PathBuf {
-        let n = rand::random::<u64>();
+        let n = crate::runtime::random_u64();
         self.inner
             .config
             .snapshot_dir

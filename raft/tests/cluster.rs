@@ -394,3 +394,23 @@ async fn oversized_requests_are_refused_before_the_log() {
     assert_eq!(cluster.stores[&1].revision(), 0);
     cluster.shutdown().await;
 }
+
+/// Found by the simulation: a follower that resent a forwarded write after losing the
+/// leader's answer applied it twice, so a later write could be overwritten by the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_whose_answer_is_lost_is_not_applied_twice() {
+    let cluster = Cluster::new(3).await;
+    let leader = cluster.leader().await;
+    let follower = *cluster.stores.keys().find(|id| **id != leader).unwrap();
+    cluster.network.set_lose_forward_answers(true);
+    let err = cluster.stores[&follower].put("k", "1").await.unwrap_err();
+    assert!(matches!(err, StoreError::OutcomeUnknown(_)), "{err}");
+    cluster.network.set_lose_forward_answers(false);
+    let got = cluster.stores[&leader]
+        .get(b"k", Consistency::Linearizable)
+        .await
+        .unwrap();
+    let kv = got.kv.expect("the write was applied once");
+    assert_eq!(kv.version, 1, "the write was applied {} times", kv.version);
+    cluster.shutdown().await;
+}

@@ -30,7 +30,10 @@ pub async fn run_tcp_listener(
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
                     }
+                    #[cfg(not(madsim))]
                     tokio::spawn(serve_connection(stream, broker.clone()));
+                    #[cfg(madsim)]
+                    tokio::spawn(serve_connection(super::transport::SimStream::new(stream), broker.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 pub trait Transport: Send + 'static {
     /// Ready when a read may make progress. A poll function rather than a
     /// future, so that a waiting connection stores no readiness future.
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Reads what is available into `buf` without waiting; `WouldBlock`
     /// when nothing is.
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
@@ -23,8 +23,9 @@ pub trait Transport: Send + 'static {
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
 
+#[cfg(not(madsim))]
 impl Transport for TcpStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
     }
 
@@ -49,5 +50,71 @@ impl Transport for TcpStream {
 
     async fn close(&mut self) {
         let _ = AsyncWriteExt::shutdown(self).await;
+    }
+}
+
+/// The simulator's TCP stream has no readiness API: readiness is a read into a small buffer
+/// of the wrapper's own, which the next `try_read_buf` hands over.
+#[cfg(madsim)]
+pub struct SimStream {
+    stream: TcpStream,
+    pending: BytesMut,
+    eof: bool,
+}
+
+#[cfg(madsim)]
+impl SimStream {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            pending: BytesMut::new(),
+            eof: false,
+        }
+    }
+}
+
+#[cfg(madsim)]
+impl Transport for SimStream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        use tokio::io::AsyncRead;
+        if !self.pending.is_empty() || self.eof {
+            return Poll::Ready(Ok(()));
+        }
+        let mut chunk = [0u8; 4096];
+        let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+        match std::pin::Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().is_empty() {
+                    self.eof = true;
+                } else {
+                    self.pending.extend_from_slice(buf.filled());
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if self.pending.is_empty() {
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = self.pending.len();
+        buf.extend_from_slice(&self.pending.split());
+        Ok(n)
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        AsyncWriteExt::write_all(&mut self.stream, buf).await?;
+        AsyncWriteExt::flush(&mut self.stream).await
+    }
+
+    async fn close(&mut self) {
+        let _ = AsyncWriteExt::shutdown(&mut self.stream).await;
     }
 }

@@ -1,0 +1,206 @@
+//! A cluster of simulated hosts, each running the production store on a [`MemEngine`] that
+//! outlives the host, so that killing a host and dropping its unsynced writes is a power cut.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use halyard_raft::{KvEngine, MemEngine, NodeId, RaftMetrics, Store, StoreConfig};
+use madsim::runtime::{Handle, NodeHandle};
+use parking_lot::Mutex;
+
+use crate::transport::{RAFT_PORT, SimTransport};
+
+pub fn node_ip(id: NodeId) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8))
+}
+
+pub fn node_addr(id: NodeId) -> String {
+    format!("{}:{RAFT_PORT}", node_ip(id))
+}
+
+struct Host {
+    handle: NodeHandle,
+    engine: MemEngine,
+}
+
+pub struct SimCluster {
+    hosts: BTreeMap<NodeId, Host>,
+    /// The store each live host opened last; replaced on restart.
+    stores: Arc<Mutex<BTreeMap<NodeId, Store>>>,
+    pub ids: Vec<NodeId>,
+}
+
+impl SimCluster {
+    /// Starts `n` hosts; host 1 forms the cluster of all of them.
+    pub async fn start(n: u64, snapshot_dir: PathBuf) -> Self {
+        let handle = Handle::current();
+        let stores = Arc::new(Mutex::new(BTreeMap::new()));
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let members: BTreeMap<NodeId, String> =
+            ids.iter().map(|id| (*id, node_addr(*id))).collect();
+        let mut hosts = BTreeMap::new();
+        for id in &ids {
+            let id = *id;
+            let engine = MemEngine::new();
+            let stores = Arc::clone(&stores);
+            let members = members.clone();
+            let dir = snapshot_dir.join(format!("node-{id}"));
+            let host_engine = engine.clone();
+            let node = handle
+                .create_node()
+                .name(format!("node-{id}"))
+                .ip(node_ip(id))
+                .init(move || {
+                    let engine = host_engine.clone();
+                    let stores = Arc::clone(&stores);
+                    let members = members.clone();
+                    let dir = dir.clone();
+                    async move {
+                        let transport = match SimTransport::bind().await {
+                            Ok(t) => t,
+                            Err(e) => panic!("node {id} cannot bind its Raft port: {e}"),
+                        };
+                        let mut config = StoreConfig::new(id, node_addr(id), dir);
+                        config.heartbeat_interval = Duration::from_millis(50);
+                        config.election_timeout = Duration::from_millis(300);
+                        config.snapshot_every = 50;
+                        config.request_timeout = Duration::from_secs(3);
+                        let store = match Store::open(
+                            config,
+                            Arc::new(engine) as Arc<dyn KvEngine>,
+                            transport.clone(),
+                            RaftMetrics::unregistered(),
+                        )
+                        .await
+                        {
+                            Ok(s) => s,
+                            Err(e) => panic!("node {id} cannot open its store: {e}"),
+                        };
+                        transport.serve(store.service());
+                        if id == 1 {
+                            let _ = store.initialize(members).await;
+                        }
+                        stores.lock().insert(id, store);
+                        std::future::pending::<()>().await;
+                    }
+                })
+                .build();
+            hosts.insert(
+                id,
+                Host {
+                    handle: node,
+                    engine,
+                },
+            );
+        }
+        let cluster = Self { hosts, stores, ids };
+        cluster.wait_for_leader(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    pub fn store(&self, id: NodeId) -> Option<Store> {
+        self.stores.lock().get(&id).cloned()
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&NodeHandle> {
+        self.hosts.get(&id).map(|h| &h.handle)
+    }
+
+    /// Kills the host and drops whatever its disk had not synced.
+    pub fn crash(&self, id: NodeId) {
+        let Some(host) = self.hosts.get(&id) else {
+            return;
+        };
+        self.stores.lock().remove(&id);
+        Handle::current().kill(host.handle.id());
+        host.engine.crash();
+    }
+
+    pub fn restart(&self, id: NodeId) {
+        if let Some(host) = self.hosts.get(&id) {
+            self.stores.lock().remove(&id);
+            host.engine.crash();
+            Handle::current().restart(host.handle.id());
+        }
+    }
+
+    pub fn set_slow_disk(&self, id: NodeId, delay: Option<Duration>) {
+        if let Some(host) = self.hosts.get(&id) {
+            host.engine.set_sync_delay(delay);
+        }
+    }
+
+    /// Cuts every link between the two groups.
+    pub fn partition(&self, side: &[NodeId], others: &[NodeId]) {
+        let net = madsim::net::NetSim::current();
+        for a in side {
+            for b in others {
+                if let (Some(x), Some(y)) = (self.hosts.get(a), self.hosts.get(b)) {
+                    net.clog_link(x.handle.id(), y.handle.id());
+                    net.clog_link(y.handle.id(), x.handle.id());
+                }
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        let net = madsim::net::NetSim::current();
+        for a in self.hosts.values() {
+            for b in self.hosts.values() {
+                if a.handle.id() != b.handle.id() {
+                    net.unclog_link(a.handle.id(), b.handle.id());
+                }
+            }
+        }
+    }
+
+    pub async fn leader(&self) -> Option<NodeId> {
+        let stores: Vec<Store> = self.stores.lock().values().cloned().collect();
+        stores
+            .into_iter()
+            .find(|s| s.raft().is_leader())
+            .map(|s| s.id())
+    }
+
+    pub async fn wait_for_leader(&self, limit: Duration) -> NodeId {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(l) = self.leader().await {
+                return l;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every live store has applied the same index; returns it.
+    pub async fn converge(&self, limit: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let stores: Vec<Store> = self.stores.lock().values().cloned().collect();
+            let applied: Vec<u64> = stores.iter().map(|s| s.status().applied_index).collect();
+            let committed = stores
+                .iter()
+                .map(|s| s.status().committed_index)
+                .max()
+                .unwrap_or(0);
+            if stores.len() == self.ids.len()
+                && applied.windows(2).all(|w| w[0] == w[1])
+                && applied.first().is_some_and(|a| *a >= committed)
+            {
+                return applied[0];
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replicas did not converge: {applied:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
