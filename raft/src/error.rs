@@ -53,3 +53,31 @@ impl From<crate::engine::EngineError> for StoreError {
         StoreError::Storage(e.to_string())
     }
 }
+
+impl From<openraft::error::ForwardToLeader<crate::types::TypeConfig>> for StoreError {
+    fn from(f: openraft::error::ForwardToLeader<crate::types::TypeConfig>) -> Self {
+        StoreError::NotLeader {
+            leader: f.leader_id,
+            leader_addr: f.leader_node.map(|n| n.addr),
+        }
+    }
+}
+
+impl StoreError {
+    /// The error as a remote node reports it back over a transport.
+    pub fn into_remote(self) -> crate::transport::RemoteError {
+        use crate::transport::RemoteError;
+        match self {
+            StoreError::NotLeader {
+                leader,
+                leader_addr,
+            } => RemoteError::NotLeader {
+                leader,
+                leader_addr,
+            },
+            StoreError::LeaseNotFound(id) => RemoteError::LeaseNotFound(id),
+            StoreError::Shutdown => RemoteError::Shutdown,
+            other => RemoteError::Failed(other.to_string()),
+        }
+    }
+}

@@ -163,11 +163,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        Ok(entries_in(self.engine.as_ref(), range)?)
+        self.get_log_reader().await.try_get_log_entries(range).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(read_meta(self.engine.as_ref(), VOTE)?)
+        self.get_log_reader().await.read_vote().await
     }
 }
 

@@ -644,13 +644,7 @@ impl Store {
     /// Adds `id` as a learner that receives the log but does not vote. Re-issuing it for a
     /// member with the same address changes nothing.
     pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), StoreError> {
-        let membership = self
-            .inner
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let membership = self.membership();
         if membership.get_node(&id).is_some_and(|n| n.addr == addr) {
             return Ok(());
         }
@@ -664,13 +658,7 @@ impl Store {
 
     /// Makes a learner a voter.
     pub async fn promote(&self, id: NodeId) -> Result<(), StoreError> {
-        let membership = self
-            .inner
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let membership = self.membership();
         if membership.voter_ids().any(|v| v == id) {
             return Ok(());
         }
@@ -689,13 +677,7 @@ impl Store {
 
     /// Removes `id` from the cluster, voter or learner.
     pub async fn remove(&self, id: NodeId) -> Result<(), StoreError> {
-        let membership = self
-            .inner
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let membership = self.membership();
         if membership.get_node(&id).is_none() {
             return Ok(());
         }
@@ -714,13 +696,7 @@ impl Store {
 
     /// Asks the leader to hand leadership to `to` and waits until it has.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), StoreError> {
-        let membership = self
-            .inner
-            .raft
-            .metrics()
-            .borrow_watched()
-            .membership_config
-            .clone();
+        let membership = self.membership();
         if !membership.voter_ids().any(|v| v == to) {
             return Err(StoreError::InvalidRequest(format!(
                 "node {to} is not a voter"
@@ -740,11 +716,7 @@ impl Store {
                     .await
                     .map_err(fatal)?;
             } else if leader.is_some() {
-                return Err(StoreError::NotLeader {
-                    leader,
-                    leader_addr: leader
-                        .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())),
-                });
+                return Err(self.not_leader(leader));
             }
             if Instant::now() >= deadline {
                 return Err(StoreError::Timeout(
@@ -752,6 +724,25 @@ impl Store {
                 ));
             }
             tokio::time::sleep(self.inner.config.heartbeat_interval).await;
+        }
+    }
+
+    fn membership(&self) -> Arc<openraft::type_config::alias::StoredMembershipOf<TypeConfig>> {
+        self.inner
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone()
+    }
+
+    /// "Not the leader", with the leader's peer address when this node knows it.
+    fn not_leader(&self, leader: Option<NodeId>) -> StoreError {
+        let leader_addr =
+            leader.and_then(|l| self.membership().get_node(&l).map(|n| n.addr.clone()));
+        StoreError::NotLeader {
+            leader,
+            leader_addr,
         }
     }
 
@@ -763,27 +754,11 @@ impl Store {
             >,
     {
         if !self.inner.raft.is_leader() {
-            let leader = self.inner.raft.current_leader().await;
-            let membership = self
-                .inner
-                .raft
-                .metrics()
-                .borrow_watched()
-                .membership_config
-                .clone();
-            return Err(StoreError::NotLeader {
-                leader,
-                leader_addr: leader.and_then(|l| membership.get_node(&l).map(|n| n.addr.clone())),
-            });
+            return Err(self.not_leader(self.inner.raft.current_leader().await));
         }
         match op(self.inner.raft.clone()).await {
             Ok(()) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(StoreError::NotLeader {
-                    leader: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                })
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(f.into()),
             Err(RaftError::APIError(e)) => Err(StoreError::InvalidRequest(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(fatal(e)),
         }
@@ -1033,10 +1008,7 @@ impl RaftService {
             RaftRequest::Forward(command) => match raft.client_write(command).await {
                 Ok(r) => RaftResponse::Forward(r.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    RaftResponse::Error(RemoteError::NotLeader {
-                        leader: f.leader_id,
-                        leader_addr: f.leader_node.map(|n| n.addr),
-                    })
+                    RaftResponse::Error(StoreError::from(f).into_remote())
                 }
                 Err(e) => failed(&e),
             },
@@ -1044,10 +1016,7 @@ impl RaftService {
                 Ok(linearizer) => RaftResponse::ReadIndex(linearizer.read_log_id().index()),
                 Err(RaftError::APIError(
                     openraft::error::LinearizableReadError::ForwardToLeader(f),
-                )) => RaftResponse::Error(RemoteError::NotLeader {
-                    leader: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                }),
+                )) => RaftResponse::Error(StoreError::from(f).into_remote()),
                 Err(e) => failed(&e),
             },
             RaftRequest::AddMember { id, addr } => {
@@ -1060,14 +1029,7 @@ impl RaftService {
                 };
                 match added {
                     Ok(()) => RaftResponse::MemberAdded,
-                    Err(StoreError::NotLeader {
-                        leader,
-                        leader_addr,
-                    }) => RaftResponse::Error(RemoteError::NotLeader {
-                        leader,
-                        leader_addr,
-                    }),
-                    Err(e) => failed(&e),
+                    Err(e) => RaftResponse::Error(e.into_remote()),
                 }
             }
             RaftRequest::LeaseKeepAlive(id) => {

@@ -35,14 +35,6 @@ fn hex(client_id: &str) -> String {
     client_id.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<String> {
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect();
-    String::from_utf8(bytes?).ok()
-}
-
 pub fn session_key(client_id: &str) -> Vec<u8> {
     format!("{SESSION}{}", hex(client_id)).into_bytes()
 }
@@ -194,22 +186,12 @@ impl Durable {
     pub fn submit(&self, ops: impl IntoIterator<Item = Op>, waker: Option<&Arc<Signal>>) -> u64 {
         let mut pending = self.pending.lock();
         let seq = self.submitted.fetch_add(1, Ordering::AcqRel) + 1;
-        let before = pending.ops.len();
         pending.ops.extend(ops.into_iter().map(|op| (seq, op)));
         if let Some(waker) = waker {
             pending.wakers.push((seq, Arc::clone(waker)));
         }
-        let added = pending.ops.len() > before;
         drop(pending);
-        if added {
-            self.work.notify_one();
-        } else {
-            // Nothing to write: durable as soon as everything before it is.
-            self.work.notify_one();
-            if let Some(w) = waker {
-                w.wake();
-            }
-        }
+        self.work.notify_one();
         seq
     }
 
@@ -404,11 +386,6 @@ impl Durable {
             Op::delete_prefix(queue_prefix(client_id)),
         ]
     }
-
-    #[allow(dead_code)]
-    fn decode_client(hexed: &str) -> Option<String> {
-        unhex(hexed)
-    }
 }
 
 #[cfg(test)]
@@ -441,6 +418,14 @@ mod tests {
         assert_eq!(back.properties.as_deref(), Some(&properties));
         let left = back.remaining_expiry(Instant::now()).unwrap();
         assert!((58..=61).contains(&left), "{left}");
+    }
+
+    fn unhex(s: &str) -> Option<String> {
+        let bytes: Option<Vec<u8>> = (0..s.len())
+            .step_by(2)
+            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect();
+        String::from_utf8(bytes?).ok()
     }
 
     #[test]
