@@ -14,5 +14,4 @@ pub mod config;
 pub mod gateway;
 pub mod metrics;
 pub mod mqtt;
-#[cfg(not(madsim))]
 pub mod server;

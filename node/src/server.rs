@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use thiserror::Error;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -56,6 +56,7 @@ pub struct Server {
     durable_writer: JoinHandle<()>,
     registry: Arc<Registry>,
     mqtt_addr: SocketAddr,
+    #[cfg(not(madsim))]
     admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -78,15 +79,8 @@ impl Server {
         let db = config.data_dir.join("raft").join("db");
         let engine = halyard_raft::RocksEngine::open(&db)
             .map_err(|source| ServerError::Engine { path: db, source })?;
-        let node_id = config.cluster.node_id;
         let Some(peer_listen) = config.cluster.peer_listen else {
-            let network = halyard_raft::local::LocalNetwork::new();
-            let transport = network.transport(node_id);
-            let register: PeerServer = Box::new(move |store, _| {
-                network.register(node_id, store.service());
-                Vec::new()
-            });
-            return Self::start_with(config, Arc::new(engine), transport, register).await;
+            return Self::start_standalone(config, Arc::new(engine)).await;
         };
         let cluster = &config.cluster;
         let (Some(ca), Some(cert), Some(key)) = (&cluster.ca_cert, &cluster.cert, &cluster.key)
@@ -109,6 +103,21 @@ impl Server {
             ))]
         });
         Self::start_with(config, Arc::new(engine), transport, serve).await
+    }
+
+    /// Starts a node that is a cluster of one, on the given storage engine.
+    pub async fn start_standalone(
+        config: Config,
+        engine: Arc<dyn KvEngine>,
+    ) -> Result<Server, ServerError> {
+        let node_id = config.cluster.node_id;
+        let network = halyard_raft::local::LocalNetwork::new();
+        let transport = network.transport(node_id);
+        let register: PeerServer = Box::new(move |store, _| {
+            network.register(node_id, store.service());
+            Vec::new()
+        });
+        Self::start_with(config, engine, transport, register).await
     }
 
     /// Starts on the given storage engine and peer transport; `peers` starts answering the
@@ -169,9 +178,7 @@ impl Server {
         broker.restore(retained, sessions);
         let durable_writer = tokio::spawn(Arc::clone(&durable).run());
         let mqtt = bind("mqtt", config.mqtt_listen).await?;
-        let admin = bind("admin", config.admin_listen).await?;
         let mqtt_addr = local_addr("mqtt", &mqtt, config.mqtt_listen)?;
-        let admin_addr = local_addr("admin", &admin, config.admin_listen)?;
         tasks.extend([
             tokio::spawn(broker.clone().run_deadlines(watch_rx.clone())),
             tokio::spawn(gateway::run_tcp_listener(
@@ -179,7 +186,14 @@ impl Server {
                 broker.clone(),
                 watch_rx.clone(),
             )),
-            tokio::spawn(crate::api::admin::run(
+        ]);
+        tracing::info!(listener = %"mqtt", addr = %mqtt_addr, "listening");
+        // The admin API runs on hyper, which the simulation does not carry.
+        #[cfg(not(madsim))]
+        let admin_addr = {
+            let admin = bind("admin", config.admin_listen).await?;
+            let admin_addr = local_addr("admin", &admin, config.admin_listen)?;
+            tasks.push(tokio::spawn(crate::api::admin::run(
                 admin,
                 crate::api::admin::AdminState {
                     registry: Arc::clone(&registry),
@@ -187,10 +201,10 @@ impl Server {
                     token: config.admin_token.clone(),
                 },
                 watch_rx,
-            )),
-        ]);
-        tracing::info!(listener = %"mqtt", addr = %mqtt_addr, "listening");
-        tracing::info!(listener = %"admin", addr = %admin_addr, "listening");
+            )));
+            tracing::info!(listener = %"admin", addr = %admin_addr, "listening");
+            admin_addr
+        };
         Ok(Server {
             broker,
             store,
@@ -198,6 +212,7 @@ impl Server {
             durable_writer,
             registry,
             mqtt_addr,
+            #[cfg(not(madsim))]
             admin_addr,
             shutdown,
             tasks,
@@ -208,6 +223,7 @@ impl Server {
         self.mqtt_addr
     }
 
+    #[cfg(not(madsim))]
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }
@@ -248,6 +264,7 @@ impl Server {
 
 /// Pending connections the kernel holds for a listener (capped by
 /// `net.core.somaxconn`): a connection storm must not overflow it.
+#[cfg(not(madsim))]
 const LISTEN_BACKLOG: u32 = 4096;
 
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -256,15 +273,22 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, S
         addr,
         source,
     };
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
+    #[cfg(not(madsim))]
+    {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(error)?;
+        socket.set_reuseaddr(true).map_err(error)?;
+        socket.bind(addr).map_err(error)?;
+        socket.listen(LISTEN_BACKLOG).map_err(error)
     }
-    .map_err(error)?;
-    socket.set_reuseaddr(true).map_err(error)?;
-    socket.bind(addr).map_err(error)?;
-    socket.listen(LISTEN_BACKLOG).map_err(error)
+    #[cfg(madsim)]
+    {
+        TcpListener::bind(addr).await.map_err(error)
+    }
 }
 
 fn local_addr(

@@ -6,6 +6,7 @@
 //! created and last modified it. Watches replay stored history and then follow the apply
 //! loop; leases delete their keys when they lapse.
 
+pub mod clock;
 mod codec;
 pub mod engine;
 mod error;

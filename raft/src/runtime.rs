@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::async_runtime::{
     Mpsc, MpscReceiver, MpscSender, MpscWeakSender, Oneshot, OneshotSender, SendError,
@@ -13,6 +13,8 @@ use openraft::async_runtime::{
 };
 use openraft::{AsyncRuntime, OptionalSend, OptionalSync};
 use tokio::sync::{mpsc, oneshot, watch as tokio_watch};
+
+use crate::clock::Instant;
 
 #[derive(Debug, Default)]
 pub struct HalyardRuntime;
@@ -103,7 +105,7 @@ impl<F: Future> Future for Timeout<F> {
 pub(crate) fn sleep_until(deadline: Instant) -> tokio::time::Sleep {
     #[cfg(madsim)]
     {
-        tokio::time::sleep_until(deadline)
+        tokio::time::sleep_until(deadline.to_simulator())
     }
     #[cfg(not(madsim))]
     {

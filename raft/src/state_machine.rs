@@ -41,7 +41,7 @@ pub enum Notice {
 /// When a lease runs out, as far as this node knows.
 pub struct LeaseClock {
     pub ttl: std::time::Duration,
-    pub deadline: std::time::Instant,
+    pub deadline: crate::clock::Instant,
 }
 
 /// State the apply loop publishes to readers, watchers and the status API.
@@ -52,6 +52,9 @@ pub struct Shared {
     pub leases: parking_lot::Mutex<std::collections::HashMap<u64, LeaseClock>>,
     pub notices: broadcast::Sender<Notice>,
     pub compacted: AtomicU64,
+    /// Numbers snapshot files; starts at random so that a restarted node does not reuse the
+    /// names of the files its previous life left.
+    pub snapshot_seq: AtomicU64,
     pub metrics: RaftMetrics,
 }
 
@@ -64,6 +67,7 @@ impl Shared {
             leases: parking_lot::Mutex::new(std::collections::HashMap::new()),
             notices,
             compacted: AtomicU64::new(0),
+            snapshot_seq: AtomicU64::new(crate::runtime::random_u64() >> 16),
             metrics,
         })
     }
@@ -168,15 +172,13 @@ pub struct SnapshotBuilder {
     snapshot_dir: PathBuf,
 }
 
-static SNAPSHOT_SEQ: AtomicU64 = AtomicU64::new(0);
-
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(
         &mut self,
     ) -> Result<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
-        let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let partial = self.snapshot_dir.join(format!("build-{seq}.part"));
         let summary = snapshot::dump(self.engine.as_ref(), &partial).map_err(to_io)?;
         // The log may be purged up to this snapshot; the state it captured must not be lost.
@@ -259,7 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match &result {
                 CommandResult::LeaseGranted { id, ttl_ms, .. } => {
                     let ttl = std::time::Duration::from_millis(*ttl_ms);
-                    let deadline = std::time::Instant::now() + ttl;
+                    let deadline = crate::clock::Instant::now() + ttl;
                     self.shared
                         .leases
                         .lock()
@@ -311,7 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.engine.write(batch).map_err(to_io)?;
         self.engine.sync().map_err(to_io)?;
-        let seq = SNAPSHOT_SEQ.fetch_add(1, Ordering::Relaxed);
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let path = snapshot_path(&self.snapshot_dir, meta.last_log_id.as_ref(), seq);
         if snapshot.path != path {
             std::fs::rename(&snapshot.path, &path)?;

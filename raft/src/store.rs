@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::clock::Instant;
 use crate::engine::KvEngine;
 use crate::error::StoreError;
 use crate::log_store::LogStore;
@@ -681,17 +682,16 @@ impl Store {
         if membership.get_node(&id).is_none() {
             return Ok(());
         }
-        let is_voter = membership.voter_ids().any(|v| v == id);
-        self.change(|raft| async move {
-            if is_voter {
-                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                    .await?;
-            }
-            raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map(|_| ())
-        })
-        .await
+        // One change either way: a voter leaves with its node entry (no retaining as a
+        // learner). A second change would reach a leader that has just removed itself and is
+        // no longer allowed to append a membership.
+        let change = if membership.voter_ids().any(|v| v == id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.change(|raft| async move { raft.change_membership(change, false).await.map(|_| ()) })
+            .await
     }
 
     /// Asks the leader to hand leadership to `to` and waits until it has.
@@ -755,6 +755,20 @@ impl Store {
     {
         if !self.inner.raft.is_leader() {
             return Err(self.not_leader(self.inner.raft.current_leader().await));
+        }
+        // A leader that is not a voter of the newest configuration (it removed itself, or it
+        // was elected from the outgoing half of a joint one) leads on only until it hands
+        // over, and may not start or finish a change: it hands over to a voter that stays.
+        let membership = self.membership();
+        let staying = membership.membership().get_joint_config().last().cloned();
+        if let Some(staying) = staying
+            && !staying.contains(&self.inner.id)
+        {
+            let successor = staying.first().copied();
+            if let Some(to) = successor {
+                let _ = self.inner.raft.trigger().transfer_leader(to).await;
+            }
+            return Err(self.not_leader(successor));
         }
         match op(self.inner.raft.clone()).await {
             Ok(()) => Ok(()),

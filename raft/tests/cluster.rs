@@ -294,6 +294,20 @@ async fn membership_changes_are_idempotent_and_work_under_load() {
         cluster.stores[&2].promote(9).await,
         Err(StoreError::InvalidRequest(_))
     ));
+    // The leader removes itself; the one voter left takes over and the cluster keeps writing.
+    cluster.stores[&2].remove(2).await.unwrap();
+    let survivor = cluster.stores[&1].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !survivor.raft().is_leader() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    survivor.put("after", "removal").await.unwrap();
+    let members = survivor.status().members;
+    assert_eq!(members.iter().map(|m| m.id).collect::<Vec<_>>(), vec![1]);
     cluster.shutdown().await;
 }
 

@@ -33,9 +33,10 @@ async fn open(engine: Arc<dyn KvEngine>, dir: &std::path::Path) -> Store {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rocksdb_store_recovers_state_and_revision_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (revision, applied);
+    let (revision, applied, released);
     {
         let engine = Arc::new(RocksEngine::open(&dir.path().join("db")).unwrap());
+        released = Arc::downgrade(&engine);
         let store = open(engine, dir.path()).await;
         for i in 0..100 {
             store.put(format!("k{i:03}"), format!("{i}")).await.unwrap();
@@ -44,6 +45,15 @@ async fn rocksdb_store_recovers_state_and_revision_after_restart() {
         revision = store.revision();
         applied = store.status().applied_index;
         store.shutdown().await;
+    }
+    // The database stays locked until the last task of the old store lets go of it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while released.upgrade().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store still holds its engine after shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let engine = Arc::new(RocksEngine::open(&dir.path().join("db")).unwrap());
     let store = open(engine, dir.path()).await;

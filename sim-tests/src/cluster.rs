@@ -34,13 +34,14 @@ pub struct SimCluster {
 }
 
 impl SimCluster {
-    /// Starts `n` hosts; host 1 forms the cluster of all of them.
-    pub async fn start(n: u64, snapshot_dir: PathBuf) -> Self {
+    /// Starts `voters + spares` hosts; host 1 forms a cluster of the first `voters`, and the
+    /// spares wait, running but not members, until they are added.
+    pub async fn start(voters: u64, spares: u64, snapshot_dir: PathBuf) -> Self {
         let handle = Handle::current();
         let stores = Arc::new(Mutex::new(BTreeMap::new()));
-        let ids: Vec<NodeId> = (1..=n).collect();
+        let ids: Vec<NodeId> = (1..=voters + spares).collect();
         let members: BTreeMap<NodeId, String> =
-            ids.iter().map(|id| (*id, node_addr(*id))).collect();
+            (1..=voters).map(|id| (id, node_addr(id))).collect();
         let mut hosts = BTreeMap::new();
         for id in &ids {
             let id = *id;
@@ -105,8 +106,10 @@ impl SimCluster {
         self.stores.lock().get(&id).cloned()
     }
 
-    pub fn node(&self, id: NodeId) -> Option<&NodeHandle> {
-        self.hosts.get(&id).map(|h| &h.handle)
+    /// The host's current life: a handle taken before a restart spawns onto the dead one.
+    pub fn node(&self, id: NodeId) -> Option<NodeHandle> {
+        let host = self.hosts.get(&id)?;
+        Handle::current().get_node(host.handle.id())
     }
 
     /// Kills the host and drops whatever its disk had not synced.
@@ -125,6 +128,26 @@ impl SimCluster {
             host.engine.crash();
             Handle::current().restart(host.handle.id());
         }
+    }
+
+    /// Jumps the host's clock forward, as a paused or suspended machine's clock does.
+    pub fn clock_jump(&self, id: NodeId, by: Duration) {
+        if let Some(host) = self.hosts.get(&id) {
+            halyard_raft::clock::jump(host.handle.id(), by);
+        }
+    }
+
+    /// Drops `loss` of all packets and delays each by up to `latency`, until
+    /// [`SimCluster::steady_network`].
+    pub fn lossy_network(&self, loss: f64, latency: Duration) {
+        madsim::net::NetSim::current().update_config(|c| {
+            c.packet_loss_rate = loss;
+            c.send_latency = Duration::from_millis(1)..latency.max(Duration::from_millis(2));
+        });
+    }
+
+    pub fn steady_network(&self) {
+        madsim::net::NetSim::current().update_config(|c| *c = madsim::net::Config::default());
     }
 
     pub fn set_slow_disk(&self, id: NodeId, delay: Option<Duration>) {
@@ -179,27 +202,45 @@ impl SimCluster {
         }
     }
 
-    /// Waits until every live store has applied the same index; returns it.
-    pub async fn converge(&self, limit: Duration) -> u64 {
+    /// The voters and the learners, as the leader sees them.
+    pub async fn membership(&self) -> Option<(Vec<NodeId>, Vec<NodeId>)> {
+        let leader = self.store(self.leader().await?)?;
+        let members = leader.status().members;
+        let voters = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+        let learners = members.iter().filter(|m| !m.voter).map(|m| m.id).collect();
+        Some((voters, learners))
+    }
+
+    /// Waits until every member has applied the same index, at least all that is committed;
+    /// returns the members.
+    pub async fn converge(&self, limit: Duration) -> Vec<NodeId> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let stores: Vec<Store> = self.stores.lock().values().cloned().collect();
-            let applied: Vec<u64> = stores.iter().map(|s| s.status().applied_index).collect();
-            let committed = stores
-                .iter()
-                .map(|s| s.status().committed_index)
-                .max()
-                .unwrap_or(0);
-            if stores.len() == self.ids.len()
-                && applied.windows(2).all(|w| w[0] == w[1])
-                && applied.first().is_some_and(|a| *a >= committed)
-            {
-                return applied[0];
+            if let Some((voters, learners)) = self.membership().await {
+                let members: Vec<NodeId> = voters.into_iter().chain(learners).collect();
+                let stores: Vec<Store> = members.iter().filter_map(|id| self.store(*id)).collect();
+                let applied: Vec<u64> = stores.iter().map(|s| s.status().applied_index).collect();
+                let committed = stores
+                    .iter()
+                    .map(|s| s.status().committed_index)
+                    .max()
+                    .unwrap_or(0);
+                if stores.len() == members.len()
+                    && applied.windows(2).all(|w| w[0] == w[1])
+                    && applied.first().is_some_and(|a| *a >= committed)
+                {
+                    return members;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "members {members:?} did not converge: applied {applied:?}"
+                );
+            } else {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no leader to converge on"
+                );
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "replicas did not converge: {applied:?}"
-            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

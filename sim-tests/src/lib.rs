@@ -3,6 +3,10 @@
 
 #![cfg(madsim)]
 
+pub mod broker_scenario;
 pub mod checker;
 pub mod cluster;
+pub mod harness;
+pub mod mqtt_client;
+pub mod store_scenario;
 pub mod transport;

@@ -29,9 +29,13 @@ impl SimTransport {
     /// Binds the node's Raft port; call from inside the simulated node.
     pub async fn bind() -> std::io::Result<Arc<Self>> {
         let endpoint = Endpoint::bind(("0.0.0.0", RAFT_PORT)).await?;
+        // Replies are matched to requests by tag. A late reply to a request of the host's
+        // previous life must not match a request of this one, so each life numbers its tags
+        // from a random base of its own.
+        let life = u64::from(madsim::rand::random::<u32>() | 1);
         Ok(Arc::new(Self {
             endpoint: Arc::new(endpoint),
-            next_tag: AtomicU64::new(1 << 32),
+            next_tag: AtomicU64::new(life << 32),
         }))
     }
 
