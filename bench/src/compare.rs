@@ -93,6 +93,8 @@ fn start(kind: Kind, bin: &Path, work: &Path) -> anyhow::Result<Broker> {
                 .arg(addr.to_string())
                 .arg("--admin-listen")
                 .arg("127.0.0.1:0")
+                .arg("--http-listen")
+                .arg("127.0.0.1:0")
                 .arg("--data-dir")
                 .arg(&data)
                 .env("HALYARD_LOG_LEVEL", "warn")

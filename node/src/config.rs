@@ -32,6 +32,8 @@ pub struct Config {
     pub mqtt_listen: SocketAddr,
     /// Admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
     pub admin_listen: SocketAddr,
+    /// The AWS-compatible HTTP API (SigV4-signed), e.g. for `aws --endpoint-url`.
+    pub http_listen: SocketAddr,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// Log filter in `tracing` syntax, e.g. `info` or `halyard_node=debug`.
@@ -40,6 +42,37 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub mqtt: MqttConfig,
     pub cluster: ClusterConfig,
+    pub aws: AwsConfig,
+}
+
+/// What the AWS-compatible API presents itself as, and who may call it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsConfig {
+    /// The region clients sign for; it appears in every ARN.
+    pub region: String,
+    /// The twelve-digit account id in every ARN.
+    pub account_id: String,
+    /// Access keys accepted besides the generated one the `credentials` file in `data_dir`
+    /// holds.
+    pub access_keys: Vec<AccessKey>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            region: "us-east-1".to_owned(),
+            account_id: "000000000000".to_owned(),
+            access_keys: Vec::new(),
+        }
+    }
 }
 
 /// The replicated store's cluster. Without `peer_listen` the node is a cluster of one.
@@ -186,11 +219,13 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
             admin_token: None,
             mqtt: MqttConfig::default(),
             cluster: ClusterConfig::default(),
+            aws: AwsConfig::default(),
         }
     }
 }
@@ -225,6 +260,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub mqtt_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
     pub node_id: Option<u64>,
     pub peer_listen: Option<SocketAddr>,
@@ -242,6 +278,7 @@ const ENV_KEYS: &[&str] = &[
     "data_dir",
     "mqtt_listen",
     "admin_listen",
+    "http_listen",
     "log_format",
     "log_level",
     "admin_token",
@@ -274,6 +311,8 @@ const ENV_KEYS: &[&str] = &[
     "cluster.election_timeout_ms",
     "cluster.snapshot_every",
     "cluster.history_revisions",
+    "aws.region",
+    "aws.account_id",
 ];
 
 /// The config key a `HALYARD_*` variable names, if it names one.
@@ -330,6 +369,9 @@ impl Config {
         }
         if let Some(v) = overrides.admin_listen {
             config.admin_listen = v;
+        }
+        if let Some(v) = overrides.http_listen {
+            config.http_listen = v;
         }
         if let Some(v) = overrides.log_format {
             config.log_format = v;
@@ -423,6 +465,29 @@ impl Config {
         }
         if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return invalid("admin_token", "must be at least 16 characters");
+        }
+        let aws = &self.aws;
+        if aws.account_id.len() != 12 || !aws.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return invalid("aws.account_id", "must be twelve digits");
+        }
+        let region_ok = !aws.region.is_empty()
+            && aws
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !region_ok {
+            return invalid(
+                "aws.region",
+                "must be a region name such as us-east-1 (lowercase letters, digits, dashes)",
+            );
+        }
+        for key in &aws.access_keys {
+            if key.access_key_id.len() < 16 || key.secret_access_key.len() < 16 {
+                return invalid(
+                    "aws.access_keys",
+                    "access_key_id and secret_access_key must be at least 16 characters",
+                );
+            }
         }
         self.validate_cluster()
     }
@@ -639,10 +704,33 @@ mod tests {
                 _ => keys.push(k.clone()),
             }
         }
+        // A list of tables has no one-variable form; it is set in the config file.
+        keys.retain(|k| k != "aws.access_keys");
         keys.sort();
         let mut listed: Vec<String> = ENV_KEYS.iter().map(|k| (*k).to_owned()).collect();
         listed.sort();
         assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn aws_settings_are_checked_and_name_their_key() {
+        let load = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default());
+        let c = load(&[("HALYARD_AWS__REGION", "eu-west-3")]).unwrap();
+        assert_eq!(c.aws.region, "eu-west-3");
+        assert_eq!(c.aws.account_id, "000000000000");
+        let err = load(&[("HALYARD_AWS__ACCOUNT_ID", "12345")]).unwrap_err();
+        assert!(err.to_string().contains("aws.account_id"), "{err}");
+        let err = load(&[("HALYARD_AWS__REGION", "EU West")]).unwrap_err();
+        assert!(err.to_string().contains("aws.region"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.toml");
+        std::fs::write(
+            &file,
+            "[[aws.access_keys]]\naccess_key_id = \"AKIASHORT\"\nsecret_access_key = \"s\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("aws.access_keys"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 #[cfg(not(madsim))]
 pub mod api;
+#[cfg(not(madsim))]
+pub mod aws;
 pub mod broker;
 #[cfg(not(madsim))]
 pub mod cluster;

@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Admin HTTP listen address (/metrics, /healthz, /readyz).
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// AWS-compatible HTTP API listen address (SigV4-signed; aws --endpoint-url).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
@@ -106,6 +109,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         mqtt_listen: args.mqtt_listen,
         admin_listen: args.admin_listen,
+        http_listen: args.http_listen,
         log_format: args.log_format.map(|f| match f {
             LogFormatArg::Text => LogFormat::Text,
             LogFormatArg::Json => LogFormat::Json,

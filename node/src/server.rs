@@ -44,6 +44,9 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[cfg(not(madsim))]
+    #[error("AWS API: {0}")]
+    Aws(String),
+    #[cfg(not(madsim))]
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
 }
@@ -58,6 +61,8 @@ pub struct Server {
     mqtt_addr: SocketAddr,
     #[cfg(not(madsim))]
     admin_addr: SocketAddr,
+    #[cfg(not(madsim))]
+    http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -200,10 +205,32 @@ impl Server {
                     store: store.clone(),
                     token: config.admin_token.clone(),
                 },
-                watch_rx,
+                watch_rx.clone(),
             )));
             tracing::info!(listener = %"admin", addr = %admin_addr, "listening");
             admin_addr
+        };
+        #[cfg(not(madsim))]
+        let http_addr = {
+            let keys = crate::aws::Api::access_keys(&store, &config.aws, &config.data_dir)
+                .await
+                .map_err(|e| ServerError::Aws(e.message))?;
+            let api = crate::aws::Api::new(
+                store.clone(),
+                broker.clone(),
+                config.aws.clone(),
+                keys,
+                crate::aws::ApiMetrics::new(&registry)?,
+            );
+            let http = bind("http", config.http_listen).await?;
+            let http_addr = local_addr("http", &http, config.http_listen)?;
+            tasks.push(tokio::spawn(crate::aws::run(
+                http,
+                Arc::new(api),
+                watch_rx.clone(),
+            )));
+            tracing::info!(listener = %"http", addr = %http_addr, "listening");
+            http_addr
         };
         Ok(Server {
             broker,
@@ -214,6 +241,8 @@ impl Server {
             mqtt_addr,
             #[cfg(not(madsim))]
             admin_addr,
+            #[cfg(not(madsim))]
+            http_addr,
             shutdown,
             tasks,
         })
@@ -221,6 +250,11 @@ impl Server {
 
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.mqtt_addr
+    }
+
+    #[cfg(not(madsim))]
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     #[cfg(not(madsim))]

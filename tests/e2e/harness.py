@@ -131,6 +131,7 @@ class Broker:
     host: str
     port: int
     admin_url: str
+    http_url: str
     data_dir: Path
     process: subprocess.Popen[bytes]
     log: BrokerLog
@@ -205,6 +206,8 @@ def start_broker(workdir: Path) -> Broker:
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--log-format",
             "text",
         ],
@@ -216,12 +219,12 @@ def start_broker(workdir: Path) -> Broker:
     )
     log = BrokerLog(process.stdout)
     try:
-        listeners = log.wait_for_listeners({"mqtt", "admin"}, STARTUP_TIMEOUT)
+        listeners = log.wait_for_listeners({"mqtt", "admin", "http"}, STARTUP_TIMEOUT)
     except BaseException:
         process.kill()
         process.wait()
         raise
-    if not {"mqtt", "admin"} <= listeners.keys():
+    if not {"mqtt", "admin", "http"} <= listeners.keys():
         code = process.poll()
         if code is None:
             process.kill()
@@ -231,17 +234,20 @@ def start_broker(workdir: Path) -> Broker:
             state = f"exited with code {code}"
         log.wait_closed(1.0)
         pytest.fail(
-            f"halyard did not log both `listening listener=mqtt|admin addr=...` lines ({state}); "
+            f"halyard did not log every `listening listener=mqtt|admin|http addr=...` line ({state}); "
             f"found {listeners}\n--- halyard log ---\n{log.text()}",
             pytrace=False,
         )
     mqtt_host, mqtt_port = listeners["mqtt"]
     admin_host, admin_port = listeners["admin"]
     admin_host = f"[{admin_host}]" if ":" in admin_host else admin_host
+    http_host, http_port = listeners["http"]
+    http_host = f"[{http_host}]" if ":" in http_host else http_host
     return Broker(
         host=mqtt_host,
         port=mqtt_port,
         admin_url=f"http://{admin_host}:{admin_port}",
+        http_url=f"http://{http_host}:{http_port}",
         data_dir=data_dir,
         process=process,
         log=log,

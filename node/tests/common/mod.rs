@@ -52,6 +52,7 @@ impl TestServer {
             data_dir: dir.path().to_path_buf(),
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Config::default()
         };
         tweak(&mut config);

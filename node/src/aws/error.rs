@@ -1,0 +1,123 @@
+//! Errors in AWS's shape: the code in `x-amzn-ErrorType`, `{"message": ...}` in the body, and
+//! the HTTP status AWS IoT uses for that code.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use halyard_raft::StoreError;
+use serde_json::json;
+
+use super::sigv4::SigV4Error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl AwsError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidRequestException", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
+    }
+
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "ResourceAlreadyExistsException",
+            message,
+        )
+    }
+
+    pub fn version_conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "VersionConflictException", message)
+    }
+
+    pub fn conflicting_update(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "ConflictingResourceUpdateException",
+            message,
+        )
+    }
+
+    pub fn unknown_operation(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "UnknownOperationException",
+            format!("No operation matches {method} {path}"),
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailureException",
+            message,
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableException",
+            message,
+        )
+    }
+
+    /// A validation failure in the words AWS uses for one.
+    pub fn validation(field: &str, value: &str, constraint: &str) -> Self {
+        Self::invalid_request(format!(
+            "1 validation error detected: Value '{value}' at '{field}' failed to satisfy constraint: {constraint}"
+        ))
+    }
+}
+
+impl From<SigV4Error> for AwsError {
+    fn from(e: SigV4Error) -> Self {
+        let (code, status) = e.code_and_status();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<StoreError> for AwsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Timeout(_)
+            | StoreError::Unavailable(_)
+            | StoreError::NotLeader { .. }
+            | StoreError::Shutdown
+            | StoreError::OutcomeUnknown(_) => {
+                Self::unavailable(format!("The service is unavailable: {e}"))
+            }
+            other => Self::internal(format!("Internal failure: {other}")),
+        }
+    }
+}
+
+impl IntoResponse for AwsError {
+    fn into_response(self) -> Response {
+        let mut response =
+            (self.status, axum::Json(json!({ "message": self.message }))).into_response();
+        if let Ok(code) = HeaderValue::from_str(self.code) {
+            response.headers_mut().insert("x-amzn-errortype", code);
+        }
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}

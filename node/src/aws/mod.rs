@@ -1,0 +1,291 @@
+//! The AWS IoT-compatible HTTP API: requests signed with SigV4 by the AWS CLI, boto3 or any
+//! SDK pointed at `--endpoint-url`, answered in AWS's JSON shapes and error forms.
+
+pub mod credentials;
+pub mod error;
+mod records;
+mod request;
+pub mod sigv4;
+mod things;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use halyard_raft::Store;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::broker::{Broker, Message};
+use crate::config::AwsConfig;
+use crate::mqtt::QoS;
+use credentials::AccessKeys;
+use error::AwsError;
+use records::Records;
+use request::ApiRequest;
+use sigv4::{SignedRequest, percent_decode};
+
+/// Largest request body accepted (AWS IoT's largest documents are policies, at 2 KiB, and
+/// certificates; a megabyte leaves room).
+const MAX_BODY: usize = 1 << 20;
+/// The signing name the control plane answers to.
+const CONTROL_PLANE: &str = "iot";
+
+type ApiResult = Result<Value, AwsError>;
+
+#[derive(Clone)]
+pub struct ApiMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+}
+
+impl ApiMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "halyard_aws_requests_total",
+                "AWS API requests by operation and outcome (ok or the AWS error code)",
+            ),
+            &["operation", "outcome"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "halyard_aws_request_duration_seconds",
+                "Time to answer an AWS API request, by operation",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["operation"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Self { requests, latency })
+    }
+}
+
+/// What every operation needs.
+pub struct Api {
+    records: Records,
+    broker: Broker,
+    config: AwsConfig,
+    keys: AccessKeys,
+    metrics: ApiMetrics,
+}
+
+impl Api {
+    pub fn new(
+        store: Store,
+        broker: Broker,
+        config: AwsConfig,
+        keys: AccessKeys,
+        metrics: ApiMetrics,
+    ) -> Self {
+        Self {
+            records: Records::new(store),
+            broker,
+            config,
+            keys,
+            metrics,
+        }
+    }
+
+    /// Loads (or, on the cluster's first start, creates) the access keys and writes the
+    /// `credentials` file into `data_dir`.
+    pub async fn access_keys(
+        store: &Store,
+        config: &AwsConfig,
+        data_dir: &std::path::Path,
+    ) -> Result<AccessKeys, AwsError> {
+        credentials::load(&Records::new(store.clone()), data_dir, &config.access_keys).await
+    }
+
+    fn arn(&self, resource: &str) -> String {
+        format!(
+            "arn:aws:iot:{}:{}:{resource}",
+            self.config.region, self.config.account_id
+        )
+    }
+
+    /// Publishes a registry event on `$aws/events/{kind}/{name}/{operation}`, as AWS IoT does.
+    fn registry_event(&self, kind: &str, name: &str, operation: &str, thing: &things::ThingRecord) {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let payload = json!({
+            "eventType": "THING_EVENT",
+            "eventId": things::uuid_v4(),
+            "timestamp": timestamp,
+            "operation": operation,
+            "accountId": self.config.account_id,
+            "thingId": thing.thing_id,
+            "thingName": thing.thing_name,
+            "versionNumber": thing.version,
+            "thingTypeName": thing.thing_type_name,
+            "attributes": thing.attributes,
+        });
+        let topic = format!(
+            "$aws/events/{kind}/{name}/{}",
+            operation.to_ascii_lowercase()
+        );
+        self.broker.publish(
+            Message {
+                topic: topic.into(),
+                payload: payload.to_string().into(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: None,
+                expires_at: None,
+                origin: 0,
+            },
+            None,
+        );
+    }
+
+    /// Routes a verified request to its operation; the operation's name and its answer.
+    async fn dispatch(&self, request: &ApiRequest) -> (&'static str, ApiResult) {
+        let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
+        let method = request.method.as_str();
+        match (method, segments.as_slice()) {
+            ("GET", ["things"]) => ("ListThings", self.list_things(request).await),
+            ("POST", ["things", name]) => ("CreateThing", self.create_thing(name, request).await),
+            ("GET", ["things", name]) => ("DescribeThing", self.describe_thing(name).await),
+            ("PATCH", ["things", name]) => ("UpdateThing", self.update_thing(name, request).await),
+            ("DELETE", ["things", name]) => ("DeleteThing", self.delete_thing(name, request).await),
+            ("GET", ["thing-types"]) => ("ListThingTypes", self.list_thing_types(request).await),
+            ("POST", ["thing-types", name]) => (
+                "CreateThingType",
+                self.create_thing_type(name, request).await,
+            ),
+            ("GET", ["thing-types", name]) => {
+                ("DescribeThingType", self.describe_thing_type(name).await)
+            }
+            ("POST", ["thing-types", name, "deprecate"]) => (
+                "DeprecateThingType",
+                self.deprecate_thing_type(name, request).await,
+            ),
+            ("DELETE", ["thing-types", name]) => {
+                ("DeleteThingType", self.delete_thing_type(name).await)
+            }
+            _ => (
+                "Unknown",
+                Err(AwsError::unknown_operation(
+                    method,
+                    &format!("/{}", request.segments.join("/")),
+                )),
+            ),
+        }
+    }
+}
+
+/// Serves the API until `shutdown` turns true.
+pub async fn run(listener: TcpListener, api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
+    let router = Router::new()
+        .fallback(handle)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api);
+    let stop = async move {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "AWS API server failed");
+    }
+}
+
+async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return AwsError::invalid_request(format!(
+                "The request body is larger than {MAX_BODY} bytes or could not be read"
+            ))
+            .into_response();
+        }
+    };
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let raw_path = parts.uri.path();
+    let raw_query = parts.uri.query().unwrap_or("");
+    let (operation, outcome) =
+        match authenticate(&api, &parts.method, raw_path, raw_query, &headers, &body) {
+            Err(e) => ("Unauthenticated", Err(e)),
+            Ok(_) => {
+                let request = ApiRequest {
+                    method: parts.method.as_str().to_owned(),
+                    // Split before decoding, so that an encoded `/` stays inside its segment.
+                    segments: raw_path
+                        .split('/')
+                        .filter(|s| !s.is_empty())
+                        .map(percent_decode)
+                        .collect(),
+                    query: sigv4::parse_query(raw_query),
+                    body,
+                };
+                api.dispatch(&request).await
+            }
+        };
+    let label = match &outcome {
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    };
+    api.metrics
+        .requests
+        .with_label_values(&[operation, label])
+        .inc();
+    api.metrics
+        .latency
+        .with_label_values(&[operation])
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(answer) => (StatusCode::OK, axum::Json(answer)).into_response(),
+        Err(e) => {
+            tracing::debug!(operation, code = e.code, message = %e.message, "AWS API request refused");
+            e.into_response()
+        }
+    }
+}
+
+fn authenticate(
+    api: &Api,
+    method: &axum::http::Method,
+    raw_path: &str,
+    raw_query: &str,
+    headers: &[(String, String)],
+    body: &Bytes,
+) -> Result<sigv4::Signer, AwsError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let signed = SignedRequest {
+        method: method.as_str(),
+        raw_path,
+        raw_query,
+        headers,
+        body,
+    };
+    let signer = sigv4::verify(&signed, |k| api.keys.secret(k), &api.config.region, now)?;
+    if signer.service != CONTROL_PLANE {
+        return Err(AwsError::unknown_operation(method.as_str(), raw_path));
+    }
+    Ok(signer)
+}
