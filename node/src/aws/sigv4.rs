@@ -155,44 +155,30 @@ pub fn verify(
     } else {
         None
     };
-    let canonical = canonical_request(
-        request,
-        &query,
-        excluded,
-        &presented.signed_headers,
-        &payload_hash,
-    );
     let scope = format!(
         "{}/{}/{}/aws4_request",
         presented.date, presented.region, presented.service
     );
-    let expected = signature(
-        &secret,
-        &presented.date,
-        &presented.region,
-        &presented.service,
-        &string_to_sign(&presented.amz_date, &scope, &canonical),
-    );
+    let signed_as = |payload_hash: &str| {
+        let canonical = canonical_request(
+            request,
+            &query,
+            excluded,
+            &presented.signed_headers,
+            payload_hash,
+        );
+        let expected = signature(
+            &secret,
+            &presented.date,
+            &presented.region,
+            &presented.service,
+            &string_to_sign(&presented.amz_date, &scope, &canonical),
+        );
+        constant_time_eq(&expected, &presented.signature)
+    };
     // Presigned URLs for services other than S3 are signed either over the body or as an
     // unsigned payload, depending on the signer; accept both.
-    let matches = constant_time_eq(&expected, &presented.signature)
-        || (presigned && {
-            let unsigned = canonical_request(
-                request,
-                &query,
-                excluded,
-                &presented.signed_headers,
-                UNSIGNED_PAYLOAD,
-            );
-            let alternative = signature(
-                &secret,
-                &presented.date,
-                &presented.region,
-                &presented.service,
-                &string_to_sign(&presented.amz_date, &scope, &unsigned),
-            );
-            constant_time_eq(&alternative, &presented.signature)
-        });
+    let matches = signed_as(&payload_hash) || (presigned && signed_as(UNSIGNED_PAYLOAD));
     if !matches {
         return Err(SigV4Error::Mismatch);
     }
