@@ -27,7 +27,7 @@ pub struct AdminState {
 }
 
 /// Serves the admin API until `shutdown` turns true.
-pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(listener: TcpListener, state: AdminState, shutdown: watch::Receiver<bool>) {
     let router = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(ok))
@@ -41,19 +41,7 @@ pub async fn run(listener: TcpListener, state: AdminState, mut shutdown: watch::
         )
         .route("/cluster/leader", post(transfer_leader))
         .with_state(state);
-    let stop = async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
-    };
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "admin server failed");
-    }
+    crate::api::serve(listener, router, shutdown, "admin").await;
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {

@@ -186,24 +186,12 @@ impl Api {
 }
 
 /// Serves the API until `shutdown` turns true.
-pub async fn run(listener: TcpListener, api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(listener: TcpListener, api: Arc<Api>, shutdown: watch::Receiver<bool>) {
     let router = Router::new()
         .fallback(handle)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(api);
-    let stop = async move {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
-    };
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "AWS API server failed");
-    }
+    crate::api::serve(listener, router, shutdown, "AWS API").await;
 }
 
 async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
