@@ -24,6 +24,10 @@ step() {
 }
 
 setup_python() {
+    # The certificate tests make CAs and CSRs with the openssl command line, as fleets do.
+    if ! command -v openssl >/dev/null 2>&1; then
+        ensure_apt_packages openssl
+    fi
     # Debian's own python3 ships venv separately; pyenv and python.org builds include it.
     if ! command -v python3 >/dev/null 2>&1; then
         ensure_apt_packages python3 python3-venv

@@ -56,6 +56,9 @@ pub struct AwsConfig {
     /// Access keys accepted besides the generated one the `credentials` file in `data_dir`
     /// holds.
     pub access_keys: Vec<AccessKey>,
+    /// Names (DNS or IP) the node's server certificate carries besides localhost and
+    /// 127.0.0.1.
+    pub server_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -71,6 +74,7 @@ impl Default for AwsConfig {
             region: "us-east-1".to_owned(),
             account_id: "000000000000".to_owned(),
             access_keys: Vec::new(),
+            server_names: Vec::new(),
         }
     }
 }
@@ -704,8 +708,8 @@ mod tests {
                 _ => keys.push(k.clone()),
             }
         }
-        // A list of tables has no one-variable form; it is set in the config file.
-        keys.retain(|k| k != "aws.access_keys");
+        // Lists have no one-variable form; they are set in the config file.
+        keys.retain(|k| k != "aws.access_keys" && k != "aws.server_names");
         keys.sort();
         let mut listed: Vec<String> = ENV_KEYS.iter().map(|k| (*k).to_owned()).collect();
         listed.sort();

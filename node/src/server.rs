@@ -212,14 +212,14 @@ impl Server {
         };
         #[cfg(not(madsim))]
         let http_addr = {
-            let keys = crate::aws::Api::access_keys(&store, &config.aws, &config.data_dir)
+            let bootstrap = crate::aws::Api::bootstrap(&store, &config.aws, &config.data_dir)
                 .await
                 .map_err(|e| ServerError::Aws(e.message))?;
             let api = crate::aws::Api::new(
                 store.clone(),
                 broker.clone(),
                 config.aws.clone(),
-                keys,
+                bootstrap,
                 crate::aws::ApiMetrics::new(&registry)?,
             );
             let http = bind("http", config.http_listen).await?;

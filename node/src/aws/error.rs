@@ -52,6 +52,26 @@ impl AwsError {
         )
     }
 
+    pub fn certificate_state(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "CertificateStateException",
+            message,
+        )
+    }
+
+    pub fn certificate_validation(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "CertificateValidationException",
+            message,
+        )
+    }
+
+    pub fn delete_conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "DeleteConflictException", message)
+    }
+
     pub fn unknown_operation(method: &str, path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

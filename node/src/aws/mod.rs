@@ -1,8 +1,11 @@
 //! The AWS IoT-compatible HTTP API: requests signed with SigV4 by the AWS CLI, boto3 or any
 //! SDK pointed at `--endpoint-url`, answered in AWS's JSON shapes and error forms.
 
+mod authority;
+mod certificates;
 pub mod credentials;
 pub mod error;
+pub mod pki;
 mod records;
 mod request;
 pub mod sigv4;
@@ -76,7 +79,14 @@ pub struct Api {
     broker: Broker,
     config: AwsConfig,
     keys: AccessKeys,
+    ca: pki::CaPair,
     metrics: ApiMetrics,
+}
+
+/// What a node needs before it serves the API: the access keys and the cluster's CA.
+pub struct Bootstrap {
+    pub keys: AccessKeys,
+    pub ca: pki::CaPair,
 }
 
 impl Api {
@@ -84,26 +94,30 @@ impl Api {
         store: Store,
         broker: Broker,
         config: AwsConfig,
-        keys: AccessKeys,
+        bootstrap: Bootstrap,
         metrics: ApiMetrics,
     ) -> Self {
         Self {
             records: Records::new(store),
             broker,
             config,
-            keys,
+            keys: bootstrap.keys,
+            ca: bootstrap.ca,
             metrics,
         }
     }
 
-    /// Loads (or, on the cluster's first start, creates) the access keys and writes the
-    /// `credentials` file into `data_dir`.
-    pub async fn access_keys(
+    /// Loads (or, on the cluster's first start, creates) the access keys and the CA, and
+    /// writes `credentials` and `tls/` into `data_dir`.
+    pub async fn bootstrap(
         store: &Store,
         config: &AwsConfig,
         data_dir: &std::path::Path,
-    ) -> Result<AccessKeys, AwsError> {
-        credentials::load(&Records::new(store.clone()), data_dir, &config.access_keys).await
+    ) -> Result<Bootstrap, AwsError> {
+        let records = Records::new(store.clone());
+        let keys = credentials::load(&records, data_dir, &config.access_keys).await?;
+        let ca = authority::load(&records, data_dir, &config.server_names).await?;
+        Ok(Bootstrap { keys, ca })
     }
 
     fn arn(&self, resource: &str) -> String {
@@ -174,6 +188,77 @@ impl Api {
             ("DELETE", ["thing-types", name]) => {
                 ("DeleteThingType", self.delete_thing_type(name).await)
             }
+            ("POST", ["keys-and-certificate"]) => (
+                "CreateKeysAndCertificate",
+                self.create_keys_and_certificate(request).await,
+            ),
+            ("POST", ["certificates"]) => (
+                "CreateCertificateFromCsr",
+                self.create_certificate_from_csr(request).await,
+            ),
+            ("GET", ["certificates"]) => (
+                "ListCertificates",
+                self.list_certificates(request, None).await,
+            ),
+            ("GET", ["certificates", id]) => {
+                ("DescribeCertificate", self.describe_certificate(id).await)
+            }
+            ("PUT", ["certificates", id]) => (
+                "UpdateCertificate",
+                self.update_certificate(id, request).await,
+            ),
+            ("DELETE", ["certificates", id]) => (
+                "DeleteCertificate",
+                self.delete_certificate(id, request).await,
+            ),
+            ("POST", ["certificate", "register"]) => (
+                "RegisterCertificate",
+                self.register_certificate(request).await,
+            ),
+            ("POST", ["certificate", "register-no-ca"]) => (
+                "RegisterCertificateWithoutCA",
+                self.register_certificate_without_ca(request).await,
+            ),
+            ("POST", ["cacertificate"]) => (
+                "RegisterCACertificate",
+                self.register_ca_certificate(request).await,
+            ),
+            ("GET", ["cacertificates"]) => (
+                "ListCACertificates",
+                self.list_ca_certificates(request).await,
+            ),
+            ("GET", ["cacertificate", id]) => (
+                "DescribeCACertificate",
+                self.describe_ca_certificate(id).await,
+            ),
+            ("PUT", ["cacertificate", id]) => (
+                "UpdateCACertificate",
+                self.update_ca_certificate(id, request).await,
+            ),
+            ("DELETE", ["cacertificate", id]) => (
+                "DeleteCACertificate",
+                self.delete_ca_certificate(id).await,
+            ),
+            ("GET", ["certificates-by-ca", id]) => (
+                "ListCertificatesByCA",
+                self.list_certificates(request, Some(id)).await,
+            ),
+            ("PUT", ["things", name, "principals"]) => (
+                "AttachThingPrincipal",
+                self.attach_thing_principal(name, request).await,
+            ),
+            ("DELETE", ["things", name, "principals"]) => (
+                "DetachThingPrincipal",
+                self.detach_thing_principal(name, request).await,
+            ),
+            ("GET", ["things", name, "principals"]) => (
+                "ListThingPrincipals",
+                self.list_thing_principals(name, request).await,
+            ),
+            ("GET", ["principals", "things"]) => (
+                "ListPrincipalThings",
+                self.list_principal_things(request).await,
+            ),
             _ => (
                 "Unknown",
                 Err(AwsError::unknown_operation(
@@ -226,6 +311,7 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
                         .map(percent_decode)
                         .collect(),
                     query: sigv4::parse_query(raw_query),
+                    headers,
                     body,
                 };
                 api.dispatch(&request).await

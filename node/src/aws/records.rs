@@ -95,6 +95,11 @@ impl Records {
         Ok(self.store.txn(txn).await?.succeeded)
     }
 
+    /// Runs `txn` as it is.
+    pub async fn txn(&self, txn: Txn) -> Result<halyard_raft::TxnResult, AwsError> {
+        Ok(self.store.txn(txn).await?)
+    }
+
     /// Up to `limit` records under `prefix` after the key `after`, in key order; whether more
     /// follow.
     pub async fn page<T: DeserializeOwned>(

@@ -13,6 +13,8 @@ pub struct ApiRequest {
     pub segments: Vec<String>,
     /// Query pairs, percent-decoded.
     pub query: Vec<(String, String)>,
+    /// Header names in lowercase.
+    pub headers: Vec<(String, String)>,
     pub body: Bytes,
 }
 
@@ -31,6 +33,22 @@ impl ApiRequest {
                     .map_err(|_| AwsError::validation(name, v, "Member must be a whole number"))
             })
             .transpose()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A boolean query parameter; absent is false.
+    pub fn query_flag(&self, name: &str) -> Result<bool, AwsError> {
+        match self.query(name) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(AwsError::validation(name, other, "Member must be true or false")),
+        }
     }
 
     /// The JSON body; an empty body is the default value.

@@ -329,6 +329,11 @@ impl Api {
                 "The version for thing {name} does not match the expected version."
             )));
         }
+        if self.has_principals(name).await? {
+            return Err(AwsError::invalid_request(format!(
+                "Cannot delete thing {name}: detach its principals first"
+            )));
+        }
         if !self
             .records
             .delete(&thing_key(name), current.mod_revision)

@@ -1,0 +1,76 @@
+//! Halyard's certificate authority: generated once per cluster and kept in the replicated
+//! store, so that every node issues and trusts the same one. Each node writes it to
+//! `{data_dir}/tls/` (`ca.pem`; `ca.key` readable by the owner only) with a server
+//! certificate of its own issued from it.
+
+use std::path::Path;
+
+use super::error::AwsError;
+use super::pki::{self, CaPair};
+use super::records::Records;
+
+const KEY: &str = "aws/ca/halyard";
+/// The names every node's server certificate carries.
+const SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
+
+pub async fn load(records: &Records, data_dir: &Path, extra_names: &[String]) -> Result<CaPair, AwsError> {
+    let ca = match records.get::<CaPair>(KEY).await? {
+        Some(existing) => existing.value,
+        None => {
+            let fresh = pki::generate_ca("Halyard IoT CA")
+                .map_err(|e| AwsError::internal(e.to_string()))?;
+            if records.create(KEY, &fresh).await? {
+                fresh
+            } else {
+                records
+                    .get::<CaPair>(KEY)
+                    .await?
+                    .ok_or_else(|| AwsError::internal("the cluster's CA vanished"))?
+                    .value
+            }
+        }
+    };
+    let dir = data_dir.join("tls");
+    let write = |name: &str, text: &str, private: bool| {
+        write_file(&dir.join(name), text, private).map_err(|e| {
+            AwsError::internal(format!("cannot write {}: {e}", dir.join(name).display()))
+        })
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| AwsError::internal(format!("cannot create {}: {e}", dir.display())))?;
+    write("ca.pem", &ca.certificate_pem, false)?;
+    write("ca.key", &ca.key_pem, true)?;
+    let server_pem = dir.join("server.pem");
+    let current = std::fs::read_to_string(&server_pem)
+        .ok()
+        .and_then(|pem| pki::parse(&pem).ok());
+    let ca_der = pki::parse(&ca.certificate_pem)
+        .map_err(|e| AwsError::internal(format!("the cluster's CA is unreadable: {e}")))?
+        .der;
+    // A server certificate from another CA (the data directory moved clusters) is replaced.
+    if !current.is_some_and(|c| pki::signed_by(&c.der, &ca_der)) {
+        let mut names: Vec<String> = SERVER_NAMES.iter().map(|n| (*n).to_owned()).collect();
+        names.extend(extra_names.iter().cloned());
+        let server = pki::issue_server(&ca, &names).map_err(|e| AwsError::internal(e.to_string()))?;
+        write("server.key", &server.key_pem, true)?;
+        write("server.pem", &server.certificate_pem, false)?;
+    }
+    Ok(ca)
+}
+
+fn write_file(path: &Path, text: &str, private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    if std::fs::read_to_string(path).is_ok_and(|existing| existing == text) {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
