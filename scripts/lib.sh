@@ -64,6 +64,35 @@ sim_target_dir() {
     printf '%s-sim\n' "${dir%/}"
 }
 
+# A target dir reused across runs grows with every build (incremental session data, test
+# binaries of earlier revisions) until the disk fills. When less than TARGET_MIN_FREE_GIB
+# (default 25, about what a cold build of the workspace and the simulation needs) is free on
+# its filesystem, the incremental data goes first, then the whole dir: a cold build is slower
+# but always fits.
+prune_target_dirs() {
+    local dir="${CARGO_TARGET_DIR:-target}"
+    [[ "$dir" == /* ]] || dir="$PWD/$dir"
+    local sim_dir
+    sim_dir="$(sim_target_dir)"
+    local min_free_kib=$(( ${TARGET_MIN_FREE_GIB:-25} * 1024 * 1024 ))
+    free_kib() {
+        local probe=$1
+        while [[ ! -e "$probe" ]]; do probe="$(dirname "$probe")"; done
+        df -Pk "$probe" | awk 'NR == 2 { print $4 }'
+    }
+    if (( $(free_kib "$dir") >= min_free_kib )); then
+        echo "$(( $(free_kib "$dir") / 1024 / 1024 )) GiB free beside $dir"
+        return 0
+    fi
+    echo "less than ${TARGET_MIN_FREE_GIB:-25} GiB free: removing incremental build data"
+    rm -rf "$dir/release/incremental" "$sim_dir/release/incremental"
+    if (( $(free_kib "$dir") < min_free_kib )); then
+        echo "still short of space: removing $dir and $sim_dir (the build starts cold)"
+        rm -rf "$dir" "$sim_dir"
+    fi
+    echo "$(( $(free_kib "$dir") / 1024 / 1024 )) GiB free beside $dir"
+}
+
 # Runs the deterministic simulation: SIM_SEEDS seeds (default 200) from SIM_SEED (default 1).
 run_simulation() {
     RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$(sim_target_dir)" \

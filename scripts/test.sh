@@ -45,6 +45,7 @@ setup_python() {
 step "System packages" ensure_apt_packages "${BUILD_PACKAGES[@]}" mosquitto-clients
 step "Rust toolchain" ensure_cargo
 step "Python environment (.venv)" setup_python
+step "Disk space for the build" prune_target_dirs
 step "Formatting" cargo fmt --all --check
 step "Lints" cargo clippy --workspace --all-targets --release -- -D warnings
 step "Build" cargo build --release -p halyard-node --bin halyard
