@@ -7,6 +7,7 @@
 
 #[cfg(not(madsim))]
 pub mod api;
+pub mod auth;
 #[cfg(not(madsim))]
 pub mod aws;
 pub mod broker;

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 
+import aws
 from harness import Broker, Client, MakeClient, start_broker
 
 
@@ -65,3 +67,10 @@ def mqtt_client(broker: Broker) -> Iterator[MakeClient]:
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def iot(broker: Broker) -> Any:
+    """A boto3 `iot` client signed with the broker's own access key."""
+    key, secret = aws.keys(broker)
+    return aws.client(broker, key, secret)

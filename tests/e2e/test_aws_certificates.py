@@ -3,39 +3,22 @@ and without a CA, their states, and the principals attached to things."""
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.exceptions
 import pytest
-from botocore.config import Config
 
+import aws
 from harness import Broker
 
 
-@pytest.fixture
-def iot(broker: Broker) -> Any:
-    profile = configparser.ConfigParser()
-    profile.read(broker.data_dir / "credentials")
-    section = profile["halyard"]
-    return boto3.client(
-        "iot",
-        endpoint_url=broker.http_url,
-        region_name="us-east-1",
-        aws_access_key_id=section["aws_access_key_id"],
-        aws_secret_access_key=section["aws_secret_access_key"],
-        config=Config(retries={"max_attempts": 1}),
-    )
-
-
 def _code(excinfo: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> tuple[str, int]:
-    response = excinfo.value.response
-    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+    code, status, _ = aws.error(excinfo)
+    return code, status
 
 
 def _openssl(*args: str, cwd: Path) -> None:

@@ -3,7 +3,6 @@ signing with SigV4 against the running binary, for things, thing types and their
 
 from __future__ import annotations
 
-import configparser
 import datetime
 import json
 import os
@@ -14,53 +13,18 @@ import sys
 import unittest.mock
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.exceptions
 import paho.mqtt.client as mqtt
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 
+import aws
 from harness import Broker, MakeClient
-
-
-def _keys(broker: Broker) -> tuple[str, str]:
-    profile = configparser.ConfigParser()
-    profile.read(broker.data_dir / "credentials")
-    section = profile["halyard"]
-    return section["aws_access_key_id"], section["aws_secret_access_key"]
-
-
-def _client(broker: Broker, key: str, secret: str, region: str = "us-east-1") -> Any:
-    return boto3.client(
-        "iot",
-        endpoint_url=broker.http_url,
-        region_name=region,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        config=Config(retries={"max_attempts": 1}),
-    )
-
-
-@pytest.fixture
-def iot(broker: Broker) -> Iterator[Any]:
-    key, secret = _keys(broker)
-    yield _client(broker, key, secret)
-
-
-def _error(excinfo: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> tuple[str, int, str]:
-    response = excinfo.value.response
-    return (
-        response["Error"]["Code"],
-        response["ResponseMetadata"]["HTTPStatusCode"],
-        response["Error"]["Message"],
-    )
 
 
 def test_the_credentials_file_works_with_the_documented_cli_command(broker: Broker) -> None:
@@ -99,7 +63,7 @@ def test_thing_lifecycle_with_idempotent_create_versions_and_attribute_merge(iot
     assert again["thingId"] == created["thingId"]
     with pytest.raises(botocore.exceptions.ClientError) as conflict:
         iot.create_thing(thingName="dev-1", attributePayload={"attributes": {"color": "blue"}})
-    assert _error(conflict)[:2] == ("ResourceAlreadyExistsException", 409)
+    assert aws.error(conflict)[:2] == ("ResourceAlreadyExistsException", 409)
 
     described = iot.describe_thing(thingName="dev-1")
     assert described["defaultClientId"] == "dev-1"
@@ -117,17 +81,17 @@ def test_thing_lifecycle_with_idempotent_create_versions_and_attribute_merge(iot
     assert described["version"] == 2
     with pytest.raises(botocore.exceptions.ClientError) as stale:
         iot.update_thing(thingName="dev-1", attributePayload={"attributes": {"a": "b"}}, expectedVersion=1)
-    assert _error(stale)[:2] == ("VersionConflictException", 409)
+    assert aws.error(stale)[:2] == ("VersionConflictException", 409)
     iot.update_thing(thingName="dev-1", attributePayload={"attributes": {"only": "this"}})
     assert iot.describe_thing(thingName="dev-1")["attributes"] == {"only": "this"}
 
     with pytest.raises(botocore.exceptions.ClientError) as wrong_version:
         iot.delete_thing(thingName="dev-1", expectedVersion=1)
-    assert _error(wrong_version)[:2] == ("VersionConflictException", 409)
+    assert aws.error(wrong_version)[:2] == ("VersionConflictException", 409)
     iot.delete_thing(thingName="dev-1", expectedVersion=3)
     with pytest.raises(botocore.exceptions.ClientError) as gone:
         iot.describe_thing(thingName="dev-1")
-    assert _error(gone)[:2] == ("ResourceNotFoundException", 404)
+    assert aws.error(gone)[:2] == ("ResourceNotFoundException", 404)
     # Deleting what does not exist succeeds, as in AWS.
     iot.delete_thing(thingName="dev-1")
 
@@ -135,18 +99,18 @@ def test_thing_lifecycle_with_idempotent_create_versions_and_attribute_merge(iot
 def test_bad_input_gets_aws_errors(iot: Any) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as bad_name:
         iot.create_thing(thingName="has space")
-    code, status, message = _error(bad_name)
+    code, status, message = aws.error(bad_name)
     assert (code, status) == ("InvalidRequestException", 400)
     assert "thingName" in message
     with pytest.raises(botocore.exceptions.ClientError) as too_many:
         iot.create_thing(thingName="t", attributePayload={"attributes": {f"a{i}": "v" for i in range(4)}})
-    assert _error(too_many)[:2] == ("InvalidRequestException", 400)
+    assert aws.error(too_many)[:2] == ("InvalidRequestException", 400)
     with pytest.raises(botocore.exceptions.ClientError) as no_type:
         iot.create_thing(thingName="t", thingTypeName="missing-type")
-    assert _error(no_type)[:2] == ("ResourceNotFoundException", 404)
+    assert aws.error(no_type)[:2] == ("ResourceNotFoundException", 404)
     with pytest.raises(botocore.exceptions.ClientError) as bad_token:
         iot.list_things(nextToken="not-a-token")
-    assert _error(bad_token)[:2] == ("InvalidRequestException", 400)
+    assert aws.error(bad_token)[:2] == ("InvalidRequestException", 400)
     # Nothing was created by the refused requests.
     assert iot.list_things()["things"] == []
 
@@ -186,7 +150,7 @@ def test_list_things_paginates_from_the_store_and_filters(iot: Any) -> None:
     assert len(prefixed["things"]) == 7
     with pytest.raises(botocore.exceptions.ClientError) as too_big:
         iot.list_things(maxResults=251)
-    assert _error(too_big)[:2] == ("InvalidRequestException", 400)
+    assert aws.error(too_big)[:2] == ("InvalidRequestException", 400)
 
 
 def test_thing_types_deprecate_before_delete(iot: Any) -> None:
@@ -206,15 +170,15 @@ def test_thing_types_deprecate_before_delete(iot: Any) -> None:
     )
     with pytest.raises(botocore.exceptions.ClientError) as not_deprecated:
         iot.delete_thing_type(thingTypeName="sensor")
-    assert _error(not_deprecated)[:2] == ("InvalidRequestException", 400)
+    assert aws.error(not_deprecated)[:2] == ("InvalidRequestException", 400)
     iot.deprecate_thing_type(thingTypeName="sensor")
     assert iot.describe_thing_type(thingTypeName="sensor")["thingTypeMetadata"]["deprecated"] is True
     with pytest.raises(botocore.exceptions.ClientError) as deprecated:
         iot.create_thing(thingName="s2", thingTypeName="sensor")
-    assert _error(deprecated)[:2] == ("InvalidRequestException", 400)
+    assert aws.error(deprecated)[:2] == ("InvalidRequestException", 400)
     with pytest.raises(botocore.exceptions.ClientError) as in_use:
         iot.delete_thing_type(thingTypeName="sensor")
-    assert _error(in_use)[:2] == ("InvalidRequestException", 400)
+    assert aws.error(in_use)[:2] == ("InvalidRequestException", 400)
     iot.delete_thing(thingName="s1")
     iot.delete_thing_type(thingTypeName="sensor")
     assert iot.list_thing_types()["thingTypes"] == []
@@ -231,16 +195,16 @@ def _raw(broker: Broker, method: str, path: str, headers: dict[str, str]) -> tup
 
 
 def test_bad_signatures_are_refused_as_aws_refuses_them(broker: Broker) -> None:
-    key, secret = _keys(broker)
+    key, secret = aws.keys(broker)
     with pytest.raises(botocore.exceptions.ClientError) as wrong_secret:
-        _client(broker, key, "x" * 40).list_things()
-    assert _error(wrong_secret)[:2] == ("InvalidSignatureException", 403)
+        aws.client(broker, key, "x" * 40).list_things()
+    assert aws.error(wrong_secret)[:2] == ("InvalidSignatureException", 403)
     with pytest.raises(botocore.exceptions.ClientError) as unknown:
-        _client(broker, "AKIAUNKNOWNUNKNOWN00", secret).list_things()
-    assert _error(unknown)[:2] == ("UnrecognizedClientException", 403)
+        aws.client(broker, "AKIAUNKNOWNUNKNOWN00", secret).list_things()
+    assert aws.error(unknown)[:2] == ("UnrecognizedClientException", 403)
     with pytest.raises(botocore.exceptions.ClientError) as region:
-        _client(broker, key, secret, region="eu-west-1").list_things()
-    assert _error(region)[:2] == ("InvalidSignatureException", 403)
+        aws.client(broker, key, secret, region="eu-west-1").list_things()
+    assert aws.error(region)[:2] == ("InvalidSignatureException", 403)
 
     status, headers, body = _raw(broker, "GET", "/things", {})
     assert status == 403

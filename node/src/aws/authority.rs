@@ -13,7 +13,11 @@ const KEY: &str = "aws/ca/halyard";
 /// The names every node's server certificate carries.
 const SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 
-pub async fn load(records: &Records, data_dir: &Path, extra_names: &[String]) -> Result<CaPair, AwsError> {
+pub async fn load(
+    records: &Records,
+    data_dir: &Path,
+    extra_names: &[String],
+) -> Result<CaPair, AwsError> {
     let ca = match records.get::<CaPair>(KEY).await? {
         Some(existing) => existing.value,
         None => {
@@ -51,7 +55,8 @@ pub async fn load(records: &Records, data_dir: &Path, extra_names: &[String]) ->
     if !current.is_some_and(|c| pki::signed_by(&c.der, &ca_der)) {
         let mut names: Vec<String> = SERVER_NAMES.iter().map(|n| (*n).to_owned()).collect();
         names.extend(extra_names.iter().cloned());
-        let server = pki::issue_server(&ca, &names).map_err(|e| AwsError::internal(e.to_string()))?;
+        let server =
+            pki::issue_server(&ca, &names).map_err(|e| AwsError::internal(e.to_string()))?;
         write("server.key", &server.key_pem, true)?;
         write("server.pem", &server.certificate_pem, false)?;
     }

@@ -67,7 +67,7 @@ struct RegisterCa {
     certificate_mode: Option<String>,
 }
 
-fn certificate_key(id: &str) -> String {
+pub(super) fn certificate_key(id: &str) -> String {
     format!("{CERTIFICATES}{id}")
 }
 
@@ -171,7 +171,8 @@ impl Api {
     pub(super) async fn create_keys_and_certificate(&self, request: &ApiRequest) -> ApiResult {
         let status = Self::initial_status(request, None)?;
         let keys = pki::issue_device(&self.ca).map_err(|e| AwsError::internal(e.to_string()))?;
-        let parsed = pki::parse(&keys.certificate_pem).map_err(|e| AwsError::internal(e.to_string()))?;
+        let parsed =
+            pki::parse(&keys.certificate_pem).map_err(|e| AwsError::internal(e.to_string()))?;
         let record = self.new_record(
             &parsed,
             keys.certificate_pem.clone(),
@@ -195,12 +196,20 @@ impl Api {
         let status = Self::initial_status(request, None)?;
         let body: FromCsr = request.json()?;
         if body.certificate_signing_request.is_empty() {
-            return Err(AwsError::invalid_request("certificateSigningRequest is required"));
+            return Err(AwsError::invalid_request(
+                "certificateSigningRequest is required",
+            ));
         }
         let pem = pki::issue_from_csr(&self.ca, &body.certificate_signing_request)
             .map_err(|e| AwsError::invalid_request(e.to_string()))?;
         let parsed = pki::parse(&pem).map_err(|e| AwsError::internal(e.to_string()))?;
-        let record = self.new_record(&parsed, pem.clone(), Some(self.halyard_ca_id()?), status, "DEFAULT");
+        let record = self.new_record(
+            &parsed,
+            pem.clone(),
+            Some(self.halyard_ca_id()?),
+            status,
+            "DEFAULT",
+        );
         self.store_new_certificate(&record).await?;
         Ok(json!({
             "certificateArn": self.certificate_arn(&parsed.id),
@@ -215,7 +224,8 @@ impl Api {
         certificate: &pki::ParsedCertificate,
         named: Option<&str>,
     ) -> Result<String, AwsError> {
-        let own = pki::parse(&self.ca.certificate_pem).map_err(|e| AwsError::internal(e.to_string()))?;
+        let own =
+            pki::parse(&self.ca.certificate_pem).map_err(|e| AwsError::internal(e.to_string()))?;
         if named.is_none() && pki::signed_by(&certificate.der, &own.der) {
             return Ok(own.id);
         }
@@ -241,7 +251,9 @@ impl Api {
             }
             None => {
                 Page::first(1000)
-                    .collect(&self.records, CA_CERTIFICATES, |_: &CaCertificateRecord| true)
+                    .collect(&self.records, CA_CERTIFICATES, |_: &CaCertificateRecord| {
+                        true
+                    })
                     .await?
                     .0
             }
@@ -336,7 +348,7 @@ impl Api {
     }
 
     /// `pageSize`, `marker` and `ascendingOrder`, as the certificate listings take them.
-    fn marker_page(request: &ApiRequest) -> Result<Page, AwsError> {
+    pub(super) fn marker_page(request: &ApiRequest) -> Result<Page, AwsError> {
         let mut renamed = Vec::new();
         for (k, v) in &request.query {
             match k.as_str() {
@@ -355,7 +367,11 @@ impl Api {
         Page::from_request(&view, 250, 250)
     }
 
-    pub(super) async fn list_certificates(&self, request: &ApiRequest, by_ca: Option<&str>) -> ApiResult {
+    pub(super) async fn list_certificates(
+        &self,
+        request: &ApiRequest,
+        by_ca: Option<&str>,
+    ) -> ApiResult {
         if let Some(ca) = by_ca {
             check_certificate_id(ca)?;
         }
@@ -429,6 +445,11 @@ impl Api {
             return Err(AwsError::delete_conflict(
                 "Things must be detached before deletion (arn: ".to_owned() + &arn + ")",
             ));
+        }
+        if !self.policies_of(&arn).await?.is_empty() {
+            return Err(AwsError::delete_conflict(format!(
+                "Certificate policies must be detached before deletion (arn: {arn})"
+            )));
         }
         if !self
             .records
@@ -536,7 +557,9 @@ impl Api {
     pub(super) async fn list_ca_certificates(&self, request: &ApiRequest) -> ApiResult {
         let page = Self::marker_page(request)?;
         let (cas, next) = page
-            .collect(&self.records, CA_CERTIFICATES, |_: &CaCertificateRecord| true)
+            .collect(&self.records, CA_CERTIFICATES, |_: &CaCertificateRecord| {
+                true
+            })
             .await?;
         let mut answer = json!({
             "certificates": cas.iter().map(|c| json!({
@@ -606,7 +629,9 @@ impl Api {
                 "The CA certificate still has certificates registered under it.",
             ));
         }
-        self.records.delete(&ca_key(id), current.mod_revision).await?;
+        self.records
+            .delete(&ca_key(id), current.mod_revision)
+            .await?;
         Ok(json!({}))
     }
 
@@ -614,7 +639,9 @@ impl Api {
     async fn principal(&self, request: &ApiRequest) -> Result<String, AwsError> {
         let principal = request
             .header("x-amzn-principal")
-            .ok_or_else(|| AwsError::invalid_request("The principal (x-amzn-principal) is required"))?
+            .ok_or_else(|| {
+                AwsError::invalid_request("The principal (x-amzn-principal) is required")
+            })?
             .to_owned();
         let prefix = self.arn("cert/");
         let Some(id) = principal.strip_prefix(&prefix) else {
@@ -626,7 +653,11 @@ impl Api {
         Ok(principal)
     }
 
-    pub(super) async fn attach_thing_principal(&self, thing: &str, request: &ApiRequest) -> ApiResult {
+    pub(super) async fn attach_thing_principal(
+        &self,
+        thing: &str,
+        request: &ApiRequest,
+    ) -> ApiResult {
         check_name("thingName", thing)?;
         self.thing(thing).await?;
         let principal = self.principal(request).await?;
@@ -639,11 +670,17 @@ impl Api {
         Ok(json!({}))
     }
 
-    pub(super) async fn detach_thing_principal(&self, thing: &str, request: &ApiRequest) -> ApiResult {
+    pub(super) async fn detach_thing_principal(
+        &self,
+        thing: &str,
+        request: &ApiRequest,
+    ) -> ApiResult {
         check_name("thingName", thing)?;
         let principal = request
             .header("x-amzn-principal")
-            .ok_or_else(|| AwsError::invalid_request("The principal (x-amzn-principal) is required"))?
+            .ok_or_else(|| {
+                AwsError::invalid_request("The principal (x-amzn-principal) is required")
+            })?
             .to_owned();
         self.thing(thing).await?;
         let txn = halyard_raft::Txn::new().and_then([
@@ -654,12 +691,20 @@ impl Api {
         Ok(json!({}))
     }
 
-    pub(super) async fn list_thing_principals(&self, thing: &str, request: &ApiRequest) -> ApiResult {
+    pub(super) async fn list_thing_principals(
+        &self,
+        thing: &str,
+        request: &ApiRequest,
+    ) -> ApiResult {
         check_name("thingName", thing)?;
         self.thing(thing).await?;
         let page = Page::from_request(request, 25, 250)?;
         let (principals, next) = page
-            .collect(&self.records, &format!("{THING_PRINCIPALS}{thing}/"), |_: &String| true)
+            .collect(
+                &self.records,
+                &format!("{THING_PRINCIPALS}{thing}/"),
+                |_: &String| true,
+            )
             .await?;
         let mut answer = json!({ "principals": principals });
         if let Some(token) = next {
@@ -685,10 +730,27 @@ impl Api {
         Ok(answer)
     }
 
+    /// Whether `principal` is attached to `thing`.
+    pub(super) async fn principal_has_thing(
+        &self,
+        principal: &str,
+        thing: &str,
+    ) -> Result<bool, AwsError> {
+        Ok(self
+            .records
+            .get::<String>(&principal_thing_key(principal, thing))
+            .await?
+            .is_some())
+    }
+
     /// Whether any principal is attached to `thing`.
     pub(super) async fn has_principals(&self, thing: &str) -> Result<bool, AwsError> {
         let (principals, _) = Page::first(1)
-            .collect(&self.records, &format!("{THING_PRINCIPALS}{thing}/"), |_: &String| true)
+            .collect(
+                &self.records,
+                &format!("{THING_PRINCIPALS}{thing}/"),
+                |_: &String| true,
+            )
             .await?;
         Ok(!principals.is_empty())
     }

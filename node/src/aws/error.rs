@@ -72,6 +72,22 @@ impl AwsError {
         Self::new(StatusCode::CONFLICT, "DeleteConflictException", message)
     }
 
+    pub fn limit_exceeded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GONE, "LimitExceededException", message)
+    }
+
+    pub fn versions_limit_exceeded(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "VersionsLimitExceededException",
+            message,
+        )
+    }
+
+    pub fn malformed_policy(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "MalformedPolicyException", message)
+    }
+
     pub fn unknown_operation(method: &str, path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

@@ -5,7 +5,9 @@ mod authority;
 mod certificates;
 pub mod credentials;
 pub mod error;
+mod groups;
 pub mod pki;
+mod policies;
 mod records;
 mod request;
 pub mod sigv4;
@@ -235,10 +237,9 @@ impl Api {
                 "UpdateCACertificate",
                 self.update_ca_certificate(id, request).await,
             ),
-            ("DELETE", ["cacertificate", id]) => (
-                "DeleteCACertificate",
-                self.delete_ca_certificate(id).await,
-            ),
+            ("DELETE", ["cacertificate", id]) => {
+                ("DeleteCACertificate", self.delete_ca_certificate(id).await)
+            }
             ("GET", ["certificates-by-ca", id]) => (
                 "ListCertificatesByCA",
                 self.list_certificates(request, Some(id)).await,
@@ -259,6 +260,104 @@ impl Api {
                 "ListPrincipalThings",
                 self.list_principal_things(request).await,
             ),
+            ("POST", ["thing-groups", name]) => (
+                "CreateThingGroup",
+                self.create_thing_group(name, request).await,
+            ),
+            ("GET", ["thing-groups", name]) => {
+                ("DescribeThingGroup", self.describe_thing_group(name).await)
+            }
+            ("PATCH", ["thing-groups", name]) => (
+                "UpdateThingGroup",
+                self.update_thing_group(name, request).await,
+            ),
+            ("DELETE", ["thing-groups", name]) => (
+                "DeleteThingGroup",
+                self.delete_thing_group(name, request).await,
+            ),
+            ("GET", ["thing-groups"]) => ("ListThingGroups", self.list_thing_groups(request).await),
+            ("PUT", ["thing-groups", "addThingToThingGroup"]) => (
+                "AddThingToThingGroup",
+                self.add_thing_to_thing_group(request).await,
+            ),
+            ("PUT", ["thing-groups", "removeThingFromThingGroup"]) => (
+                "RemoveThingFromThingGroup",
+                self.remove_thing_from_thing_group(request).await,
+            ),
+            ("PUT", ["thing-groups", "updateThingGroupsForThing"]) => (
+                "UpdateThingGroupsForThing",
+                self.update_thing_groups_for_thing(request).await,
+            ),
+            ("GET", ["thing-groups", name, "things"]) => (
+                "ListThingsInThingGroup",
+                self.list_things_in_thing_group(name, request).await,
+            ),
+            ("GET", ["things", name, "thing-groups"]) => (
+                "ListThingGroupsForThing",
+                self.list_thing_groups_for_thing(name, request).await,
+            ),
+            ("GET", ["policies"]) => ("ListPolicies", self.list_policies(request).await),
+            ("POST", ["policies", name]) => {
+                ("CreatePolicy", self.create_policy(name, request).await)
+            }
+            ("GET", ["policies", name]) => ("GetPolicy", self.get_policy(name).await),
+            ("DELETE", ["policies", name]) => ("DeletePolicy", self.delete_policy(name).await),
+            ("POST", ["policies", name, "version"]) => (
+                "CreatePolicyVersion",
+                self.create_policy_version(name, request).await,
+            ),
+            ("GET", ["policies", name, "version"]) => {
+                ("ListPolicyVersions", self.list_policy_versions(name).await)
+            }
+            ("GET", ["policies", name, "version", version]) => (
+                "GetPolicyVersion",
+                self.get_policy_version(name, version).await,
+            ),
+            ("PATCH", ["policies", name, "version", version]) => (
+                "SetDefaultPolicyVersion",
+                self.set_default_policy_version(name, version).await,
+            ),
+            ("DELETE", ["policies", name, "version", version]) => (
+                "DeletePolicyVersion",
+                self.delete_policy_version(name, version).await,
+            ),
+            ("PUT", ["target-policies", name]) => {
+                ("AttachPolicy", self.attach_policy(name, request).await)
+            }
+            ("POST", ["target-policies", name]) => {
+                ("DetachPolicy", self.detach_policy(name, request).await)
+            }
+            ("PUT", ["principal-policies", name]) => (
+                "AttachPrincipalPolicy",
+                self.attach_principal_policy(name, request).await,
+            ),
+            ("DELETE", ["principal-policies", name]) => (
+                "DetachPrincipalPolicy",
+                self.detach_principal_policy(name, request).await,
+            ),
+            ("GET", ["principal-policies"]) => (
+                "ListPrincipalPolicies",
+                self.list_principal_policies(request).await,
+            ),
+            ("GET", ["policy-principals"]) => (
+                "ListPolicyPrincipals",
+                self.list_policy_principals(request).await,
+            ),
+            ("POST", ["attached-policies", target]) => (
+                "ListAttachedPolicies",
+                self.list_attached_policies(target, request).await,
+            ),
+            ("POST", ["policy-targets", name]) => (
+                "ListTargetsForPolicy",
+                self.list_targets_for_policy(name, request).await,
+            ),
+            ("POST", ["effective-policies"]) => (
+                "GetEffectivePolicies",
+                self.get_effective_policies(request).await,
+            ),
+            ("POST", ["test-authorization"]) => {
+                ("TestAuthorization", self.test_authorization(request).await)
+            }
             _ => (
                 "Unknown",
                 Err(AwsError::unknown_operation(

@@ -124,8 +124,9 @@ pub fn issue_device(ca: &CaPair) -> Result<IssuedKeys, PkiError> {
 
 /// A client certificate for the key of a certificate signing request, signed by `ca`.
 pub fn issue_from_csr(ca: &CaPair, csr_pem: &str) -> Result<String, PkiError> {
-    let request = CertificateSigningRequestParams::from_pem(csr_pem)
-        .map_err(|e| PkiError::Invalid(format!("The certificate signing request is invalid: {e}")))?;
+    let request = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+        PkiError::Invalid(format!("The certificate signing request is invalid: {e}"))
+    })?;
     let mut params = device_params()?;
     // The subject the device asked for, with the validity and usages of an IoT certificate.
     params.distinguished_name = request.params.distinguished_name.clone();
@@ -142,9 +143,10 @@ pub fn issue_from_csr(ca: &CaPair, csr_pem: &str) -> Result<String, PkiError> {
 /// A server certificate for `names` (DNS names or IP addresses), signed by `ca`.
 pub fn issue_server(ca: &CaPair, names: &[String]) -> Result<CaPair, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(generate_error)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, names.first().map_or("halyard", String::as_str));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().map_or("halyard", String::as_str),
+    );
     params.subject_alt_names = names
         .iter()
         .map(|n| match n.parse::<std::net::IpAddr>() {
@@ -176,8 +178,9 @@ pub fn issue_server(ca: &CaPair, names: &[String]) -> Result<CaPair, PkiError> {
 
 /// Parses the first certificate of a PEM text.
 pub fn parse(pem: &str) -> Result<ParsedCertificate, PkiError> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|_| PkiError::Invalid("The certificate is not a PEM-encoded X.509 certificate".into()))?;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| {
+        PkiError::Invalid("The certificate is not a PEM-encoded X.509 certificate".into())
+    })?;
     if block.label != "CERTIFICATE" {
         return Err(PkiError::Invalid(format!(
             "Expected a CERTIFICATE PEM block, found {}",
@@ -207,7 +210,8 @@ pub fn signed_by(certificate: &[u8], ca: &[u8]) -> bool {
     ) else {
         return false;
     };
-    certificate.issuer() == ca.subject() && certificate.verify_signature(Some(ca.public_key())).is_ok()
+    certificate.issuer() == ca.subject()
+        && certificate.verify_signature(Some(ca.public_key())).is_ok()
 }
 
 #[cfg(test)]
@@ -227,7 +231,10 @@ mod tests {
         assert_eq!(parsed.id, certificate_id(&parsed.der));
         assert!(parsed.subject.contains("AWS IoT Certificate"));
         assert!(signed_by(&parsed.der, &ca_parsed.der));
-        assert!(!signed_by(&parsed.der, &parse(&other.certificate_pem).unwrap().der));
+        assert!(!signed_by(
+            &parsed.der,
+            &parse(&other.certificate_pem).unwrap().der
+        ));
         assert!(device.private_key_pem.contains("PRIVATE KEY"));
         assert!(device.public_key_pem.contains("PUBLIC KEY"));
     }
@@ -244,9 +251,15 @@ mod tests {
         let pem = issue_from_csr(&ca, &csr).unwrap();
         let parsed = parse(&pem).unwrap();
         assert!(parsed.subject.contains("sensor-42"));
-        assert!(signed_by(&parsed.der, &parse(&ca.certificate_pem).unwrap().der));
+        assert!(signed_by(
+            &parsed.der,
+            &parse(&ca.certificate_pem).unwrap().der
+        ));
         let (_, cert) = x509_parser::parse_x509_certificate(&parsed.der).unwrap();
-        assert_eq!(cert.public_key().raw, rcgen::PublicKeyData::subject_public_key_info(&key));
+        assert_eq!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&key)
+        );
         assert!(issue_from_csr(&ca, "not a csr").is_err());
     }
 

@@ -30,12 +30,13 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, AwsError> 
     })
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AwsError> {
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AwsError> {
     serde_json::to_vec(value)
         .map_err(|e| AwsError::internal(format!("cannot encode a record: {e}")))
 }
 
-fn unchanged_since(key: &str, revision: Revision) -> Compare {
+/// A condition that `key` was last written at `revision` (0: it does not exist).
+pub fn unchanged_since(key: &str, revision: Revision) -> Compare {
     Compare {
         key: key.as_bytes().to_vec(),
         op: CompareOp::Equal,

@@ -47,7 +47,11 @@ impl ApiRequest {
         match self.query(name) {
             None | Some("false") => Ok(false),
             Some("true") => Ok(true),
-            Some(other) => Err(AwsError::validation(name, other, "Member must be true or false")),
+            Some(other) => Err(AwsError::validation(
+                name,
+                other,
+                "Member must be true or false",
+            )),
         }
     }
 
@@ -91,6 +95,20 @@ fn decode_token(token: &str) -> Option<String> {
 impl Page {
     pub fn first(limit: usize) -> Self {
         Self { limit, after: None }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Where this page starts, for listings that page over more than one prefix.
+    pub fn after(&self) -> Option<&str> {
+        self.after.as_deref()
+    }
+
+    /// The `nextToken` for a page starting after `position`.
+    pub fn token_for(position: &str) -> String {
+        encode_token(position)
     }
 
     /// `maxResults` (default `default`, at most `max`) and `nextToken` of the request.

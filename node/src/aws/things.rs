@@ -151,7 +151,7 @@ fn check_attributes(attributes: &BTreeMap<String, String>, typed: bool) -> Resul
     Ok(())
 }
 
-fn thing_key(name: &str) -> String {
+pub(super) fn thing_key(name: &str) -> String {
     format!("{THINGS}{name}")
 }
 
@@ -334,11 +334,15 @@ impl Api {
                 "Cannot delete thing {name}: detach its principals first"
             )));
         }
-        if !self
-            .records
-            .delete(&thing_key(name), current.mod_revision)
-            .await?
-        {
+        // The thing leaves its groups in the same transaction; a concurrent join rewrites the
+        // thing's record and so makes this one fail rather than leave a dangling membership.
+        let key = thing_key(name);
+        let mut ops = self.leave_all_groups(name).await?;
+        ops.push(halyard_raft::Op::delete(key.clone()));
+        let txn = halyard_raft::Txn::new()
+            .when([super::records::unchanged_since(&key, current.mod_revision)])
+            .and_then(ops);
+        if !self.records.txn(txn).await?.succeeded {
             return Err(AwsError::version_conflict(format!(
                 "Thing {name} changed while it was being deleted; retry."
             )));
@@ -520,7 +524,7 @@ impl Api {
     }
 }
 
-fn with_token(mut answer: Value, next: Option<String>) -> Value {
+pub(super) fn with_token(mut answer: Value, next: Option<String>) -> Value {
     if let Some(token) = next {
         answer["nextToken"] = json!(token);
     }
