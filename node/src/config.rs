@@ -59,6 +59,11 @@ pub struct AwsConfig {
     /// Names (DNS or IP) the node's server certificate carries besides localhost and
     /// 127.0.0.1.
     pub server_names: Vec<String>,
+    /// PEM: a CA certificate to issue device and server certificates from, instead of the one
+    /// generated on the cluster's first start. Set together with `ca_key`.
+    pub ca_cert: Option<PathBuf>,
+    /// PEM: the private key of `ca_cert`.
+    pub ca_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -75,6 +80,8 @@ impl Default for AwsConfig {
             account_id: "000000000000".to_owned(),
             access_keys: Vec::new(),
             server_names: Vec::new(),
+            ca_cert: None,
+            ca_key: None,
         }
     }
 }
@@ -317,6 +324,8 @@ const ENV_KEYS: &[&str] = &[
     "cluster.history_revisions",
     "aws.region",
     "aws.account_id",
+    "aws.ca_cert",
+    "aws.ca_key",
 ];
 
 /// The config key a `HALYARD_*` variable names, if it names one.
@@ -492,6 +501,11 @@ impl Config {
                     "access_key_id and secret_access_key must be at least 16 characters",
                 );
             }
+        }
+        match (&aws.ca_cert, &aws.ca_key) {
+            (Some(_), None) => return invalid("aws.ca_key", "must be set when aws.ca_cert is"),
+            (None, Some(_)) => return invalid("aws.ca_cert", "must be set when aws.ca_key is"),
+            _ => {}
         }
         self.validate_cluster()
     }
@@ -700,6 +714,8 @@ mod tests {
         c.ca_cert = Some("ca.pem".into());
         c.cert = Some("node.pem".into());
         c.key = Some("node.key".into());
+        config.aws.ca_cert = Some("own-ca.pem".into());
+        config.aws.ca_key = Some("own-ca.key".into());
         let table = toml::Table::try_from(&config).unwrap();
         let mut keys = Vec::new();
         for (k, v) in &table {
@@ -714,6 +730,16 @@ mod tests {
         let mut listed: Vec<String> = ENV_KEYS.iter().map(|k| (*k).to_owned()).collect();
         listed.sort();
         assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn a_ca_certificate_needs_its_key() {
+        let only_cert = [("HALYARD_AWS__CA_CERT".to_owned(), "ca.pem".to_owned())];
+        let err = Config::load(None, only_cert, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("aws.ca_key"), "{err}");
+        let only_key = [("HALYARD_AWS__CA_KEY".to_owned(), "ca.key".to_owned())];
+        let err = Config::load(None, only_key, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("aws.ca_cert"), "{err}");
     }
 
     #[test]

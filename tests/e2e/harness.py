@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,8 +187,8 @@ class Broker:
         return self.exit_code
 
 
-def start_broker(workdir: Path) -> Broker:
-    """Starts `halyard serve` on ephemeral ports and waits until both listeners are bound."""
+def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
+    """Starts `halyard serve` on ephemeral ports and waits until its listeners are bound."""
     data_dir = workdir / "data"
     # Flags win over HALYARD_* variables in the config order, but a stray HALYARD_LOG_FORMAT=json
     # or a config-file variable from the caller's shell would still change what the tests see.
@@ -210,6 +210,7 @@ def start_broker(workdir: Path) -> Broker:
             "127.0.0.1:0",
             "--log-format",
             "text",
+            *extra_args,
         ],
         cwd=workdir,
         env=env,

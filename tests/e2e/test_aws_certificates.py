@@ -13,7 +13,7 @@ import botocore.exceptions
 import pytest
 
 import aws
-from harness import Broker
+from harness import Broker, halyard_bin, start_broker
 
 
 def _code(excinfo: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> tuple[str, int]:
@@ -131,3 +131,47 @@ def test_csr_and_registration_with_and_without_a_ca(tmp_path: Path, iot: Any) ->
     with pytest.raises(botocore.exceptions.ClientError) as ca_active:
         iot.delete_ca_certificate(certificateId=ca["certificateId"])
     assert _code(ca_active) == ("CertificateStateException", 406)
+
+
+def _own_ca(directory: Path) -> tuple[Path, Path]:
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", "own-ca.key", "-out", "own-ca.pem", "-days", "30", "-subj", "/CN=Own CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    return directory / "own-ca.pem", directory / "own-ca.key"
+
+
+def test_a_configured_ca_issues_the_certificates(tmp_path: Path) -> None:
+    ca_pem, ca_key = _own_ca(tmp_path)
+    config = tmp_path / "halyard.toml"
+    config.write_text(f'[aws]\nca_cert = "{ca_pem}"\nca_key = "{ca_key}"\n')
+    broker = start_broker(tmp_path, ["--config", str(config)])
+    try:
+        key, secret = aws.keys(broker)
+        iot = aws.client(broker, key, secret)
+        created = iot.create_keys_and_certificate(setAsActive=True)
+        (tmp_path / "device.pem").write_text(created["certificatePem"])
+        _openssl("verify", "-CAfile", str(ca_pem), "device.pem", cwd=tmp_path)
+        assert (broker.data_dir / "tls" / "ca.pem").read_text() == ca_pem.read_text()
+        (tmp_path / "server.pem").write_bytes((broker.data_dir / "tls" / "server.pem").read_bytes())
+        _openssl("verify", "-CAfile", str(ca_pem), "server.pem", cwd=tmp_path)
+    finally:
+        assert broker.stop() == 0
+
+
+def test_a_configured_ca_with_the_wrong_key_stops_the_start(tmp_path: Path) -> None:
+    ca_pem, _ = _own_ca(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, wrong_key = _own_ca(other)
+    config = tmp_path / "halyard.toml"
+    config.write_text(f'[aws]\nca_cert = "{ca_pem}"\nca_key = "{wrong_key}"\n')
+    done = subprocess.run(
+        [halyard_bin(), "serve", "--config", str(config), "--data-dir", str(tmp_path / "data"),
+         "--mqtt-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--http-listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode != 0
+    assert "aws.ca_cert" in done.stderr + done.stdout
+    assert "does not belong" in done.stderr + done.stdout

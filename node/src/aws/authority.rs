@@ -1,13 +1,15 @@
 //! Halyard's certificate authority: generated once per cluster and kept in the replicated
 //! store, so that every node issues and trusts the same one. Each node writes it to
 //! `{data_dir}/tls/` (`ca.pem`; `ca.key` readable by the owner only) with a server
-//! certificate of its own issued from it.
+//! certificate of its own issued from it. A CA given in the config (`aws.ca_cert`,
+//! `aws.ca_key`) takes the generated one's place.
 
 use std::path::Path;
 
 use super::error::AwsError;
 use super::pki::{self, CaPair};
 use super::records::Records;
+use crate::config::AwsConfig;
 
 const KEY: &str = "aws/ca/halyard";
 /// The names every node's server certificate carries.
@@ -16,24 +18,13 @@ const SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 pub async fn load(
     records: &Records,
     data_dir: &Path,
-    extra_names: &[String],
+    config: &AwsConfig,
 ) -> Result<CaPair, AwsError> {
-    let ca = match records.get::<CaPair>(KEY).await? {
-        Some(existing) => existing.value,
-        None => {
-            let fresh = pki::generate_ca("Halyard IoT CA")
-                .map_err(|e| AwsError::internal(e.to_string()))?;
-            if records.create(KEY, &fresh).await? {
-                fresh
-            } else {
-                records
-                    .get::<CaPair>(KEY)
-                    .await?
-                    .ok_or_else(|| AwsError::internal("the cluster's CA vanished"))?
-                    .value
-            }
-        }
+    let ca = match configured(config)? {
+        Some(configured) => adopt(records, configured).await?,
+        None => stored_or_generated(records).await?,
     };
+    let extra_names = &config.server_names;
     let dir = data_dir.join("tls");
     let write = |name: &str, text: &str, private: bool| {
         write_file(&dir.join(name), text, private).map_err(|e| {
@@ -61,6 +52,69 @@ pub async fn load(
         write("server.pem", &server.certificate_pem, false)?;
     }
     Ok(ca)
+}
+
+/// The CA of `aws.ca_cert` and `aws.ca_key`, checked, if they are set.
+fn configured(config: &AwsConfig) -> Result<Option<CaPair>, AwsError> {
+    let (Some(cert), Some(key)) = (&config.ca_cert, &config.ca_key) else {
+        return Ok(None);
+    };
+    let read = |field: &str, path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            AwsError::internal(format!("{field}: cannot read {}: {e}", path.display()))
+        })
+    };
+    let pair = CaPair {
+        certificate_pem: read("aws.ca_cert", cert)?,
+        key_pem: read("aws.ca_key", key)?,
+    };
+    pki::check_ca_pair(&pair).map_err(|e| {
+        AwsError::internal(format!(
+            "aws.ca_cert and aws.ca_key ({} and {}): {e}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
+    Ok(Some(pair))
+}
+
+/// Makes the configured CA the cluster's, so that nodes without the files issue from it too.
+async fn adopt(records: &Records, configured: CaPair) -> Result<CaPair, AwsError> {
+    loop {
+        match records.get::<CaPair>(KEY).await? {
+            Some(stored) if stored.value == configured => return Ok(configured),
+            Some(stored) => {
+                if records
+                    .replace(KEY, &configured, stored.mod_revision)
+                    .await?
+                {
+                    tracing::info!("the configured CA (aws.ca_cert) replaces the cluster's CA");
+                    return Ok(configured);
+                }
+            }
+            None => {
+                if records.create(KEY, &configured).await? {
+                    return Ok(configured);
+                }
+            }
+        }
+    }
+}
+
+async fn stored_or_generated(records: &Records) -> Result<CaPair, AwsError> {
+    if let Some(existing) = records.get::<CaPair>(KEY).await? {
+        return Ok(existing.value);
+    }
+    let fresh =
+        pki::generate_ca("Halyard IoT CA").map_err(|e| AwsError::internal(e.to_string()))?;
+    if records.create(KEY, &fresh).await? {
+        return Ok(fresh);
+    }
+    Ok(records
+        .get::<CaPair>(KEY)
+        .await?
+        .ok_or_else(|| AwsError::internal("the cluster's CA vanished"))?
+        .value)
 }
 
 fn write_file(path: &Path, text: &str, private: bool) -> std::io::Result<()> {

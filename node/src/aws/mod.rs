@@ -118,7 +118,7 @@ impl Api {
     ) -> Result<Bootstrap, AwsError> {
         let records = Records::new(store.clone());
         let keys = credentials::load(&records, data_dir, &config.access_keys).await?;
-        let ca = authority::load(&records, data_dir, &config.server_names).await?;
+        let ca = authority::load(&records, data_dir, config).await?;
         Ok(Bootstrap { keys, ca })
     }
 

@@ -202,6 +202,29 @@ pub fn parse(pem: &str) -> Result<ParsedCertificate, PkiError> {
     })
 }
 
+/// Checks that `pair` can serve as an issuing CA: a CA certificate, and the private key of
+/// its public key.
+pub fn check_ca_pair(pair: &CaPair) -> Result<(), PkiError> {
+    let parsed = parse(&pair.certificate_pem)?;
+    if !parsed.is_ca {
+        return Err(PkiError::Invalid(
+            "the certificate is not a CA certificate (basicConstraints CA:TRUE is missing)".into(),
+        ));
+    }
+    let key = KeyPair::from_pem(&pair.key_pem)
+        .map_err(|e| PkiError::Invalid(format!("the private key is unreadable: {e}")))?;
+    let (_, certificate) = x509_parser::parse_x509_certificate(&parsed.der)
+        .map_err(|e| PkiError::Invalid(format!("The certificate is not valid X.509: {e}")))?;
+    if certificate.public_key().subject_public_key.data.as_ref()
+        != rcgen::PublicKeyData::der_bytes(&key)
+    {
+        return Err(PkiError::Invalid(
+            "the private key does not belong to the certificate".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `certificate` (DER) was signed by the key of `ca` (DER).
 pub fn signed_by(certificate: &[u8], ca: &[u8]) -> bool {
     let (Ok((_, certificate)), Ok((_, ca))) = (
@@ -217,6 +240,34 @@ pub fn signed_by(certificate: &[u8], ca: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_pair_must_be_a_ca_with_its_own_key() {
+        let ca = generate_ca("test CA").unwrap();
+        let other = generate_ca("other CA").unwrap();
+        assert!(check_ca_pair(&ca).is_ok());
+        let mismatched = CaPair {
+            certificate_pem: ca.certificate_pem.clone(),
+            key_pem: other.key_pem.clone(),
+        };
+        assert!(
+            check_ca_pair(&mismatched)
+                .unwrap_err()
+                .to_string()
+                .contains("does not belong")
+        );
+        let device = issue_device(&ca).unwrap();
+        let leaf = CaPair {
+            certificate_pem: device.certificate_pem,
+            key_pem: device.private_key_pem,
+        };
+        assert!(
+            check_ca_pair(&leaf)
+                .unwrap_err()
+                .to_string()
+                .contains("not a CA")
+        );
+    }
 
     #[test]
     fn issued_certificates_chain_to_their_ca_and_no_other() {
