@@ -16,6 +16,7 @@ async fn start() -> (Server, tempfile::TempDir) {
         data_dir: dir.path().to_owned(),
         mqtt_listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     };
     (Server::start(config).await.unwrap(), dir)
