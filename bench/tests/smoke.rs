@@ -17,6 +17,7 @@ async fn start() -> (Server, tempfile::TempDir) {
         mqtt_listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        mqtts_listen: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     };
     (Server::start(config).await.unwrap(), dir)

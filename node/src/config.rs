@@ -34,6 +34,12 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The AWS-compatible HTTP API (SigV4-signed), e.g. for `aws --endpoint-url`.
     pub http_listen: SocketAddr,
+    /// MQTT over TLS for devices with X.509 client certificates.
+    pub mqtts_listen: SocketAddr,
+    /// Whether the plain MQTT listener lets clients in without credentials.
+    pub mqtt_anonymous: bool,
+    /// A policy document (JSON file) limiting what anonymous clients may do; none: anything.
+    pub mqtt_anonymous_policy: Option<PathBuf>,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// Log filter in `tracing` syntax, e.g. `info` or `halyard_node=debug`.
@@ -231,6 +237,9 @@ impl Default for Config {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            mqtts_listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            mqtt_anonymous: true,
+            mqtt_anonymous_policy: None,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
             admin_token: None,
@@ -272,6 +281,7 @@ pub struct Overrides {
     pub mqtt_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
+    pub mqtts_listen: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
     pub node_id: Option<u64>,
     pub peer_listen: Option<SocketAddr>,
@@ -290,6 +300,9 @@ const ENV_KEYS: &[&str] = &[
     "mqtt_listen",
     "admin_listen",
     "http_listen",
+    "mqtts_listen",
+    "mqtt_anonymous",
+    "mqtt_anonymous_policy",
     "log_format",
     "log_level",
     "admin_token",
@@ -385,6 +398,9 @@ impl Config {
         }
         if let Some(v) = overrides.http_listen {
             config.http_listen = v;
+        }
+        if let Some(v) = overrides.mqtts_listen {
+            config.mqtts_listen = v;
         }
         if let Some(v) = overrides.log_format {
             config.log_format = v;
@@ -715,6 +731,7 @@ mod tests {
         c.cert = Some("node.pem".into());
         c.key = Some("node.key".into());
         config.aws.ca_cert = Some("own-ca.pem".into());
+        config.mqtt_anonymous_policy = Some("anonymous.json".into());
         config.aws.ca_key = Some("own-ca.key".into());
         let table = toml::Table::try_from(&config).unwrap();
         let mut keys = Vec::new();

@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Run a node. With no options: one node, data in ./data, MQTT on
     /// 127.0.0.1:1883 with anonymous access, admin HTTP on 127.0.0.1:9090.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Issue a certificate and key per node for mutual TLS between nodes, signed by the cluster
     /// CA in the output directory (created on first use).
     ClusterCerts(ClusterCertsArgs),
@@ -65,6 +65,9 @@ struct ServeArgs {
     /// AWS-compatible HTTP API listen address (SigV4-signed; aws --endpoint-url).
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// MQTT over TLS listen address, for devices with X.509 client certificates.
+    #[arg(long)]
+    mqtts_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
@@ -91,7 +94,7 @@ enum LogFormatArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::ClusterCerts(args) => cluster_certs(args),
     };
     match result {
@@ -110,6 +113,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         mqtt_listen: args.mqtt_listen,
         admin_listen: args.admin_listen,
         http_listen: args.http_listen,
+        mqtts_listen: args.mqtts_listen,
         log_format: args.log_format.map(|f| match f {
             LogFormatArg::Text => LogFormat::Text,
             LogFormatArg::Json => LogFormat::Json,

@@ -16,6 +16,7 @@ pub struct BrokerMetrics {
     pub bytes_sent: IntCounter,
     messages_dropped: IntCounterVec,
     packet_errors: IntCounterVec,
+    denied: IntCounterVec,
     received_by_qos: [IntCounter; 3],
     sent_by_qos: [IntCounter; 3],
 }
@@ -27,6 +28,7 @@ pub enum DropReason {
     Expired,
     PacketTooLarge,
     OfflineQos0,
+    NotAuthorized,
 }
 
 impl DropReason {
@@ -35,6 +37,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::Expired => "expired",
             DropReason::PacketTooLarge => "packet_too_large",
+            DropReason::NotAuthorized => "not_authorized",
             DropReason::OfflineQos0 => "offline_qos0",
         }
     }
@@ -98,6 +101,14 @@ impl BrokerMetrics {
             ),
             &["reason"],
         )?;
+        let denied = IntCounterVec::new(
+            Opts::new(
+                "halyard_authorization_denied_total",
+                "Client actions refused by policy, by action",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(denied.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(sessions.clone()))?;
@@ -120,6 +131,7 @@ impl BrokerMetrics {
             DropReason::Expired,
             DropReason::PacketTooLarge,
             DropReason::OfflineQos0,
+            DropReason::NotAuthorized,
         ] {
             messages_dropped.with_label_values(&[reason.label()]);
         }
@@ -133,6 +145,7 @@ impl BrokerMetrics {
             bytes_sent,
             messages_dropped,
             packet_errors,
+            denied,
             received_by_qos,
             sent_by_qos,
         })
@@ -150,6 +163,10 @@ impl BrokerMetrics {
         self.messages_dropped
             .with_label_values(&[reason.label()])
             .inc();
+    }
+
+    pub fn denied(&self, action: &str) {
+        self.denied.with_label_values(&[action]).inc();
     }
 
     pub fn packet_error(&self, reason: &str) {

@@ -63,6 +63,8 @@ pub struct Server {
     admin_addr: SocketAddr,
     #[cfg(not(madsim))]
     http_addr: SocketAddr,
+    #[cfg(not(madsim))]
+    mqtts_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -184,11 +186,13 @@ impl Server {
         let durable_writer = tokio::spawn(Arc::clone(&durable).run());
         let mqtt = bind("mqtt", config.mqtt_listen).await?;
         let mqtt_addr = local_addr("mqtt", &mqtt, config.mqtt_listen)?;
+        let anonymous = anonymous_admission(&config)?;
         tasks.extend([
             tokio::spawn(broker.clone().run_deadlines(watch_rx.clone())),
             tokio::spawn(gateway::run_tcp_listener(
                 mqtt,
                 broker.clone(),
+                anonymous,
                 watch_rx.clone(),
             )),
         ]);
@@ -211,7 +215,7 @@ impl Server {
             admin_addr
         };
         #[cfg(not(madsim))]
-        let http_addr = {
+        let (http_addr, mqtts_addr) = {
             let bootstrap = crate::aws::Api::bootstrap(&store, &config.aws, &config.data_dir)
                 .await
                 .map_err(|e| ServerError::Aws(e.message))?;
@@ -222,15 +226,38 @@ impl Server {
                 bootstrap,
                 crate::aws::ApiMetrics::new(&registry)?,
             );
+            let api = Arc::new(api);
             let http = bind("http", config.http_listen).await?;
             let http_addr = local_addr("http", &http, config.http_listen)?;
             tasks.push(tokio::spawn(crate::aws::run(
                 http,
-                Arc::new(api),
+                Arc::clone(&api),
                 watch_rx.clone(),
             )));
             tracing::info!(listener = %"http", addr = %http_addr, "listening");
-            http_addr
+            let tls_dir = config.data_dir.join("tls");
+            let device_tls = gateway::tls::device_server_config(
+                &tls_dir.join("server.pem"),
+                &tls_dir.join("server.key"),
+                &[],
+            )
+            .map_err(|e| ServerError::Aws(e.to_string()))?;
+            let mqtts = bind("mqtts", config.mqtts_listen).await?;
+            let mqtts_addr = local_addr("mqtts", &mqtts, config.mqtts_listen)?;
+            let gate: Arc<dyn gateway::Gate> = api.clone();
+            tasks.push(tokio::spawn(gateway::tls::run_tls_listener(
+                mqtts,
+                device_tls,
+                broker.clone(),
+                gate,
+                watch_rx.clone(),
+            )));
+            tasks.push(tokio::spawn(crate::aws::follow_registry(
+                Arc::clone(&api),
+                watch_rx.clone(),
+            )));
+            tracing::info!(listener = %"mqtts", addr = %mqtts_addr, "listening");
+            (http_addr, mqtts_addr)
         };
         Ok(Server {
             broker,
@@ -243,6 +270,8 @@ impl Server {
             admin_addr,
             #[cfg(not(madsim))]
             http_addr,
+            #[cfg(not(madsim))]
+            mqtts_addr,
             shutdown,
             tasks,
         })
@@ -255,6 +284,11 @@ impl Server {
     #[cfg(not(madsim))]
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    #[cfg(not(madsim))]
+    pub fn mqtts_addr(&self) -> SocketAddr {
+        self.mqtts_addr
     }
 
     #[cfg(not(madsim))]
@@ -298,6 +332,35 @@ impl Server {
 
 /// Pending connections the kernel holds for a listener (capped by
 /// `net.core.somaxconn`): a connection storm must not overflow it.
+/// How the plain listener admits clients: openly (limited by `mqtt_anonymous_policy` if
+/// set) or not at all.
+fn anonymous_admission(config: &Config) -> Result<gateway::Admission, ServerError> {
+    if !config.mqtt_anonymous {
+        return Ok(gateway::Admission::Closed);
+    }
+    let Some(path) = &config.mqtt_anonymous_policy else {
+        return Ok(gateway::Admission::Open(None));
+    };
+    let invalid = |message: String| {
+        ServerError::Config(crate::config::ConfigError::Invalid {
+            key: "mqtt_anonymous_policy".into(),
+            message,
+        })
+    };
+    let document = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+    let policy = crate::auth::policy::Policy::parse(&document)
+        .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+    let mut context = crate::auth::policy::Context::new();
+    context.set("iot:Connection.Thing.IsAttached", "false");
+    let prefix = format!(
+        "arn:aws:iot:{}:{}:",
+        config.aws.region, config.aws.account_id
+    );
+    let permissions = crate::auth::permissions::Permissions::compile([&policy], &context, &prefix);
+    Ok(gateway::Admission::Open(Some(Arc::new(permissions))))
+}
+
 #[cfg(not(madsim))]
 const LISTEN_BACKLOG: u32 = 4096;
 

@@ -132,6 +132,7 @@ class Broker:
     port: int
     admin_url: str
     http_url: str
+    mqtts_port: int
     data_dir: Path
     process: subprocess.Popen[bytes]
     log: BrokerLog
@@ -208,6 +209,8 @@ def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--mqtts-listen",
+            "127.0.0.1:0",
             "--log-format",
             "text",
             *extra_args,
@@ -220,12 +223,12 @@ def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
     )
     log = BrokerLog(process.stdout)
     try:
-        listeners = log.wait_for_listeners({"mqtt", "admin", "http"}, STARTUP_TIMEOUT)
+        listeners = log.wait_for_listeners({"mqtt", "admin", "http", "mqtts"}, STARTUP_TIMEOUT)
     except BaseException:
         process.kill()
         process.wait()
         raise
-    if not {"mqtt", "admin", "http"} <= listeners.keys():
+    if not {"mqtt", "admin", "http", "mqtts"} <= listeners.keys():
         code = process.poll()
         if code is None:
             process.kill()
@@ -235,7 +238,7 @@ def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
             state = f"exited with code {code}"
         log.wait_closed(1.0)
         pytest.fail(
-            f"halyard did not log every `listening listener=mqtt|admin|http addr=...` line ({state}); "
+            f"halyard did not log every `listening listener=mqtt|admin|http|mqtts addr=...` line ({state}); "
             f"found {listeners}\n--- halyard log ---\n{log.text()}",
             pytrace=False,
         )
@@ -249,6 +252,7 @@ def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
         port=mqtt_port,
         admin_url=f"http://{admin_host}:{admin_port}",
         http_url=f"http://{http_host}:{http_port}",
+        mqtts_port=listeners["mqtts"][1],
         data_dir=data_dir,
         process=process,
         log=log,

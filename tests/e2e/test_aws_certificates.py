@@ -168,6 +168,7 @@ def test_a_configured_ca_with_the_wrong_key_stops_the_start(tmp_path: Path) -> N
     config.write_text(f'[aws]\nca_cert = "{ca_pem}"\nca_key = "{wrong_key}"\n')
     done = subprocess.run(
         [halyard_bin(), "serve", "--config", str(config), "--data-dir", str(tmp_path / "data"),
+         "--mqtts-listen", "127.0.0.1:0",
          "--mqtt-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
          "--http-listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60, check=False,

@@ -82,7 +82,7 @@ struct Condition {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Statement {
+pub struct Statement {
     effect: Effect,
     actions: Vec<Pattern>,
     resources: Vec<Pattern>,
@@ -432,16 +432,45 @@ impl Policy {
         allowed.then_some(Effect::Allow)
     }
 
+    pub(super) fn statements(&self) -> &[Statement] {
+        &self.statements
+    }
+
     /// Whether variables are substituted (document version 2012-10-17).
     pub fn uses_variables(&self) -> bool {
         self.variables
     }
 }
 
-/// One character position of a resolved pattern.
-#[derive(Clone, Copy)]
-enum Glob {
-    Char(char),
+impl Statement {
+    pub(super) fn effect(&self) -> Effect {
+        self.effect
+    }
+
+    pub(super) fn conditions_hold(&self, context: &Context) -> bool {
+        self.conditions.iter().all(|c| c.holds(context))
+    }
+
+    pub(super) fn names_action(&self, action: &str, context: &Context) -> bool {
+        self.actions
+            .iter()
+            .any(|a| a.matches(action, context, true))
+    }
+
+    /// The statement's resources with this connection's variables in place; those with a
+    /// variable the connection has no value for are left out.
+    pub(super) fn resolved_resources<'a>(
+        &'a self,
+        context: &'a Context,
+    ) -> impl Iterator<Item = Vec<Glob>> + 'a {
+        self.resources.iter().filter_map(|r| r.resolve(context))
+    }
+}
+
+/// One position of a resolved pattern, over bytes: `AnyOne` takes one UTF-8 character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Glob {
+    Byte(u8),
     AnyRun,
     AnyOne,
 }
@@ -453,10 +482,10 @@ impl Pattern {
         let mut out = Vec::new();
         for token in &self.tokens {
             match token {
-                Token::Text(t) => out.extend(t.chars().map(Glob::Char)),
+                Token::Text(t) => out.extend(t.bytes().map(Glob::Byte)),
                 Token::AnyRun => out.push(Glob::AnyRun),
                 Token::AnyOne => out.push(Glob::AnyOne),
-                Token::Variable(name) => out.extend(context.get(name)?.chars().map(Glob::Char)),
+                Token::Variable(name) => out.extend(context.get(name)?.bytes().map(Glob::Byte)),
             }
         }
         Some(out)
@@ -464,7 +493,7 @@ impl Pattern {
 
     fn matches(&self, text: &str, context: &Context, ignore_case: bool) -> bool {
         self.resolve(context)
-            .is_some_and(|glob| glob_match(&glob, text, ignore_case))
+            .is_some_and(|glob| glob_match(&glob, &[text.as_bytes()], ignore_case))
     }
 
     /// The pattern's text with variables resolved, wildcards kept as written.
@@ -520,20 +549,37 @@ impl Condition {
     }
 }
 
-/// Wildcard match with backtracking to the last `*`: linear in practice, and never worse
-/// than pattern length times text length.
-fn glob_match(pattern: &[Glob], text: &str, ignore_case: bool) -> bool {
-    let text: Vec<char> = text.chars().collect();
-    let same = |a: char, b: char| {
+/// Wildcard match over `text`, the concatenation of `parts`, with backtracking to the last
+/// `*`: linear in practice, never worse than pattern length times text length.
+fn glob_match(pattern: &[Glob], parts: &[&[u8]], ignore_case: bool) -> bool {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let byte_at = |mut i: usize| {
+        for part in parts {
+            if i < part.len() {
+                return part[i];
+            }
+            i -= part.len();
+        }
+        0
+    };
+    let same = |a: u8, b: u8| {
         if ignore_case {
             a.eq_ignore_ascii_case(&b)
         } else {
             a == b
         }
     };
+    // One UTF-8 character from `t`: its lead byte and the continuation bytes after it.
+    let char_end = |mut t: usize| {
+        t += 1;
+        while t < len && byte_at(t) & 0xc0 == 0x80 {
+            t += 1;
+        }
+        t
+    };
     let (mut p, mut t) = (0, 0);
     let mut resume: Option<(usize, usize)> = None;
-    while t < text.len() {
+    while t < len {
         match pattern.get(p) {
             Some(Glob::AnyRun) => {
                 resume = Some((p, t));
@@ -541,23 +587,29 @@ fn glob_match(pattern: &[Glob], text: &str, ignore_case: bool) -> bool {
             }
             Some(Glob::AnyOne) => {
                 p += 1;
-                t += 1;
+                t = char_end(t);
             }
-            Some(Glob::Char(c)) if same(*c, text[t]) => {
+            Some(Glob::Byte(c)) if same(*c, byte_at(t)) => {
                 p += 1;
                 t += 1;
             }
             _ => match resume {
                 Some((star, from)) => {
+                    let next = char_end(from);
                     p = star + 1;
-                    t = from + 1;
-                    resume = Some((star, from + 1));
+                    t = next;
+                    resume = Some((star, next));
                 }
                 None => return false,
             },
         }
     }
     pattern[p..].iter().all(|g| matches!(g, Glob::AnyRun))
+}
+
+/// A resource pattern against the resource made of `parts`.
+pub fn glob_match_parts(pattern: &[Glob], parts: &[&[u8]]) -> bool {
+    glob_match(pattern, parts, false)
 }
 
 #[cfg(test)]
@@ -739,9 +791,11 @@ mod tests {
                 .resolve(&Context::new())
                 .unwrap()
         };
-        assert!(glob_match(&glob("a*b*c"), "aXXbYYbZc", false));
-        assert!(!glob_match(&glob("a*b*c"), "aXXbYY", false));
-        assert!(glob_match(&glob("*"), "", false));
-        assert!(glob_match(&glob("IOT:pub*"), "iot:Publish", true));
+        assert!(glob_match(&glob("a*b*c"), &[b"aXXbYYbZc"], false));
+        assert!(!glob_match(&glob("a*b*c"), &[b"aXXbYY"], false));
+        assert!(glob_match(&glob("*"), &[b""], false));
+        assert!(glob_match(&glob("IOT:pub*"), &[b"iot:Publish"], true));
+        assert!(glob_match(&glob("a?c"), &["aéc".as_bytes()], false));
+        assert!(glob_match(&glob("ab*yz"), &[b"abc", b"", b"xyz"], false));
     }
 }

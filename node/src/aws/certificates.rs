@@ -71,7 +71,7 @@ pub(super) fn certificate_key(id: &str) -> String {
     format!("{CERTIFICATES}{id}")
 }
 
-fn ca_key(id: &str) -> String {
+pub(super) fn ca_key(id: &str) -> String {
     format!("{CA_CERTIFICATES}{id}")
 }
 

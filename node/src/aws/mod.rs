@@ -5,6 +5,7 @@ mod authority;
 mod certificates;
 pub mod credentials;
 pub mod error;
+mod gate;
 mod groups;
 pub mod pki;
 mod policies;
@@ -82,7 +83,10 @@ pub struct Api {
     config: AwsConfig,
     keys: AccessKeys,
     ca: pki::CaPair,
+    /// The id of `ca`'s certificate.
+    own_ca_id: Option<String>,
     metrics: ApiMetrics,
+    live: gate::LiveConnections,
 }
 
 /// What a node needs before it serves the API: the access keys and the cluster's CA.
@@ -99,13 +103,16 @@ impl Api {
         bootstrap: Bootstrap,
         metrics: ApiMetrics,
     ) -> Self {
+        let own_ca_id = pki::parse(&bootstrap.ca.certificate_pem).ok().map(|c| c.id);
         Self {
             records: Records::new(store),
             broker,
             config,
             keys: bootstrap.keys,
             ca: bootstrap.ca,
+            own_ca_id,
             metrics,
+            live: gate::LiveConnections::default(),
         }
     }
 
@@ -368,6 +375,8 @@ impl Api {
         }
     }
 }
+
+pub use gate::follow_registry;
 
 /// Serves the API until `shutdown` turns true.
 pub async fn run(listener: TcpListener, api: Arc<Api>, shutdown: watch::Receiver<bool>) {

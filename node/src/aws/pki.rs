@@ -225,6 +225,48 @@ pub fn check_ca_pair(pair: &CaPair) -> Result<(), PkiError> {
     Ok(())
 }
 
+/// The subject and issuer attributes of a certificate, as AWS IoT policy variables name them
+/// (`Subject.CommonName`, `Issuer.Organization`, ...).
+pub fn name_fields(der: &[u8]) -> Vec<(String, String)> {
+    let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut fields = Vec::new();
+    for (side, name) in [
+        ("Subject", certificate.subject()),
+        ("Issuer", certificate.issuer()),
+    ] {
+        for attribute in name.iter_attributes() {
+            let oid = attribute.attr_type();
+            let label = if *oid == x509_parser::oid_registry::OID_X509_COMMON_NAME {
+                "CommonName"
+            } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME {
+                "Organization"
+            } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATIONAL_UNIT {
+                "OrganizationalUnit"
+            } else if *oid == x509_parser::oid_registry::OID_X509_COUNTRY_NAME {
+                "Country"
+            } else if *oid == x509_parser::oid_registry::OID_X509_STATE_OR_PROVINCE_NAME {
+                "State"
+            } else if *oid == x509_parser::oid_registry::OID_X509_LOCALITY_NAME {
+                "Locality"
+            } else if *oid == x509_parser::oid_registry::OID_X509_SERIALNUMBER {
+                "SerialNumber"
+            } else {
+                continue;
+            };
+            if let Ok(value) = attribute.as_str() {
+                fields.push((format!("{side}.{label}"), value.to_owned()));
+            }
+        }
+    }
+    fields.push((
+        "SerialNumber".to_owned(),
+        certificate.raw_serial_as_string().replace(':', ""),
+    ));
+    fields
+}
+
 /// Whether `certificate` (DER) was signed by the key of `ca` (DER).
 pub fn signed_by(certificate: &[u8], ca: &[u8]) -> bool {
     let (Ok((_, certificate)), Ok((_, ca))) = (

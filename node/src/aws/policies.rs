@@ -674,7 +674,7 @@ impl Api {
 
     /// The names of the policies in effect for `principal` connected as `thing`: the
     /// principal's own, then those of the thing's groups and their ancestors.
-    async fn effective_policy_names(
+    pub(super) async fn effective_policy_names(
         &self,
         principal: Option<&str>,
         thing: Option<&str>,
@@ -696,7 +696,10 @@ impl Api {
     }
 
     /// The default version's document of each named policy that still exists.
-    async fn documents(&self, names: &[String]) -> Result<Vec<(String, String)>, AwsError> {
+    pub(super) async fn documents(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, String)>, AwsError> {
         let mut documents = Vec::new();
         for name in names {
             let Some(policy) = self.records.get::<PolicyRecord>(&policy_key(name)).await? else {
@@ -740,7 +743,7 @@ impl Api {
 
     /// The values a connection with `client_id` authenticated as `principal` gives to policy
     /// variables: the thing of that name if the principal is attached to it.
-    async fn connection_context(
+    pub(super) async fn connection_context(
         &self,
         client_id: Option<&str>,
         principal: Option<&str>,

@@ -96,6 +96,11 @@ impl Records {
         Ok(self.store.txn(txn).await?.succeeded)
     }
 
+    /// Changes under `prefix` from the next revision on.
+    pub fn watch(&self, prefix: &str) -> Result<halyard_raft::WatchStream, AwsError> {
+        Ok(self.store.watch(prefix.as_bytes().to_vec(), None)?)
+    }
+
     /// Runs `txn` as it is.
     pub async fn txn(&self, txn: Txn) -> Result<halyard_raft::TxnResult, AwsError> {
         Ok(self.store.txn(txn).await?)

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::session::{Attachment, Inflight, Session, Signal};
 use super::{Broker, Delivery, Message};
+use crate::auth::permissions::{Access, Action};
 use crate::metrics::DropReason;
 use crate::mqtt::topic::{self, TopicError};
 use crate::mqtt::{
@@ -46,6 +47,8 @@ pub enum CloseKind {
     TakenOver,
     ServerShutdown,
     Refused,
+    /// The connection's access was revoked (certificate deactivated, policy changed).
+    NotAuthorized,
 }
 
 /// Topic aliases of a v5 connection, both ways.
@@ -107,6 +110,8 @@ pub struct Connection {
     /// Created by the first topic alias, in either direction.
     aliases: Option<Box<TopicAliases>>,
     encoder: Encoder,
+    /// What the client may do; none: everything (an anonymous listener that allows all).
+    access: Option<Arc<Access>>,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
 }
@@ -136,8 +141,33 @@ impl Connection {
             client_topic_alias_maximum: 0,
             aliases: None,
             encoder: Encoder::new(),
+            access: None,
             out: BytesMut::new(),
         }
+    }
+
+    /// Limits the connection to what `access` allows, from its CONNECT on.
+    pub fn set_access(&mut self, access: Arc<Access>) {
+        access.attach(Arc::clone(&self.waker));
+        self.access = Some(access);
+    }
+
+    /// Refuses the CONNECT before it is handled: authentication failed.
+    pub fn refuse_connect(&mut self, version: ProtocolVersion, code: u8) {
+        self.version = version;
+        self.broker.metrics().denied("connect");
+        self.refuse(code);
+    }
+
+    fn permitted(&self, action: Action, resource: &str) -> bool {
+        let allowed = self
+            .access
+            .as_ref()
+            .is_none_or(|a| a.allows(action, resource));
+        if !allowed {
+            self.broker.metrics().denied(action.metric_label());
+        }
+        allowed
     }
 
     /// Notified whenever the session has something for this connection, or
@@ -173,6 +203,10 @@ impl Connection {
     pub fn woken(&mut self, now: Instant) {
         if self.broker.is_shutting_down() {
             return self.shutdown();
+        }
+        if self.access.as_ref().is_some_and(|a| a.is_revoked()) && self.phase != Phase::Closed {
+            tracing::debug!(connection = self.id, "access revoked; disconnecting");
+            return self.close(reason::NOT_AUTHORIZED, CloseKind::NotAuthorized);
         }
         self.release_responses();
         if self.deadline().is_some_and(|d| d <= now) {
@@ -603,6 +637,9 @@ impl Connection {
         if client_id.len() > config.max_client_id_length {
             return self.refuse(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
+        if !self.permitted(Action::Connect, &client_id) {
+            return self.refuse(reason::NOT_AUTHORIZED);
+        }
         if c.properties.authentication_method.is_some() {
             return self.refuse(reason::BAD_AUTHENTICATION_METHOD);
         }
@@ -618,6 +655,11 @@ impl Connection {
             }
             if will.payload.len() > config.max_payload_size as usize {
                 return self.refuse(reason::PACKET_TOO_LARGE);
+            }
+            if !self.permitted(Action::Publish, &will.topic)
+                || (will.retain && !self.permitted(Action::RetainPublish, &will.topic))
+            {
+                return self.refuse(reason::NOT_AUTHORIZED);
             }
         }
 
@@ -715,6 +757,12 @@ impl Connection {
     /// it exceeds the client's Maximum Packet Size.
     fn write_delivery(&mut self, d: &Delivery, packet_id: u16, dup: bool, now: Instant) -> bool {
         let msg = &d.message;
+        if !self.permitted(Action::Receive, &msg.topic) {
+            self.broker
+                .metrics()
+                .message_dropped(DropReason::NotAuthorized);
+            return false;
+        }
         let v5 = self.version.is_v5();
         let mut topic: &str = &msg.topic;
         let mut alias = None;
@@ -802,6 +850,15 @@ impl Connection {
                 return self.ack_publish(p, reason::TOPIC_NAME_INVALID);
             }
             return self.close(reason::TOPIC_NAME_INVALID, CloseKind::ProtocolError);
+        }
+        if !self.permitted(Action::Publish, &p.topic)
+            || (p.retain && !self.permitted(Action::RetainPublish, &p.topic))
+        {
+            tracing::debug!(connection = self.id, topic = %p.topic, "publish not authorized");
+            if v5 && p.qos != QoS::AtMostOnce {
+                return self.ack_publish(p, reason::NOT_AUTHORIZED);
+            }
+            return self.close(reason::NOT_AUTHORIZED, CloseKind::NotAuthorized);
         }
         if v5
             && p.properties.payload_format_indicator == Some(1)
@@ -964,6 +1021,14 @@ impl Connection {
             if topic::validate_filter(parsed.filter, len, levels).is_err() {
                 self.broker.metrics().packet_error("topic_filter_invalid");
                 codes.push(failure);
+                continue;
+            }
+            if !self.permitted(Action::Subscribe, &sub.filter) {
+                codes.push(if v5 {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    reason::v311::SUBACK_FAILURE
+                });
                 continue;
             }
             let mut options = sub.options;

@@ -6,9 +6,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::Transport;
+use super::{Admission, Transport};
+use crate::auth::permissions::Access;
 use crate::broker::{Broker, Connection};
-use crate::mqtt::decode_packet;
+use crate::mqtt::{Packet, decode_packet, reason};
 
 /// Room made in a connection's read buffer before a read.
 const READ_CHUNK: usize = 4096;
@@ -21,6 +22,7 @@ const MAX_IDLE_OUTPUT: usize = 16 * 1024;
 pub async fn run_tcp_listener(
     listener: TcpListener,
     broker: Broker,
+    admission: Admission,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -31,9 +33,9 @@ pub async fn run_tcp_listener(
                         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
                     }
                     #[cfg(not(madsim))]
-                    tokio::spawn(serve_connection(stream, broker.clone()));
+                    tokio::spawn(serve_connection(stream, broker.clone(), admission.clone()));
                     #[cfg(madsim)]
-                    tokio::spawn(serve_connection(super::transport::SimStream::new(stream), broker.clone()));
+                    tokio::spawn(serve_connection(super::BufferedStream::new(stream), broker.clone(), admission.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -47,12 +49,13 @@ pub async fn run_tcp_listener(
 }
 
 /// Runs one MQTT connection over `stream` until either side ends it.
-pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
+pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker, admission: Admission) {
     broker.metrics().connections.inc();
     broker.metrics().connections_total.inc();
     let mut conn = Connection::new(broker, Instant::now());
     let waker = conn.waker();
     let mut input = BytesMut::new();
+    let mut admitted = false;
     if conn.is_shutting_down() {
         conn.shutdown();
     }
@@ -60,6 +63,30 @@ pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker) {
         let now = Instant::now();
         while conn.wants_input() {
             match decode_packet(&mut input, conn.version(), conn.max_packet_size()) {
+                Ok(Some(Packet::Connect(connect))) if !admitted => {
+                    admitted = true;
+                    // The CONNECT is let in (or refused) before the connection sees it.
+                    match &admission {
+                        Admission::Open(None) => {}
+                        Admission::Open(Some(permissions)) => {
+                            conn.set_access(Access::anonymous(permissions.clone()));
+                        }
+                        Admission::Closed => {
+                            conn.refuse_connect(connect.protocol, reason::NOT_AUTHORIZED);
+                            continue;
+                        }
+                        Admission::Authenticated { principal, gate } => {
+                            match gate.admit(principal, &connect.client_id).await {
+                                Ok(access) => conn.set_access(access),
+                                Err(code) => {
+                                    conn.refuse_connect(connect.protocol, code);
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    conn.handle(Packet::Connect(connect), now);
+                }
                 Ok(Some(packet)) => conn.handle(packet, now),
                 Ok(None) => break,
                 Err(e) => conn.decode_error(&e),

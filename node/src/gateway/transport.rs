@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
+#[cfg(not(madsim))]
 use tokio::net::TcpStream;
 
 pub trait Transport: Send + 'static {
@@ -53,18 +54,16 @@ impl Transport for TcpStream {
     }
 }
 
-/// The simulator's TCP stream has no readiness API: readiness is a read into a small buffer
-/// of the wrapper's own, which the next `try_read_buf` hands over.
-#[cfg(madsim)]
-pub struct SimStream {
-    stream: TcpStream,
+/// A stream with no readiness API (TLS, WebSocket, the simulator's TCP): readiness is a read
+/// into a small buffer of the wrapper's own, which the next `try_read_buf` hands over.
+pub struct BufferedStream<S> {
+    stream: S,
     pending: BytesMut,
     eof: bool,
 }
 
-#[cfg(madsim)]
-impl SimStream {
-    pub fn new(stream: TcpStream) -> Self {
+impl<S> BufferedStream<S> {
+    pub fn new(stream: S) -> Self {
         Self {
             stream,
             pending: BytesMut::new(),
@@ -73,10 +72,11 @@ impl SimStream {
     }
 }
 
-#[cfg(madsim)]
-impl Transport for SimStream {
+impl<S> Transport for BufferedStream<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        use tokio::io::AsyncRead;
         if !self.pending.is_empty() || self.eof {
             return Poll::Ready(Ok(()));
         }

@@ -53,6 +53,7 @@ impl TestServer {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtts_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Config::default()
         };
         tweak(&mut config);

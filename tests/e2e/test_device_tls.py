@@ -1,0 +1,240 @@
+"""Devices over MQTT with TLS and X.509 client certificates, as AWS IoT devices connect: only
+registered, ACTIVE certificates get in, their policies decide what they may do, and a change
+in the registry reaches connections that are already open."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from harness import Broker
+
+ARN = "arn:aws:iot:us-east-1:000000000000"
+WAIT = 10.0
+# paho reports MQTT 3.1.1's CONNACK return code 5 as this v5 reason code.
+NOT_AUTHORIZED = 0x87
+
+
+def _thing_policy() -> str:
+    thing = "${iot:Connection.Thing.ThingName}"
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{ARN}:client/{thing}"},
+            {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
+             "Resource": f"{ARN}:topic/things/{thing}/*"},
+            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"{ARN}:topicfilter/things/{thing}/*"},
+            {"Effect": "Deny", "Action": "iot:Publish", "Resource": f"{ARN}:topic/things/*/admin"},
+        ],
+    })
+
+
+class Device:
+    """A paho client over TLS with a client certificate, driven synchronously."""
+
+    def __init__(self, broker: Broker, client_id: str, cert: Path, key: Path,
+                 protocol: int = mqtt.MQTTv311) -> None:
+        self.client_id = client_id
+        self.protocol = protocol
+        self._broker = broker
+        self._state = threading.Condition()
+        self.connack: mqtt.ReasonCode | None = None
+        self.subacks: dict[int, list[mqtt.ReasonCode]] = {}
+        self.pubacks: dict[int, mqtt.ReasonCode] = {}
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.disconnected = False
+        self.paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                protocol=protocol, reconnect_on_failure=False)
+        self.paho.tls_set(ca_certs=str(broker.data_dir / "tls" / "ca.pem"),
+                          certfile=str(cert), keyfile=str(key))
+        self.paho.on_connect = self._on_connect
+        self.paho.on_subscribe = self._on_subscribe
+        self.paho.on_publish = self._on_publish
+        self.paho.on_message = self._on_message
+        self.paho.on_disconnect = self._on_disconnect
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: mqtt.ReasonCode, _p: Any) -> None:
+        with self._state:
+            self.connack = reason
+            self._state.notify_all()
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, reasons: list[mqtt.ReasonCode], _p: Any) -> None:
+        with self._state:
+            self.subacks[mid] = reasons
+            self._state.notify_all()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: mqtt.ReasonCode, _p: Any) -> None:
+        with self._state:
+            self.pubacks[mid] = reason
+            self._state.notify_all()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self._state:
+            self.messages.append(message)
+            self._state.notify_all()
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, _r: mqtt.ReasonCode, _p: Any) -> None:
+        with self._state:
+            self.disconnected = True
+            self._state.notify_all()
+
+    def wait(self, ready: Any, timeout: float = WAIT) -> bool:
+        with self._state:
+            return self._state.wait_for(ready, timeout)
+
+    def connect(self) -> mqtt.ReasonCode | None:
+        """Connects; the CONNACK's reason, or None when the connection ended without one."""
+        try:
+            self.paho.connect("127.0.0.1", self._broker.mqtts_port, keepalive=30)
+        except (ssl.SSLError, OSError):
+            return None
+        self.paho.loop_start()
+        self.wait(lambda: self.connack is not None or self.disconnected)
+        return self.connack
+
+    def subscribe(self, topic: str) -> mqtt.ReasonCode:
+        _, mid = self.paho.subscribe(topic, 1)
+        assert self.wait(lambda: mid in self.subacks), f"no SUBACK for {topic}"
+        return self.subacks[mid][0]
+
+    def close(self) -> None:
+        self.paho.disconnect()
+        self.paho.loop_stop()
+
+
+def _device_certificate(iot: Any, directory: Path, name: str) -> tuple[dict[str, Any], Path, Path]:
+    created = iot.create_keys_and_certificate(setAsActive=True)
+    cert = directory / f"{name}.pem"
+    key = directory / f"{name}.key"
+    cert.write_text(created["certificatePem"])
+    key.write_text(created["keyPair"]["PrivateKey"])
+    return created, cert, key
+
+
+@pytest.fixture
+def lamp(iot: Any, tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
+    """A thing "lamp" with an ACTIVE certificate and the thing-scoped policy."""
+    created, cert, key = _device_certificate(iot, tmp_path, "lamp")
+    iot.create_thing(thingName="lamp")
+    iot.attach_thing_principal(thingName="lamp", principal=created["certificateArn"])
+    iot.create_policy(policyName="thing-scoped", policyDocument=_thing_policy())
+    iot.attach_policy(policyName="thing-scoped", target=created["certificateArn"])
+    return created, cert, key
+
+
+def test_a_device_gets_exactly_what_its_policy_allows(broker: Broker, lamp: Any) -> None:
+    _, cert, key = lamp
+    device = Device(broker, "lamp", cert, key)
+    connack = device.connect()
+    assert connack is not None and not connack.is_failure, connack
+    assert not device.subscribe("things/lamp/#").is_failure
+    assert device.subscribe("things/+/state").is_failure
+    assert device.subscribe("other/#").is_failure
+    info = device.paho.publish("things/lamp/state", b"on", qos=1)
+    assert device.wait(lambda: info.mid in device.pubacks)
+    assert device.wait(lambda: any(m.topic == "things/lamp/state" for m in device.messages))
+    device.close()
+
+    # MQTT 5: a refused publish gets PUBACK 0x87 and the connection stays up.
+    v5 = Device(broker, "lamp", cert, key, protocol=mqtt.MQTTv5)
+    connack = v5.connect()
+    assert connack is not None and not connack.is_failure, connack
+    refused = v5.paho.publish("things/lamp/admin", b"x", qos=1)
+    assert v5.wait(lambda: refused.mid in v5.pubacks)
+    assert v5.pubacks[refused.mid].value == 0x87
+    assert v5.subscribe("things/other/#").value == 0x87
+    assert not v5.disconnected
+    v5.close()
+
+    # MQTT 3.1.1 has no negative PUBACK: a refused publish ends the connection.
+    v3 = Device(broker, "lamp", cert, key)
+    assert not v3.connect().is_failure
+    v3.paho.publish("things/other/state", b"x", qos=1)
+    assert v3.wait(lambda: v3.disconnected)
+    v3.paho.loop_stop()
+    assert broker.metrics().value("halyard_authorization_denied_total", action="publish") >= 2
+
+
+def test_only_registered_active_certificates_connect_as_allowed_client_ids(
+        broker: Broker, iot: Any, lamp: Any, tmp_path: Path) -> None:
+    created, cert, key = lamp
+    # A client id the policy does not allow.
+    other_id = Device(broker, "not-lamp", cert, key, protocol=mqtt.MQTTv5)
+    assert other_id.connect().value == 0x87
+    other_id.paho.loop_stop()
+
+    # A self-signed certificate that is not registered.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", "self.key", "-out", "self.pem", "-days", "2", "-subj", "/CN=lamp"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    stranger = Device(broker, "lamp", tmp_path / "self.pem", tmp_path / "self.key")
+    refused = stranger.connect()
+    assert refused is None or refused.value == NOT_AUTHORIZED
+    stranger.paho.loop_stop()
+
+    # The same certificate while INACTIVE, once ACTIVE again, and once REVOKED (for good).
+    iot.update_certificate(certificateId=created["certificateId"], newStatus="INACTIVE")
+    inactive = Device(broker, "lamp", cert, key)
+    assert inactive.connect().value == NOT_AUTHORIZED
+    inactive.paho.loop_stop()
+    iot.update_certificate(certificateId=created["certificateId"], newStatus="ACTIVE")
+    active = Device(broker, "lamp", cert, key)
+    assert not active.connect().is_failure
+    active.close()
+    iot.update_certificate(certificateId=created["certificateId"], newStatus="REVOKED")
+    revoked = Device(broker, "lamp", cert, key)
+    assert revoked.connect().value == NOT_AUTHORIZED
+    revoked.paho.loop_stop()
+
+
+def test_registry_changes_reach_open_connections(broker: Broker, iot: Any, lamp: Any) -> None:
+    created, cert, key = lamp
+    device = Device(broker, "lamp", cert, key, protocol=mqtt.MQTTv5)
+    assert not device.connect().is_failure
+    # A new policy version that also allows "shared/#" applies without reconnecting.
+    document = json.loads(_thing_policy())
+    document["Statement"].append({"Effect": "Allow", "Action": "iot:Subscribe",
+                                  "Resource": f"{ARN}:topicfilter/shared/#"})
+    assert device.subscribe("shared/#").value == 0x87
+    iot.create_policy_version(policyName="thing-scoped", policyDocument=json.dumps(document),
+                              setAsDefault=True)
+    deadline = time.monotonic() + 5
+    while device.subscribe("shared/#").is_failure:
+        assert time.monotonic() < deadline, "the new policy version did not apply within 5 s"
+        time.sleep(0.1)
+
+    started = time.monotonic()
+    iot.update_certificate(certificateId=created["certificateId"], newStatus="INACTIVE")
+    assert device.wait(lambda: device.disconnected, timeout=5.0), "still connected 5 s after INACTIVE"
+    assert time.monotonic() - started < 5.0
+    device.paho.loop_stop()
+
+
+def test_tls_without_a_certificate_or_with_garbage_gets_nowhere(broker: Broker) -> None:
+    context = ssl.create_default_context(cafile=str(broker.data_dir / "tls" / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", broker.mqtts_port), timeout=WAIT) as raw:
+        with pytest.raises((ssl.SSLError, OSError)):
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                # MQTT CONNECT; with TLS 1.3 the refusal of the missing certificate arrives here.
+                tls.sendall(bytes([0x10, 0x0c, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 30, 0, 0]))
+                if not tls.recv(4):
+                    raise OSError("closed")
+    with socket.create_connection(("127.0.0.1", broker.mqtts_port), timeout=WAIT) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\n\r\n" * 4)
+        raw.settimeout(WAIT)
+        try:
+            answer = raw.recv(1024)
+        except ConnectionResetError:
+            answer = b""
+        # A TLS alert at most; never an MQTT or HTTP answer.
+        assert answer == b"" or answer[0] == 0x15
+    assert broker.metrics().value("halyard_packet_errors_total", reason="tls_handshake") >= 2
