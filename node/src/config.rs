@@ -228,6 +228,9 @@ pub struct MqttConfig {
     pub maximum_qos: u8,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: u16,
+    /// Whether connects, disconnects and subscriptions are published as AWS IoT lifecycle
+    /// events under `$aws/events/`.
+    pub lifecycle_events: bool,
 }
 
 impl Default for Config {
@@ -270,6 +273,7 @@ impl Default for MqttConfig {
             retain_available: true,
             maximum_qos: 2,
             connect_timeout: 10,
+            lifecycle_events: true,
         }
     }
 }
@@ -323,6 +327,7 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.retain_available",
     "mqtt.maximum_qos",
     "mqtt.connect_timeout",
+    "mqtt.lifecycle_events",
     "cluster.node_id",
     "cluster.peer_listen",
     "cluster.advertise_addr",

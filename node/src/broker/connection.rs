@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::time::Instant;
 
+use super::lifecycle::Presence;
 use super::session::{Attachment, Inflight, Session, Signal};
 use super::{Broker, Delivery, Message};
 use crate::auth::permissions::{Access, Action};
@@ -112,6 +113,9 @@ pub struct Connection {
     encoder: Encoder,
     /// What the client may do; none: everything (an anonymous listener that allows all).
     access: Option<Arc<Access>>,
+    peer: Option<std::net::IpAddr>,
+    /// Set once connected, when lifecycle events are on.
+    presence: Option<Box<Presence>>,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
 }
@@ -142,6 +146,8 @@ impl Connection {
             aliases: None,
             encoder: Encoder::new(),
             access: None,
+            peer: None,
+            presence: None,
             out: BytesMut::new(),
         }
     }
@@ -150,6 +156,11 @@ impl Connection {
     pub fn set_access(&mut self, access: Arc<Access>) {
         access.attach(Arc::clone(&self.waker));
         self.access = Some(access);
+    }
+
+    /// The client's address, for lifecycle events.
+    pub fn set_peer(&mut self, peer: std::net::IpAddr) {
+        self.peer = Some(peer);
     }
 
     /// Refuses the CONNECT before it is handled: authentication failed.
@@ -467,6 +478,9 @@ impl Connection {
             return;
         };
         let generation = self.broker.close_session(&session, self.id);
+        if let Some(presence) = self.presence.take() {
+            presence.disconnected(&self.broker, self.close_kind);
+        }
         let Some(will) = self.will.take().map(|w| *w) else {
             return;
         };
@@ -734,6 +748,21 @@ impl Connection {
         self.phase = Phase::Active;
         self.session = Some(Arc::clone(&opened.session));
         tracing::debug!(connection = self.id, client_id = %client_id, present = opened.present, "connected");
+        if config.lifecycle_events {
+            let presence = Presence {
+                client_id,
+                session_identifier: format!("{:032x}", rand::random::<u128>()),
+                principal: self
+                    .access
+                    .as_ref()
+                    .map(|a| a.principal.clone())
+                    .unwrap_or_default(),
+                ip: self.peer,
+                version: self.id,
+            };
+            presence.connected(&self.broker);
+            self.presence = Some(Box::new(presence));
+        }
         if opened.present {
             self.resend_inflight(&opened.session, now);
         }
@@ -1005,6 +1034,7 @@ impl Connection {
         let maximum_qos =
             QoS::from_u8(self.broker.config().maximum_qos).unwrap_or(QoS::AtLeastOnce);
         let mut codes = Vec::with_capacity(s.subscriptions.len());
+        let mut granted: Vec<&str> = Vec::new();
         let mut retained = Vec::new();
         for sub in &s.subscriptions {
             let parsed = match topic::parse_filter(&sub.filter) {
@@ -1043,6 +1073,7 @@ impl Connection {
                 self.broker
                     .subscribe(&session, &sub.filter, parsed, options, subscription_id);
             codes.push(options.qos.as_u8());
+            granted.push(&sub.filter);
             let send_retained = parsed.share_group.is_none()
                 && match options.retain_handling {
                     RetainHandling::SendOnSubscribe => true,
@@ -1062,6 +1093,9 @@ impl Connection {
             }
         }
         let seq = self.broker.persist_subscriptions(&session, &self.waker);
+        if let Some(presence) = &self.presence {
+            presence.subscriptions(&self.broker, "subscribed", &granted);
+        }
         let suback = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reason_codes: codes,
@@ -1074,11 +1108,13 @@ impl Connection {
         let Some(session) = self.session.clone() else {
             return;
         };
+        let mut removed: Vec<&str> = Vec::new();
         let codes = u
             .filters
             .iter()
             .map(|f| {
                 if self.broker.unsubscribe(&session, f) {
+                    removed.push(f);
                     reason::SUCCESS
                 } else {
                     reason::NO_SUBSCRIPTION_EXISTED
@@ -1086,6 +1122,9 @@ impl Connection {
             })
             .collect();
         let seq = self.broker.persist_subscriptions(&session, &self.waker);
+        if let Some(presence) = &self.presence {
+            presence.subscriptions(&self.broker, "unsubscribed", &removed);
+        }
         let unsuback = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reason_codes: codes,

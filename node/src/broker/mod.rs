@@ -6,6 +6,7 @@
 mod connection;
 mod deadlines;
 pub mod durable;
+mod lifecycle;
 mod message;
 mod retained;
 mod session;

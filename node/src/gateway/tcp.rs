@@ -33,9 +33,9 @@ pub async fn run_tcp_listener(
                         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
                     }
                     #[cfg(not(madsim))]
-                    tokio::spawn(serve_connection(stream, broker.clone(), admission.clone()));
+                    tokio::spawn(serve_connection(stream, broker.clone(), admission.clone(), Some(peer.ip())));
                     #[cfg(madsim)]
-                    tokio::spawn(serve_connection(super::BufferedStream::new(stream), broker.clone(), admission.clone()));
+                    tokio::spawn(serve_connection(super::BufferedStream::new(stream), broker.clone(), admission.clone(), Some(peer.ip())));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -49,10 +49,18 @@ pub async fn run_tcp_listener(
 }
 
 /// Runs one MQTT connection over `stream` until either side ends it.
-pub async fn serve_connection<T: Transport>(mut stream: T, broker: Broker, admission: Admission) {
+pub async fn serve_connection<T: Transport>(
+    mut stream: T,
+    broker: Broker,
+    admission: Admission,
+    peer: Option<std::net::IpAddr>,
+) {
     broker.metrics().connections.inc();
     broker.metrics().connections_total.inc();
     let mut conn = Connection::new(broker, Instant::now());
+    if let Some(ip) = peer {
+        conn.set_peer(ip);
+    }
     let waker = conn.waker();
     let mut input = BytesMut::new();
     let mut admitted = false;

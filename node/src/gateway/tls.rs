@@ -155,7 +155,7 @@ pub async fn run_tls_listener(
                             .map(|der| crate::aws::pki::certificate_id(der))
                             .unwrap_or_default();
                         let admission = Admission::Authenticated { principal, gate };
-                        serve_connection(BufferedStream::new(stream), broker, admission).await;
+                        serve_connection(BufferedStream::new(stream), broker, admission, Some(peer.ip())).await;
                     });
                 }
                 Err(e) => {

@@ -1,0 +1,144 @@
+//! AWS IoT lifecycle events: `$aws/events/presence/connected|disconnected/{clientId}` and
+//! `$aws/events/subscriptions/subscribed|unsubscribed/{clientId}`, published by the broker
+//! itself with AWS's JSON, for applications that follow their fleet's connectivity.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::connection::CloseKind;
+use super::{Broker, Message};
+use crate::mqtt::QoS;
+
+/// What the events of one connection carry; kept only while it is connected.
+pub struct Presence {
+    pub client_id: String,
+    pub session_identifier: String,
+    pub principal: String,
+    pub ip: Option<IpAddr>,
+    /// Orders the events of one client id: each connection gets a higher one.
+    pub version: u64,
+}
+
+fn timestamp_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// AWS's name for why a connection ended, and whether the client ended it.
+fn disconnect_reason(kind: Option<CloseKind>) -> (&'static str, bool) {
+    match kind {
+        Some(CloseKind::Normal | CloseKind::NormalWithWill) => {
+            ("CLIENT_INITIATED_DISCONNECT", true)
+        }
+        Some(CloseKind::ProtocolError) => ("CLIENT_ERROR", false),
+        Some(CloseKind::KeepAliveTimeout) => ("MQTT_KEEP_ALIVE_TIMEOUT", false),
+        Some(CloseKind::TakenOver) => ("DUPLICATE_CLIENTID", false),
+        Some(CloseKind::ServerShutdown) => ("SERVER_INITIATED_DISCONNECT", false),
+        Some(CloseKind::NotAuthorized) => ("FORBIDDEN_ACCESS", false),
+        Some(CloseKind::PeerClosed | CloseKind::Refused) | None => ("CONNECTION_LOST", false),
+    }
+}
+
+fn publish(broker: &Broker, topic: String, payload: serde_json::Value) {
+    broker.publish(
+        Message {
+            topic: topic.into(),
+            payload: payload.to_string().into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: 0,
+        },
+        None,
+    );
+}
+
+impl Presence {
+    pub fn connected(&self, broker: &Broker) {
+        let mut event = json!({
+            "clientId": self.client_id,
+            "timestamp": timestamp_ms(),
+            "eventType": "connected",
+            "sessionIdentifier": self.session_identifier,
+            "principalIdentifier": self.principal,
+            "versionNumber": self.version,
+        });
+        if let Some(ip) = self.ip {
+            event["ipAddress"] = json!(ip.to_string());
+        }
+        publish(
+            broker,
+            format!("$aws/events/presence/connected/{}", self.client_id),
+            event,
+        );
+    }
+
+    pub fn disconnected(&self, broker: &Broker, kind: Option<CloseKind>) {
+        let (reason, client_initiated) = disconnect_reason(kind);
+        let event = json!({
+            "clientId": self.client_id,
+            "timestamp": timestamp_ms(),
+            "eventType": "disconnected",
+            "sessionIdentifier": self.session_identifier,
+            "principalIdentifier": self.principal,
+            "clientInitiatedDisconnect": client_initiated,
+            "disconnectReason": reason,
+            "versionNumber": self.version,
+        });
+        publish(
+            broker,
+            format!("$aws/events/presence/disconnected/{}", self.client_id),
+            event,
+        );
+    }
+
+    /// `subscribed` or `unsubscribed`, for the filters that took effect.
+    pub fn subscriptions(&self, broker: &Broker, event_type: &str, topics: &[&str]) {
+        if topics.is_empty() {
+            return;
+        }
+        let event = json!({
+            "clientId": self.client_id,
+            "timestamp": timestamp_ms(),
+            "eventType": event_type,
+            "sessionIdentifier": self.session_identifier,
+            "principalIdentifier": self.principal,
+            "topics": topics,
+        });
+        publish(
+            broker,
+            format!("$aws/events/subscriptions/{event_type}/{}", self.client_id),
+            event,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_kinds_map_to_aws_reasons() {
+        assert_eq!(
+            disconnect_reason(Some(CloseKind::Normal)),
+            ("CLIENT_INITIATED_DISCONNECT", true)
+        );
+        assert_eq!(
+            disconnect_reason(Some(CloseKind::TakenOver)).0,
+            "DUPLICATE_CLIENTID"
+        );
+        assert_eq!(
+            disconnect_reason(Some(CloseKind::KeepAliveTimeout)).0,
+            "MQTT_KEEP_ALIVE_TIMEOUT"
+        );
+        assert_eq!(
+            disconnect_reason(Some(CloseKind::NotAuthorized)).0,
+            "FORBIDDEN_ACCESS"
+        );
+    }
+}
