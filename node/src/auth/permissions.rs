@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
-use super::policy::{Context, Effect, Glob, Policy};
+use super::policy::{Context, Effect, Glob, Policy, after_prefix, glob_match_bytes};
 use crate::broker::Signal;
 
 /// The actions a device takes, as named in policies.
@@ -80,10 +80,6 @@ impl Action {
         }
     }
 
-    fn bit(self) -> u32 {
-        1 << (self as u32)
-    }
-
     /// What the action applies to: `client/`, `topic/`, `topicfilter/` or `thing/`.
     pub fn resource_kind(self) -> &'static str {
         match self {
@@ -99,18 +95,101 @@ impl Action {
     }
 }
 
-struct CompiledStatement {
+/// One resource a statement names, as what remains to match after the connection's ARN
+/// prefix and the action's resource kind.
+struct Residual {
     effect: Effect,
-    actions: u32,
-    resources: Vec<Vec<Glob>>,
+    /// Matches every name: the rest of the pattern is only `*`.
+    everything: bool,
+    /// The bytes every matching name starts with (up to the first wildcard), checked first.
+    literal_start: Vec<u8>,
+    /// The longest run of plain bytes in the pattern: a name without it cannot match.
+    needle: Vec<u8>,
+    /// Every plain byte of the pattern: a name that lacks one of them cannot match.
+    required: ByteSet,
+    pattern: Vec<Glob>,
 }
 
-/// A connection's policies, compiled.
+/// A set of byte values.
+#[derive(Clone, Copy, Default)]
+struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    fn of(bytes: impl IntoIterator<Item = u8>) -> Self {
+        let mut set = Self::default();
+        for b in bytes {
+            set.0[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+        set
+    }
+
+    fn within(&self, other: &ByteSet) -> bool {
+        self.0.iter().zip(other.0.iter()).all(|(a, b)| a & !b == 0)
+    }
+}
+
+impl Residual {
+    fn new(effect: Effect, pattern: Vec<Glob>) -> Self {
+        let everything = pattern.iter().all(|g| matches!(g, Glob::AnyRun));
+        let runs = pattern.split(|g| !matches!(g, Glob::Byte(_)));
+        let bytes = |run: &[Glob]| -> Vec<u8> {
+            run.iter()
+                .filter_map(|g| match g {
+                    Glob::Byte(b) => Some(*b),
+                    _ => None,
+                })
+                .collect()
+        };
+        let needle = runs
+            .max_by_key(|run| run.len())
+            .map(bytes)
+            .unwrap_or_default();
+        let literal_start = bytes(
+            &pattern[..pattern
+                .iter()
+                .position(|g| !matches!(g, Glob::Byte(_)))
+                .unwrap_or(pattern.len())],
+        );
+        let required = ByteSet::of(pattern.iter().filter_map(|g| match g {
+            Glob::Byte(b) => Some(*b),
+            _ => None,
+        }));
+        Self {
+            effect,
+            everything,
+            literal_start,
+            needle,
+            required,
+            pattern,
+        }
+    }
+
+    fn matches(&self, name: &[u8], name_bytes: &ByteSet) -> bool {
+        self.everything
+            || ((self.literal_start.is_empty() || name.starts_with(&self.literal_start))
+                && self.required.within(name_bytes)
+                && contains(name, &self.needle)
+                && glob_match_bytes(&self.pattern, name))
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    haystack
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == first)
+        .any(|(i, _)| haystack[i + 1..].starts_with(rest))
+}
+
+/// A connection's policies, compiled: for each action, what remains of every resource that
+/// names it once the fixed start (`arn:aws:iot:{region}:{account}:{kind}`) is matched, denials
+/// first.
 pub struct Permissions {
     allow_all: bool,
-    /// `arn:aws:iot:{region}:{account}:`, the start of every resource.
-    arn_prefix: String,
-    statements: Vec<CompiledStatement>,
+    by_action: Vec<Vec<Residual>>,
 }
 
 impl Permissions {
@@ -118,8 +197,7 @@ impl Permissions {
     pub fn allow_all() -> Self {
         Self {
             allow_all: true,
-            arn_prefix: String::new(),
-            statements: Vec::new(),
+            by_action: Vec::new(),
         }
     }
 
@@ -131,32 +209,33 @@ impl Permissions {
         context: &Context,
         arn_prefix: &str,
     ) -> Self {
-        let mut statements = Vec::new();
+        let mut by_action: Vec<Vec<Residual>> = Action::ALL.iter().map(|_| Vec::new()).collect();
         for policy in policies {
             for statement in policy.statements() {
                 if !statement.conditions_hold(context) {
                     continue;
                 }
-                let actions = Action::ALL
-                    .iter()
-                    .filter(|a| statement.names_action(a.name(), context))
-                    .fold(0, |bits, a| bits | a.bit());
                 let resources: Vec<Vec<Glob>> = statement.resolved_resources(context).collect();
-                if actions != 0 && !resources.is_empty() {
-                    statements.push(CompiledStatement {
-                        effect: statement.effect(),
-                        actions,
-                        resources,
-                    });
+                for (index, action) in Action::ALL.iter().enumerate() {
+                    if !statement.names_action(action.name(), context) {
+                        continue;
+                    }
+                    let prefix = format!("{arn_prefix}{}", action.resource_kind());
+                    for resource in &resources {
+                        for pattern in after_prefix(resource, prefix.as_bytes()) {
+                            by_action[index].push(Residual::new(statement.effect(), pattern));
+                        }
+                    }
                 }
             }
         }
-        // Denials first: the first match decides when it is one.
-        statements.sort_by_key(|s| s.effect != Effect::Deny);
+        for residuals in &mut by_action {
+            // Denials first, so that the first match decides.
+            residuals.sort_by_key(|r| r.effect != Effect::Deny);
+        }
         Self {
             allow_all: false,
-            arn_prefix: arn_prefix.to_owned(),
-            statements,
+            by_action,
         }
     }
 
@@ -165,25 +244,15 @@ impl Permissions {
         if self.allow_all {
             return true;
         }
-        let text = [
-            self.arn_prefix.as_bytes(),
-            action.resource_kind().as_bytes(),
-            name.as_bytes(),
-        ];
-        for statement in &self.statements {
-            if statement.actions & action.bit() == 0 {
-                continue;
-            }
-            if statement
-                .resources
-                .iter()
-                .any(|r| super::policy::glob_match_parts(r, &text))
-            {
-                // Denials come first, so the first match decides.
-                return statement.effect == Effect::Allow;
-            }
-        }
-        false
+        let Some(residuals) = self.by_action.get(action as usize) else {
+            return false;
+        };
+        let name = name.as_bytes();
+        let name_bytes = ByteSet::of(name.iter().copied());
+        residuals
+            .iter()
+            .find(|r| r.matches(name, &name_bytes))
+            .is_some_and(|r| r.effect == Effect::Allow)
     }
 }
 
@@ -298,5 +367,27 @@ mod tests {
         assert!(access.allows(Action::Subscribe, "a"));
         access.revoke();
         assert!(!access.allows(Action::Subscribe, "a"));
+    }
+
+    proptest::proptest! {
+        /// The compiled form decides as the document interpreter does, for any resource name.
+        #[test]
+        fn compiled_and_interpreted_decisions_agree(name in "[a-c:/*+#?é-]{0,12}") {
+            let document = format!(
+                r#"{{"Version":"2012-10-17","Statement":[
+                {{"Effect":"Allow","Action":"iot:Publish","Resource":"arn:aws:iot:*:*:topic/a*/${{iot:ClientId}}/?"}},
+                {{"Effect":"Allow","Action":"iot:Pub*","Resource":"arn:aws:iot:*:000000000000:topic/*:b"}},
+                {{"Effect":"Deny","Action":"iot:Publish","Resource":"{PREFIX}topic/a/c*"}},
+                {{"Effect":"Allow","Action":"iot:Publish","Resource":"{PREFIX}topic/?/*"}},
+                {{"Effect":"Allow","Action":"iot:Publish","Resource":"arn:aws:iot:us-east-1:*:topic/*+b"}}]}}"#
+            );
+            let policy = Policy::parse(&document).unwrap();
+            let mut context = Context::new();
+            context.set("iot:ClientId", "c");
+            let compiled = Permissions::compile([&policy], &context, PREFIX);
+            let interpreted = policy.effect("iot:Publish", &format!("{PREFIX}topic/{name}"), &context)
+                == Some(Effect::Allow);
+            proptest::prop_assert_eq!(compiled.allows(Action::Publish, &name), interpreted);
+        }
     }
 }
