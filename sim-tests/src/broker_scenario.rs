@@ -68,10 +68,12 @@ pub async fn run() -> String {
     if subscribed.wait_for(|s| *s).await.is_err() {
         panic!("the subscriber gave up");
     }
+    let calm = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let nemesis = tokio::spawn(nemesis(
         broker.clone(),
         engine.clone(),
         Arc::clone(&recorder),
+        Arc::clone(&calm),
     ));
     let publishers: Vec<_> = (1..=PUBLISHERS)
         .map(|p| {
@@ -84,7 +86,11 @@ pub async fn run() -> String {
             panic!("a publisher failed: {e}");
         }
     }
-    nemesis.abort();
+    // The nemesis ends its current fault first: a broker it killed is restarted.
+    calm.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = nemesis.await {
+        panic!("the nemesis failed: {e}");
+    }
     engine.set_sync_delay(None);
 
     // Every acknowledged message must reach the subscriber once the broker stays up.
@@ -178,8 +184,13 @@ fn start_broker(engine: MemEngine, data_dir: std::path::PathBuf) -> NodeHandle {
 }
 
 /// Kills and restarts the broker (its unsynced writes lost), slows its disk, jumps its clock.
-async fn nemesis(broker: NodeHandle, engine: MemEngine, recorder: Arc<Recorder>) {
-    loop {
+async fn nemesis(
+    broker: NodeHandle,
+    engine: MemEngine,
+    recorder: Arc<Recorder>,
+    calm: Arc<std::sync::atomic::AtomicBool>,
+) {
+    while !calm.load(std::sync::atomic::Ordering::Relaxed) {
         let (pause, fault, hold) = {
             let mut rng = thread_rng();
             (
@@ -190,7 +201,22 @@ async fn nemesis(broker: NodeHandle, engine: MemEngine, recorder: Arc<Recorder>)
         };
         tokio::time::sleep(pause).await;
         match fault {
-            0 | 1 => {
+            // A crash while the disk is slow: writes queued behind a slow fsync are lost, and
+            // nothing acknowledged may depend on them.
+            0 => {
+                engine.set_sync_delay(Some(Duration::from_millis(50)));
+                let before = Duration::from_millis(thread_rng().gen_range(0..120));
+                tokio::time::sleep(before).await;
+                Handle::current().kill(broker.id());
+                engine.crash();
+                engine.set_sync_delay(None);
+                recorder
+                    .crashes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(hold).await;
+                Handle::current().restart(broker.id());
+            }
+            1 => {
                 Handle::current().kill(broker.id());
                 engine.crash();
                 recorder
@@ -278,10 +304,25 @@ async fn subscribe(recorder: Arc<Recorder>, subscribed: watch::Sender<bool>) {
         } else if !session_present {
             recorder.sessions_lost.lock().push(connections);
         }
+        // The subscriber goes away now and then, so that messages queue for its session
+        // and must survive a crash while it is offline.
+        let (online, offline) = {
+            let mut rng = thread_rng();
+            (
+                Duration::from_millis(rng.gen_range(100..1500)),
+                Duration::from_millis(rng.gen_range(50..800)),
+            )
+        };
+        let leave_at = tokio::time::Instant::now() + online;
         // A broker that died without closing the connection shows as silence: a ping
         // unanswered ends the connection.
         let mut pinged = false;
         loop {
+            if tokio::time::Instant::now() >= leave_at {
+                drop(client);
+                tokio::time::sleep(offline).await;
+                break;
+            }
             let packet = match tokio::time::timeout(ATTEMPT_TIMEOUT, client.recv()).await {
                 Ok(Ok(packet)) => packet,
                 Ok(Err(_)) => break,

@@ -932,7 +932,9 @@ impl Connection {
             } else {
                 reason::SUCCESS
             };
-            self.ack_publish(p, code);
+            // Held until the retained copy and the copies queued for persistent sessions are
+            // durable: once acknowledged, a crash must not lose the message.
+            self.ack_publish_after(p, code, published.durable_seq);
         }
     }
 
