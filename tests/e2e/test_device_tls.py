@@ -16,7 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from harness import Broker
+from harness import Broker, halyard_bin, start_broker
 
 ARN = "arn:aws:iot:us-east-1:000000000000"
 WAIT = 10.0
@@ -238,3 +238,79 @@ def test_tls_without_a_certificate_or_with_garbage_gets_nowhere(broker: Broker) 
         # A TLS alert at most; never an MQTT or HTTP answer.
         assert answer == b"" or answer[0] == 0x15
     assert broker.metrics().value("halyard_packet_errors_total", reason="tls_handshake") >= 2
+
+
+def test_mosquitto_clients_publish_with_a_certificate(broker: Broker, lamp: Any) -> None:
+    _, cert, key = lamp
+    ca = str(broker.data_dir / "tls" / "ca.pem")
+    tls = ["-h", "localhost", "-p", str(broker.mqtts_port), "--cafile", ca, "--cert", str(cert),
+           "--key", str(key), "-t", "things/lamp/state", "-m", "on", "-q", "1"]
+    # An application on the plain listener watches what the device publishes.
+    sub = subprocess.Popen(["mosquitto_sub", "-h", broker.host, "-p", str(broker.port),
+                            "-t", "things/lamp/#", "-C", "1", "-W", "10", "-q", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        # A client id the policy does not allow: the CONNECT is refused.
+        refused = subprocess.run(["mosquitto_pub", *tls, "-i", "not-lamp"],
+                                 capture_output=True, text=True, timeout=WAIT)
+        assert refused.returncode != 0
+        published = subprocess.run(["mosquitto_pub", *tls, "-i", "lamp"],
+                                   capture_output=True, text=True, timeout=WAIT)
+        assert published.returncode == 0, published.stderr
+    finally:
+        out, err = sub.communicate(timeout=WAIT * 2)
+    assert out.strip() == "on", (out, err)
+
+
+def test_an_anonymous_policy_limits_the_plain_listener(tmp_path: Path) -> None:
+    policy = tmp_path / "anonymous.json"
+    policy.write_text(json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"},
+            {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": f"{ARN}:topic/public/*"},
+            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"{ARN}:topicfilter/public/*"},
+        ],
+    }))
+    config = tmp_path / "halyard.toml"
+    config.write_text(f'mqtt_anonymous_policy = "{policy}"\n')
+    broker = start_broker(tmp_path, ["--config", str(config)])
+    try:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="guest", protocol=mqtt.MQTTv5)
+        granted: dict[int, list[mqtt.ReasonCode]] = {}
+        done = threading.Event()
+
+        def on_subscribe(_c: Any, _u: Any, mid: int, reasons: list[mqtt.ReasonCode], _p: Any) -> None:
+            granted[mid] = reasons
+            if len(granted) == 2:
+                done.set()
+
+        client.on_subscribe = on_subscribe
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        client.subscribe("public/news", 1)
+        client.subscribe("private/#", 1)
+        assert done.wait(WAIT)
+        codes = sorted(r[0].value for r in granted.values())
+        assert codes == [1, 0x87]
+        client.disconnect()
+        client.loop_stop()
+    finally:
+        assert broker.stop() == 0
+
+
+def test_a_bad_anonymous_policy_stops_the_start(tmp_path: Path) -> None:
+    policy = tmp_path / "anonymous.json"
+    policy.write_text('{"Statement": {"Effect": "Allow", "Action": "iot:Publsh", "Resource": "*"}}')
+    config = tmp_path / "halyard.toml"
+    config.write_text(f'mqtt_anonymous_policy = "{policy}"\n')
+    done = subprocess.run(
+        [halyard_bin(), "serve", "--config", str(config), "--data-dir", str(tmp_path / "data"),
+         "--mqtt-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--http-listen", "127.0.0.1:0", "--mqtts-listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode != 0
+    assert "mqtt_anonymous_policy" in done.stderr
+    assert "unknown action 'iot:Publsh'" in done.stderr
