@@ -314,3 +314,39 @@ def test_a_bad_anonymous_policy_stops_the_start(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "mqtt_anonymous_policy" in done.stderr
     assert "unknown action 'iot:Publsh'" in done.stderr
+
+
+def test_the_aws_iot_device_sdk_connects_with_its_certificate(broker: Broker, lamp: Any) -> None:
+    from awscrt import mqtt as crt_mqtt
+    from awsiot import mqtt_connection_builder
+
+    _, cert, key = lamp
+    connection = mqtt_connection_builder.mtls_from_path(
+        endpoint="localhost",
+        port=broker.mqtts_port,
+        cert_filepath=str(cert),
+        pri_key_filepath=str(key),
+        ca_filepath=str(broker.data_dir / "tls" / "ca.pem"),
+        client_id="lamp",
+        clean_session=True,
+        keep_alive_secs=30,
+    )
+    connection.connect().result(WAIT)
+    try:
+        received: list[tuple[str, bytes]] = []
+        arrived = threading.Event()
+
+        def on_message(topic: str, payload: bytes, **_: Any) -> None:
+            received.append((topic, payload))
+            arrived.set()
+
+        subscribed, _ = connection.subscribe(
+            topic="things/lamp/commands", qos=crt_mqtt.QoS.AT_LEAST_ONCE, callback=on_message)
+        assert subscribed.result(WAIT)["qos"] == crt_mqtt.QoS.AT_LEAST_ONCE
+        published, _ = connection.publish(
+            topic="things/lamp/commands", payload=b"blink", qos=crt_mqtt.QoS.AT_LEAST_ONCE)
+        published.result(WAIT)
+        assert arrived.wait(WAIT)
+        assert received == [("things/lamp/commands", b"blink")]
+    finally:
+        connection.disconnect().result(WAIT)
