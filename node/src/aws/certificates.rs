@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::error::AwsError;
 use super::pki;
 use super::request::{ApiRequest, Page};
-use super::things::{check_name, now_seconds, uuid_v4};
+use super::things::{check_name, now_seconds, uuid_v4, with_token};
 use super::{Api, ApiResult};
 
 const CERTIFICATES: &str = "aws/certificates/";
@@ -706,11 +706,7 @@ impl Api {
                 |_: &String| true,
             )
             .await?;
-        let mut answer = json!({ "principals": principals });
-        if let Some(token) = next {
-            answer["nextToken"] = json!(token);
-        }
-        Ok(answer)
+        Ok(with_token(json!({ "principals": principals }), next))
     }
 
     pub(super) async fn list_principal_things(&self, request: &ApiRequest) -> ApiResult {
@@ -723,11 +719,7 @@ impl Api {
                 |_: &String| true,
             )
             .await?;
-        let mut answer = json!({ "things": things });
-        if let Some(token) = next {
-            answer["nextToken"] = json!(token);
-        }
-        Ok(answer)
+        Ok(with_token(json!({ "things": things }), next))
     }
 
     /// Whether `principal` is attached to `thing`.

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use super::error::AwsError;
 use super::records::{Versioned, encode, unchanged_since};
 use super::request::{ApiRequest, Page};
-use super::things::{ThingRecord, check_name, now_seconds, uuid_v4, with_token};
+use super::things::{
+    ThingRecord, check_attribute_name, check_name, now_seconds, uuid_v4, with_token,
+};
 use super::{Api, ApiResult};
 
 const GROUPS: &str = "aws/thing-groups/";
@@ -136,18 +138,7 @@ fn check_description(description: Option<&str>) -> Result<(), AwsError> {
 
 fn check_group_attributes(attributes: &BTreeMap<String, String>) -> Result<(), AwsError> {
     for (name, value) in attributes {
-        if name.is_empty()
-            || name.len() > 128
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.,@/:#-".contains(&b))
-        {
-            return Err(AwsError::validation(
-                "thingGroupProperties.attributePayload.attributes",
-                name,
-                "Map keys must satisfy constraint: [Member must have length less than or equal to 128, Member must satisfy regular expression pattern: [a-zA-Z0-9_.,@/:#-]+]",
-            ));
-        }
+        check_attribute_name("thingGroupProperties.attributePayload.attributes", name)?;
         if value.len() > 800 {
             return Err(AwsError::validation(
                 "thingGroupProperties.attributePayload.attributes",

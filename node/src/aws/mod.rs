@@ -28,9 +28,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::broker::{Broker, Message};
+use crate::broker::Broker;
 use crate::config::AwsConfig;
-use crate::mqtt::QoS;
 use credentials::AccessKeys;
 use error::AwsError;
 use records::Records;
@@ -158,18 +157,7 @@ impl Api {
             "$aws/events/{kind}/{name}/{}",
             operation.to_ascii_lowercase()
         );
-        self.broker.publish(
-            Message {
-                topic: topic.into(),
-                payload: payload.to_string().into(),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: None,
-                expires_at: None,
-                origin: 0,
-            },
-            None,
-        );
+        self.broker.publish_event(topic, payload.to_string());
     }
 
     /// Routes a verified request to its operation; the operation's name and its answer.

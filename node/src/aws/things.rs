@@ -106,20 +106,26 @@ pub fn check_name(field: &str, name: &str) -> Result<(), AwsError> {
     Ok(())
 }
 
+/// An attribute name of a thing or group, by AWS's pattern and length.
+pub(super) fn check_attribute_name(field: &str, name: &str) -> Result<(), AwsError> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.,@/:#-".contains(&b))
+    {
+        return Err(AwsError::validation(
+            field,
+            name,
+            "Map keys must satisfy constraint: [Member must have length less than or equal to 128, Member must satisfy regular expression pattern: [a-zA-Z0-9_.,@/:#-]+]",
+        ));
+    }
+    Ok(())
+}
+
 fn check_attributes(attributes: &BTreeMap<String, String>, typed: bool) -> Result<(), AwsError> {
     for (name, value) in attributes {
-        if name.is_empty()
-            || name.len() > 128
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.,@/:#-".contains(&b))
-        {
-            return Err(AwsError::validation(
-                "attributePayload.attributes",
-                name,
-                "Map keys must satisfy constraint: [Member must have length less than or equal to 128, Member must satisfy regular expression pattern: [a-zA-Z0-9_.,@/:#-]+]",
-            ));
-        }
+        check_attribute_name("attributePayload.attributes", name)?;
         if value.len() > 800
             || !value
                 .bytes()

@@ -7,9 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
+use super::Broker;
 use super::connection::CloseKind;
-use super::{Broker, Message};
-use crate::mqtt::QoS;
 
 /// What the events of one connection carry; kept only while it is connected.
 pub struct Presence {
@@ -44,18 +43,7 @@ fn disconnect_reason(kind: Option<CloseKind>) -> (&'static str, bool) {
 }
 
 fn publish(broker: &Broker, topic: String, payload: serde_json::Value) {
-    broker.publish(
-        Message {
-            topic: topic.into(),
-            payload: payload.to_string().into(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: None,
-            expires_at: None,
-            origin: 0,
-        },
-        None,
-    );
+    broker.publish_event(topic, payload.to_string());
 }
 
 impl Presence {

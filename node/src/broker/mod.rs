@@ -365,6 +365,22 @@ impl Broker {
         self.inner.metrics.subscriptions.set(trie.len() as i64);
     }
 
+    /// Publishes a message of the broker's own (an AWS IoT event): QoS 1, not retained.
+    pub fn publish_event(&self, topic: String, payload: String) {
+        self.publish(
+            Message {
+                topic: topic.into(),
+                payload: payload.into(),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: None,
+                expires_at: None,
+                origin: 0,
+            },
+            None,
+        );
+    }
+
     /// Routes `message` to every matching subscription and stores it when
     /// retained.
     /// `waker` is woken when the store writes the message needs are durable.
