@@ -435,11 +435,6 @@ impl Policy {
     pub(super) fn statements(&self) -> &[Statement] {
         &self.statements
     }
-
-    /// Whether variables are substituted (document version 2012-10-17).
-    pub fn uses_variables(&self) -> bool {
-        self.variables
-    }
 }
 
 impl Statement {
