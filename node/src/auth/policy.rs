@@ -93,8 +93,6 @@ pub struct Statement {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     statements: Vec<Statement>,
-    /// Documents of version 2008-10-17 predate variables: `${...}` is literal text in them.
-    variables: bool,
 }
 
 /// The values a connection gives to policy variables and condition keys, by their full name
@@ -402,10 +400,8 @@ impl Policy {
                 .collect::<Result<Vec<_>, _>>()?,
             Some(single) => vec![parse_statement(single, 1, variables)?],
         };
-        Ok(Self {
-            statements,
-            variables,
-        })
+        // Documents of version 2008-10-17 predate variables: `${...}` was parsed as text.
+        Ok(Self { statements })
     }
 
     /// What this policy says about `action` on `resource`: `Deny` if a matching statement
