@@ -87,8 +87,12 @@ fn pki_setup() -> Pki {
     let key_path = dir.path().join("server.key");
     std::fs::write(&cert_path, &server.certificate_pem).expect("write");
     std::fs::write(&key_path, &server.key_pem).expect("write");
-    let server = halyard_node::gateway::tls::device_server_config(&cert_path, &key_path, &[])
-        .expect("server TLS");
+    let server = halyard_node::gateway::tls::device_server_config(
+        &cert_path,
+        &key_path,
+        halyard_node::gateway::tls::TlsPort::Mqtt,
+    )
+    .expect("server TLS");
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca.certificate_pem.as_bytes()).expect("CA PEM"))

@@ -18,6 +18,8 @@ async fn start() -> (Server, tempfile::TempDir) {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         mqtts_listen: "127.0.0.1:0".parse().unwrap(),
+        tls_listen: "127.0.0.1:0".parse().unwrap(),
+        ws_listen: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     };
     (Server::start(config).await.unwrap(), dir)

@@ -36,6 +36,14 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// MQTT over TLS for devices with X.509 client certificates.
     pub mqtts_listen: SocketAddr,
+    /// One TLS port for everything, chosen by ALPN as AWS IoT's port 443: MQTT with a
+    /// certificate (`x-amzn-mqtt-ca`) or a custom authorizer (`mqtt`), HTTPS publish with a
+    /// certificate (`x-amzn-http-ca`), and HTTP (`http/1.1`, `h2`): the APIs, HTTPS publish and
+    /// MQTT over WebSocket at `/mqtt`.
+    pub tls_listen: SocketAddr,
+    /// Plain HTTP with MQTT over WebSocket at `/mqtt`, for development: clients without
+    /// credentials are admitted as on `mqtt_listen`.
+    pub ws_listen: SocketAddr,
     /// Whether the plain MQTT listener lets clients in without credentials.
     pub mqtt_anonymous: bool,
     /// A policy document (JSON file) limiting what anonymous clients may do; none: anything.
@@ -70,6 +78,9 @@ pub struct AwsConfig {
     pub ca_cert: Option<PathBuf>,
     /// PEM: the private key of `ca_cert`.
     pub ca_key: Option<PathBuf>,
+    /// Custom authorizer functions by ARN: the URL each is called at (an authorizer whose
+    /// function ARN is itself an `http(s)://` URL needs no entry).
+    pub authorizer_functions: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -88,6 +99,7 @@ impl Default for AwsConfig {
             server_names: Vec::new(),
             ca_cert: None,
             ca_key: None,
+            authorizer_functions: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -241,6 +253,8 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             mqtts_listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            tls_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            ws_listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
             mqtt_anonymous: true,
             mqtt_anonymous_policy: None,
             log_format: LogFormat::Text,
@@ -286,6 +300,8 @@ pub struct Overrides {
     pub admin_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     pub mqtts_listen: Option<SocketAddr>,
+    pub tls_listen: Option<SocketAddr>,
+    pub ws_listen: Option<SocketAddr>,
     pub log_format: Option<LogFormat>,
     pub node_id: Option<u64>,
     pub peer_listen: Option<SocketAddr>,
@@ -305,6 +321,8 @@ const ENV_KEYS: &[&str] = &[
     "admin_listen",
     "http_listen",
     "mqtts_listen",
+    "tls_listen",
+    "ws_listen",
     "mqtt_anonymous",
     "mqtt_anonymous_policy",
     "log_format",
@@ -406,6 +424,12 @@ impl Config {
         }
         if let Some(v) = overrides.mqtts_listen {
             config.mqtts_listen = v;
+        }
+        if let Some(v) = overrides.tls_listen {
+            config.tls_listen = v;
+        }
+        if let Some(v) = overrides.ws_listen {
+            config.ws_listen = v;
         }
         if let Some(v) = overrides.log_format {
             config.log_format = v;
@@ -520,6 +544,17 @@ impl Config {
                 return invalid(
                     "aws.access_keys",
                     "access_key_id and secret_access_key must be at least 16 characters",
+                );
+            }
+        }
+        for (arn, url) in &aws.authorizer_functions {
+            let host = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+                return invalid(
+                    "aws.authorizer_functions",
+                    &format!("{arn}: {url:?} is not an http:// or https:// URL"),
                 );
             }
         }
@@ -747,7 +782,9 @@ mod tests {
             }
         }
         // Lists have no one-variable form; they are set in the config file.
-        keys.retain(|k| k != "aws.access_keys" && k != "aws.server_names");
+        keys.retain(|k| {
+            k != "aws.access_keys" && k != "aws.server_names" && k != "aws.authorizer_functions"
+        });
         keys.sort();
         let mut listed: Vec<String> = ENV_KEYS.iter().map(|k| (*k).to_owned()).collect();
         listed.sort();

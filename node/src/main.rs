@@ -68,6 +68,12 @@ struct ServeArgs {
     /// MQTT over TLS listen address, for devices with X.509 client certificates.
     #[arg(long)]
     mqtts_listen: Option<SocketAddr>,
+    /// TLS listen address serving MQTT, HTTPS and WebSocket by ALPN (443 in production).
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
+    /// Plain MQTT over WebSocket listen address (`/mqtt`), for development.
+    #[arg(long)]
+    ws_listen: Option<SocketAddr>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
@@ -114,6 +120,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_listen: args.admin_listen,
         http_listen: args.http_listen,
         mqtts_listen: args.mqtts_listen,
+        tls_listen: args.tls_listen,
+        ws_listen: args.ws_listen,
         log_format: args.log_format.map(|f| match f {
             LogFormatArg::Text => LogFormat::Text,
             LogFormatArg::Json => LogFormat::Json,

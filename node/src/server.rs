@@ -65,6 +65,10 @@ pub struct Server {
     http_addr: SocketAddr,
     #[cfg(not(madsim))]
     mqtts_addr: SocketAddr,
+    #[cfg(not(madsim))]
+    tls_addr: SocketAddr,
+    #[cfg(not(madsim))]
+    ws_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -192,7 +196,7 @@ impl Server {
             tokio::spawn(gateway::run_tcp_listener(
                 mqtt,
                 broker.clone(),
-                anonymous,
+                anonymous.clone(),
                 watch_rx.clone(),
             )),
         ]);
@@ -215,7 +219,7 @@ impl Server {
             admin_addr
         };
         #[cfg(not(madsim))]
-        let (http_addr, mqtts_addr) = {
+        let (http_addr, ws_addr, mqtts_addr, tls_addr) = {
             let bootstrap = crate::aws::Api::bootstrap(&store, &config.aws, &config.data_dir)
                 .await
                 .map_err(|e| ServerError::Aws(e.message))?;
@@ -227,37 +231,59 @@ impl Server {
                 crate::aws::ApiMetrics::new(&registry)?,
             );
             let api = Arc::new(api);
+            let devices: Arc<dyn gateway::tls::Devices> = Arc::new(crate::aws::DeviceServices {
+                api: Arc::clone(&api),
+            });
             let http = bind("http", config.http_listen).await?;
             let http_addr = local_addr("http", &http, config.http_listen)?;
             tasks.push(tokio::spawn(crate::aws::run(
                 http,
                 Arc::clone(&api),
+                None,
                 watch_rx.clone(),
             )));
             tracing::info!(listener = %"http", addr = %http_addr, "listening");
-            let tls_dir = config.data_dir.join("tls");
-            let device_tls = gateway::tls::device_server_config(
-                &tls_dir.join("server.pem"),
-                &tls_dir.join("server.key"),
-                &[],
-            )
-            .map_err(|e| ServerError::Aws(e.to_string()))?;
-            let mqtts = bind("mqtts", config.mqtts_listen).await?;
-            let mqtts_addr = local_addr("mqtts", &mqtts, config.mqtts_listen)?;
-            let gate: Arc<dyn gateway::Gate> = api.clone();
-            tasks.push(tokio::spawn(gateway::tls::run_tls_listener(
-                mqtts,
-                device_tls,
-                broker.clone(),
-                gate,
+            let ws = bind("ws", config.ws_listen).await?;
+            let ws_addr = local_addr("ws", &ws, config.ws_listen)?;
+            tasks.push(tokio::spawn(crate::aws::run(
+                ws,
+                Arc::clone(&api),
+                Some(anonymous.clone()),
                 watch_rx.clone(),
             )));
+            tracing::info!(listener = %"ws", addr = %ws_addr, "listening");
+            let tls_dir = config.data_dir.join("tls");
+            let tls_config = |port| {
+                gateway::tls::device_server_config(
+                    &tls_dir.join("server.pem"),
+                    &tls_dir.join("server.key"),
+                    port,
+                )
+                .map_err(|e| ServerError::Aws(e.to_string()))
+            };
+            let mut tls_addrs = Vec::new();
+            for (name, addr, port) in [
+                ("mqtts", config.mqtts_listen, gateway::tls::TlsPort::Mqtt),
+                ("tls", config.tls_listen, gateway::tls::TlsPort::Multiplexed),
+            ] {
+                let listener = bind(name, addr).await?;
+                let bound = local_addr(name, &listener, addr)?;
+                tasks.push(tokio::spawn(gateway::tls::run_tls_listener(
+                    listener,
+                    tls_config(port)?,
+                    port,
+                    broker.clone(),
+                    Arc::clone(&devices),
+                    watch_rx.clone(),
+                )));
+                tracing::info!(listener = %name, addr = %bound, "listening");
+                tls_addrs.push(bound);
+            }
             tasks.push(tokio::spawn(crate::aws::follow_registry(
                 Arc::clone(&api),
                 watch_rx.clone(),
             )));
-            tracing::info!(listener = %"mqtts", addr = %mqtts_addr, "listening");
-            (http_addr, mqtts_addr)
+            (http_addr, ws_addr, tls_addrs[0], tls_addrs[1])
         };
         Ok(Server {
             broker,
@@ -272,6 +298,10 @@ impl Server {
             http_addr,
             #[cfg(not(madsim))]
             mqtts_addr,
+            #[cfg(not(madsim))]
+            tls_addr,
+            #[cfg(not(madsim))]
+            ws_addr,
             shutdown,
             tasks,
         })
@@ -289,6 +319,16 @@ impl Server {
     #[cfg(not(madsim))]
     pub fn mqtts_addr(&self) -> SocketAddr {
         self.mqtts_addr
+    }
+
+    #[cfg(not(madsim))]
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addr
+    }
+
+    #[cfg(not(madsim))]
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
     }
 
     #[cfg(not(madsim))]

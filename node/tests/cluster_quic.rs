@@ -27,6 +27,8 @@ fn node_config(dir: &Path, id: u64, peers: &[(u64, u16)]) -> Config {
         admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         mqtts_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ws_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..Config::default()
     };
     let port = peers.iter().find(|(p, _)| *p == id).unwrap().1;

@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 import aws
+from device import device_certificate, thing_policy
 from harness import Broker, Client, MakeClient, start_broker
 
 
@@ -74,3 +75,14 @@ def iot(broker: Broker) -> Any:
     """A boto3 `iot` client signed with the broker's own access key."""
     key, secret = aws.keys(broker)
     return aws.client(broker, key, secret)
+
+
+@pytest.fixture
+def lamp(iot: Any, tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
+    """A thing "lamp" with an ACTIVE certificate and the thing-scoped policy."""
+    created, cert, key = device_certificate(iot, tmp_path, "lamp")
+    iot.create_thing(thingName="lamp")
+    iot.attach_thing_principal(thingName="lamp", principal=created["certificateArn"])
+    iot.create_policy(policyName="thing-scoped", policyDocument=thing_policy())
+    iot.attach_policy(policyName="thing-scoped", target=created["certificateArn"])
+    return created, cert, key

@@ -126,6 +126,10 @@ class Metrics:
         return sum(values) if values else None
 
 
+#: The listeners every started broker logs.
+LISTENERS = {"mqtt", "admin", "http", "mqtts", "tls", "ws"}
+
+
 @dataclass
 class Broker:
     host: str
@@ -133,6 +137,8 @@ class Broker:
     admin_url: str
     http_url: str
     mqtts_port: int
+    tls_port: int
+    ws_port: int
     data_dir: Path
     process: subprocess.Popen[bytes]
     log: BrokerLog
@@ -211,6 +217,10 @@ def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
             "127.0.0.1:0",
             "--mqtts-listen",
             "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--ws-listen",
+            "127.0.0.1:0",
             "--log-format",
             "text",
             *extra_args,
@@ -223,12 +233,12 @@ def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
     )
     log = BrokerLog(process.stdout)
     try:
-        listeners = log.wait_for_listeners({"mqtt", "admin", "http", "mqtts"}, STARTUP_TIMEOUT)
+        listeners = log.wait_for_listeners(LISTENERS, STARTUP_TIMEOUT)
     except BaseException:
         process.kill()
         process.wait()
         raise
-    if not {"mqtt", "admin", "http", "mqtts"} <= listeners.keys():
+    if not LISTENERS <= listeners.keys():
         code = process.poll()
         if code is None:
             process.kill()
@@ -238,7 +248,7 @@ def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
             state = f"exited with code {code}"
         log.wait_closed(1.0)
         pytest.fail(
-            f"halyard did not log every `listening listener=mqtt|admin|http|mqtts addr=...` line ({state}); "
+            f"halyard did not log every `listening listener=<name> addr=...` line for {sorted(LISTENERS)} ({state}); "
             f"found {listeners}\n--- halyard log ---\n{log.text()}",
             pytrace=False,
         )
@@ -253,6 +263,8 @@ def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
         admin_url=f"http://{admin_host}:{admin_port}",
         http_url=f"http://{http_host}:{http_port}",
         mqtts_port=listeners["mqtts"][1],
+        tls_port=listeners["tls"][1],
+        ws_port=listeners["ws"][1],
         data_dir=data_dir,
         process=process,
         log=log,

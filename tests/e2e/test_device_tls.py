@@ -16,119 +16,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from device import NOT_AUTHORIZED, WAIT, Device, thing_policy
 from harness import Broker, halyard_bin, start_broker
 
 ARN = "arn:aws:iot:us-east-1:000000000000"
-WAIT = 10.0
-# paho reports MQTT 3.1.1's CONNACK return code 5 as this v5 reason code.
-NOT_AUTHORIZED = 0x87
-
-
-def _thing_policy() -> str:
-    thing = "${iot:Connection.Thing.ThingName}"
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{ARN}:client/{thing}"},
-            {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"],
-             "Resource": f"{ARN}:topic/things/{thing}/*"},
-            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"{ARN}:topicfilter/things/{thing}/*"},
-            {"Effect": "Deny", "Action": "iot:Publish", "Resource": f"{ARN}:topic/things/*/admin"},
-        ],
-    })
-
-
-class Device:
-    """A paho client over TLS with a client certificate, driven synchronously."""
-
-    def __init__(self, broker: Broker, client_id: str, cert: Path, key: Path,
-                 protocol: int = mqtt.MQTTv311) -> None:
-        self.client_id = client_id
-        self.protocol = protocol
-        self._broker = broker
-        self._state = threading.Condition()
-        self.connack: mqtt.ReasonCode | None = None
-        self.subacks: dict[int, list[mqtt.ReasonCode]] = {}
-        self.pubacks: dict[int, mqtt.ReasonCode] = {}
-        self.messages: list[mqtt.MQTTMessage] = []
-        self.disconnected = False
-        self.paho = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                protocol=protocol, reconnect_on_failure=False)
-        self.paho.tls_set(ca_certs=str(broker.data_dir / "tls" / "ca.pem"),
-                          certfile=str(cert), keyfile=str(key))
-        self.paho.on_connect = self._on_connect
-        self.paho.on_subscribe = self._on_subscribe
-        self.paho.on_publish = self._on_publish
-        self.paho.on_message = self._on_message
-        self.paho.on_disconnect = self._on_disconnect
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: mqtt.ReasonCode, _p: Any) -> None:
-        with self._state:
-            self.connack = reason
-            self._state.notify_all()
-
-    def _on_subscribe(self, _c: Any, _u: Any, mid: int, reasons: list[mqtt.ReasonCode], _p: Any) -> None:
-        with self._state:
-            self.subacks[mid] = reasons
-            self._state.notify_all()
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: mqtt.ReasonCode, _p: Any) -> None:
-        with self._state:
-            self.pubacks[mid] = reason
-            self._state.notify_all()
-
-    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        with self._state:
-            self.messages.append(message)
-            self._state.notify_all()
-
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, _r: mqtt.ReasonCode, _p: Any) -> None:
-        with self._state:
-            self.disconnected = True
-            self._state.notify_all()
-
-    def wait(self, ready: Any, timeout: float = WAIT) -> bool:
-        with self._state:
-            return self._state.wait_for(ready, timeout)
-
-    def connect(self) -> mqtt.ReasonCode | None:
-        """Connects; the CONNACK's reason, or None when the connection ended without one."""
-        try:
-            self.paho.connect("127.0.0.1", self._broker.mqtts_port, keepalive=30)
-        except (ssl.SSLError, OSError):
-            return None
-        self.paho.loop_start()
-        self.wait(lambda: self.connack is not None or self.disconnected)
-        return self.connack
-
-    def subscribe(self, topic: str) -> mqtt.ReasonCode:
-        _, mid = self.paho.subscribe(topic, 1)
-        assert self.wait(lambda: mid in self.subacks), f"no SUBACK for {topic}"
-        return self.subacks[mid][0]
-
-    def close(self) -> None:
-        self.paho.disconnect()
-        self.paho.loop_stop()
-
-
-def _device_certificate(iot: Any, directory: Path, name: str) -> tuple[dict[str, Any], Path, Path]:
-    created = iot.create_keys_and_certificate(setAsActive=True)
-    cert = directory / f"{name}.pem"
-    key = directory / f"{name}.key"
-    cert.write_text(created["certificatePem"])
-    key.write_text(created["keyPair"]["PrivateKey"])
-    return created, cert, key
-
-
-@pytest.fixture
-def lamp(iot: Any, tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
-    """A thing "lamp" with an ACTIVE certificate and the thing-scoped policy."""
-    created, cert, key = _device_certificate(iot, tmp_path, "lamp")
-    iot.create_thing(thingName="lamp")
-    iot.attach_thing_principal(thingName="lamp", principal=created["certificateArn"])
-    iot.create_policy(policyName="thing-scoped", policyDocument=_thing_policy())
-    iot.attach_policy(policyName="thing-scoped", target=created["certificateArn"])
-    return created, cert, key
 
 
 def test_a_device_gets_exactly_what_its_policy_allows(broker: Broker, lamp: Any) -> None:
@@ -201,7 +92,7 @@ def test_registry_changes_reach_open_connections(broker: Broker, iot: Any, lamp:
     device = Device(broker, "lamp", cert, key, protocol=mqtt.MQTTv5)
     assert not device.connect().is_failure
     # A new policy version that also allows "shared/#" applies without reconnecting.
-    document = json.loads(_thing_policy())
+    document = json.loads(thing_policy())
     document["Statement"].append({"Effect": "Allow", "Action": "iot:Subscribe",
                                   "Resource": f"{ARN}:topicfilter/shared/#"})
     assert device.subscribe("shared/#").value == 0x87

@@ -735,6 +735,21 @@ impl Api {
             .is_some())
     }
 
+    /// The thing `principal` is attached to, when it is attached to exactly one.
+    pub(super) async fn sole_thing(&self, principal: &str) -> Result<Option<String>, AwsError> {
+        let (things, _) = Page::first(2)
+            .collect(
+                &self.records,
+                &format!("{PRINCIPAL_THINGS}{}/", hex(principal)),
+                |_: &String| true,
+            )
+            .await?;
+        Ok(match things.as_slice() {
+            [thing] => Some(thing.clone()),
+            _ => None,
+        })
+    }
+
     /// Whether any principal is attached to `thing`.
     pub(super) async fn has_principals(&self, thing: &str) -> Result<bool, AwsError> {
         let (principals, _) = Page::first(1)

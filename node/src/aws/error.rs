@@ -112,6 +112,29 @@ impl AwsError {
         )
     }
 
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLargeException",
+            message,
+        )
+    }
+
+    /// An authorizer function answered something AWS's response format does not allow.
+    pub fn invalid_response(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidResponseException", message)
+    }
+
+    /// A device's policy does not allow what it asked for.
+    pub fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "ForbiddenException", "Forbidden")
+    }
+
+    /// No credentials the data plane accepts, or an authorizer that did not authenticate.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UnauthorizedException", message)
+    }
+
     /// A validation failure in the words AWS uses for one.
     pub fn validation(field: &str, value: &str, constraint: &str) -> Self {
         Self::invalid_request(format!(

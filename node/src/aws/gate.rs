@@ -13,7 +13,6 @@ use super::certificates::{CaCertificateRecord, CertificateRecord};
 use super::{Api, pki};
 use crate::auth::permissions::{Access, Action, Permissions};
 use crate::auth::policy::Policy;
-use crate::gateway::{Gate, GateFuture};
 use crate::mqtt::reason;
 
 /// How long changes are gathered before the live connections are re-evaluated.
@@ -32,7 +31,7 @@ pub struct LiveConnections {
 }
 
 impl LiveConnections {
-    fn add(&self, access: &Arc<Access>, certificate: &str, client_id: &str) {
+    pub(super) fn add(&self, access: &Arc<Access>, certificate: &str, client_id: &str) {
         let mut entries = self.entries.lock();
         entries.retain(|e| e.access.strong_count() > 0);
         entries.push(LiveEntry {
@@ -66,9 +65,13 @@ fn now_seconds() -> i64 {
 }
 
 impl Api {
-    /// The compiled permissions of certificate `id` connecting as `client_id`, or the reason
-    /// code that refuses the connection.
-    async fn device_permissions(&self, id: &str, client_id: &str) -> Result<Permissions, u8> {
+    /// The compiled permissions of certificate `id` connecting as `client_id` (empty for
+    /// HTTPS), or the reason code that refuses the connection.
+    pub(super) async fn device_permissions(
+        &self,
+        id: &str,
+        client_id: &str,
+    ) -> Result<Permissions, u8> {
         let unavailable = |e: super::error::AwsError| {
             tracing::warn!(error = %e.message, "cannot read the registry to admit a device");
             reason::SERVER_UNAVAILABLE
@@ -109,10 +112,29 @@ impl Api {
             }
         }
         let arn = self.arn(&format!("cert/{id}"));
-        let (mut context, thing) = self
-            .connection_context(Some(client_id), Some(&arn))
-            .await
-            .map_err(unavailable)?;
+        let (mut context, thing) = if client_id.is_empty() {
+            // HTTPS publish has no client id: the thing is the one the certificate is
+            // attached to, if there is only one.
+            match self.sole_thing(&arn).await.map_err(unavailable)? {
+                Some(thing) => {
+                    let (mut context, thing) = self
+                        .connection_context(Some(&thing), Some(&arn))
+                        .await
+                        .map_err(unavailable)?;
+                    context.remove("iot:ClientId");
+                    (context, thing)
+                }
+                None => {
+                    let mut context = crate::auth::policy::Context::new();
+                    context.set("iot:Connection.Thing.IsAttached", "false");
+                    (context, None)
+                }
+            }
+        } else {
+            self.connection_context(Some(client_id), Some(&arn))
+                .await
+                .map_err(unavailable)?
+        };
         if let Ok(parsed) = pki::parse(&certificate.certificate_pem) {
             for (name, value) in pki::name_fields(&parsed.der) {
                 context.set(format!("iot:Certificate.{name}"), value);
@@ -148,17 +170,6 @@ impl Api {
                 }
             }
         }
-    }
-}
-
-impl Gate for Api {
-    fn admit<'a>(&'a self, principal: &'a str, client_id: &'a str) -> GateFuture<'a> {
-        Box::pin(async move {
-            let permissions = self.device_permissions(principal, client_id).await?;
-            let access = Access::new(permissions, principal);
-            self.live.add(&access, principal, client_id);
-            Ok(access)
-        })
     }
 }
 

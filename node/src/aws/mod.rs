@@ -2,8 +2,11 @@
 //! SDK pointed at `--endpoint-url`, answered in AWS's JSON shapes and error forms.
 
 mod authority;
+mod authorizers;
+mod callout;
 mod certificates;
 pub mod credentials;
+mod devices;
 pub mod error;
 mod gate;
 mod groups;
@@ -17,9 +20,7 @@ mod things;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use halyard_raft::Store;
@@ -28,8 +29,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::permissions::Access;
 use crate::broker::Broker;
 use crate::config::AwsConfig;
+use crate::gateway::http::ConnectionInfo;
 use credentials::AccessKeys;
 use error::AwsError;
 use records::Records;
@@ -350,6 +353,33 @@ impl Api {
                 "GetEffectivePolicies",
                 self.get_effective_policies(request).await,
             ),
+            ("POST", ["authorizer", name]) => (
+                "CreateAuthorizer",
+                self.create_authorizer(name, request).await,
+            ),
+            ("GET", ["authorizer", name]) => {
+                ("DescribeAuthorizer", self.describe_authorizer(name).await)
+            }
+            ("PUT", ["authorizer", name]) => (
+                "UpdateAuthorizer",
+                self.update_authorizer(name, request).await,
+            ),
+            ("DELETE", ["authorizer", name]) => {
+                ("DeleteAuthorizer", self.delete_authorizer(name).await)
+            }
+            ("POST", ["authorizer", name, "test"]) => (
+                "TestInvokeAuthorizer",
+                self.test_invoke_authorizer(name, request).await,
+            ),
+            ("GET", ["authorizers"]) => ("ListAuthorizers", self.list_authorizers(request).await),
+            ("POST", ["default-authorizer"]) => (
+                "SetDefaultAuthorizer",
+                self.set_default_authorizer(request).await,
+            ),
+            ("GET", ["default-authorizer"]) => (
+                "DescribeDefaultAuthorizer",
+                self.describe_default_authorizer().await,
+            ),
             ("POST", ["test-authorization"]) => {
                 ("TestAuthorization", self.test_authorization(request).await)
             }
@@ -364,15 +394,18 @@ impl Api {
     }
 }
 
+pub use devices::{DeviceServices, router};
 pub use gate::follow_registry;
 
-/// Serves the API until `shutdown` turns true.
-pub async fn run(listener: TcpListener, api: Arc<Api>, shutdown: watch::Receiver<bool>) {
-    let router = Router::new()
-        .fallback(handle)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(api);
-    crate::api::serve(listener, router, shutdown, "AWS API").await;
+/// Serves the HTTP routes on a plain listener until `shutdown` turns true; `anonymous` admits
+/// MQTT over WebSocket without credentials.
+pub async fn run(
+    listener: TcpListener,
+    api: Arc<Api>,
+    anonymous: Option<crate::gateway::Admission>,
+    shutdown: watch::Receiver<bool>,
+) {
+    crate::gateway::http::run_http_listener(listener, router(api), anonymous, shutdown).await;
 }
 
 async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
@@ -381,12 +414,13 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            return AwsError::invalid_request(format!(
+            return AwsError::too_large(format!(
                 "The request body is larger than {MAX_BODY} bytes or could not be read"
             ))
             .into_response();
         }
     };
+    let info = parts.extensions.get::<ConnectionInfo>();
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -394,25 +428,67 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
         .collect();
     let raw_path = parts.uri.path();
     let raw_query = parts.uri.query().unwrap_or("");
-    let (operation, outcome) =
-        match authenticate(&api, &parts.method, raw_path, raw_query, &headers, &body) {
+    let query = sigv4::parse_query(raw_query);
+    let signed = query.iter().any(|(k, _)| k == "X-Amz-Signature")
+        || headers.iter().any(|(k, _)| k == "authorization");
+    let credentials = if signed {
+        None
+    } else {
+        authorizers::Credentials::from_http(&headers, &query, raw_query)
+    };
+    let request = ApiRequest {
+        method: parts.method.as_str().to_owned(),
+        // Split before decoding, so that an encoded `/` stays inside its segment.
+        segments: raw_path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect(),
+        query,
+        headers,
+        body,
+    };
+    let certificate = info.and_then(|i| i.certificate_id.as_deref());
+    let (operation, outcome) = if signed {
+        match api.verify_signature(
+            &request.method,
+            raw_path,
+            raw_query,
+            &request.headers,
+            &request.body,
+        ) {
             Err(e) => ("Unauthenticated", Err(e)),
-            Ok(_) => {
-                let request = ApiRequest {
-                    method: parts.method.as_str().to_owned(),
-                    // Split before decoding, so that an encoded `/` stays inside its segment.
-                    segments: raw_path
-                        .split('/')
-                        .filter(|s| !s.is_empty())
-                        .map(percent_decode)
-                        .collect(),
-                    query: sigv4::parse_query(raw_query),
-                    headers,
-                    body,
-                };
-                api.dispatch(&request).await
+            Ok(signer) if signer.service == CONTROL_PLANE => api.dispatch(&request).await,
+            Ok(signer) if devices::DATA_PLANE.contains(&signer.service.as_str()) => {
+                api.dispatch_data(&request, &devices::Caller::Signed).await
             }
-        };
+            Ok(_) => (
+                "Unknown",
+                Err(AwsError::unknown_operation(&request.method, raw_path)),
+            ),
+        }
+    } else if let Some(id) = certificate {
+        match api.device_permissions(id, "").await {
+            Ok(permissions) => {
+                let caller = devices::Caller::Device(Access::new(permissions, id));
+                api.dispatch_data(&request, &caller).await
+            }
+            Err(_) => ("Unauthenticated", Err(AwsError::forbidden())),
+        }
+    } else if let (Some(credentials), Some(info)) = (credentials, info) {
+        match api.authorize_http(info, credentials).await {
+            Ok(access) => {
+                api.dispatch_data(&request, &devices::Caller::Device(access))
+                    .await
+            }
+            Err(e) => ("Unauthenticated", Err(e)),
+        }
+    } else {
+        (
+            "Unauthenticated",
+            Err(AwsError::from(sigv4::SigV4Error::Missing)),
+        )
+    };
     let label = match &outcome {
         Ok(_) => "ok",
         Err(e) => e.code,
@@ -434,28 +510,32 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
     }
 }
 
-fn authenticate(
-    api: &Api,
-    method: &axum::http::Method,
-    raw_path: &str,
-    raw_query: &str,
-    headers: &[(String, String)],
-    body: &Bytes,
-) -> Result<sigv4::Signer, AwsError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default();
-    let signed = SignedRequest {
-        method: method.as_str(),
-        raw_path,
-        raw_query,
-        headers,
-        body,
-    };
-    let signer = sigv4::verify(&signed, |k| api.keys.secret(k), &api.config.region, now)?;
-    if signer.service != CONTROL_PLANE {
-        return Err(AwsError::unknown_operation(method.as_str(), raw_path));
+impl Api {
+    /// Verifies a SigV4 signature (header or presigned query) made with the node's keys.
+    fn verify_signature(
+        &self,
+        method: &str,
+        raw_path: &str,
+        raw_query: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<sigv4::Signer, AwsError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let signed = SignedRequest {
+            method,
+            raw_path,
+            raw_query,
+            headers,
+            body,
+        };
+        Ok(sigv4::verify(
+            &signed,
+            |k| self.keys.secret(k),
+            &self.config.region,
+            now,
+        )?)
     }
-    Ok(signer)
 }

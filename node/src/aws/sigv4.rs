@@ -243,21 +243,27 @@ fn from_query(query: &[(String, String)]) -> Result<Presented, SigV4Error> {
             "X-Amz-Algorithm only supports \"AWS4-HMAC-SHA256\"".into(),
         ));
     }
-    let expires: i64 = get("X-Amz-Expires")?
-        .parse()
-        .ok()
-        .filter(|e| (0..=MAX_PRESIGNED_EXPIRY_SECS).contains(e))
-        .ok_or_else(|| {
-            SigV4Error::Incomplete(format!(
-                "X-Amz-Expires must be a number of seconds from 0 to {MAX_PRESIGNED_EXPIRY_SECS}."
-            ))
-        })?;
+    // AWS IoT's WebSocket endpoint takes URLs presigned without an expiry (the Device SDKs
+    // sign them so); they are held to the same clock skew as a signed header.
+    let expires = match query.iter().find(|(k, _)| k == "X-Amz-Expires") {
+        None => None,
+        Some((_, v)) => Some(
+            v.parse::<i64>()
+                .ok()
+                .filter(|e| (0..=MAX_PRESIGNED_EXPIRY_SECS).contains(e))
+                .ok_or_else(|| {
+                    SigV4Error::Incomplete(format!(
+                        "X-Amz-Expires must be a number of seconds from 0 to {MAX_PRESIGNED_EXPIRY_SECS}."
+                    ))
+                })?,
+        ),
+    };
     presented(
         get("X-Amz-Credential")?,
         &get("X-Amz-SignedHeaders")?,
         get("X-Amz-Signature")?,
         get("X-Amz-Date")?,
-        Some(expires),
+        expires,
     )
 }
 

@@ -381,6 +381,27 @@ impl Broker {
         );
     }
 
+    /// Publishes `message` and returns once the store writes it needs (its retained copy,
+    /// the copies queued for persistent sessions) are durable; false if they are not within
+    /// `timeout`.
+    pub async fn publish_persisted(&self, message: Message, timeout: Duration) -> bool {
+        let signal = Arc::new(Signal::default());
+        let seq = self.publish(message, Some(&signal)).durable_seq;
+        let Some(durable) = self.inner.durable.as_ref().filter(|_| seq > 0) else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while durable.committed() < seq {
+            if tokio::time::timeout_at(deadline, signal.notified())
+                .await
+                .is_err()
+            {
+                return durable.committed() >= seq;
+            }
+        }
+        true
+    }
+
     /// Routes `message` to every matching subscription and stores it when
     /// retained.
     /// `waker` is woken when the store writes the message needs are durable.

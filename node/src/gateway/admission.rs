@@ -1,5 +1,6 @@
-//! How a listener lets clients in: openly (with an optional policy for everyone), or by an
-//! identity the transport proved (a client certificate) that a [`Gate`] turns into access.
+//! How a listener lets clients in: openly (with an optional policy for everyone), or through a
+//! [`Gate`] that turns what the client proved (a certificate, a signed URL, a token) and what
+//! its CONNECT says into access.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,11 +10,18 @@ use crate::auth::permissions::{Access, Permissions};
 
 pub type GateFuture<'a> = Pin<Box<dyn Future<Output = Result<Arc<Access>, u8>> + Send + 'a>>;
 
-/// Decides what an authenticated client may do, when its CONNECT arrives.
+/// What a CONNECT offers a gate.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectCredentials<'a> {
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+}
+
+/// Decides what one connection's client may do, when its CONNECT arrives.
 pub trait Gate: Send + Sync {
-    /// The access of `principal` (a certificate id) connecting as `client_id`, or the reason
-    /// code to refuse the CONNECT with.
-    fn admit<'a>(&'a self, principal: &'a str, client_id: &'a str) -> GateFuture<'a>;
+    /// The client's access, or the reason code to refuse the CONNECT with.
+    fn admit<'a>(&'a self, connect: ConnectCredentials<'a>) -> GateFuture<'a>;
 }
 
 #[derive(Clone)]
@@ -22,9 +30,6 @@ pub enum Admission {
     Open(Option<Arc<Permissions>>),
     /// Nobody may connect (a listener configured without anonymous access).
     Closed,
-    /// The client proved `principal`; `gate` decides.
-    Authenticated {
-        principal: String,
-        gate: Arc<dyn Gate>,
-    },
+    /// The gate decides.
+    Gated(Arc<dyn Gate>),
 }

@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Admission, Transport};
+use super::{Admission, ConnectCredentials, Transport};
 use crate::auth::permissions::Access;
 use crate::broker::{Broker, Connection};
 use crate::mqtt::{Packet, decode_packet, reason};
@@ -83,8 +83,13 @@ pub async fn serve_connection<T: Transport>(
                             conn.refuse_connect(connect.protocol, reason::NOT_AUTHORIZED);
                             continue;
                         }
-                        Admission::Authenticated { principal, gate } => {
-                            match gate.admit(principal, &connect.client_id).await {
+                        Admission::Gated(gate) => {
+                            let credentials = ConnectCredentials {
+                                client_id: &connect.client_id,
+                                username: connect.username.as_deref(),
+                                password: connect.password.as_deref(),
+                            };
+                            match gate.admit(credentials).await {
                                 Ok(access) => conn.set_access(access),
                                 Err(code) => {
                                     conn.refuse_connect(connect.protocol, code);

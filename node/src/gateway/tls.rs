@@ -4,6 +4,7 @@
 //! [`Gate`]'s decision at CONNECT, against the registry, so that a certificate created a
 //! moment ago on any node is known.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::http::{ConnectionInfo, serve_http};
 use super::{Admission, BufferedStream, Gate, serve_connection};
 use crate::broker::Broker;
 
@@ -37,13 +39,51 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
+/// The protocols one TLS port serves, by ALPN, as AWS IoT Core's port 443 does.
+pub const ALPN_MQTT_CERTIFICATE: &[u8] = b"x-amzn-mqtt-ca";
+pub const ALPN_MQTT_CUSTOM_AUTH: &[u8] = b"mqtt";
+pub const ALPN_HTTP_CERTIFICATE: &[u8] = b"x-amzn-http-ca";
+const ALPN_MULTIPLEXED: [&[u8]; 5] = [
+    ALPN_MQTT_CERTIFICATE,
+    ALPN_MQTT_CUSTOM_AUTH,
+    ALPN_HTTP_CERTIFICATE,
+    b"h2",
+    b"http/1.1",
+];
+
+/// What a TLS port serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPort {
+    /// MQTT from devices with a client certificate (8883), whatever ALPN they offer.
+    Mqtt,
+    /// Everything on one port (443), chosen by ALPN: MQTT with a certificate or with custom
+    /// authentication, HTTPS publish with a certificate, and HTTP (the APIs, HTTPS publish,
+    /// MQTT over WebSocket) for `h2`, `http/1.1` or no ALPN. A client certificate is optional.
+    Multiplexed,
+}
+
+/// Where the gateway hands each connection once it knows what the client speaks.
+pub trait Devices: Send + Sync + 'static {
+    /// The gate of an MQTT client that proved the certificate whose id is given.
+    fn certificate_gate(&self, certificate_id: String) -> Arc<dyn Gate>;
+    /// The gate of an MQTT client that authenticates with a custom authorizer.
+    fn custom_auth_gate(&self, info: ConnectionInfo) -> Arc<dyn Gate>;
+    /// What answers HTTP: the APIs, HTTPS publish and WebSocket upgrades.
+    fn router(&self) -> axum::Router;
+}
+
 /// Accepts any client certificate whose holder proves its key; the registry decides the rest.
 #[derive(Debug)]
 struct RegistryDecides {
     algorithms: WebPkiSupportedAlgorithms,
+    mandatory: bool,
 }
 
 impl ClientCertVerifier for RegistryDecides {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -91,12 +131,12 @@ fn pem_error(
     }
 }
 
-/// The device listener's TLS: TLS 1.2 and 1.3, a client certificate required, the server
-/// certificate and key from PEM files.
+/// A device port's TLS: TLS 1.2 and 1.3, the server certificate and key from PEM files, a
+/// client certificate as `port` needs it.
 pub fn device_server_config(
     certificate: &Path,
     key: &Path,
-    alpn: &[&[u8]],
+    port: TlsPort,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = CertificateDer::pem_file_iter(certificate)
         .map_err(pem_error("server certificate", certificate))?
@@ -106,22 +146,25 @@ pub fn device_server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(RegistryDecides {
         algorithms: provider.signature_verification_algorithms,
+        mandatory: port == TlsPort::Mqtt,
     });
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if port == TlsPort::Multiplexed {
+        config.alpn_protocols = ALPN_MULTIPLEXED.iter().map(|p| p.to_vec()).collect();
+    }
     Ok(Arc::new(config))
 }
 
-/// Accepts TLS connections until `shutdown` turns true; each authenticated device's CONNECT
-/// goes through `gate`.
+/// Accepts TLS connections until `shutdown` turns true and hands each to what it negotiated.
 pub async fn run_tls_listener(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    port: TlsPort,
     broker: Broker,
-    gate: Arc<dyn Gate>,
+    devices: Arc<dyn Devices>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(config);
@@ -132,7 +175,8 @@ pub async fn run_tls_listener(
                     let _ = stream.set_nodelay(true);
                     let acceptor = acceptor.clone();
                     let broker = broker.clone();
-                    let gate = Arc::clone(&gate);
+                    let devices = Arc::clone(&devices);
+                    let shutdown = shutdown.clone();
                     tokio::spawn(async move {
                         let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(s)) => s,
@@ -147,15 +191,7 @@ pub async fn run_tls_listener(
                                 return;
                             }
                         };
-                        let principal = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .map(|der| crate::aws::pki::certificate_id(der))
-                            .unwrap_or_default();
-                        let admission = Admission::Authenticated { principal, gate };
-                        serve_connection(BufferedStream::new(stream), broker, admission, Some(peer.ip())).await;
+                        serve_session(stream, peer, port, broker, devices, shutdown).await;
                     });
                 }
                 Err(e) => {
@@ -165,5 +201,47 @@ pub async fn run_tls_listener(
             },
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+async fn serve_session(
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    port: TlsPort,
+    broker: Broker,
+    devices: Arc<dyn Devices>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let session = &stream.get_ref().1;
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let certificate_id = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|der| crate::aws::pki::certificate_id(der));
+    let info = ConnectionInfo {
+        peer,
+        certificate_id,
+        server_name: session.server_name().map(str::to_owned),
+        anonymous: None,
+    };
+    let mqtt_with_certificate =
+        port == TlsPort::Mqtt || alpn.as_deref() == Some(ALPN_MQTT_CERTIFICATE);
+    let certificate_required =
+        mqtt_with_certificate || alpn.as_deref() == Some(ALPN_HTTP_CERTIFICATE);
+    if certificate_required && info.certificate_id.is_none() {
+        broker.metrics().packet_error("tls_no_client_certificate");
+        tracing::debug!(%peer, "no client certificate where one is required");
+        return;
+    }
+    if mqtt_with_certificate {
+        let gate = devices.certificate_gate(info.certificate_id.unwrap_or_default());
+        let stream = BufferedStream::new(stream);
+        serve_connection(stream, broker, Admission::Gated(gate), Some(peer.ip())).await;
+    } else if alpn.as_deref() == Some(ALPN_MQTT_CUSTOM_AUTH) {
+        let gate = devices.custom_auth_gate(info);
+        let stream = BufferedStream::new(stream);
+        serve_connection(stream, broker, Admission::Gated(gate), Some(peer.ip())).await;
+    } else {
+        serve_http(stream, devices.router(), info, shutdown).await;
     }
 }

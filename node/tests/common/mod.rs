@@ -54,6 +54,8 @@ impl TestServer {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             mqtts_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ws_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Config::default()
         };
         tweak(&mut config);
