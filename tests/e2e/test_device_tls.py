@@ -241,3 +241,63 @@ def test_the_aws_iot_device_sdk_connects_with_its_certificate(broker: Broker, la
         assert received == [("things/lamp/commands", b"blink")]
     finally:
         connection.disconnect().result(WAIT)
+
+
+def _own_ca_device(directory: Path, *, expired: bool) -> tuple[Path, Path, Path]:
+    """A CA made with openssl and a device certificate it issued (valid only in 2020 when
+    `expired`): (ca.pem, device.pem, device.key)."""
+    directory.mkdir()
+    db = directory / "db"
+    db.mkdir()
+    (db / "index.txt").touch()
+    (db / "serial").write_text("01\n")
+    (directory / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = own\n[own]\ndatabase = db/index.txt\nnew_certs_dir = db\n"
+        "serial = db/serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n"
+        "x509_extensions = device\n[any]\ncommonName = supplied\n"
+        "[device]\nbasicConstraints = CA:FALSE\nkeyUsage = digitalSignature\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run = {"cwd": directory, "check": True, "capture_output": True, "timeout": 60}
+    subprocess.run(["openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem",
+                    "-days", "30", "-subj", "/CN=own-ca"], **run)
+    subprocess.run(["openssl", "req", *ec, "-keyout", "device.key", "-out", "device.csr",
+                    "-subj", "/CN=lamp"], **run)
+    dates = (["-startdate", "20200101000000Z", "-enddate", "20200102000000Z"] if expired
+             else ["-days", "10"])
+    subprocess.run(["openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
+                    "-in", "device.csr", "-out", "device.pem", *dates], **run)
+    return directory / "ca.pem", directory / "device.pem", directory / "device.key"
+
+
+def test_certificates_of_an_unknown_ca_or_out_of_date_do_not_connect(
+        broker: Broker, iot: Any, tmp_path: Path) -> None:
+    iot.create_policy(policyName="open", policyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]}))
+
+    # Issued by a CA nobody registered: refused, and admitted once CA and certificate are.
+    ca, cert, key = _own_ca_device(tmp_path / "fresh", expired=False)
+    unknown = Device(broker, "lamp", cert, key)
+    refused = unknown.connect()
+    assert refused is None or refused.value == NOT_AUTHORIZED
+    unknown.paho.loop_stop()
+    registered_ca = iot.register_ca_certificate(caCertificate=ca.read_text(), setAsActive=True)
+    registered = iot.register_certificate(certificatePem=cert.read_text(), status="ACTIVE")
+    iot.attach_policy(policyName="open", target=registered["certificateArn"])
+    known = Device(broker, "lamp", cert, key)
+    assert not known.connect().is_failure
+    known.close()
+    # Its CA deactivated: the certificate no longer connects.
+    iot.update_ca_certificate(certificateId=registered_ca["certificateId"], newStatus="INACTIVE")
+    behind_inactive_ca = Device(broker, "lamp", cert, key)
+    assert behind_inactive_ca.connect().value == NOT_AUTHORIZED
+    behind_inactive_ca.paho.loop_stop()
+
+    # Registered and ACTIVE but out of date.
+    old_ca, old_cert, old_key = _own_ca_device(tmp_path / "old", expired=True)
+    iot.register_ca_certificate(caCertificate=old_ca.read_text(), setAsActive=True)
+    old = iot.register_certificate(certificatePem=old_cert.read_text(), status="ACTIVE")
+    iot.attach_policy(policyName="open", target=old["certificateArn"])
+    expired = Device(broker, "lamp", old_cert, old_key)
+    assert expired.connect().value == NOT_AUTHORIZED
+    expired.paho.loop_stop()
