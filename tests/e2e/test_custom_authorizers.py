@@ -218,6 +218,12 @@ def test_mqtt_with_alpn_mqtt_gets_what_the_authorizer_returns(
                      username=_username(token, signing.sign(token), name="nobody"))
     assert unknown.connect().value == NOT_AUTHORIZED
     unknown.paho.loop_stop()
+    metrics = broker.metrics()
+    assert metrics.value("halyard_custom_authorizations_total", authorizer=AUTHORIZER, outcome="allowed") == 1
+    assert metrics.value("halyard_custom_authorizations_total", authorizer=AUTHORIZER, outcome="bad_signature") == 1
+    assert metrics.value("halyard_custom_authorizations_total", authorizer=AUTHORIZER, outcome="denied") == 1
+    assert metrics.value("halyard_custom_authorizations_total", authorizer=AUTHORIZER,
+                         outcome="function_error") == 1
 
 
 def test_the_authorizers_disconnect_and_refresh_are_obeyed(

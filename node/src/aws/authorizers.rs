@@ -706,6 +706,7 @@ impl Api {
                 .filter_map(|pem| SigningKey::parse(pem))
                 .any(|key| key.verifies(token.as_bytes(), &signature));
             if !verified {
+                self.count_authorization(authorizer, "bad_signature");
                 return Err(Refusal::Denied(
                     "the token signature does not verify".into(),
                 ));
@@ -755,9 +756,23 @@ impl Api {
                     authorizer.authorizer_function_arn
                 ))
             })?;
-        callout::post_json(&url, &event, FUNCTION_TIMEOUT)
-            .await
-            .map_err(|e| Refusal::Denied(format!("authorizer function: {e}")))
+        let started = std::time::Instant::now();
+        let answer = callout::post_json(&url, &event, FUNCTION_TIMEOUT).await;
+        self.metrics
+            .authorizer_latency
+            .with_label_values(&[authorizer.authorizer_name.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        answer.map_err(|e| {
+            self.count_authorization(authorizer, "function_error");
+            Refusal::Denied(format!("authorizer function: {e}"))
+        })
+    }
+
+    fn count_authorization(&self, authorizer: &AuthorizerRecord, outcome: &str) {
+        self.metrics
+            .authorizations
+            .with_label_values(&[authorizer.authorizer_name.as_str(), outcome])
+            .inc();
     }
 
     /// Where the function behind `arn` answers: the ARN itself when it is a URL, else the
@@ -796,13 +811,17 @@ impl Api {
         let answer = self
             .invoke(&authorizer, credentials, mqtt, server_name)
             .await?;
-        let (authenticated, verdict) = check_verdict(&answer)
-            .map_err(|e| Refusal::Denied(format!("authorizer {name} answered badly: {e}")))?;
+        let (authenticated, verdict) = check_verdict(&answer).map_err(|e| {
+            self.count_authorization(&authorizer, "function_error");
+            Refusal::Denied(format!("authorizer {name} answered badly: {e}"))
+        })?;
         if !authenticated {
+            self.count_authorization(&authorizer, "denied");
             return Err(Refusal::Denied(format!(
                 "authorizer {name} did not authenticate the client"
             )));
         }
+        self.count_authorization(&authorizer, "allowed");
         Ok(verdict)
     }
 

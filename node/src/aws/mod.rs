@@ -51,6 +51,8 @@ type ApiResult = Result<Value, AwsError>;
 pub struct ApiMetrics {
     requests: IntCounterVec,
     latency: HistogramVec,
+    authorizations: IntCounterVec,
+    authorizer_latency: HistogramVec,
 }
 
 impl ApiMetrics {
@@ -72,9 +74,34 @@ impl ApiMetrics {
             ]),
             &["operation"],
         )?;
+        let authorizations = IntCounterVec::new(
+            Opts::new(
+                "halyard_custom_authorizations_total",
+                "Custom authorizer decisions by authorizer and outcome (allowed, denied, \
+                 bad_signature, function_error)",
+            ),
+            &["authorizer", "outcome"],
+        )?;
+        let authorizer_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "halyard_authorizer_function_duration_seconds",
+                "Time an authorizer function took to answer, by authorizer",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["authorizer"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
-        Ok(Self { requests, latency })
+        registry.register(Box::new(authorizations.clone()))?;
+        registry.register(Box::new(authorizer_latency.clone()))?;
+        Ok(Self {
+            requests,
+            latency,
+            authorizations,
+            authorizer_latency,
+        })
     }
 }
 
