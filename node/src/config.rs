@@ -81,6 +81,28 @@ pub struct AwsConfig {
     /// Custom authorizer functions by ARN: the URL each is called at (an authorizer whose
     /// function ARN is itself an `http(s)://` URL needs no entry).
     pub authorizer_functions: std::collections::BTreeMap<String, String>,
+    /// Built-in authorizer functions that check JSON Web Tokens, by name: an authorizer whose
+    /// function ARN is `jwt:{name}` uses the settings under that name.
+    pub jwt_verifiers: std::collections::BTreeMap<String, JwtVerifierConfig>,
+}
+
+/// How the built-in JWT authorizer function checks a token and what it grants.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtVerifierConfig {
+    /// The issuer's JSON Web Key Set, from a file ...
+    pub jwks_file: Option<PathBuf>,
+    /// ... or from a URL (read again every five minutes, or sooner for an unknown key id).
+    pub jwks_url: Option<String>,
+    /// The `iss` a token must carry, if set.
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry, if set.
+    pub audience: Option<String>,
+    /// The claim that names the principal; `sub` when unset.
+    pub principal_claim: Option<String>,
+    /// The IoT policies (by name, from the registry) a token's holder gets; its claims are
+    /// the policy variables `${jwt:claim}`.
+    pub policies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -100,6 +122,7 @@ impl Default for AwsConfig {
             ca_cert: None,
             ca_key: None,
             authorizer_functions: std::collections::BTreeMap::new(),
+            jwt_verifiers: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -558,6 +581,20 @@ impl Config {
                 );
             }
         }
+        for (name, verifier) in &aws.jwt_verifiers {
+            let key = format!("aws.jwt_verifiers.{name}");
+            if verifier.jwks_file.is_some() == verifier.jwks_url.is_some() {
+                return invalid(&key, "set exactly one of jwks_file and jwks_url");
+            }
+            if let Some(url) = &verifier.jwks_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return invalid(&key, "jwks_url must be an http:// or https:// URL");
+            }
+            if verifier.policies.is_empty() {
+                return invalid(&key, "policies must name at least one policy");
+            }
+        }
         match (&aws.ca_cert, &aws.ca_key) {
             (Some(_), None) => return invalid("aws.ca_key", "must be set when aws.ca_cert is"),
             (None, Some(_)) => return invalid("aws.ca_cert", "must be set when aws.ca_key is"),
@@ -783,7 +820,10 @@ mod tests {
         }
         // Lists have no one-variable form; they are set in the config file.
         keys.retain(|k| {
-            k != "aws.access_keys" && k != "aws.server_names" && k != "aws.authorizer_functions"
+            k != "aws.access_keys"
+                && k != "aws.server_names"
+                && k != "aws.authorizer_functions"
+                && k != "aws.jwt_verifiers"
         });
         keys.sort();
         let mut listed: Vec<String> = ENV_KEYS.iter().map(|k| (*k).to_owned()).collect();

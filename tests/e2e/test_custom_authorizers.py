@@ -321,3 +321,93 @@ def test_the_device_sdk_connects_through_a_custom_authorizer(
     assert watcher.expect().payload == b"from-sdk"
     sdk.disconnect().result(10)
     assert function.events[-1]["protocolData"]["mqtt"]["clientId"] == "sdk-1"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenIssuer:
+    """An identity provider's RS256 key, its JWKS file, and the tokens it signs."""
+
+    def __init__(self, directory: Path, kid: str = "idp-1") -> None:
+        self.kid = kid
+        self.key = directory / f"{kid}.key"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                        "-out", str(self.key)], check=True, capture_output=True, timeout=60)
+        modulus = subprocess.run(["openssl", "rsa", "-in", str(self.key), "-noout", "-modulus"],
+                                 check=True, capture_output=True, text=True, timeout=60).stdout
+        n = bytes.fromhex(modulus.strip().split("=", 1)[1])
+        self.jwk = {"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+                    "n": _b64url(n), "e": _b64url((65537).to_bytes(3, "big"))}
+
+    def token(self, **claims: Any) -> str:
+        signed = (_b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": self.kid}).encode()) + "."
+                  + _b64url(json.dumps(claims).encode()))
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                                   input=signed.encode(), check=True, capture_output=True, timeout=60).stdout
+        return f"{signed}.{_b64url(signature)}"
+
+
+def test_the_built_in_jwt_verifier_turns_claims_into_policy_variables(tmp_path: Path) -> None:
+    from aws import client, keys
+    from harness import Client, start_broker
+
+    issuer = TokenIssuer(tmp_path)
+    stranger = TokenIssuer(tmp_path, kid="idp-1-copy")
+    stranger.kid = "idp-1"  # the same key id, another key
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [issuer.jwk]}))
+    config = tmp_path / "halyard.toml"
+    config.write_text(f'[aws.jwt_verifiers.fleet]\njwks_file = "{jwks}"\nissuer = "https://idp.test"\n'
+                      'audience = "halyard"\npolicies = ["fleet"]\n')
+    broker = start_broker(tmp_path, ["--config", str(config)])
+    try:
+        iot = client(broker, *keys(broker))
+        sub = "${jwt:sub}"
+        iot.create_policy(policyName="fleet", policyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{ARN}:client/{sub}"},
+                {"Effect": "Allow", "Action": "iot:Publish", "Resource": f"{ARN}:topic/fleet/{sub}/*"},
+            ]}))
+        with pytest.raises(iot.exceptions.InvalidRequestException):
+            iot.create_authorizer(authorizerName="nojwt", authorizerFunctionArn="jwt:missing",
+                                  signingDisabled=True)
+        iot.create_authorizer(authorizerName="jwt", authorizerFunctionArn="jwt:fleet",
+                              tokenKeyName="token", signingDisabled=True)
+        watcher = Client(broker, "watcher", mqtt.MQTTv5, True, None)
+        watcher.connect()
+        watcher.subscribe("fleet/#", 1)
+        now = int(time.time())
+        good = {"sub": "truck7", "iss": "https://idp.test", "aud": "halyard", "exp": now + 600}
+
+        def device(token: str, client_id: str = "truck7") -> Device:
+            return Device(broker, client_id, protocol=mqtt.MQTTv5, port=broker.tls_port, alpn=["mqtt"],
+                          username="?" + urllib.parse.urlencode(
+                              {"x-amz-customauthorizer-name": "jwt", "token": token}))
+
+        truck = device(issuer.token(**good))
+        connack = truck.connect()
+        assert connack is not None and not connack.is_failure, connack
+        info = truck.paho.publish("fleet/truck7/position", b"52.1,4.3", qos=1)
+        assert truck.wait(lambda: info.mid in truck.pubacks)
+        assert watcher.expect().payload == b"52.1,4.3"
+        other = truck.paho.publish("fleet/truck8/position", b"x", qos=1)
+        assert truck.wait(lambda: other.mid in truck.pubacks)
+        assert truck.pubacks[other.mid].value == 0x87
+        truck.close()
+
+        # The claims decide the client id; expired, foreign, misaddressed and forged tokens fail.
+        assert device(issuer.token(**good), client_id="truck8").connect().value == NOT_AUTHORIZED
+        for bad in (issuer.token(**{**good, "exp": now - 3600}),
+                    issuer.token(**{**good, "aud": "someone-else"}),
+                    issuer.token(**{**good, "iss": "https://evil.test"}),
+                    stranger.token(**good),
+                    "not.a.jwt"):
+            refused = device(bad)
+            assert refused.connect().value == NOT_AUTHORIZED
+            refused.paho.loop_stop()
+        watcher.close()
+    finally:
+        assert broker.stop() == 0

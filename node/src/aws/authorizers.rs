@@ -7,17 +7,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::callout;
 use super::error::AwsError;
 use super::request::ApiRequest;
 use super::things::{check_name, now_seconds, uuid_v4};
 use super::{Api, ApiResult};
+use super::{callout, jwt};
 use crate::auth::permissions::{Access, Permissions};
 use crate::auth::policy::{Context, Policy};
 use crate::gateway::http::ConnectionInfo;
@@ -31,6 +31,8 @@ const MAX_AUTHORIZERS: usize = 100;
 const MAX_POLICY_DOCUMENTS: usize = 10;
 /// How long an authorizer function may take, as AWS IoT allows a Lambda authorizer.
 const FUNCTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// A function ARN `jwt:{name}` is the built-in JWT verifier configured under that name.
+const JWT_FUNCTION_PREFIX: &str = "jwt:";
 
 pub const NAME_HEADER: &str = "x-amz-customauthorizer-name";
 pub const SIGNATURE_HEADER: &str = "x-amz-customauthorizer-signature";
@@ -300,6 +302,8 @@ struct Verdict {
     policies: Vec<Policy>,
     disconnect_after: Option<Duration>,
     refresh_after: Option<Duration>,
+    /// Policy variables the function adds besides the connection's own.
+    variables: Vec<(String, String)>,
 }
 
 fn check_verdict(answer: &Value) -> Result<(bool, Verdict), String> {
@@ -354,6 +358,7 @@ fn check_verdict(answer: &Value) -> Result<(bool, Verdict), String> {
             policies,
             disconnect_after: seconds("disconnectAfterInSeconds")?,
             refresh_after: seconds("refreshAfterInSeconds")?,
+            variables: Vec::new(),
         },
     ))
 }
@@ -375,6 +380,24 @@ impl Api {
             description["tokenKeyName"] = json!(key);
         }
         description
+    }
+
+    fn check_function(&self, arn: &str) -> Result<(), AwsError> {
+        if arn.len() > 2048 {
+            return Err(AwsError::validation(
+                "authorizerFunctionArn",
+                arn,
+                "Member must have length less than or equal to 2048",
+            ));
+        }
+        if let Some(verifier) = arn.strip_prefix(JWT_FUNCTION_PREFIX)
+            && !self.config.jwt_verifiers.contains_key(verifier)
+        {
+            return Err(AwsError::invalid_request(format!(
+                "No JWT verifier {verifier} is configured (aws.jwt_verifiers)"
+            )));
+        }
+        Ok(())
     }
 
     fn authorizer_summary(&self, name: &str) -> Value {
@@ -400,7 +423,7 @@ impl Api {
             .authorizer_function_arn
             .filter(|f| !f.is_empty())
             .ok_or_else(|| AwsError::invalid_request("authorizerFunctionArn is required"))?;
-        check_function(&function)?;
+        self.check_function(&function)?;
         let signing_disabled = body.signing_disabled.unwrap_or(false);
         let keys = body.token_signing_public_keys.unwrap_or_default();
         if let Some(key_name) = &body.token_key_name {
@@ -488,7 +511,7 @@ impl Api {
             .ok_or_else(|| AwsError::not_found(format!("Authorizer {name} does not exist")))?;
         let mut record = current.value;
         if let Some(function) = body.authorizer_function_arn {
-            check_function(&function)?;
+            self.check_function(&function)?;
             record.authorizer_function_arn = function;
         }
         if let Some(key_name) = body.token_key_name {
@@ -634,7 +657,7 @@ impl Api {
             None => None,
         };
         let server_name = body.tls_context.and_then(|t| t.server_name);
-        let answer = self
+        let (answer, _) = self
             .invoke(
                 &authorizer,
                 &credentials,
@@ -673,14 +696,15 @@ impl Api {
         Ok(result)
     }
 
-    /// Checks the token's signature and calls the authorizer's function; its raw answer.
+    /// Checks the token's signature and calls the authorizer's function: its answer in AWS's
+    /// form, and the policy variables it adds (the claims of a JWT).
     async fn invoke(
         &self,
         authorizer: &AuthorizerRecord,
         credentials: &Credentials,
         mqtt: Option<&MqttSide>,
         server_name: Option<&str>,
-    ) -> Result<Value, Refusal> {
+    ) -> Result<(Value, Vec<(String, String)>), Refusal> {
         if authorizer.status != "ACTIVE" {
             return Err(Refusal::Denied(format!(
                 "authorizer {} is not active",
@@ -711,6 +735,12 @@ impl Api {
                     "the token signature does not verify".into(),
                 ));
             }
+        }
+        if let Some(verifier) = authorizer
+            .authorizer_function_arn
+            .strip_prefix(JWT_FUNCTION_PREFIX)
+        {
+            return self.check_jwt(authorizer, verifier, token).await;
         }
         let mut protocols = vec!["tls"];
         let mut protocol_data = json!({ "tls": { "serverName": server_name.unwrap_or_default() } });
@@ -762,10 +792,98 @@ impl Api {
             .authorizer_latency
             .with_label_values(&[authorizer.authorizer_name.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        answer.map_err(|e| {
+        let answer = answer.map_err(|e| {
             self.count_authorization(authorizer, "function_error");
             Refusal::Denied(format!("authorizer function: {e}"))
-        })
+        })?;
+        Ok((answer, Vec::new()))
+    }
+
+    /// The built-in function: the token is a JWT checked against the verifier's key set; its
+    /// holder gets the verifier's policies until the token expires.
+    async fn check_jwt(
+        &self,
+        authorizer: &AuthorizerRecord,
+        verifier: &str,
+        token: Option<&str>,
+    ) -> Result<(Value, Vec<(String, String)>), Refusal> {
+        let Some(config) = self.config.jwt_verifiers.get(verifier) else {
+            self.count_authorization(authorizer, "function_error");
+            return Err(Refusal::Denied(format!(
+                "no JWT verifier {verifier} is configured (aws.jwt_verifiers)"
+            )));
+        };
+        let Some(token) = token else {
+            return Ok((json!({ "isAuthenticated": false }), Vec::new()));
+        };
+        let source = match (&config.jwks_file, &config.jwks_url) {
+            (Some(file), _) => jwt::KeySource::File(file.clone()),
+            (None, Some(url)) => jwt::KeySource::Url(url.clone()),
+            (None, None) => return Err(Refusal::Denied("the JWT verifier has no key set".into())),
+        };
+        let keys = self
+            .key_sets
+            .get(&source, jwt::key_id(token).as_deref())
+            .await
+            .map_err(|e| {
+                self.count_authorization(authorizer, "function_error");
+                Refusal::Unavailable(e.to_string())
+            })?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let claims = match jwt::verify(
+            token,
+            &keys,
+            config.issuer.as_deref(),
+            config.audience.as_deref(),
+            now,
+        ) {
+            Ok(claims) => claims,
+            Err(e) => {
+                tracing::debug!(authorizer = %authorizer.authorizer_name, error = %e, "JWT refused");
+                return Ok((json!({ "isAuthenticated": false }), Vec::new()));
+            }
+        };
+        let principal_claim = config.principal_claim.as_deref().unwrap_or("sub");
+        let principal: String = claims
+            .get(principal_claim)
+            .and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(128)
+            .collect();
+        let documents = self
+            .documents(&config.policies)
+            .await
+            .map_err(|e| Refusal::Unavailable(e.message))?;
+        let mut answer = json!({
+            "isAuthenticated": !principal.is_empty(),
+            "principalId": principal,
+            "policyDocuments": documents.into_iter().map(|(_, d)| d).collect::<Vec<_>>(),
+        });
+        if let Some(exp) = claims.get("exp").and_then(Value::as_i64) {
+            answer["disconnectAfterInSeconds"] = json!((exp - now).clamp(1, 86_400));
+        }
+        let variables = claims
+            .iter()
+            .filter_map(|(name, value)| {
+                let value = match value {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => return None,
+                };
+                Some((format!("jwt:{name}"), value))
+            })
+            .collect();
+        Ok((answer, variables))
     }
 
     fn count_authorization(&self, authorizer: &AuthorizerRecord, outcome: &str) {
@@ -808,10 +926,10 @@ impl Api {
             }
             Err(e) => return Err(Refusal::Unavailable(e.message)),
         };
-        let answer = self
+        let (answer, variables) = self
             .invoke(&authorizer, credentials, mqtt, server_name)
             .await?;
-        let (authenticated, verdict) = check_verdict(&answer).map_err(|e| {
+        let (authenticated, mut verdict) = check_verdict(&answer).map_err(|e| {
             self.count_authorization(&authorizer, "function_error");
             Refusal::Denied(format!("authorizer {name} answered badly: {e}"))
         })?;
@@ -822,6 +940,7 @@ impl Api {
             )));
         }
         self.count_authorization(&authorizer, "allowed");
+        verdict.variables = variables;
         Ok(verdict)
     }
 
@@ -831,6 +950,9 @@ impl Api {
             context.set("iot:ClientId", id);
         }
         context.set("iot:Connection.Thing.IsAttached", "false");
+        for (name, value) in &verdict.variables {
+            context.set(name.clone(), value.clone());
+        }
         Permissions::compile(&verdict.policies, &context, &self.arn(""))
     }
 
@@ -872,17 +994,6 @@ fn check_authorizer_name(name: &str) -> Result<(), AwsError> {
             "Member must satisfy regular expression pattern: [\\w=,@-]+",
         ))
     }
-}
-
-fn check_function(arn: &str) -> Result<(), AwsError> {
-    if arn.len() > 2048 {
-        return Err(AwsError::validation(
-            "authorizerFunctionArn",
-            arn,
-            "Member must have length less than or equal to 2048",
-        ));
-    }
-    Ok(())
 }
 
 /// Admits MQTT clients through a custom authorizer: from the connection's HTTP upgrade

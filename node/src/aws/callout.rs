@@ -1,5 +1,5 @@
-//! Calls out to a service over HTTP or HTTPS with a JSON body and a JSON answer: custom
-//! authorizer functions run as web services.
+//! Calls out to a service over HTTP or HTTPS for a JSON answer: custom authorizer functions
+//! run as web services, and the key sets of JWT issuers.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -57,13 +57,21 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
 
 /// POSTs `body` to `url` and returns the JSON it answers, within `timeout`.
 pub async fn post_json(url: &str, body: &Value, timeout: Duration) -> Result<Value, CalloutError> {
-    match tokio::time::timeout(timeout, exchange(url, body)).await {
+    match tokio::time::timeout(timeout, exchange(url, Some(body))).await {
         Ok(result) => result,
         Err(_) => Err(CalloutError::Timeout(url.to_owned(), timeout)),
     }
 }
 
-async fn exchange(url: &str, body: &Value) -> Result<Value, CalloutError> {
+/// GETs the JSON at `url`, within `timeout`.
+pub async fn get_json(url: &str, timeout: Duration) -> Result<Value, CalloutError> {
+    match tokio::time::timeout(timeout, exchange(url, None)).await {
+        Ok(result) => result,
+        Err(_) => Err(CalloutError::Timeout(url.to_owned(), timeout)),
+    }
+}
+
+async fn exchange(url: &str, body: Option<&Value>) -> Result<Value, CalloutError> {
     let uri: Uri = url.parse().map_err(|_| CalloutError::Url(url.to_owned()))?;
     let secure = match uri.scheme_str() {
         Some("https") => true,
@@ -83,13 +91,19 @@ async fn exchange(url: &str, body: &Value) -> Result<Value, CalloutError> {
         .map_err(|e| connect_error(&e))?;
     let _ = tcp.set_nodelay(true);
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let request = Request::post(path)
+    let builder = match body {
+        Some(_) => Request::post(path).header(header::CONTENT_TYPE, "application/json"),
+        None => Request::get(path),
+    };
+    let request = builder
         .header(
             header::HOST,
             uri.authority().map_or(host.as_str(), |a| a.as_str()),
         )
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .header(header::ACCEPT, "application/json")
+        .body(Full::new(bytes::Bytes::from(
+            body.map(Value::to_string).unwrap_or_default(),
+        )))
         .map_err(|e| CalloutError::Url(format!("{url}: {e}")))?;
     if secure {
         let name = ServerName::try_from(host.clone()).map_err(|e| connect_error(&e))?;

@@ -10,6 +10,7 @@ mod devices;
 pub mod error;
 mod gate;
 mod groups;
+mod jwt;
 pub mod pki;
 mod policies;
 mod records;
@@ -116,6 +117,7 @@ pub struct Api {
     own_ca_id: Option<String>,
     metrics: ApiMetrics,
     live: gate::LiveConnections,
+    key_sets: jwt::KeySets,
 }
 
 /// What a node needs before it serves the API: the access keys and the cluster's CA.
@@ -142,6 +144,7 @@ impl Api {
             own_ca_id,
             metrics,
             live: gate::LiveConnections::default(),
+            key_sets: jwt::KeySets::default(),
         }
     }
 

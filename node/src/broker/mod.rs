@@ -392,10 +392,8 @@ impl Broker {
         };
         let deadline = Instant::now() + timeout;
         while durable.committed() < seq {
-            if tokio::time::timeout_at(deadline, signal.notified())
-                .await
-                .is_err()
-            {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, signal.notified()).await.is_err() {
                 return durable.committed() >= seq;
             }
         }
