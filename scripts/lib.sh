@@ -98,3 +98,26 @@ run_simulation() {
     RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$(sim_target_dir)" \
         SIM_SEEDS="${SIM_SEEDS:-200}" cargo test --release -p halyard-sim-tests "$@"
 }
+
+# The end-to-end tests' tools: Python with the clients in .venv, openssl and curl.
+ensure_test_venv() {
+    # The certificate tests make CAs and CSRs with the openssl command line, as fleets do, and
+    # HTTPS publish is tested with curl.
+    for tool in openssl curl; do
+        if ! command -v "$tool" >/dev/null 2>&1; then
+            ensure_apt_packages "$tool"
+        fi
+    done
+    # Debian's own python3 ships venv separately; pyenv and python.org builds include it.
+    if ! command -v python3 >/dev/null 2>&1; then
+        ensure_apt_packages python3 python3-venv
+    elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        ensure_apt_packages python3-venv
+    fi
+    # A venv whose interpreter was removed (e.g. a Python upgrade) is rebuilt rather than patched.
+    if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
+        rm -rf .venv
+        python3 -m venv .venv
+    fi
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+}

@@ -23,28 +23,9 @@ step() {
     printf '==> ok: %s (%ds)\n' "$title" "$((SECONDS - started))"
 }
 
-setup_python() {
-    # The certificate tests make CAs and CSRs with the openssl command line, as fleets do.
-    if ! command -v openssl >/dev/null 2>&1; then
-        ensure_apt_packages openssl
-    fi
-    # Debian's own python3 ships venv separately; pyenv and python.org builds include it.
-    if ! command -v python3 >/dev/null 2>&1; then
-        ensure_apt_packages python3 python3-venv
-    elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-        ensure_apt_packages python3-venv
-    fi
-    # A venv whose interpreter was removed (e.g. a Python upgrade) is rebuilt rather than patched.
-    if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
-        rm -rf .venv
-        python3 -m venv .venv
-    fi
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
-}
-
 step "System packages" ensure_apt_packages "${BUILD_PACKAGES[@]}" mosquitto-clients
 step "Rust toolchain" ensure_cargo
-step "Python environment (.venv)" setup_python
+step "Python environment (.venv)" ensure_test_venv
 step "Disk space for the build" prune_target_dirs
 step "Formatting" cargo fmt --all --check
 step "Lints" cargo clippy --workspace --all-targets --release -- -D warnings

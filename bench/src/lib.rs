@@ -4,6 +4,7 @@
 pub mod client;
 pub mod compare;
 pub mod conn;
+pub mod handshakes;
 pub mod pubsub;
 pub mod stats;
 pub mod store;

@@ -30,6 +30,38 @@ enum Command {
     Compare(CompareArgs),
     /// Committed transactions per second of the replicated store (RocksDB, QUIC on loopback).
     Store(StoreArgs),
+    /// MQTT-over-TLS connections per second with a client certificate (full or resumed).
+    Handshakes(HandshakeArgs),
+}
+
+#[derive(Args)]
+struct HandshakeArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The name the server certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// PEM: the CA the server certificate is checked against.
+    #[arg(long)]
+    ca: PathBuf,
+    /// PEM: the client certificate.
+    #[arg(long)]
+    cert: PathBuf,
+    /// PEM: the client certificate's key.
+    #[arg(long)]
+    key: PathBuf,
+    /// Client ids are `{prefix}{worker}-{n}`.
+    #[arg(long, default_value = "bench-")]
+    client_prefix: String,
+    /// Resume TLS sessions (off: every handshake is a full one).
+    #[arg(long)]
+    resume: bool,
+    /// Connections in progress at once.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Seconds of connecting.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
 }
 
 #[derive(Args)]
@@ -231,6 +263,31 @@ fn run() -> anyhow::Result<()> {
                 };
                 let report = pubsub::run(opts).await?;
                 eprintln!("{}", pubsub::summary(&report));
+                emit(&report, a.target.json.as_ref())
+            }
+            Command::Handshakes(a) => {
+                let opts = halyard_bench::handshakes::HandshakeOptions {
+                    broker: resolve(&a.target)?,
+                    server_name: a.server_name,
+                    ca: a.ca,
+                    cert: a.cert,
+                    key: a.key,
+                    client_prefix: a.client_prefix,
+                    resume: a.resume,
+                    workers: a.workers,
+                    duration: Duration::from_secs_f64(a.duration.max(0.1)),
+                };
+                let report = halyard_bench::handshakes::run(opts).await?;
+                eprintln!(
+                    "{} connections ({} resumed, {} refused, {} failed): {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+                    report.connections,
+                    report.resumed,
+                    report.refused,
+                    report.failed,
+                    report.per_second,
+                    report.p50_ms,
+                    report.p99_ms
+                );
                 emit(&report, a.target.json.as_ref())
             }
             Command::Conn(a) => {
