@@ -95,6 +95,16 @@ def test_one_tls_port_serves_mqtt_https_and_the_api_by_alpn(
         "iot", endpoint_url=f"https://localhost:{broker.tls_port}", region_name="us-east-1",
         aws_access_key_id=keys(broker)[0], aws_secret_access_key=keys(broker)[1], verify=_ca(broker))
     assert "lamp" in [t["thingName"] for t in tls_iot.list_things()["things"]]
+    # And over HTTP/2, signed by curl.
+    key, secret = keys(broker)
+    done = subprocess.run(
+        ["curl", "-sS", "--http2", "--cacert", _ca(broker), "--aws-sigv4", "aws:amz:us-east-1:iot",
+         "--user", f"{key}:{secret}", "-w", "\n%{http_version}", f"https://localhost:{broker.tls_port}/things"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    body, _, version = done.stdout.rpartition("\n")
+    assert version == "2", done.stdout
+    assert "lamp" in [t["thingName"] for t in json.loads(body).get("things", [])], body
 
 
 def test_https_publish_with_curl_and_a_client_certificate(

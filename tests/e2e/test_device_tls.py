@@ -16,7 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from device import NOT_AUTHORIZED, WAIT, Device, thing_policy
+from device import NOT_AUTHORIZED, WAIT, Device, device_certificate, thing_policy
 from harness import Broker, halyard_bin, start_broker
 
 ARN = "arn:aws:iot:us-east-1:000000000000"
@@ -301,3 +301,42 @@ def test_certificates_of_an_unknown_ca_or_out_of_date_do_not_connect(
     expired = Device(broker, "lamp", old_cert, old_key)
     assert expired.connect().value == NOT_AUTHORIZED
     expired.paho.loop_stop()
+
+
+def test_receive_and_wildcards_in_topics_are_held_to_the_policy(
+        broker: Broker, iot: Any, tmp_path: Path, mqtt_client: Any) -> None:
+    created, cert, key = device_certificate(iot, tmp_path, "watch")
+    iot.create_policy(policyName="tricky", policyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{ARN}:client/watch"},
+            # `+` and `#` are plain characters in a policy; `*` and `?` are its wildcards.
+            {"Effect": "Allow", "Action": "iot:Subscribe",
+             "Resource": [f"{ARN}:topicfilter/alerts/*", f"{ARN}:topicfilter/sensors/+/temp"]},
+            {"Effect": "Allow", "Action": "iot:Receive", "Resource": f"{ARN}:topic/alerts/public/*"},
+            {"Effect": "Deny", "Action": "iot:Receive", "Resource": f"{ARN}:topic/alerts/public/secret"},
+            {"Effect": "Allow", "Action": "iot:Publish", "Resource": f"{ARN}:topic/sensors/?/temp"},
+        ],
+    }))
+    iot.attach_policy(policyName="tricky", target=created["certificateArn"])
+    device = Device(broker, "watch", cert, key, protocol=mqtt.MQTTv5)
+    assert not device.connect().is_failure
+    assert not device.subscribe("alerts/#").is_failure
+    assert not device.subscribe("sensors/+/temp").is_failure
+    for refused in ("sensors/1/temp", "sensors/#", "#", "+/secret", "alerts"):
+        assert device.subscribe(refused).value == 0x87, refused
+    for topic, allowed in (("sensors/1/temp", True), ("sensors/12/temp", False),
+                           ("sensors/a/temp", True), ("sensors/1/temp/x", False)):
+        info = device.paho.publish(topic, b"t", qos=1)
+        assert device.wait(lambda: info.mid in device.pubacks), topic
+        assert (device.pubacks[info.mid].value == 0x87) != allowed, topic
+
+    # Deliveries are checked one by one against iot:Receive.
+    sender = mqtt_client("sender")
+    sender.connect()
+    for topic in ("alerts/private/1", "alerts/public/secret", "alerts/public/news"):
+        sender.publish(topic, topic.encode(), qos=1)
+    assert device.wait(lambda: any(m.topic == "alerts/public/news" for m in device.messages))
+    assert [m.topic for m in device.messages if m.topic.startswith("alerts/")] == ["alerts/public/news"]
+    assert broker.metrics().value("halyard_authorization_denied_total", action="receive") >= 2
+    device.close()

@@ -130,10 +130,7 @@ async fn mqtt_over_websocket(State(api): State<Arc<Api>>, mut request: Request) 
         Ok(h) => h,
         Err(e) => return plain_error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    let header_pairs: Vec<(String, String)> = headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
+    let header_pairs = super::header_pairs(headers, request.uri());
     let raw_path = request.uri().path().to_owned();
     let raw_query = request.uri().query().unwrap_or("").to_owned();
     let query = super::sigv4::parse_query(&raw_query);

@@ -451,11 +451,7 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
         }
     };
     let info = parts.extensions.get::<ConnectionInfo>();
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
+    let headers = header_pairs(&parts.headers, &parts.uri);
     let raw_path = parts.uri.path();
     let raw_query = parts.uri.query().unwrap_or("");
     let query = sigv4::parse_query(raw_query);
@@ -538,6 +534,21 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
             e.into_response()
         }
     }
+}
+
+/// The request's headers as signed: names in lowercase and, over HTTP/2, the `:authority`
+/// pseudo-header as the `host` that HTTP/1.1 clients send and sign.
+fn header_pairs(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    if !headers.contains_key(axum::http::header::HOST)
+        && let Some(authority) = uri.authority()
+    {
+        pairs.push(("host".to_owned(), authority.as_str().to_owned()));
+    }
+    pairs
 }
 
 impl Api {
