@@ -24,8 +24,8 @@ use crate::gateway::http::ConnectionInfo;
 use crate::gateway::{Admission, ConnectCredentials, Gate, GateFuture};
 use crate::mqtt::reason;
 
-const AUTHORIZERS: &str = "aws/authorizer/";
-const DEFAULT_AUTHORIZER: &str = "aws/default-authorizer";
+pub(super) const AUTHORIZERS: &str = "aws/authorizer/";
+pub(super) const DEFAULT_AUTHORIZER: &str = "aws/default-authorizer";
 /// AWS IoT allows this many authorizers per account.
 const MAX_AUTHORIZERS: usize = 100;
 const MAX_POLICY_DOCUMENTS: usize = 10;

@@ -5,14 +5,15 @@ use serde_json::{Value, json};
 
 use super::error::AwsError;
 use super::pki;
+use super::records::hex;
 use super::request::{ApiRequest, Page};
 use super::things::{check_name, now_seconds, uuid_v4, with_token};
 use super::{Api, ApiResult};
 
-const CERTIFICATES: &str = "aws/certificates/";
+pub(super) const CERTIFICATES: &str = "aws/certificates/";
 const CA_CERTIFICATES: &str = "aws/ca-certificates/";
-const THING_PRINCIPALS: &str = "aws/thing-principals/";
-const PRINCIPAL_THINGS: &str = "aws/principal-things/";
+pub(super) const THING_PRINCIPALS: &str = "aws/thing-principals/";
+pub(super) const PRINCIPAL_THINGS: &str = "aws/principal-things/";
 const STATUSES: [&str; 4] = ["ACTIVE", "INACTIVE", "REVOKED", "REGISTER_INACTIVE"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,10 +74,6 @@ pub(super) fn certificate_key(id: &str) -> String {
 
 pub(super) fn ca_key(id: &str) -> String {
     format!("{CA_CERTIFICATES}{id}")
-}
-
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn thing_principal_key(thing: &str, principal: &str) -> String {

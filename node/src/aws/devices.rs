@@ -191,9 +191,9 @@ impl Api {
         id: &str,
         client_id: &str,
     ) -> Result<Arc<Access>, u8> {
-        let permissions = self.device_permissions(id, client_id).await?;
+        let (permissions, policies) = self.device_permissions(id, client_id).await?;
         let access = Access::new(permissions, id);
-        self.live.add(&access, id, client_id);
+        self.live.add(&access, id, client_id, policies);
         Ok(access)
     }
 

@@ -1,8 +1,10 @@
 //! Devices with client certificates: what a certificate may do when it connects, compiled from
 //! the registry (the certificate, its CA, its policies, the thing it is attached to and that
-//! thing's groups), and kept current while it stays connected: any change under `aws/` in the
-//! store recompiles the live connections' access, and one that may no longer connect is cut.
+//! thing's groups), and kept current while it stays connected: a change under `aws/` in the
+//! store recompiles the access of the live connections it may concern, and one that may no
+//! longer connect is cut.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,6 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::certificates::{CaCertificateRecord, CertificateRecord};
+use super::records::unhex;
 use super::{Api, pki};
 use crate::auth::permissions::{Access, Action, Permissions};
 use crate::auth::policy::Policy;
@@ -22,38 +25,138 @@ struct LiveEntry {
     access: Weak<Access>,
     certificate: String,
     client_id: String,
+    /// The policies it was last compiled from, to find it when one of them changes.
+    policies: Mutex<Vec<String>>,
 }
 
 /// The connections admitted by certificate that are still open.
 #[derive(Default)]
 pub struct LiveConnections {
-    entries: Mutex<Vec<LiveEntry>>,
+    entries: Mutex<Vec<Arc<LiveEntry>>>,
 }
 
 impl LiveConnections {
-    pub(super) fn add(&self, access: &Arc<Access>, certificate: &str, client_id: &str) {
+    pub(super) fn add(
+        &self,
+        access: &Arc<Access>,
+        certificate: &str,
+        client_id: &str,
+        policies: Vec<String>,
+    ) {
         let mut entries = self.entries.lock();
         entries.retain(|e| e.access.strong_count() > 0);
-        entries.push(LiveEntry {
+        entries.push(Arc::new(LiveEntry {
             access: Arc::downgrade(access),
             certificate: certificate.to_owned(),
             client_id: client_id.to_owned(),
-        });
+            policies: Mutex::new(policies),
+        }));
     }
 
-    fn snapshot(&self) -> Vec<(Arc<Access>, String, String)> {
+    fn affected(&self, by: &Affected) -> Vec<(Arc<LiveEntry>, Arc<Access>)> {
         let mut entries = self.entries.lock();
         entries.retain(|e| e.access.strong_count() > 0);
         entries
             .iter()
-            .filter_map(|e| {
-                Some((
-                    e.access.upgrade()?,
-                    e.certificate.clone(),
-                    e.client_id.clone(),
-                ))
-            })
+            .filter(|e| by.touches(e))
+            .filter_map(|e| Some((Arc::clone(e), e.access.upgrade()?)))
             .collect()
+    }
+}
+
+/// What a burst of registry changes may change for live connections: anything (a change
+/// whose reach is not worked out, such as a group's hierarchy or a CA), or the connections of
+/// some certificates, of some things (client id = thing name), or compiled from some policies.
+#[derive(Debug, Default)]
+struct Affected {
+    everything: bool,
+    certificates: HashSet<String>,
+    things: HashSet<String>,
+    policies: HashSet<String>,
+}
+
+impl Affected {
+    fn everything() -> Self {
+        Self {
+            everything: true,
+            ..Self::default()
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.everything
+            && self.certificates.is_empty()
+            && self.things.is_empty()
+            && self.policies.is_empty()
+    }
+
+    /// The connections of `principal` (an ARN): a certificate's, or everything for another
+    /// kind (a thing group's policies reach its things and its subgroups' things).
+    fn principal(&mut self, principal: &str) {
+        match principal.split_once(":cert/") {
+            Some((_, id)) => {
+                self.certificates.insert(id.to_owned());
+            }
+            None => self.everything = true,
+        }
+    }
+
+    /// Notes the change of `key`.
+    fn note(&mut self, key: &str) {
+        let first = |rest: &str| rest.split('/').next().unwrap_or_default().to_owned();
+        if let Some(id) = key.strip_prefix(super::certificates::CERTIFICATES) {
+            self.certificates.insert(id.to_owned());
+        } else if let Some(rest) = key.strip_prefix(super::certificates::PRINCIPAL_THINGS) {
+            match unhex(&first(rest)) {
+                Some(principal) => self.principal(&principal),
+                None => self.everything = true,
+            }
+        } else if let Some(rest) = key
+            .strip_prefix(super::certificates::THING_PRINCIPALS)
+            .or_else(|| key.strip_prefix(super::things::THINGS))
+            .or_else(|| key.strip_prefix(super::groups::THING_GROUPS))
+        {
+            self.things.insert(first(rest));
+        } else if let Some(rest) = key.strip_prefix(super::groups::GROUP_THINGS) {
+            self.things.insert(
+                rest.split_once('/')
+                    .map(|(_, t)| t)
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        } else if let Some(rest) = key
+            .strip_prefix(super::policies::POLICIES)
+            .or_else(|| key.strip_prefix(super::policies::POLICY_VERSIONS))
+        {
+            self.policies.insert(first(rest));
+        } else if let Some(rest) = key.strip_prefix(super::policies::TARGET_POLICIES) {
+            match unhex(&first(rest)) {
+                Some(target) => self.principal(&target),
+                None => self.everything = true,
+            }
+        } else if key.starts_with(super::policies::POLICY_TARGETS)
+            || key.starts_with(super::things::THING_TYPES)
+            || key.starts_with(super::authorizers::AUTHORIZERS)
+            || key.starts_with(super::authorizers::DEFAULT_AUTHORIZER)
+            || key.starts_with("aws/credentials/")
+            || key.starts_with("aws/ca/")
+        {
+            // The other half of an attachment noted above, or nothing a certificate's
+            // access depends on.
+        } else {
+            self.everything = true;
+        }
+    }
+
+    fn touches(&self, entry: &LiveEntry) -> bool {
+        self.everything
+            || self.certificates.contains(&entry.certificate)
+            || self.things.contains(&entry.client_id)
+            || entry
+                .policies
+                .lock()
+                .iter()
+                .any(|p| self.policies.contains(p))
     }
 }
 
@@ -71,7 +174,7 @@ impl Api {
         &self,
         id: &str,
         client_id: &str,
-    ) -> Result<Permissions, u8> {
+    ) -> Result<(Permissions, Vec<String>), u8> {
         let unavailable = |e: super::error::AwsError| {
             tracing::warn!(error = %e.message, "cannot read the registry to admit a device");
             reason::SERVER_UNAVAILABLE
@@ -153,15 +256,21 @@ impl Api {
                 }
             }
         }
-        Ok(Permissions::compile(&policies, &context, &self.arn("")))
+        Ok((
+            Permissions::compile(&policies, &context, &self.arn("")),
+            names,
+        ))
     }
 
-    /// Re-evaluates every live certificate connection: new permissions, or the end of it.
-    async fn refresh_live(&self) {
-        for (access, certificate, client_id) in self.live.snapshot() {
-            match self.device_permissions(&certificate, &client_id).await {
-                Ok(permissions) if permissions.allows(Action::Connect, &client_id) => {
+    /// Re-evaluates the live certificate connections `affected` reaches: new permissions,
+    /// or the end of them.
+    async fn refresh_live(&self, affected: &Affected) {
+        for (entry, access) in self.live.affected(affected) {
+            let (certificate, client_id) = (&entry.certificate, &entry.client_id);
+            match self.device_permissions(certificate, client_id).await {
+                Ok((permissions, names)) if permissions.allows(Action::Connect, client_id) => {
                     access.replace(permissions);
+                    *entry.policies.lock() = names;
                 }
                 Err(reason::SERVER_UNAVAILABLE) => {}
                 _ => {
@@ -187,20 +296,107 @@ pub async fn follow_registry(api: Arc<Api>, mut shutdown: watch::Receiver<bool>)
         loop {
             tokio::select! {
                 next = changes.next() => match next {
-                    Some(Ok(_)) => {
+                    Some(Ok(first)) => {
                         // Gather the rest of the burst.
-                        while let Ok(Some(Ok(_))) = tokio::time::timeout(SETTLE, changes.next()).await {}
-                        api.refresh_live().await;
+                        let mut affected = Affected::default();
+                        for event in &first.events {
+                            affected.note(&String::from_utf8_lossy(&event.kv.key));
+                        }
+                        while let Ok(Some(Ok(more))) = tokio::time::timeout(SETTLE, changes.next()).await {
+                            for event in &more.events {
+                                affected.note(&String::from_utf8_lossy(&event.kv.key));
+                            }
+                        }
+                        if !affected.is_empty() {
+                            api.refresh_live(&affected).await;
+                        }
                     }
                     // Behind the compaction point or closed: start over from now, after a
                     // full re-evaluation so that nothing missed stays in force.
                     Some(Err(_)) | None => {
-                        api.refresh_live().await;
+                        api.refresh_live(&Affected::everything()).await;
                         break;
                     }
                 },
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::records::hex;
+    use super::*;
+
+    fn entry(certificate: &str, client_id: &str, policies: &[&str]) -> LiveEntry {
+        LiveEntry {
+            access: Weak::new(),
+            certificate: certificate.to_owned(),
+            client_id: client_id.to_owned(),
+            policies: Mutex::new(policies.iter().map(|p| (*p).to_owned()).collect()),
+        }
+    }
+
+    fn after(keys: &[String]) -> Affected {
+        let mut affected = Affected::default();
+        for key in keys {
+            affected.note(key);
+        }
+        affected
+    }
+
+    #[test]
+    fn a_change_reaches_only_the_connections_it_concerns() {
+        let lamp = entry("c1", "lamp", &["thing-scoped"]);
+        let fan = entry("c2", "fan", &["fan-policy"]);
+        let cert_arn = "arn:aws:iot:us-east-1:000000000000:cert/c1";
+        let group_arn = "arn:aws:iot:us-east-1:000000000000:thinggroup/floor";
+        let cases: Vec<(Vec<String>, bool, bool)> = vec![
+            (vec!["aws/certificates/c1".into()], true, false),
+            (
+                vec![format!("aws/principal-things/{}/lamp", hex(cert_arn))],
+                true,
+                false,
+            ),
+            (vec!["aws/thing-principals/fan/x".into()], false, true),
+            (vec!["aws/things/lamp".into()], true, false),
+            (vec!["aws/thing-group-things/floor/fan".into()], false, true),
+            (
+                vec!["aws/policy-versions/fan-policy/0000000002".into()],
+                false,
+                true,
+            ),
+            (
+                vec![
+                    format!("aws/target-policies/{}/p", hex(cert_arn)),
+                    format!("aws/policy-targets/p/{}", hex(cert_arn)),
+                ],
+                true,
+                false,
+            ),
+            (
+                vec![format!("aws/target-policies/{}/p", hex(group_arn))],
+                true,
+                true,
+            ),
+            (
+                vec!["aws/thing-group-children/floor/room".into()],
+                true,
+                true,
+            ),
+            (vec!["aws/ca-certificates/x".into()], true, true),
+            (
+                vec!["aws/authorizer/a".into(), "aws/thing-types/t".into()],
+                false,
+                false,
+            ),
+        ];
+        for (keys, reaches_lamp, reaches_fan) in cases {
+            let affected = after(&keys);
+            assert_eq!(affected.touches(&lamp), reaches_lamp, "{keys:?}");
+            assert_eq!(affected.touches(&fan), reaches_fan, "{keys:?}");
+        }
+        assert!(after(&["aws/authorizer/a".into()]).is_empty());
     }
 }

@@ -23,8 +23,8 @@ use super::{Api, ApiResult};
 
 const GROUPS: &str = "aws/thing-groups/";
 const GROUP_CHILDREN: &str = "aws/thing-group-children/";
-const GROUP_THINGS: &str = "aws/thing-group-things/";
-const THING_GROUPS: &str = "aws/groups-of-thing/";
+pub(super) const GROUP_THINGS: &str = "aws/thing-group-things/";
+pub(super) const THING_GROUPS: &str = "aws/groups-of-thing/";
 /// Levels in a hierarchy, the root included.
 const MAX_DEPTH: usize = 7;
 /// Groups one thing may belong to.

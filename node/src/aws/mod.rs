@@ -495,7 +495,7 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
         }
     } else if let Some(id) = certificate {
         match api.device_permissions(id, "").await {
-            Ok(permissions) => {
+            Ok((permissions, _)) => {
                 let caller = devices::Caller::Device(Access::new(permissions, id));
                 api.dispatch_data(&request, &caller).await
             }

@@ -14,16 +14,16 @@ use serde_json::{Value, json};
 
 use super::certificates::CertificateRecord;
 use super::error::AwsError;
-use super::records::{Versioned, encode, unchanged_since};
+use super::records::{Versioned, encode, hex, unchanged_since};
 use super::request::{ApiRequest, Page};
 use super::things::{ThingRecord, now_seconds, thing_key, uuid_v4};
 use super::{Api, ApiResult};
 use crate::auth::policy::{Context, Effect, Policy};
 
-const POLICIES: &str = "aws/policies/";
-const POLICY_VERSIONS: &str = "aws/policy-versions/";
-const POLICY_TARGETS: &str = "aws/policy-targets/";
-const TARGET_POLICIES: &str = "aws/target-policies/";
+pub(super) const POLICIES: &str = "aws/policies/";
+pub(super) const POLICY_VERSIONS: &str = "aws/policy-versions/";
+pub(super) const POLICY_TARGETS: &str = "aws/policy-targets/";
+pub(super) const TARGET_POLICIES: &str = "aws/target-policies/";
 /// Versions a policy keeps at most.
 const MAX_VERSIONS: usize = 5;
 /// Policies attached to one certificate or group at most.
@@ -96,10 +96,6 @@ fn policy_key(name: &str) -> String {
 
 fn version_key(name: &str, version: u32) -> String {
     format!("{POLICY_VERSIONS}{name}/{version:010}")
-}
-
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn policy_target_key(policy: &str, target: &str) -> String {

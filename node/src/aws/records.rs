@@ -35,6 +35,24 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AwsError> {
         .map_err(|e| AwsError::internal(format!("cannot encode a record: {e}")))
 }
 
+/// A value as it appears inside a key: hex, so that ARNs and other names with `/` or `:` keep
+/// the key's structure.
+pub fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value [`hex`] encoded; `None` for anything else.
+pub fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
 /// A condition that `key` was last written at `revision` (0: it does not exist).
 pub fn unchanged_since(key: &str, revision: Revision) -> Compare {
     Compare {

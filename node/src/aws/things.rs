@@ -9,8 +9,8 @@ use super::error::AwsError;
 use super::request::{ApiRequest, Page};
 use super::{Api, ApiResult};
 
-const THINGS: &str = "aws/things/";
-const THING_TYPES: &str = "aws/thing-types/";
+pub(super) const THINGS: &str = "aws/things/";
+pub(super) const THING_TYPES: &str = "aws/thing-types/";
 /// Attributes a thing may have without a thing type, and with one.
 const MAX_ATTRIBUTES_UNTYPED: usize = 3;
 const MAX_ATTRIBUTES_TYPED: usize = 50;
