@@ -19,6 +19,21 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
+/// Starts node `id` again on its peer port. The stopped node's UDP socket is released once its
+/// QUIC endpoint has drained, which on a loaded machine can take a moment after shutdown.
+async fn restart(dir: &Path, id: u64, peers: &[(u64, u16)]) -> Server {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Server::start(node_config(dir, id, peers)).await {
+            Ok(server) => return server,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("in use") => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("node {id} did not start again: {e}"),
+        }
+    }
+}
+
 fn node_config(dir: &Path, id: u64, peers: &[(u64, u16)]) -> Config {
     let certs = dir.join("certs");
     let mut config = Config {
@@ -113,11 +128,7 @@ async fn three_nodes_over_quic_survive_the_leader_dying() {
 
     // It comes back with its data and catches up.
     let id = leader_index as u64 + 1;
-    servers[leader_index] = Some(
-        Server::start(node_config(dir.path(), id, &peers))
-            .await
-            .unwrap(),
-    );
+    servers[leader_index] = Some(restart(dir.path(), id, &peers).await);
     let back = servers[leader_index].as_ref().unwrap().store().clone();
     let range = back
         .range(RangeRequest::prefix("k"), Consistency::Linearizable)

@@ -2,7 +2,7 @@
 //! reason code the protocol prescribes, where it has one) while the broker
 //! keeps serving everyone else.
 
-mod common;
+use crate::common;
 
 use bytes::{BufMut, BytesMut};
 use common::*;

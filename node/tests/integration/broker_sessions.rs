@@ -1,7 +1,7 @@
 //! Sessions that outlive their connection: resumption, offline queues and
 //! their bounds, expiry of sessions and messages, and redelivery.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! MQTT 3.1.1 behaviour of the broker, driven by rumqttc's v4 client and,
 //! where byte-level control is needed, by a raw socket.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,7 +1,7 @@
 //! MQTT 5.0 behaviour of the broker, driven by rumqttc's v5 client and, for
 //! flow control, aliases and reason codes, by a raw socket.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
