@@ -231,9 +231,8 @@ impl Server {
                 crate::aws::ApiMetrics::new(&registry)?,
             );
             let api = Arc::new(api);
-            let devices: Arc<dyn gateway::tls::Devices> = Arc::new(crate::aws::DeviceServices {
-                api: Arc::clone(&api),
-            });
+            let devices: Arc<dyn gateway::tls::Devices> =
+                Arc::new(crate::aws::DeviceServices::new(Arc::clone(&api)));
             let http = bind("http", config.http_listen).await?;
             let http_addr = local_addr("http", &http, config.http_listen)?;
             tasks.push(tokio::spawn(crate::aws::run(

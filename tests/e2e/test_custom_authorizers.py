@@ -408,6 +408,57 @@ def test_the_built_in_jwt_verifier_turns_claims_into_policy_variables(tmp_path: 
             refused = device(bad)
             assert refused.connect().value == NOT_AUTHORIZED
             refused.paho.loop_stop()
+
+        # HTTPS publish with the token as a bearer token in the Authorization header.
+        iot.create_authorizer(authorizerName="bearer", authorizerFunctionArn="jwt:fleet",
+                              tokenKeyName="Authorization", signingDisabled=True)
+        url = f"https://localhost:{broker.tls_port}/topics/fleet/truck7/position?qos=1"
+
+        def post(token: str) -> str:
+            done = subprocess.run(
+                ["curl", "-sS", "--cacert", str(broker.data_dir / "tls" / "ca.pem"), "-w", "\n%{http_code}",
+                 "-H", "x-amz-customauthorizer-name: bearer", "-H", f"Authorization: Bearer {token}",
+                 "--data-binary", "over-https", url],
+                capture_output=True, text=True, timeout=30, check=False)
+            assert done.returncode == 0, done.stderr
+            return done.stdout.rpartition("\n")[2]
+
+        assert post(issuer.token(**good)) == "200"
+        assert watcher.expect().payload == b"over-https"
+        assert post(stranger.token(**good)) == "401"
         watcher.close()
     finally:
         assert broker.stop() == 0
+
+
+def test_http_answers_are_reused_on_a_connection_when_the_authorizer_allows_caching(
+        broker: Broker, iot: Any, function: Authorizer, mqtt_client: MakeClient) -> None:
+    import http.client
+    import ssl
+
+    iot.create_authorizer(authorizerName="cached", authorizerFunctionArn=function.url,
+                          tokenKeyName="x-token", signingDisabled=True, enableCachingForHttp=True)
+    function.client_scoped = False
+    function.extra = {"refreshAfterInSeconds": 300}
+    watcher = mqtt_client("watcher")
+    watcher.connect()
+    watcher.subscribe("devices/#", 1)
+    context = ssl.create_default_context(cafile=str(broker.data_dir / "tls" / "ca.pem"))
+    headers = {"x-amz-customauthorizer-name": "cached", "x-token": "allow-http"}
+
+    def publish_on(connection: http.client.HTTPSConnection, n: int) -> None:
+        connection.request("POST", "/topics/devices/http/n?qos=1", body=str(n).encode(), headers=headers)
+        response = connection.getresponse()
+        assert response.status == 200, response.read()
+        response.read()
+        assert watcher.expect().payload == str(n).encode()
+
+    first = http.client.HTTPSConnection("localhost", broker.tls_port, context=context, timeout=10)
+    for n in range(3):
+        publish_on(first, n)
+    assert len(function.events) == 1
+    second = http.client.HTTPSConnection("localhost", broker.tls_port, context=context, timeout=10)
+    publish_on(second, 3)
+    assert len(function.events) == 2
+    first.close()
+    second.close()

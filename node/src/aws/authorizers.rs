@@ -20,7 +20,7 @@ use super::{Api, ApiResult};
 use super::{callout, jwt};
 use crate::auth::permissions::{Access, Permissions};
 use crate::auth::policy::{Context, Policy};
-use crate::gateway::http::ConnectionInfo;
+use crate::gateway::http::{CachedAuthorization, ConnectionInfo};
 use crate::gateway::{Admission, ConnectCredentials, Gate, GateFuture};
 use crate::mqtt::reason;
 
@@ -816,6 +816,8 @@ impl Api {
         let Some(token) = token else {
             return Ok((json!({ "isAuthenticated": false }), Vec::new()));
         };
+        // Tokens sent in an `Authorization` header come as `Bearer <jwt>`.
+        let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
         let source = match (&config.jwks_file, &config.jwks_url) {
             (Some(file), _) => jwt::KeySource::File(file.clone()),
             (None, Some(url)) => jwt::KeySource::Url(url.clone()),
@@ -903,12 +905,20 @@ impl Api {
     }
 
     /// Authenticates through the authorizer `credentials` name (or the default one).
+    /// Authenticates through the authorizer `credentials` name (or the default one).
     async fn authorize(
         &self,
         credentials: &Credentials,
         mqtt: Option<&MqttSide>,
         server_name: Option<&str>,
     ) -> Result<Verdict, Refusal> {
+        let authorizer = self.authorizer_for(credentials).await?;
+        self.decide(&authorizer, credentials, mqtt, server_name)
+            .await
+    }
+
+    /// The authorizer `credentials` name, or the default one.
+    async fn authorizer_for(&self, credentials: &Credentials) -> Result<AuthorizerRecord, Refusal> {
         let name = match &credentials.authorizer {
             Some(name) => name.clone(),
             None => self
@@ -919,27 +929,38 @@ impl Api {
                 .map(|r| r.value)
                 .ok_or(Refusal::NoAuthorizer)?,
         };
-        let authorizer = match self.authorizer(&name).await {
-            Ok(a) => a,
+        match self.authorizer(&name).await {
+            Ok(a) => Ok(a),
             Err(e) if e.code == "ResourceNotFoundException" => {
-                return Err(Refusal::Denied(format!("authorizer {name} does not exist")));
+                Err(Refusal::Denied(format!("authorizer {name} does not exist")))
             }
-            Err(e) => return Err(Refusal::Unavailable(e.message)),
-        };
+            Err(e) => Err(Refusal::Unavailable(e.message)),
+        }
+    }
+
+    /// Runs `authorizer` on what the client presented.
+    async fn decide(
+        &self,
+        authorizer: &AuthorizerRecord,
+        credentials: &Credentials,
+        mqtt: Option<&MqttSide>,
+        server_name: Option<&str>,
+    ) -> Result<Verdict, Refusal> {
+        let name = &authorizer.authorizer_name;
         let (answer, variables) = self
-            .invoke(&authorizer, credentials, mqtt, server_name)
+            .invoke(authorizer, credentials, mqtt, server_name)
             .await?;
         let (authenticated, mut verdict) = check_verdict(&answer).map_err(|e| {
-            self.count_authorization(&authorizer, "function_error");
+            self.count_authorization(authorizer, "function_error");
             Refusal::Denied(format!("authorizer {name} answered badly: {e}"))
         })?;
         if !authenticated {
-            self.count_authorization(&authorizer, "denied");
+            self.count_authorization(authorizer, "denied");
             return Err(Refusal::Denied(format!(
                 "authorizer {name} did not authenticate the client"
             )));
         }
-        self.count_authorization(&authorizer, "allowed");
+        self.count_authorization(authorizer, "allowed");
         verdict.variables = variables;
         Ok(verdict)
     }
@@ -957,27 +978,66 @@ impl Api {
     }
 
     /// Authenticates an HTTP request (HTTPS publish) through an authorizer.
+    /// Authenticates an HTTP request (HTTPS publish) through an authorizer. With
+    /// `enableCachingForHttp`, the answer is reused on the same connection for the same token
+    /// until `refreshAfterInSeconds` has passed.
     pub(super) async fn authorize_http(
         &self,
         info: &ConnectionInfo,
         credentials: Credentials,
     ) -> Result<Arc<Access>, AwsError> {
-        match self
-            .authorize(&credentials, None, info.server_name.as_deref())
-            .await
-        {
-            Ok(verdict) => Ok(Access::new(
-                self.authorized_permissions(&verdict, None),
-                verdict.principal_id,
-            )),
-            Err(Refusal::NoAuthorizer) => Err(AwsError::from(super::sigv4::SigV4Error::Missing)),
-            Err(Refusal::Denied(reason)) => {
+        let refused = |refusal: Refusal| match refusal {
+            Refusal::NoAuthorizer => AwsError::from(super::sigv4::SigV4Error::Missing),
+            Refusal::Denied(reason) => {
                 tracing::debug!(%reason, "custom authentication refused");
-                Err(AwsError::unauthorized("Unauthorized"))
+                AwsError::unauthorized("Unauthorized")
             }
-            Err(Refusal::Unavailable(m)) => Err(AwsError::unavailable(m)),
+            Refusal::Unavailable(m) => AwsError::unavailable(m),
+        };
+        let authorizer = self.authorizer_for(&credentials).await.map_err(refused)?;
+        let fingerprint = authorizer.enable_caching_for_http.then(|| {
+            let token = authorizer
+                .token_key_name
+                .as_deref()
+                .and_then(|key| credentials.token(key));
+            cache_fingerprint(
+                &authorizer.authorizer_name,
+                token,
+                credentials.signature.as_deref(),
+            )
+        });
+        if let Some(fingerprint) = fingerprint
+            && let Some(cached) = info.authorization.lock().as_ref()
+            && cached.fingerprint == fingerprint
+            && tokio::time::Instant::now() < cached.until
+        {
+            return Ok(Arc::clone(&cached.access));
         }
+        let verdict = self
+            .decide(&authorizer, &credentials, None, info.server_name.as_deref())
+            .await
+            .map_err(refused)?;
+        let access = Access::new(
+            self.authorized_permissions(&verdict, None),
+            verdict.principal_id.clone(),
+        );
+        if let (Some(fingerprint), Some(refresh)) = (fingerprint, verdict.refresh_after) {
+            *info.authorization.lock() = Some(CachedAuthorization {
+                fingerprint,
+                access: Arc::clone(&access),
+                until: tokio::time::Instant::now() + refresh,
+            });
+        }
+        Ok(access)
     }
+}
+
+/// What identifies a cached HTTP authorization: the authorizer, the token and its signature.
+fn cache_fingerprint(authorizer: &str, token: Option<&str>, signature: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (authorizer, token, signature).hash(&mut hasher);
+    hasher.finish()
 }
 
 fn check_authorizer_name(name: &str) -> Result<(), AwsError> {

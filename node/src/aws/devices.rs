@@ -51,7 +51,15 @@ impl Caller {
 
 /// The gateway's view of the API.
 pub struct DeviceServices {
-    pub api: Arc<Api>,
+    api: Arc<Api>,
+    router: Router,
+}
+
+impl DeviceServices {
+    pub fn new(api: Arc<Api>) -> Self {
+        let router = router(Arc::clone(&api));
+        Self { api, router }
+    }
 }
 
 impl Devices for DeviceServices {
@@ -71,7 +79,7 @@ impl Devices for DeviceServices {
     }
 
     fn router(&self) -> Router {
-        router(Arc::clone(&self.api))
+        self.router.clone()
     }
 }
 

@@ -455,8 +455,12 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
     let raw_path = parts.uri.path();
     let raw_query = parts.uri.query().unwrap_or("");
     let query = sigv4::parse_query(raw_query);
+    // An `Authorization` header that is not SigV4 (a bearer token, say) is left to the
+    // custom authorizers.
     let signed = query.iter().any(|(k, _)| k == "X-Amz-Signature")
-        || headers.iter().any(|(k, _)| k == "authorization");
+        || headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v.starts_with(sigv4::ALGORITHM));
     let credentials = if signed {
         None
     } else {

@@ -3,6 +3,7 @@
 //! [`ConnectionInfo`] of the connection it came on.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -12,7 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use parking_lot::Mutex;
+
 use super::Admission;
+use crate::auth::permissions::Access;
 
 /// What the gateway knows of the connection a request arrived on.
 #[derive(Clone)]
@@ -25,6 +29,34 @@ pub struct ConnectionInfo {
     /// How MQTT over WebSocket is admitted when the upgrade request carries no credentials;
     /// `None` where anonymous clients are not let in.
     pub anonymous: Option<Admission>,
+    /// A custom authorizer's answer that requests on this connection may reuse.
+    pub authorization: Arc<Mutex<Option<CachedAuthorization>>>,
+}
+
+impl ConnectionInfo {
+    pub fn new(
+        peer: SocketAddr,
+        certificate_id: Option<String>,
+        server_name: Option<String>,
+        anonymous: Option<Admission>,
+    ) -> Self {
+        Self {
+            peer,
+            certificate_id,
+            server_name,
+            anonymous,
+            authorization: Arc::default(),
+        }
+    }
+}
+
+/// An authorization reused for the requests of one connection, for the same credentials, until
+/// `until`.
+pub struct CachedAuthorization {
+    /// Identifies the credentials it was given for.
+    pub fingerprint: u64,
+    pub access: Arc<Access>,
+    pub until: tokio::time::Instant,
 }
 
 /// Serves HTTP on `stream` until the client leaves or `shutdown` turns true (then requests in
@@ -66,12 +98,7 @@ pub async fn run_http_listener(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let info = ConnectionInfo {
-                        peer,
-                        certificate_id: None,
-                        server_name: None,
-                        anonymous: anonymous.clone(),
-                    };
+                    let info = ConnectionInfo::new(peer, None, None, anonymous.clone());
                     tokio::spawn(serve_http(stream, router.clone(), info, shutdown.clone()));
                 }
                 Err(e) => {

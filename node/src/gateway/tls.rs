@@ -218,12 +218,8 @@ async fn serve_session(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .map(|der| crate::aws::pki::certificate_id(der));
-    let info = ConnectionInfo {
-        peer,
-        certificate_id,
-        server_name: session.server_name().map(str::to_owned),
-        anonymous: None,
-    };
+    let server_name = session.server_name().map(str::to_owned);
+    let info = ConnectionInfo::new(peer, certificate_id, server_name, None);
     let mqtt_with_certificate =
         port == TlsPort::Mqtt || alpn.as_deref() == Some(ALPN_MQTT_CERTIFICATE);
     let certificate_required =
