@@ -18,3 +18,4 @@ pub mod gateway;
 pub mod metrics;
 pub mod mqtt;
 pub mod server;
+pub mod services;

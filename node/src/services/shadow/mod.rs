@@ -1,0 +1,3 @@
+//! Device Shadow: documents with AWS IoT's semantics.
+
+pub mod document;
