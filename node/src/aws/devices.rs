@@ -41,7 +41,7 @@ pub enum Caller {
 }
 
 impl Caller {
-    fn allows(&self, action: Action, name: &str) -> bool {
+    pub(super) fn allows(&self, action: Action, name: &str) -> bool {
         match self {
             Caller::Signed => true,
             Caller::Device(access) => access.allows(action, name),
@@ -218,6 +218,22 @@ impl Api {
                 let topic = levels.join("/");
                 ("Publish", self.publish(&topic, request, caller).await)
             }
+            ("GET", ["things", thing, "shadow"]) => (
+                "GetThingShadow",
+                self.get_thing_shadow(thing, request, caller).await,
+            ),
+            ("POST", ["things", thing, "shadow"]) => (
+                "UpdateThingShadow",
+                self.update_thing_shadow(thing, request, caller).await,
+            ),
+            ("DELETE", ["things", thing, "shadow"]) => (
+                "DeleteThingShadow",
+                self.delete_thing_shadow(thing, request, caller).await,
+            ),
+            ("GET", ["api", "things", "shadow", "ListNamedShadowsForThing", thing]) => (
+                "ListNamedShadowsForThing",
+                self.list_named_shadows(thing, request, caller).await,
+            ),
             (method, _) => (
                 "Unknown",
                 Err(AwsError::unknown_operation(

@@ -24,6 +24,15 @@ impl AwsError {
         }
     }
 
+    /// An error with the given HTTP status and AWS code.
+    pub fn with_status(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            code,
+            message,
+        )
+    }
+
     pub fn invalid_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidRequestException", message)
     }

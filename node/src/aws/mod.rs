@@ -15,6 +15,7 @@ pub mod pki;
 mod policies;
 mod records;
 mod request;
+mod shadows;
 pub mod sigv4;
 mod things;
 
@@ -118,6 +119,7 @@ pub struct Api {
     metrics: ApiMetrics,
     live: gate::LiveConnections,
     key_sets: jwt::KeySets,
+    shadows: crate::services::shadow::store::ShadowStore,
 }
 
 /// What a node needs before it serves the API: the access keys and the cluster's CA.
@@ -136,6 +138,10 @@ impl Api {
     ) -> Self {
         let own_ca_id = pki::parse(&bootstrap.ca.certificate_pem).ok().map(|c| c.id);
         Self {
+            shadows: crate::services::shadow::store::ShadowStore::new(
+                store.clone(),
+                crate::services::shadow::document::Limits::default(),
+            ),
             records: Records::new(store),
             broker,
             config,

@@ -197,7 +197,7 @@ pub struct ShadowDocument {
 }
 
 /// `{"timestamp": t}` at every leaf of `value` (each element of an array).
-fn metadata_of(value: &Value, timestamp: u64) -> Value {
+pub fn metadata_of(value: &Value, timestamp: u64) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
