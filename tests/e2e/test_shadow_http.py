@@ -85,3 +85,35 @@ def test_named_shadows_are_listed_apart_from_the_classic_one(data: Any) -> None:
     assert rest["results"] == ["telemetry"]
     named = _payload(data.get_thing_shadow(thingName="pump", shadowName="config"))
     assert named["state"]["reported"] == {"name": "config"}
+
+
+def test_concurrent_updaters_with_expected_versions_lose_nothing(data: Any, broker: Broker) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import botocore.exceptions
+
+    data.update_thing_shadow(thingName="busy", payload=b'{"state": {"reported": {}}}')
+    key, secret = keys(broker)
+
+    def updater(n: int) -> list[int]:
+        client = boto3.client("iot-data", endpoint_url=broker.http_url, region_name="us-east-1",
+                              aws_access_key_id=key, aws_secret_access_key=secret,
+                              config=Config(retries={"max_attempts": 1}))
+        while True:
+            version = _payload(client.get_thing_shadow(thingName="busy"))["version"]
+            request = {"state": {"reported": {f"u{n}": version}}, "version": version}
+            try:
+                accepted = _payload(client.update_thing_shadow(thingName="busy", payload=json.dumps(request)))
+                return [version, accepted["version"]]
+            except botocore.exceptions.ClientError as e:
+                assert e.response["Error"]["Code"] == "ConflictException", e
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        outcomes = list(pool.map(updater, range(50)))
+    # Each accepted update moved the version from the one it read to the next, and no two
+    # accepted the same version: versions went up strictly by one.
+    assert all(after == before + 1 for before, after in outcomes)
+    assert sorted(after for _, after in outcomes) == list(range(2, 52))
+    shadow = _payload(data.get_thing_shadow(thingName="busy"))
+    assert shadow["version"] == 51
+    assert set(shadow["state"]["reported"]) == {f"u{n}" for n in range(50)}
