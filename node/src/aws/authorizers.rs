@@ -408,10 +408,16 @@ impl Api {
     }
 
     async fn authorizer(&self, name: &str) -> Result<AuthorizerRecord, AwsError> {
+        Ok(self.authorizer_versioned(name).await?.value)
+    }
+
+    async fn authorizer_versioned(
+        &self,
+        name: &str,
+    ) -> Result<super::records::Versioned<AuthorizerRecord>, AwsError> {
         self.records
             .get::<AuthorizerRecord>(&authorizer_key(name))
             .await?
-            .map(|r| r.value)
             .ok_or_else(|| AwsError::not_found(format!("Authorizer {name} does not exist")))
     }
 
@@ -504,11 +510,7 @@ impl Api {
             ));
         }
         let key = authorizer_key(name);
-        let current = self
-            .records
-            .get::<AuthorizerRecord>(&key)
-            .await?
-            .ok_or_else(|| AwsError::not_found(format!("Authorizer {name} does not exist")))?;
+        let current = self.authorizer_versioned(name).await?;
         let mut record = current.value;
         if let Some(function) = body.authorizer_function_arn {
             self.check_function(&function)?;
@@ -549,11 +551,7 @@ impl Api {
 
     pub(super) async fn delete_authorizer(&self, name: &str) -> ApiResult {
         let key = authorizer_key(name);
-        let current = self
-            .records
-            .get::<AuthorizerRecord>(&key)
-            .await?
-            .ok_or_else(|| AwsError::not_found(format!("Authorizer {name} does not exist")))?;
+        let current = self.authorizer_versioned(name).await?;
         if current.value.status == "ACTIVE" {
             return Err(AwsError::delete_conflict(format!(
                 "Authorizer {name} is ACTIVE; set it INACTIVE before deleting it"

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::error::AwsError;
-use super::records::Records;
+use super::records::{Records, hex, unhex};
 
 pub struct ApiRequest {
     pub method: String,
@@ -77,19 +77,13 @@ pub struct Page {
     after: Option<String>,
 }
 
+/// A page token is the hex of the key the page starts after.
 fn encode_token(key: &str) -> String {
-    key.bytes().map(|b| format!("{b:02x}")).collect()
+    hex(key)
 }
 
 fn decode_token(token: &str) -> Option<String> {
-    if !token.len().is_multiple_of(2) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+    unhex(token)
 }
 
 impl Page {

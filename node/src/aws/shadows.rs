@@ -43,6 +43,13 @@ fn store_error(e: ShadowStoreError) -> AwsError {
     }
 }
 
+fn no_shadow(thing: &str, shadow: Option<&str>) -> AwsError {
+    AwsError::not_found(format!(
+        "No shadow exists with name: '{}'",
+        shadow.unwrap_or(thing)
+    ))
+}
+
 fn check_names(thing: &str, shadow: Option<&str>) -> Result<(), AwsError> {
     let valid = |name: &str, max: usize, extra: &[u8]| {
         (1..=max).contains(&name.len())
@@ -121,12 +128,7 @@ impl Api {
             .get(thing, shadow)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| {
-                AwsError::not_found(format!(
-                    "No shadow exists with name: '{}'",
-                    shadow.unwrap_or(thing)
-                ))
-            })?;
+            .ok_or_else(|| no_shadow(thing, shadow))?;
         let (state, metadata) = document.state_and_metadata(true);
         Ok(json!({
             "state": state,
@@ -220,12 +222,7 @@ impl Api {
             .delete(thing, shadow, None)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| {
-                AwsError::not_found(format!(
-                    "No shadow exists with name: '{}'",
-                    shadow.unwrap_or(thing)
-                ))
-            })?;
+            .ok_or_else(|| no_shadow(thing, shadow))?;
         let accepted = json!({ "version": deleted.version, "timestamp": now_seconds() });
         self.broker.publish_event(
             format!("{}/delete/accepted", topic_prefix(thing, shadow)),
