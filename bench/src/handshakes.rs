@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::BytesMut;
+use halyard_node::mqtt::{Connect, Encoder, Packet, Properties, ProtocolVersion, decode_packet};
 use hdrhistogram::Histogram;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -66,26 +68,40 @@ fn client_config(opts: &HandshakeOptions) -> anyhow::Result<Arc<rustls::ClientCo
     Ok(Arc::new(config))
 }
 
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(12 + client_id.len());
-    body.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30]);
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut packet = vec![0x10];
-    let mut len = body.len();
+fn connect_packet(client_id: &str) -> anyhow::Result<BytesMut> {
+    let mut out = BytesMut::new();
+    let connect = Connect {
+        protocol: ProtocolVersion::V311,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: client_id.to_owned(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    };
+    Encoder::new().encode(
+        &Packet::Connect(Box::new(connect)),
+        ProtocolVersion::V311,
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// Reads up to the CONNACK; whether it accepted the connection.
+async fn accepted<S: AsyncReadExt + Unpin>(stream: &mut S) -> bool {
+    let mut input = BytesMut::new();
     loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
+        match decode_packet(&mut input, ProtocolVersion::V311, 64) {
+            Ok(Some(Packet::ConnAck(ack))) => return ack.reason_code == 0,
+            Ok(None) => {}
+            _ => return false,
         }
-        packet.push(byte);
-        if len == 0 {
-            break;
+        match stream.read_buf(&mut input).await {
+            Ok(n) if n > 0 => {}
+            _ => return false,
         }
     }
-    packet.extend(body);
-    packet
 }
 
 enum Outcome {
@@ -103,15 +119,12 @@ async fn one_connection(
     tcp.set_nodelay(true)?;
     let mut tls = connector.connect(name.clone(), tcp).await?;
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    tls.write_all(&connect_packet(client_id)).await?;
+    tls.write_all(&connect_packet(client_id)?).await?;
     tls.flush().await?;
-    let mut connack = [0u8; 4];
-    if tls.read_exact(&mut connack).await.is_err() {
+    if !accepted(&mut tls).await {
         return Ok(Outcome::Refused);
     }
-    if connack[0] != 0x20 || connack[3] != 0 {
-        return Ok(Outcome::Refused);
-    }
+    // DISCONNECT, normal.
     tls.write_all(&[0xE0, 0]).await?;
     let _ = tls.shutdown().await;
     Ok(Outcome::Connected { resumed })

@@ -863,6 +863,47 @@ mod tests {
     }
 
     #[test]
+    fn authorizer_functions_and_jwt_verifiers_are_checked_and_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("halyard.toml");
+        let load = |toml: &str| {
+            std::fs::write(&file, toml).unwrap();
+            Config::load(Some(&file), env(&[]), &Overrides::default())
+        };
+        let good = load(
+            "[aws.authorizer_functions]\n\"arn:aws:lambda:us-east-1:000000000000:function:f\" = \"http://auth:8000/\"\n\
+             [aws.jwt_verifiers.fleet]\njwks_url = \"https://idp/jwks.json\"\npolicies = [\"p\"]\n",
+        )
+        .unwrap();
+        assert_eq!(good.aws.jwt_verifiers["fleet"].policies, ["p"]);
+        for (toml, key, words) in [
+            (
+                "[aws.authorizer_functions]\n\"arn\" = \"ftp://x\"\n",
+                "aws.authorizer_functions",
+                "not an http:// or https:// URL",
+            ),
+            (
+                "[aws.jwt_verifiers.fleet]\npolicies = [\"p\"]\n",
+                "aws.jwt_verifiers.fleet",
+                "exactly one of jwks_file and jwks_url",
+            ),
+            (
+                "[aws.jwt_verifiers.fleet]\njwks_url = \"file:///x\"\npolicies = [\"p\"]\n",
+                "aws.jwt_verifiers.fleet",
+                "jwks_url must be an http",
+            ),
+            (
+                "[aws.jwt_verifiers.fleet]\njwks_file = \"/x\"\n",
+                "aws.jwt_verifiers.fleet",
+                "at least one policy",
+            ),
+        ] {
+            let err = load(toml).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(words), "{err}");
+        }
+    }
+
+    #[test]
     fn cluster_settings_are_checked_and_name_their_key() {
         let load = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default());
         let err = load(&[("HALYARD_CLUSTER__INITIAL_MEMBERS", "1=a:1")]).unwrap_err();

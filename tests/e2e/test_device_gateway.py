@@ -88,6 +88,13 @@ def test_one_tls_port_serves_mqtt_https_and_the_api_by_alpn(
     status, body = _https(broker, "POST", "/topics/things/lamp/admin", b"x",
                           cert=cert, key=key, alpn=["x-amzn-http-ca"])
     assert status == 403, body
+    # QoS 2 and payloads over the limit are refused in AWS's words.
+    status, body = _https(broker, "POST", "/topics/things/lamp/state?qos=2", b"x",
+                          cert=cert, key=key, alpn=["x-amzn-http-ca"])
+    assert status == 400 and b"QoS 0 and 1" in body, body
+    status, body = _https(broker, "POST", "/topics/things/lamp/state", b"x" * (128 * 1024 + 1),
+                          cert=cert, key=key, alpn=["x-amzn-http-ca"])
+    assert status == 413, body
     watcher.expect_none(0.3)
 
     # The control plane over TLS (http/1.1), for the AWS CLI and SDKs pointed at port 443.

@@ -61,6 +61,8 @@ def test_updates_merge_and_report_the_delta(broker: Broker, data: Any, mqtt_clie
     with pytest.raises(data.exceptions.InvalidRequestException) as bad:
         data.update_thing_shadow(thingName="lamp", payload=b'{"state": {"desired": 5}}')
     assert "Desired node must be an object" in str(bad.value)
+    with pytest.raises(data.exceptions.InvalidRequestException):
+        data.get_thing_shadow(thingName="lamp", shadowName="no spaces")
 
     # Deleting keeps the version: the next shadow continues from it.
     deleted = _payload(data.delete_thing_shadow(thingName="lamp"))

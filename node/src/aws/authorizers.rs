@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use super::{callout, jwt};
 use crate::auth::permissions::{Access, Permissions};
 use crate::auth::policy::{Context, Policy};
 use crate::gateway::http::{CachedAuthorization, ConnectionInfo};
-use crate::gateway::{Admission, ConnectCredentials, Gate, GateFuture};
+use crate::gateway::{ConnectCredentials, Gate, GateFuture};
 use crate::mqtt::reason;
 
 pub(super) const AUTHORIZERS: &str = "aws/authorizer/";
@@ -197,84 +197,60 @@ impl SigningKey {
 /// (HTTPS, WebSocket) or from the query in an MQTT username.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
-    /// The authorizer asked for; the default one otherwise.
-    authorizer: Option<String>,
-    signature: Option<String>,
-    /// Where the token is looked up by the authorizer's `tokenKeyName`: headers, then query.
+    /// Where the authorizer's name, the signature and the token (by the authorizer's
+    /// `tokenKeyName`) are looked up: headers first, then query pairs (the request's, then
+    /// those of an MQTT username).
     headers: Vec<(String, String)>,
     query: Vec<(String, String)>,
+    /// The request's query as sent, for the authorizer event.
     raw_query: String,
 }
 
 impl Credentials {
-    /// From an HTTP request: `None` only when there is nothing that could authenticate.
     pub fn from_http(
         headers: &[(String, String)],
         query: &[(String, String)],
         raw_query: &str,
-    ) -> Option<Self> {
-        let lookup = |name: &str| {
-            headers
-                .iter()
-                .chain(query)
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        Some(Self {
-            authorizer: lookup(NAME_HEADER),
-            signature: lookup(SIGNATURE_HEADER),
+    ) -> Self {
+        Self {
             headers: headers.to_vec(),
             query: query.to_vec(),
             raw_query: raw_query.to_owned(),
-        })
-    }
-
-    /// From the query part of an MQTT username (`name?x-amz-customauthorizer-name=..&..`).
-    fn from_username(username: Option<&str>) -> Self {
-        let raw_query = username
-            .and_then(|u| u.split_once('?'))
-            .map(|(_, q)| q)
-            .unwrap_or("");
-        let query = super::sigv4::parse_query(raw_query);
-        let lookup = |name: &str| {
-            query
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        Self {
-            authorizer: lookup(NAME_HEADER),
-            signature: lookup(SIGNATURE_HEADER),
-            headers: Vec::new(),
-            query: query.clone(),
-            raw_query: raw_query.to_owned(),
         }
     }
 
-    fn merged_with(&self, other: &Credentials) -> Credentials {
-        Credentials {
-            authorizer: self.authorizer.clone().or_else(|| other.authorizer.clone()),
-            signature: self.signature.clone().or_else(|| other.signature.clone()),
-            headers: self.headers.clone(),
-            query: if self.query.is_empty() {
-                other.query.clone()
-            } else {
-                self.query.clone()
-            },
-            raw_query: if self.raw_query.is_empty() {
-                other.raw_query.clone()
-            } else {
-                self.raw_query.clone()
-            },
+    /// These credentials and those in the query of an MQTT username
+    /// (`name?x-amz-customauthorizer-name=..&..`).
+    fn with_username(&self, username: Option<&str>) -> Self {
+        let mut merged = self.clone();
+        if let Some((_, raw_query)) = username.and_then(|u| u.split_once('?')) {
+            merged.query.extend(super::sigv4::parse_query(raw_query));
+            if merged.raw_query.is_empty() {
+                merged.raw_query = raw_query.to_owned();
+            }
         }
+        merged
     }
 
-    fn token(&self, key_name: &str) -> Option<&str> {
+    fn lookup(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .chain(&self.query)
-            .find(|(k, _)| k.eq_ignore_ascii_case(key_name))
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The authorizer asked for; the default one otherwise.
+    fn authorizer(&self) -> Option<&str> {
+        self.lookup(NAME_HEADER)
+    }
+
+    fn signature(&self) -> Option<&str> {
+        self.lookup(SIGNATURE_HEADER)
+    }
+
+    fn token(&self, key_name: &str) -> Option<&str> {
+        self.lookup(key_name)
     }
 }
 
@@ -615,11 +591,7 @@ impl Api {
     ) -> ApiResult {
         let body: TestInvokeBody = request.json()?;
         let authorizer = self.authorizer(name).await?;
-        let mut credentials = Credentials {
-            authorizer: Some(name.to_owned()),
-            signature: body.token_signature,
-            ..Credentials::default()
-        };
+        let mut credentials = Credentials::default();
         if let Some(http) = body.http_context {
             credentials.headers = http
                 .headers
@@ -636,6 +608,11 @@ impl Api {
         }
         if let (Some(token), Some(key)) = (body.token, &authorizer.token_key_name) {
             credentials.headers.push((key.to_ascii_lowercase(), token));
+        }
+        if let Some(signature) = body.token_signature {
+            credentials
+                .headers
+                .push((SIGNATURE_HEADER.to_owned(), signature));
         }
         let mqtt = match body.mqtt_context {
             Some(m) => Some(MqttSide {
@@ -714,7 +691,7 @@ impl Api {
             .as_deref()
             .and_then(|key| credentials.token(key));
         if !authorizer.signing_disabled {
-            let (Some(token), Some(signature)) = (token, credentials.signature.as_deref()) else {
+            let (Some(token), Some(signature)) = (token, credentials.signature()) else {
                 return Err(Refusal::Denied(
                     "a token and its signature are required".into(),
                 ));
@@ -829,10 +806,7 @@ impl Api {
                 self.count_authorization(authorizer, "function_error");
                 Refusal::Unavailable(e.to_string())
             })?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
+        let now = super::epoch_seconds();
         let claims = match jwt::verify(
             token,
             &keys,
@@ -917,8 +891,8 @@ impl Api {
 
     /// The authorizer `credentials` name, or the default one.
     async fn authorizer_for(&self, credentials: &Credentials) -> Result<AuthorizerRecord, Refusal> {
-        let name = match &credentials.authorizer {
-            Some(name) => name.clone(),
+        let name = match credentials.authorizer() {
+            Some(name) => name.to_owned(),
             None => self
                 .records
                 .get::<String>(DEFAULT_AUTHORIZER)
@@ -998,11 +972,7 @@ impl Api {
                 .token_key_name
                 .as_deref()
                 .and_then(|key| credentials.token(key));
-            cache_fingerprint(
-                &authorizer.authorizer_name,
-                token,
-                credentials.signature.as_deref(),
-            )
+            cache_fingerprint(&authorizer.authorizer_name, token, credentials.signature())
         });
         if let Some(fingerprint) = fingerprint
             && let Some(cached) = info.authorization.lock().as_ref()
@@ -1076,9 +1046,7 @@ impl AuthorizerGate {
 impl Gate for AuthorizerGate {
     fn admit<'a>(&'a self, connect: ConnectCredentials<'a>) -> GateFuture<'a> {
         Box::pin(async move {
-            let credentials = self
-                .credentials
-                .merged_with(&Credentials::from_username(connect.username));
+            let credentials = self.credentials.with_username(connect.username);
             let mqtt = MqttSide {
                 client_id: connect.client_id.to_owned(),
                 username: connect.username.map(str::to_owned),
@@ -1108,14 +1076,13 @@ impl Gate for AuthorizerGate {
                     }
                     Ok(access)
                 }
+                // Where no authorizer applies, the listener's anonymous admission, if any.
                 Err(Refusal::NoAuthorizer) => match &self.info.anonymous {
-                    Some(Admission::Open(permissions)) => Ok(Access::anonymous(
-                        permissions
-                            .clone()
-                            .unwrap_or_else(|| Arc::new(Permissions::allow_all())),
-                    )),
-                    Some(Admission::Gated(gate)) => gate.admit(connect).await,
-                    Some(Admission::Closed) | None => Err(reason::NOT_AUTHORIZED),
+                    Some(anonymous) => Ok(anonymous
+                        .admit(connect)
+                        .await?
+                        .unwrap_or_else(|| Access::anonymous(Arc::new(Permissions::allow_all())))),
+                    None => Err(reason::NOT_AUTHORIZED),
                 },
                 Err(Refusal::Denied(why)) => {
                     tracing::debug!(client_id = connect.client_id, reason = %why, "custom authentication refused");
@@ -1218,16 +1185,25 @@ mod tests {
 
     #[test]
     fn username_query_names_the_authorizer_and_carries_the_token() {
-        let c = Credentials::from_username(Some(
+        let c = Credentials::default().with_username(Some(
             "device?x-amz-customauthorizer-name=mine&x-amz-customauthorizer-signature=c2ln&token=abc",
         ));
-        assert_eq!(c.authorizer.as_deref(), Some("mine"));
-        assert_eq!(c.signature.as_deref(), Some("c2ln"));
+        assert_eq!(c.authorizer(), Some("mine"));
+        assert_eq!(c.signature(), Some("c2ln"));
         assert_eq!(c.token("token"), Some("abc"));
         assert!(
-            Credentials::from_username(Some("plain"))
-                .authorizer
+            Credentials::default()
+                .with_username(Some("plain"))
+                .authorizer()
                 .is_none()
+        );
+        // What the upgrade request names wins over the username.
+        let upgrade = Credentials::from_http(&[(NAME_HEADER.into(), "http".into())], &[], "");
+        assert_eq!(
+            upgrade
+                .with_username(Some("u?x-amz-customauthorizer-name=mqtt"))
+                .authorizer(),
+            Some("http")
         );
     }
 

@@ -143,7 +143,13 @@ async fn mqtt_over_websocket(State(api): State<Arc<Api>>, mut request: Request) 
     let raw_query = request.uri().query().unwrap_or("").to_owned();
     let query = super::sigv4::parse_query(&raw_query);
     let admission = if query.iter().any(|(k, _)| k == "X-Amz-Signature") {
-        match api.verify_signature("GET", &raw_path, &raw_query, &header_pairs, b"") {
+        match api.verify_signature(
+            request.method().as_str(),
+            &raw_path,
+            &raw_query,
+            &header_pairs,
+            b"",
+        ) {
             Ok(signer) if DATA_PLANE.contains(&signer.service.as_str()) => {
                 Admission::Gated(Arc::new(SignedGate {
                     access_key_id: signer.access_key_id,
@@ -155,16 +161,14 @@ async fn mqtt_over_websocket(State(api): State<Arc<Api>>, mut request: Request) 
                 return plain_error(StatusCode::FORBIDDEN, "Forbidden");
             }
         }
-    } else if let Some(credentials) = Credentials::from_http(&header_pairs, &query, &raw_query) {
+    } else {
+        // A custom authorizer, or where none applies the listener's anonymous admission.
+        let credentials = Credentials::from_http(&header_pairs, &query, &raw_query);
         Admission::Gated(Arc::new(AuthorizerGate::new(
             Arc::clone(&api),
             info.clone(),
             credentials,
         )))
-    } else if let Some(anonymous) = info.anonymous.clone() {
-        anonymous
-    } else {
-        return plain_error(StatusCode::FORBIDDEN, "Forbidden");
     };
     let upgrade = hyper::upgrade::on(&mut request);
     let broker = api.broker.clone();

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -160,13 +160,6 @@ impl Affected {
     }
 }
 
-fn now_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
-
 impl Api {
     /// The compiled permissions of certificate `id` connecting as `client_id` (empty for
     /// HTTPS), or the reason code that refuses the connection.
@@ -192,7 +185,7 @@ impl Api {
             return Err(reason::NOT_AUTHORIZED);
         };
         let certificate = certificate.value;
-        let now = now_seconds();
+        let now = super::epoch_seconds();
         if certificate.status != "ACTIVE"
             || now < certificate.not_before
             || now > certificate.not_after

@@ -467,11 +467,6 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
         || headers
             .iter()
             .any(|(k, v)| k == "authorization" && v.starts_with(sigv4::ALGORITHM));
-    let credentials = if signed {
-        None
-    } else {
-        authorizers::Credentials::from_http(&headers, &query, raw_query)
-    };
     let request = ApiRequest {
         method: parts.method.as_str().to_owned(),
         // Split before decoding, so that an encoded `/` stays inside its segment.
@@ -511,7 +506,9 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
             }
             Err(_) => ("Unauthenticated", Err(AwsError::forbidden())),
         }
-    } else if let (Some(credentials), Some(info)) = (credentials, info) {
+    } else if let Some(info) = info {
+        let credentials =
+            authorizers::Credentials::from_http(&request.headers, &request.query, raw_query);
         match api.authorize_http(info, credentials).await {
             Ok(access) => {
                 api.dispatch_data(&request, &devices::Caller::Device(access))
@@ -546,6 +543,14 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
     }
 }
 
+/// Whole seconds since the epoch, as policies, tokens and signatures count time.
+fn epoch_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
 /// The request's headers as signed: names in lowercase and, over HTTP/2, the `:authority`
 /// pseudo-header as the `host` that HTTP/1.1 clients send and sign.
 fn header_pairs(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Vec<(String, String)> {
@@ -571,10 +576,7 @@ impl Api {
         headers: &[(String, String)],
         body: &[u8],
     ) -> Result<sigv4::Signer, AwsError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
+        let now = epoch_seconds();
         let signed = SignedRequest {
             method,
             raw_path,

@@ -2,9 +2,7 @@
 //! by transactions conditioned on the revision that was read, so that concurrent updates on
 //! any node never overwrite each other.
 
-use halyard_raft::{
-    Compare, CompareOp, CompareTarget, Consistency, Op, RangeRequest, Revision, Store, Txn,
-};
+use halyard_raft::{Compare, CompareOp, Consistency, Op, RangeRequest, Revision, Store, Txn};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -55,11 +53,7 @@ pub fn unhex(s: &str) -> Option<String> {
 
 /// A condition that `key` was last written at `revision` (0: it does not exist).
 pub fn unchanged_since(key: &str, revision: Revision) -> Compare {
-    Compare {
-        key: key.as_bytes().to_vec(),
-        op: CompareOp::Equal,
-        target: CompareTarget::ModRevision(revision),
-    }
+    Compare::mod_revision(key.as_bytes(), CompareOp::Equal, revision)
 }
 
 impl Records {

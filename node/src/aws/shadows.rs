@@ -13,10 +13,7 @@ use crate::services::shadow::document::{self, Section, ShadowError, metadata_for
 use crate::services::shadow::store::ShadowStoreError;
 
 fn now_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    u64::try_from(super::epoch_seconds()).unwrap_or_default()
 }
 
 fn shadow_error(e: ShadowError) -> AwsError {

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::auth::permissions::{Access, Permissions};
+use crate::mqtt::reason;
 
 pub type GateFuture<'a> = Pin<Box<dyn Future<Output = Result<Arc<Access>, u8>> + Send + 'a>>;
 
@@ -32,4 +33,17 @@ pub enum Admission {
     Closed,
     /// The gate decides.
     Gated(Arc<dyn Gate>),
+}
+
+impl Admission {
+    /// The access a CONNECT gets (`None`: no limits at all), or the reason code to refuse it
+    /// with.
+    pub async fn admit(&self, connect: ConnectCredentials<'_>) -> Result<Option<Arc<Access>>, u8> {
+        match self {
+            Admission::Open(None) => Ok(None),
+            Admission::Open(Some(permissions)) => Ok(Some(Access::anonymous(permissions.clone()))),
+            Admission::Closed => Err(reason::NOT_AUTHORIZED),
+            Admission::Gated(gate) => gate.admit(connect).await.map(Some),
+        }
+    }
 }

@@ -7,9 +7,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Admission, ConnectCredentials, Transport};
-use crate::auth::permissions::Access;
 use crate::broker::{Broker, Connection};
-use crate::mqtt::{Packet, decode_packet, reason};
+use crate::mqtt::{Packet, decode_packet};
 
 /// Room made in a connection's read buffer before a read.
 const READ_CHUNK: usize = 4096;
@@ -74,28 +73,17 @@ pub async fn serve_connection<T: Transport>(
                 Ok(Some(Packet::Connect(connect))) if !admitted => {
                     admitted = true;
                     // The CONNECT is let in (or refused) before the connection sees it.
-                    match &admission {
-                        Admission::Open(None) => {}
-                        Admission::Open(Some(permissions)) => {
-                            conn.set_access(Access::anonymous(permissions.clone()));
-                        }
-                        Admission::Closed => {
-                            conn.refuse_connect(connect.protocol, reason::NOT_AUTHORIZED);
+                    let credentials = ConnectCredentials {
+                        client_id: &connect.client_id,
+                        username: connect.username.as_deref(),
+                        password: connect.password.as_deref(),
+                    };
+                    match admission.admit(credentials).await {
+                        Ok(Some(access)) => conn.set_access(access),
+                        Ok(None) => {}
+                        Err(code) => {
+                            conn.refuse_connect(connect.protocol, code);
                             continue;
-                        }
-                        Admission::Gated(gate) => {
-                            let credentials = ConnectCredentials {
-                                client_id: &connect.client_id,
-                                username: connect.username.as_deref(),
-                                password: connect.password.as_deref(),
-                            };
-                            match gate.admit(credentials).await {
-                                Ok(access) => conn.set_access(access),
-                                Err(code) => {
-                                    conn.refuse_connect(connect.protocol, code);
-                                    continue;
-                                }
-                            }
                         }
                     }
                     conn.handle(Packet::Connect(connect), now);

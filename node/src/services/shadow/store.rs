@@ -3,8 +3,7 @@
 //! at, so that concurrent updates on any node never lose one another.
 
 use halyard_raft::{
-    Compare, CompareOp, CompareTarget, Consistency, Op, RangeRequest, Revision, Store, StoreError,
-    Txn,
+    Compare, CompareOp, Consistency, Op, RangeRequest, Revision, Store, StoreError, Txn,
 };
 
 use super::document::{Limits, ShadowDocument, ShadowError, UpdateRequest, Updated};
@@ -85,11 +84,11 @@ impl ShadowStore {
         let value =
             serde_json::to_vec(document).map_err(|_| ShadowStoreError::Corrupt(key.clone()))?;
         let txn = Txn::new()
-            .when([Compare {
-                key: key.as_bytes().to_vec(),
-                op: CompareOp::Equal,
-                target: CompareTarget::ModRevision(read_at),
-            }])
+            .when([Compare::mod_revision(
+                key.as_bytes(),
+                CompareOp::Equal,
+                read_at,
+            )])
             .and_then([Op::put(key, value)]);
         Ok(self.store.txn(txn).await?.succeeded)
     }
