@@ -57,6 +57,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub cluster: ClusterConfig,
     pub aws: AwsConfig,
+    pub shadow: ShadowConfig,
 }
 
 /// What the AWS-compatible API presents itself as, and who may call it.
@@ -286,6 +287,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             cluster: ClusterConfig::default(),
             aws: AwsConfig::default(),
+            shadow: ShadowConfig::default(),
         }
     }
 }
@@ -311,6 +313,32 @@ impl Default for MqttConfig {
             maximum_qos: 2,
             connect_timeout: 10,
             lifecycle_events: true,
+        }
+    }
+}
+
+/// Limits of the Device Shadow service, AWS IoT's by default.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Bytes of `desired` and `reported` together, metadata excluded (AWS: 8 KB).
+    pub max_state_bytes: usize,
+    /// Levels of nesting inside `desired` or `reported` (AWS: 6).
+    pub max_depth: usize,
+    /// Longest `clientToken`, in bytes (AWS: 64).
+    pub max_client_token_bytes: usize,
+    /// MQTT requests one connection may have unanswered; beyond them a request is
+    /// rejected with 429 (AWS: 10).
+    pub max_inflight_requests: u32,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        Self {
+            max_state_bytes: 8 * 1024,
+            max_depth: 6,
+            max_client_token_bytes: 64,
+            max_inflight_requests: 10,
         }
     }
 }
@@ -369,6 +397,10 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.maximum_qos",
     "mqtt.connect_timeout",
     "mqtt.lifecycle_events",
+    "shadow.max_state_bytes",
+    "shadow.max_depth",
+    "shadow.max_client_token_bytes",
+    "shadow.max_inflight_requests",
     "cluster.node_id",
     "cluster.peer_listen",
     "cluster.advertise_addr",
@@ -599,6 +631,19 @@ impl Config {
             (Some(_), None) => return invalid("aws.ca_key", "must be set when aws.ca_cert is"),
             (None, Some(_)) => return invalid("aws.ca_cert", "must be set when aws.ca_key is"),
             _ => {}
+        }
+        let shadow = &self.shadow;
+        if shadow.max_state_bytes == 0 {
+            return invalid("shadow.max_state_bytes", "must be at least 1");
+        }
+        if shadow.max_depth == 0 {
+            return invalid("shadow.max_depth", "must be at least 1");
+        }
+        if shadow.max_client_token_bytes == 0 {
+            return invalid("shadow.max_client_token_bytes", "must be at least 1");
+        }
+        if shadow.max_inflight_requests == 0 {
+            return invalid("shadow.max_inflight_requests", "must be at least 1");
         }
         self.validate_cluster()
     }
@@ -900,6 +945,33 @@ mod tests {
         ] {
             let err = load(toml).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(words), "{err}");
+        }
+    }
+
+    #[test]
+    fn shadow_limits_default_to_aws_and_name_their_key() {
+        let load = |vars: &[(&str, &str)]| Config::load(None, env(vars), &Overrides::default());
+        let c = load(&[]).unwrap();
+        assert_eq!(
+            (
+                c.shadow.max_state_bytes,
+                c.shadow.max_depth,
+                c.shadow.max_client_token_bytes,
+                c.shadow.max_inflight_requests
+            ),
+            (8192, 6, 64, 10)
+        );
+        let c = load(&[("HALYARD_SHADOW__MAX_STATE_BYTES", "16384")]).unwrap();
+        assert_eq!(c.shadow.max_state_bytes, 16384);
+        for key in [
+            "max_state_bytes",
+            "max_depth",
+            "max_client_token_bytes",
+            "max_inflight_requests",
+        ] {
+            let var = format!("HALYARD_SHADOW__{}", key.to_ascii_uppercase());
+            let err = load(&[(var.as_str(), "0")]).unwrap_err().to_string();
+            assert!(err.contains(&format!("shadow.{key}")), "{err}");
         }
     }
 

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the node; every subsystem registers its own set here.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::mqtt::QoS;
 
@@ -181,4 +183,65 @@ pub fn render(registry: &Registry) -> String {
         tracing::warn!(error = %e, "cannot render metrics");
     }
     out
+}
+
+/// Device Shadow requests, over MQTT and HTTP.
+#[derive(Clone)]
+pub struct ShadowMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+}
+
+impl ShadowMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "halyard_shadow_requests_total",
+                "Device Shadow requests by operation, protocol and outcome (accepted or the \
+                 rejection's code)",
+            ),
+            &["operation", "protocol", "outcome"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "halyard_shadow_request_duration_seconds",
+                "Time from a Device Shadow request to its answer, by operation",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["operation"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Self { requests, latency })
+    }
+
+    pub fn request(
+        &self,
+        operation: &str,
+        protocol: &str,
+        rejected_with: Option<u16>,
+        elapsed: std::time::Duration,
+    ) {
+        let outcome = match rejected_with {
+            None => "accepted",
+            Some(400) => "400",
+            Some(401) => "401",
+            Some(403) => "403",
+            Some(404) => "404",
+            Some(409) => "409",
+            Some(413) => "413",
+            Some(415) => "415",
+            Some(429) => "429",
+            Some(500) => "500",
+            Some(_) => "other",
+        };
+        self.requests
+            .with_label_values(&[operation, protocol, outcome])
+            .inc();
+        self.latency
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+    }
 }

@@ -17,7 +17,8 @@ use halyard_raft::{KvEngine, RaftTransport, Store, StoreConfig};
 use crate::broker::{Broker, Durable};
 use crate::config::Config;
 use crate::gateway;
-use crate::metrics::BrokerMetrics;
+use crate::metrics::{BrokerMetrics, ShadowMetrics};
+use crate::services::shadow::service::ShadowService;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -187,6 +188,13 @@ impl Server {
             "restored broker state"
         );
         broker.restore(retained, sessions);
+        let shadows = ShadowService::new(
+            store.clone(),
+            broker.clone(),
+            config.shadow.clone(),
+            ShadowMetrics::new(&registry)?,
+        );
+        broker.register_service(Arc::new(shadows.clone()));
         let durable_writer = tokio::spawn(Arc::clone(&durable).run());
         let mqtt = bind("mqtt", config.mqtt_listen).await?;
         let mqtt_addr = local_addr("mqtt", &mqtt, config.mqtt_listen)?;
@@ -229,6 +237,7 @@ impl Server {
                 config.aws.clone(),
                 bootstrap,
                 crate::aws::ApiMetrics::new(&registry)?,
+                shadows,
             );
             let api = Arc::new(api);
             let devices: Arc<dyn gateway::tls::Devices> =

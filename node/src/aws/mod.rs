@@ -35,6 +35,7 @@ use crate::auth::permissions::Access;
 use crate::broker::Broker;
 use crate::config::AwsConfig;
 use crate::gateway::http::ConnectionInfo;
+use crate::services::shadow::service::ShadowService;
 use credentials::AccessKeys;
 use error::AwsError;
 use records::Records;
@@ -119,7 +120,7 @@ pub struct Api {
     metrics: ApiMetrics,
     live: gate::LiveConnections,
     key_sets: jwt::KeySets,
-    shadows: crate::services::shadow::store::ShadowStore,
+    shadows: ShadowService,
 }
 
 /// What a node needs before it serves the API: the access keys and the cluster's CA.
@@ -135,13 +136,11 @@ impl Api {
         config: AwsConfig,
         bootstrap: Bootstrap,
         metrics: ApiMetrics,
+        shadows: ShadowService,
     ) -> Self {
         let own_ca_id = pki::parse(&bootstrap.ca.certificate_pem).ok().map(|c| c.id);
         Self {
-            shadows: crate::services::shadow::store::ShadowStore::new(
-                store.clone(),
-                crate::services::shadow::document::Limits::default(),
-            ),
+            shadows,
             records: Records::new(store),
             broker,
             config,

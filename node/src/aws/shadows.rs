@@ -2,19 +2,16 @@
 //! UpdateThingShadow, DeleteThingShadow and ListNamedShadowsForThing. An update or delete made
 //! here publishes the same MQTT notifications as one made over MQTT.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::devices::Caller;
 use super::error::AwsError;
 use super::request::ApiRequest;
 use super::{Api, ApiResult};
 use crate::auth::permissions::Action;
-use crate::services::shadow::document::{self, Section, ShadowError, metadata_for, parse_update};
+use crate::services::shadow::document::ShadowError;
+use crate::services::shadow::service::{NameError, Origin, ShadowName, now_seconds};
 use crate::services::shadow::store::ShadowStoreError;
-
-fn now_seconds() -> u64 {
-    u64::try_from(super::epoch_seconds()).unwrap_or_default()
-}
 
 fn shadow_error(e: ShadowError) -> AwsError {
     let code = match e.code {
@@ -24,6 +21,7 @@ fn shadow_error(e: ShadowError) -> AwsError {
         415 => "UnsupportedDocumentEncodingException",
         401 => "UnauthorizedException",
         403 => "ForbiddenException",
+        429 => "ThrottlingException",
         500 => "InternalFailureException",
         _ => "InvalidRequestException",
     };
@@ -40,77 +38,45 @@ fn store_error(e: ShadowStoreError) -> AwsError {
     }
 }
 
-fn no_shadow(thing: &str, shadow: Option<&str>) -> AwsError {
-    AwsError::not_found(format!(
-        "No shadow exists with name: '{}'",
-        shadow.unwrap_or(thing)
-    ))
-}
-
-fn check_names(thing: &str, shadow: Option<&str>) -> Result<(), AwsError> {
-    let valid = |name: &str, max: usize, extra: &[u8]| {
-        (1..=max).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b":_-".contains(&b) || extra.contains(&b))
-    };
-    if !valid(thing, 128, b"") {
-        return Err(AwsError::validation(
+fn check_names(name: &ShadowName) -> Result<(), AwsError> {
+    match name.check() {
+        Ok(()) => Ok(()),
+        Err(NameError::Thing) => Err(AwsError::validation(
             "thingName",
-            thing,
+            &name.thing,
             "Member must satisfy regular expression pattern: [a-zA-Z0-9:_-]+",
-        ));
-    }
-    if let Some(name) = shadow
-        && !valid(name, 64, b"$")
-    {
-        return Err(AwsError::validation(
+        )),
+        Err(NameError::Shadow) => Err(AwsError::validation(
             "shadowName",
-            name,
+            name.shadow.as_deref().unwrap_or_default(),
             "Member must satisfy regular expression pattern: [$a-zA-Z0-9:_-]+",
-        ));
-    }
-    Ok(())
-}
-
-/// The shadow's MQTT topic prefix.
-fn topic_prefix(thing: &str, shadow: Option<&str>) -> String {
-    match shadow {
-        None => format!("$aws/things/{thing}/shadow"),
-        Some(name) => format!("$aws/things/{thing}/shadow/name/{name}"),
+        )),
     }
 }
 
 /// The policy resource name of a shadow: `thing/{thing}` or `thing/{thing}/{shadow}`.
-fn resource(thing: &str, shadow: Option<&str>) -> String {
-    match shadow {
-        None => thing.to_owned(),
-        Some(name) => format!("{thing}/{name}"),
-    }
-}
-
-fn section_json(section: &Section) -> Option<Value> {
-    match section {
-        Section::Absent => None,
-        Section::Remove => Some(Value::Null),
-        Section::Merge(map) => Some(Value::Object(map.clone())),
+fn resource(name: &ShadowName) -> String {
+    match &name.shadow {
+        None => name.thing.clone(),
+        Some(shadow) => format!("{}/{shadow}", name.thing),
     }
 }
 
 impl Api {
-    fn shadow_target<'a>(
+    fn shadow_target(
         &self,
-        thing: &'a str,
-        request: &'a ApiRequest,
+        thing: &str,
+        request: &ApiRequest,
         caller: &Caller,
         action: Action,
-    ) -> Result<Option<&'a str>, AwsError> {
+    ) -> Result<ShadowName, AwsError> {
         let shadow = request.query("name").filter(|n| !n.is_empty());
-        check_names(thing, shadow)?;
-        if !caller.allows(action, &resource(thing, shadow)) {
+        let name = ShadowName::new(thing, shadow);
+        check_names(&name)?;
+        if !caller.allows(action, &resource(&name)) {
             return Err(AwsError::forbidden());
         }
-        Ok(shadow)
+        Ok(name)
     }
 
     pub(super) async fn get_thing_shadow(
@@ -119,20 +85,11 @@ impl Api {
         request: &ApiRequest,
         caller: &Caller,
     ) -> ApiResult {
-        let shadow = self.shadow_target(thing, request, caller, Action::GetThingShadow)?;
-        let document = self
-            .shadows
-            .get(thing, shadow)
+        let name = self.shadow_target(thing, request, caller, Action::GetThingShadow)?;
+        self.shadows
+            .get(&name, None, Origin::Http)
             .await
-            .map_err(store_error)?
-            .ok_or_else(|| no_shadow(thing, shadow))?;
-        let (state, metadata) = document.state_and_metadata(true);
-        Ok(json!({
-            "state": state,
-            "metadata": metadata,
-            "version": document.version,
-            "timestamp": now_seconds(),
-        }))
+            .map_err(store_error)
     }
 
     pub(super) async fn update_thing_shadow(
@@ -141,70 +98,11 @@ impl Api {
         request: &ApiRequest,
         caller: &Caller,
     ) -> ApiResult {
-        let shadow = self.shadow_target(thing, request, caller, Action::UpdateThingShadow)?;
-        let update = parse_update(&request.body, self.shadows.limits()).map_err(shadow_error)?;
-        let timestamp = now_seconds();
-        let updated = self
-            .shadows
-            .update(thing, shadow, &update, timestamp)
+        let name = self.shadow_target(thing, request, caller, Action::UpdateThingShadow)?;
+        self.shadows
+            .update(&name, &request.body, Origin::Http)
             .await
-            .map_err(store_error)?;
-        let client_token = update.client_token.clone();
-        let mut state = serde_json::Map::new();
-        let mut metadata = serde_json::Map::new();
-        for (name, section) in [("desired", &update.desired), ("reported", &update.reported)] {
-            if let Some(value) = section_json(section) {
-                metadata.insert(name.into(), document::metadata_of(&value, timestamp));
-                state.insert(name.into(), value);
-            }
-        }
-        let mut accepted = json!({
-            "state": state,
-            "metadata": metadata,
-            "version": updated.current.version,
-            "timestamp": timestamp,
-        });
-        let prefix = topic_prefix(thing, shadow);
-        let with_token = |mut value: Value| {
-            if let Some(token) = &client_token {
-                value["clientToken"] = json!(token);
-            }
-            value
-        };
-        accepted = with_token(accepted);
-        self.broker
-            .publish_event(format!("{prefix}/update/accepted"), accepted.to_string());
-        if let Some(delta) = updated.current.delta() {
-            let empty = serde_json::Map::new();
-            let delta_metadata = metadata_for(
-                &delta,
-                updated.current.desired_metadata.as_ref().unwrap_or(&empty),
-            );
-            let message = with_token(json!({
-                "state": delta,
-                "metadata": delta_metadata,
-                "version": updated.current.version,
-                "timestamp": timestamp,
-            }));
-            self.broker
-                .publish_event(format!("{prefix}/update/delta"), message.to_string());
-        }
-        let snapshot = |d: &document::ShadowDocument| {
-            let (state, metadata) = d.state_and_metadata(false);
-            json!({ "state": state, "metadata": metadata, "version": d.version })
-        };
-        let mut documents = json!({
-            "current": snapshot(&updated.current),
-            "timestamp": timestamp,
-        });
-        if updated.previous.exists {
-            documents["previous"] = snapshot(&updated.previous);
-        }
-        self.broker.publish_event(
-            format!("{prefix}/update/documents"),
-            with_token(documents).to_string(),
-        );
-        Ok(accepted)
+            .map_err(store_error)
     }
 
     pub(super) async fn delete_thing_shadow(
@@ -213,19 +111,11 @@ impl Api {
         request: &ApiRequest,
         caller: &Caller,
     ) -> ApiResult {
-        let shadow = self.shadow_target(thing, request, caller, Action::DeleteThingShadow)?;
-        let deleted = self
-            .shadows
-            .delete(thing, shadow, None)
+        let name = self.shadow_target(thing, request, caller, Action::DeleteThingShadow)?;
+        self.shadows
+            .delete(&name, None, None, Origin::Http)
             .await
-            .map_err(store_error)?
-            .ok_or_else(|| no_shadow(thing, shadow))?;
-        let accepted = json!({ "version": deleted.version, "timestamp": now_seconds() });
-        self.broker.publish_event(
-            format!("{}/delete/accepted", topic_prefix(thing, shadow)),
-            accepted.to_string(),
-        );
-        Ok(accepted)
+            .map_err(store_error)
     }
 
     pub(super) async fn list_named_shadows(
@@ -234,7 +124,7 @@ impl Api {
         request: &ApiRequest,
         caller: &Caller,
     ) -> ApiResult {
-        check_names(thing, None)?;
+        check_names(&ShadowName::new(thing, None))?;
         if !caller.allows(Action::ListNamedShadowsForThing, thing) {
             return Err(AwsError::forbidden());
         }
@@ -258,6 +148,7 @@ impl Api {
         };
         let (names, more) = self
             .shadows
+            .store()
             .named(thing, after.as_deref(), limit)
             .await
             .map_err(store_error)?;

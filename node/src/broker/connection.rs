@@ -917,6 +917,7 @@ impl Connection {
         }
         let origin = self.session.as_ref().map_or(0, |s| s.id);
         let message = inbound_message(p, origin, now);
+        let served = self.broker.serve_request(&message, self.session.as_ref());
         let published = self.broker.publish(message, Some(&self.waker));
         if let Some(session) = published.congested {
             session.wait_for_space(&self.waker, self.broker.config().max_queued_messages);
@@ -927,7 +928,7 @@ impl Connection {
             });
         }
         if p.qos != QoS::AtMostOnce {
-            let code = if published.offered == 0 && v5 {
+            let code = if published.offered == 0 && !served && v5 {
                 reason::NO_MATCHING_SUBSCRIBERS
             } else {
                 reason::SUCCESS

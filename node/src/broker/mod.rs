@@ -9,6 +9,7 @@ pub mod durable;
 mod lifecycle;
 mod message;
 mod retained;
+mod services;
 mod session;
 mod trie;
 
@@ -24,6 +25,7 @@ pub use connection::{CloseKind, Connection};
 pub use deadlines::{Deadlines, SWEEP_INTERVAL};
 pub use message::{Delivery, Message};
 pub use retained::RetainedStore;
+pub use services::{InFlight, ServiceRequest, TopicService};
 pub use session::{Attachment, Enqueued, Inflight, Session, Signal, StoredSubscription};
 pub use trie::{Subscriber, SubscriptionTrie};
 
@@ -53,6 +55,8 @@ struct Inner {
     deadlines: Deadlines,
     /// Where retained messages and persistent sessions are kept; `None` keeps them in memory.
     durable: Option<Arc<Durable>>,
+    /// Registered once at start; read only for `$aws/` topics.
+    services: RwLock<Vec<Arc<dyn TopicService>>>,
 }
 
 /// What became of a published message.
@@ -65,6 +69,20 @@ pub struct Published {
     pub congested: Option<Arc<Session>>,
     /// The store write this message needs before it may be acknowledged; 0 for none.
     pub durable_seq: u64,
+    /// Whether the session a reply was meant for had a subscription that took it.
+    requester_offered: bool,
+}
+
+fn event(topic: String, payload: String) -> Message {
+    Message {
+        topic: topic.into(),
+        payload: payload.into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        expires_at: None,
+        origin: 0,
+    }
 }
 
 /// The outcome of opening a session for a new connection.
@@ -91,6 +109,7 @@ impl Broker {
                 shutting_down: AtomicBool::new(false),
                 deadlines: Deadlines::default(),
                 durable,
+                services: RwLock::new(Vec::new()),
             }),
         }
     }
@@ -367,18 +386,60 @@ impl Broker {
 
     /// Publishes a message of the broker's own (an AWS IoT event): QoS 1, not retained.
     pub fn publish_event(&self, topic: String, payload: String) {
-        self.publish(
-            Message {
-                topic: topic.into(),
-                payload: payload.into(),
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                properties: None,
-                expires_at: None,
-                origin: 0,
-            },
-            None,
-        );
+        self.publish(event(topic, payload), None);
+    }
+
+    /// Adds a service that answers requests published on its topics.
+    pub fn register_service(&self, service: Arc<dyn TopicService>) {
+        self.inner.services.write().push(service);
+    }
+
+    /// Hands a message published on a service's request topic to that service; whether one
+    /// took it. The message is routed to subscribers as any other besides.
+    pub fn serve_request(&self, message: &Message, requester: Option<&Arc<Session>>) -> bool {
+        if !message.topic.starts_with("$aws/") {
+            return false;
+        }
+        let services = self.inner.services.read();
+        let Some(service) = services.iter().find(|s| s.answers(&message.topic)) else {
+            return false;
+        };
+        service.request(ServiceRequest {
+            topic: Arc::clone(&message.topic),
+            payload: message.payload.clone(),
+            qos: message.qos,
+            requester: requester.cloned(),
+        });
+        true
+    }
+
+    /// Publishes a service's answer: to its subscribers, and to `requester` even when it did
+    /// not subscribe, as AWS IoT answers shadow and job requests.
+    pub fn reply(&self, topic: String, payload: String, requester: Option<&Arc<Session>>) {
+        let message = event(topic, payload);
+        let Some(requester) = requester else {
+            self.publish(message, None);
+            return;
+        };
+        let message = Arc::new(message);
+        if self
+            .route(&message, None, Some(requester.id))
+            .requester_offered
+        {
+            return;
+        }
+        let delivery = Delivery {
+            message,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            stored: 0,
+        };
+        if let Enqueued::Dropped(reason) =
+            requester.enqueue(delivery, self.inner.config.max_queued_messages)
+        {
+            self.inner.metrics.message_dropped(reason);
+        }
     }
 
     /// Publishes `message` and returns once the store writes it needs (its retained copy,
@@ -404,12 +465,21 @@ impl Broker {
     /// retained.
     /// `waker` is woken when the store writes the message needs are durable.
     pub fn publish(&self, message: Message, waker: Option<&Arc<Signal>>) -> Published {
-        let message = Arc::new(message);
+        self.route(&Arc::new(message), waker, None)
+    }
+
+    /// Routes `message`, noting whether the session `requester` was among those offered it.
+    fn route(
+        &self,
+        message: &Arc<Message>,
+        waker: Option<&Arc<Signal>>,
+        requester: Option<u64>,
+    ) -> Published {
         let durable = self.inner.durable.as_ref();
         let mut ops = Vec::new();
         if message.retain && self.inner.config.retain_available {
             let mut retained = self.inner.retained.write();
-            retained.update(&message);
+            retained.update(message);
             self.inner
                 .metrics
                 .retained_messages
@@ -421,7 +491,7 @@ impl Broker {
                 } else {
                     halyard_raft::Op::put(
                         key,
-                        durable::encode_message(&message, message.qos, true, &[]),
+                        durable::encode_message(message, message.qos, true, &[]),
                     )
                 });
             }
@@ -444,7 +514,7 @@ impl Broker {
                     continue;
                 }
                 let d = delivery.get_or_insert_with(|| Delivery {
-                    message: Arc::clone(&message),
+                    message: Arc::clone(message),
                     qos: QoS::AtMostOnce,
                     retain: false,
                     subscription_ids: Vec::new(),
@@ -460,6 +530,7 @@ impl Broker {
                 continue;
             };
             outcome.offered += 1;
+            outcome.requester_offered |= requester == Some(session.id);
             let mut stored = None;
             if let Some(durable) = durable
                 && delivery.qos != QoS::AtMostOnce
@@ -469,7 +540,7 @@ impl Broker {
                 stored = Some(halyard_raft::Op::put(
                     durable::queue_key(&session.client_id, delivery.stored),
                     durable::encode_message(
-                        &message,
+                        message,
                         delivery.qos,
                         delivery.retain,
                         &delivery.subscription_ids,

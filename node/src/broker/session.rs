@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -258,6 +258,8 @@ pub struct Session {
     persistent: AtomicBool,
     /// Messages taken off the queue since the session began.
     drained_total: AtomicU64,
+    /// Requests to services not yet answered (see `services::InFlight`).
+    pub(super) service_requests: AtomicU32,
     pub state: Mutex<SessionState>,
 }
 
@@ -293,6 +295,7 @@ impl Session {
             slow: AtomicBool::new(false),
             persistent: AtomicBool::new(false),
             drained_total: AtomicU64::new(0),
+            service_requests: AtomicU32::new(0),
             state: Mutex::new(SessionState::default()),
         }
     }

@@ -4,25 +4,8 @@
 
 use serde_json::{Map, Value, json};
 
-/// Limits on a shadow, AWS IoT's by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Bytes of `desired` and `reported` together, metadata excluded.
-    pub max_state_bytes: usize,
-    /// Levels of nesting inside `desired` or `reported`.
-    pub max_depth: usize,
-    pub max_client_token_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_state_bytes: 8 * 1024,
-            max_depth: 6,
-            max_client_token_bytes: 64,
-        }
-    }
-}
+use super::service::NameError;
+use crate::config::ShadowConfig;
 
 /// A refusal, as the `/rejected` topics and the HTTP API carry it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +25,44 @@ impl ShadowError {
 
     fn bad(message: &str) -> Self {
         Self::new(400, message)
+    }
+
+    pub fn invalid_json() -> Self {
+        Self::bad("Invalid JSON")
+    }
+
+    pub fn invalid_client_token() -> Self {
+        Self::bad("Invalid clientToken")
+    }
+
+    pub fn invalid_version() -> Self {
+        Self::bad("Invalid version")
+    }
+
+    pub fn unsupported_encoding() -> Self {
+        Self::new(
+            415,
+            "Unsupported documented encoding; supported encoding is UTF-8",
+        )
+    }
+
+    pub fn invalid_name(which: NameError) -> Self {
+        Self::bad(match which {
+            NameError::Thing => "Invalid thing name",
+            NameError::Shadow => "Invalid shadow name",
+        })
+    }
+
+    pub fn no_shadow(name: &str) -> Self {
+        Self::new(404, format!("No shadow exists with name: '{name}'"))
+    }
+
+    pub fn too_many_requests() -> Self {
+        Self::new(429, "Too Many Requests")
+    }
+
+    pub fn internal() -> Self {
+        Self::new(500, "Internal service failure")
     }
 
     pub fn version_conflict() -> Self {
@@ -116,7 +137,7 @@ fn has_null_in_array(value: &Value) -> bool {
 fn section(
     state: &Map<String, Value>,
     name: &str,
-    limits: &Limits,
+    limits: &ShadowConfig,
 ) -> Result<Section, ShadowError> {
     let message = match name {
         "desired" => "Desired node must be an object",
@@ -141,29 +162,47 @@ fn section(
     }
 }
 
-/// Parses and checks an update request.
-pub fn parse_update(payload: &[u8], limits: &Limits) -> Result<UpdateRequest, ShadowError> {
-    let text = std::str::from_utf8(payload).map_err(|_| {
-        ShadowError::new(
-            415,
-            "Unsupported documented encoding; supported encoding is UTF-8",
-        )
-    })?;
-    let Ok(Value::Object(request)) = serde_json::from_str::<Value>(text) else {
-        return Err(ShadowError::bad("Invalid JSON"));
-    };
+/// A request's JSON object, checked to be UTF-8.
+fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, ShadowError> {
+    let text = std::str::from_utf8(payload).map_err(|_| ShadowError::unsupported_encoding())?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(request)) => Ok(request),
+        _ => Err(ShadowError::invalid_json()),
+    }
+}
+
+/// The `clientToken` and expected `version` a request may carry.
+fn token_and_version(
+    request: &Map<String, Value>,
+    limits: &ShadowConfig,
+) -> Result<(Option<String>, Option<u64>), ShadowError> {
     let client_token = match request.get("clientToken") {
         None => None,
         Some(Value::String(t)) if t.len() <= limits.max_client_token_bytes => Some(t.clone()),
-        Some(_) => return Err(ShadowError::bad("Invalid clientToken")),
+        Some(_) => return Err(ShadowError::invalid_client_token()),
     };
     let version = match request.get("version") {
         None => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or_else(|| ShadowError::bad("Invalid version"))?,
-        ),
+        Some(v) => Some(v.as_u64().ok_or_else(ShadowError::invalid_version)?),
     };
+    Ok((client_token, version))
+}
+
+/// The `clientToken` and `version` of a get or delete request, whose payload may be empty.
+pub fn parse_plain_request(
+    payload: &[u8],
+    limits: &ShadowConfig,
+) -> Result<(Option<String>, Option<u64>), ShadowError> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok((None, None));
+    }
+    token_and_version(&parse_object(payload)?, limits)
+}
+
+/// Parses and checks an update request.
+pub fn parse_update(payload: &[u8], limits: &ShadowConfig) -> Result<UpdateRequest, ShadowError> {
+    let request = parse_object(payload)?;
+    let (client_token, version) = token_and_version(&request, limits)?;
     let state = match request.get("state") {
         None => return Err(ShadowError::bad("Missing required node: state")),
         Some(Value::Object(state)) => state,
@@ -320,7 +359,7 @@ impl ShadowDocument {
         &self,
         request: &UpdateRequest,
         timestamp: u64,
-        limits: &Limits,
+        limits: &ShadowConfig,
     ) -> Result<Updated, ShadowError> {
         if request.version.is_some_and(|v| v != self.version) {
             return Err(ShadowError::version_conflict());
@@ -410,13 +449,13 @@ mod tests {
     }
 
     fn update(doc: &ShadowDocument, request: Value, t: u64) -> Result<ShadowDocument, ShadowError> {
-        let request = parse_update(request.to_string().as_bytes(), &Limits::default())?;
-        Ok(doc.update(&request, t, &Limits::default())?.current)
+        let request = parse_update(request.to_string().as_bytes(), &ShadowConfig::default())?;
+        Ok(doc.update(&request, t, &ShadowConfig::default())?.current)
     }
 
     #[test]
     fn requests_are_refused_with_aws_messages() {
-        let limits = Limits::default();
+        let limits = ShadowConfig::default();
         let refused = |payload: &[u8]| parse_update(payload, &limits).unwrap_err();
         assert_eq!(refused(b"{nope").message, "Invalid JSON");
         assert_eq!(refused(b"[]").message, "Invalid JSON");

@@ -6,7 +6,8 @@ use halyard_raft::{
     Compare, CompareOp, Consistency, Op, RangeRequest, Revision, Store, StoreError, Txn,
 };
 
-use super::document::{Limits, ShadowDocument, ShadowError, UpdateRequest, Updated};
+use super::document::{ShadowDocument, ShadowError, UpdateRequest, Updated};
+use crate::config::ShadowConfig;
 
 /// How often an update is retried when another one changed the shadow first.
 const ATTEMPTS: usize = 16;
@@ -28,18 +29,28 @@ fn key(thing: &str, shadow: Option<&str>) -> String {
     }
 }
 
+/// The first attempt reads this node's applied state, which the write's comparison checks
+/// anyway: a stale read costs a retry, not a lost update. Later attempts read the latest.
+fn read_for(attempt: usize) -> Consistency {
+    if attempt == 0 {
+        Consistency::Local
+    } else {
+        Consistency::Linearizable
+    }
+}
+
 #[derive(Clone)]
 pub struct ShadowStore {
     store: Store,
-    limits: Limits,
+    limits: ShadowConfig,
 }
 
 impl ShadowStore {
-    pub fn new(store: Store, limits: Limits) -> Self {
+    pub fn new(store: Store, limits: ShadowConfig) -> Self {
         Self { store, limits }
     }
 
-    pub fn limits(&self) -> &Limits {
+    pub fn limits(&self) -> &ShadowConfig {
         &self.limits
     }
 
@@ -48,12 +59,10 @@ impl ShadowStore {
         &self,
         thing: &str,
         shadow: Option<&str>,
+        consistency: Consistency,
     ) -> Result<(ShadowDocument, Revision), ShadowStoreError> {
         let key = key(thing, shadow);
-        let got = self
-            .store
-            .get(key.as_bytes(), Consistency::Linearizable)
-            .await?;
+        let got = self.store.get(key.as_bytes(), consistency).await?;
         match got.kv {
             None => Ok((ShadowDocument::default(), 0)),
             Some(kv) => Ok((
@@ -69,7 +78,7 @@ impl ShadowStore {
         thing: &str,
         shadow: Option<&str>,
     ) -> Result<Option<ShadowDocument>, ShadowStoreError> {
-        let (document, _) = self.read(thing, shadow).await?;
+        let (document, _) = self.read(thing, shadow, Consistency::Linearizable).await?;
         Ok(document.exists.then_some(document))
     }
 
@@ -101,9 +110,14 @@ impl ShadowStore {
         request: &UpdateRequest,
         timestamp: u64,
     ) -> Result<Updated, ShadowStoreError> {
-        for _ in 0..ATTEMPTS {
-            let (current, read_at) = self.read(thing, shadow).await?;
-            let updated = current.update(request, timestamp, &self.limits)?;
+        for attempt in 0..ATTEMPTS {
+            let (current, read_at) = self.read(thing, shadow, read_for(attempt)).await?;
+            let updated = match current.update(request, timestamp, &self.limits) {
+                Ok(updated) => updated,
+                // A refusal is only final when it was made on the latest document.
+                Err(_) if attempt == 0 => continue,
+                Err(e) => return Err(e.into()),
+            };
             if self
                 .write_if_unchanged(thing, shadow, &updated.current, read_at)
                 .await?
@@ -122,12 +136,16 @@ impl ShadowStore {
         shadow: Option<&str>,
         version: Option<u64>,
     ) -> Result<Option<ShadowDocument>, ShadowStoreError> {
-        for _ in 0..ATTEMPTS {
-            let (current, read_at) = self.read(thing, shadow).await?;
+        for attempt in 0..ATTEMPTS {
+            let (current, read_at) = self.read(thing, shadow, read_for(attempt)).await?;
+            let refused = !current.exists || version.is_some_and(|v| v != current.version);
+            if refused && attempt == 0 {
+                continue;
+            }
             if !current.exists {
                 return Ok(None);
             }
-            if version.is_some_and(|v| v != current.version) {
+            if refused {
                 return Err(ShadowError::version_conflict().into());
             }
             let tombstone = ShadowDocument {

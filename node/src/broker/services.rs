@@ -1,0 +1,56 @@
+//! Services that answer requests published on their topics (`$aws/things/{thing}/shadow/update`
+//! and the like). A request is handed to the service of the node that received it, never
+//! forwarded: the service works on the replicated store, so any node answers for any thing,
+//! and it answers the requester's own session, which lives here.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::session::Session;
+use crate::mqtt::QoS;
+
+/// A message published on a service's request topic.
+pub struct ServiceRequest {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    /// The session that published it; `None` for a request that came over HTTP.
+    pub requester: Option<Arc<Session>>,
+}
+
+pub trait TopicService: Send + Sync {
+    /// Whether `topic` is one of this service's request topics.
+    fn answers(&self, topic: &str) -> bool;
+
+    /// Takes a request published on one of its topics. Must not block: the caller is a
+    /// connection's packet loop.
+    fn request(&self, request: ServiceRequest);
+}
+
+/// Counts a session's requests until they are answered, to hold each connection to a limit.
+pub struct InFlight {
+    session: Arc<Session>,
+}
+
+impl InFlight {
+    /// Counts one more request of `session`, unless it already has `limit` unanswered.
+    pub fn begin(session: &Arc<Session>, limit: u32) -> Option<InFlight> {
+        session
+            .service_requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InFlight {
+            session: Arc::clone(session),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.session.service_requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
