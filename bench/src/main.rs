@@ -32,6 +32,47 @@ enum Command {
     Store(StoreArgs),
     /// MQTT-over-TLS connections per second with a client certificate (full or resumed).
     Handshakes(HandshakeArgs),
+    /// Device Shadow updates per second, over MQTT or the HTTP data plane.
+    Shadow(ShadowArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ShadowVia {
+    Mqtt,
+    Http,
+}
+
+#[derive(Args)]
+struct ShadowArgs {
+    /// Host of the broker.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// MQTT port (with `--via mqtt`).
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// HTTP API port (with `--via http`).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    #[arg(long, value_enum, default_value_t = ShadowVia::Mqtt)]
+    via: ShadowVia,
+    /// Devices, each updating its own shadow.
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Requests each device keeps outstanding (MQTT: pipelined; HTTP: connections).
+    #[arg(long, default_value_t = 4)]
+    inflight: usize,
+    /// Seconds of updating.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// For HTTP: an AWS shared-credentials file whose first profile signs the requests
+    /// (`halyard serve` writes one as `{data_dir}/credentials`).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// Write the JSON result here as well as to standard output.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -289,6 +330,31 @@ fn run() -> anyhow::Result<()> {
                     report.p99_ms
                 );
                 emit(&report, a.target.json.as_ref())
+            }
+            Command::Shadow(a) => {
+                let (protocol, port) = match a.via {
+                    ShadowVia::Mqtt => (halyard_bench::shadow::ShadowProtocol::Mqtt, a.port),
+                    ShadowVia::Http => (halyard_bench::shadow::ShadowProtocol::Http, a.http_port),
+                };
+                let target = (a.host.as_str(), port)
+                    .to_socket_addrs()
+                    .with_context(|| format!("cannot resolve {}:{port}", a.host))?
+                    .next()
+                    .with_context(|| format!("no address for {}", a.host))?;
+                let credentials = a.credentials.as_deref().map(halyard_bench::shadow::read_credentials).transpose()?;
+                let opts = halyard_bench::shadow::ShadowOptions {
+                    protocol,
+                    target,
+                    devices: a.devices,
+                    inflight: a.inflight,
+                    duration: Duration::from_secs_f64(a.duration.max(0.1)),
+                    thing_prefix: format!("{}-", run_id()),
+                    credentials,
+                    region: a.region,
+                };
+                let report = halyard_bench::shadow::run(opts).await?;
+                eprintln!("{}", halyard_bench::shadow::summary(&report));
+                emit(&report, a.json.as_ref())
             }
             Command::Conn(a) => {
                 let opts = conn::ConnOptions {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use halyard_bench::{conn, pubsub};
+use halyard_bench::{conn, pubsub, shadow};
 use halyard_node::config::Config;
 use halyard_node::mqtt::{ProtocolVersion, QoS};
 use halyard_node::server::Server;
@@ -152,5 +152,31 @@ fn bad_arguments_are_refused_with_a_clear_error() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_updates_are_accepted_over_mqtt_and_http() {
+    let (server, dir) = start().await;
+    let credentials = shadow::read_credentials(&dir.path().join("credentials")).unwrap();
+    for (protocol, target) in [
+        (shadow::ShadowProtocol::Mqtt, server.mqtt_addr()),
+        (shadow::ShadowProtocol::Http, server.http_addr()),
+    ] {
+        let report = shadow::run(shadow::ShadowOptions {
+            protocol,
+            target,
+            devices: 3,
+            inflight: 2,
+            duration: Duration::from_millis(500),
+            thing_prefix: "smoke-".into(),
+            credentials: Some(credentials.clone()),
+            region: "us-east-1".into(),
+        })
+        .await
+        .unwrap();
+        assert!(report.accepted > 0, "{report:?}");
+        assert_eq!(report.rejected, 0, "{report:?}");
+        assert!(report.latency.samples > 0, "{report:?}");
     }
 }

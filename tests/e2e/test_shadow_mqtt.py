@@ -375,3 +375,16 @@ def test_device_sdk_v2_request_response_client(broker: Broker, shadow_device: tu
         thing_name="lamp", shadow_name="config")).result(WAIT)
     assert deleted.version == 1
     client.stop(mqtt5.DisconnectPacket())
+
+
+def test_an_https_publish_to_the_update_topic_updates_the_shadow(
+        broker: Broker, mqtt_client: MakeClient, data: Any) -> None:
+    watcher = mqtt_client("watcher")
+    watcher.connect()
+    watcher.subscribe(f"{PREFIX}/update/accepted", 1)
+    data.publish(topic=f"{PREFIX}/update", qos=1,
+                 payload=json.dumps({"state": {"reported": {"via": "https"}}, "clientToken": "h"}).encode())
+    accepted = _json(watcher.expect())
+    assert accepted["clientToken"] == "h" and accepted["state"] == {"reported": {"via": "https"}}
+    shadow = json.loads(data.get_thing_shadow(thingName="lamp")["payload"].read())
+    assert shadow["state"]["reported"] == {"via": "https"}

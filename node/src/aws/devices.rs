@@ -296,6 +296,9 @@ impl Api {
             expires_at,
             origin: 0,
         };
+        // A publish to a shadow's request topic is a shadow request, as over MQTT; its answer
+        // goes to the topic's subscribers.
+        self.broker.serve_request(&message, None);
         if !self
             .broker
             .publish_persisted(message, PERSIST_TIMEOUT)

@@ -154,3 +154,92 @@ where
     }
     out
 }
+
+/// The `version` (and, for a get, the reported state) of a shadow answer on `topic`.
+fn shadow_answer(packet: &rumqttc::Packet, topic: &str) -> Option<serde_json::Value> {
+    match packet {
+        rumqttc::Packet::Publish(p) if p.topic == topic => serde_json::from_slice(&p.payload).ok(),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_answers_for_every_shadow_and_no_update_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
+    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
+    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
+    let servers: Vec<Server> = futures_join(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut writers = Vec::new();
+    for (i, server) in servers.iter().enumerate() {
+        let mut options = rumqttc::MqttOptions::new(
+            format!("writer-{i}"),
+            "127.0.0.1",
+            server.mqtt_addr().port(),
+        );
+        options.set_keep_alive(Duration::from_secs(30));
+        writers.push(crate::common::v4_connect(options).await.0);
+    }
+    const SHADOW: &str = "$aws/things/pump/shadow";
+    let rounds = 10;
+    // One writer per node, all on the same shadow at once, none naming a version.
+    for round in 0..rounds {
+        for (i, writer) in writers.iter().enumerate() {
+            let update = format!(r#"{{"state":{{"reported":{{"node{i}":{round}}}}}}}"#);
+            writer
+                .client
+                .publish(
+                    format!("{SHADOW}/update"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    update,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let mut versions = Vec::new();
+    for writer in &mut writers {
+        for _ in 0..rounds {
+            let accepted = writer
+                .wait_for("update/accepted", |p| {
+                    shadow_answer(p, &format!("{SHADOW}/update/accepted"))
+                })
+                .await;
+            versions.push(accepted["version"].as_u64().unwrap());
+        }
+    }
+    versions.sort_unstable();
+    let all: Vec<u64> = (1..=3 * rounds).collect();
+    assert_eq!(versions, all, "every update applied once, one version each");
+    for writer in &mut writers {
+        writer
+            .client
+            .publish(
+                format!("{SHADOW}/get"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                "",
+            )
+            .await
+            .unwrap();
+        let got = writer
+            .wait_for("get/accepted", |p| {
+                shadow_answer(p, &format!("{SHADOW}/get/accepted"))
+            })
+            .await;
+        assert_eq!(got["version"], 3 * rounds);
+        assert_eq!(
+            got["state"]["reported"],
+            serde_json::json!({"node0": 9, "node1": 9, "node2": 9})
+        );
+    }
+    drop(writers);
+    for server in servers {
+        server.shutdown().await;
+    }
+}
