@@ -64,6 +64,9 @@ struct ShadowArgs {
     /// Seconds of updating.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Total updates per second over all devices, or `max` (each answer starts the next).
+    #[arg(long, default_value = "max")]
+    rate: String,
     /// For HTTP: an AWS shared-credentials file whose first profile signs the requests
     /// (`halyard serve` writes one as `{data_dir}/credentials`).
     #[arg(long)]
@@ -351,6 +354,7 @@ fn run() -> anyhow::Result<()> {
                     thing_prefix: format!("{}-", run_id()),
                     credentials,
                     region: a.region,
+                    rate: parse_rate(&a.rate, "--rate")?,
                 };
                 let report = halyard_bench::shadow::run(opts).await?;
                 eprintln!("{}", halyard_bench::shadow::summary(&report));

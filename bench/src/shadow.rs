@@ -44,6 +44,9 @@ pub struct ShadowOptions {
     /// Signing key for HTTP: access key id and secret.
     pub credentials: Option<(String, String)>,
     pub region: String,
+    /// Total updates per second offered over all devices; `None` sends each next update as
+    /// soon as an answer comes (closed loop, where latency only mirrors the queue).
+    pub rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,9 +54,12 @@ pub struct ShadowReport {
     pub protocol: ShadowProtocol,
     pub devices: usize,
     pub inflight: usize,
+    pub offered_rate: Option<f64>,
     pub duration_secs: f64,
     pub accepted: u64,
     pub rejected: u64,
+    /// Updates due at the offered rate but not sent, the device's requests all unanswered.
+    pub skipped: u64,
     pub updates_per_sec: f64,
     pub latency: Latency,
 }
@@ -62,6 +68,13 @@ pub struct ShadowReport {
 struct Counters {
     accepted: AtomicU64,
     rejected: AtomicU64,
+    skipped: AtomicU64,
+}
+
+/// Each device's period between updates at the offered rate.
+fn device_period(opts: &ShadowOptions, senders: usize) -> Option<Duration> {
+    opts.rate
+        .map(|rate| Duration::from_secs_f64(senders as f64 / rate.max(0.001)))
 }
 
 fn update_body(device: usize, seq: u64) -> String {
@@ -112,9 +125,11 @@ pub async fn run(opts: ShadowOptions) -> anyhow::Result<ShadowReport> {
         protocol: opts.protocol,
         devices: opts.devices,
         inflight: opts.inflight,
+        offered_rate: opts.rate,
         duration_secs: elapsed,
         accepted,
         rejected,
+        skipped: counters.skipped.load(Ordering::Acquire),
         updates_per_sec: accepted as f64 / elapsed,
         latency: Latency::from_histogram(&histogram),
     })
@@ -155,18 +170,37 @@ async fn mqtt_device(
         )?;
         Ok(())
     };
-    for _ in 0..opts.inflight {
-        send(&mut writer, &mut seq)?;
-        sent.insert(seq, Instant::now());
+    let period = device_period(&opts, opts.devices);
+    let mut ticker = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Devices start spread over one period, not all at once.
+    if let Some(period) = period {
+        tokio::time::sleep(period.mul_f64(device as f64 / opts.devices as f64)).await;
+        ticker.reset();
+    } else {
+        for _ in 0..opts.inflight {
+            send(&mut writer, &mut seq)?;
+            sent.insert(seq, Instant::now());
+        }
+        writer.flush().await?;
     }
-    writer.flush().await?;
     loop {
         let packet = tokio::select! {
             packet = reader.next() => packet?,
+            _ = ticker.tick(), if period.is_some() => {
+                if sent.len() < opts.inflight {
+                    send(&mut writer, &mut seq)?;
+                    sent.insert(seq, Instant::now());
+                    writer.flush().await?;
+                } else {
+                    counters.skipped.fetch_add(1, Ordering::AcqRel);
+                }
+                continue;
+            }
             _ = stop.changed() => break,
         };
-        let publishes =
-            std::iter::once(packet).chain(std::iter::from_fn(|| reader.try_next().ok().flatten()));
+        let publishes = std::iter::once(packet)
+            .chain(std::iter::from_fn(|| reader.try_next().ok().flatten()));
         for packet in publishes {
             let Packet::Publish(publish) = packet else {
                 continue;
@@ -184,8 +218,10 @@ async fn mqtt_device(
             } else {
                 counters.rejected.fetch_add(1, Ordering::AcqRel);
             }
-            send(&mut writer, &mut seq)?;
-            sent.insert(seq, Instant::now());
+            if period.is_none() {
+                send(&mut writer, &mut seq)?;
+                sent.insert(seq, Instant::now());
+            }
         }
         writer.flush().await?;
     }
@@ -229,7 +265,16 @@ async fn http_device(
     let path = format!("/things/{thing}/shadow");
     let mut histogram = new_histogram();
     let mut seq = connection as u64 * 1_000_000_000;
+    let period = device_period(&opts, opts.devices * opts.inflight);
+    let mut ticker = period.map(|p| {
+        let mut ticker = tokio::time::interval(p);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        ticker
+    });
     while !*stop.borrow() {
+        if let Some(ticker) = ticker.as_mut() {
+            ticker.tick().await;
+        }
         seq += 1;
         let body = update_body(device, seq);
         let amz_date = format_amz_date(
@@ -293,12 +338,16 @@ pub fn read_credentials(path: &std::path::Path) -> anyhow::Result<(String, Strin
 
 pub fn summary(report: &ShadowReport) -> String {
     format!(
-        "{:?} {} devices x {} in flight: {} accepted, {} rejected, {:.0} updates/s, p50 {:.2} ms, p99 {:.2} ms",
+        "{:?} {} devices x {} in flight, offered {}: {} accepted, {} rejected, {} skipped, {:.0} updates/s, p50 {:.2} ms, p99 {:.2} ms",
         report.protocol,
         report.devices,
         report.inflight,
+        report
+            .offered_rate
+            .map_or("max".to_owned(), |r| format!("{r:.0}/s")),
         report.accepted,
         report.rejected,
+        report.skipped,
         report.updates_per_sec,
         report.latency.p50_ms,
         report.latency.p99_ms

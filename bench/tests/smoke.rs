@@ -172,6 +172,7 @@ async fn shadow_updates_are_accepted_over_mqtt_and_http() {
             thing_prefix: "smoke-".into(),
             credentials: Some(credentials.clone()),
             region: "us-east-1".into(),
+            rate: None,
         })
         .await
         .unwrap();

@@ -389,6 +389,15 @@ impl Broker {
         self.publish(event(topic, payload), None);
     }
 
+    /// Whether any session subscribes to `topic`: a message nobody would receive need not be
+    /// built.
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        let trie = self.inner.trie.read();
+        let mut matches = Vec::new();
+        trie.matches(topic, &mut matches);
+        !matches.is_empty()
+    }
+
     /// Adds a service that answers requests published on its topics.
     pub fn register_service(&self, service: Arc<dyn TopicService>) {
         self.inner.services.write().push(service);

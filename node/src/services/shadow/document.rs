@@ -338,6 +338,24 @@ pub fn metadata_for(
         .collect()
 }
 
+/// Bytes of `map` as compact JSON, counted without building the text.
+fn json_length(map: &Map<String, Value>) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail, and a map of JSON values always serializes.
+    let _ = serde_json::to_writer(&mut counter, map);
+    counter.0
+}
+
 /// The outcome of an accepted update.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Updated {
@@ -356,7 +374,7 @@ impl ShadowDocument {
 
     /// Applies `request` at `timestamp` (epoch seconds).
     pub fn update(
-        &self,
+        self,
         request: &UpdateRequest,
         timestamp: u64,
         limits: &ShadowConfig,
@@ -402,13 +420,13 @@ impl ShadowDocument {
         let size = [&next.desired, &next.reported]
             .iter()
             .filter_map(|s| s.as_ref())
-            .map(|s| Value::Object(s.clone()).to_string().len())
+            .map(json_length)
             .sum::<usize>();
         if size > limits.max_state_bytes {
             return Err(ShadowError::too_large());
         }
         Ok(Updated {
-            previous: self.clone(),
+            previous: self,
             current: next,
         })
     }
@@ -450,7 +468,7 @@ mod tests {
 
     fn update(doc: &ShadowDocument, request: Value, t: u64) -> Result<ShadowDocument, ShadowError> {
         let request = parse_update(request.to_string().as_bytes(), &ShadowConfig::default())?;
-        Ok(doc.update(&request, t, &ShadowConfig::default())?.current)
+        Ok(doc.clone().update(&request, t, &ShadowConfig::default())?.current)
     }
 
     #[test]

@@ -346,7 +346,10 @@ impl Inner {
         );
         let prefix = name.topic_prefix();
         let mut notifications = Vec::with_capacity(2);
-        if let Some(delta) = updated.current.delta() {
+        let delta_topic = format!("{prefix}/update/delta");
+        if self.broker.has_subscribers(&delta_topic)
+            && let Some(delta) = updated.current.delta()
+        {
             let empty = Map::new();
             let delta_metadata = metadata_for(
                 &delta,
@@ -361,7 +364,11 @@ impl Inner {
                 }),
                 client_token,
             );
-            notifications.push((format!("{prefix}/update/delta"), message.to_string()));
+            notifications.push((delta_topic, message.to_string()));
+        }
+        let documents_topic = format!("{prefix}/update/documents");
+        if !self.broker.has_subscribers(&documents_topic) {
+            return Ok((accepted, notifications));
         }
         let snapshot = |d: &ShadowDocument| {
             let (state, metadata) = d.state_and_metadata(false);
@@ -375,7 +382,7 @@ impl Inner {
             documents["previous"] = snapshot(&updated.previous);
         }
         notifications.push((
-            format!("{prefix}/update/documents"),
+            documents_topic,
             with_token(documents, client_token).to_string(),
         ));
         Ok((accepted, notifications))
