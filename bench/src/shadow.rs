@@ -199,8 +199,8 @@ async fn mqtt_device(
             }
             _ = stop.changed() => break,
         };
-        let publishes = std::iter::once(packet)
-            .chain(std::iter::from_fn(|| reader.try_next().ok().flatten()));
+        let publishes =
+            std::iter::once(packet).chain(std::iter::from_fn(|| reader.try_next().ok().flatten()));
         for packet in publishes {
             let Packet::Publish(publish) = packet else {
                 continue;

@@ -152,7 +152,9 @@ pub struct ClusterConfig {
     pub heartbeat_ms: u64,
     /// Follower silence before it stands for election, in milliseconds.
     pub election_timeout_ms: u64,
-    /// Log entries between snapshots.
+    /// Log entries between snapshots. A snapshot dumps the whole state with its watch
+    /// history, so on a busy node it must be rare; the state lives in RocksDB and a restart
+    /// replays nothing, so the log kept in between only costs disk.
     pub snapshot_every: u64,
     /// Revisions of watch history kept.
     pub history_revisions: u64,
@@ -171,7 +173,7 @@ impl Default for ClusterConfig {
             key: None,
             heartbeat_ms: 100,
             election_timeout_ms: 1000,
-            snapshot_every: 10_000,
+            snapshot_every: 100_000,
             history_revisions: 10_000,
         }
     }

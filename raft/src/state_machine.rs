@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 use crate::codec::{decode, encode};
 use crate::engine::{Cf, EngineError, KvEngine, WriteBatch};
 use crate::metrics::RaftMetrics;
+use crate::runtime::HalyardRuntime;
 use crate::snapshot::{self, SnapshotFile, SnapshotReader};
 use crate::state::{self, apply_command, record_applied};
 use crate::types::{
@@ -178,27 +179,35 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(
         &mut self,
     ) -> Result<openraft::type_config::alias::SnapshotOf<TypeConfig, SnapshotFile>, io::Error> {
-        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
-        let partial = self.snapshot_dir.join(format!("build-{seq}.part"));
-        let summary = snapshot::dump(self.engine.as_ref(), &partial).map_err(to_io)?;
-        // The log may be purged up to this snapshot; the state it captured must not be lost.
-        self.engine.sync().map_err(to_io)?;
-        let path = snapshot_path(&self.snapshot_dir, summary.applied.as_ref(), seq);
-        std::fs::rename(&partial, &path)?;
-        let meta = SnapshotMeta {
-            last_log_id: summary.applied,
-            last_membership: summary.membership,
+        let engine = Arc::clone(&self.engine);
+        let shared = Arc::clone(&self.shared);
+        let dir = self.snapshot_dir.clone();
+        // Dumping the state and its fsyncs take milliseconds to seconds: off the runtime's
+        // workers, which meanwhile go on serving clients. The dump reads one consistent view.
+        let build = move || -> Result<_, io::Error> {
+            let seq = shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+            let partial = dir.join(format!("build-{seq}.part"));
+            let summary = snapshot::dump(engine.as_ref(), &partial).map_err(to_io)?;
+            // The log may be purged up to this snapshot; the state it captured must not be lost.
+            engine.sync().map_err(to_io)?;
+            let path = snapshot_path(&dir, summary.applied.as_ref(), seq);
+            std::fs::rename(&partial, &path)?;
+            let meta = SnapshotMeta {
+                last_log_id: summary.applied,
+                last_membership: summary.membership,
+            };
+            save_current(engine.as_ref(), &meta, &path).map_err(to_io)?;
+            remove_other_snapshots(&dir, &path);
+            shared.metrics.snapshots_built.inc();
+            Ok(openraft::Snapshot {
+                meta,
+                snapshot: SnapshotFile {
+                    path,
+                    size: summary.size,
+                },
+            })
         };
-        save_current(self.engine.as_ref(), &meta, &path).map_err(to_io)?;
-        remove_other_snapshots(&self.snapshot_dir, &path);
-        self.shared.metrics.snapshots_built.inc();
-        Ok(openraft::Snapshot {
-            meta,
-            snapshot: SnapshotFile {
-                path,
-                size: summary.size,
-            },
-        })
+        <HalyardRuntime as openraft::AsyncRuntime>::spawn_blocking(build).await?
     }
 }
 

@@ -41,10 +41,14 @@ pub struct StoreConfig {
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     pub request_timeout: Duration,
-    /// Log entries between snapshots.
+    /// Log entries between snapshots. A snapshot dumps the whole state with its watch
+    /// history, so on a busy node it must be rare; the state lives in RocksDB and a restart
+    /// replays nothing, so the log kept in between only costs disk.
     pub snapshot_every: u64,
     /// Revisions of watch history kept before compaction drops them.
     pub history_revisions: u64,
+    /// How often the leader drops history beyond `history_revisions`. Often: under load the
+    /// history grows by thousands of revisions a second, and every snapshot carries it.
     pub compaction_interval: Duration,
     pub max_key_size: usize,
     pub max_value_size: usize,
@@ -60,9 +64,9 @@ impl StoreConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_secs(5),
-            snapshot_every: 10_000,
+            snapshot_every: 100_000,
             history_revisions: 10_000,
-            compaction_interval: Duration::from_secs(30),
+            compaction_interval: Duration::from_secs(1),
             max_key_size: 4096,
             max_value_size: 1 << 20,
             max_txn_ops: 1024,

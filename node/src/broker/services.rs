@@ -4,7 +4,7 @@
 //! and it answers the requester's own session, which lives here.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
@@ -32,6 +32,7 @@ pub trait TopicService: Send + Sync {
 /// Counts a session's requests until they are answered, to hold each connection to a limit.
 pub struct InFlight {
     session: Arc<Session>,
+    released: AtomicBool,
 }
 
 impl InFlight {
@@ -45,12 +46,21 @@ impl InFlight {
             .ok()?;
         Some(InFlight {
             session: Arc::clone(session),
+            released: AtomicBool::new(false),
         })
+    }
+
+    /// Stops counting the request: called before its answer is published, since the client
+    /// may send its next request the moment the answer arrives.
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.session.service_requests.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.session.service_requests.fetch_sub(1, Ordering::AcqRel);
+        self.release();
     }
 }

@@ -468,7 +468,10 @@ mod tests {
 
     fn update(doc: &ShadowDocument, request: Value, t: u64) -> Result<ShadowDocument, ShadowError> {
         let request = parse_update(request.to_string().as_bytes(), &ShadowConfig::default())?;
-        Ok(doc.clone().update(&request, t, &ShadowConfig::default())?.current)
+        Ok(doc
+            .clone()
+            .update(&request, t, &ShadowConfig::default())?
+            .current)
     }
 
     #[test]

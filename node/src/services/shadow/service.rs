@@ -133,14 +133,18 @@ pub fn request_topic(topic: &str) -> Option<(&str, Option<&str>, Operation)> {
 /// or the HTTP API, whose caller gets the answer in the response.
 #[derive(Clone, Copy)]
 pub enum Origin<'a> {
-    Mqtt(Option<&'a Arc<Session>>),
+    Mqtt {
+        requester: Option<&'a Arc<Session>>,
+        /// The request's place in its connection's limit, given up as it is answered.
+        in_flight: Option<&'a InFlight>,
+    },
     Http,
 }
 
 impl Origin<'_> {
     fn label(&self) -> &'static str {
         match self {
-            Origin::Mqtt(_) => "mqtt",
+            Origin::Mqtt { .. } => "mqtt",
             Origin::Http => "http",
         }
     }
@@ -175,8 +179,7 @@ struct Job {
     operation: Operation,
     payload: Bytes,
     requester: Option<Arc<Session>>,
-    /// Released when the request is answered.
-    _in_flight: Option<InFlight>,
+    in_flight: Option<InFlight>,
 }
 
 struct Inner {
@@ -429,7 +432,15 @@ impl Inner {
         self.metrics
             .request(operation.name(), origin.label(), code, started.elapsed());
         let requester = match origin {
-            Origin::Mqtt(requester) => requester,
+            Origin::Mqtt {
+                requester,
+                in_flight,
+            } => {
+                if let Some(in_flight) = in_flight {
+                    in_flight.release();
+                }
+                requester
+            }
             Origin::Http if operation == Operation::Get => return,
             Origin::Http => None,
         };
@@ -439,7 +450,7 @@ impl Inner {
                 self.broker
                     .reply(topic("accepted"), accepted.to_string(), requester);
             }
-            Err(e) if matches!(origin, Origin::Mqtt(_)) => {
+            Err(e) if matches!(origin, Origin::Mqtt { .. }) => {
                 let error = ShadowError::from(e).to_json(now_seconds(), client_token);
                 self.broker
                     .reply(topic("rejected"), error.to_string(), requester);
@@ -452,7 +463,10 @@ impl Inner {
 impl ShadowService {
     /// Answers one MQTT request.
     async fn serve(&self, job: Job) {
-        let origin = Origin::Mqtt(job.requester.as_ref());
+        let origin = Origin::Mqtt {
+            requester: job.requester.as_ref(),
+            in_flight: job.in_flight.as_ref(),
+        };
         if job.operation == Operation::Update {
             let _ = self.update(&job.name, &job.payload, origin).await;
             return;
@@ -509,7 +523,10 @@ impl TopicService for ShadowService {
             return;
         };
         let name = ShadowName::new(thing, shadow);
-        let origin = Origin::Mqtt(request.requester.as_ref());
+        let origin = Origin::Mqtt {
+            requester: request.requester.as_ref(),
+            in_flight: None,
+        };
         let refuse = |error: ShadowError| {
             let token = document::client_token_of(&request.payload);
             self.inner.finish(
@@ -538,7 +555,7 @@ impl TopicService for ShadowService {
             operation,
             payload: request.payload,
             requester: request.requester,
-            _in_flight: in_flight,
+            in_flight,
         };
         let mut queues = self.inner.queues.lock();
         if let Some(waiting) = queues.get_mut(&job.name) {
