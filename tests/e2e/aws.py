@@ -27,9 +27,10 @@ def keys(broker: Broker) -> tuple[str, str]:
     return section["aws_access_key_id"], section["aws_secret_access_key"]
 
 
-def client(broker: Broker, key: str, secret: str, region: str = "us-east-1") -> Any:
+def client(broker: Broker, key: str, secret: str, region: str = "us-east-1", service: str = "iot") -> Any:
+    """A boto3 client of `service` (`iot`, `iot-data`) for the broker's HTTP API."""
     return boto3.client(
-        "iot",
+        service,
         endpoint_url=broker.http_url,
         region_name=region,
         aws_access_key_id=key,

@@ -78,6 +78,13 @@ def iot(broker: Broker) -> Any:
 
 
 @pytest.fixture
+def data(broker: Broker) -> Any:
+    """A boto3 `iot-data` client signed with the broker's own access key."""
+    key, secret = aws.keys(broker)
+    return aws.client(broker, key, secret, service="iot-data")
+
+
+@pytest.fixture
 def lamp(iot: Any, tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
     """A thing "lamp" with an ACTIVE certificate and the thing-scoped policy."""
     created, cert, key = device_certificate(iot, tmp_path, "lamp")

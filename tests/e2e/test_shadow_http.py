@@ -7,20 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
-from aws import keys
+import aws
 from harness import Broker, MakeClient
-
-
-@pytest.fixture
-def data(broker: Broker) -> Any:
-    key, secret = keys(broker)
-    return boto3.client("iot-data", endpoint_url=broker.http_url, region_name="us-east-1",
-                        aws_access_key_id=key, aws_secret_access_key=secret,
-                        config=Config(retries={"max_attempts": 1}))
 
 
 def _payload(response: dict[str, Any]) -> dict[str, Any]:
@@ -95,12 +85,10 @@ def test_concurrent_updaters_with_expected_versions_lose_nothing(data: Any, brok
     import botocore.exceptions
 
     data.update_thing_shadow(thingName="busy", payload=b'{"state": {"reported": {}}}')
-    key, secret = keys(broker)
+    key, secret = aws.keys(broker)
 
     def updater(n: int) -> list[int]:
-        client = boto3.client("iot-data", endpoint_url=broker.http_url, region_name="us-east-1",
-                              aws_access_key_id=key, aws_secret_access_key=secret,
-                              config=Config(retries={"max_attempts": 1}))
+        client = aws.client(broker, key, secret, service="iot-data")
         while True:
             version = _payload(client.get_thing_shadow(thingName="busy"))["version"]
             request = {"state": {"reported": {f"u{n}": version}}, "version": version}

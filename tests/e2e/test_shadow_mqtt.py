@@ -13,12 +13,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import boto3
 import paho.mqtt.client as mqtt
 import pytest
-from botocore.config import Config
 
-from aws import keys
 from device import ARN, device_certificate
 from harness import Broker, Client, MakeClient
 
@@ -245,14 +242,6 @@ def shadow_device(iot: Any, tmp_path: Path) -> tuple[Path, Path]:
     iot.create_policy(policyName="shadow", policyDocument=_shadow_policy())
     iot.attach_policy(policyName="shadow", target=created["certificateArn"])
     return cert, key
-
-
-@pytest.fixture
-def data(broker: Broker) -> Any:
-    key, secret = keys(broker)
-    return boto3.client("iot-data", endpoint_url=broker.http_url, region_name="us-east-1",
-                        aws_access_key_id=key, aws_secret_access_key=secret,
-                        config=Config(retries={"max_attempts": 1}))
 
 
 def _ca(broker: Broker) -> str:

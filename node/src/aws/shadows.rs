@@ -100,7 +100,7 @@ impl Api {
     ) -> ApiResult {
         let name = self.shadow_target(thing, request, caller, Action::UpdateThingShadow)?;
         self.shadows
-            .update(&name, &request.body, Origin::Http)
+            .update(&name, request.body.clone())
             .await
             .map_err(store_error)
     }
@@ -112,10 +112,7 @@ impl Api {
         caller: &Caller,
     ) -> ApiResult {
         let name = self.shadow_target(thing, request, caller, Action::DeleteThingShadow)?;
-        self.shadows
-            .delete(&name, None, None, Origin::Http)
-            .await
-            .map_err(store_error)
+        self.shadows.delete(&name).await.map_err(store_error)
     }
 
     pub(super) async fn list_named_shadows(

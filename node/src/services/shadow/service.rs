@@ -180,6 +180,8 @@ struct Job {
     payload: Bytes,
     requester: Option<Arc<Session>>,
     in_flight: Option<InFlight>,
+    /// Where an HTTP request's caller waits for the outcome; none for MQTT.
+    answer: Option<tokio::sync::oneshot::Sender<Result<Value, ShadowStoreError>>>,
 }
 
 struct Inner {
@@ -219,6 +221,53 @@ impl ShadowService {
         &self.inner.store
     }
 
+    /// UpdateThingShadow: taken in turn with the shadow's other requests, so that concurrent
+    /// updates without a version all apply rather than race for it.
+    pub async fn update(
+        &self,
+        name: &ShadowName,
+        payload: Bytes,
+    ) -> Result<Value, ShadowStoreError> {
+        self.over_http(name, Operation::Update, payload).await
+    }
+
+    /// DeleteThingShadow, in turn with the shadow's other requests.
+    pub async fn delete(&self, name: &ShadowName) -> Result<Value, ShadowStoreError> {
+        self.over_http(name, Operation::Delete, Bytes::new()).await
+    }
+
+    async fn over_http(
+        &self,
+        name: &ShadowName,
+        operation: Operation,
+        payload: Bytes,
+    ) -> Result<Value, ShadowStoreError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.submit(Job {
+            name: name.clone(),
+            operation,
+            payload,
+            requester: None,
+            in_flight: None,
+            answer: Some(answer),
+        });
+        answered
+            .await
+            .unwrap_or_else(|_| Err(ShadowError::internal().into()))
+    }
+
+    /// Queues `job` behind the shadow's requests, or serves it now when there are none.
+    fn submit(&self, job: Job) {
+        let mut queues = self.inner.queues.lock();
+        if let Some(waiting) = queues.get_mut(&job.name) {
+            waiting.push_back(job);
+            return;
+        }
+        queues.insert(job.name.clone(), VecDeque::new());
+        drop(queues);
+        tokio::spawn(self.clone().drain(job));
+    }
+
     /// The GET answer: state with delta, metadata, version, timestamp.
     pub async fn get(
         &self,
@@ -241,7 +290,7 @@ impl ShadowService {
 
     /// Applies an update request; publishes `/update/accepted`, `/update/delta` when desired
     /// and reported differ, and `/update/documents`. The answer is the accepted document.
-    pub async fn update(
+    async fn update_now(
         &self,
         name: &ShadowName,
         payload: &[u8],
@@ -273,7 +322,7 @@ impl ShadowService {
     }
 
     /// Deletes the shadow, keeping its version; publishes `/delete/accepted`.
-    pub async fn delete(
+    async fn delete_now(
         &self,
         name: &ShadowName,
         client_token: Option<&str>,
@@ -461,14 +510,23 @@ impl Inner {
 }
 
 impl ShadowService {
-    /// Answers one MQTT request.
+    /// Answers one request.
     async fn serve(&self, job: Job) {
+        if let Some(answer) = job.answer {
+            let outcome = match job.operation {
+                Operation::Update => self.update_now(&job.name, &job.payload, Origin::Http).await,
+                Operation::Delete => self.delete_now(&job.name, None, None, Origin::Http).await,
+                Operation::Get => self.get(&job.name, None, Origin::Http).await,
+            };
+            let _ = answer.send(outcome);
+            return;
+        }
         let origin = Origin::Mqtt {
             requester: job.requester.as_ref(),
             in_flight: job.in_flight.as_ref(),
         };
         if job.operation == Operation::Update {
-            let _ = self.update(&job.name, &job.payload, origin).await;
+            let _ = self.update_now(&job.name, &job.payload, origin).await;
             return;
         }
         let (client_token, version) = match parse_plain_request(&job.payload, &self.inner.config) {
@@ -489,7 +547,7 @@ impl ShadowService {
         let _ = match job.operation {
             Operation::Get => self.get(&job.name, client_token.as_deref(), origin).await,
             _ => {
-                self.delete(&job.name, client_token.as_deref(), version, origin)
+                self.delete_now(&job.name, client_token.as_deref(), version, origin)
                     .await
             }
         };
@@ -556,15 +614,9 @@ impl TopicService for ShadowService {
             payload: request.payload,
             requester: request.requester,
             in_flight,
+            answer: None,
         };
-        let mut queues = self.inner.queues.lock();
-        if let Some(waiting) = queues.get_mut(&job.name) {
-            waiting.push_back(job);
-            return;
-        }
-        queues.insert(job.name.clone(), VecDeque::new());
-        drop(queues);
-        tokio::spawn(self.clone().drain(job));
+        self.submit(job);
     }
 }
 
