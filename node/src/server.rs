@@ -369,6 +369,7 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        self.broker.clear_services();
         if !self.durable.flush(SHUTDOWN_GRACE).await {
             tracing::warn!("shutting down with broker state not yet persisted");
         }

@@ -403,6 +403,12 @@ impl Broker {
         self.inner.services.write().push(service);
     }
 
+    /// Drops the registered services. They hold this broker, so the cycle would otherwise
+    /// keep both, and the store under them, alive after the server stops.
+    pub fn clear_services(&self) {
+        self.inner.services.write().clear();
+    }
+
     /// Hands a message published on a service's request topic to that service; whether one
     /// took it. The message is routed to subscribers as any other besides.
     pub fn serve_request(&self, message: &Message, requester: Option<&Arc<Session>>) -> bool {
