@@ -8,5 +8,6 @@ pub mod checker;
 pub mod cluster;
 pub mod harness;
 pub mod mqtt_client;
+pub mod shadow_scenario;
 pub mod store_scenario;
 pub mod transport;

@@ -489,7 +489,7 @@ async fn wait_for_watchers(recorder: &Recorder, members: &[NodeId], last: Revisi
 }
 
 /// Ends every fault: the network is whole and steady, disks are fast, every host is up.
-async fn heal_everything(cluster: &SimCluster) {
+pub(crate) async fn heal_everything(cluster: &SimCluster) {
     cluster.heal();
     cluster.steady_network();
     for id in cluster.ids.clone() {
@@ -503,7 +503,7 @@ async fn heal_everything(cluster: &SimCluster) {
 }
 
 /// One fault at a time, each healed before the next.
-async fn nemesis(cluster: Arc<SimCluster>) {
+pub(crate) async fn nemesis(cluster: Arc<SimCluster>) {
     let hosts = cluster.ids.len() as NodeId;
     loop {
         let (pause, fault, victim, hold) = {

@@ -3,10 +3,11 @@
 #![cfg(madsim)]
 
 use halyard_sim_tests::harness::{assert_replays_identically, run_seeds};
-use halyard_sim_tests::{broker_scenario, store_scenario};
+use halyard_sim_tests::{broker_scenario, shadow_scenario, store_scenario};
 
 const STORE: &str = "store_stays_linearizable_and_loses_nothing_under_faults";
 const BROKER: &str = "broker_loses_no_acknowledged_message_across_restarts";
+const SHADOW: &str = "shadow_updates_are_never_lost_or_applied_twice_under_faults";
 
 #[test]
 fn store_stays_linearizable_and_loses_nothing_under_faults() {
@@ -19,6 +20,11 @@ fn broker_loses_no_acknowledged_message_across_restarts() {
 }
 
 #[test]
+fn shadow_updates_are_never_lost_or_applied_twice_under_faults() {
+    run_seeds(SHADOW, 10, shadow_scenario::run);
+}
+
+#[test]
 fn the_same_seed_replays_the_same_run() {
     let scratch = match tempfile::tempdir() {
         Ok(d) => d,
@@ -26,4 +32,5 @@ fn the_same_seed_replays_the_same_run() {
     };
     assert_replays_identically(STORE, &[11, 12, 13], scratch.path());
     assert_replays_identically(BROKER, &[11, 12], scratch.path());
+    assert_replays_identically(SHADOW, &[11], scratch.path());
 }
