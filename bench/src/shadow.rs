@@ -88,6 +88,10 @@ fn update_body(device: usize, seq: u64) -> String {
 pub async fn run(opts: ShadowOptions) -> anyhow::Result<ShadowReport> {
     anyhow::ensure!(opts.devices > 0, "--devices must be at least 1");
     anyhow::ensure!(opts.inflight > 0, "--inflight must be at least 1");
+    anyhow::ensure!(
+        opts.protocol == ShadowProtocol::Mqtt || opts.credentials.is_some(),
+        "--via http needs --credentials"
+    );
     let counters = Arc::new(Counters::default());
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -253,7 +257,7 @@ async fn http_device(
     let (access_key, secret) = opts
         .credentials
         .clone()
-        .context("HTTP needs --credentials")?;
+        .context("--via http needs --credentials")?;
     let thing = format!("{}{device}", opts.thing_prefix);
     let tcp = tokio::net::TcpStream::connect(opts.target)
         .await
@@ -278,10 +282,7 @@ async fn http_device(
         seq += 1;
         let body = update_body(device, seq);
         let amz_date = format_amz_date(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or_default(),
+            i64::try_from(halyard_node::clock::epoch_seconds()).unwrap_or(i64::MAX),
         );
         let headers = vec![
             ("host".to_owned(), host.clone()),

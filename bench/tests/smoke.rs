@@ -144,6 +144,19 @@ fn bad_arguments_are_refused_with_a_clear_error() {
             vec!["conn", "--connections", "0", "--port", "1"],
             "--connections must be at least 1",
         ),
+        (
+            vec!["shadow", "--devices", "0", "--port", "1"],
+            "--devices must be at least 1",
+        ),
+        (
+            vec!["shadow", "--via", "http", "--http-port", "1"],
+            "--via http needs --credentials",
+        ),
+        (
+            vec!["shadow", "--credentials", "/nonexistent/credentials"],
+            "cannot read /nonexistent/credentials",
+        ),
+        (vec!["shadow", "--rate", "0"], "--rate must be positive"),
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_halyard-bench"))
             .args(&args)

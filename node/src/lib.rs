@@ -11,6 +11,7 @@ pub mod auth;
 #[cfg(not(madsim))]
 pub mod aws;
 pub mod broker;
+pub mod clock;
 #[cfg(not(madsim))]
 pub mod cluster;
 pub mod config;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use halyard_raft::{KvEngine, RaftTransport, Store, StoreConfig};
 
-use crate::broker::{Broker, Durable};
+use crate::broker::{Broker, Durable, TopicService};
 use crate::config::Config;
 use crate::gateway;
 use crate::metrics::{BrokerMetrics, ShadowMetrics};
@@ -72,6 +72,8 @@ pub struct Server {
     ws_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The services the broker hands requests to; it holds them only weakly.
+    _services: Vec<Arc<dyn TopicService>>,
 }
 
 /// How long startup waits for the store to find a leader and replay its log.
@@ -194,7 +196,10 @@ impl Server {
             config.shadow.clone(),
             ShadowMetrics::new(&registry)?,
         );
-        broker.register_service(Arc::new(shadows.clone()));
+        let services: Vec<Arc<dyn TopicService>> = vec![Arc::new(shadows.clone())];
+        for service in &services {
+            broker.register_service(service);
+        }
         let durable_writer = tokio::spawn(Arc::clone(&durable).run());
         let mqtt = bind("mqtt", config.mqtt_listen).await?;
         let mqtt_addr = local_addr("mqtt", &mqtt, config.mqtt_listen)?;
@@ -312,6 +317,7 @@ impl Server {
             ws_addr,
             shutdown,
             tasks,
+            _services: services,
         })
     }
 
@@ -369,7 +375,6 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.broker.clear_services();
         if !self.durable.flush(SHUTDOWN_GRACE).await {
             tracing::warn!("shutting down with broker state not yet persisted");
         }

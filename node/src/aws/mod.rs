@@ -544,10 +544,7 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
 
 /// Whole seconds since the epoch, as policies, tokens and signatures count time.
 fn epoch_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
+    i64::try_from(crate::clock::epoch_seconds()).unwrap_or(i64::MAX)
 }
 
 /// The request's headers as signed: names in lowercase and, over HTTP/2, the `:authority`

@@ -9,8 +9,9 @@ use super::error::AwsError;
 use super::request::ApiRequest;
 use super::{Api, ApiResult};
 use crate::auth::permissions::Action;
+use crate::clock::epoch_seconds;
 use crate::services::shadow::document::ShadowError;
-use crate::services::shadow::service::{NameError, Origin, ShadowName, now_seconds};
+use crate::services::shadow::service::{NameError, Origin, ShadowName};
 use crate::services::shadow::store::ShadowStoreError;
 
 fn shadow_error(e: ShadowError) -> AwsError {
@@ -149,7 +150,7 @@ impl Api {
             .named(thing, after.as_deref(), limit)
             .await
             .map_err(store_error)?;
-        let mut answer = json!({ "results": names, "timestamp": now_seconds() });
+        let mut answer = json!({ "results": names, "timestamp": epoch_seconds() });
         if more && let Some(last) = names.last() {
             answer["nextToken"] = json!(super::records::hex(last));
         }

@@ -14,8 +14,8 @@ mod session;
 mod trie;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -55,8 +55,9 @@ struct Inner {
     deadlines: Deadlines,
     /// Where retained messages and persistent sessions are kept; `None` keeps them in memory.
     durable: Option<Arc<Durable>>,
-    /// Registered once at start; read only for `$aws/` topics.
-    services: RwLock<Vec<Arc<dyn TopicService>>>,
+    /// Registered once at start; read only for `$aws/` topics. Weak: a service holds this
+    /// broker to publish its answers, and whoever started it owns it.
+    services: RwLock<Vec<Weak<dyn TopicService>>>,
 }
 
 /// What became of a published message.
@@ -398,15 +399,10 @@ impl Broker {
         !matches.is_empty()
     }
 
-    /// Adds a service that answers requests published on its topics.
-    pub fn register_service(&self, service: Arc<dyn TopicService>) {
-        self.inner.services.write().push(service);
-    }
-
-    /// Drops the registered services. They hold this broker, so the cycle would otherwise
-    /// keep both, and the store under them, alive after the server stops.
-    pub fn clear_services(&self) {
-        self.inner.services.write().clear();
+    /// Adds a service that answers requests published on its topics, for as long as the
+    /// caller keeps it.
+    pub fn register_service(&self, service: &Arc<dyn TopicService>) {
+        self.inner.services.write().push(Arc::downgrade(service));
     }
 
     /// Hands a message published on a service's request topic to that service; whether one
@@ -416,13 +412,16 @@ impl Broker {
             return false;
         }
         let services = self.inner.services.read();
-        let Some(service) = services.iter().find(|s| s.answers(&message.topic)) else {
+        let Some(service) = services
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|s| s.answers(&message.topic))
+        else {
             return false;
         };
         service.request(ServiceRequest {
             topic: Arc::clone(&message.topic),
             payload: message.payload.clone(),
-            qos: message.qos,
             requester: requester.cloned(),
         });
         true

@@ -9,13 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 
 use super::session::Session;
-use crate::mqtt::QoS;
 
 /// A message published on a service's request topic.
 pub struct ServiceRequest {
     pub topic: Arc<str>,
     pub payload: Bytes,
-    pub qos: QoS,
     /// The session that published it; `None` for a request that came over HTTP.
     pub requester: Option<Arc<Session>>,
 }

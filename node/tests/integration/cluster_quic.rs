@@ -36,16 +36,7 @@ async fn restart(dir: &Path, id: u64, peers: &[(u64, u16)]) -> Server {
 
 fn node_config(dir: &Path, id: u64, peers: &[(u64, u16)]) -> Config {
     let certs = dir.join("certs");
-    let mut config = Config {
-        data_dir: dir.join(format!("node-{id}")),
-        mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        mqtts_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ws_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..Config::default()
-    };
+    let mut config = crate::common::local_config(&dir.join(format!("node-{id}")));
     let port = peers.iter().find(|(p, _)| *p == id).unwrap().1;
     config.cluster.node_id = id;
     config.cluster.peer_listen = Some(SocketAddr::from(([127, 0, 0, 1], port)));

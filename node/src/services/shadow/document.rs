@@ -75,16 +75,23 @@ impl ShadowError {
 
     /// The JSON error document: `{"code", "message", "timestamp", "clientToken"}`.
     pub fn to_json(&self, timestamp: u64, client_token: Option<&str>) -> Value {
-        let mut error = json!({
-            "code": self.code,
-            "message": self.message,
-            "timestamp": timestamp,
-        });
-        if let Some(token) = client_token {
-            error["clientToken"] = json!(token);
-        }
-        error
+        with_token(
+            json!({
+                "code": self.code,
+                "message": self.message,
+                "timestamp": timestamp,
+            }),
+            client_token,
+        )
     }
+}
+
+/// `value` with the request's `clientToken`, as every answer echoes it.
+pub fn with_token(mut value: Value, client_token: Option<&str>) -> Value {
+    if let Some(token) = client_token {
+        value["clientToken"] = json!(token);
+    }
+    value
 }
 
 /// What a section of an update asks for.

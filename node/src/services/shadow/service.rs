@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -16,19 +16,13 @@ use serde_json::{Map, Value, json};
 
 use super::document::{
     self, Section, ShadowDocument, ShadowError, metadata_for, parse_plain_request, parse_update,
+    with_token,
 };
 use super::store::{ShadowStore, ShadowStoreError};
 use crate::broker::{Broker, InFlight, ServiceRequest, Session, TopicService};
+use crate::clock::epoch_seconds;
 use crate::config::ShadowConfig;
 use crate::metrics::ShadowMetrics;
-
-/// Epoch seconds, the unit of every shadow timestamp.
-pub fn now_seconds() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -156,13 +150,6 @@ fn section_json(section: &Section) -> Option<Value> {
         Section::Remove => Some(Value::Null),
         Section::Merge(map) => Some(Value::Object(map.clone())),
     }
-}
-
-fn with_token(mut value: Value, client_token: Option<&str>) -> Value {
-    if let Some(token) = client_token {
-        value["clientToken"] = json!(token);
-    }
-    value
 }
 
 impl From<&ShadowStoreError> for ShadowError {
@@ -360,7 +347,7 @@ impl Inner {
                 "state": state,
                 "metadata": metadata,
                 "version": document.version,
-                "timestamp": now_seconds(),
+                "timestamp": epoch_seconds(),
             }),
             client_token,
         ))
@@ -373,7 +360,7 @@ impl Inner {
         payload: &[u8],
     ) -> Result<(Value, Vec<(String, String)>), ShadowStoreError> {
         let update = parse_update(payload, &self.config)?;
-        let timestamp = now_seconds();
+        let timestamp = epoch_seconds();
         let updated = self
             .store
             .update(&name.thing, name.shadow(), &update, timestamp)
@@ -452,7 +439,7 @@ impl Inner {
             .await?
             .ok_or_else(|| ShadowError::no_shadow(name.display_name()))?;
         Ok(with_token(
-            json!({ "version": deleted.version, "timestamp": now_seconds() }),
+            json!({ "version": deleted.version, "timestamp": epoch_seconds() }),
             client_token,
         ))
     }
@@ -500,7 +487,7 @@ impl Inner {
                     .reply(topic("accepted"), accepted.to_string(), requester);
             }
             Err(e) if matches!(origin, Origin::Mqtt { .. }) => {
-                let error = ShadowError::from(e).to_json(now_seconds(), client_token);
+                let error = ShadowError::from(e).to_json(epoch_seconds(), client_token);
                 self.broker
                     .reply(topic("rejected"), error.to_string(), requester);
             }

@@ -50,10 +50,6 @@ impl ShadowStore {
         Self { store, limits }
     }
 
-    pub fn limits(&self) -> &ShadowConfig {
-        &self.limits
-    }
-
     /// The shadow (existing or deleted, with its version) and the revision it was read at.
     async fn read(
         &self,

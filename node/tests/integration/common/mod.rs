@@ -40,6 +40,22 @@ pub struct TestServer {
     _dir: TempDir,
 }
 
+/// A node's configuration with its data in `data_dir` and every listener on a free loopback
+/// port.
+pub fn local_config(data_dir: &std::path::Path) -> Config {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    Config {
+        data_dir: data_dir.to_path_buf(),
+        mqtt_listen: loopback,
+        admin_listen: loopback,
+        http_listen: loopback,
+        mqtts_listen: loopback,
+        tls_listen: loopback,
+        ws_listen: loopback,
+        ..Config::default()
+    }
+}
+
 impl TestServer {
     pub async fn start() -> TestServer {
         TestServer::start_with(|_| {}).await
@@ -48,16 +64,7 @@ impl TestServer {
     /// Starts a broker whose configuration `tweak` has adjusted.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config {
-            data_dir: dir.path().to_path_buf(),
-            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            mqtts_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tls_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ws_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..Config::default()
-        };
+        let mut config = local_config(dir.path());
         tweak(&mut config);
         config.validate().expect("valid test config");
         let server = Server::start(config).await.expect("server starts");
