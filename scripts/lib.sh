@@ -48,12 +48,13 @@ ensure_cargo() {
     fi
 }
 
-# Where `cargo build --release` leaves the binary, as an absolute path so that it stays valid
-# for processes started from another directory.
+# Where cargo leaves the binary of a profile (default release), as an absolute path so that it
+# stays valid for processes started from another directory.
 halyard_bin() {
+    local profile=${1:-release}
     local dir="${CARGO_TARGET_DIR:-target}"
     [[ "$dir" == /* ]] || dir="$PWD/$dir"
-    printf '%s/release/halyard\n' "$dir"
+    printf '%s/%s/halyard\n' "$dir" "$profile"
 }
 
 # The simulation builds with `--cfg madsim` into a target dir of its own, beside the main one,
@@ -85,7 +86,7 @@ prune_target_dirs() {
         return 0
     fi
     echo "less than ${TARGET_MIN_FREE_GIB:-25} GiB free: removing incremental build data"
-    rm -rf "$dir/release/incremental" "$sim_dir/release/incremental"
+    rm -rf "$dir"/*/incremental "$sim_dir"/*/incremental
     if (( $(free_kib "$dir") < min_free_kib )); then
         echo "still short of space: removing $dir and $sim_dir (the build starts cold)"
         rm -rf "$dir" "$sim_dir"
@@ -96,7 +97,7 @@ prune_target_dirs() {
 # Runs the deterministic simulation: SIM_SEEDS seeds (default 200) from SIM_SEED (default 1).
 run_simulation() {
     RUSTFLAGS="--cfg madsim" CARGO_TARGET_DIR="$(sim_target_dir)" \
-        SIM_SEEDS="${SIM_SEEDS:-200}" cargo test --release -p halyard-sim-tests "$@"
+        SIM_SEEDS="${SIM_SEEDS:-200}" cargo test --profile ci -p halyard-sim-tests "$@"
 }
 
 # The end-to-end tests' tools: Python with the clients in .venv, openssl and curl.

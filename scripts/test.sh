@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, as CI does: formatting, lints, the Rust tests, the deterministic
 # simulation (sim-tests, under madsim), then the end-to-end tests (tests/e2e) against the
-# release binary with real MQTT clients. Stops at the first
+# binary built with the `ci` profile (the release's optimisations plus debug assertions) with
+# real MQTT clients. Stops at the first
 # failing step and exits non-zero.
 set -euo pipefail
 
@@ -28,11 +29,13 @@ step "Rust toolchain" ensure_cargo
 step "Python environment (.venv)" ensure_test_venv
 step "Disk space for the build" prune_target_dirs
 step "Formatting" cargo fmt --all --check
-step "Lints" cargo clippy --workspace --all-targets --release -- -D warnings
-step "Build" cargo build --release -p halyard-node --bin halyard
-step "Rust tests" cargo test --release --workspace
+# One profile (ci) for the lints, the tests and the end-to-end binary, so that RocksDB and every
+# other dependency are compiled once; building the tests builds the binary with them.
+step "Lints" cargo clippy --workspace --all-targets --profile ci -- -D warnings
+step "Build" cargo test --profile ci --workspace --no-run
+step "Rust tests" cargo test --profile ci --workspace
 step "Simulation (madsim, 200 seeds)" run_simulation
-step "End-to-end tests" env HALYARD_BIN="$(halyard_bin)" .venv/bin/python -m pytest -q tests/e2e
+step "End-to-end tests" env HALYARD_BIN="$(halyard_bin ci)" .venv/bin/python -m pytest -q tests/e2e
 
 current_step="done"
 printf '\n==> All steps passed.\n'

@@ -35,11 +35,11 @@ def halyard_bin() -> str:
     if not path:
         root = Path(__file__).resolve().parents[2]
         target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
-        path = str((target if target.is_absolute() else root / target) / "release" / "halyard")
+        path = str((target if target.is_absolute() else root / target) / "ci" / "halyard")
     if not os.access(path, os.X_OK):
         pytest.fail(
             f"halyard binary not found at {path}: build it with "
-            "`cargo build --release -p halyard-node --bin halyard` or set HALYARD_BIN",
+            "`cargo build --profile ci -p halyard-node --bin halyard` or set HALYARD_BIN",
             pytrace=False,
         )
     return path
