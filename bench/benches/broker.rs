@@ -17,7 +17,7 @@ fn publish_bytes(version: ProtocolVersion) -> BytesMut {
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: false,
-        topic: "devices/sensor-42/telemetry".to_owned(),
+        topic: "devices/sensor-42/telemetry".into(),
         packet_id: 7,
         payload: vec![b'x'; 256].into(),
         properties: Properties::default(),
@@ -78,7 +78,7 @@ fn trie(c: &mut Criterion) {
         let mut trie = SubscriptionTrie::default();
         for id in 0..devices {
             let subscriber = Subscriber {
-                session: Arc::new(Session::new(id, format!("c{id}").into())),
+                target: Arc::new(Session::new(id, format!("c{id}").into())),
                 options: SubscriptionOptions {
                     qos: QoS::AtLeastOnce,
                     ..Default::default()
@@ -89,7 +89,7 @@ fn trie(c: &mut Criterion) {
             trie.insert(&format!("devices/d{id}/commands"), None, subscriber);
         }
         let wildcard = Subscriber {
-            session: Arc::new(Session::new(u64::MAX, "monitor".into())),
+            target: Arc::new(Session::new(u64::MAX, "monitor".into())),
             options: SubscriptionOptions::default(),
             subscription_id: None,
         };

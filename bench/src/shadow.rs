@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use halyard_node::aws::sigv4::{SignedRequest, authorization_header, format_amz_date};
+use halyard_node::auth::identity::sigv4::{SignedRequest, authorization_header, format_amz_date};
 use halyard_node::mqtt::{Ack, Packet, ProtocolVersion, QoS};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};

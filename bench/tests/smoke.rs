@@ -14,12 +14,12 @@ async fn start() -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         data_dir: dir.path().to_owned(),
-        mqtt_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        mqtts_listen: "127.0.0.1:0".parse().unwrap(),
-        tls_listen: "127.0.0.1:0".parse().unwrap(),
-        ws_listen: "127.0.0.1:0".parse().unwrap(),
+        mqtt_listen: Some("127.0.0.1:0".parse().unwrap()),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        mqtts_listen: Some("127.0.0.1:0".parse().unwrap()),
+        tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ws_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..Config::default()
     };
     (Server::start(config).await.unwrap(), dir)
@@ -27,7 +27,7 @@ async fn start() -> (Server, tempfile::TempDir) {
 
 fn options(server: &Server, qos: QoS, version: ProtocolVersion) -> pubsub::PubSubOptions {
     pubsub::PubSubOptions {
-        broker: server.mqtt_addr(),
+        broker: server.mqtt_addr().expect("the MQTT listener is on"),
         sources: halyard_bench::loopback_sources(2),
         publishers: 3,
         subscribers: 3,
@@ -65,7 +65,7 @@ async fn pubsub_delivers_everything_at_qos_1_and_2() {
 async fn conn_opens_and_measures_connections() {
     let (server, _dir) = start().await;
     let report = conn::run(conn::ConnOptions {
-        broker: server.mqtt_addr(),
+        broker: server.mqtt_addr().expect("the MQTT listener is on"),
         sources: halyard_bench::loopback_sources(2),
         connections: 50,
         rate: None,
@@ -86,7 +86,11 @@ async fn conn_opens_and_measures_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reports_json() {
     let (server, _dir) = start().await;
-    let port = server.mqtt_addr().port().to_string();
+    let port = server
+        .mqtt_addr()
+        .expect("the MQTT listener is on")
+        .port()
+        .to_string();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_halyard-bench"))
             .args([
@@ -173,8 +177,14 @@ async fn shadow_updates_are_accepted_over_mqtt_and_http() {
     let (server, dir) = start().await;
     let credentials = shadow::read_credentials(&dir.path().join("credentials")).unwrap();
     for (protocol, target) in [
-        (shadow::ShadowProtocol::Mqtt, server.mqtt_addr()),
-        (shadow::ShadowProtocol::Http, server.http_addr()),
+        (
+            shadow::ShadowProtocol::Mqtt,
+            server.mqtt_addr().expect("the MQTT listener is on"),
+        ),
+        (
+            shadow::ShadowProtocol::Http,
+            server.http_addr().expect("the HTTP listener is on"),
+        ),
     ] {
         let report = shadow::run(shadow::ShadowOptions {
             protocol,

@@ -28,22 +28,29 @@ pub enum ConfigError {
 pub struct Config {
     /// Where durable state lives.
     pub data_dir: PathBuf,
-    /// Plain MQTT listener (TCP). Port 0 binds an ephemeral port.
-    pub mqtt_listen: SocketAddr,
+    /// Plain MQTT listener (TCP). Port 0 binds an ephemeral port. Every listener is an address,
+    /// or `"off"` for none.
+    #[serde(with = "listen")]
+    pub mqtt_listen: Option<SocketAddr>,
     /// Admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
-    pub admin_listen: SocketAddr,
+    #[serde(with = "listen")]
+    pub admin_listen: Option<SocketAddr>,
     /// The AWS-compatible HTTP API (SigV4-signed), e.g. for `aws --endpoint-url`.
-    pub http_listen: SocketAddr,
+    #[serde(with = "listen")]
+    pub http_listen: Option<SocketAddr>,
     /// MQTT over TLS for devices with X.509 client certificates.
-    pub mqtts_listen: SocketAddr,
+    #[serde(with = "listen")]
+    pub mqtts_listen: Option<SocketAddr>,
     /// One TLS port for everything, chosen by ALPN as AWS IoT's port 443: MQTT with a
     /// certificate (`x-amzn-mqtt-ca`) or a custom authorizer (`mqtt`), HTTPS publish with a
     /// certificate (`x-amzn-http-ca`), and HTTP (`http/1.1`, `h2`): the APIs, HTTPS publish and
     /// MQTT over WebSocket at `/mqtt`.
-    pub tls_listen: SocketAddr,
+    #[serde(with = "listen")]
+    pub tls_listen: Option<SocketAddr>,
     /// Plain HTTP with MQTT over WebSocket at `/mqtt`, for development: clients without
     /// credentials are admitted as on `mqtt_listen`.
-    pub ws_listen: SocketAddr,
+    #[serde(with = "listen")]
+    pub ws_listen: Option<SocketAddr>,
     /// Whether the plain MQTT listener lets clients in without credentials.
     pub mqtt_anonymous: bool,
     /// A policy document (JSON file) limiting what anonymous clients may do; none: anything.
@@ -74,6 +81,9 @@ pub struct AwsConfig {
     /// Names (DNS or IP) the node's server certificate carries besides localhost and
     /// 127.0.0.1.
     pub server_names: Vec<String>,
+    /// The host name devices and applications reach the cluster at, as `DescribeEndpoint`
+    /// answers it; unset: the first of `server_names`, else the host the caller asked.
+    pub public_host: Option<String>,
     /// PEM: a CA certificate to issue device and server certificates from, instead of the one
     /// generated on the cluster's first start. Set together with `ca_key`.
     pub ca_cert: Option<PathBuf>,
@@ -120,6 +130,7 @@ impl Default for AwsConfig {
             account_id: "000000000000".to_owned(),
             access_keys: Vec::new(),
             server_names: Vec::new(),
+            public_host: None,
             ca_cert: None,
             ca_key: None,
             authorizer_functions: std::collections::BTreeMap::new(),
@@ -228,7 +239,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Largest packet accepted from a client, in bytes.
+    /// Largest packet accepted from a client, in bytes, as the v5 CONNACK announces it
+    /// (AWS: 149,504: a 128 KiB payload and its headers).
     pub max_packet_size: u32,
     /// Largest PUBLISH payload accepted, in bytes (AWS: 128 KiB).
     pub max_payload_size: u32,
@@ -240,10 +252,17 @@ pub struct MqttConfig {
     /// session drops what comes beyond it (counted); for a connected one the
     /// publishers feeding it are paused until it catches up.
     pub max_queued_messages: usize,
+    /// Store writes (retained messages, queued copies) that may wait for a store without
+    /// quorum; beyond them QoS 1/2 publishes are refused (v5: PUBACK 0x97; 3.1.1: the
+    /// connection is closed; HTTPS: 503), so that nothing unwritten is acknowledged.
+    pub max_pending_writes: usize,
+    /// Topic and payload bytes held for a session beyond its in-flight window, as
+    /// `max_queued_messages` counts messages: whichever is reached first bounds the queue.
+    pub max_queued_bytes: usize,
     /// Seconds a publisher waits for a congested subscriber before that
     /// subscriber is treated as too slow: its excess is then dropped instead.
     pub slow_subscriber_timeout: u16,
-    /// Topic aliases a v5 client may use towards the broker.
+    /// Topic aliases a v5 client may use towards the broker (AWS: 8).
     pub topic_alias_maximum: u16,
     /// Longest keep-alive a client gets, in seconds (AWS: 1200); longer requests are lowered.
     pub max_keep_alive: u16,
@@ -252,7 +271,8 @@ pub struct MqttConfig {
     pub server_keep_alive: Option<u16>,
     /// How long an MQTT 3.1.1 persistent session outlives its connection, in seconds (AWS: 3600).
     pub persistent_session_expiry: u32,
-    /// Upper bound for a v5 client's Session Expiry Interval, in seconds (AWS: 7 days).
+    /// Upper bound for a v5 client's Session Expiry Interval, in seconds (AWS: 3600 unless
+    /// raised, at most 7 days).
     pub max_session_expiry: u32,
     /// Longest topic name or filter, in bytes (AWS: 256); `$aws/` topics are exempt.
     pub max_topic_length: usize,
@@ -275,12 +295,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./data"),
-            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
-            http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            mqtts_listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
-            tls_listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            ws_listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            mqtt_listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            mqtts_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8883))),
+            tls_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
+            ws_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8083))),
             mqtt_anonymous: true,
             mqtt_anonymous_policy: None,
             log_format: LogFormat::Text,
@@ -297,17 +317,19 @@ impl Default for Config {
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
-            max_packet_size: 256 * 1024,
+            max_packet_size: 149_504,
             max_payload_size: 128 * 1024,
             receive_maximum: 100,
             max_inflight_messages: 100,
             max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_pending_writes: 100_000,
             slow_subscriber_timeout: 5,
-            topic_alias_maximum: 10,
+            topic_alias_maximum: 8,
             max_keep_alive: 1200,
             server_keep_alive: None,
             persistent_session_expiry: 3600,
-            max_session_expiry: 7 * 24 * 3600,
+            max_session_expiry: 3600,
             max_topic_length: 256,
             max_topic_levels: 8,
             max_client_id_length: 128,
@@ -315,6 +337,16 @@ impl Default for MqttConfig {
             maximum_qos: 2,
             connect_timeout: 10,
             lifecycle_events: true,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// What a session may hold beyond its in-flight window.
+    pub fn queue_limits(&self) -> crate::broker::QueueLimits {
+        crate::broker::QueueLimits {
+            messages: self.max_queued_messages,
+            bytes: self.max_queued_bytes,
         }
     }
 }
@@ -332,6 +364,9 @@ pub struct ShadowConfig {
     /// MQTT requests one connection may have unanswered; beyond them a request is
     /// rejected with 429 (AWS: 10).
     pub max_inflight_requests: u32,
+    /// Requests, MQTT and HTTP together, that may wait for one shadow behind the one being
+    /// served; beyond them a request is rejected with 429 (ThrottlingException over HTTP).
+    pub max_queued_requests: usize,
 }
 
 impl Default for ShadowConfig {
@@ -341,6 +376,7 @@ impl Default for ShadowConfig {
             max_depth: 6,
             max_client_token_bytes: 64,
             max_inflight_requests: 10,
+            max_queued_requests: 100,
         }
     }
 }
@@ -349,12 +385,13 @@ impl Default for ShadowConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
-    pub mqtt_listen: Option<SocketAddr>,
-    pub admin_listen: Option<SocketAddr>,
-    pub http_listen: Option<SocketAddr>,
-    pub mqtts_listen: Option<SocketAddr>,
-    pub tls_listen: Option<SocketAddr>,
-    pub ws_listen: Option<SocketAddr>,
+    /// `Some(None)` turns a listener off.
+    pub mqtt_listen: Option<Option<SocketAddr>>,
+    pub admin_listen: Option<Option<SocketAddr>>,
+    pub http_listen: Option<Option<SocketAddr>>,
+    pub mqtts_listen: Option<Option<SocketAddr>>,
+    pub tls_listen: Option<Option<SocketAddr>>,
+    pub ws_listen: Option<Option<SocketAddr>>,
     pub log_format: Option<LogFormat>,
     pub node_id: Option<u64>,
     pub peer_listen: Option<SocketAddr>,
@@ -368,68 +405,83 @@ const ENV_PREFIX: &str = "HALYARD_";
 /// are not config (Kubernetes, for one, injects `HALYARD_SERVICE_HOST` and
 /// the like for a Service named halyard) and are left alone;
 /// [`Config::unknown_env`] lists them for a warning.
-const ENV_KEYS: &[&str] = &[
-    "data_dir",
-    "mqtt_listen",
-    "admin_listen",
-    "http_listen",
-    "mqtts_listen",
-    "tls_listen",
-    "ws_listen",
-    "mqtt_anonymous",
-    "mqtt_anonymous_policy",
-    "log_format",
-    "log_level",
-    "admin_token",
-    "mqtt.max_packet_size",
-    "mqtt.max_payload_size",
-    "mqtt.receive_maximum",
-    "mqtt.max_inflight_messages",
-    "mqtt.max_queued_messages",
-    "mqtt.slow_subscriber_timeout",
-    "mqtt.topic_alias_maximum",
-    "mqtt.max_keep_alive",
-    "mqtt.server_keep_alive",
-    "mqtt.persistent_session_expiry",
-    "mqtt.max_session_expiry",
-    "mqtt.max_topic_length",
-    "mqtt.max_topic_levels",
-    "mqtt.max_client_id_length",
-    "mqtt.retain_available",
-    "mqtt.maximum_qos",
-    "mqtt.connect_timeout",
-    "mqtt.lifecycle_events",
-    "shadow.max_state_bytes",
-    "shadow.max_depth",
-    "shadow.max_client_token_bytes",
-    "shadow.max_inflight_requests",
-    "cluster.node_id",
-    "cluster.peer_listen",
-    "cluster.advertise_addr",
-    "cluster.initial_members",
-    "cluster.join",
-    "cluster.ca_cert",
-    "cluster.cert",
-    "cluster.key",
-    "cluster.heartbeat_ms",
-    "cluster.election_timeout_ms",
-    "cluster.snapshot_every",
-    "cluster.history_revisions",
-    "aws.region",
-    "aws.account_id",
-    "aws.ca_cert",
-    "aws.ca_key",
+/// What an environment variable's text is read as: a string key keeps any text as it is (an
+/// account id of twelve digits stays a string), a number or a flag is parsed when it can be
+/// and otherwise handed on as text, for the error to name the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvKind {
+    Text,
+    Number,
+    Flag,
+}
+
+const ENV_KEYS: &[(&str, EnvKind)] = &[
+    ("data_dir", EnvKind::Text),
+    ("mqtt_listen", EnvKind::Text),
+    ("admin_listen", EnvKind::Text),
+    ("http_listen", EnvKind::Text),
+    ("mqtts_listen", EnvKind::Text),
+    ("tls_listen", EnvKind::Text),
+    ("ws_listen", EnvKind::Text),
+    ("mqtt_anonymous", EnvKind::Flag),
+    ("mqtt_anonymous_policy", EnvKind::Text),
+    ("log_format", EnvKind::Text),
+    ("log_level", EnvKind::Text),
+    ("admin_token", EnvKind::Text),
+    ("mqtt.max_packet_size", EnvKind::Number),
+    ("mqtt.max_payload_size", EnvKind::Number),
+    ("mqtt.receive_maximum", EnvKind::Number),
+    ("mqtt.max_inflight_messages", EnvKind::Number),
+    ("mqtt.max_queued_messages", EnvKind::Number),
+    ("mqtt.max_queued_bytes", EnvKind::Number),
+    ("mqtt.max_pending_writes", EnvKind::Number),
+    ("mqtt.slow_subscriber_timeout", EnvKind::Number),
+    ("mqtt.topic_alias_maximum", EnvKind::Number),
+    ("mqtt.max_keep_alive", EnvKind::Number),
+    ("mqtt.server_keep_alive", EnvKind::Number),
+    ("mqtt.persistent_session_expiry", EnvKind::Number),
+    ("mqtt.max_session_expiry", EnvKind::Number),
+    ("mqtt.max_topic_length", EnvKind::Number),
+    ("mqtt.max_topic_levels", EnvKind::Number),
+    ("mqtt.max_client_id_length", EnvKind::Number),
+    ("mqtt.retain_available", EnvKind::Flag),
+    ("mqtt.maximum_qos", EnvKind::Number),
+    ("mqtt.connect_timeout", EnvKind::Number),
+    ("mqtt.lifecycle_events", EnvKind::Flag),
+    ("shadow.max_state_bytes", EnvKind::Number),
+    ("shadow.max_depth", EnvKind::Number),
+    ("shadow.max_client_token_bytes", EnvKind::Number),
+    ("shadow.max_inflight_requests", EnvKind::Number),
+    ("shadow.max_queued_requests", EnvKind::Number),
+    ("cluster.node_id", EnvKind::Number),
+    ("cluster.peer_listen", EnvKind::Text),
+    ("cluster.advertise_addr", EnvKind::Text),
+    ("cluster.initial_members", EnvKind::Text),
+    ("cluster.join", EnvKind::Text),
+    ("cluster.ca_cert", EnvKind::Text),
+    ("cluster.cert", EnvKind::Text),
+    ("cluster.key", EnvKind::Text),
+    ("cluster.heartbeat_ms", EnvKind::Number),
+    ("cluster.election_timeout_ms", EnvKind::Number),
+    ("cluster.snapshot_every", EnvKind::Number),
+    ("cluster.history_revisions", EnvKind::Number),
+    ("aws.region", EnvKind::Text),
+    ("aws.account_id", EnvKind::Text),
+    ("aws.public_host", EnvKind::Text),
+    ("aws.ca_cert", EnvKind::Text),
+    ("aws.ca_key", EnvKind::Text),
 ];
 
-/// The config key a `HALYARD_*` variable names, if it names one.
-fn env_key(name: &str) -> Option<String> {
+/// The config key a `HALYARD_*` variable names, if it names one, and what its value is read as.
+fn env_key(name: &str) -> Option<(String, EnvKind)> {
     let rest = name.strip_prefix(ENV_PREFIX)?;
     let key = rest
         .split("__")
         .map(str::to_lowercase)
         .collect::<Vec<_>>()
         .join(".");
-    ENV_KEYS.contains(&key.as_str()).then_some(key)
+    let kind = ENV_KEYS.iter().find(|(k, _)| *k == key)?.1;
+    Some((key, kind))
 }
 
 impl Config {
@@ -454,9 +506,9 @@ impl Config {
             None => toml::Table::new(),
         };
         for (name, value) in env {
-            if let Some(key) = env_key(&name) {
+            if let Some((key, kind)) = env_key(&name) {
                 let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-                set_path(&mut table, &path, env_value(&value));
+                set_path(&mut table, &path, env_value(kind, &value));
             }
         }
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
@@ -547,6 +599,15 @@ impl Config {
         }
         if m.max_queued_messages == 0 {
             return invalid("mqtt.max_queued_messages", "must be at least 1");
+        }
+        if m.max_pending_writes == 0 {
+            return invalid("mqtt.max_pending_writes", "must be at least 1");
+        }
+        if (m.max_queued_bytes as u64) < u64::from(m.max_packet_size) {
+            return invalid(
+                "mqtt.max_queued_bytes",
+                "must be at least mqtt.max_packet_size, so that one message always fits",
+            );
         }
         if m.slow_subscriber_timeout == 0 {
             return invalid("mqtt.slow_subscriber_timeout", "must be at least 1 second");
@@ -647,6 +708,9 @@ impl Config {
         if shadow.max_inflight_requests == 0 {
             return invalid("shadow.max_inflight_requests", "must be at least 1");
         }
+        if shadow.max_queued_requests == 0 {
+            return invalid("shadow.max_queued_requests", "must be at least 1");
+        }
         self.validate_cluster()
     }
 
@@ -711,18 +775,65 @@ impl Config {
     }
 }
 
-/// Environment values are TOML scalars when they parse as one (numbers,
-/// booleans), strings otherwise, so `HALYARD_DATA_DIR=/var/lib/halyard` needs no quotes.
-fn env_value(raw: &str) -> toml::Value {
-    if let Ok(v) = raw.parse::<i64>() {
-        return toml::Value::Integer(v);
+/// An environment value as the TOML its key takes, so `HALYARD_DATA_DIR=/var/lib/halyard`
+/// needs no quotes and `HALYARD_AWS__ACCOUNT_ID=123456789012` stays a string.
+fn env_value(kind: EnvKind, raw: &str) -> toml::Value {
+    match kind {
+        EnvKind::Number => match raw.parse::<i64>() {
+            Ok(v) => toml::Value::Integer(v),
+            Err(_) => toml::Value::String(raw.to_owned()),
+        },
+        EnvKind::Flag => match raw {
+            "true" => toml::Value::Boolean(true),
+            "false" => toml::Value::Boolean(false),
+            _ => toml::Value::String(raw.to_owned()),
+        },
+        EnvKind::Text => toml::Value::String(raw.to_owned()),
     }
-    match raw {
-        "true" => return toml::Value::Boolean(true),
-        "false" => return toml::Value::Boolean(false),
-        _ => {}
+}
+
+/// Listener addresses: `"host:port"`, or `"off"` for no listener.
+mod listen {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub const OFF: &str = "off";
+
+    /// `addr`, or `None` for `off`.
+    pub fn parse(raw: &str) -> Result<Option<SocketAddr>, String> {
+        if raw.trim().eq_ignore_ascii_case(OFF) {
+            return Ok(None);
+        }
+        raw.trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("`{raw}` is not an address such as 127.0.0.1:1883, nor `off`"))
     }
-    toml::Value::String(raw.to_owned())
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(OFF),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let raw = String::deserialize(d)?;
+        parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A listener address from the command line: `host:port`, or `off` (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenArg(pub Option<SocketAddr>);
+
+impl std::str::FromStr for ListenArg {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        listen::parse(raw).map(ListenArg)
+    }
 }
 
 fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
@@ -760,8 +871,8 @@ mod tests {
     fn defaults_need_no_file() {
         let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.mqtt_listen.to_string(), "127.0.0.1:1883");
-        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.mqtt_listen, Some("127.0.0.1:1883".parse().unwrap()));
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
     }
 
     #[test]
@@ -781,13 +892,13 @@ mod tests {
                 ("OTHER", "x"),
             ]),
             &Overrides {
-                mqtt_listen: Some("127.0.0.1:3000".parse().unwrap()),
+                mqtt_listen: Some(Some("127.0.0.1:3000".parse().unwrap())),
                 ..Overrides::default()
             },
         )
         .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
-        assert_eq!(c.mqtt_listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.mqtt_listen, Some("127.0.0.1:3000".parse().unwrap()));
         assert_eq!(c.mqtt.max_queued_messages, 9);
         assert_eq!(c.mqtt.receive_maximum, 7);
     }
@@ -826,6 +937,74 @@ mod tests {
     }
 
     #[test]
+    fn string_keys_keep_numeric_looking_values_as_strings() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HALYARD_AWS__ACCOUNT_ID", "123456789012"),
+                ("HALYARD_ADMIN_TOKEN", "1234567890123456"),
+                ("HALYARD_MQTT__MAX_QUEUED_MESSAGES", "42"),
+                ("HALYARD_MQTT__RETAIN_AVAILABLE", "false"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.aws.account_id, "123456789012");
+        assert_eq!(c.admin_token.as_deref(), Some("1234567890123456"));
+        assert_eq!(c.mqtt.max_queued_messages, 42);
+        assert!(!c.mqtt.retain_available);
+
+        let err = Config::load(
+            None,
+            env(&[("HALYARD_MQTT__RETAIN_AVAILABLE", "maybe")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("mqtt.retain_available"), "{err}");
+    }
+
+    #[test]
+    fn every_listener_can_be_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("halyard.toml");
+        std::fs::write(&file, "ws_listen = \"off\"\ntls_listen = \"OFF\"\n").unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[("HALYARD_MQTTS_LISTEN", "off")]),
+            &Overrides {
+                http_listen: Some(None),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (c.ws_listen, c.tls_listen, c.mqtts_listen, c.http_listen),
+            (None, None, None, None)
+        );
+        assert!(c.mqtt_listen.is_some() && c.admin_listen.is_some());
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("ws_listen = \"off\""), "{text}");
+
+        let err = Config::load(
+            None,
+            env(&[("HALYARD_WS_LISTEN", "of")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ws_listen"), "{err}");
+        assert!(err.to_string().contains("`off`"), "{err}");
+    }
+
+    #[test]
+    fn mqtt_limits_default_to_aws_iot_cores() {
+        let m = MqttConfig::default();
+        assert_eq!(m.max_packet_size, 149_504);
+        assert_eq!(m.max_session_expiry, 3600);
+        assert_eq!(m.topic_alias_maximum, 8);
+        assert_eq!(m.max_payload_size, 128 * 1024);
+    }
+
+    #[test]
     fn other_halyard_variables_are_not_config() {
         let vars = env(&[
             ("HALYARD_SERVICE_HOST", "10.0.0.1"),
@@ -857,12 +1036,33 @@ mod tests {
         config.aws.ca_cert = Some("own-ca.pem".into());
         config.mqtt_anonymous_policy = Some("anonymous.json".into());
         config.aws.ca_key = Some("own-ca.key".into());
+        config.aws.public_host = Some("iot.example.com".into());
         let table = toml::Table::try_from(&config).unwrap();
         let mut keys = Vec::new();
+        let kind_of = |v: &toml::Value| match v {
+            toml::Value::String(_) => EnvKind::Text,
+            toml::Value::Boolean(_) => EnvKind::Flag,
+            _ => EnvKind::Number,
+        };
+        let mut kinds = Vec::new();
         for (k, v) in &table {
             match v {
-                toml::Value::Table(inner) => keys.extend(inner.keys().map(|i| format!("{k}.{i}"))),
-                _ => keys.push(k.clone()),
+                toml::Value::Table(inner) => {
+                    for (i, value) in inner {
+                        keys.push(format!("{k}.{i}"));
+                        kinds.push((format!("{k}.{i}"), kind_of(value)));
+                    }
+                }
+                _ => {
+                    keys.push(k.clone());
+                    kinds.push((k.clone(), kind_of(v)));
+                }
+            }
+        }
+        // Each variable is read as what its key holds.
+        for (key, kind) in kinds {
+            if let Some((_, listed)) = ENV_KEYS.iter().find(|(k, _)| *k == key) {
+                assert_eq!(*listed, kind, "{key}");
             }
         }
         // Lists have no one-variable form; they are set in the config file.
@@ -873,7 +1073,7 @@ mod tests {
                 && k != "aws.jwt_verifiers"
         });
         keys.sort();
-        let mut listed: Vec<String> = ENV_KEYS.iter().map(|k| (*k).to_owned()).collect();
+        let mut listed: Vec<String> = ENV_KEYS.iter().map(|(k, _)| (*k).to_owned()).collect();
         listed.sort();
         assert_eq!(keys, listed);
     }

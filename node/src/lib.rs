@@ -16,7 +16,11 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+#[cfg(not(madsim))]
+pub mod http_client;
 pub mod metrics;
 pub mod mqtt;
 pub mod server;
 pub mod services;
+pub mod store;
+pub mod supervisor;

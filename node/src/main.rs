@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use halyard_node::config::{Config, LogFormat, Overrides};
+use halyard_node::config::{Config, ListenArg, LogFormat, Overrides};
 use halyard_node::server::Server;
 use tracing_subscriber::EnvFilter;
 
@@ -56,24 +56,24 @@ struct ServeArgs {
     /// Directory for durable state.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// MQTT (TCP) listen address; port 0 picks a free port.
+    /// MQTT (TCP) listen address; port 0 picks a free port. Every listener takes `off`.
     #[arg(long)]
-    mqtt_listen: Option<SocketAddr>,
+    mqtt_listen: Option<ListenArg>,
     /// Admin HTTP listen address (/metrics, /healthz, /readyz).
     #[arg(long)]
-    admin_listen: Option<SocketAddr>,
+    admin_listen: Option<ListenArg>,
     /// AWS-compatible HTTP API listen address (SigV4-signed; aws --endpoint-url).
     #[arg(long)]
-    http_listen: Option<SocketAddr>,
+    http_listen: Option<ListenArg>,
     /// MQTT over TLS listen address, for devices with X.509 client certificates.
     #[arg(long)]
-    mqtts_listen: Option<SocketAddr>,
+    mqtts_listen: Option<ListenArg>,
     /// TLS listen address serving MQTT, HTTPS and WebSocket by ALPN (443 in production).
     #[arg(long)]
-    tls_listen: Option<SocketAddr>,
+    tls_listen: Option<ListenArg>,
     /// Plain MQTT over WebSocket listen address (`/mqtt`), for development.
     #[arg(long)]
-    ws_listen: Option<SocketAddr>,
+    ws_listen: Option<ListenArg>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormatArg>,
@@ -116,12 +116,12 @@ fn main() -> ExitCode {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         data_dir: args.data_dir,
-        mqtt_listen: args.mqtt_listen,
-        admin_listen: args.admin_listen,
-        http_listen: args.http_listen,
-        mqtts_listen: args.mqtts_listen,
-        tls_listen: args.tls_listen,
-        ws_listen: args.ws_listen,
+        mqtt_listen: args.mqtt_listen.map(|l| l.0),
+        admin_listen: args.admin_listen.map(|l| l.0),
+        http_listen: args.http_listen.map(|l| l.0),
+        mqtts_listen: args.mqtts_listen.map(|l| l.0),
+        tls_listen: args.tls_listen.map(|l| l.0),
+        ws_listen: args.ws_listen.map(|l| l.0),
         log_format: args.log_format.map(|f| match f {
             LogFormatArg::Text => LogFormat::Text,
             LogFormatArg::Json => LogFormat::Json,
@@ -141,8 +141,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Installed first: a SIGTERM during startup is taken once the node is up, and it then
+        // stops as cleanly as ever.
+        let signals = Signals::install()?;
         let server = Server::start(config).await?;
-        wait_for_signal().await?;
+        signals.wait().await?;
         tracing::info!("shutting down");
         server.shutdown().await;
         tracing::info!("stopped");
@@ -179,12 +182,28 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
-        _ = term.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt())
+                .context("cannot install the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    /// Returns when either arrives (or arrived since installation).
+    async fn wait(mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        Ok(())
+    }
 }

@@ -14,9 +14,12 @@ pub struct BrokerMetrics {
     pub sessions: IntGauge,
     pub subscriptions: IntGauge,
     pub retained_messages: IntGauge,
+    /// Messages offered to taps, by tap and outcome (accepted, or dropped for a full queue).
+    pub tap_messages: IntCounterVec,
     pub bytes_received: IntCounter,
     pub bytes_sent: IntCounter,
     messages_dropped: IntCounterVec,
+    publishes_refused: IntCounterVec,
     packet_errors: IntCounterVec,
     denied: IntCounterVec,
     received_by_qos: [IntCounter; 3],
@@ -67,6 +70,15 @@ impl BrokerMetrics {
             "halyard_retained_messages",
             "Retained messages stored",
         ))?;
+        let tap_messages = IntCounterVec::new(
+            Opts::new(
+                "halyard_tap_messages_total",
+                "Messages offered to taps (the rules engine), by tap and outcome: accepted, or \
+                 dropped because the tap's queue was full",
+            ),
+            &["tap", "outcome"],
+        )?;
+        registry.register(Box::new(tap_messages.clone()))?;
         let messages_received = IntCounterVec::new(
             Opts::new(
                 "halyard_messages_received_total",
@@ -96,6 +108,15 @@ impl BrokerMetrics {
             ),
             &["reason"],
         )?;
+        let publishes_refused = IntCounterVec::new(
+            Opts::new(
+                "halyard_publishes_refused_total",
+                "QoS 1/2 messages refused before routing, by reason (store_backlog: the store \
+                 could not make them durable)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(publishes_refused.clone()))?;
         let packet_errors = IntCounterVec::new(
             Opts::new(
                 "halyard_packet_errors_total",
@@ -143,9 +164,11 @@ impl BrokerMetrics {
             sessions,
             subscriptions,
             retained_messages,
+            tap_messages,
             bytes_received,
             bytes_sent,
             messages_dropped,
+            publishes_refused,
             packet_errors,
             denied,
             received_by_qos,
@@ -165,6 +188,10 @@ impl BrokerMetrics {
         self.messages_dropped
             .with_label_values(&[reason.label()])
             .inc();
+    }
+
+    pub fn publish_refused(&self, reason: &str) {
+        self.publishes_refused.with_label_values(&[reason]).inc();
     }
 
     pub fn denied(&self, action: &str) {

@@ -14,11 +14,13 @@ use std::collections::BTreeMap;
 
 use halyard_raft::{KvEngine, RaftTransport, Store, StoreConfig};
 
-use crate::broker::{Broker, Durable, TopicService};
+use crate::broker::{Broker, Durable};
 use crate::config::Config;
 use crate::gateway;
-use crate::metrics::{BrokerMetrics, ShadowMetrics};
+use crate::metrics::BrokerMetrics;
 use crate::services::shadow::service::ShadowService;
+use crate::services::{Service, ServiceContext, Services};
+use crate::supervisor::{Health, Supervisor};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -59,21 +61,22 @@ pub struct Server {
     durable: Arc<Durable>,
     durable_writer: JoinHandle<()>,
     registry: Arc<Registry>,
-    mqtt_addr: SocketAddr,
-    #[cfg(not(madsim))]
-    admin_addr: SocketAddr,
-    #[cfg(not(madsim))]
-    http_addr: SocketAddr,
-    #[cfg(not(madsim))]
-    mqtts_addr: SocketAddr,
-    #[cfg(not(madsim))]
-    tls_addr: SocketAddr,
-    #[cfg(not(madsim))]
-    ws_addr: SocketAddr,
+    health: Arc<Health>,
+    listeners: Listeners,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    /// The services the broker hands requests to; it holds them only weakly.
-    _services: Vec<Arc<dyn TopicService>>,
+    tasks: Supervisor,
+    services: Services,
+}
+
+/// Where each listener is bound; `None` for one configured `off`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Listeners {
+    mqtt: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    mqtts: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
 }
 
 /// How long startup waits for the store to find a leader and replay its log.
@@ -162,7 +165,11 @@ impl Server {
         store_config.history_revisions = cluster.history_revisions;
         let store = Store::open(store_config, engine, transport, raft_metrics).await?;
         let (shutdown, watch_rx) = watch::channel(false);
-        let mut tasks = peers(&store, watch_rx.clone());
+        let health = Health::new(&registry)?;
+        let mut tasks = Supervisor::new(Arc::clone(&health));
+        for task in peers(&store, watch_rx.clone()) {
+            tasks.spawn(task);
+        }
         let members = cluster.members()?;
         if let Some(via) = &cluster.join {
             store.join(via, STORE_READY_TIMEOUT).await?;
@@ -190,81 +197,86 @@ impl Server {
             "restored broker state"
         );
         broker.restore(retained, sessions);
-        let shadows = ShadowService::new(
-            store.clone(),
-            broker.clone(),
-            config.shadow.clone(),
-            ShadowMetrics::new(&registry)?,
+        let context = ServiceContext {
+            broker: &broker,
+            store: &store,
+            registry: &registry,
+        };
+        let shadows = Arc::new(ShadowService::build(&context, config.shadow.clone())?);
+        let services = Services::start(
+            vec![Arc::clone(&shadows) as Arc<dyn Service>],
+            &broker,
+            &mut tasks,
         );
-        let services: Vec<Arc<dyn TopicService>> = vec![Arc::new(shadows.clone())];
-        for service in &services {
-            broker.register_service(service);
-        }
-        let durable_writer = tokio::spawn(Arc::clone(&durable).run());
-        let mqtt = bind("mqtt", config.mqtt_listen).await?;
-        let mqtt_addr = local_addr("mqtt", &mqtt, config.mqtt_listen)?;
+        let durable_writer =
+            tasks.spawn_critical_detached("durable-writer", Arc::clone(&durable).run());
+        tasks.spawn_critical("deadlines", broker.clone().run_deadlines(watch_rx.clone()));
+        let mut listeners = Listeners::default();
         let anonymous = anonymous_admission(&config)?;
-        tasks.extend([
-            tokio::spawn(broker.clone().run_deadlines(watch_rx.clone())),
-            tokio::spawn(gateway::run_tcp_listener(
-                mqtt,
-                broker.clone(),
-                anonymous.clone(),
-                watch_rx.clone(),
-            )),
-        ]);
-        tracing::info!(listener = %"mqtt", addr = %mqtt_addr, "listening");
+        if let Some((mqtt, addr)) = bind("mqtt", config.mqtt_listen).await? {
+            listeners.mqtt = Some(addr);
+            tasks.spawn_critical(
+                "listener:mqtt",
+                gateway::run_tcp_listener(
+                    mqtt,
+                    broker.clone(),
+                    anonymous.clone(),
+                    watch_rx.clone(),
+                ),
+            );
+        }
         // The admin API runs on hyper, which the simulation does not carry.
         #[cfg(not(madsim))]
-        let admin_addr = {
-            let admin = bind("admin", config.admin_listen).await?;
-            let admin_addr = local_addr("admin", &admin, config.admin_listen)?;
-            tasks.push(tokio::spawn(crate::api::admin::run(
-                admin,
-                crate::api::admin::AdminState {
-                    registry: Arc::clone(&registry),
-                    store: store.clone(),
-                    token: config.admin_token.clone(),
-                },
-                watch_rx.clone(),
-            )));
-            tracing::info!(listener = %"admin", addr = %admin_addr, "listening");
-            admin_addr
-        };
+        if let Some((admin, addr)) = bind("admin", config.admin_listen).await? {
+            listeners.admin = Some(addr);
+            tasks.spawn_critical(
+                "listener:admin",
+                crate::api::admin::run(
+                    admin,
+                    crate::api::admin::AdminState {
+                        registry: Arc::clone(&registry),
+                        store: store.clone(),
+                        token: config.admin_token.clone(),
+                        health: Arc::clone(&health),
+                    },
+                    watch_rx.clone(),
+                ),
+            );
+        }
         #[cfg(not(madsim))]
-        let (http_addr, ws_addr, mqtts_addr, tls_addr) = {
+        {
             let bootstrap = crate::aws::Api::bootstrap(&store, &config.aws, &config.data_dir)
                 .await
                 .map_err(|e| ServerError::Aws(e.message))?;
-            let api = crate::aws::Api::new(
+            let api = Arc::new(crate::aws::Api::new(
                 store.clone(),
                 broker.clone(),
                 config.aws.clone(),
                 bootstrap,
                 crate::aws::ApiMetrics::new(&registry)?,
-                shadows,
-            );
-            let api = Arc::new(api);
+                (*shadows).clone(),
+            ));
             let devices: Arc<dyn gateway::tls::Devices> =
                 Arc::new(crate::aws::DeviceServices::new(Arc::clone(&api)));
-            let http = bind("http", config.http_listen).await?;
-            let http_addr = local_addr("http", &http, config.http_listen)?;
-            tasks.push(tokio::spawn(crate::aws::run(
-                http,
-                Arc::clone(&api),
-                None,
-                watch_rx.clone(),
-            )));
-            tracing::info!(listener = %"http", addr = %http_addr, "listening");
-            let ws = bind("ws", config.ws_listen).await?;
-            let ws_addr = local_addr("ws", &ws, config.ws_listen)?;
-            tasks.push(tokio::spawn(crate::aws::run(
-                ws,
-                Arc::clone(&api),
-                Some(anonymous.clone()),
-                watch_rx.clone(),
-            )));
-            tracing::info!(listener = %"ws", addr = %ws_addr, "listening");
+            if let Some((http, addr)) = bind("http", config.http_listen).await? {
+                listeners.http = Some(addr);
+                tasks.spawn_critical(
+                    "listener:http",
+                    crate::aws::run(http, Arc::clone(&api), None, watch_rx.clone()),
+                );
+            }
+            if let Some((ws, addr)) = bind("ws", config.ws_listen).await? {
+                listeners.ws = Some(addr);
+                tasks.spawn_critical(
+                    "listener:ws",
+                    crate::aws::run(
+                        ws,
+                        Arc::clone(&api),
+                        Some(anonymous.clone()),
+                        watch_rx.clone(),
+                    ),
+                );
+            }
             let tls_dir = config.data_dir.join("tls");
             let tls_config = |port| {
                 gateway::tls::device_server_config(
@@ -274,80 +286,72 @@ impl Server {
                 )
                 .map_err(|e| ServerError::Aws(e.to_string()))
             };
-            let mut tls_addrs = Vec::new();
             for (name, addr, port) in [
                 ("mqtts", config.mqtts_listen, gateway::tls::TlsPort::Mqtt),
                 ("tls", config.tls_listen, gateway::tls::TlsPort::Multiplexed),
             ] {
-                let listener = bind(name, addr).await?;
-                let bound = local_addr(name, &listener, addr)?;
-                tasks.push(tokio::spawn(gateway::tls::run_tls_listener(
-                    listener,
-                    tls_config(port)?,
-                    port,
-                    broker.clone(),
-                    Arc::clone(&devices),
-                    watch_rx.clone(),
-                )));
-                tracing::info!(listener = %name, addr = %bound, "listening");
-                tls_addrs.push(bound);
+                let Some((listener, bound)) = bind(name, addr).await? else {
+                    continue;
+                };
+                match port {
+                    gateway::tls::TlsPort::Mqtt => listeners.mqtts = Some(bound),
+                    gateway::tls::TlsPort::Multiplexed => listeners.tls = Some(bound),
+                }
+                tasks.spawn_critical(
+                    &format!("listener:{name}"),
+                    gateway::tls::run_tls_listener(
+                        listener,
+                        tls_config(port)?,
+                        port,
+                        broker.clone(),
+                        Arc::clone(&devices),
+                        watch_rx.clone(),
+                    ),
+                );
             }
-            tasks.push(tokio::spawn(crate::aws::follow_registry(
-                Arc::clone(&api),
-                watch_rx.clone(),
-            )));
-            (http_addr, ws_addr, tls_addrs[0], tls_addrs[1])
-        };
+            tasks.spawn_critical(
+                "registry-follower",
+                crate::aws::follow_registry(Arc::clone(&api), watch_rx.clone()),
+            );
+        }
+        health.set_serving();
         Ok(Server {
             broker,
             store,
             durable,
             durable_writer,
             registry,
-            mqtt_addr,
-            #[cfg(not(madsim))]
-            admin_addr,
-            #[cfg(not(madsim))]
-            http_addr,
-            #[cfg(not(madsim))]
-            mqtts_addr,
-            #[cfg(not(madsim))]
-            tls_addr,
-            #[cfg(not(madsim))]
-            ws_addr,
+            health,
+            listeners,
             shutdown,
             tasks,
-            _services: services,
+            services,
         })
     }
 
-    pub fn mqtt_addr(&self) -> SocketAddr {
-        self.mqtt_addr
+    /// Where the plain MQTT listener is bound; `None` when it is off.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.listeners.mqtt
     }
 
-    #[cfg(not(madsim))]
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.listeners.http
     }
 
-    #[cfg(not(madsim))]
-    pub fn mqtts_addr(&self) -> SocketAddr {
-        self.mqtts_addr
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.listeners.mqtts
     }
 
-    #[cfg(not(madsim))]
-    pub fn tls_addr(&self) -> SocketAddr {
-        self.tls_addr
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.listeners.tls
     }
 
-    #[cfg(not(madsim))]
-    pub fn ws_addr(&self) -> SocketAddr {
-        self.ws_addr
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.listeners.ws
     }
 
-    #[cfg(not(madsim))]
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.listeners.admin
     }
 
     pub fn broker(&self) -> &Broker {
@@ -362,14 +366,18 @@ impl Server {
         &self.registry
     }
 
+    /// Why the node is not ready; empty when it is.
+    pub fn unready_reasons(&self) -> Vec<String> {
+        self.health.reasons(Some(&self.store.status()))
+    }
+
     /// Stops accepting, tells every client the server is going away, and
     /// waits (bounded) for connections to close.
     pub async fn shutdown(self) {
+        self.health.begin_shutdown();
         self.broker.begin_shutdown();
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        self.tasks.join().await;
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while self.broker.metrics().connections.get() > 0 && tokio::time::Instant::now() < deadline
         {
@@ -380,12 +388,11 @@ impl Server {
         }
         self.durable.stop();
         let _ = self.durable_writer.await;
+        self.services.stop();
         self.store.shutdown().await;
     }
 }
 
-/// Pending connections the kernel holds for a listener (capped by
-/// `net.core.somaxconn`): a connection storm must not overflow it.
 /// How the plain listener admits clients: openly (limited by `mqtt_anonymous_policy` if
 /// set) or not at all.
 fn anonymous_admission(config: &Config) -> Result<gateway::Admission, ServerError> {
@@ -415,10 +422,31 @@ fn anonymous_admission(config: &Config) -> Result<gateway::Admission, ServerErro
     Ok(gateway::Admission::Open(Some(Arc::new(permissions))))
 }
 
+/// Pending connections the kernel holds for a listener (capped by `net.core.somaxconn`): a
+/// connection storm must not overflow it.
 #[cfg(not(madsim))]
 const LISTEN_BACKLOG: u32 = 4096;
 
-async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+/// Binds `listener` at `addr`, unless it is off; the listener and the address it got.
+async fn bind(
+    listener: &'static str,
+    addr: Option<SocketAddr>,
+) -> Result<Option<(TcpListener, SocketAddr)>, ServerError> {
+    let Some(addr) = addr else {
+        tracing::info!(listener, "off");
+        return Ok(None);
+    };
+    let bound = bind_at(listener, addr).await?;
+    let local = bound.local_addr().map_err(|source| ServerError::Bind {
+        listener,
+        addr,
+        source,
+    })?;
+    tracing::info!(listener = %listener, addr = %local, "listening");
+    Ok(Some((bound, local)))
+}
+
+async fn bind_at(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
     let error = |source| ServerError::Bind {
         listener,
         addr,
@@ -440,16 +468,4 @@ async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, S
     {
         TcpListener::bind(addr).await.map_err(error)
     }
-}
-
-fn local_addr(
-    listener: &'static str,
-    l: &TcpListener,
-    addr: SocketAddr,
-) -> Result<SocketAddr, ServerError> {
-    l.local_addr().map_err(|source| ServerError::Bind {
-        listener,
-        addr,
-        source,
-    })
 }

@@ -31,6 +31,10 @@ use crate::types::{
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
+/// Revisions of history a watcher replays at a time: one far behind catches up in bounded
+/// steps instead of holding its whole gap in memory.
+const REPLAY_BATCH: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub node_id: NodeId,
@@ -1119,6 +1123,7 @@ impl WatchStream {
         })
     }
 
+    /// Reads the next batch of history the watcher has not seen.
     fn replay_history(&mut self) -> Result<(), StoreError> {
         let compacted = self.inner.shared.compacted.load(Ordering::Acquire);
         if self.next < compacted {
@@ -1128,13 +1133,22 @@ impl WatchStream {
             });
         }
         let current = self.inner.shared.revision();
-        for rev in state::history(self.inner.engine.as_ref(), self.next, current, usize::MAX)? {
+        let batch = state::history(self.inner.engine.as_ref(), self.next, current, REPLAY_BATCH)?;
+        let full = batch.len() == REPLAY_BATCH;
+        let last = batch.last().map(|rev| rev.revision);
+        for rev in batch {
             if let Some(filtered) = self.filter(&rev) {
                 self.backlog.push_back(filtered);
             }
         }
-        self.next = self.next.max(current + 1);
-        self.replay = false;
+        match last {
+            // More history than one batch: the rest is read once this batch is consumed.
+            Some(last) if full && last < current => self.next = last + 1,
+            _ => {
+                self.next = self.next.max(current + 1);
+                self.replay = false;
+            }
+        }
         Ok(())
     }
 

@@ -342,6 +342,31 @@ async fn watch_replays_history_then_follows_live_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_far_behind_replays_every_revision_in_order() {
+    let cluster = Cluster::new(1).await;
+    let store = &cluster.stores[&1];
+    let first = store.put("far/0", "0").await.unwrap().revision;
+    // Several replay batches' worth of history.
+    for n in 1..700 {
+        store.put(format!("far/{n}"), n.to_string()).await.unwrap();
+    }
+    let mut watch = store.watch("far/", Some(first)).unwrap();
+    for (expected, n) in (first..).zip(0..700) {
+        let revision = watch.next().await.unwrap().unwrap();
+        assert_eq!(revision.revision, expected, "event {n}");
+        assert_eq!(revision.events[0].kv.key, format!("far/{n}").into_bytes());
+    }
+    let live = store.put("far/live", "x").await.unwrap().revision;
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.revision, live);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_lease_deletes_its_keys_on_every_replica() {
     let cluster = Cluster::new(3).await;
     let lease = cluster.stores[&2]

@@ -165,7 +165,7 @@ fn start_broker(engine: MemEngine, data_dir: std::path::PathBuf) -> NodeHandle {
             let engine = engine.clone();
             let mut config = Config::default();
             config.data_dir = data_dir.clone();
-            config.mqtt_listen = SocketAddr::from(([0, 0, 0, 0], MQTT_PORT));
+            config.mqtt_listen = Some(SocketAddr::from(([0, 0, 0, 0], MQTT_PORT)));
             config.cluster.heartbeat_ms = 50;
             config.cluster.election_timeout_ms = 300;
             async move {

@@ -116,7 +116,7 @@ impl MqttClient {
             dup,
             qos: QoS::AtLeastOnce,
             retain: false,
-            topic: topic.to_owned(),
+            topic: topic.into(),
             packet_id,
             payload,
             properties: Properties::default(),

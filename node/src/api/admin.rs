@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics;
+use crate::supervisor::Health;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -24,6 +25,8 @@ pub struct AdminState {
     pub store: Store,
     /// Bearer token the cluster operations require; `None` refuses them.
     pub token: Option<String>,
+    /// What `/readyz` reports besides the store.
+    pub health: Arc<Health>,
 }
 
 /// Serves the admin API until `shutdown` turns true.
@@ -31,7 +34,7 @@ pub async fn run(listener: TcpListener, state: AdminState, shutdown: watch::Rece
     let router = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(ok))
-        .route("/readyz", get(ok))
+        .route("/readyz", get(ready))
         .route("/cluster/status", get(cluster_status))
         .route("/cluster/members", post(add_member))
         .route("/cluster/members/{id}/promote", post(promote_member))
@@ -57,6 +60,22 @@ async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn ok() -> &'static str {
     "ok\n"
+}
+
+/// 200 when the node can serve; 503 with one reason per line when it cannot: the store has
+/// no leader or lags, or a critical task (the durable writer, a listener, the registry
+/// follower) has ended.
+async fn ready(State(state): State<AdminState>) -> Response {
+    let reasons = state.health.reasons(Some(&state.store.status()));
+    if reasons.is_empty() {
+        return (StatusCode::OK, "ok\n").into_response();
+    }
+    let mut body = String::from("not ready\n");
+    for reason in reasons {
+        body.push_str(&reason);
+        body.push('\n');
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
 async fn cluster_status(State(state): State<AdminState>) -> Response {

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::RwLock;
 
 use super::policy::{Context, Effect, Glob, Policy, after_prefix, glob_match_bytes};
-use crate::broker::Signal;
 
 /// The actions a device takes, as named in policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,12 +255,17 @@ impl Permissions {
     }
 }
 
+/// Whatever must notice when an access changes: the connection holding it.
+pub trait Wake: Send + Sync {
+    fn wake(&self);
+}
+
 /// A connection's access, shared with whatever may change it while the connection lives:
 /// policies are swapped in when they change, and a revoked access ends the connection.
 pub struct Access {
     permissions: RwLock<Arc<Permissions>>,
     revoked: AtomicBool,
-    waker: RwLock<Option<Arc<Signal>>>,
+    waker: RwLock<Option<Arc<dyn Wake>>>,
     /// The certificate id or other principal the connection authenticated as; empty for
     /// anonymous connections.
     pub principal: String,
@@ -291,7 +295,7 @@ impl Access {
     }
 
     /// The connection to wake when this access changes.
-    pub fn attach(&self, waker: Arc<Signal>) {
+    pub fn attach(&self, waker: Arc<dyn Wake>) {
         *self.waker.write() = Some(waker);
     }
 

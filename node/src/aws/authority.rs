@@ -11,7 +11,7 @@ use super::pki::{self, CaPair};
 use super::records::Records;
 use crate::config::AwsConfig;
 
-const KEY: &str = "aws/ca/halyard";
+const KEY: &str = crate::store::keys::OWN_CA;
 /// The names every node's server certificate carries.
 const SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 

@@ -17,15 +17,15 @@ use super::error::AwsError;
 use super::request::ApiRequest;
 use super::things::{check_name, now_seconds, uuid_v4};
 use super::{Api, ApiResult};
-use super::{callout, jwt};
+use crate::auth::identity::jwt;
 use crate::auth::permissions::{Access, Permissions};
 use crate::auth::policy::{Context, Policy};
 use crate::gateway::http::{CachedAuthorization, ConnectionInfo};
 use crate::gateway::{ConnectCredentials, Gate, GateFuture};
 use crate::mqtt::reason;
 
-pub(super) const AUTHORIZERS: &str = "aws/authorizer/";
-pub(super) const DEFAULT_AUTHORIZER: &str = "aws/default-authorizer";
+pub(super) const AUTHORIZERS: &str = crate::store::keys::AUTHORIZERS;
+pub(super) const DEFAULT_AUTHORIZER: &str = crate::store::keys::DEFAULT_AUTHORIZER;
 /// AWS IoT allows this many authorizers per account.
 const MAX_AUTHORIZERS: usize = 100;
 const MAX_POLICY_DOCUMENTS: usize = 10;
@@ -38,7 +38,7 @@ pub const NAME_HEADER: &str = "x-amz-customauthorizer-name";
 pub const SIGNATURE_HEADER: &str = "x-amz-customauthorizer-signature";
 
 fn authorizer_key(name: &str) -> String {
-    format!("{AUTHORIZERS}{name}")
+    crate::store::keys::authorizer(name)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -441,9 +441,11 @@ impl Api {
             last_modified_date: now,
         };
         if !self.records.create(&authorizer_key(name), &record).await? {
-            return Err(AwsError::already_exists(format!(
-                "Authorizer {name} already exists"
-            )));
+            return Err(AwsError::already_exists(
+                format!("Authorizer {name} already exists"),
+                name,
+                self.arn(&format!("authorizer/{name}")),
+            ));
         }
         Ok(self.authorizer_summary(name))
     }
@@ -555,9 +557,11 @@ impl Api {
         self.authorizer(&name).await?;
         let current = self.records.get::<String>(DEFAULT_AUTHORIZER).await?;
         if current.as_ref().is_some_and(|c| c.value == name) {
-            return Err(AwsError::already_exists(format!(
-                "Authorizer {name} is already the default authorizer"
-            )));
+            return Err(AwsError::already_exists(
+                format!("Authorizer {name} is already the default authorizer"),
+                name.as_str(),
+                self.arn(&format!("authorizer/{name}")),
+            ));
         }
         let revision = current.map_or(0, |c| c.mod_revision);
         if !self
@@ -762,7 +766,9 @@ impl Api {
                 ))
             })?;
         let started = std::time::Instant::now();
-        let answer = callout::post_json(&url, &event, FUNCTION_TIMEOUT).await;
+        let answer = crate::http_client::shared()
+            .post_json(&url, &event, FUNCTION_TIMEOUT)
+            .await;
         self.metrics
             .authorizer_latency
             .with_label_values(&[authorizer.authorizer_name.as_str()])
@@ -1000,12 +1006,24 @@ impl Api {
     }
 }
 
-/// What identifies a cached HTTP authorization: the authorizer, the token and its signature.
-fn cache_fingerprint(authorizer: &str, token: Option<&str>, signature: Option<&str>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (authorizer, token, signature).hash(&mut hasher);
-    hasher.finish()
+/// What identifies a cached HTTP authorization: a SHA-256 digest of the authorizer, the token
+/// and its signature, each length-prefixed so that no two triples run together. A 64-bit
+/// hash would let a forged token that collides reuse another's answer.
+fn cache_fingerprint(authorizer: &str, token: Option<&str>, signature: Option<&str>) -> [u8; 32] {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [Some(authorizer), token, signature] {
+        match part {
+            Some(text) => {
+                context.update(&[1]);
+                context.update(&(text.len() as u64).to_be_bytes());
+                context.update(text.as_bytes());
+            }
+            None => context.update(&[0]),
+        }
+    }
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(context.finish().as_ref());
+    fingerprint
 }
 
 fn check_authorizer_name(name: &str) -> Result<(), AwsError> {

@@ -10,10 +10,12 @@ use super::request::{ApiRequest, Page};
 use super::things::{check_name, now_seconds, uuid_v4, with_token};
 use super::{Api, ApiResult};
 
-pub(super) const CERTIFICATES: &str = "aws/certificates/";
-const CA_CERTIFICATES: &str = "aws/ca-certificates/";
-pub(super) const THING_PRINCIPALS: &str = "aws/thing-principals/";
-pub(super) const PRINCIPAL_THINGS: &str = "aws/principal-things/";
+use crate::store::keys;
+
+pub(super) const CERTIFICATES: &str = keys::CERTIFICATES;
+const CA_CERTIFICATES: &str = keys::CA_CERTIFICATES;
+pub(super) const THING_PRINCIPALS: &str = keys::THING_PRINCIPALS;
+pub(super) const PRINCIPAL_THINGS: &str = keys::PRINCIPAL_THINGS;
 const STATUSES: [&str; 4] = ["ACTIVE", "INACTIVE", "REVOKED", "REGISTER_INACTIVE"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -69,19 +71,19 @@ struct RegisterCa {
 }
 
 pub(super) fn certificate_key(id: &str) -> String {
-    format!("{CERTIFICATES}{id}")
+    keys::certificate(id)
 }
 
 pub(super) fn ca_key(id: &str) -> String {
-    format!("{CA_CERTIFICATES}{id}")
+    keys::ca_certificate(id)
 }
 
 fn thing_principal_key(thing: &str, principal: &str) -> String {
-    format!("{THING_PRINCIPALS}{thing}/{}", hex(principal))
+    keys::thing_principal(thing, principal)
 }
 
 fn principal_thing_key(principal: &str, thing: &str) -> String {
-    format!("{PRINCIPAL_THINGS}{}/{thing}", hex(principal))
+    keys::principal_thing(principal, thing)
 }
 
 fn check_certificate_id(id: &str) -> Result<(), AwsError> {
@@ -152,10 +154,14 @@ impl Api {
         {
             Ok(())
         } else {
-            Err(AwsError::already_exists(format!(
-                "The certificate is already provisioned or registered: {}",
-                record.certificate_id
-            )))
+            Err(AwsError::already_exists(
+                format!(
+                    "The certificate is already provisioned or registered: {}",
+                    record.certificate_id
+                ),
+                record.certificate_id.as_str(),
+                self.certificate_arn(&record.certificate_id),
+            ))
         }
     }
 
@@ -509,10 +515,11 @@ impl Api {
             certificate_mode: mode,
         };
         if !self.records.create(&ca_key(&parsed.id), &record).await? {
-            return Err(AwsError::already_exists(format!(
-                "The CA certificate is already registered: {}",
-                parsed.id
-            )));
+            return Err(AwsError::already_exists(
+                format!("The CA certificate is already registered: {}", parsed.id),
+                parsed.id.as_str(),
+                self.arn(&format!("cacert/{}", parsed.id)),
+            ));
         }
         Ok(json!({
             "certificateArn": self.arn(&format!("cacert/{}", parsed.id)),
@@ -524,7 +531,7 @@ impl Api {
         &self,
         id: &str,
     ) -> Result<super::records::Versioned<CaCertificateRecord>, AwsError> {
-        check_certificate_id(id)?;
+        // An id of the wrong shape names no CA certificate either: AWS answers not found.
         self.records
             .get::<CaCertificateRecord>(&ca_key(id))
             .await?

@@ -13,7 +13,7 @@ use super::error::AwsError;
 use super::records::Records;
 use crate::config::AccessKey;
 
-const KEY: &str = "aws/credentials/halyard";
+const KEY: &str = crate::store::keys::CREDENTIALS;
 pub const PROFILE: &str = "halyard";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

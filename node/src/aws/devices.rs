@@ -234,6 +234,17 @@ impl Api {
                 "DeleteThingShadow",
                 self.delete_thing_shadow(thing, request, caller).await,
             ),
+            ("GET", ["retainedMessage"]) => (
+                "ListRetainedMessages",
+                self.list_retained_messages(request, caller).await,
+            ),
+            ("GET", ["retainedMessage", levels @ ..]) => {
+                let topic = levels.join("/");
+                (
+                    "GetRetainedMessage",
+                    self.get_retained_message(&topic, caller).await,
+                )
+            }
             ("GET", ["api", "things", "shadow", "ListNamedShadowsForThing", thing]) => (
                 "ListNamedShadowsForThing",
                 self.list_named_shadows(thing, request, caller).await,
@@ -296,9 +307,8 @@ impl Api {
             expires_at,
             origin: 0,
         };
-        // A publish to a shadow's request topic is a shadow request, as over MQTT; its answer
-        // goes to the topic's subscribers.
-        self.broker.serve_request(&message, None);
+        // A publish to a shadow's request topic is a shadow request, as over MQTT (the ingest
+        // path hands it to the service); its answer goes to the topic's subscribers.
         if !self
             .broker
             .publish_persisted(message, PERSIST_TIMEOUT)

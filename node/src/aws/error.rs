@@ -6,13 +6,15 @@ use axum::response::{IntoResponse, Response};
 use halyard_raft::StoreError;
 use serde_json::json;
 
-use super::sigv4::SigV4Error;
+use crate::auth::identity::sigv4::SigV4Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The existing resource's id and ARN, which `ResourceAlreadyExistsException` carries.
+    pub resource: Option<Box<(String, String)>>,
 }
 
 impl AwsError {
@@ -21,6 +23,7 @@ impl AwsError {
             status,
             code,
             message: message.into(),
+            resource: None,
         }
     }
 
@@ -41,12 +44,20 @@ impl AwsError {
         Self::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
     }
 
-    pub fn already_exists(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "ResourceAlreadyExistsException",
-            message,
-        )
+    /// The resource exists already: its id and ARN go in the body, as AWS sends them.
+    pub fn already_exists(
+        message: impl Into<String>,
+        resource_id: impl Into<String>,
+        resource_arn: impl Into<String>,
+    ) -> Self {
+        Self {
+            resource: Some(Box::new((resource_id.into(), resource_arn.into()))),
+            ..Self::new(
+                StatusCode::CONFLICT,
+                "ResourceAlreadyExistsException",
+                message,
+            )
+        }
     }
 
     pub fn version_conflict(message: impl Into<String>) -> Self {
@@ -177,8 +188,13 @@ impl From<StoreError> for AwsError {
 
 impl IntoResponse for AwsError {
     fn into_response(self) -> Response {
-        let mut response =
-            (self.status, axum::Json(json!({ "message": self.message }))).into_response();
+        let mut body = json!({ "message": self.message });
+        if let Some(resource) = self.resource {
+            let (id, arn) = *resource;
+            body["resourceId"] = json!(id);
+            body["resourceArn"] = json!(arn);
+        }
+        let mut response = (self.status, axum::Json(body)).into_response();
         if let Ok(code) = HeaderValue::from_str(self.code) {
             response.headers_mut().insert("x-amzn-errortype", code);
         }

@@ -12,11 +12,11 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::certificates::{CaCertificateRecord, CertificateRecord};
-use super::records::unhex;
 use super::{Api, pki};
 use crate::auth::permissions::{Access, Action, Permissions};
 use crate::auth::policy::Policy;
 use crate::mqtt::reason;
+use crate::store::keys::Key;
 
 /// How long changes are gathered before the live connections are re-evaluated.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -32,8 +32,19 @@ struct LiveEntry {
 /// The connections admitted by certificate that are still open.
 #[derive(Default)]
 pub struct LiveConnections {
-    entries: Mutex<Vec<Arc<LiveEntry>>>,
+    entries: Mutex<LiveList>,
 }
+
+#[derive(Default)]
+struct LiveList {
+    entries: Vec<Arc<LiveEntry>>,
+    /// Closed connections are swept out when the list reaches this length, which then
+    /// doubles: a CONNECT costs the same with a thousand devices connected as with a million.
+    sweep_at: usize,
+}
+
+/// The shortest list worth sweeping.
+const MIN_SWEEP: usize = 1024;
 
 impl LiveConnections {
     pub(super) fn add(
@@ -43,9 +54,12 @@ impl LiveConnections {
         client_id: &str,
         policies: Vec<String>,
     ) {
-        let mut entries = self.entries.lock();
-        entries.retain(|e| e.access.strong_count() > 0);
-        entries.push(Arc::new(LiveEntry {
+        let mut live = self.entries.lock();
+        if live.entries.len() >= live.sweep_at {
+            live.entries.retain(|e| e.access.strong_count() > 0);
+            live.sweep_at = (live.entries.len() * 2).max(MIN_SWEEP);
+        }
+        live.entries.push(Arc::new(LiveEntry {
             access: Arc::downgrade(access),
             certificate: certificate.to_owned(),
             client_id: client_id.to_owned(),
@@ -54,9 +68,10 @@ impl LiveConnections {
     }
 
     fn affected(&self, by: &Affected) -> Vec<(Arc<LiveEntry>, Arc<Access>)> {
-        let mut entries = self.entries.lock();
-        entries.retain(|e| e.access.strong_count() > 0);
-        entries
+        let mut live = self.entries.lock();
+        live.entries.retain(|e| e.access.strong_count() > 0);
+        live.sweep_at = (live.entries.len() * 2).max(MIN_SWEEP);
+        live.entries
             .iter()
             .filter(|e| by.touches(e))
             .filter_map(|e| Some((Arc::clone(e), e.access.upgrade()?)))
@@ -103,48 +118,40 @@ impl Affected {
 
     /// Notes the change of `key`.
     fn note(&mut self, key: &str) {
-        let first = |rest: &str| rest.split('/').next().unwrap_or_default().to_owned();
-        if let Some(id) = key.strip_prefix(super::certificates::CERTIFICATES) {
-            self.certificates.insert(id.to_owned());
-        } else if let Some(rest) = key.strip_prefix(super::certificates::PRINCIPAL_THINGS) {
-            match unhex(&first(rest)) {
-                Some(principal) => self.principal(&principal),
-                None => self.everything = true,
+        match Key::parse(key) {
+            Some(Key::Certificate { id }) => {
+                self.certificates.insert(id.to_owned());
             }
-        } else if let Some(rest) = key
-            .strip_prefix(super::certificates::THING_PRINCIPALS)
-            .or_else(|| key.strip_prefix(super::things::THINGS))
-            .or_else(|| key.strip_prefix(super::groups::THING_GROUPS))
-        {
-            self.things.insert(first(rest));
-        } else if let Some(rest) = key.strip_prefix(super::groups::GROUP_THINGS) {
-            self.things.insert(
-                rest.split_once('/')
-                    .map(|(_, t)| t)
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
-        } else if let Some(rest) = key
-            .strip_prefix(super::policies::POLICIES)
-            .or_else(|| key.strip_prefix(super::policies::POLICY_VERSIONS))
-        {
-            self.policies.insert(first(rest));
-        } else if let Some(rest) = key.strip_prefix(super::policies::TARGET_POLICIES) {
-            match unhex(&first(rest)) {
-                Some(target) => self.principal(&target),
-                None => self.everything = true,
+            Some(
+                Key::PrincipalThing { principal, .. }
+                | Key::TargetPolicy {
+                    target: principal, ..
+                },
+            ) => self.principal(&principal),
+            Some(
+                Key::ThingPrincipal { thing, .. }
+                | Key::Thing { name: thing }
+                | Key::GroupOfThing { thing, .. }
+                | Key::GroupThing { thing, .. },
+            ) => {
+                self.things.insert(thing.to_owned());
             }
-        } else if key.starts_with(super::policies::POLICY_TARGETS)
-            || key.starts_with(super::things::THING_TYPES)
-            || key.starts_with(super::authorizers::AUTHORIZERS)
-            || key.starts_with(super::authorizers::DEFAULT_AUTHORIZER)
-            || key.starts_with("aws/credentials/")
-            || key.starts_with("aws/ca/")
-        {
-            // The other half of an attachment noted above, or nothing a certificate's
-            // access depends on.
-        } else {
-            self.everything = true;
+            Some(Key::Policy { name } | Key::PolicyVersion { name, .. }) => {
+                self.policies.insert(name.to_owned());
+            }
+            // The other half of an attachment noted above, or nothing a certificate's access
+            // depends on.
+            Some(
+                Key::PolicyTarget { .. }
+                | Key::ThingType { .. }
+                | Key::Authorizer { .. }
+                | Key::DefaultAuthorizer
+                | Key::Credentials
+                | Key::OwnCa,
+            ) => {}
+            // A group's hierarchy or a CA, whose reach is not worked out, or a key that does
+            // not parse.
+            _ => self.everything = true,
         }
     }
 
@@ -164,6 +171,24 @@ impl Api {
     /// The compiled permissions of certificate `id` connecting as `client_id` (empty for
     /// HTTPS), or the reason code that refuses the connection.
     pub(super) async fn device_permissions(
+        &self,
+        id: &str,
+        client_id: &str,
+    ) -> Result<(Permissions, Vec<String>), u8> {
+        match self
+            .records
+            .settled(self.device_permissions_read(id, client_id))
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "cannot read the registry to admit a device");
+                Err(reason::SERVER_UNAVAILABLE)
+            }
+        }
+    }
+
+    async fn device_permissions_read(
         &self,
         id: &str,
         client_id: &str,
@@ -278,7 +303,7 @@ impl Api {
 /// Follows registry changes and re-evaluates live device connections after each burst.
 pub async fn follow_registry(api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let mut changes = match api.records.watch("aws/") {
+        let mut changes = match api.records.watch(crate::store::keys::REGISTRY) {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(error = %e.message, "cannot watch the registry; retrying");
@@ -352,7 +377,11 @@ mod tests {
                 true,
                 false,
             ),
-            (vec!["aws/thing-principals/fan/x".into()], false, true),
+            (
+                vec![crate::store::keys::thing_principal("fan", cert_arn)],
+                false,
+                true,
+            ),
             (vec!["aws/things/lamp".into()], true, false),
             (vec!["aws/thing-group-things/floor/fan".into()], false, true),
             (

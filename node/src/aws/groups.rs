@@ -21,10 +21,12 @@ use super::things::{
 };
 use super::{Api, ApiResult};
 
-const GROUPS: &str = "aws/thing-groups/";
-const GROUP_CHILDREN: &str = "aws/thing-group-children/";
-pub(super) const GROUP_THINGS: &str = "aws/thing-group-things/";
-pub(super) const THING_GROUPS: &str = "aws/groups-of-thing/";
+use crate::store::keys;
+
+const GROUPS: &str = keys::THING_GROUPS;
+const GROUP_CHILDREN: &str = keys::GROUP_CHILDREN;
+pub(super) const GROUP_THINGS: &str = keys::GROUP_THINGS;
+pub(super) const THING_GROUPS: &str = keys::GROUPS_OF_THING;
 /// Levels in a hierarchy, the root included.
 const MAX_DEPTH: usize = 7;
 /// Groups one thing may belong to.
@@ -104,19 +106,19 @@ struct UpdateGroupsForThing {
 }
 
 pub(super) fn group_key(name: &str) -> String {
-    format!("{GROUPS}{name}")
+    keys::thing_group(name)
 }
 
 fn child_key(parent: &str, child: &str) -> String {
-    format!("{GROUP_CHILDREN}{parent}/{child}")
+    keys::group_child(parent, child)
 }
 
 fn member_key(group: &str, thing: &str) -> String {
-    format!("{GROUP_THINGS}{group}/{thing}")
+    keys::group_thing(group, thing)
 }
 
 fn membership_key(thing: &str, group: &str) -> String {
-    format!("{THING_GROUPS}{thing}/{group}")
+    keys::group_of_thing(thing, group)
 }
 
 fn as_json(s: &str) -> String {
@@ -307,9 +309,11 @@ impl Api {
                     || existing.description != fresh.description
                     || existing.attributes != fresh.attributes
                 {
-                    return Err(AwsError::already_exists(format!(
-                        "Thing Group {name} already exists with different properties"
-                    )));
+                    return Err(AwsError::already_exists(
+                        format!("Thing Group {name} already exists with different properties"),
+                        existing.id.as_str(),
+                        self.arn(&format!("thinggroup/{name}")),
+                    ));
                 }
                 return Ok(json!({
                     "thingGroupName": name,

@@ -3,24 +3,22 @@
 
 mod authority;
 mod authorizers;
-mod callout;
 mod certificates;
 pub mod credentials;
 mod devices;
 pub mod error;
 mod gate;
 mod groups;
-mod jwt;
 pub mod pki;
 mod policies;
 mod records;
 mod request;
+mod retained;
 mod shadows;
-pub mod sigv4;
 mod things;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -31,6 +29,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::identity::{jwt, sigv4};
 use crate::auth::permissions::Access;
 use crate::broker::Broker;
 use crate::config::AwsConfig;
@@ -173,12 +172,42 @@ impl Api {
         )
     }
 
+    /// DescribeEndpoint: the host devices and applications reach the cluster at, for each
+    /// endpoint type AWS IoT Core names.
+    fn describe_endpoint(&self, request: &ApiRequest) -> ApiResult {
+        const TYPES: [&str; 4] = [
+            "iot:Data",
+            "iot:Data-ATS",
+            "iot:CredentialProvider",
+            "iot:Jobs",
+        ];
+        let endpoint_type = request.query("endpointType").unwrap_or("iot:Data");
+        if !TYPES.contains(&endpoint_type) {
+            return Err(AwsError::invalid_request(format!(
+                "Endpoint type {endpoint_type} is not valid; use one of {}",
+                TYPES.join(", ")
+            )));
+        }
+        let host = self
+            .config
+            .public_host
+            .clone()
+            .or_else(|| self.config.server_names.first().cloned())
+            .or_else(|| request.header("host").map(host_of))
+            .unwrap_or_else(|| "localhost".to_owned());
+        Ok(json!({ "endpointAddress": host }))
+    }
+
     /// Publishes a registry event on `$aws/events/{kind}/{name}/{operation}`, as AWS IoT does.
     fn registry_event(&self, kind: &str, name: &str, operation: &str, thing: &things::ThingRecord) {
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
+        let topic = format!(
+            "$aws/events/{kind}/{name}/{}",
+            operation.to_ascii_lowercase()
+        );
+        if !self.broker.wants(&topic) {
+            return;
+        }
+        let timestamp = crate::clock::epoch_millis();
         let payload = json!({
             "eventType": "THING_EVENT",
             "eventId": things::uuid_v4(),
@@ -191,10 +220,6 @@ impl Api {
             "thingTypeName": thing.thing_type_name,
             "attributes": thing.attributes,
         });
-        let topic = format!(
-            "$aws/events/{kind}/{name}/{}",
-            operation.to_ascii_lowercase()
-        );
         self.broker.publish_event(topic, payload.to_string());
     }
 
@@ -415,6 +440,7 @@ impl Api {
                 "DescribeDefaultAuthorizer",
                 self.describe_default_authorizer().await,
             ),
+            ("GET", ["endpoint"]) => ("DescribeEndpoint", self.describe_endpoint(request)),
             ("POST", ["test-authorization"]) => {
                 ("TestAuthorization", self.test_authorization(request).await)
             }
@@ -540,6 +566,15 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
             e.into_response()
         }
     }
+}
+
+/// The host of a `Host` header, without its port (`[::1]:8080` gives `::1`).
+fn host_of(header: &str) -> String {
+    let host = match header.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => header.rsplit_once(':').map_or(header, |(host, _)| host),
+    };
+    host.to_owned()
 }
 
 /// Whole seconds since the epoch, as policies, tokens and signatures count time.

@@ -5,8 +5,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use ring::digest;
 use thiserror::Error;
+
+pub use crate::auth::identity::x509::{certificate_id, name_fields};
 
 #[derive(Debug, Error)]
 pub enum PkiError {
@@ -46,14 +47,6 @@ pub struct IssuedKeys {
     pub certificate_pem: String,
     pub public_key_pem: String,
     pub private_key_pem: String,
-}
-
-pub fn certificate_id(der: &[u8]) -> String {
-    digest::digest(&digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Generates a self-signed CA for the cluster.
@@ -223,48 +216,6 @@ pub fn check_ca_pair(pair: &CaPair) -> Result<(), PkiError> {
         ));
     }
     Ok(())
-}
-
-/// The subject and issuer attributes of a certificate, as AWS IoT policy variables name them
-/// (`Subject.CommonName`, `Issuer.Organization`, ...).
-pub fn name_fields(der: &[u8]) -> Vec<(String, String)> {
-    let Ok((_, certificate)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let mut fields = Vec::new();
-    for (side, name) in [
-        ("Subject", certificate.subject()),
-        ("Issuer", certificate.issuer()),
-    ] {
-        for attribute in name.iter_attributes() {
-            let oid = attribute.attr_type();
-            let label = if *oid == x509_parser::oid_registry::OID_X509_COMMON_NAME {
-                "CommonName"
-            } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATION_NAME {
-                "Organization"
-            } else if *oid == x509_parser::oid_registry::OID_X509_ORGANIZATIONAL_UNIT {
-                "OrganizationalUnit"
-            } else if *oid == x509_parser::oid_registry::OID_X509_COUNTRY_NAME {
-                "Country"
-            } else if *oid == x509_parser::oid_registry::OID_X509_STATE_OR_PROVINCE_NAME {
-                "State"
-            } else if *oid == x509_parser::oid_registry::OID_X509_LOCALITY_NAME {
-                "Locality"
-            } else if *oid == x509_parser::oid_registry::OID_X509_SERIALNUMBER {
-                "SerialNumber"
-            } else {
-                continue;
-            };
-            if let Ok(value) = attribute.as_str() {
-                fields.push((format!("{side}.{label}"), value.to_owned()));
-            }
-        }
-    }
-    fields.push((
-        "SerialNumber".to_owned(),
-        certificate.raw_serial_as_string().replace(':', ""),
-    ));
-    fields
 }
 
 /// Whether `certificate` (DER) was signed by the key of `ca` (DER).

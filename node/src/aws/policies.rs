@@ -20,10 +20,12 @@ use super::things::{ThingRecord, now_seconds, thing_key, uuid_v4};
 use super::{Api, ApiResult};
 use crate::auth::policy::{Context, Effect, Policy};
 
-pub(super) const POLICIES: &str = "aws/policies/";
-pub(super) const POLICY_VERSIONS: &str = "aws/policy-versions/";
-pub(super) const POLICY_TARGETS: &str = "aws/policy-targets/";
-pub(super) const TARGET_POLICIES: &str = "aws/target-policies/";
+use crate::store::keys;
+
+pub(super) const POLICIES: &str = keys::POLICIES;
+pub(super) const POLICY_VERSIONS: &str = keys::POLICY_VERSIONS;
+pub(super) const POLICY_TARGETS: &str = keys::POLICY_TARGETS;
+pub(super) const TARGET_POLICIES: &str = keys::TARGET_POLICIES;
 /// Versions a policy keeps at most.
 const MAX_VERSIONS: usize = 5;
 /// Policies attached to one certificate or group at most.
@@ -91,19 +93,19 @@ struct TestAuthorizationBody {
 }
 
 fn policy_key(name: &str) -> String {
-    format!("{POLICIES}{name}")
+    keys::policy(name)
 }
 
 fn version_key(name: &str, version: u32) -> String {
-    format!("{POLICY_VERSIONS}{name}/{version:010}")
+    keys::policy_version(name, version)
 }
 
 fn policy_target_key(policy: &str, target: &str) -> String {
-    format!("{POLICY_TARGETS}{policy}/{}", hex(target))
+    keys::policy_target(policy, target)
 }
 
 fn target_policy_key(target: &str, policy: &str) -> String {
-    format!("{TARGET_POLICIES}{}/{policy}", hex(target))
+    keys::target_policy(target, policy)
 }
 
 fn check_policy_name(name: &str) -> Result<(), AwsError> {
@@ -228,9 +230,11 @@ impl Api {
             Op::put(version_key(name, 1), encode(&version)?),
         ]);
         if !self.records.txn(txn).await?.succeeded {
-            return Err(AwsError::already_exists(format!(
-                "Policy cannot be created - name already exists (name={name})"
-            )));
+            return Err(AwsError::already_exists(
+                format!("Policy cannot be created - name already exists (name={name})"),
+                name,
+                self.arn(&format!("policy/{name}")),
+            ));
         }
         Ok(json!({
             "policyName": name,

@@ -36,19 +36,24 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AwsError> {
 /// A value as it appears inside a key: hex, so that ARNs and other names with `/` or `:` keep
 /// the key's structure.
 pub fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
+    crate::store::keys::hex(s)
 }
 
-/// The value [`hex`] encoded; `None` for anything else.
-pub fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
-        return None;
+pub use crate::store::keys::unhex;
+
+tokio::task_local! {
+    /// Set while [`Records::settled`] runs its reads.
+    static SETTLED: ();
+}
+
+/// Linearizable, unless inside [`Records::settled`], whose barrier already made the node's
+/// applied state current.
+fn read_consistency() -> Consistency {
+    if SETTLED.try_with(|_| ()).is_ok() {
+        Consistency::Local
+    } else {
+        Consistency::Linearizable
     }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
 }
 
 /// A condition that `key` was last written at `revision` (0: it does not exist).
@@ -61,14 +66,20 @@ impl Records {
         Self { store }
     }
 
+    /// Runs `reads` after one read barrier, serving every read inside from this node's applied
+    /// state: each still sees every write committed before the barrier, as a linearizable
+    /// read would, for one round-trip to the leader instead of one per read. Admitting a
+    /// device reads its certificate, CA, thing, groups and policies this way.
+    pub async fn settled<F: std::future::Future>(&self, reads: F) -> Result<F::Output, AwsError> {
+        self.store.read_barrier().await?;
+        Ok(SETTLED.scope((), reads).await)
+    }
+
     pub async fn get<T: DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<Versioned<T>>, AwsError> {
-        let got = self
-            .store
-            .get(key.as_bytes(), Consistency::Linearizable)
-            .await?;
+        let got = self.store.get(key.as_bytes(), read_consistency()).await?;
         got.kv
             .map(|kv| {
                 Ok(Versioned {
@@ -131,7 +142,7 @@ impl Records {
             start_after: after.map(|a| a.as_bytes().to_vec()),
             limit,
         };
-        let range = self.store.range(request, Consistency::Linearizable).await?;
+        let range = self.store.range(request, read_consistency()).await?;
         let records = range
             .kvs
             .iter()

@@ -10,8 +10,9 @@ use super::request::ApiRequest;
 use super::{Api, ApiResult};
 use crate::auth::permissions::Action;
 use crate::clock::epoch_seconds;
+use crate::services::shadow::document::NameError;
 use crate::services::shadow::document::ShadowError;
-use crate::services::shadow::service::{NameError, Origin, ShadowName};
+use crate::services::shadow::service::{Origin, ShadowName};
 use crate::services::shadow::store::ShadowStoreError;
 
 fn shadow_error(e: ShadowError) -> AwsError {

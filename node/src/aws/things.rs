@@ -9,8 +9,10 @@ use super::error::AwsError;
 use super::request::{ApiRequest, Page};
 use super::{Api, ApiResult};
 
-pub(super) const THINGS: &str = "aws/things/";
-pub(super) const THING_TYPES: &str = "aws/thing-types/";
+use crate::store::keys;
+
+pub(super) const THINGS: &str = keys::THINGS;
+pub(super) const THING_TYPES: &str = keys::THING_TYPES;
 /// Attributes a thing may have without a thing type, and with one.
 const MAX_ATTRIBUTES_UNTYPED: usize = 3;
 const MAX_ATTRIBUTES_TYPED: usize = 50;
@@ -158,11 +160,11 @@ fn check_attributes(attributes: &BTreeMap<String, String>, typed: bool) -> Resul
 }
 
 pub(super) fn thing_key(name: &str) -> String {
-    format!("{THINGS}{name}")
+    keys::thing(name)
 }
 
 fn thing_type_key(name: &str) -> String {
-    format!("{THING_TYPES}{name}")
+    keys::thing_type(name)
 }
 
 impl Api {
@@ -233,9 +235,11 @@ impl Api {
             if existing.thing_type_name != fresh.thing_type_name
                 || existing.attributes != fresh.attributes
             {
-                return Err(AwsError::already_exists(format!(
-                    "Thing {name} already exists with different attributes"
-                )));
+                return Err(AwsError::already_exists(
+                    format!("Thing {name} already exists with different attributes"),
+                    existing.thing_id.as_str(),
+                    self.arn(&format!("thing/{name}")),
+                ));
             }
             existing
         };
@@ -423,9 +427,11 @@ impl Api {
             if existing.description != fresh.description
                 || existing.searchable_attributes != fresh.searchable_attributes
             {
-                return Err(AwsError::already_exists(format!(
-                    "Thing Type {name} already exists with different properties"
-                )));
+                return Err(AwsError::already_exists(
+                    format!("Thing Type {name} already exists with different properties"),
+                    existing.thing_type_id.as_str(),
+                    self.arn(&format!("thingtype/{name}")),
+                ));
             }
             existing
         };

@@ -9,6 +9,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::time::Instant;
 
+use super::close::CloseKind;
+use super::ingest::Ingress;
 use super::lifecycle::Presence;
 use super::session::{Attachment, Inflight, Session, Signal};
 use super::{Broker, Delivery, Message};
@@ -35,27 +37,10 @@ enum Phase {
     Closed,
 }
 
-/// Why a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseKind {
-    /// DISCONNECT with reason 0: no will.
-    Normal,
-    /// v5 DISCONNECT with reason 0x04: the will is published.
-    NormalWithWill,
-    PeerClosed,
-    ProtocolError,
-    KeepAliveTimeout,
-    TakenOver,
-    ServerShutdown,
-    Refused,
-    /// The connection's access was revoked (certificate deactivated, policy changed).
-    NotAuthorized,
-}
-
 /// Topic aliases of a v5 connection, both ways.
 #[derive(Default)]
 struct TopicAliases {
-    inbound: HashMap<u16, String>,
+    inbound: HashMap<u16, Arc<str>>,
     outbound: HashMap<Arc<str>, u16>,
 }
 
@@ -154,7 +139,7 @@ impl Connection {
 
     /// Limits the connection to what `access` allows, from its CONNECT on.
     pub fn set_access(&mut self, access: Arc<Access>) {
-        access.attach(Arc::clone(&self.waker));
+        access.attach(Arc::clone(&self.waker) as Arc<dyn crate::auth::permissions::Wake>);
         self.access = Some(access);
     }
 
@@ -223,7 +208,7 @@ impl Connection {
         if self.deadline().is_some_and(|d| d <= now) {
             self.timed_out(now);
         }
-        let max_queued = self.broker.config().max_queued_messages;
+        let max_queued = self.broker.config().queue_limits();
         if let Some(pause) = &self.paused {
             if pause.session.has_space(max_queued) {
                 self.resume(now);
@@ -467,7 +452,7 @@ impl Connection {
             self.waker.wake();
         }
         let popped = queued_before - state.queue.len();
-        session.drained(&mut state, popped, self.broker.config().max_queued_messages);
+        session.drained(&mut state, popped, self.broker.config().queue_limits());
     }
 
     /// Runs once the socket is gone: detaches the session and publishes the
@@ -548,7 +533,7 @@ impl Connection {
                 let Some(session) = self.session.clone() else {
                     return;
                 };
-                let max_queued = self.broker.config().max_queued_messages;
+                let max_queued = self.broker.config().queue_limits();
                 for delivery in retained {
                     if let super::Enqueued::Dropped(r) = session.enqueue(delivery, max_queued) {
                         self.broker.metrics().message_dropped(r);
@@ -917,10 +902,28 @@ impl Connection {
         }
         let origin = self.session.as_ref().map_or(0, |s| s.id);
         let message = inbound_message(p, origin, now);
-        let served = self.broker.serve_request(&message, self.session.as_ref());
-        let published = self.broker.publish(message, Some(&self.waker));
+        let published = self.broker.ingest(
+            message,
+            Ingress {
+                publisher: self.session.as_ref(),
+                reply_to: None,
+                waker: Some(&self.waker),
+            },
+        );
+        if published.refused {
+            // Not taken: a QoS 2 retry must be taken as new.
+            if p.qos == QoS::ExactlyOnce
+                && let Some(session) = &self.session
+            {
+                session.state.lock().incoming_qos2.remove(p.packet_id);
+            }
+            if v5 {
+                return self.ack_publish(p, reason::QUOTA_EXCEEDED);
+            }
+            return self.close(reason::QUOTA_EXCEEDED, CloseKind::ServerBusy);
+        }
         if let Some(session) = published.congested {
-            session.wait_for_space(&self.waker, self.broker.config().max_queued_messages);
+            session.wait_for_space(&self.waker, self.broker.config().queue_limits());
             self.paused = Some(Pause {
                 progress: session.progress(),
                 session,
@@ -928,7 +931,7 @@ impl Connection {
             });
         }
         if p.qos != QoS::AtMostOnce {
-            let code = if published.offered == 0 && !served && v5 {
+            let code = if published.offered == 0 && published.served == 0 && v5 {
                 reason::NO_MATCHING_SUBSCRIBERS
             } else {
                 reason::SUCCESS
@@ -1174,7 +1177,7 @@ fn inbound_message(p: &mut Publish, origin: u64, now: Instant) -> Message {
     properties.subscription_identifiers.clear();
     properties.topic_alias = None;
     Message {
-        topic: Arc::from(p.topic.as_str()),
+        topic: Arc::clone(&p.topic),
         payload: p.payload.clone(),
         qos: p.qos,
         retain: p.retain,

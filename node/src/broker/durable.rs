@@ -21,33 +21,10 @@ use crate::mqtt::{
     decode_packet,
 };
 
-const RETAINED: &str = "mqtt/retained/";
-const SESSION: &str = "mqtt/session/";
-const QUEUE: &str = "mqtt/queue/";
+use crate::store::keys;
+
 /// Ops per store transaction; more wait for the next one.
 const BATCH_OPS: usize = 512;
-
-pub fn retained_key(topic: &str) -> Vec<u8> {
-    format!("{RETAINED}{topic}").into_bytes()
-}
-
-fn hex(client_id: &str) -> String {
-    client_id.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn session_key(client_id: &str) -> Vec<u8> {
-    format!("{SESSION}{}", hex(client_id)).into_bytes()
-}
-
-pub fn queue_prefix(client_id: &str) -> Vec<u8> {
-    format!("{QUEUE}{}/", hex(client_id)).into_bytes()
-}
-
-pub fn queue_key(client_id: &str, seq: u64) -> Vec<u8> {
-    let mut key = queue_prefix(client_id);
-    key.extend_from_slice(format!("{seq:016x}").as_bytes());
-    key
-}
 
 fn unix_ms(at: Instant) -> u64 {
     let left = at.saturating_duration_since(Instant::now());
@@ -93,6 +70,26 @@ pub fn encode_message(
     out.to_vec()
 }
 
+/// A retained message as stored: when it was set (milliseconds since the epoch), then the
+/// message as [`encode_message`] writes it.
+pub fn encode_retained(message: &Message, modified_ms: u64) -> Vec<u8> {
+    let mut out = modified_ms.to_be_bytes().to_vec();
+    out.extend_from_slice(&encode_message(message, message.qos, true, &[]));
+    out
+}
+
+/// A stored retained message and when it was set. Records written before retained messages
+/// carried that time start with the message itself, whose expiry field is followed by a
+/// PUBLISH header (0x3_), where the time (below 2^56 ms) starts with a zero byte; they read as
+/// set at time 0.
+pub fn decode_retained(bytes: &[u8]) -> Option<(Message, u64)> {
+    if bytes.get(8).is_some_and(|b| b >> 4 == 3) {
+        return decode_message(bytes).map(|(m, ..)| (m, 0));
+    }
+    let modified_ms = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    decode_message(bytes.get(8..)?).map(|(m, ..)| (m, modified_ms))
+}
+
 /// A stored message back as a message and the terms it was queued with.
 pub fn decode_message(bytes: &[u8]) -> Option<(Message, QoS, bool, Vec<u32>)> {
     let expiry = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
@@ -104,7 +101,7 @@ pub fn decode_message(bytes: &[u8]) -> Option<(Message, QoS, bool, Vec<u32>)> {
     let subscription_ids = std::mem::take(&mut p.properties.subscription_identifiers);
     let has_properties = p.properties != Properties::default();
     let message = Message {
-        topic: Arc::from(p.topic.as_str()),
+        topic: p.topic,
         payload: p.payload,
         qos: p.qos,
         retain: p.retain,
@@ -161,6 +158,9 @@ pub struct Durable {
     committed_notify: Notify,
     next_message: AtomicU64,
     stopping: std::sync::atomic::AtomicBool,
+    /// Ops submitted and not yet taken by the writer: they pile up while the store has no
+    /// quorum, which is what [`Durable::backlog`] tells publishers.
+    backlog: std::sync::atomic::AtomicUsize,
 }
 
 impl Durable {
@@ -174,6 +174,7 @@ impl Durable {
             committed_notify: Notify::new(),
             next_message: AtomicU64::new(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            backlog: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -186,7 +187,10 @@ impl Durable {
     pub fn submit(&self, ops: impl IntoIterator<Item = Op>, waker: Option<&Arc<Signal>>) -> u64 {
         let mut pending = self.pending.lock();
         let seq = self.submitted.fetch_add(1, Ordering::AcqRel) + 1;
+        let before = pending.ops.len();
         pending.ops.extend(ops.into_iter().map(|op| (seq, op)));
+        self.backlog
+            .fetch_add(pending.ops.len() - before, Ordering::AcqRel);
         if let Some(waker) = waker {
             pending.wakers.push((seq, Arc::clone(waker)));
         }
@@ -197,6 +201,11 @@ impl Durable {
 
     pub fn committed(&self) -> u64 {
         self.committed.load(Ordering::Acquire)
+    }
+
+    /// Ops waiting for the store.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Acquire)
     }
 
     /// A fresh sequence number for a queued message's key.
@@ -252,6 +261,7 @@ impl Durable {
             if let Some((_, op)) = pending.ops.pop_front() {
                 ops.push(op);
             }
+            self.backlog.fetch_sub(1, Ordering::AcqRel);
             last_seq = seq;
         }
         // Submissions after the last op taken but without ops of their own are covered too.
@@ -313,23 +323,80 @@ impl Durable {
     }
 
     /// Retained messages stored before this start.
-    pub async fn load_retained(&self) -> Result<Vec<Message>, StoreError> {
+    pub async fn load_retained(&self) -> Result<Vec<(Message, u64)>, StoreError> {
         let range = self
             .store
-            .range(RangeRequest::prefix(RETAINED), Consistency::Linearizable)
+            .range(
+                RangeRequest::prefix(keys::RETAINED),
+                Consistency::Linearizable,
+            )
             .await?;
         Ok(range
             .kvs
             .iter()
-            .filter_map(|kv| decode_message(&kv.value).map(|(m, ..)| m))
+            .filter_map(|kv| decode_retained(&kv.value))
             .collect())
+    }
+
+    /// The retained message of `topic` as the cluster has it, with when it was set; `None`
+    /// when there is none or it has expired.
+    pub async fn retained(&self, topic: &str) -> Result<Option<(Message, u64)>, StoreError> {
+        let found = self
+            .store
+            .get(&keys::retained(topic), Consistency::Linearizable)
+            .await?;
+        let now = Instant::now();
+        Ok(found
+            .kv
+            .and_then(|kv| decode_retained(&kv.value))
+            .filter(|(m, _)| !m.is_expired(now)))
+    }
+
+    /// Up to `limit` unexpired retained messages as the cluster has them, in topic order after
+    /// the topic `after`; and whether more follow.
+    pub async fn retained_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(Message, u64)>, bool), StoreError> {
+        let mut page = Vec::with_capacity(limit);
+        let mut start_after = after.map(keys::retained);
+        let now = Instant::now();
+        // Expired messages are skipped, so a page may take more than one read.
+        loop {
+            let range = self
+                .store
+                .range(
+                    RangeRequest {
+                        prefix: keys::RETAINED.as_bytes().to_vec(),
+                        start_after: start_after.take(),
+                        limit: limit - page.len(),
+                    },
+                    Consistency::Linearizable,
+                )
+                .await?;
+            start_after = range.kvs.last().map(|kv| kv.key.clone());
+            page.extend(
+                range
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| decode_retained(&kv.value))
+                    .filter(|(m, _)| !m.is_expired(now)),
+            );
+            if !range.more || page.len() >= limit || start_after.is_none() {
+                return Ok((page, range.more));
+            }
+        }
     }
 
     /// Persistent sessions stored before this start, with their queued messages in order.
     pub async fn load_sessions(&self) -> Result<Vec<RestoredSession>, StoreError> {
         let sessions = self
             .store
-            .range(RangeRequest::prefix(SESSION), Consistency::Linearizable)
+            .range(
+                RangeRequest::prefix(keys::SESSION),
+                Consistency::Linearizable,
+            )
             .await?;
         let mut restored = Vec::new();
         let mut max_seq = 0;
@@ -338,7 +405,7 @@ impl Durable {
                 tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "skipping unreadable session record");
                 continue;
             };
-            let prefix = queue_prefix(&record.client_id);
+            let prefix = keys::queue_prefix(&record.client_id);
             let queued = self
                 .store
                 .range(
@@ -348,9 +415,7 @@ impl Durable {
                 .await?;
             let mut queue = Vec::new();
             for item in queued.kvs {
-                let seq = std::str::from_utf8(&item.key[prefix.len()..])
-                    .ok()
-                    .and_then(|s| u64::from_str_radix(s, 16).ok());
+                let seq = keys::queue_seq(&item.key, &prefix);
                 let (Some(seq), Some((message, qos, retain, subscription_ids))) =
                     (seq, decode_message(&item.value))
                 else {
@@ -376,14 +441,14 @@ impl Durable {
 
     pub fn session_put(&self, record: &SessionRecord) -> Op {
         let value = serde_json::to_vec(record).unwrap_or_default();
-        Op::put(session_key(&record.client_id), value)
+        Op::put(keys::session(&record.client_id), value)
     }
 
     /// Ops that forget a session and everything queued for it.
     pub fn session_delete(client_id: &str) -> [Op; 2] {
         [
-            Op::delete(session_key(client_id)),
-            Op::delete_prefix(queue_prefix(client_id)),
+            Op::delete(keys::session(client_id)),
+            Op::delete_prefix(keys::queue_prefix(client_id)),
         ]
     }
 }
@@ -420,20 +485,22 @@ mod tests {
         assert!((58..=61).contains(&left), "{left}");
     }
 
-    fn unhex(s: &str) -> Option<String> {
-        let bytes: Option<Vec<u8>> = (0..s.len())
-            .step_by(2)
-            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect();
-        String::from_utf8(bytes?).ok()
-    }
-
     #[test]
-    fn client_ids_with_slashes_get_disjoint_queue_prefixes() {
-        let a = queue_prefix("a");
-        let ab = queue_prefix("a/b");
-        assert!(!ab.starts_with(&a));
-        assert_eq!(unhex(&hex("dev/ice-1")).as_deref(), Some("dev/ice-1"));
-        assert!(queue_key("a", 2) > queue_key("a", 1));
+    fn retained_records_keep_their_time_and_old_ones_still_read() {
+        let message = Message {
+            topic: Arc::from("a/b"),
+            payload: bytes::Bytes::from_static(b"on"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: None,
+            expires_at: None,
+            origin: 0,
+        };
+        let (back, modified) =
+            decode_retained(&encode_retained(&message, 1_700_000_000_123)).unwrap();
+        assert_eq!((&*back.topic, modified), ("a/b", 1_700_000_000_123));
+        let old = encode_message(&message, QoS::AtLeastOnce, true, &[]);
+        let (back, modified) = decode_retained(&old).unwrap();
+        assert_eq!((&*back.payload, modified), (&b"on"[..], 0));
     }
 }

@@ -3,12 +3,11 @@
 //! itself with AWS's JSON, for applications that follow their fleet's connectivity.
 
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
 use super::Broker;
-use super::connection::CloseKind;
+use super::close::CloseKind;
 
 /// What the events of one connection carry; kept only while it is connected.
 pub struct Presence {
@@ -21,10 +20,7 @@ pub struct Presence {
 }
 
 fn timestamp_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
+    crate::clock::epoch_millis()
 }
 
 /// AWS's name for why a connection ended, and whether the client ended it.
@@ -38,50 +34,58 @@ fn disconnect_reason(kind: Option<CloseKind>) -> (&'static str, bool) {
         Some(CloseKind::TakenOver) => ("DUPLICATE_CLIENTID", false),
         Some(CloseKind::ServerShutdown) => ("SERVER_INITIATED_DISCONNECT", false),
         Some(CloseKind::NotAuthorized) => ("FORBIDDEN_ACCESS", false),
+        Some(CloseKind::ServerBusy) => ("THROTTLED", false),
         Some(CloseKind::PeerClosed | CloseKind::Refused) | None => ("CONNECTION_LOST", false),
     }
 }
 
-fn publish(broker: &Broker, topic: String, payload: serde_json::Value) {
-    broker.publish_event(topic, payload.to_string());
+/// Publishes the event built by `payload` on `topic`, if anyone takes it: most fleets
+/// follow no lifecycle events, and building each one's JSON would cost every connection.
+fn publish(broker: &Broker, topic: String, payload: impl FnOnce() -> serde_json::Value) {
+    if broker.wants(&topic) {
+        broker.publish_event(topic, payload().to_string());
+    }
 }
 
 impl Presence {
     pub fn connected(&self, broker: &Broker) {
-        let mut event = json!({
-            "clientId": self.client_id,
-            "timestamp": timestamp_ms(),
-            "eventType": "connected",
-            "sessionIdentifier": self.session_identifier,
-            "principalIdentifier": self.principal,
-            "versionNumber": self.version,
-        });
-        if let Some(ip) = self.ip {
-            event["ipAddress"] = json!(ip.to_string());
-        }
         publish(
             broker,
             format!("$aws/events/presence/connected/{}", self.client_id),
-            event,
+            || {
+                let mut event = json!({
+                    "clientId": self.client_id,
+                    "timestamp": timestamp_ms(),
+                    "eventType": "connected",
+                    "sessionIdentifier": self.session_identifier,
+                    "principalIdentifier": self.principal,
+                    "versionNumber": self.version,
+                });
+                if let Some(ip) = self.ip {
+                    event["ipAddress"] = json!(ip.to_string());
+                }
+                event
+            },
         );
     }
 
     pub fn disconnected(&self, broker: &Broker, kind: Option<CloseKind>) {
-        let (reason, client_initiated) = disconnect_reason(kind);
-        let event = json!({
-            "clientId": self.client_id,
-            "timestamp": timestamp_ms(),
-            "eventType": "disconnected",
-            "sessionIdentifier": self.session_identifier,
-            "principalIdentifier": self.principal,
-            "clientInitiatedDisconnect": client_initiated,
-            "disconnectReason": reason,
-            "versionNumber": self.version,
-        });
         publish(
             broker,
             format!("$aws/events/presence/disconnected/{}", self.client_id),
-            event,
+            || {
+                let (reason, client_initiated) = disconnect_reason(kind);
+                json!({
+                    "clientId": self.client_id,
+                    "timestamp": timestamp_ms(),
+                    "eventType": "disconnected",
+                    "sessionIdentifier": self.session_identifier,
+                    "principalIdentifier": self.principal,
+                    "clientInitiatedDisconnect": client_initiated,
+                    "disconnectReason": reason,
+                    "versionNumber": self.version,
+                })
+            },
         );
     }
 
@@ -90,18 +94,19 @@ impl Presence {
         if topics.is_empty() {
             return;
         }
-        let event = json!({
-            "clientId": self.client_id,
-            "timestamp": timestamp_ms(),
-            "eventType": event_type,
-            "sessionIdentifier": self.session_identifier,
-            "principalIdentifier": self.principal,
-            "topics": topics,
-        });
         publish(
             broker,
             format!("$aws/events/subscriptions/{event_type}/{}", self.client_id),
-            event,
+            || {
+                json!({
+                    "clientId": self.client_id,
+                    "timestamp": timestamp_ms(),
+                    "eventType": event_type,
+                    "sessionIdentifier": self.session_identifier,
+                    "principalIdentifier": self.principal,
+                    "topics": topics,
+                })
+            },
         );
     }
 }

@@ -3,14 +3,17 @@
 //! session expiry and delayed wills; connections drive it through
 //! [`Connection`], services through the [`Broker`] handle.
 
+mod close;
 mod connection;
 mod deadlines;
 pub mod durable;
+mod ingest;
 mod lifecycle;
 mod message;
 mod retained;
 mod services;
 mod session;
+mod taps;
 mod trie;
 
 use std::collections::HashMap;
@@ -21,20 +24,25 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
-pub use connection::{CloseKind, Connection};
+pub use close::CloseKind;
+pub use connection::Connection;
 pub use deadlines::{Deadlines, SWEEP_INTERVAL};
+pub use ingest::Ingress;
 pub use message::{Delivery, Message};
-pub use retained::RetainedStore;
+pub use retained::{Retained, RetainedStore};
 pub use services::{InFlight, ServiceRequest, TopicService};
-pub use session::{Attachment, Enqueued, Inflight, Session, Signal, StoredSubscription};
-pub use trie::{Subscriber, SubscriptionTrie};
+pub use session::{
+    Attachment, DeliveryQueue, Enqueued, Inflight, QueueLimits, Session, Signal, StoredSubscription,
+};
+pub use taps::{Tap, TapError, TapQueue, Tapped};
+pub use trie::{Subscriber, SubscriptionTrie, Target};
 
 pub use durable::Durable;
 
 use crate::config::MqttConfig;
 use crate::metrics::BrokerMetrics;
+use crate::mqtt::SubscriptionOptions;
 use crate::mqtt::topic::{self, ParsedFilter};
-use crate::mqtt::{QoS, SubscriptionOptions};
 
 /// A cheap, cloneable handle to one broker.
 #[derive(Clone)]
@@ -58,6 +66,8 @@ struct Inner {
     /// Registered once at start; read only for `$aws/` topics. Weak: a service holds this
     /// broker to publish its answers, and whoever started it owns it.
     services: RwLock<Vec<Weak<dyn TopicService>>>,
+    /// Consumers of every message on their filters, such as the rules engine.
+    taps: RwLock<SubscriptionTrie<Arc<TapQueue>>>,
 }
 
 /// What became of a published message.
@@ -70,20 +80,12 @@ pub struct Published {
     pub congested: Option<Arc<Session>>,
     /// The store write this message needs before it may be acknowledged; 0 for none.
     pub durable_seq: u64,
+    /// Services that took it as a request.
+    pub served: usize,
+    /// Not taken at all: the store cannot make it durable now (see [`Broker::ingest`]).
+    pub refused: bool,
     /// Whether the session a reply was meant for had a subscription that took it.
     requester_offered: bool,
-}
-
-fn event(topic: String, payload: String) -> Message {
-    Message {
-        topic: topic.into(),
-        payload: payload.into(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: None,
-        expires_at: None,
-        origin: 0,
-    }
 }
 
 /// The outcome of opening a session for a new connection.
@@ -111,6 +113,7 @@ impl Broker {
                 deadlines: Deadlines::default(),
                 durable,
                 services: RwLock::new(Vec::new()),
+                taps: RwLock::new(SubscriptionTrie::default()),
             }),
         }
     }
@@ -262,7 +265,7 @@ impl Broker {
         }
         if let Some(durable) = &self.inner.durable {
             durable.submit(
-                [halyard_raft::Op::delete(durable::queue_key(
+                [halyard_raft::Op::delete(crate::store::keys::queue(
                     &session.client_id,
                     stored,
                 ))],
@@ -272,11 +275,11 @@ impl Broker {
     }
 
     /// Sessions and retained messages found in the store when the node starts.
-    pub fn restore(&self, retained: Vec<Message>, sessions: Vec<durable::RestoredSession>) {
+    pub fn restore(&self, retained: Vec<(Message, u64)>, sessions: Vec<durable::RestoredSession>) {
         {
             let mut store = self.inner.retained.write();
-            for message in retained {
-                store.update(&Arc::new(message));
+            for (message, modified_ms) in retained {
+                store.update(&Arc::new(message), modified_ms);
             }
             self.inner.metrics.retained_messages.set(store.len() as i64);
         }
@@ -385,208 +388,6 @@ impl Broker {
         self.inner.metrics.subscriptions.set(trie.len() as i64);
     }
 
-    /// Publishes a message of the broker's own (an AWS IoT event): QoS 1, not retained.
-    pub fn publish_event(&self, topic: String, payload: String) {
-        self.publish(event(topic, payload), None);
-    }
-
-    /// Whether any session subscribes to `topic`: a message nobody would receive need not be
-    /// built.
-    pub fn has_subscribers(&self, topic: &str) -> bool {
-        let trie = self.inner.trie.read();
-        let mut matches = Vec::new();
-        trie.matches(topic, &mut matches);
-        !matches.is_empty()
-    }
-
-    /// Adds a service that answers requests published on its topics, for as long as the
-    /// caller keeps it.
-    pub fn register_service(&self, service: &Arc<dyn TopicService>) {
-        self.inner.services.write().push(Arc::downgrade(service));
-    }
-
-    /// Hands a message published on a service's request topic to that service; whether one
-    /// took it. The message is routed to subscribers as any other besides.
-    pub fn serve_request(&self, message: &Message, requester: Option<&Arc<Session>>) -> bool {
-        if !message.topic.starts_with("$aws/") {
-            return false;
-        }
-        let services = self.inner.services.read();
-        let Some(service) = services
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|s| s.answers(&message.topic))
-        else {
-            return false;
-        };
-        service.request(ServiceRequest {
-            topic: Arc::clone(&message.topic),
-            payload: message.payload.clone(),
-            requester: requester.cloned(),
-        });
-        true
-    }
-
-    /// Publishes a service's answer: to its subscribers, and to `requester` even when it did
-    /// not subscribe, as AWS IoT answers shadow and job requests.
-    pub fn reply(&self, topic: String, payload: String, requester: Option<&Arc<Session>>) {
-        let message = event(topic, payload);
-        let Some(requester) = requester else {
-            self.publish(message, None);
-            return;
-        };
-        let message = Arc::new(message);
-        if self
-            .route(&message, None, Some(requester.id))
-            .requester_offered
-        {
-            return;
-        }
-        let delivery = Delivery {
-            message,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            subscription_ids: Vec::new(),
-            stored: 0,
-        };
-        if let Enqueued::Dropped(reason) =
-            requester.enqueue(delivery, self.inner.config.max_queued_messages)
-        {
-            self.inner.metrics.message_dropped(reason);
-        }
-    }
-
-    /// Publishes `message` and returns once the store writes it needs (its retained copy,
-    /// the copies queued for persistent sessions) are durable; false if they are not within
-    /// `timeout`.
-    pub async fn publish_persisted(&self, message: Message, timeout: Duration) -> bool {
-        let signal = Arc::new(Signal::default());
-        let seq = self.publish(message, Some(&signal)).durable_seq;
-        let Some(durable) = self.inner.durable.as_ref().filter(|_| seq > 0) else {
-            return true;
-        };
-        let deadline = Instant::now() + timeout;
-        while durable.committed() < seq {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, signal.notified()).await.is_err() {
-                return durable.committed() >= seq;
-            }
-        }
-        true
-    }
-
-    /// Routes `message` to every matching subscription and stores it when
-    /// retained.
-    /// `waker` is woken when the store writes the message needs are durable.
-    pub fn publish(&self, message: Message, waker: Option<&Arc<Signal>>) -> Published {
-        self.route(&Arc::new(message), waker, None)
-    }
-
-    /// Routes `message`, noting whether the session `requester` was among those offered it.
-    fn route(
-        &self,
-        message: &Arc<Message>,
-        waker: Option<&Arc<Signal>>,
-        requester: Option<u64>,
-    ) -> Published {
-        let durable = self.inner.durable.as_ref();
-        let mut ops = Vec::new();
-        if message.retain && self.inner.config.retain_available {
-            let mut retained = self.inner.retained.write();
-            retained.update(message);
-            self.inner
-                .metrics
-                .retained_messages
-                .set(retained.len() as i64);
-            if durable.is_some() {
-                let key = durable::retained_key(&message.topic);
-                ops.push(if message.payload.is_empty() {
-                    halyard_raft::Op::delete(key)
-                } else {
-                    halyard_raft::Op::put(
-                        key,
-                        durable::encode_message(message, message.qos, true, &[]),
-                    )
-                });
-            }
-        }
-        let trie = self.inner.trie.read();
-        let mut matches = Vec::new();
-        trie.matches(&message.topic, &mut matches);
-        if matches.len() > 1 {
-            matches.sort_unstable_by_key(|s| s.session.id);
-        }
-        let max_queued = self.inner.config.max_queued_messages;
-        let mut outcome = Published::default();
-        // Overlapping subscriptions of one session yield one delivery at
-        // the highest QoS, carrying every subscription identifier.
-        for group in matches.chunk_by(|a, b| a.session.id == b.session.id) {
-            let session = &group[0].session;
-            let mut delivery: Option<Delivery> = None;
-            for sub in group {
-                if sub.options.no_local && session.id == message.origin {
-                    continue;
-                }
-                let d = delivery.get_or_insert_with(|| Delivery {
-                    message: Arc::clone(message),
-                    qos: QoS::AtMostOnce,
-                    retain: false,
-                    subscription_ids: Vec::new(),
-                    stored: 0,
-                });
-                d.qos = d.qos.max(message.qos.min(sub.options.qos));
-                d.retain |= sub.options.retain_as_published && message.retain;
-                if let Some(id) = sub.subscription_id {
-                    d.subscription_ids.push(id);
-                }
-            }
-            let Some(mut delivery) = delivery else {
-                continue;
-            };
-            outcome.offered += 1;
-            outcome.requester_offered |= requester == Some(session.id);
-            let mut stored = None;
-            if let Some(durable) = durable
-                && delivery.qos != QoS::AtMostOnce
-                && session.is_persistent()
-            {
-                delivery.stored = durable.next_message_seq();
-                stored = Some(halyard_raft::Op::put(
-                    durable::queue_key(&session.client_id, delivery.stored),
-                    durable::encode_message(
-                        message,
-                        delivery.qos,
-                        delivery.retain,
-                        &delivery.subscription_ids,
-                    ),
-                ));
-            }
-            let enqueued = session.enqueue(delivery, max_queued);
-            if let Some(op) = stored
-                && !matches!(enqueued, Enqueued::Dropped(_) | Enqueued::Gone)
-            {
-                ops.push(op);
-            }
-            match enqueued {
-                Enqueued::Dropped(reason) => self.inner.metrics.message_dropped(reason),
-                // Never pause a publisher on its own session: paused, it
-                // stops reading the acks that would drain that session.
-                Enqueued::Congested
-                    if outcome.congested.is_none() && session.id != message.origin =>
-                {
-                    outcome.congested = Some(Arc::clone(session));
-                }
-                _ => {}
-            }
-        }
-        if let Some(durable) = durable
-            && !ops.is_empty()
-        {
-            outcome.durable_seq = durable.submit(ops, waker);
-        }
-        outcome
-    }
-
     /// Adds or replaces a subscription; returns true when it is new.
     pub fn subscribe(
         &self,
@@ -602,7 +403,7 @@ impl Broker {
                 parsed.filter,
                 parsed.share_group,
                 Subscriber {
-                    session: Arc::clone(session),
+                    target: Arc::clone(session),
                     options,
                     subscription_id,
                 },
@@ -635,15 +436,19 @@ impl Broker {
         removed
     }
 
-    /// Retained messages matching `filter`, for a new subscription.
+    /// Retained messages matching `filter`, for a new subscription. Read under a shared lock,
+    /// so that publishers are not held up; expired messages found on the way are removed.
     pub fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
-        let mut retained = self.inner.retained.write();
-        let found = retained.matching(filter, now);
-        self.inner
-            .metrics
-            .retained_messages
-            .set(retained.len() as i64);
-        found
+        let (live, expired) = self.inner.retained.read().matching(filter, now);
+        if !expired.is_empty() {
+            let mut retained = self.inner.retained.write();
+            retained.remove_expired(&expired, now);
+            self.inner
+                .metrics
+                .retained_messages
+                .set(retained.len() as i64);
+        }
+        live
     }
 
     /// Publishes `will` after `delay_secs` unless the session is resumed

@@ -42,6 +42,12 @@ pub struct Signal {
     deadline: AtomicU64,
 }
 
+impl crate::auth::permissions::Wake for Signal {
+    fn wake(&self) {
+        self.notify.notify_one();
+    }
+}
+
 impl Signal {
     pub fn wake(&self) {
         self.notify.notify_one();
@@ -68,11 +74,89 @@ pub struct Attachment {
     pub waker: Arc<Signal>,
 }
 
+/// How much a session may hold beyond its in-flight window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub messages: usize,
+    /// Topic and payload bytes of the queued messages.
+    pub bytes: usize,
+}
+
+impl QueueLimits {
+    fn reached(self, queue: &DeliveryQueue) -> bool {
+        queue.len() >= self.messages || queue.bytes() >= self.bytes
+    }
+
+    /// Beyond this even a connected session's QoS 1/2 messages are dropped.
+    fn hard_limit_reached(self, queue: &DeliveryQueue) -> bool {
+        queue.len() >= self.messages.saturating_mul(HARD_LIMIT_FACTOR)
+            || queue.bytes() >= self.bytes.saturating_mul(HARD_LIMIT_FACTOR)
+    }
+}
+
+/// Messages waiting for a session's window, with the bytes they hold.
+#[derive(Debug, Default)]
+pub struct DeliveryQueue {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+fn weight(delivery: &Delivery) -> usize {
+    delivery.message.topic.len() + delivery.message.payload.len()
+}
+
+impl DeliveryQueue {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn front(&self) -> Option<&Delivery> {
+        self.items.front()
+    }
+
+    pub fn pop_front(&mut self) -> Option<Delivery> {
+        let delivery = self.items.pop_front()?;
+        self.bytes -= weight(&delivery);
+        Some(delivery)
+    }
+
+    pub fn push_front(&mut self, delivery: Delivery) {
+        self.bytes += weight(&delivery);
+        self.items.push_front(delivery);
+    }
+
+    pub fn push_back(&mut self, delivery: Delivery) {
+        self.bytes += weight(&delivery);
+        self.items.push_back(delivery);
+    }
+
+    pub fn clear(&mut self) {
+        self.items.clear();
+        self.bytes = 0;
+    }
+}
+
+impl Extend<Delivery> for DeliveryQueue {
+    fn extend<I: IntoIterator<Item = Delivery>>(&mut self, deliveries: I) {
+        for delivery in deliveries {
+            self.push_back(delivery);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SessionState {
     pub attached: Option<Attachment>,
     pub subscriptions: Subscriptions,
-    pub queue: VecDeque<Delivery>,
+    pub queue: DeliveryQueue,
     pub inflight: InflightWindow,
     /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting PUBREL.
     pub incoming_qos2: PacketIds,
@@ -336,24 +420,24 @@ impl Session {
 
     /// Whether a publisher paused on this session may go on: the queue is
     /// below its limit, or the session can no longer pause anyone.
-    pub fn has_space(&self, max_queued: usize) -> bool {
-        self.has_space_in(&self.state.lock(), max_queued)
+    pub fn has_space(&self, limits: QueueLimits) -> bool {
+        self.has_space_in(&self.state.lock(), limits)
     }
 
-    fn has_space_in(&self, state: &SessionState, max_queued: usize) -> bool {
+    fn has_space_in(&self, state: &SessionState, limits: QueueLimits) -> bool {
         !self.is_alive()
             || state.attached.is_none()
             || self.slow.load(Ordering::Acquire)
-            || state.queue.len() < max_queued
+            || !limits.reached(&state.queue)
     }
 
     /// Queues `publisher` to be woken when this session's queue has room,
     /// or wakes it now if it has. Publishers are woken one per message
     /// taken off the queue, in the order they paused, so that many
     /// publishers feeding one subscriber take turns.
-    pub fn wait_for_space(&self, publisher: &Arc<Signal>, max_queued: usize) {
+    pub fn wait_for_space(&self, publisher: &Arc<Signal>, limits: QueueLimits) {
         let mut state = self.state.lock();
-        if self.has_space_in(&state, max_queued) {
+        if self.has_space_in(&state, limits) {
             publisher.wake();
         } else if !publisher.waiting_for_space.swap(true, Ordering::AcqRel) {
             state
@@ -365,13 +449,15 @@ impl Session {
 
     /// Called by the session's connection, under the session lock, after it
     /// took `popped` messages off the queue: wakes as many paused publishers.
-    pub(super) fn drained(&self, state: &mut SessionState, popped: usize, max_queued: usize) {
+    pub(super) fn drained(&self, state: &mut SessionState, popped: usize, limits: QueueLimits) {
         if popped == 0 {
             return;
         }
         self.drained_total
             .fetch_add(popped as u64, Ordering::AcqRel);
-        if state.queue.len() < max_queued.div_ceil(2) {
+        if state.queue.len() < limits.messages.div_ceil(2)
+            && state.queue.bytes() < limits.bytes.div_ceil(2)
+        {
             self.slow.store(false, Ordering::Release);
         }
         release_paused(state, popped);
@@ -401,39 +487,38 @@ impl Session {
     }
 
     /// Offers a message. Offline sessions keep QoS 1/2 only, up to the
-    /// limit. A connected session past the limit drops QoS 0 and keeps QoS
+    /// limits. A connected session past them drops QoS 0 and keeps QoS
     /// 1/2, asking the publisher to pause, unless it is marked slow.
-    pub fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Enqueued {
+    pub fn enqueue(&self, delivery: Delivery, limits: QueueLimits) -> Enqueued {
         if !self.is_alive() {
             return Enqueued::Gone;
         }
         let mut state = self.state.lock();
-        let len = state.queue.len();
+        let was_empty = state.queue.is_empty();
+        let full = limits.reached(&state.queue);
         if state.attached.is_none() {
             if delivery.qos == QoS::AtMostOnce {
                 return Enqueued::Dropped(DropReason::OfflineQos0);
             }
-            if len >= max_queued {
+            if full {
                 return Enqueued::Dropped(DropReason::QueueFull);
             }
             state.queue.push_back(delivery);
             return Enqueued::Queued;
         }
-        if len >= max_queued
+        if full
             && (delivery.qos == QoS::AtMostOnce
                 || self.slow.load(Ordering::Acquire)
-                || len >= max_queued.saturating_mul(HARD_LIMIT_FACTOR))
+                || limits.hard_limit_reached(&state.queue))
         {
             return Enqueued::Dropped(DropReason::QueueFull);
         }
         state.queue.push_back(delivery);
         // A non-empty queue already has its connection's attention.
-        if len == 0
-            && let Some(a) = &state.attached
-        {
+        if was_empty && let Some(a) = &state.attached {
             a.waker.wake();
         }
-        if len + 1 >= max_queued {
+        if limits.reached(&state.queue) {
             Enqueued::Congested
         } else {
             Enqueued::Queued
@@ -465,6 +550,13 @@ mod tests {
         }
     }
 
+    fn limits(messages: usize) -> QueueLimits {
+        QueueLimits {
+            messages,
+            bytes: usize::MAX,
+        }
+    }
+
     fn connected_session() -> Session {
         let s = Session::new(1, Arc::from("c"));
         s.attach(Attachment {
@@ -478,13 +570,19 @@ mod tests {
     fn offline_sessions_keep_qos1_up_to_the_limit() {
         let s = Session::new(1, Arc::from("c"));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), 2),
+            s.enqueue(delivery(QoS::AtMostOnce), limits(2)),
             Enqueued::Dropped(DropReason::OfflineQos0)
         );
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 2), Enqueued::Queued);
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 2), Enqueued::Queued);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            s.enqueue(delivery(QoS::AtLeastOnce), limits(2)),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), limits(2)),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), limits(2)),
             Enqueued::Dropped(DropReason::QueueFull)
         );
     }
@@ -492,30 +590,33 @@ mod tests {
     #[test]
     fn connected_sessions_push_back_instead_of_dropping_qos1() {
         let s = connected_session();
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 2), Enqueued::Queued);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            s.enqueue(delivery(QoS::AtLeastOnce), limits(2)),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), limits(2)),
             Enqueued::Congested
         );
-        assert!(!s.has_space(2));
+        assert!(!s.has_space(limits(2)));
         // Over the limit QoS 1 is still kept, QoS 0 is not.
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            s.enqueue(delivery(QoS::AtLeastOnce), limits(2)),
             Enqueued::Congested
         );
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), 2),
+            s.enqueue(delivery(QoS::AtMostOnce), limits(2)),
             Enqueued::Dropped(DropReason::QueueFull)
         );
         // Up to the hard limit.
         for _ in 3..2 * HARD_LIMIT_FACTOR {
             assert_eq!(
-                s.enqueue(delivery(QoS::AtLeastOnce), 2),
+                s.enqueue(delivery(QoS::AtLeastOnce), limits(2)),
                 Enqueued::Congested
             );
         }
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            s.enqueue(delivery(QoS::AtLeastOnce), limits(2)),
             Enqueued::Dropped(DropReason::QueueFull)
         );
     }
@@ -523,21 +624,21 @@ mod tests {
     #[test]
     fn slow_sessions_drop_their_excess_until_they_drain() {
         let s = connected_session();
-        s.enqueue(delivery(QoS::AtLeastOnce), 2);
-        s.enqueue(delivery(QoS::AtLeastOnce), 2);
+        s.enqueue(delivery(QoS::AtLeastOnce), limits(2));
+        s.enqueue(delivery(QoS::AtLeastOnce), limits(2));
         s.mark_slow();
-        assert!(s.has_space(2));
+        assert!(s.has_space(limits(2)));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            s.enqueue(delivery(QoS::AtLeastOnce), limits(2)),
             Enqueued::Dropped(DropReason::QueueFull)
         );
         let mut state = s.state.lock();
         state.queue.clear();
-        s.drained(&mut state, 2, 2);
+        s.drained(&mut state, 2, limits(2));
         drop(state);
-        s.enqueue(delivery(QoS::AtLeastOnce), 2);
+        s.enqueue(delivery(QoS::AtLeastOnce), limits(2));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            s.enqueue(delivery(QoS::AtLeastOnce), limits(2)),
             Enqueued::Congested
         );
     }
@@ -545,9 +646,37 @@ mod tests {
     #[test]
     fn detaching_releases_paused_publishers() {
         let s = connected_session();
-        s.enqueue(delivery(QoS::AtLeastOnce), 1);
-        assert!(!s.has_space(1));
+        s.enqueue(delivery(QoS::AtLeastOnce), limits(1));
+        assert!(!s.has_space(limits(1)));
         s.detach(7);
-        assert!(s.has_space(1));
+        assert!(s.has_space(limits(1)));
+    }
+
+    #[test]
+    fn queues_are_bounded_by_bytes_too() {
+        // Each test delivery is one byte of topic and one of payload.
+        let bounded = QueueLimits {
+            messages: 100,
+            bytes: 4,
+        };
+        let s = Session::new(1, Arc::from("c"));
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), bounded),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), bounded),
+            Enqueued::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), bounded),
+            Enqueued::Dropped(DropReason::QueueFull)
+        );
+        assert_eq!(s.state.lock().queue.bytes(), 4);
+        let mut state = s.state.lock();
+        state.queue.pop_front();
+        assert_eq!(state.queue.bytes(), 2);
+        state.queue.clear();
+        assert_eq!(state.queue.bytes(), 0);
     }
 }

@@ -54,7 +54,7 @@ impl ConnectionInfo {
 /// `until`.
 pub struct CachedAuthorization {
     /// Identifies the credentials it was given for.
-    pub fingerprint: u64,
+    pub fingerprint: [u8; 32],
     pub access: Arc<Access>,
     pub until: tokio::time::Instant,
 }

@@ -217,7 +217,7 @@ async fn serve_session(
     let certificate_id = session
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .map(|der| crate::aws::pki::certificate_id(der));
+        .map(|der| crate::auth::identity::x509::certificate_id(der));
     let server_name = session.server_name().map(str::to_owned);
     let info = ConnectionInfo::new(peer, certificate_id, server_name, None);
     let mqtt_with_certificate =

@@ -251,7 +251,7 @@ fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> 
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::InvalidFlags(3));
     }
-    let topic = r.string()?;
+    let topic = r.shared_string()?;
     let packet_id = if qos == QoS::AtMostOnce {
         0
     } else {

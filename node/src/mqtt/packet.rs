@@ -80,8 +80,9 @@ pub struct Publish {
     pub dup: bool,
     pub qos: QoS,
     pub retain: bool,
-    /// Empty when a v5 sender uses a topic alias alone.
-    pub topic: String,
+    /// Empty when a v5 sender uses a topic alias alone. Shared: the broker routes the message
+    /// under this very allocation.
+    pub topic: std::sync::Arc<str>,
     /// Zero for QoS 0.
     pub packet_id: u16,
     pub payload: Bytes,

@@ -255,7 +255,7 @@ fn packet(v5: bool) -> BoxedStrategy<Packet> {
                 dup: dup && !at_most_once,
                 qos,
                 retain,
-                topic,
+                topic: topic.into(),
                 packet_id: if at_most_once { 0 } else { id },
                 payload: Bytes::from(payload),
                 properties,

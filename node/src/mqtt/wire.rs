@@ -72,6 +72,13 @@ impl Reader {
         utf8_string(&raw)
     }
 
+    /// A string shared from the start: a PUBLISH topic goes on to every subscriber, so it is
+    /// allocated once, here.
+    pub fn shared_string(&mut self) -> Result<std::sync::Arc<str>, DecodeError> {
+        let raw = self.binary()?;
+        Ok(std::sync::Arc::from(checked_utf8(&raw)?))
+    }
+
     /// The rest of the packet, used for PUBLISH payloads.
     pub fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.bytes)
@@ -85,11 +92,16 @@ impl Reader {
 
 /// Validates an MQTT UTF-8 string: well-formed and free of U+0000.
 pub fn utf8_string(raw: &[u8]) -> Result<String, DecodeError> {
+    checked_utf8(raw).map(str::to_owned)
+}
+
+/// `raw` as an MQTT UTF-8 string: valid UTF-8 without U+0000.
+fn checked_utf8(raw: &[u8]) -> Result<&str, DecodeError> {
     let text = std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)?;
     if text.contains('\0') {
         return Err(DecodeError::InvalidUtf8);
     }
-    Ok(text.to_owned())
+    Ok(text)
 }
 
 pub fn varint_len(value: u32) -> usize {

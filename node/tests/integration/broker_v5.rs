@@ -615,7 +615,7 @@ async fn outbound_topic_aliases_respect_the_client_maximum() {
             .await;
     }
 
-    let mut aliases: HashMap<u16, String> = HashMap::new();
+    let mut aliases: HashMap<u16, std::sync::Arc<str>> = HashMap::new();
     let mut alias_only = 0;
     for (i, want) in topics.iter().enumerate() {
         let p = sub.recv_publish().await;
@@ -633,7 +633,7 @@ async fn outbound_topic_aliases_respect_the_client_maximum() {
             }
             None => p.topic,
         };
-        assert_eq!(topic, *want, "message {i}");
+        assert_eq!(&*topic, *want, "message {i}");
     }
     assert!(alias_only > 0, "the broker never used an alias");
 }

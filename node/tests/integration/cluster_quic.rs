@@ -170,7 +170,7 @@ async fn every_node_answers_for_every_shadow_and_no_update_is_lost() {
         let mut options = rumqttc::MqttOptions::new(
             format!("writer-{i}"),
             "127.0.0.1",
-            server.mqtt_addr().port(),
+            server.mqtt_addr().expect("the MQTT listener is on").port(),
         );
         options.set_keep_alive(Duration::from_secs(30));
         writers.push(crate::common::v4_connect(options).await.0);

@@ -7,3 +7,4 @@ mod broker_v311;
 mod broker_v5;
 mod cluster_quic;
 mod common;
+mod ingest;

@@ -4,8 +4,14 @@
 
 use serde_json::{Map, Value, json};
 
-use super::service::NameError;
 use crate::config::ShadowConfig;
+
+/// Which name of a shadow request breaks AWS's pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    Thing,
+    Shadow,
+}
 
 /// A refusal, as the `/rejected` topics and the HTTP API carry it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -15,8 +15,8 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
 use super::document::{
-    self, Section, ShadowDocument, ShadowError, metadata_for, parse_plain_request, parse_update,
-    with_token,
+    self, NameError, Section, ShadowDocument, ShadowError, metadata_for, parse_plain_request,
+    parse_update, with_token,
 };
 use super::store::{ShadowStore, ShadowStoreError};
 use crate::broker::{Broker, InFlight, ServiceRequest, Session, TopicService};
@@ -91,12 +91,6 @@ impl ShadowName {
         }
         Ok(())
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NameError {
-    Thing,
-    Shadow,
 }
 
 /// The thing, shadow and operation of a request topic:
@@ -186,7 +180,30 @@ pub struct ShadowService {
     inner: Arc<Inner>,
 }
 
+impl crate::services::Service for ShadowService {
+    fn name(&self) -> &'static str {
+        "shadow"
+    }
+
+    fn topics(self: Arc<Self>) -> Option<Arc<dyn TopicService>> {
+        Some(self)
+    }
+}
+
 impl ShadowService {
+    /// The service on `context`'s store and broker, with its metrics registered there.
+    pub fn build(
+        context: &crate::services::ServiceContext<'_>,
+        config: ShadowConfig,
+    ) -> Result<Self, prometheus::Error> {
+        Ok(Self::new(
+            context.store.clone(),
+            context.broker.clone(),
+            config,
+            ShadowMetrics::new(context.registry)?,
+        ))
+    }
+
     pub fn new(
         store: halyard_raft::Store,
         broker: Broker,
@@ -230,29 +247,47 @@ impl ShadowService {
         payload: Bytes,
     ) -> Result<Value, ShadowStoreError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        self.submit(Job {
+        let job = Job {
             name: name.clone(),
             operation,
             payload,
             requester: None,
             in_flight: None,
             answer: Some(answer),
-        });
+        };
+        if self.submit(job).is_err() {
+            let error = ShadowError::too_many_requests();
+            let outcome = Err(error.into());
+            self.inner.finish(
+                operation,
+                name,
+                &outcome,
+                None,
+                Origin::Http,
+                Instant::now(),
+            );
+            return outcome;
+        }
         answered
             .await
             .unwrap_or_else(|_| Err(ShadowError::internal().into()))
     }
 
-    /// Queues `job` behind the shadow's requests, or serves it now when there are none.
-    fn submit(&self, job: Job) {
+    /// Queues `job` behind the shadow's requests, or serves it now when there are none; hands
+    /// it back when `shadow.max_queued_requests` already wait for that shadow.
+    fn submit(&self, job: Job) -> Result<(), Box<Job>> {
         let mut queues = self.inner.queues.lock();
         if let Some(waiting) = queues.get_mut(&job.name) {
+            if waiting.len() >= self.inner.config.max_queued_requests {
+                return Err(Box::new(job));
+            }
             waiting.push_back(job);
-            return;
+            return Ok(());
         }
         queues.insert(job.name.clone(), VecDeque::new());
         drop(queues);
         tokio::spawn(self.clone().drain(job));
+        Ok(())
     }
 
     /// The GET answer: state with delta, metadata, version, timestamp.
@@ -386,7 +421,7 @@ impl Inner {
         let prefix = name.topic_prefix();
         let mut notifications = Vec::with_capacity(2);
         let delta_topic = format!("{prefix}/update/delta");
-        if self.broker.has_subscribers(&delta_topic)
+        if self.broker.wants(&delta_topic)
             && let Some(delta) = updated.current.delta()
         {
             let empty = Map::new();
@@ -406,7 +441,7 @@ impl Inner {
             notifications.push((delta_topic, message.to_string()));
         }
         let documents_topic = format!("{prefix}/update/documents");
-        if !self.broker.has_subscribers(&documents_topic) {
+        if !self.broker.wants(&documents_topic) {
             return Ok((accepted, notifications));
         }
         let snapshot = |d: &ShadowDocument| {
@@ -603,7 +638,25 @@ impl TopicService for ShadowService {
             in_flight,
             answer: None,
         };
-        self.submit(job);
+        if let Err(mut job) = self.submit(job) {
+            // Counted out before the answer goes, as every answer is.
+            if let Some(counted) = job.in_flight.take() {
+                counted.release();
+            }
+            let token = document::client_token_of(&job.payload);
+            let outcome = Err(ShadowError::too_many_requests().into());
+            self.inner.finish(
+                operation,
+                &job.name,
+                &outcome,
+                token.as_deref(),
+                Origin::Mqtt {
+                    requester: job.requester.as_ref(),
+                    in_flight: None,
+                },
+                Instant::now(),
+            );
+        }
     }
 }
 

@@ -23,10 +23,7 @@ pub enum ShadowStoreError {
 }
 
 fn key(thing: &str, shadow: Option<&str>) -> String {
-    match shadow {
-        None => format!("shadow/{thing}"),
-        Some(name) => format!("shadow/{thing}/{name}"),
-    }
+    crate::store::keys::shadow(thing, shadow)
 }
 
 /// The first attempt reads this node's applied state, which the write's comparison checks
@@ -167,7 +164,7 @@ impl ShadowStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<String>, bool), ShadowStoreError> {
-        let prefix = format!("shadow/{thing}/");
+        let prefix = crate::store::keys::named_shadows(thing);
         let mut names = Vec::new();
         let mut start_after = after.map(|a| format!("{prefix}{a}").into_bytes());
         loop {

@@ -43,7 +43,7 @@ pub struct TestServer {
 /// A node's configuration with its data in `data_dir` and every listener on a free loopback
 /// port.
 pub fn local_config(data_dir: &std::path::Path) -> Config {
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let loopback = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     Config {
         data_dir: data_dir.to_path_buf(),
         mqtt_listen: loopback,
@@ -69,8 +69,8 @@ impl TestServer {
         config.validate().expect("valid test config");
         let server = Server::start(config).await.expect("server starts");
         TestServer {
-            addr: server.mqtt_addr(),
-            admin: server.admin_addr(),
+            addr: server.mqtt_addr().expect("the MQTT listener is on"),
+            admin: server.admin_addr().expect("the admin listener is on"),
             server: Some(server),
             _dir: dir,
         }
@@ -132,6 +132,27 @@ impl TestServer {
         let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         body.to_owned()
+    }
+
+    /// GET `path` on the admin listener: the status and the body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let mut stream = within("admin connect", TcpStream::connect(self.admin))
+            .await
+            .expect("admin connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: halyard\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("request");
+        let mut response = Vec::new();
+        within("admin response", stream.read_to_end(&mut response))
+            .await
+            .expect("response");
+        let text = String::from_utf8(response).expect("utf-8 response");
+        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        (status, body.to_owned())
     }
 
     pub async fn wait_sessions(&self, n: usize) {
@@ -866,7 +887,7 @@ pub fn publish_packet(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> 
         dup: false,
         qos,
         retain: false,
-        topic: topic.to_owned(),
+        topic: topic.into(),
         packet_id,
         payload: Bytes::copy_from_slice(payload),
         properties: Properties::default(),

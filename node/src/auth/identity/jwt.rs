@@ -213,7 +213,8 @@ impl KeySets {
                 KeySet::parse(&bytes)?
             }
             KeySource::Url(url) => {
-                let value = super::callout::get_json(url, FETCH_TIMEOUT)
+                let value = crate::http_client::shared()
+                    .get_json(url, FETCH_TIMEOUT)
                     .await
                     .map_err(|e| JwtError::KeySet(e.to_string()))?;
                 serde_json::from_value(value).map_err(|e| JwtError::KeySet(e.to_string()))?

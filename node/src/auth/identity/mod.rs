@@ -1,0 +1,6 @@
+//! Who a client is, from what it proved: an X.509 certificate, a SigV4 signature made with the
+//! cluster's access keys, or a JSON Web Token checked against its issuer's keys.
+
+pub mod jwt;
+pub mod sigv4;
+pub mod x509;

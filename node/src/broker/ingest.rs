@@ -1,0 +1,320 @@
+//! The one way a message enters the broker, whoever sent it: an MQTT client's PUBLISH, an HTTPS
+//! publish, a service's answer, an event of the broker's own (lifecycle, registry, shadow), and
+//! in a cluster a message forwarded by another node. In order, a message is
+//!
+//! 1. handed to every service whose request topics it matches (`$aws/things/+/shadow/update`..),
+//! 2. offered to every tap whose filters it matches (bounded queues: a full tap loses the
+//!    message, counted, and never holds up the publisher),
+//! 3. routed to the sessions subscribed to it, with its retained copy and the copies queued
+//!    for persistent sessions written to the store.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::durable::{self, Durable};
+use super::message::{Delivery, Message};
+use super::services::{ServiceRequest, TopicService};
+use super::session::{Enqueued, Session, Signal};
+use super::taps::Tapped;
+use super::{Broker, Published};
+use crate::mqtt::QoS;
+
+/// Who a message came from and what it is owed.
+#[derive(Default, Clone, Copy)]
+pub struct Ingress<'a> {
+    /// The client session that published it: services answer it, taps learn its client id,
+    /// and No Local subscriptions of its own skip it.
+    pub publisher: Option<&'a Arc<Session>>,
+    /// A service's answer reaches this session even without a subscription that matches, as
+    /// AWS IoT answers shadow and job requests; once only if it has one.
+    pub reply_to: Option<&'a Arc<Session>>,
+    /// Woken when the store writes the message needs are durable.
+    pub waker: Option<&'a Arc<Signal>>,
+}
+
+/// A message of the broker's own (an AWS IoT event or a service's answer): QoS 1, not retained.
+pub(super) fn event(topic: String, payload: String) -> Message {
+    Message {
+        topic: topic.into(),
+        payload: payload.into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        expires_at: None,
+        origin: 0,
+    }
+}
+
+impl Broker {
+    /// Takes `message` through the services, the taps and the subscriptions, in that order.
+    /// A QoS 1/2 message is refused (`Published::refused`) while more than
+    /// `mqtt.max_pending_writes` store writes wait for a store without quorum: it could not be
+    /// made durable, so it must not be acknowledged, and the backlog must not grow without end.
+    pub fn ingest(&self, message: Message, ingress: Ingress<'_>) -> Published {
+        if message.qos != QoS::AtMostOnce
+            && let Some(durable) = &self.inner.durable
+            && durable.backlog() >= self.inner.config.max_pending_writes
+        {
+            self.inner.metrics.publish_refused("store_backlog");
+            return Published {
+                refused: true,
+                ..Published::default()
+            };
+        }
+        let message = Arc::new(message);
+        let served = self.serve(&message, ingress.publisher);
+        self.tap(&message, ingress.publisher);
+        let mut published = self.route(&message, ingress.waker, ingress.reply_to.map(|s| s.id));
+        published.served = served;
+        if let Some(requester) = ingress.reply_to
+            && !published.requester_offered
+        {
+            let delivery = Delivery {
+                message,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: Vec::new(),
+                stored: 0,
+            };
+            if let Enqueued::Dropped(reason) =
+                requester.enqueue(delivery, self.inner.config.queue_limits())
+            {
+                self.inner.metrics.message_dropped(reason);
+            }
+        }
+        published
+    }
+
+    /// Ingests a message that no client published (a will, an HTTPS publish).
+    pub fn publish(&self, message: Message, waker: Option<&Arc<Signal>>) -> Published {
+        self.ingest(
+            message,
+            Ingress {
+                waker,
+                ..Ingress::default()
+            },
+        )
+    }
+
+    /// Publishes an event of the broker's own (an AWS IoT event): QoS 1, not retained. Callers
+    /// that build the payload first ask [`Broker::wants`].
+    pub fn publish_event(&self, topic: String, payload: String) {
+        self.publish(event(topic, payload), None);
+    }
+
+    /// Publishes a service's answer, to `requester` even when it did not subscribe.
+    pub fn reply(&self, topic: String, payload: String, requester: Option<&Arc<Session>>) {
+        self.ingest(
+            event(topic, payload),
+            Ingress {
+                reply_to: requester,
+                ..Ingress::default()
+            },
+        );
+    }
+
+    /// Publishes `message` and returns once the store writes it needs (its retained copy, the
+    /// copies queued for persistent sessions) are durable; false if they are not within
+    /// `timeout`, or if the message was refused.
+    pub async fn publish_persisted(&self, message: Message, timeout: Duration) -> bool {
+        let signal = Arc::new(Signal::default());
+        let published = self.publish(message, Some(&signal));
+        if published.refused {
+            return false;
+        }
+        let seq = published.durable_seq;
+        let Some(durable) = self.inner.durable.as_ref().filter(|_| seq > 0) else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while durable.committed() < seq {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, signal.notified()).await.is_err() {
+                return durable.committed() >= seq;
+            }
+        }
+        true
+    }
+
+    /// Whether a message on `topic` would reach anyone (a service, a tap or a subscriber): a
+    /// message nobody takes need not be built.
+    pub fn wants(&self, topic: &str) -> bool {
+        self.answering(topic).next().is_some()
+            || self.inner.taps.read().has_match(topic)
+            || self.inner.trie.read().has_match(topic)
+    }
+
+    /// Adds a service that answers requests published on its topics, for as long as the
+    /// caller keeps it.
+    pub fn register_service(&self, service: &Arc<dyn TopicService>) {
+        self.inner.services.write().push(Arc::downgrade(service));
+    }
+
+    /// The services whose request topics include `topic`; only `$aws/` topics have any.
+    fn answering(&self, topic: &str) -> impl Iterator<Item = Arc<dyn TopicService>> {
+        let services: Vec<Arc<dyn TopicService>> = if topic.starts_with("$aws/") {
+            self.inner
+                .services
+                .read()
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|s| s.answers(topic))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        services.into_iter()
+    }
+
+    /// Hands `message` to every service that answers its topic; how many took it.
+    fn serve(&self, message: &Arc<Message>, requester: Option<&Arc<Session>>) -> usize {
+        let mut served = 0;
+        for service in self.answering(&message.topic) {
+            service.request(ServiceRequest {
+                topic: Arc::clone(&message.topic),
+                payload: message.payload.clone(),
+                requester: requester.cloned(),
+            });
+            served += 1;
+        }
+        served
+    }
+
+    /// Offers `message` to every tap whose filters match it.
+    fn tap(&self, message: &Arc<Message>, publisher: Option<&Arc<Session>>) {
+        let taps = self.inner.taps.read();
+        if taps.is_empty() {
+            return;
+        }
+        let mut matches = Vec::new();
+        taps.matches(&message.topic, &mut matches);
+        if matches.len() > 1 {
+            // A tap with overlapping filters sees a message once.
+            matches.sort_unstable_by_key(|s| s.target.id());
+            matches.dedup_by_key(|s| s.target.id());
+        }
+        for subscriber in matches {
+            subscriber.target.offer(Tapped {
+                message: Arc::clone(message),
+                client_id: publisher.map(|s| Arc::clone(&s.client_id)),
+            });
+        }
+    }
+
+    /// Routes `message` to every matching subscription and stores it when retained; notes
+    /// whether the session `requester` was among those offered it.
+    fn route(
+        &self,
+        message: &Arc<Message>,
+        waker: Option<&Arc<Signal>>,
+        requester: Option<u64>,
+    ) -> Published {
+        let durable = self.inner.durable.as_ref();
+        let mut ops = Vec::new();
+        if message.retain && self.inner.config.retain_available {
+            self.retain(message, durable, &mut ops);
+        }
+        let trie = self.inner.trie.read();
+        let mut matches = Vec::new();
+        trie.matches(&message.topic, &mut matches);
+        if matches.len() > 1 {
+            matches.sort_unstable_by_key(|s| s.target.id);
+        }
+        let max_queued = self.inner.config.queue_limits();
+        let mut outcome = Published::default();
+        // Overlapping subscriptions of one session yield one delivery at the highest QoS,
+        // carrying every subscription identifier.
+        for group in matches.chunk_by(|a, b| a.target.id == b.target.id) {
+            let session = &group[0].target;
+            let mut delivery: Option<Delivery> = None;
+            for sub in group {
+                if sub.options.no_local && session.id == message.origin {
+                    continue;
+                }
+                let d = delivery.get_or_insert_with(|| Delivery {
+                    message: Arc::clone(message),
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    subscription_ids: Vec::new(),
+                    stored: 0,
+                });
+                d.qos = d.qos.max(message.qos.min(sub.options.qos));
+                d.retain |= sub.options.retain_as_published && message.retain;
+                if let Some(id) = sub.subscription_id {
+                    d.subscription_ids.push(id);
+                }
+            }
+            let Some(mut delivery) = delivery else {
+                continue;
+            };
+            outcome.offered += 1;
+            outcome.requester_offered |= requester == Some(session.id);
+            let mut stored = None;
+            if let Some(durable) = durable
+                && delivery.qos != QoS::AtMostOnce
+                && session.is_persistent()
+            {
+                delivery.stored = durable.next_message_seq();
+                stored = Some(halyard_raft::Op::put(
+                    crate::store::keys::queue(&session.client_id, delivery.stored),
+                    durable::encode_message(
+                        message,
+                        delivery.qos,
+                        delivery.retain,
+                        &delivery.subscription_ids,
+                    ),
+                ));
+            }
+            let enqueued = session.enqueue(delivery, max_queued);
+            if let Some(op) = stored
+                && !matches!(enqueued, Enqueued::Dropped(_) | Enqueued::Gone)
+            {
+                ops.push(op);
+            }
+            match enqueued {
+                Enqueued::Dropped(reason) => self.inner.metrics.message_dropped(reason),
+                // Never pause a publisher on its own session: paused, it stops reading the
+                // acks that would drain that session.
+                Enqueued::Congested
+                    if outcome.congested.is_none() && session.id != message.origin =>
+                {
+                    outcome.congested = Some(Arc::clone(session));
+                }
+                _ => {}
+            }
+        }
+        if let Some(durable) = durable
+            && !ops.is_empty()
+        {
+            outcome.durable_seq = durable.submit(ops, waker);
+        }
+        outcome
+    }
+
+    /// Keeps `message` as its topic's retained message (an empty payload clears it).
+    fn retain(
+        &self,
+        message: &Arc<Message>,
+        durable: Option<&Arc<Durable>>,
+        ops: &mut Vec<halyard_raft::Op>,
+    ) {
+        let modified_ms = crate::clock::epoch_millis();
+        let mut retained = self.inner.retained.write();
+        retained.update(message, modified_ms);
+        self.inner
+            .metrics
+            .retained_messages
+            .set(retained.len() as i64);
+        drop(retained);
+        if durable.is_some() {
+            let key = crate::store::keys::retained(&message.topic);
+            ops.push(if message.payload.is_empty() {
+                halyard_raft::Op::delete(key)
+            } else {
+                halyard_raft::Op::put(key, durable::encode_retained(message, modified_ms))
+            });
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! Every key the node writes to the replicated store, in one place: its prefixes, how a key
+//! is built, and [`Key::parse`] for whoever must recognise a key seen in a watch (admission
+//! follows registry changes by key). Names that may hold `/` or `:` (client ids, ARNs) are
+//! hex-encoded so that a key's structure survives them.
+
+use std::fmt::Write as _;
+
+/// MQTT: a topic's retained message.
+pub const RETAINED: &str = "mqtt/retained/";
+/// MQTT: a persistent session's subscriptions and expiry, by hex client id.
+pub const SESSION: &str = "mqtt/session/";
+/// MQTT: the QoS 1/2 messages queued for a persistent session, by hex client id and sequence.
+pub const QUEUE: &str = "mqtt/queue/";
+/// Device Shadow documents, by thing and shadow name.
+pub const SHADOW: &str = "shadow/";
+/// The registry and its security records: everything admission follows.
+pub const REGISTRY: &str = "aws/";
+pub const THINGS: &str = "aws/things/";
+pub const THING_TYPES: &str = "aws/thing-types/";
+pub const THING_GROUPS: &str = "aws/thing-groups/";
+/// `{parent}/{child}`.
+pub const GROUP_CHILDREN: &str = "aws/thing-group-children/";
+/// `{group}/{thing}`.
+pub const GROUP_THINGS: &str = "aws/thing-group-things/";
+/// `{thing}/{group}`.
+pub const GROUPS_OF_THING: &str = "aws/groups-of-thing/";
+pub const CERTIFICATES: &str = "aws/certificates/";
+pub const CA_CERTIFICATES: &str = "aws/ca-certificates/";
+/// `{thing}/{hex principal}`.
+pub const THING_PRINCIPALS: &str = "aws/thing-principals/";
+/// `{hex principal}/{thing}`.
+pub const PRINCIPAL_THINGS: &str = "aws/principal-things/";
+pub const POLICIES: &str = "aws/policies/";
+/// `{policy}/{version, ten digits}`.
+pub const POLICY_VERSIONS: &str = "aws/policy-versions/";
+/// `{policy}/{hex target}`.
+pub const POLICY_TARGETS: &str = "aws/policy-targets/";
+/// `{hex target}/{policy}`.
+pub const TARGET_POLICIES: &str = "aws/target-policies/";
+pub const AUTHORIZERS: &str = "aws/authorizer/";
+pub const DEFAULT_AUTHORIZER: &str = "aws/default-authorizer";
+/// The cluster's generated access keys.
+pub const CREDENTIALS: &str = "aws/credentials/halyard";
+/// The cluster's own CA.
+pub const OWN_CA: &str = "aws/ca/halyard";
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends `bytes` to `out` as lowercase hex.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+}
+
+/// `s` as it appears inside a key.
+pub fn hex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    push_hex(&mut out, s.as_bytes());
+    out
+}
+
+/// The value [`hex`] encoded; `None` for anything else.
+pub fn unhex(s: &str) -> Option<String> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let raw = s.as_bytes();
+    if !raw.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = raw
+        .chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn joined(parts: &[&str]) -> String {
+    parts.concat()
+}
+
+pub fn retained(topic: &str) -> Vec<u8> {
+    joined(&[RETAINED, topic]).into_bytes()
+}
+
+pub fn session(client_id: &str) -> Vec<u8> {
+    let mut key = String::from(SESSION);
+    push_hex(&mut key, client_id.as_bytes());
+    key.into_bytes()
+}
+
+pub fn queue_prefix(client_id: &str) -> Vec<u8> {
+    let mut key = String::from(QUEUE);
+    push_hex(&mut key, client_id.as_bytes());
+    key.push('/');
+    key.into_bytes()
+}
+
+/// Sequence numbers are fixed-width hex, so that a prefix range yields them in order.
+pub fn queue(client_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = String::from(QUEUE);
+    push_hex(&mut key, client_id.as_bytes());
+    let _ = write!(key, "/{seq:016x}");
+    key.into_bytes()
+}
+
+/// The sequence number at the end of a queue key under `prefix`.
+pub fn queue_seq(key: &[u8], prefix: &[u8]) -> Option<u64> {
+    let rest = std::str::from_utf8(key.strip_prefix(prefix)?).ok()?;
+    u64::from_str_radix(rest, 16).ok()
+}
+
+pub fn shadow(thing: &str, shadow: Option<&str>) -> String {
+    match shadow {
+        None => joined(&[SHADOW, thing]),
+        Some(name) => joined(&[SHADOW, thing, "/", name]),
+    }
+}
+
+/// The named shadows of `thing`.
+pub fn named_shadows(thing: &str) -> String {
+    joined(&[SHADOW, thing, "/"])
+}
+
+pub fn thing(name: &str) -> String {
+    joined(&[THINGS, name])
+}
+
+pub fn thing_type(name: &str) -> String {
+    joined(&[THING_TYPES, name])
+}
+
+pub fn thing_group(name: &str) -> String {
+    joined(&[THING_GROUPS, name])
+}
+
+pub fn group_child(parent: &str, child: &str) -> String {
+    joined(&[GROUP_CHILDREN, parent, "/", child])
+}
+
+pub fn group_thing(group: &str, thing: &str) -> String {
+    joined(&[GROUP_THINGS, group, "/", thing])
+}
+
+pub fn group_of_thing(thing: &str, group: &str) -> String {
+    joined(&[GROUPS_OF_THING, thing, "/", group])
+}
+
+pub fn certificate(id: &str) -> String {
+    joined(&[CERTIFICATES, id])
+}
+
+pub fn ca_certificate(id: &str) -> String {
+    joined(&[CA_CERTIFICATES, id])
+}
+
+pub fn thing_principal(thing: &str, principal: &str) -> String {
+    let mut key = joined(&[THING_PRINCIPALS, thing, "/"]);
+    push_hex(&mut key, principal.as_bytes());
+    key
+}
+
+pub fn principal_thing(principal: &str, thing: &str) -> String {
+    let mut key = String::from(PRINCIPAL_THINGS);
+    push_hex(&mut key, principal.as_bytes());
+    key.push('/');
+    key.push_str(thing);
+    key
+}
+
+/// The things attached to `principal`.
+pub fn principal_things(principal: &str) -> String {
+    let mut key = String::from(PRINCIPAL_THINGS);
+    push_hex(&mut key, principal.as_bytes());
+    key.push('/');
+    key
+}
+
+pub fn policy(name: &str) -> String {
+    joined(&[POLICIES, name])
+}
+
+pub fn policy_version(name: &str, version: u32) -> String {
+    let mut key = joined(&[POLICY_VERSIONS, name, "/"]);
+    let _ = write!(key, "{version:010}");
+    key
+}
+
+pub fn policy_target(policy: &str, target: &str) -> String {
+    let mut key = joined(&[POLICY_TARGETS, policy, "/"]);
+    push_hex(&mut key, target.as_bytes());
+    key
+}
+
+pub fn target_policy(target: &str, policy: &str) -> String {
+    let mut key = String::from(TARGET_POLICIES);
+    push_hex(&mut key, target.as_bytes());
+    key.push('/');
+    key.push_str(policy);
+    key
+}
+
+/// The policies attached to `target`.
+pub fn target_policies(target: &str) -> String {
+    let mut key = String::from(TARGET_POLICIES);
+    push_hex(&mut key, target.as_bytes());
+    key.push('/');
+    key
+}
+
+pub fn authorizer(name: &str) -> String {
+    joined(&[AUTHORIZERS, name])
+}
+
+/// A key of the node's, recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key<'a> {
+    Retained {
+        topic: &'a str,
+    },
+    Session {
+        client_id: String,
+    },
+    Queued {
+        client_id: String,
+        seq: u64,
+    },
+    Shadow {
+        thing: &'a str,
+        shadow: Option<&'a str>,
+    },
+    Thing {
+        name: &'a str,
+    },
+    ThingType {
+        name: &'a str,
+    },
+    ThingGroup {
+        name: &'a str,
+    },
+    GroupChild {
+        parent: &'a str,
+        child: &'a str,
+    },
+    GroupThing {
+        group: &'a str,
+        thing: &'a str,
+    },
+    GroupOfThing {
+        thing: &'a str,
+        group: &'a str,
+    },
+    Certificate {
+        id: &'a str,
+    },
+    CaCertificate {
+        id: &'a str,
+    },
+    ThingPrincipal {
+        thing: &'a str,
+        principal: String,
+    },
+    PrincipalThing {
+        principal: String,
+        thing: &'a str,
+    },
+    Policy {
+        name: &'a str,
+    },
+    PolicyVersion {
+        name: &'a str,
+        version: u32,
+    },
+    PolicyTarget {
+        policy: &'a str,
+        target: String,
+    },
+    TargetPolicy {
+        target: String,
+        policy: &'a str,
+    },
+    Authorizer {
+        name: &'a str,
+    },
+    DefaultAuthorizer,
+    Credentials,
+    OwnCa,
+}
+
+impl<'a> Key<'a> {
+    /// What `key` is; `None` for a key the node does not write, or one whose hex part is
+    /// not hex.
+    pub fn parse(key: &'a str) -> Option<Key<'a>> {
+        let pair = |rest: &'a str| rest.split_once('/');
+        if let Some(topic) = key.strip_prefix(RETAINED) {
+            return Some(Key::Retained { topic });
+        }
+        if let Some(rest) = key.strip_prefix(SESSION) {
+            return Some(Key::Session {
+                client_id: unhex(rest)?,
+            });
+        }
+        if let Some(rest) = key.strip_prefix(QUEUE) {
+            let (client, seq) = pair(rest)?;
+            return Some(Key::Queued {
+                client_id: unhex(client)?,
+                seq: u64::from_str_radix(seq, 16).ok()?,
+            });
+        }
+        if let Some(rest) = key.strip_prefix(SHADOW) {
+            return Some(match pair(rest) {
+                Some((thing, shadow)) => Key::Shadow {
+                    thing,
+                    shadow: Some(shadow),
+                },
+                None => Key::Shadow {
+                    thing: rest,
+                    shadow: None,
+                },
+            });
+        }
+        if key == DEFAULT_AUTHORIZER {
+            return Some(Key::DefaultAuthorizer);
+        }
+        if key == CREDENTIALS {
+            return Some(Key::Credentials);
+        }
+        if key == OWN_CA {
+            return Some(Key::OwnCa);
+        }
+        let prefixed = |prefix: &str| key.strip_prefix(prefix);
+        Some(if let Some(name) = prefixed(THINGS) {
+            Key::Thing { name }
+        } else if let Some(name) = prefixed(THING_TYPES) {
+            Key::ThingType { name }
+        } else if let Some(name) = prefixed(THING_GROUPS) {
+            Key::ThingGroup { name }
+        } else if let Some(rest) = prefixed(GROUP_CHILDREN) {
+            let (parent, child) = pair(rest)?;
+            Key::GroupChild { parent, child }
+        } else if let Some(rest) = prefixed(GROUP_THINGS) {
+            let (group, thing) = pair(rest)?;
+            Key::GroupThing { group, thing }
+        } else if let Some(rest) = prefixed(GROUPS_OF_THING) {
+            let (thing, group) = pair(rest)?;
+            Key::GroupOfThing { thing, group }
+        } else if let Some(id) = prefixed(CERTIFICATES) {
+            Key::Certificate { id }
+        } else if let Some(id) = prefixed(CA_CERTIFICATES) {
+            Key::CaCertificate { id }
+        } else if let Some(rest) = prefixed(THING_PRINCIPALS) {
+            let (thing, principal) = pair(rest)?;
+            Key::ThingPrincipal {
+                thing,
+                principal: unhex(principal)?,
+            }
+        } else if let Some(rest) = prefixed(PRINCIPAL_THINGS) {
+            let (principal, thing) = pair(rest)?;
+            Key::PrincipalThing {
+                principal: unhex(principal)?,
+                thing,
+            }
+        } else if let Some(name) = prefixed(POLICIES) {
+            Key::Policy { name }
+        } else if let Some(rest) = prefixed(POLICY_VERSIONS) {
+            let (name, version) = pair(rest)?;
+            Key::PolicyVersion {
+                name,
+                version: version.parse().ok()?,
+            }
+        } else if let Some(rest) = prefixed(POLICY_TARGETS) {
+            let (policy, target) = pair(rest)?;
+            Key::PolicyTarget {
+                policy,
+                target: unhex(target)?,
+            }
+        } else if let Some(rest) = prefixed(TARGET_POLICIES) {
+            let (target, policy) = pair(rest)?;
+            Key::TargetPolicy {
+                target: unhex(target)?,
+                policy,
+            }
+        } else if let Some(name) = prefixed(AUTHORIZERS) {
+            Key::Authorizer { name }
+        } else {
+            return None;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_built_key_parses_back() {
+        let arn = "arn:aws:iot:us-east-1:000000000000:cert/ab";
+        let cases = [
+            (thing("lamp"), Key::Thing { name: "lamp" }),
+            (
+                group_thing("floor", "lamp"),
+                Key::GroupThing {
+                    group: "floor",
+                    thing: "lamp",
+                },
+            ),
+            (
+                principal_thing(arn, "lamp"),
+                Key::PrincipalThing {
+                    principal: arn.into(),
+                    thing: "lamp",
+                },
+            ),
+            (
+                thing_principal("lamp", arn),
+                Key::ThingPrincipal {
+                    thing: "lamp",
+                    principal: arn.into(),
+                },
+            ),
+            (
+                target_policy(arn, "p"),
+                Key::TargetPolicy {
+                    target: arn.into(),
+                    policy: "p",
+                },
+            ),
+            (
+                policy_target("p", arn),
+                Key::PolicyTarget {
+                    policy: "p",
+                    target: arn.into(),
+                },
+            ),
+            (
+                policy_version("p", 12),
+                Key::PolicyVersion {
+                    name: "p",
+                    version: 12,
+                },
+            ),
+            (
+                shadow("lamp", Some("cfg")),
+                Key::Shadow {
+                    thing: "lamp",
+                    shadow: Some("cfg"),
+                },
+            ),
+            (DEFAULT_AUTHORIZER.to_owned(), Key::DefaultAuthorizer),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(Key::parse(&key), Some(expected), "{key}");
+        }
+        let queued = String::from_utf8(queue("dev/1", 42)).unwrap();
+        assert_eq!(
+            Key::parse(&queued),
+            Some(Key::Queued {
+                client_id: "dev/1".into(),
+                seq: 42
+            })
+        );
+        assert_eq!(Key::parse("aws/target-policies/zz/p"), None);
+        assert_eq!(Key::parse("elsewhere/x"), None);
+    }
+
+    #[test]
+    fn client_ids_with_slashes_get_disjoint_queue_prefixes() {
+        let a = queue_prefix("a");
+        let ab = queue_prefix("a/b");
+        assert!(!ab.starts_with(&a));
+        assert!(queue("a", 2) > queue("a", 1));
+        assert_eq!(queue_seq(&queue("a", 7), &a), Some(7));
+        assert_eq!(unhex(&hex("dev/ice-1")).as_deref(), Some("dev/ice-1"));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+
+    #[test]
+    fn policy_versions_sort_by_number() {
+        assert!(policy_version("p", 9) < policy_version("p", 10));
+    }
+}

@@ -1,0 +1,184 @@
+//! The one ingest path: every message, whoever sent it, reaches the taps before the
+//! subscriptions; a full tap loses messages (counted) without holding up the publisher; and a
+//! node reports on `/readyz` whether it can serve.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::*;
+use halyard_node::broker::Message;
+use halyard_node::mqtt::{Packet, Properties, QoS};
+use rumqttc::QoS as Q4;
+
+fn message(topic: &str, payload: &'static [u8]) -> Message {
+    Message {
+        topic: topic.into(),
+        payload: bytes::Bytes::from_static(payload),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: None,
+        expires_at: None,
+        origin: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taps_see_client_and_broker_messages_on_their_filters() {
+    let server = TestServer::start().await;
+    let broker = server.server().broker().clone();
+    let mut tap = broker
+        .add_tap("rules", &["sensors/#", "$aws/events/presence/+/+"], 100)
+        .expect("tap");
+    assert!(
+        broker.wants("sensors/1/temp"),
+        "a tap alone makes a topic wanted"
+    );
+
+    let mut device = v4(&server, "dev-1").await;
+    device
+        .publish("sensors/1/temp", Q4::AtLeastOnce, false, b"21")
+        .await;
+    device
+        .publish("other/topic", Q4::AtLeastOnce, false, b"x")
+        .await;
+    broker.publish(message("sensors/2/temp", b"from-http"), None);
+
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let tapped = within("tapped message", tap.recv())
+            .await
+            .expect("tap open");
+        seen.push((
+            tapped.message.topic.to_string(),
+            tapped.client_id.as_deref().map(str::to_owned),
+        ));
+    }
+    // The presence event of dev-1 (built because the tap wants it), its publish with its client
+    // id, and the broker's own message without one; never the topic nobody tapped.
+    assert!(
+        seen.contains(&("$aws/events/presence/connected/dev-1".into(), None)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&("sensors/1/temp".into(), Some("dev-1".into()))),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&("sensors/2/temp".into(), None)), "{seen:?}");
+    assert!(tap.try_recv().is_none());
+    assert_eq!(
+        server.metric("halyard_tap_messages_total{outcome=\"accepted\",tap=\"rules\"}"),
+        3.0
+    );
+
+    // A tap with overlapping filters sees a message once.
+    let mut overlapping = broker.add_tap("overlap", &["a/#", "a/+"], 10).expect("tap");
+    broker.publish(message("a/b", b"1"), None);
+    within("overlap message", overlapping.recv())
+        .await
+        .expect("open");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(overlapping.try_recv().is_none());
+
+    // Dropping the tap removes it.
+    drop(tap);
+    drop(overlapping);
+    assert!(!broker.wants("sensors/1/temp"));
+    assert!(broker.add_tap("bad", &["a/#/b"], 10).is_err());
+    assert!(broker.add_tap("empty", &["a"], 0).is_err());
+    device.disconnect().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_tap_drops_and_counts_without_holding_up_the_publisher() {
+    let server = TestServer::start().await;
+    let broker = server.server().broker().clone();
+    let mut tap = broker.add_tap("slow", &["load/#"], 2).expect("tap");
+    let mut subscriber = v4(&server, "sub").await;
+    subscriber.subscribe("load/#", Q4::AtLeastOnce).await;
+    let mut publisher = v4(&server, "pub").await;
+    for n in 0..10u8 {
+        publisher
+            .publish("load/x", Q4::AtLeastOnce, false, &[n])
+            .await;
+    }
+    // Subscribers get everything although the tap took only two.
+    let received = subscriber.recv_n(10).await;
+    assert_eq!(received.len(), 10);
+    assert_eq!(
+        server.metric("halyard_tap_messages_total{outcome=\"dropped\",tap=\"slow\"}"),
+        8.0
+    );
+    let first = tap.try_recv().expect("first tapped");
+    assert_eq!(&first.message.payload[..], &[0]);
+    publisher.disconnect().await;
+    subscriber.disconnect().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_a_serving_node_and_every_critical_task_is_up() {
+    let server = TestServer::start().await;
+    let (status, body) = server.admin_get("/readyz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert!(server.server().unready_reasons().is_empty());
+    for task in [
+        "durable-writer",
+        "deadlines",
+        "listener:mqtt",
+        "listener:admin",
+        "listener:http",
+        "registry-follower",
+    ] {
+        assert_eq!(
+            server.metric(&format!("halyard_task_up{{task=\"{task}\"}}")),
+            1.0,
+            "{task}"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_keep_up_refuses_qos1_with_0x97_and_loses_nothing_acknowledged() {
+    // One pending write allowed: while the writer is busy with a retained message, the ones
+    // behind it fill the backlog and what comes then is refused rather than acknowledged.
+    let server = TestServer::start_with(|c| c.mqtt.max_pending_writes = 1).await;
+    let (mut raw, _) = Raw::v5(&server, "burst", true, Properties::default()).await;
+    const SENT: u16 = 200;
+    for n in 1..=SENT {
+        let mut publish = publish_packet(&format!("burst/{n}"), QoS::AtLeastOnce, n, b"x");
+        publish.retain = true;
+        raw.publish(publish).await;
+    }
+    let (mut accepted, mut refused) = (Vec::new(), 0u32);
+    for _ in 0..SENT {
+        match raw.recv().await {
+            // Success, or success with no subscriber (0x10).
+            Packet::PubAck(ack) if matches!(ack.reason_code, 0 | 0x10) => {
+                accepted.push(ack.packet_id)
+            }
+            Packet::PubAck(ack) if ack.reason_code == 0x97 => refused += 1,
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    }
+    assert!(!accepted.is_empty(), "the store was never free");
+    assert!(refused > 0, "the backlog never filled");
+    assert_eq!(
+        server.metric("halyard_publishes_refused_total{reason=\"store_backlog\"}"),
+        f64::from(refused)
+    );
+    // Every acknowledged retained message is in the store.
+    let durable = server.server().broker().durable().expect("durable").clone();
+    let (kept, _) = durable.retained_page(None, 1000).await.expect("read");
+    let kept: Vec<String> = kept.iter().map(|(m, _)| m.topic.to_string()).collect();
+    for id in &accepted {
+        assert!(
+            kept.contains(&format!("burst/{id}")),
+            "burst/{id} was acknowledged but not kept"
+        );
+    }
+    raw.disconnect(0).await;
+    server.shutdown().await;
+}
