@@ -9,6 +9,7 @@ pub mod pubsub;
 pub mod shadow;
 pub mod stats;
 pub mod store;
+pub mod storm;
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -34,6 +34,34 @@ enum Command {
     Handshakes(HandshakeArgs),
     /// Device Shadow updates per second, over MQTT or the HTTP data plane.
     Shadow(ShadowArgs),
+    /// 1:1 traffic at a fixed rate, alone and then during a subscribe storm; the p99 of each.
+    Storm(StormArgs),
+}
+
+#[derive(Args)]
+struct StormArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Publisher/subscriber pairs of the traffic.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Total messages per second of the traffic.
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Seconds of each phase.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Subscriptions added during the storm phase.
+    #[arg(long, default_value_t = 100_000)]
+    subscriptions: usize,
+    /// Connections adding them.
+    #[arg(long, default_value_t = 100)]
+    storm_clients: usize,
+    /// Filters per SUBSCRIBE packet.
+    #[arg(long, default_value_t = 10)]
+    per_packet: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -287,6 +315,35 @@ fn run() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Storm(a) => {
+                let qos = QoS::from_u8(a.qos).context("--qos must be 0, 1 or 2")?;
+                anyhow::ensure!(a.rate > 0.0, "--rate must be positive");
+                let traffic = pubsub::PubSubOptions {
+                    broker: resolve(&a.target)?,
+                    sources: loopback_sources(a.target.sources),
+                    publishers: a.pairs,
+                    subscribers: a.pairs,
+                    topics: a.pairs,
+                    qos,
+                    payload: 256,
+                    rate: Some(a.rate),
+                    duration: Duration::from_secs_f64(a.duration.max(1.0)),
+                    inflight: 64,
+                    version: version(a.target.mqtt_version),
+                    topic_prefix: run_id(),
+                    drain_timeout: Duration::from_secs(10),
+                    progress: false,
+                };
+                let report = halyard_bench::storm::run(halyard_bench::storm::StormOptions {
+                    traffic,
+                    subscriptions: a.subscriptions,
+                    subscribers: a.storm_clients,
+                    per_packet: a.per_packet,
+                })
+                .await?;
+                eprintln!("{}", halyard_bench::storm::summary(&report));
+                emit(&report, a.target.json.as_ref())
+            }
             Command::Pubsub(a) => {
                 let qos = QoS::from_u8(a.qos).context("--qos must be 0, 1 or 2")?;
                 let opts = pubsub::PubSubOptions {

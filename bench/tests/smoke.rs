@@ -45,6 +45,38 @@ fn options(server: &Server, qos: QoS, version: ProtocolVersion) -> pubsub::PubSu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_storm_is_acknowledged_while_traffic_flows() {
+    let (server, _dir) = start().await;
+    let mut traffic = options(&server, QoS::AtLeastOnce, ProtocolVersion::V311);
+    traffic.duration = Duration::from_secs(1);
+    let report = halyard_bench::storm::run(halyard_bench::storm::StormOptions {
+        traffic,
+        subscriptions: 600,
+        subscribers: 3,
+        per_packet: 10,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.subscribed, 600, "{report:?}");
+    for phase in [&report.quiet, &report.storm] {
+        assert!(phase.expected > 0, "{phase:?}");
+        assert_eq!((phase.lost, phase.duplicates), (0, 0), "{phase:?}");
+    }
+    assert!(report.p99_ratio > 0.0);
+    assert!(
+        halyard_bench::storm::run(halyard_bench::storm::StormOptions {
+            traffic: options(&server, QoS::AtLeastOnce, ProtocolVersion::V311),
+            subscriptions: 10,
+            subscribers: 0,
+            per_packet: 10,
+        })
+        .await
+        .is_err(),
+        "no storm clients is refused up front"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_delivers_everything_at_qos_1_and_2() {
     let (server, _dir) = start().await;
     for (qos, version) in [

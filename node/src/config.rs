@@ -341,16 +341,6 @@ impl Default for MqttConfig {
     }
 }
 
-impl MqttConfig {
-    /// What a session may hold beyond its in-flight window.
-    pub fn queue_limits(&self) -> crate::broker::QueueLimits {
-        crate::broker::QueueLimits {
-            messages: self.max_queued_messages,
-            bytes: self.max_queued_bytes,
-        }
-    }
-}
-
 /// Limits of the Device Shadow service, AWS IoT's by default.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::close::CloseKind;
 use super::ingest::Ingress;
 use super::lifecycle::Presence;
-use super::session::{Attachment, Inflight, Session, Signal};
+use super::session::{Attachment, Inflight, QueueLimits, Session, Signal};
 use super::{Broker, Delivery, Message};
 use crate::auth::permissions::{Access, Action};
 use crate::metrics::DropReason;
@@ -208,7 +208,7 @@ impl Connection {
         if self.deadline().is_some_and(|d| d <= now) {
             self.timed_out(now);
         }
-        let max_queued = self.broker.config().queue_limits();
+        let max_queued = QueueLimits::of(self.broker.config());
         if let Some(pause) = &self.paused {
             if pause.session.has_space(max_queued) {
                 self.resume(now);
@@ -452,7 +452,7 @@ impl Connection {
             self.waker.wake();
         }
         let popped = queued_before - state.queue.len();
-        session.drained(&mut state, popped, self.broker.config().queue_limits());
+        session.drained(&mut state, popped, QueueLimits::of(self.broker.config()));
     }
 
     /// Runs once the socket is gone: detaches the session and publishes the
@@ -533,7 +533,7 @@ impl Connection {
                 let Some(session) = self.session.clone() else {
                     return;
                 };
-                let max_queued = self.broker.config().queue_limits();
+                let max_queued = QueueLimits::of(self.broker.config());
                 for delivery in retained {
                     if let super::Enqueued::Dropped(r) = session.enqueue(delivery, max_queued) {
                         self.broker.metrics().message_dropped(r);
@@ -923,7 +923,7 @@ impl Connection {
             return self.close(reason::QUOTA_EXCEEDED, CloseKind::ServerBusy);
         }
         if let Some(session) = published.congested {
-            session.wait_for_space(&self.waker, self.broker.config().queue_limits());
+            session.wait_for_space(&self.waker, QueueLimits::of(self.broker.config()));
             self.paused = Some(Pause {
                 progress: session.progress(),
                 session,
@@ -1041,7 +1041,7 @@ impl Connection {
             QoS::from_u8(self.broker.config().maximum_qos).unwrap_or(QoS::AtLeastOnce);
         let mut codes = Vec::with_capacity(s.subscriptions.len());
         let mut granted: Vec<&str> = Vec::new();
-        let mut retained = Vec::new();
+        let mut accepted = Vec::with_capacity(s.subscriptions.len());
         for sub in &s.subscriptions {
             let parsed = match topic::parse_filter(&sub.filter) {
                 Ok(p) => p,
@@ -1075,11 +1075,15 @@ impl Connection {
                     ..Default::default()
                 };
             }
-            let is_new =
-                self.broker
-                    .subscribe(&session, &sub.filter, parsed, options, subscription_id);
             codes.push(options.qos.as_u8());
             granted.push(&sub.filter);
+            accepted.push((sub.filter.as_str(), parsed, options));
+        }
+        let is_new = self
+            .broker
+            .subscribe_all(&session, &accepted, subscription_id);
+        let mut retained = Vec::new();
+        for ((_, parsed, options), is_new) in accepted.iter().zip(is_new) {
             let send_retained = parsed.share_group.is_none()
                 && match options.retain_handling {
                     RetainHandling::SendOnSubscribe => true,

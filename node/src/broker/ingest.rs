@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::durable::{self, Durable};
 use super::message::{Delivery, Message};
 use super::services::{ServiceRequest, TopicService};
-use super::session::{Enqueued, Session, Signal};
+use super::session::{Enqueued, QueueLimits, Session, Signal};
 use super::taps::Tapped;
 use super::{Broker, Published};
 use crate::mqtt::QoS;
@@ -79,7 +79,7 @@ impl Broker {
                 stored: 0,
             };
             if let Enqueued::Dropped(reason) =
-                requester.enqueue(delivery, self.inner.config.queue_limits())
+                requester.enqueue(delivery, QueueLimits::of(&self.inner.config))
             {
                 self.inner.metrics.message_dropped(reason);
             }
@@ -222,7 +222,7 @@ impl Broker {
         if matches.len() > 1 {
             matches.sort_unstable_by_key(|s| s.target.id);
         }
-        let max_queued = self.inner.config.queue_limits();
+        let max_queued = QueueLimits::of(&self.inner.config);
         let mut outcome = Published::default();
         // Overlapping subscriptions of one session yield one delivery at the highest QoS,
         // carrying every subscription identifier.

@@ -397,27 +397,50 @@ impl Broker {
         options: SubscriptionOptions,
         subscription_id: Option<u32>,
     ) -> bool {
-        let is_new = {
+        self.subscribe_all(session, &[(raw_filter, parsed, options)], subscription_id)
+            .first()
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Adds or replaces the subscriptions of one SUBSCRIBE under a single hold of the trie's
+    /// write lock, so that a client subscribing to many filters holds up publishers once, not
+    /// once per filter. Whether each is new, in order.
+    pub fn subscribe_all(
+        &self,
+        session: &Arc<Session>,
+        filters: &[(&str, ParsedFilter<'_>, SubscriptionOptions)],
+        subscription_id: Option<u32>,
+    ) -> Vec<bool> {
+        let is_new: Vec<bool> = {
             let mut trie = self.inner.trie.write();
-            let is_new = trie.insert(
-                parsed.filter,
-                parsed.share_group,
-                Subscriber {
-                    target: Arc::clone(session),
-                    options,
-                    subscription_id,
-                },
-            );
+            let is_new = filters
+                .iter()
+                .map(|(_, parsed, options)| {
+                    trie.insert(
+                        parsed.filter,
+                        parsed.share_group,
+                        Subscriber {
+                            target: Arc::clone(session),
+                            options: *options,
+                            subscription_id,
+                        },
+                    )
+                })
+                .collect();
             self.inner.metrics.subscriptions.set(trie.len() as i64);
             is_new
         };
-        session.state.lock().subscriptions.insert(
-            raw_filter.to_owned(),
-            StoredSubscription {
-                options,
-                subscription_id,
-            },
-        );
+        let mut state = session.state.lock();
+        for (raw_filter, _, options) in filters {
+            state.subscriptions.insert(
+                (*raw_filter).to_owned(),
+                StoredSubscription {
+                    options: *options,
+                    subscription_id,
+                },
+            );
+        }
         is_new
     }
 

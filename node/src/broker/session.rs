@@ -83,6 +83,14 @@ pub struct QueueLimits {
 }
 
 impl QueueLimits {
+    /// The limits `config` sets.
+    pub fn of(config: &crate::config::MqttConfig) -> Self {
+        QueueLimits {
+            messages: config.max_queued_messages,
+            bytes: config.max_queued_bytes,
+        }
+    }
+
     fn reached(self, queue: &DeliveryQueue) -> bool {
         queue.len() >= self.messages || queue.bytes() >= self.bytes
     }
