@@ -182,3 +182,46 @@ async fn a_store_that_cannot_keep_up_refuses_qos1_with_0x97_and_loses_nothing_ac
     raw.disconnect(0).await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_with_too_many_waiting_requests_answers_429_and_loses_no_accepted_update() {
+    // One request may wait behind the one being served; the burst's others are refused.
+    let server = TestServer::start_with(|c| {
+        c.shadow.max_queued_requests = 1;
+        c.shadow.max_inflight_requests = 100;
+    })
+    .await;
+    let (mut raw, _) = Raw::v311(&server, "burst-device", true, 30).await;
+    raw.subscribe_qos(1, "$aws/things/pump/shadow/update/+", QoS::AtMostOnce)
+        .await;
+    const SENT: usize = 40;
+    for n in 0..SENT {
+        let body = format!("{{\"state\":{{\"reported\":{{\"n\":{n}}}}},\"clientToken\":\"t{n}\"}}");
+        let publish = publish_packet(
+            "$aws/things/pump/shadow/update",
+            QoS::AtMostOnce,
+            0,
+            body.as_bytes(),
+        );
+        raw.publish(publish).await;
+    }
+    let (mut versions, mut throttled) = (Vec::new(), 0);
+    while versions.len() + throttled < SENT {
+        let answer = raw.recv_publish().await;
+        let body: serde_json::Value = serde_json::from_slice(&answer.payload).expect("JSON answer");
+        if answer.topic.ends_with("/accepted") {
+            versions.push(body["version"].as_u64().expect("version"));
+        } else if answer.topic.ends_with("/rejected") {
+            assert_eq!(body["code"], 429, "{body}");
+            assert_eq!(body["message"], "Too Many Requests", "{body}");
+            assert!(body["clientToken"].as_str().is_some(), "{body}");
+            throttled += 1;
+        }
+    }
+    assert!(throttled > 0, "the queue never filled");
+    // Every accepted update got the next version: none was lost or applied twice.
+    let expected: Vec<u64> = (1..=versions.len() as u64).collect();
+    assert_eq!(versions, expected);
+    raw.disconnect(0).await;
+    server.shutdown().await;
+}
