@@ -986,6 +986,31 @@ mod tests {
     }
 
     #[test]
+    fn new_bounds_are_checked_and_name_their_key() {
+        for (variable, value, key) in [
+            (
+                "HALYARD_MQTT__MAX_QUEUED_BYTES",
+                "1000",
+                "mqtt.max_queued_bytes",
+            ),
+            (
+                "HALYARD_MQTT__MAX_PENDING_WRITES",
+                "0",
+                "mqtt.max_pending_writes",
+            ),
+            (
+                "HALYARD_SHADOW__MAX_QUEUED_REQUESTS",
+                "0",
+                "shadow.max_queued_requests",
+            ),
+        ] {
+            let err =
+                Config::load(None, env(&[(variable, value)]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
     fn mqtt_limits_default_to_aws_iot_cores() {
         let m = MqttConfig::default();
         assert_eq!(m.max_packet_size, 149_504);

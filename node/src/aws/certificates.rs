@@ -5,7 +5,6 @@ use serde_json::{Value, json};
 
 use super::error::AwsError;
 use super::pki;
-use super::records::hex;
 use super::request::{ApiRequest, Page};
 use super::things::{check_name, now_seconds, uuid_v4, with_token};
 use super::{Api, ApiResult};
@@ -15,7 +14,6 @@ use crate::store::keys;
 pub(super) const CERTIFICATES: &str = keys::CERTIFICATES;
 const CA_CERTIFICATES: &str = keys::CA_CERTIFICATES;
 pub(super) const THING_PRINCIPALS: &str = keys::THING_PRINCIPALS;
-pub(super) const PRINCIPAL_THINGS: &str = keys::PRINCIPAL_THINGS;
 const STATUSES: [&str; 4] = ["ACTIVE", "INACTIVE", "REVOKED", "REGISTER_INACTIVE"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -440,7 +438,7 @@ impl Api {
         let (things, _) = Page::first(1)
             .collect(
                 &self.records,
-                &format!("{PRINCIPAL_THINGS}{}/", hex(&arn)),
+                &keys::principal_things(&arn),
                 |_: &String| true,
             )
             .await?;
@@ -719,7 +717,7 @@ impl Api {
         let (things, next) = page
             .collect(
                 &self.records,
-                &format!("{PRINCIPAL_THINGS}{}/", hex(&principal)),
+                &keys::principal_things(&principal),
                 |_: &String| true,
             )
             .await?;
@@ -744,7 +742,7 @@ impl Api {
         let (things, _) = Page::first(2)
             .collect(
                 &self.records,
-                &format!("{PRINCIPAL_THINGS}{}/", hex(principal)),
+                &keys::principal_things(principal),
                 |_: &String| true,
             )
             .await?;

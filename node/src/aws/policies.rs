@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::certificates::CertificateRecord;
 use super::error::AwsError;
-use super::records::{Versioned, encode, hex, unchanged_since};
+use super::records::{Versioned, encode, unchanged_since};
 use super::request::{ApiRequest, Page};
 use super::things::{ThingRecord, now_seconds, thing_key, uuid_v4};
 use super::{Api, ApiResult};
@@ -25,7 +25,6 @@ use crate::store::keys;
 pub(super) const POLICIES: &str = keys::POLICIES;
 pub(super) const POLICY_VERSIONS: &str = keys::POLICY_VERSIONS;
 pub(super) const POLICY_TARGETS: &str = keys::POLICY_TARGETS;
-pub(super) const TARGET_POLICIES: &str = keys::TARGET_POLICIES;
 /// Versions a policy keeps at most.
 const MAX_VERSIONS: usize = 5;
 /// Policies attached to one certificate or group at most.
@@ -520,7 +519,7 @@ impl Api {
         let (policies, _) = Page::first(MAX_POLICIES_PER_TARGET + 1)
             .collect(
                 &self.records,
-                &format!("{TARGET_POLICIES}{}/", hex(target)),
+                &keys::target_policies(target),
                 |_: &String| true,
             )
             .await?;

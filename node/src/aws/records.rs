@@ -33,13 +33,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, AwsError> {
         .map_err(|e| AwsError::internal(format!("cannot encode a record: {e}")))
 }
 
-/// A value as it appears inside a key: hex, so that ARNs and other names with `/` or `:` keep
-/// the key's structure.
-pub fn hex(s: &str) -> String {
-    crate::store::keys::hex(s)
-}
-
-pub use crate::store::keys::unhex;
+pub use crate::store::keys::{hex, unhex};
 
 tokio::task_local! {
     /// Set while [`Records::settled`] runs its reads.

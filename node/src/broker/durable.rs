@@ -261,9 +261,9 @@ impl Durable {
             if let Some((_, op)) = pending.ops.pop_front() {
                 ops.push(op);
             }
-            self.backlog.fetch_sub(1, Ordering::AcqRel);
             last_seq = seq;
         }
+        self.backlog.fetch_sub(ops.len(), Ordering::AcqRel);
         // Submissions after the last op taken but without ops of their own are covered too.
         if pending.ops.is_empty() {
             last_seq = submitted;

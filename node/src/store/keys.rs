@@ -106,10 +106,9 @@ pub fn queue_prefix(client_id: &str) -> Vec<u8> {
 
 /// Sequence numbers are fixed-width hex, so that a prefix range yields them in order.
 pub fn queue(client_id: &str, seq: u64) -> Vec<u8> {
-    let mut key = String::from(QUEUE);
-    push_hex(&mut key, client_id.as_bytes());
-    let _ = write!(key, "/{seq:016x}");
-    key.into_bytes()
+    let mut key = queue_prefix(client_id);
+    key.extend_from_slice(format!("{seq:016x}").as_bytes());
+    key
 }
 
 /// The sequence number at the end of a queue key under `prefix`.

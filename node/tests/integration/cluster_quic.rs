@@ -234,3 +234,55 @@ async fn every_node_answers_for_every_shadow_and_no_update_is_lost() {
         server.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_is_ready_and_reads_the_retained_messages_of_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
+    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
+    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
+    let servers: Vec<Server> = futures_join(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // One retained message published on each node; a QoS 1 PUBACK means it is in the store.
+    for (i, server) in servers.iter().enumerate() {
+        let options = rumqttc::MqttOptions::new(
+            format!("retainer-{i}"),
+            "127.0.0.1",
+            server.mqtt_addr().expect("the MQTT listener is on").port(),
+        );
+        let (mut client, _) = crate::common::v4_connect(options).await;
+        client
+            .publish(
+                &format!("plant/{i}/state"),
+                rumqttc::QoS::AtLeastOnce,
+                true,
+                b"on",
+            )
+            .await;
+        client.disconnect().await;
+    }
+    // What GetRetainedMessage and ListRetainedMessages read, on every node.
+    for server in &servers {
+        crate::common::wait_until("readiness", || server.unready_reasons().is_empty()).await;
+        let durable = server.broker().durable().expect("durable").clone();
+        let (page, more) = durable.retained_page(None, 10).await.unwrap();
+        let topics: Vec<String> = page.iter().map(|(m, _)| m.topic.to_string()).collect();
+        assert_eq!(topics, ["plant/0/state", "plant/1/state", "plant/2/state"]);
+        assert!(!more);
+        for i in 0..3 {
+            let (message, modified_ms) = durable
+                .retained(&format!("plant/{i}/state"))
+                .await
+                .unwrap()
+                .expect("retained");
+            assert_eq!(&message.payload[..], b"on");
+            assert!(modified_ms > 0);
+        }
+    }
+    for server in servers {
+        server.shutdown().await;
+    }
+}

@@ -447,7 +447,9 @@ pub fn authorization_header(
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    crate::store::keys::push_hex(&mut out, bytes);
+    out
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {

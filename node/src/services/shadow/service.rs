@@ -255,39 +255,61 @@ impl ShadowService {
             in_flight: None,
             answer: Some(answer),
         };
-        if self.submit(job).is_err() {
-            let error = ShadowError::too_many_requests();
-            let outcome = Err(error.into());
-            self.inner.finish(
-                operation,
-                name,
-                &outcome,
-                None,
-                Origin::Http,
-                Instant::now(),
-            );
-            return outcome;
-        }
+        self.submit(job);
         answered
             .await
             .unwrap_or_else(|_| Err(ShadowError::internal().into()))
     }
 
-    /// Queues `job` behind the shadow's requests, or serves it now when there are none; hands
-    /// it back when `shadow.max_queued_requests` already wait for that shadow.
-    fn submit(&self, job: Job) -> Result<(), Box<Job>> {
+    /// Queues `job` behind the shadow's requests, or serves it now when there are none; refuses
+    /// it with 429 when `shadow.max_queued_requests` already wait for that shadow.
+    fn submit(&self, job: Job) {
         let mut queues = self.inner.queues.lock();
         if let Some(waiting) = queues.get_mut(&job.name) {
             if waiting.len() >= self.inner.config.max_queued_requests {
-                return Err(Box::new(job));
+                drop(queues);
+                return self.refuse(job, ShadowError::too_many_requests());
             }
             waiting.push_back(job);
-            return Ok(());
+            return;
         }
         queues.insert(job.name.clone(), VecDeque::new());
         drop(queues);
         tokio::spawn(self.clone().drain(job));
-        Ok(())
+    }
+
+    /// Answers `job` with `error` without serving it, where serving would have answered.
+    fn refuse(&self, job: Job, error: ShadowError) {
+        let outcome = Err(error.into());
+        match job.answer {
+            Some(answer) => {
+                let name = &job.name;
+                self.inner.finish(
+                    job.operation,
+                    name,
+                    &outcome,
+                    None,
+                    Origin::Http,
+                    Instant::now(),
+                );
+                let _ = answer.send(outcome);
+            }
+            None => {
+                let token = document::client_token_of(&job.payload);
+                let origin = Origin::Mqtt {
+                    requester: job.requester.as_ref(),
+                    in_flight: job.in_flight.as_ref(),
+                };
+                self.inner.finish(
+                    job.operation,
+                    &job.name,
+                    &outcome,
+                    token.as_deref(),
+                    origin,
+                    Instant::now(),
+                );
+            }
+        }
     }
 
     /// The GET answer: state with delta, metadata, version, timestamp.
@@ -638,25 +660,7 @@ impl TopicService for ShadowService {
             in_flight,
             answer: None,
         };
-        if let Err(mut job) = self.submit(job) {
-            // Counted out before the answer goes, as every answer is.
-            if let Some(counted) = job.in_flight.take() {
-                counted.release();
-            }
-            let token = document::client_token_of(&job.payload);
-            let outcome = Err(ShadowError::too_many_requests().into());
-            self.inner.finish(
-                operation,
-                &job.name,
-                &outcome,
-                token.as_deref(),
-                Origin::Mqtt {
-                    requester: job.requester.as_ref(),
-                    in_flight: None,
-                },
-                Instant::now(),
-            );
-        }
+        self.submit(job);
     }
 }
 

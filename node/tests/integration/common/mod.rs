@@ -117,21 +117,9 @@ impl TestServer {
 
     /// The Prometheus text served by the admin listener's `/metrics`.
     pub async fn scrape(&self) -> String {
-        let mut stream = within("admin connect", TcpStream::connect(self.admin))
-            .await
-            .expect("admin connect");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: halyard\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("request");
-        let mut response = Vec::new();
-        within("admin response", stream.read_to_end(&mut response))
-            .await
-            .expect("response");
-        let text = String::from_utf8(response).expect("utf-8 response");
-        let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        body.to_owned()
+        let (status, body) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// GET `path` on the admin listener: the status and the body.
