@@ -11,7 +11,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use halyard_node::auth::permissions::{Action, Permissions};
 use halyard_node::auth::policy::{Context, Policy};
-use halyard_node::aws::pki;
+use halyard_node::services::certs::pki;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 

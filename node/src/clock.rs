@@ -18,3 +18,10 @@ pub fn epoch_millis() -> u64 {
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or_default()
 }
+
+/// Seconds since the Unix epoch with a millisecond fraction, as AWS's control plane stamps
+/// creation and modification dates.
+pub fn epoch_seconds_fraction() -> f64 {
+    // Exact for any date before the year 287,000: f64 holds whole milliseconds to 2^53.
+    epoch_millis() as f64 / 1000.0
+}

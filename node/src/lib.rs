@@ -8,8 +8,6 @@
 #[cfg(not(madsim))]
 pub mod api;
 pub mod auth;
-#[cfg(not(madsim))]
-pub mod aws;
 pub mod broker;
 pub mod clock;
 #[cfg(not(madsim))]
@@ -18,6 +16,7 @@ pub mod config;
 pub mod gateway;
 #[cfg(not(madsim))]
 pub mod http_client;
+pub mod ids;
 pub mod metrics;
 pub mod mqtt;
 pub mod server;

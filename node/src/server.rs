@@ -245,31 +245,21 @@ impl Server {
         }
         #[cfg(not(madsim))]
         {
-            let bootstrap = crate::aws::Api::bootstrap(&store, &config.aws, &config.data_dir)
-                .await
-                .map_err(|e| ServerError::Aws(e.message))?;
-            let api = Arc::new(crate::aws::Api::new(
-                store.clone(),
-                broker.clone(),
-                config.aws.clone(),
-                bootstrap,
-                crate::aws::ApiMetrics::new(&registry)?,
-                (*shadows).clone(),
-            ));
+            let api = Arc::new(aws_api(&config, &store, &broker, &shadows, &registry).await?);
             let devices: Arc<dyn gateway::tls::Devices> =
-                Arc::new(crate::aws::DeviceServices::new(Arc::clone(&api)));
+                Arc::new(crate::api::routes::DeviceServices::new(Arc::clone(&api)));
             if let Some((http, addr)) = bind("http", config.http_listen).await? {
                 listeners.http = Some(addr);
                 tasks.spawn_critical(
                     "listener:http",
-                    crate::aws::run(http, Arc::clone(&api), None, watch_rx.clone()),
+                    crate::api::routes::run(http, Arc::clone(&api), None, watch_rx.clone()),
                 );
             }
             if let Some((ws, addr)) = bind("ws", config.ws_listen).await? {
                 listeners.ws = Some(addr);
                 tasks.spawn_critical(
                     "listener:ws",
-                    crate::aws::run(
+                    crate::api::routes::run(
                         ws,
                         Arc::clone(&api),
                         Some(anonymous.clone()),
@@ -311,7 +301,10 @@ impl Server {
             }
             tasks.spawn_critical(
                 "registry-follower",
-                crate::aws::follow_registry(Arc::clone(&api), watch_rx.clone()),
+                crate::auth::admission::follow_registry(
+                    Arc::clone(&api.admission),
+                    watch_rx.clone(),
+                ),
             );
         }
         health.set_serving();
@@ -468,4 +461,90 @@ async fn bind_at(listener: &'static str, addr: SocketAddr) -> Result<TcpListener
     {
         TcpListener::bind(addr).await.map_err(error)
     }
+}
+
+/// The AWS services of this node and the HTTP API in front of them. The cluster's access
+/// keys and CA are loaded (or, on the cluster's first start, created) first, and
+/// `{data_dir}/credentials` and `{data_dir}/tls/` written.
+#[cfg(not(madsim))]
+async fn aws_api(
+    config: &Config,
+    store: &Store,
+    broker: &Broker,
+    shadows: &crate::services::shadow::service::ShadowService,
+    metrics: &prometheus::Registry,
+) -> Result<crate::api::aws::Api, ServerError> {
+    use crate::api::aws::{Api, ApiMetrics};
+    use crate::api::iot::ControlPlane;
+    use crate::api::iot_data::DataPlane;
+    use crate::auth::admission::DeviceAdmission;
+    use crate::auth::identity::authorizer::{AuthorizerMetrics, CustomAuth};
+    use crate::auth::identity::credentials;
+    use crate::services::arn::Arns;
+    use crate::services::authorizers::Authorizers;
+    use crate::services::certs::{Certificates, authority};
+    use crate::services::policies::Policies;
+    use crate::services::records::Records;
+    use crate::services::registry::Registry;
+
+    let aws = &config.aws;
+    let failed = |e: crate::services::error::Error| ServerError::Aws(e.to_string());
+    let records = Records::new(store.clone());
+    let keys = credentials::load(&records, &config.data_dir, &aws.access_keys)
+        .await
+        .map_err(failed)?;
+    let ca = authority::load(&records, &config.data_dir, aws)
+        .await
+        .map_err(failed)?;
+    let arns = Arns::new(&aws.region, &aws.account_id);
+    let certs = Certificates::new(records.clone(), arns.clone(), ca).map_err(failed)?;
+    let registry = Registry::new(
+        records.clone(),
+        arns.clone(),
+        certs.clone(),
+        broker.clone(),
+        &aws.account_id,
+    );
+    let policies = Policies::new(
+        records.clone(),
+        arns.clone(),
+        registry.clone(),
+        certs.clone(),
+    );
+    let authorizers = Authorizers::new(
+        records.clone(),
+        arns.clone(),
+        aws.jwt_verifiers.keys().cloned(),
+    );
+    let custom = Arc::new(CustomAuth::new(
+        authorizers.clone(),
+        policies.clone(),
+        arns.clone(),
+        aws,
+        AuthorizerMetrics::new(metrics)?,
+    ));
+    let admission = Arc::new(DeviceAdmission::new(
+        records,
+        arns,
+        certs.clone(),
+        policies.clone(),
+        Arc::clone(&custom),
+    ));
+    Ok(Api::new(
+        ControlPlane {
+            registry,
+            certs,
+            policies,
+            authorizers,
+            custom,
+            config: aws.clone(),
+        },
+        DataPlane {
+            broker: broker.clone(),
+            shadows: shadows.clone(),
+        },
+        admission,
+        keys,
+        ApiMetrics::new(metrics)?,
+    ))
 }

@@ -1,11 +1,29 @@
-//! The AWS IoT services on top of the broker and the store. Each takes its requests through
-//! the broker's ingest path (as a [`TopicService`]) or from the HTTP adapters in `api`,
-//! publishes through the broker's public handle, and keeps its state in the store.
+//! The AWS IoT services on top of the broker and the store: the registry (things, types,
+//! groups), certificates, policies, custom authorizers and shadows. Each takes typed requests
+//! and answers with typed results and [`error::Error`]s, from the HTTP adapters in `api` or
+//! through the broker's ingest path (as a [`TopicService`]), publishes through the broker's
+//! public handle, and keeps its state in the store (`records`, `links`).
 //!
 //! A service plugs in through [`Service`]: the server builds it from the [`ServiceContext`],
 //! [`Services::start`] registers its topics and starts its background tasks under the
 //! supervisor, and [`Services::stop`] lets it go before the store closes.
 
+#[cfg(not(madsim))]
+pub mod arn;
+#[cfg(not(madsim))]
+pub mod authorizers;
+#[cfg(not(madsim))]
+pub mod certs;
+#[cfg(not(madsim))]
+pub mod error;
+#[cfg(not(madsim))]
+pub mod links;
+#[cfg(not(madsim))]
+pub mod policies;
+#[cfg(not(madsim))]
+pub mod records;
+#[cfg(not(madsim))]
+pub mod registry;
 pub mod shadow;
 
 use std::sync::Arc;

@@ -153,6 +153,26 @@ pub fn group_of_thing(thing: &str, group: &str) -> String {
     joined(&[GROUPS_OF_THING, thing, "/", group])
 }
 
+/// The groups directly under `parent`.
+pub fn group_children(parent: &str) -> String {
+    joined(&[GROUP_CHILDREN, parent, "/"])
+}
+
+/// The things in `group`.
+pub fn group_things(group: &str) -> String {
+    joined(&[GROUP_THINGS, group, "/"])
+}
+
+/// The groups `thing` is in.
+pub fn groups_of_thing(thing: &str) -> String {
+    joined(&[GROUPS_OF_THING, thing, "/"])
+}
+
+/// The principals attached to `thing`.
+pub fn thing_principals(thing: &str) -> String {
+    joined(&[THING_PRINCIPALS, thing, "/"])
+}
+
 pub fn certificate(id: &str) -> String {
     joined(&[CERTIFICATES, id])
 }
@@ -191,6 +211,16 @@ pub fn policy_version(name: &str, version: u32) -> String {
     let mut key = joined(&[POLICY_VERSIONS, name, "/"]);
     let _ = write!(key, "{version:010}");
     key
+}
+
+/// The versions of policy `name`, oldest first.
+pub fn policy_versions(name: &str) -> String {
+    joined(&[POLICY_VERSIONS, name, "/"])
+}
+
+/// The targets `policy` is attached to.
+pub fn policy_targets(policy: &str) -> String {
+    joined(&[POLICY_TARGETS, policy, "/"])
 }
 
 pub fn policy_target(policy: &str, target: &str) -> String {

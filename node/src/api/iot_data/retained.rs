@@ -5,12 +5,12 @@
 use base64::Engine;
 use serde_json::json;
 
-use super::devices::Caller;
-use super::error::AwsError;
-use super::request::{ApiRequest, Page};
-use super::{Api, ApiResult};
+use super::{ApiResult, Caller, DataPlane};
+use crate::api::error::AwsError;
+use crate::api::request::ApiRequest;
 use crate::auth::permissions::Action;
 use crate::broker::Message;
+use crate::services::records::Page;
 
 /// AWS's default and largest page of ListRetainedMessages.
 const DEFAULT_PAGE: usize = 50;
@@ -20,7 +20,7 @@ fn durable_missing() -> AwsError {
     AwsError::unavailable("Retained messages are not kept on this node")
 }
 
-impl Api {
+impl DataPlane {
     /// GetRetainedMessage: `GET /retainedMessage/{topic}`.
     pub(super) async fn get_retained_message(&self, topic: &str, caller: &Caller) -> ApiResult {
         if topic.is_empty() {
@@ -60,7 +60,7 @@ impl Api {
         if !caller.allows(Action::ListRetainedMessages, "*") {
             return Err(AwsError::forbidden());
         }
-        let page = Page::from_request(request, DEFAULT_PAGE, MAX_PAGE)?;
+        let page = request.page(DEFAULT_PAGE, MAX_PAGE)?;
         let durable = self.broker.durable().ok_or_else(durable_missing)?;
         let (messages, more) = durable.retained_page(page.after(), page.limit()).await?;
         let next = more

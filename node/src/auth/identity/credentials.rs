@@ -9,9 +9,9 @@ use std::path::Path;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::error::AwsError;
-use super::records::Records;
 use crate::config::AccessKey;
+use crate::services::error::Error;
+use crate::services::records::Records;
 
 const KEY: &str = crate::store::keys::CREDENTIALS;
 pub const PROFILE: &str = "halyard";
@@ -63,7 +63,7 @@ pub async fn load(
     records: &Records,
     data_dir: &Path,
     configured: &[AccessKey],
-) -> Result<AccessKeys, AwsError> {
+) -> Result<AccessKeys, Error> {
     let key = match records.get::<StoredKey>(KEY).await? {
         Some(existing) => existing.value,
         None => {
@@ -73,13 +73,13 @@ pub async fn load(
             } else {
                 match records.get::<StoredKey>(KEY).await? {
                     Some(winner) => winner.value,
-                    None => return Err(AwsError::internal("the cluster's access key vanished")),
+                    None => return Err(Error::internal("the cluster's access key vanished")),
                 }
             }
         }
     };
     write_profile(data_dir, &key).map_err(|e| {
-        AwsError::internal(format!(
+        Error::internal(format!(
             "cannot write {}/credentials: {e}",
             data_dir.display()
         ))

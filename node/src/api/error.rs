@@ -7,6 +7,7 @@ use halyard_raft::StoreError;
 use serde_json::json;
 
 use crate::auth::identity::sigv4::SigV4Error;
+use crate::services::error::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsError {
@@ -157,9 +158,7 @@ impl AwsError {
 
     /// A validation failure in the words AWS uses for one.
     pub fn validation(field: &str, value: &str, constraint: &str) -> Self {
-        Self::invalid_request(format!(
-            "1 validation error detected: Value '{value}' at '{field}' failed to satisfy constraint: {constraint}"
-        ))
+        Self::from(Error::validation(field, value, constraint))
     }
 }
 
@@ -182,6 +181,27 @@ impl From<StoreError> for AwsError {
                 Self::unavailable(format!("The service is unavailable: {e}"))
             }
             other => Self::internal(format!("Internal failure: {other}")),
+        }
+    }
+}
+
+impl From<Error> for AwsError {
+    fn from(e: Error) -> Self {
+        let message = e.to_string();
+        match e {
+            Error::Validation { .. } | Error::Invalid(_) => Self::invalid_request(message),
+            Error::NotFound(_) => Self::not_found(message),
+            Error::AlreadyExists { id, arn, .. } => Self::already_exists(message, id, arn),
+            Error::VersionConflict(_) => Self::version_conflict(message),
+            Error::Conflict(_) => Self::conflicting_update(message),
+            Error::DeleteConflict(_) => Self::delete_conflict(message),
+            Error::CertificateState(_) => Self::certificate_state(message),
+            Error::CertificateInvalid(_) => Self::certificate_validation(message),
+            Error::LimitExceeded(_) => Self::limit_exceeded(message),
+            Error::VersionsLimitExceeded(_) => Self::versions_limit_exceeded(message),
+            Error::MalformedPolicy(_) => Self::malformed_policy(message),
+            Error::Unavailable(_) => Self::unavailable(message),
+            Error::Internal(_) => Self::internal(message),
         }
     }
 }

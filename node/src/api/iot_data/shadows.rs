@@ -4,10 +4,9 @@
 
 use serde_json::json;
 
-use super::devices::Caller;
-use super::error::AwsError;
-use super::request::ApiRequest;
-use super::{Api, ApiResult};
+use super::{ApiResult, Caller, DataPlane};
+use crate::api::error::AwsError;
+use crate::api::request::ApiRequest;
 use crate::auth::permissions::Action;
 use crate::clock::epoch_seconds;
 use crate::services::shadow::document::NameError;
@@ -64,7 +63,7 @@ fn resource(name: &ShadowName) -> String {
     }
 }
 
-impl Api {
+impl DataPlane {
     fn shadow_target(
         &self,
         thing: &str,
@@ -141,7 +140,7 @@ impl Api {
         let after = match request.query("nextToken") {
             None | Some("") => None,
             Some(token) => Some(
-                super::records::unhex(token)
+                crate::store::keys::unhex(token)
                     .ok_or_else(|| AwsError::invalid_request("The nextToken is invalid."))?,
             ),
         };
@@ -153,7 +152,7 @@ impl Api {
             .map_err(store_error)?;
         let mut answer = json!({ "results": names, "timestamp": epoch_seconds() });
         if more && let Some(last) = names.last() {
-            answer["nextToken"] = json!(super::records::hex(last));
+            answer["nextToken"] = json!(crate::store::keys::hex(last));
         }
         Ok(answer)
     }

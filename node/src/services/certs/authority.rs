@@ -6,20 +6,16 @@
 
 use std::path::Path;
 
-use super::error::AwsError;
 use super::pki::{self, CaPair};
-use super::records::Records;
 use crate::config::AwsConfig;
+use crate::services::error::Error;
+use crate::services::records::Records;
 
 const KEY: &str = crate::store::keys::OWN_CA;
 /// The names every node's server certificate carries.
 const SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 
-pub async fn load(
-    records: &Records,
-    data_dir: &Path,
-    config: &AwsConfig,
-) -> Result<CaPair, AwsError> {
+pub async fn load(records: &Records, data_dir: &Path, config: &AwsConfig) -> Result<CaPair, Error> {
     let ca = match configured(config)? {
         Some(configured) => adopt(records, configured).await?,
         None => stored_or_generated(records).await?,
@@ -27,12 +23,11 @@ pub async fn load(
     let extra_names = &config.server_names;
     let dir = data_dir.join("tls");
     let write = |name: &str, text: &str, private: bool| {
-        write_file(&dir.join(name), text, private).map_err(|e| {
-            AwsError::internal(format!("cannot write {}: {e}", dir.join(name).display()))
-        })
+        write_file(&dir.join(name), text, private)
+            .map_err(|e| Error::internal(format!("cannot write {}: {e}", dir.join(name).display())))
     };
     std::fs::create_dir_all(&dir)
-        .map_err(|e| AwsError::internal(format!("cannot create {}: {e}", dir.display())))?;
+        .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
     write("ca.pem", &ca.certificate_pem, false)?;
     write("ca.key", &ca.key_pem, true)?;
     let server_pem = dir.join("server.pem");
@@ -40,14 +35,13 @@ pub async fn load(
         .ok()
         .and_then(|pem| pki::parse(&pem).ok());
     let ca_der = pki::parse(&ca.certificate_pem)
-        .map_err(|e| AwsError::internal(format!("the cluster's CA is unreadable: {e}")))?
+        .map_err(|e| Error::internal(format!("the cluster's CA is unreadable: {e}")))?
         .der;
     // A server certificate from another CA (the data directory moved clusters) is replaced.
     if !current.is_some_and(|c| pki::signed_by(&c.der, &ca_der)) {
         let mut names: Vec<String> = SERVER_NAMES.iter().map(|n| (*n).to_owned()).collect();
         names.extend(extra_names.iter().cloned());
-        let server =
-            pki::issue_server(&ca, &names).map_err(|e| AwsError::internal(e.to_string()))?;
+        let server = pki::issue_server(&ca, &names).map_err(|e| Error::internal(e.to_string()))?;
         write("server.key", &server.key_pem, true)?;
         write("server.pem", &server.certificate_pem, false)?;
     }
@@ -55,21 +49,20 @@ pub async fn load(
 }
 
 /// The CA of `aws.ca_cert` and `aws.ca_key`, checked, if they are set.
-fn configured(config: &AwsConfig) -> Result<Option<CaPair>, AwsError> {
+fn configured(config: &AwsConfig) -> Result<Option<CaPair>, Error> {
     let (Some(cert), Some(key)) = (&config.ca_cert, &config.ca_key) else {
         return Ok(None);
     };
     let read = |field: &str, path: &Path| {
-        std::fs::read_to_string(path).map_err(|e| {
-            AwsError::internal(format!("{field}: cannot read {}: {e}", path.display()))
-        })
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::internal(format!("{field}: cannot read {}: {e}", path.display())))
     };
     let pair = CaPair {
         certificate_pem: read("aws.ca_cert", cert)?,
         key_pem: read("aws.ca_key", key)?,
     };
     pki::check_ca_pair(&pair).map_err(|e| {
-        AwsError::internal(format!(
+        Error::internal(format!(
             "aws.ca_cert and aws.ca_key ({} and {}): {e}",
             cert.display(),
             key.display()
@@ -79,7 +72,7 @@ fn configured(config: &AwsConfig) -> Result<Option<CaPair>, AwsError> {
 }
 
 /// Makes the configured CA the cluster's, so that nodes without the files issue from it too.
-async fn adopt(records: &Records, configured: CaPair) -> Result<CaPair, AwsError> {
+async fn adopt(records: &Records, configured: CaPair) -> Result<CaPair, Error> {
     loop {
         match records.get::<CaPair>(KEY).await? {
             Some(stored) if stored.value == configured => return Ok(configured),
@@ -101,19 +94,18 @@ async fn adopt(records: &Records, configured: CaPair) -> Result<CaPair, AwsError
     }
 }
 
-async fn stored_or_generated(records: &Records) -> Result<CaPair, AwsError> {
+async fn stored_or_generated(records: &Records) -> Result<CaPair, Error> {
     if let Some(existing) = records.get::<CaPair>(KEY).await? {
         return Ok(existing.value);
     }
-    let fresh =
-        pki::generate_ca("Halyard IoT CA").map_err(|e| AwsError::internal(e.to_string()))?;
+    let fresh = pki::generate_ca("Halyard IoT CA").map_err(|e| Error::internal(e.to_string()))?;
     if records.create(KEY, &fresh).await? {
         return Ok(fresh);
     }
     Ok(records
         .get::<CaPair>(KEY)
         .await?
-        .ok_or_else(|| AwsError::internal("the cluster's CA vanished"))?
+        .ok_or_else(|| Error::internal("the cluster's CA vanished"))?
         .value)
 }
 

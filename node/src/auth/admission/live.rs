@@ -1,8 +1,7 @@
-//! Devices with client certificates: what a certificate may do when it connects, compiled from
-//! the registry (the certificate, its CA, its policies, the thing it is attached to and that
-//! thing's groups), and kept current while it stays connected: a change under `aws/` in the
-//! store recompiles the access of the live connections it may concern, and one that may no
-//! longer connect is cut.
+//! The connections admitted by certificate that are still open, and how a burst of registry
+//! changes reaches them: each change under `aws/` is read as the connections it may concern
+//! (a certificate's, a thing's, those compiled from a policy, or all of them), and only those
+//! are re-evaluated.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -11,10 +10,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::certificates::{CaCertificateRecord, CertificateRecord};
-use super::{Api, pki};
-use crate::auth::permissions::{Access, Action, Permissions};
-use crate::auth::policy::Policy;
+use super::DeviceAdmission;
+use crate::auth::permissions::{Access, Action};
 use crate::mqtt::reason;
 use crate::store::keys::Key;
 
@@ -167,119 +164,7 @@ impl Affected {
     }
 }
 
-impl Api {
-    /// The compiled permissions of certificate `id` connecting as `client_id` (empty for
-    /// HTTPS), or the reason code that refuses the connection.
-    pub(super) async fn device_permissions(
-        &self,
-        id: &str,
-        client_id: &str,
-    ) -> Result<(Permissions, Vec<String>), u8> {
-        match self
-            .records
-            .settled(self.device_permissions_read(id, client_id))
-            .await
-        {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                tracing::warn!(error = %e.message, "cannot read the registry to admit a device");
-                Err(reason::SERVER_UNAVAILABLE)
-            }
-        }
-    }
-
-    async fn device_permissions_read(
-        &self,
-        id: &str,
-        client_id: &str,
-    ) -> Result<(Permissions, Vec<String>), u8> {
-        let unavailable = |e: super::error::AwsError| {
-            tracing::warn!(error = %e.message, "cannot read the registry to admit a device");
-            reason::SERVER_UNAVAILABLE
-        };
-        if id.is_empty() {
-            return Err(reason::NOT_AUTHORIZED);
-        }
-        let Some(certificate) = self
-            .records
-            .get::<CertificateRecord>(&super::certificates::certificate_key(id))
-            .await
-            .map_err(unavailable)?
-        else {
-            tracing::debug!(certificate = id, "unregistered client certificate");
-            return Err(reason::NOT_AUTHORIZED);
-        };
-        let certificate = certificate.value;
-        let now = super::epoch_seconds();
-        if certificate.status != "ACTIVE"
-            || now < certificate.not_before
-            || now > certificate.not_after
-        {
-            tracing::debug!(certificate = id, status = %certificate.status, "certificate may not connect");
-            return Err(reason::NOT_AUTHORIZED);
-        }
-        if let Some(ca) = &certificate.ca_certificate_id
-            && Some(ca) != self.own_ca_id.as_ref()
-        {
-            let active = self
-                .records
-                .get::<CaCertificateRecord>(&super::certificates::ca_key(ca))
-                .await
-                .map_err(unavailable)?
-                .is_some_and(|c| c.value.status == "ACTIVE");
-            if !active {
-                tracing::debug!(certificate = id, ca = %ca, "the certificate's CA is not active");
-                return Err(reason::NOT_AUTHORIZED);
-            }
-        }
-        let arn = self.arn(&format!("cert/{id}"));
-        let (mut context, thing) = if client_id.is_empty() {
-            // HTTPS publish has no client id: the thing is the one the certificate is
-            // attached to, if there is only one.
-            match self.sole_thing(&arn).await.map_err(unavailable)? {
-                Some(thing) => {
-                    let (mut context, thing) = self
-                        .connection_context(Some(&thing), Some(&arn))
-                        .await
-                        .map_err(unavailable)?;
-                    context.remove("iot:ClientId");
-                    (context, thing)
-                }
-                None => {
-                    let mut context = crate::auth::policy::Context::new();
-                    context.set("iot:Connection.Thing.IsAttached", "false");
-                    (context, None)
-                }
-            }
-        } else {
-            self.connection_context(Some(client_id), Some(&arn))
-                .await
-                .map_err(unavailable)?
-        };
-        if let Ok(parsed) = pki::parse(&certificate.certificate_pem) {
-            for (name, value) in pki::name_fields(&parsed.der) {
-                context.set(format!("iot:Certificate.{name}"), value);
-            }
-        }
-        let names = self
-            .effective_policy_names(Some(&arn), thing.as_deref())
-            .await
-            .map_err(unavailable)?;
-        let mut policies = Vec::new();
-        for (name, document) in self.documents(&names).await.map_err(unavailable)? {
-            match Policy::parse(&document) {
-                Ok(policy) => policies.push(policy),
-                Err(e) => {
-                    tracing::warn!(policy = %name, error = %e, "stored policy is unreadable; ignored")
-                }
-            }
-        }
-        Ok((
-            Permissions::compile(&policies, &context, &self.arn("")),
-            names,
-        ))
-    }
-
+impl DeviceAdmission {
     /// Re-evaluates the live certificate connections `affected` reaches: new permissions,
     /// or the end of them.
     async fn refresh_live(&self, affected: &Affected) {
@@ -301,12 +186,12 @@ impl Api {
 }
 
 /// Follows registry changes and re-evaluates live device connections after each burst.
-pub async fn follow_registry(api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
+pub async fn follow_registry(admission: Arc<DeviceAdmission>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let mut changes = match api.records.watch(crate::store::keys::REGISTRY) {
+        let mut changes = match admission.records.watch(crate::store::keys::REGISTRY) {
             Ok(stream) => stream,
             Err(e) => {
-                tracing::warn!(error = %e.message, "cannot watch the registry; retrying");
+                tracing::warn!(error = %e, "cannot watch the registry; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -326,13 +211,13 @@ pub async fn follow_registry(api: Arc<Api>, mut shutdown: watch::Receiver<bool>)
                             }
                         }
                         if !affected.is_empty() {
-                            api.refresh_live(&affected).await;
+                            admission.refresh_live(&affected).await;
                         }
                     }
                     // Behind the compaction point or closed: start over from now, after a
                     // full re-evaluation so that nothing missed stays in force.
                     Some(Err(_)) | None => {
-                        api.refresh_live(&Affected::everything()).await;
+                        admission.refresh_live(&Affected::everything()).await;
                         break;
                     }
                 },
@@ -344,8 +229,8 @@ pub async fn follow_registry(api: Arc<Api>, mut shutdown: watch::Receiver<bool>)
 
 #[cfg(test)]
 mod tests {
-    use super::super::records::hex;
     use super::*;
+    use crate::store::keys::hex;
 
     fn entry(certificate: &str, client_id: &str, policies: &[&str]) -> LiveEntry {
         LiveEntry {
