@@ -6,6 +6,8 @@
 //! sessions. [`server`] wires them together from a [`config::Config`].
 
 #[cfg(not(madsim))]
+pub mod admission;
+#[cfg(not(madsim))]
 pub mod api;
 pub mod auth;
 pub mod broker;

@@ -301,10 +301,7 @@ impl Server {
             }
             tasks.spawn_critical(
                 "registry-follower",
-                crate::auth::admission::follow_registry(
-                    Arc::clone(&api.admission),
-                    watch_rx.clone(),
-                ),
+                crate::admission::follow_registry(Arc::clone(&api.admission), watch_rx.clone()),
             );
         }
         health.set_serving();
@@ -474,15 +471,15 @@ async fn aws_api(
     shadows: &crate::services::shadow::service::ShadowService,
     metrics: &prometheus::Registry,
 ) -> Result<crate::api::aws::Api, ServerError> {
+    use crate::admission::DeviceAdmission;
+    use crate::admission::custom_auth::{AuthorizerMetrics, CustomAuth};
     use crate::api::aws::{Api, ApiMetrics};
     use crate::api::iot::ControlPlane;
     use crate::api::iot_data::DataPlane;
-    use crate::auth::admission::DeviceAdmission;
-    use crate::auth::identity::authorizer::{AuthorizerMetrics, CustomAuth};
-    use crate::auth::identity::credentials;
     use crate::services::arn::Arns;
     use crate::services::authorizers::Authorizers;
     use crate::services::certs::{Certificates, authority};
+    use crate::services::credentials;
     use crate::services::policies::Policies;
     use crate::services::records::Records;
     use crate::services::registry::Registry;

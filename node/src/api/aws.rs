@@ -16,12 +16,12 @@ use super::error::AwsError;
 use super::iot::ControlPlane;
 use super::iot_data::{self, Caller, DataPlane};
 use super::request::ApiRequest;
-use crate::auth::admission::DeviceAdmission;
-use crate::auth::identity::authorizer::{Credentials, Refusal};
-use crate::auth::identity::credentials::AccessKeys;
+use crate::admission::DeviceAdmission;
+use crate::admission::custom_auth::{Credentials, Refusal};
 use crate::auth::identity::sigv4::{self, SignedRequest, percent_decode};
 use crate::auth::permissions::Access;
 use crate::gateway::http::ConnectionInfo;
+use crate::services::credentials::AccessKeys;
 
 /// Largest request body accepted (AWS IoT's largest documents are policies, at 2 KiB, and
 /// certificates; a megabyte leaves room).

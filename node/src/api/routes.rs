@@ -10,8 +10,8 @@ use tokio::sync::watch;
 
 use super::aws::{Api, MAX_BODY, handle};
 use super::websocket::mqtt_over_websocket;
-use crate::auth::admission::DeviceAdmission;
-use crate::auth::identity::authorizer::Credentials;
+use crate::admission::DeviceAdmission;
+use crate::admission::custom_auth::Credentials;
 use crate::gateway::http::ConnectionInfo;
 use crate::gateway::tls::Devices;
 use crate::gateway::{Admission, Gate};

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::aws::{Api, header_pairs};
 use super::iot_data;
-use crate::auth::admission::SignedGate;
-use crate::auth::identity::authorizer::Credentials;
+use crate::admission::SignedGate;
+use crate::admission::custom_auth::Credentials;
 use crate::auth::identity::sigv4;
 use crate::gateway::http::ConnectionInfo;
 use crate::gateway::{Admission, websocket};

@@ -1,9 +1,8 @@
-//! Who a client is and what it may do: identities (`identity`), the AWS IoT policy language
-//! (`policy`) compiled into a connection's permissions (`permissions`), and the admission of
-//! devices from the registry and custom authorizers (`admission`).
+//! Who a client is and what it may do, without reference to where either is kept: identities
+//! from what a client proved (`identity`), and the AWS IoT policy language (`policy`) compiled
+//! into a connection's permissions (`permissions`). Deciding a device's access from the
+//! registry is `admission`'s job, above the services.
 
-#[cfg(not(madsim))]
-pub mod admission;
 #[cfg(not(madsim))]
 pub mod identity;
 pub mod permissions;

@@ -15,6 +15,8 @@ pub mod authorizers;
 #[cfg(not(madsim))]
 pub mod certs;
 #[cfg(not(madsim))]
+pub mod credentials;
+#[cfg(not(madsim))]
 pub mod error;
 #[cfg(not(madsim))]
 pub mod links;

@@ -8,11 +8,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiResult, ControlPlane};
-use crate::api::error::AwsError;
-use crate::api::request::{ApiRequest, with_token};
-use crate::auth::identity::authorizer::{
+use crate::admission::custom_auth::{
     Credentials, MqttSide, Refusal, SIGNATURE_HEADER, check_verdict,
 };
+use crate::api::error::AwsError;
+use crate::api::request::{ApiRequest, with_token};
 use crate::auth::identity::sigv4;
 use crate::services::authorizers::{
     AuthorizerRecord, AuthorizerStatus, AuthorizerUpdate, NewAuthorizer,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::error::AwsError;
 use super::request::ApiRequest;
-use crate::auth::identity::authorizer::CustomAuth;
+use crate::admission::custom_auth::CustomAuth;
 use crate::config::AwsConfig;
 use crate::services::authorizers::Authorizers;
 use crate::services::certs::Certificates;

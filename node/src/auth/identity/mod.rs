@@ -1,9 +1,7 @@
 //! Who a client is, from what it proved: an X.509 certificate, a SigV4 signature made with the
-//! cluster's access keys, a custom authorizer's answer, or a JSON Web Token checked against
-//! its issuer's keys.
+//! cluster's access keys, a JSON Web Token checked against its issuer's keys, or a token
+//! signed with one of a custom authorizer's keys.
 
-pub mod authorizer;
-pub mod credentials;
 pub mod jwt;
 pub mod signing_key;
 pub mod sigv4;

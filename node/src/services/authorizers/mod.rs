@@ -1,5 +1,5 @@
 //! Custom authorizers' registry: Create/Describe/List/Update/Delete and the default one. How a
-//! client is authenticated through one is `auth::identity::authorizer`'s job.
+//! client is authenticated through one is `admission::custom_auth`'s job.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

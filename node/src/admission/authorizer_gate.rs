@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::DeviceAdmission;
-use crate::auth::identity::authorizer::{Credentials, MqttSide, Refusal, cache_fingerprint};
+use super::custom_auth::{Credentials, MqttSide, Refusal, cache_fingerprint};
 use crate::auth::permissions::{Access, Permissions};
 use crate::gateway::http::{CachedAuthorization, ConnectionInfo};
 use crate::gateway::{ConnectCredentials, Gate, GateFuture};

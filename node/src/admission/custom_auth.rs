@@ -12,8 +12,8 @@ use base64::Engine;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde_json::{Value, json};
 
-use super::jwt;
-use super::signing_key::SigningKey;
+use crate::auth::identity::jwt;
+use crate::auth::identity::signing_key::SigningKey;
 use crate::auth::permissions::Permissions;
 use crate::auth::policy::{Context, Policy};
 use crate::config::{AwsConfig, JwtVerifierConfig};
@@ -62,7 +62,9 @@ impl Credentials {
     pub fn with_username(&self, username: Option<&str>) -> Self {
         let mut merged = self.clone();
         if let Some((_, raw_query)) = username.and_then(|u| u.split_once('?')) {
-            merged.query.extend(super::sigv4::parse_query(raw_query));
+            merged
+                .query
+                .extend(crate::auth::identity::sigv4::parse_query(raw_query));
             if merged.raw_query.is_empty() {
                 merged.raw_query = raw_query.to_owned();
             }

@@ -5,16 +5,17 @@
 //! policies, the thing it is attached to and that thing's groups); `live` follows the
 //! registry and recompiles the access of the connections a change may concern, cutting those
 //! that may no longer connect. An authorizer's access comes from its function's answer and is
-//! refreshed and ended as that answer says (`authorizer`).
+//! refreshed and ended as that answer says (`custom_auth` runs the authorizer,
+//! `authorizer_gate` admits through it).
 
-mod authorizer;
+mod authorizer_gate;
+pub mod custom_auth;
 mod live;
 
 pub use live::follow_registry;
 
 use std::sync::Arc;
 
-use crate::auth::identity::authorizer::{Credentials, CustomAuth};
 use crate::auth::permissions::{Access, Permissions};
 use crate::auth::policy::{Context, Policy};
 use crate::gateway::http::ConnectionInfo;
@@ -27,7 +28,8 @@ use crate::services::error::Error;
 use crate::services::links;
 use crate::services::policies::Policies;
 use crate::services::records::Records;
-use authorizer::AuthorizerGate;
+use authorizer_gate::AuthorizerGate;
+use custom_auth::{Credentials, CustomAuth};
 use live::LiveConnections;
 
 /// Decides what devices may do, and keeps it current.
