@@ -196,8 +196,9 @@ impl SessionState {
     }
 }
 
-/// A session's subscriptions by their filter as the client wrote it. A
-/// vector: clients hold few, and it is half the size of an empty map.
+/// A session's subscriptions by their filter as the client wrote it, sorted by filter. A
+/// vector, half the size of an empty hash map, searched by bisection: a client with
+/// thousands of subscriptions pays a dozen comparisons per SUBSCRIBE, not thousands.
 #[derive(Debug, Default)]
 pub struct Subscriptions(Vec<(String, StoredSubscription)>);
 
@@ -210,17 +211,21 @@ impl Subscriptions {
         self.0.is_empty()
     }
 
+    fn position(&self, filter: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(f, _)| f.as_str().cmp(filter))
+    }
+
     /// Adds or replaces the subscription to `filter`.
     pub fn insert(&mut self, filter: String, subscription: StoredSubscription) {
-        match self.0.iter_mut().find(|(f, _)| *f == filter) {
-            Some((_, existing)) => *existing = subscription,
-            None => self.0.push((filter, subscription)),
+        match self.position(&filter) {
+            Ok(i) => self.0[i].1 = subscription,
+            Err(i) => self.0.insert(i, (filter, subscription)),
         }
     }
 
     pub fn remove(&mut self, filter: &str) -> Option<StoredSubscription> {
-        let i = self.0.iter().position(|(f, _)| f == filter)?;
-        Some(self.0.swap_remove(i).1)
+        let i = self.position(filter).ok()?;
+        Some(self.0.remove(i).1)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &StoredSubscription)> {
@@ -539,6 +544,31 @@ mod tests {
     use super::*;
     use crate::broker::Message;
     use bytes::Bytes;
+
+    #[test]
+    fn subscriptions_are_found_replaced_and_removed_by_filter() {
+        let with_id = |id| StoredSubscription {
+            options: SubscriptionOptions::default(),
+            subscription_id: Some(id),
+        };
+        let mut subscriptions = Subscriptions::default();
+        for (n, filter) in ["b/#", "a/+", "c", "a/b"].into_iter().enumerate() {
+            subscriptions.insert(filter.to_owned(), with_id(n as u32));
+        }
+        subscriptions.insert("a/+".to_owned(), with_id(9));
+        assert_eq!(subscriptions.len(), 4);
+        assert_eq!(
+            subscriptions.keys().collect::<Vec<_>>(),
+            ["a/+", "a/b", "b/#", "c"]
+        );
+        assert_eq!(subscriptions.remove("a/+"), Some(with_id(9)));
+        assert_eq!(subscriptions.remove("a/+"), None);
+        assert_eq!(subscriptions.remove("zzz"), None);
+        assert_eq!(
+            subscriptions.keys().collect::<Vec<_>>(),
+            ["a/b", "b/#", "c"]
+        );
+    }
 
     fn delivery(qos: QoS) -> Delivery {
         Delivery {
