@@ -20,6 +20,7 @@ pub struct BrokerMetrics {
     pub bytes_sent: IntCounter,
     messages_dropped: IntCounterVec,
     publishes_refused: IntCounterVec,
+    backlog_refusals: IntCounterVec,
     packet_errors: IntCounterVec,
     denied: IntCounterVec,
     received_by_qos: [IntCounter; 3],
@@ -117,6 +118,15 @@ impl BrokerMetrics {
             &["reason"],
         )?;
         registry.register(Box::new(publishes_refused.clone()))?;
+        let backlog_refusals = IntCounterVec::new(
+            Opts::new(
+                "halyard_backlog_refusals_total",
+                "CONNECTs, SUBSCRIBEs and UNSUBSCRIBEs of persistent sessions refused while \
+                 the store's write backlog was full, by packet",
+            ),
+            &["packet"],
+        )?;
+        registry.register(Box::new(backlog_refusals.clone()))?;
         let packet_errors = IntCounterVec::new(
             Opts::new(
                 "halyard_packet_errors_total",
@@ -169,6 +179,7 @@ impl BrokerMetrics {
             bytes_sent,
             messages_dropped,
             publishes_refused,
+            backlog_refusals,
             packet_errors,
             denied,
             received_by_qos,
@@ -192,6 +203,11 @@ impl BrokerMetrics {
 
     pub fn publish_refused(&self, reason: &str) {
         self.publishes_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// A persistent session's `packet` was refused: the store's write backlog is full.
+    pub fn backlog_refusal(&self, packet: &str) {
+        self.backlog_refusals.with_label_values(&[packet]).inc();
     }
 
     pub fn denied(&self, action: &str) {

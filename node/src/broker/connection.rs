@@ -670,6 +670,12 @@ impl Connection {
             config.persistent_session_expiry
         };
         self.session_expiry = requested_expiry.min(config.max_session_expiry);
+        // A persistent session is written to the store as it starts: with the store's backlog
+        // full, it is refused rather than added to what cannot be written.
+        if self.session_expiry > 0 && self.broker.store_backlogged() {
+            self.broker.metrics().backlog_refusal("connect");
+            return self.refuse(reason::SERVER_BUSY);
+        }
 
         let mut keep_alive = c.keep_alive;
         let mut server_keep_alive = None;
@@ -1036,6 +1042,21 @@ impl Connection {
         } else {
             reason::v311::SUBACK_FAILURE
         };
+        if session.is_persistent() && self.broker.store_backlogged() {
+            // Nothing changes: a persistent session's subscriptions could not be stored.
+            self.broker.metrics().backlog_refusal("subscribe");
+            let refused = if v5 {
+                reason::QUOTA_EXCEEDED
+            } else {
+                reason::v311::SUBACK_FAILURE
+            };
+            let suback = Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                reason_codes: vec![refused; s.subscriptions.len()],
+                properties: Properties::default(),
+            });
+            return self.respond(0, Response::SubAck(suback, Vec::new()));
+        }
         let subscription_id = s.properties.subscription_identifiers.first().copied();
         let maximum_qos =
             QoS::from_u8(self.broker.config().maximum_qos).unwrap_or(QoS::AtLeastOnce);
@@ -1118,6 +1139,19 @@ impl Connection {
         let Some(session) = self.session.clone() else {
             return;
         };
+        if session.is_persistent() && self.broker.store_backlogged() {
+            // Nothing changes. A 3.1.1 UNSUBACK cannot say so: the connection ends instead.
+            self.broker.metrics().backlog_refusal("unsubscribe");
+            if !self.version.is_v5() {
+                return self.close(reason::SERVER_BUSY, CloseKind::ServerBusy);
+            }
+            let unsuback = Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reason_codes: vec![reason::UNSPECIFIED_ERROR; u.filters.len()],
+                properties: Properties::default(),
+            });
+            return self.respond(0, Response::Packet(unsuback));
+        }
         let mut removed: Vec<&str> = Vec::new();
         let codes = u
             .filters

@@ -48,15 +48,22 @@ pub(super) fn event(topic: String, payload: String) -> Message {
 }
 
 impl Broker {
+    /// Whether `mqtt.max_pending_writes` store writes wait already (the store has no quorum
+    /// or cannot keep up): what would add to them is refused, so that the backlog is bounded
+    /// and nothing is acknowledged that the store cannot keep.
+    pub fn store_backlogged(&self) -> bool {
+        self.inner
+            .durable
+            .as_ref()
+            .is_some_and(|durable| durable.backlog() >= self.inner.config.max_pending_writes)
+    }
+
     /// Takes `message` through the services, the taps and the subscriptions, in that order.
     /// A QoS 1/2 message is refused (`Published::refused`) while more than
     /// `mqtt.max_pending_writes` store writes wait for a store without quorum: it could not be
     /// made durable, so it must not be acknowledged, and the backlog must not grow without end.
     pub fn ingest(&self, message: Message, ingress: Ingress<'_>) -> Published {
-        if message.qos != QoS::AtMostOnce
-            && let Some(durable) = &self.inner.durable
-            && durable.backlog() >= self.inner.config.max_pending_writes
-        {
+        if message.qos != QoS::AtMostOnce && self.store_backlogged() {
             self.inner.metrics.publish_refused("store_backlog");
             return Published {
                 refused: true,

@@ -184,6 +184,73 @@ async fn a_store_that_cannot_keep_up_refuses_qos1_with_0x97_and_loses_nothing_ac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_refuses_a_persistent_sessions_subscriptions_and_keeps_every_granted_one() {
+    // One pending write allowed: each SUBSCRIBE of a persistent session writes its record, so
+    // a burst of them fills the backlog; what comes then is refused (0x97) and changes
+    // nothing, and every subscription that was granted is in the stored record.
+    let server = TestServer::start_with(|c| c.mqtt.max_pending_writes = 1).await;
+    let properties = Properties {
+        session_expiry_interval: Some(600),
+        ..Properties::default()
+    };
+    let (mut raw, _) = Raw::v5(&server, "keeper", true, properties).await;
+    const SENT: u16 = 200;
+    for n in 1..=SENT {
+        raw.send(&Packet::Subscribe(halyard_node::mqtt::Subscribe {
+            packet_id: n,
+            subscriptions: vec![halyard_node::mqtt::TopicSubscription {
+                filter: format!("keep/{n}"),
+                options: qos_options(QoS::AtLeastOnce),
+            }],
+            properties: Properties::default(),
+        }))
+        .await;
+    }
+    let (mut granted, mut refused) = (Vec::new(), 0u32);
+    for _ in 0..SENT {
+        match raw.recv().await {
+            Packet::SubAck(ack) if ack.reason_codes == [1] => granted.push(ack.packet_id),
+            Packet::SubAck(ack) if ack.reason_codes == [0x97] => refused += 1,
+            other => panic!("expected a SUBACK, got {other:?}"),
+        }
+    }
+    assert!(!granted.is_empty(), "the store was never free");
+    assert!(refused > 0, "the backlog never filled");
+    assert_eq!(
+        server.metric("halyard_backlog_refusals_total{packet=\"subscribe\"}"),
+        f64::from(refused)
+    );
+    raw.disconnect(0).await;
+    let durable = server.server().broker().durable().expect("durable").clone();
+    assert!(
+        durable.flush(Duration::from_secs(10)).await,
+        "the store never caught up"
+    );
+    let sessions = durable.load_sessions().await.expect("read");
+    let stored: Vec<&str> = sessions
+        .iter()
+        .find(|s| s.record.client_id == "keeper")
+        .expect("the session is stored")
+        .record
+        .subscriptions
+        .iter()
+        .map(|s| s.filter.as_str())
+        .collect();
+    assert_eq!(
+        stored.len(),
+        granted.len(),
+        "refused subscriptions were kept"
+    );
+    for id in &granted {
+        assert!(
+            stored.contains(&format!("keep/{id}").as_str()),
+            "keep/{id} was granted but not stored"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_with_too_many_waiting_requests_answers_429_and_loses_no_accepted_update() {
     // One request may wait behind the one being served; the burst's others are refused.
     let server = TestServer::start_with(|c| {
