@@ -87,6 +87,7 @@ async fn start_nodes(options: &StoreBenchOptions) -> anyhow::Result<Vec<Node>> {
                 tokio::spawn(halyard_node::cluster::serve_peers(
                     quic.endpoint(),
                     store.service(),
+                    halyard_node::cluster::Inbound::default(),
                     rx,
                 ));
                 Some(stop)

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use halyard_raft::{KvEngine, RaftTransport, Store, StoreConfig};
 
-use crate::broker::{Broker, Durable};
+use crate::broker::{Broker, Durable, Remote};
 use crate::config::Config;
 use crate::gateway;
 use crate::metrics::BrokerMetrics;
@@ -66,6 +66,8 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     tasks: Supervisor,
     services: Services,
+    /// The other nodes as the broker sees them; held here, the broker holds it weakly.
+    _remote: Option<Arc<dyn Remote>>,
 }
 
 /// Where each listener is bound; `None` for one configured `off`.
@@ -87,6 +89,21 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts whatever answers the other nodes, once the store exists; returns its tasks.
 pub type PeerServer = Box<dyn FnOnce(&Store, watch::Receiver<bool>) -> Vec<JoinHandle<()>> + Send>;
+
+/// Joins the broker to the other nodes once it exists, before its sessions are restored: the
+/// broker's view of them, and the task that keeps it current. `None` for a node alone.
+pub type BrokerLink = Box<
+    dyn FnOnce(
+            &Broker,
+            &Store,
+            &Registry,
+            watch::Receiver<bool>,
+        ) -> Result<Option<(Arc<dyn Remote>, RemoteTask)>, ServerError>
+        + Send,
+>;
+
+/// The task that keeps a broker's view of the other nodes current.
+pub type RemoteTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Server {
     /// Opens the store in `{data_dir}/raft`, binds the listeners of `config` and starts serving.
@@ -112,14 +129,29 @@ impl Server {
             tracing::info!(listener = %"peer", %addr, "listening");
         }
         let endpoint = transport.endpoint();
-        let serve: PeerServer = Box::new(move |store, shutdown| {
-            vec![tokio::spawn(crate::cluster::serve_peers(
-                endpoint,
-                store.service(),
-                shutdown,
-            ))]
-        });
-        Self::start_with(config, Arc::new(engine), transport, serve).await
+        let inbound = crate::cluster::Inbound::default();
+        let serve: PeerServer = {
+            let inbound = Arc::clone(&inbound);
+            Box::new(move |store, shutdown| {
+                vec![tokio::spawn(crate::cluster::serve_peers(
+                    endpoint,
+                    store.service(),
+                    inbound,
+                    shutdown,
+                ))]
+            })
+        };
+        let link: BrokerLink = {
+            let transport = Arc::clone(&transport);
+            Box::new(move |broker, store, registry, shutdown| {
+                let (plane, task) =
+                    crate::cluster::DataPlane::start(broker, store, transport, registry, shutdown)?;
+                let _ = inbound.set(Arc::clone(&plane));
+                let remote: Arc<dyn Remote> = plane;
+                Ok(Some((remote, Box::pin(task) as RemoteTask)))
+            })
+        };
+        Self::start_with(config, Arc::new(engine), transport, serve, link).await
     }
 
     /// Starts a node that is a cluster of one, on the given storage engine.
@@ -134,7 +166,14 @@ impl Server {
             network.register(node_id, store.service());
             Vec::new()
         });
-        Self::start_with(config, engine, transport, register).await
+        Self::start_with(
+            config,
+            engine,
+            transport,
+            register,
+            Box::new(|_, _, _, _| Ok(None)),
+        )
+        .await
     }
 
     /// Starts on the given storage engine and peer transport; `peers` starts answering the
@@ -144,6 +183,7 @@ impl Server {
         engine: Arc<dyn KvEngine>,
         transport: Arc<dyn RaftTransport>,
         peers: PeerServer,
+        link: BrokerLink,
     ) -> Result<Server, ServerError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
@@ -188,6 +228,13 @@ impl Server {
             BrokerMetrics::new(&registry)?,
             Some(Arc::clone(&durable)),
         );
+        let remote = match link(&broker, &store, &registry, watch_rx.clone())? {
+            Some((remote, task)) => {
+                tasks.spawn_critical("data-plane", task);
+                Some(remote)
+            }
+            None => None,
+        };
         let retained = durable.load_retained().await?;
         let sessions = durable.load_sessions().await?;
         tracing::info!(
@@ -316,6 +363,7 @@ impl Server {
             shutdown,
             tasks,
             services,
+            _remote: remote,
         })
     }
 

@@ -47,6 +47,15 @@ pub(super) fn event(topic: String, payload: String) -> Message {
     }
 }
 
+/// Where a message entered the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// At this node: from a client, a service or the broker itself.
+    Here,
+    /// Forwarded by the node it arrived at.
+    Forwarded,
+}
+
 impl Broker {
     /// Whether `mqtt.max_pending_writes` store writes wait already (the store has no quorum
     /// or cannot keep up): what would add to them is refused, so that the backlog is bounded
@@ -73,7 +82,12 @@ impl Broker {
         let message = Arc::new(message);
         let served = self.serve(&message, ingress.publisher);
         self.tap(&message, ingress.publisher);
-        let mut published = self.route(&message, ingress.waker, ingress.reply_to.map(|s| s.id));
+        let mut published = self.route(
+            &message,
+            ingress.waker,
+            ingress.reply_to.map(|s| s.id),
+            Arrival::Here,
+        );
         published.served = served;
         if let Some(requester) = ingress.reply_to
             && !published.requester_offered
@@ -217,11 +231,14 @@ impl Broker {
         message: &Arc<Message>,
         waker: Option<&Arc<Signal>>,
         requester: Option<u64>,
+        arrival: Arrival,
     ) -> Published {
         let durable = self.inner.durable.as_ref();
         let mut ops = Vec::new();
         if message.retain && self.inner.config.retain_available {
-            self.retain(message, durable, &mut ops);
+            // The node it arrived at stores it; the others only index it.
+            let store = durable.filter(|_| arrival == Arrival::Here);
+            self.retain(message, store, &mut ops);
         }
         let trie = self.inner.trie.read();
         let mut matches = Vec::new();
@@ -297,7 +314,18 @@ impl Broker {
         {
             outcome.durable_seq = durable.submit(ops, waker);
         }
+        if arrival == Arrival::Here
+            && let Some(remote) = self.remote()
+        {
+            remote.forward(message);
+        }
         outcome
+    }
+
+    /// Delivers a message another node forwarded to this node's subscribers. It has been
+    /// through that node's services and taps, and goes to no other node from here.
+    pub fn deliver_forwarded(&self, message: Message) -> Published {
+        self.route(&Arc::new(message), None, None, Arrival::Forwarded)
     }
 
     /// Keeps `message` as its topic's retained message (an empty payload clears it).

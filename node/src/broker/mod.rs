@@ -10,6 +10,7 @@ pub mod durable;
 mod ingest;
 mod lifecycle;
 mod message;
+mod remote;
 mod retained;
 mod services;
 mod session;
@@ -29,6 +30,7 @@ pub use connection::Connection;
 pub use deadlines::{Deadlines, SWEEP_INTERVAL};
 pub use ingest::Ingress;
 pub use message::{Delivery, Message};
+pub use remote::Remote;
 pub use retained::{Retained, RetainedStore};
 pub use services::{InFlight, ServiceRequest, TopicService};
 pub use session::{
@@ -68,6 +70,9 @@ struct Inner {
     services: RwLock<Vec<Weak<dyn TopicService>>>,
     /// Consumers of every message on their filters, such as the rules engine.
     taps: RwLock<SubscriptionTrie<Arc<TapQueue>>>,
+    /// The other nodes of a cluster, set once before sessions are restored. Weak: the
+    /// cluster's data plane holds this broker to deliver what other nodes forward.
+    remote: std::sync::OnceLock<Weak<dyn Remote>>,
 }
 
 /// What became of a published message.
@@ -114,12 +119,27 @@ impl Broker {
                 durable,
                 services: RwLock::new(Vec::new()),
                 taps: RwLock::new(SubscriptionTrie::default()),
+                remote: std::sync::OnceLock::new(),
             }),
         }
     }
 
     pub fn config(&self) -> &MqttConfig {
         &self.inner.config
+    }
+
+    /// Joins this broker to the other nodes of a cluster: subscriptions are announced to
+    /// `remote` from now on (and those held already, at once), and messages handed to it.
+    /// Only the first call counts.
+    pub fn set_remote(&self, remote: &Arc<dyn Remote>) {
+        let trie = self.inner.trie.write();
+        if self.inner.remote.set(Arc::downgrade(remote)).is_ok() {
+            trie.for_each_filter(|filter| remote.subscribed(filter));
+        }
+    }
+
+    fn remote(&self) -> Option<Arc<dyn Remote>> {
+        self.inner.remote.get()?.upgrade()
     }
 
     pub fn metrics(&self) -> &BrokerMetrics {
@@ -379,10 +399,14 @@ impl Broker {
         if subscriptions.is_empty() {
             return;
         }
+        let remote = self.remote();
         let mut trie = self.inner.trie.write();
         for raw in subscriptions.keys() {
-            if let Ok(parsed) = topic::parse_filter(raw) {
-                trie.remove(parsed.filter, parsed.share_group, session.id);
+            if let Ok(parsed) = topic::parse_filter(raw)
+                && trie.remove(parsed.filter, parsed.share_group, session.id)
+                && let Some(remote) = &remote
+            {
+                remote.unsubscribed(parsed.filter);
             }
         }
         self.inner.metrics.subscriptions.set(trie.len() as i64);
@@ -412,12 +436,13 @@ impl Broker {
         filters: &[(&str, ParsedFilter<'_>, SubscriptionOptions)],
         subscription_id: Option<u32>,
     ) -> Vec<bool> {
+        let remote = self.remote();
         let is_new: Vec<bool> = {
             let mut trie = self.inner.trie.write();
             let is_new = filters
                 .iter()
                 .map(|(_, parsed, options)| {
-                    trie.insert(
+                    let is_new = trie.insert(
                         parsed.filter,
                         parsed.share_group,
                         Subscriber {
@@ -425,7 +450,11 @@ impl Broker {
                             options: *options,
                             subscription_id,
                         },
-                    )
+                    );
+                    if is_new && let Some(remote) = &remote {
+                        remote.subscribed(parsed.filter);
+                    }
+                    is_new
                 })
                 .collect();
             self.inner.metrics.subscriptions.set(trie.len() as i64);
@@ -449,9 +478,13 @@ impl Broker {
         let Ok(parsed) = topic::parse_filter(raw_filter) else {
             return false;
         };
+        let remote = self.remote();
         let removed = {
             let mut trie = self.inner.trie.write();
             let removed = trie.remove(parsed.filter, parsed.share_group, session.id);
+            if removed && let Some(remote) = &remote {
+                remote.unsubscribed(parsed.filter);
+            }
             self.inner.metrics.subscriptions.set(trie.len() as i64);
             removed
         };

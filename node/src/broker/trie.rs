@@ -221,6 +221,35 @@ impl<T: Target> SubscriptionTrie<T> {
         walk(&self.root, Some(topic), true, topic.starts_with('$'), out);
     }
 
+    /// Calls `f` with the filter of every subscription held: once per target and filter,
+    /// shared subscriptions by their underlying filter.
+    pub fn for_each_filter(&self, mut f: impl FnMut(&str)) {
+        fn visit<T>(node: &Node<T>, path: &mut String, f: &mut impl FnMut(&str)) {
+            let held = node.direct.list.len()
+                + node
+                    .shared
+                    .iter()
+                    .map(|g| g.members.list.len())
+                    .sum::<usize>();
+            for _ in 0..held {
+                f(path);
+            }
+            for (level, child) in &node.children {
+                let before = path.len();
+                path.push('/');
+                path.push_str(level);
+                visit(child, path, f);
+                path.truncate(before);
+            }
+        }
+        let mut path = String::new();
+        for (level, child) in &self.root.children {
+            path.clear();
+            path.push_str(level);
+            visit(child, &mut path, &mut f);
+        }
+    }
+
     /// Whether any filter matches `topic`, without collecting who.
     pub fn has_match(&self, topic: &str) -> bool {
         let mut out = Vec::new();
@@ -292,6 +321,21 @@ fn remove_at<T: Target>(
 mod tests {
     use super::*;
     use crate::mqtt::QoS;
+
+    #[test]
+    fn every_held_filter_is_listed_once_per_subscription() {
+        let mut trie = SubscriptionTrie::default();
+        trie.insert("a/+/c", None, sub(1));
+        trie.insert("a/+/c", None, sub(2));
+        trie.insert("/lead", None, sub(1));
+        trie.insert("#", Some("group"), sub(3));
+        trie.insert("x", None, sub(1));
+        trie.remove("x", None, 1);
+        let mut filters = Vec::new();
+        trie.for_each_filter(|f| filters.push(f.to_owned()));
+        filters.sort();
+        assert_eq!(filters, ["#", "/lead", "a/+/c", "a/+/c"]);
+    }
 
     fn sub(id: u64) -> Subscriber {
         Subscriber {

@@ -24,6 +24,12 @@ pub enum Kind {
     SnapshotHeader = 2,
     SnapshotResponse = 3,
     Error = 4,
+    /// Opens a stream of a node's routes: a snapshot of them all, then `RouteDelta`s.
+    Routes = 5,
+    RouteDelta = 6,
+    /// Opens a stream of messages forwarded by the node it names: `Forward` frames follow.
+    Messages = 7,
+    Forward = 8,
 }
 
 #[derive(Debug, thiserror::Error)]

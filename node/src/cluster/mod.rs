@@ -1,11 +1,17 @@
-//! Node-to-node traffic: the Raft transport over QUIC with mutual TLS, and the cluster
-//! certificates it needs.
+//! Node-to-node traffic over QUIC with mutual TLS: the Raft transport, the broker's data plane
+//! (routes and forwarded messages), and the cluster certificates they need.
 
 pub mod certs;
+mod data_plane;
 mod frame;
 mod quic;
 
+pub use data_plane::DataPlane;
 pub use quic::{QuicTransport, serve_peers};
+
+/// Where the streams other nodes open for the broker's data plane go, once it exists; until
+/// then they are dropped (the peers open them again).
+pub type Inbound = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<DataPlane>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

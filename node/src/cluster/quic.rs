@@ -48,6 +48,7 @@ impl QuicTransport {
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(Duration::from_secs(5)));
         transport.max_concurrent_bidi_streams(1024u32.into());
+        transport.max_concurrent_uni_streams(256u32.into());
         let transport = Arc::new(transport);
         server.transport_config(Arc::clone(&transport));
         let client_crypto =
@@ -133,6 +134,16 @@ impl QuicTransport {
             Ok(Err(e)) => Err(unreachable(e.to_string())),
             Err(_) => Err(TransportError::Timeout(target)),
         }
+    }
+
+    /// The connection to peer `target` at `addr`, dialled if there is none, which the data
+    /// plane shares with the store's traffic.
+    pub(super) async fn peer_connection(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<quinn::Connection, TransportError> {
+        self.connection(target, addr).await
     }
 
     fn forget(&self, target: NodeId) {
@@ -264,6 +275,7 @@ impl RaftTransport for QuicTransport {
 pub async fn serve_peers(
     endpoint: quinn::Endpoint,
     service: RaftService,
+    inbound: super::Inbound,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -271,9 +283,10 @@ pub async fn serve_peers(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let service = service.clone();
+                let inbound = std::sync::Arc::clone(&inbound);
                 tokio::spawn(async move {
                     match incoming.await {
-                        Ok(connection) => serve_connection(connection, service).await,
+                        Ok(connection) => serve_connection(connection, service, inbound).await,
                         Err(e) => tracing::debug!(error = %e, "peer handshake failed"),
                     }
                 });
@@ -283,7 +296,22 @@ pub async fn serve_peers(
     }
 }
 
-async fn serve_connection(connection: quinn::Connection, service: RaftService) {
+async fn serve_connection(
+    connection: quinn::Connection,
+    service: RaftService,
+    inbound: super::Inbound,
+) {
+    // The store's requests come on bidirectional streams, the data plane's on unidirectional.
+    let data = {
+        let connection = connection.clone();
+        tokio::spawn(async move {
+            while let Ok(stream) = connection.accept_uni().await {
+                if let Some(plane) = inbound.get() {
+                    tokio::spawn(std::sync::Arc::clone(plane).accept(stream));
+                }
+            }
+        })
+    };
     while let Ok((send, recv)) = connection.accept_bi().await {
         let service = service.clone();
         tokio::spawn(async move {
@@ -292,6 +320,7 @@ async fn serve_connection(connection: quinn::Connection, service: RaftService) {
             }
         });
     }
+    data.abort();
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -286,3 +286,97 @@ async fn every_node_is_ready_and_reads_the_retained_messages_of_every_node() {
         server.shutdown().await;
     }
 }
+
+/// The value of the sample `series` (with its labels as rendered) of `server`; 0 when absent.
+fn metric(server: &Server, series: &str) -> f64 {
+    let text = halyard_node::metrics::render(server.registry());
+    crate::common::parse_metric(&text, series).unwrap_or(0.0)
+}
+
+async fn client(server: &Server, id: &str) -> crate::common::V4 {
+    let options = rumqttc::MqttOptions::new(
+        id,
+        "127.0.0.1",
+        server.mqtt_addr().expect("the MQTT listener is on").port(),
+    );
+    crate::common::v4_connect(options).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_on_one_node_reaches_subscribers_on_the_others_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
+    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
+    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
+    let servers: Vec<Server> = futures_join(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut exact = client(&servers[1], "exact-on-2").await;
+    exact
+        .subscribe("fleet/7/temp", rumqttc::QoS::AtLeastOnce)
+        .await;
+    let mut wildcard = client(&servers[2], "wildcard-on-3").await;
+    wildcard
+        .subscribe("fleet/#", rumqttc::QoS::AtLeastOnce)
+        .await;
+    // Node 1 learns both routes from its peers.
+    crate::common::wait_until("node 1 knows the routes of nodes 2 and 3", || {
+        metric(&servers[0], "halyard_cluster_remote_routes") >= 2.0
+    })
+    .await;
+
+    let mut publisher = client(&servers[0], "publisher-on-1").await;
+    for n in 0..50u32 {
+        publisher
+            .publish(
+                "fleet/7/temp",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                &n.to_be_bytes(),
+            )
+            .await;
+    }
+    publisher
+        .publish("fleet/8/temp", rumqttc::QoS::AtMostOnce, false, b"other")
+        .await;
+    for subscriber in [&mut exact, &mut wildcard] {
+        let got = subscriber.recv_n(50).await;
+        let order: Vec<u32> = got
+            .iter()
+            .map(|p| u32::from_be_bytes(p.payload[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(order, (0..50).collect::<Vec<_>>(), "in publish order");
+        assert!(got.iter().all(|p| &*p.topic == "fleet/7/temp"));
+    }
+    // Only the wildcard subscriber's node wanted the other topic.
+    assert_eq!(&wildcard.recv().await.payload[..], b"other");
+    exact.expect_no_publish(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&servers[0], "halyard_cluster_forwarded_total{peer=\"2\"}"),
+        50.0
+    );
+    assert_eq!(
+        metric(&servers[0], "halyard_cluster_forwarded_total{peer=\"3\"}"),
+        51.0
+    );
+
+    // A subscriber that leaves takes its node's route with it.
+    exact.disconnect().await;
+    crate::common::wait_until("node 1 forgets node 2's route", || {
+        metric(&servers[0], "halyard_cluster_remote_routes") == 1.0
+    })
+    .await;
+    publisher
+        .publish("fleet/7/temp", rumqttc::QoS::AtLeastOnce, false, b"late")
+        .await;
+    assert_eq!(&wildcard.recv().await.payload[..], b"late");
+    assert_eq!(
+        metric(&servers[0], "halyard_cluster_forwarded_total{peer=\"2\"}"),
+        50.0
+    );
+    for server in servers {
+        server.shutdown().await;
+    }
+}

@@ -1,0 +1,618 @@
+//! The broker's data plane across nodes: every node tells its peers which filters its
+//! sessions hold (routes), and hands each message to the peers whose routes match it, once
+//! per peer. Both travel over the QUIC connection the store already keeps to each peer.
+//!
+//! Routes. A node is the only writer of its own routes: the first local subscription to a
+//! filter adds it, the last removes it. To each peer it sends a stream that opens with a
+//! snapshot of all of them (with the node's incarnation, drawn at start) and continues with
+//! each change in order. The peer replaces what it held for that node with every snapshot, and
+//! drops it when the stream ends: a peer that restarts, is cut off or falls behind (its queue
+//! of changes overflows) is resynchronised by a new stream, never patched up.
+//!
+//! Messages. A message that arrived at this node is routed locally, then offered to every peer
+//! with a matching route, on one of `LANES` streams chosen by its topic: order per topic and
+//! publisher is kept, and one busy topic does not hold up the others. A lane's queue is
+//! bounded; what does not fit is dropped and counted. The receiving node delivers to its own
+//! sessions only. Delivery to another node is at most once for now: the publisher's PUBACK
+//! does not wait for the peers.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use halyard_raft::{NodeId, Store};
+use parking_lot::{Mutex, RwLock};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::{mpsc, watch};
+
+use super::frame::{Kind, read_frame, write_frame};
+use super::quic::QuicTransport;
+use crate::broker::durable::{decode_message, encode_message};
+use crate::broker::{Broker, Message, Remote, Subscriber, SubscriptionTrie, Target};
+
+/// Streams per peer that messages are spread over by topic.
+const LANES: usize = 8;
+/// Messages a lane holds while its stream is slow or its peer unreachable.
+const LANE_CAPACITY: usize = 8192;
+/// Route changes a peer's stream holds before the peer is resynchronised instead.
+const DELTA_CAPACITY: usize = 65_536;
+/// How often the cluster's members are read to find peers that came or went.
+const MEMBERS_EVERY: Duration = Duration::from_secs(1);
+const RETRY: Duration = Duration::from_millis(200);
+
+/// A peer node as a subscriber of the route table.
+#[derive(Debug, Clone, Copy)]
+struct PeerNode(NodeId);
+
+impl Target for PeerNode {
+    fn target_id(&self) -> u64 {
+        self.0
+    }
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct RouteSnapshot {
+    node: NodeId,
+    incarnation: u64,
+    filters: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum RouteDelta {
+    Add(String),
+    Remove(String),
+}
+
+#[derive(Clone)]
+struct Metrics {
+    forwarded: IntCounterVec,
+    dropped: IntCounterVec,
+    received: IntCounterVec,
+    resyncs: IntCounterVec,
+    remote_routes: IntGauge,
+    local_routes: IntGauge,
+}
+
+impl Metrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["peer"])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        Ok(Self {
+            forwarded: counter(
+                "halyard_cluster_forwarded_total",
+                "Messages handed to a peer node, by peer",
+            )?,
+            dropped: counter(
+                "halyard_cluster_forward_dropped_total",
+                "Messages for a peer node dropped because its lane was full, by peer",
+            )?,
+            received: counter(
+                "halyard_cluster_received_total",
+                "Messages a peer node forwarded to this one, by peer",
+            )?,
+            resyncs: counter(
+                "halyard_cluster_route_resyncs_total",
+                "Route snapshots sent to a peer node (its first, and each after a gap), by peer",
+            )?,
+            remote_routes: gauge(
+                "halyard_cluster_remote_routes",
+                "Filters held by the sessions of other nodes, as this node knows them",
+            )?,
+            local_routes: gauge(
+                "halyard_cluster_local_routes",
+                "Filters held by this node's sessions, as announced to its peers",
+            )?,
+        })
+    }
+}
+
+/// This node's routes and who is told of their changes.
+#[derive(Default)]
+struct LocalRoutes {
+    /// Filter to the number of local subscriptions to it.
+    counts: HashMap<String, usize>,
+    /// Each linked peer's queue of changes; dropping one makes that peer resynchronise.
+    listeners: HashMap<NodeId, mpsc::Sender<RouteDelta>>,
+}
+
+impl LocalRoutes {
+    /// One more local subscription to `filter`: announced if it is the first.
+    fn subscribed(&mut self, filter: &str) {
+        let count = self.counts.entry(filter.to_owned()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.announce(&RouteDelta::Add(filter.to_owned()));
+        }
+    }
+
+    /// One local subscription to `filter` fewer: announced if it was the last.
+    fn unsubscribed(&mut self, filter: &str) {
+        let Some(count) = self.counts.get_mut(filter) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(filter);
+            self.announce(&RouteDelta::Remove(filter.to_owned()));
+        }
+    }
+
+    fn announce(&mut self, delta: &RouteDelta) {
+        self.listeners
+            .retain(|_, listener| listener.try_send(delta.clone()).is_ok());
+    }
+}
+
+/// The routes other nodes announced, and which announcement of each is current.
+#[derive(Default)]
+struct RemoteRoutes {
+    trie: SubscriptionTrie<PeerNode>,
+    /// Each node's filters, to drop them all when its stream ends.
+    by_node: HashMap<NodeId, (u64, Vec<String>)>,
+    next_generation: u64,
+}
+
+impl RemoteRoutes {
+    /// Replaces everything `node` announced; the generation that identifies this snapshot.
+    fn replace(&mut self, node: NodeId, filters: Vec<String>) -> u64 {
+        self.drop_node(node);
+        for filter in &filters {
+            self.insert(node, filter);
+        }
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        self.by_node.insert(node, (generation, filters));
+        generation
+    }
+
+    fn insert(&mut self, node: NodeId, filter: &str) {
+        self.trie.insert(
+            filter,
+            None,
+            Subscriber {
+                target: PeerNode(node),
+                options: Default::default(),
+                subscription_id: None,
+            },
+        );
+    }
+
+    fn apply(&mut self, node: NodeId, generation: u64, delta: RouteDelta) {
+        let Some((current, filters)) = self.by_node.get_mut(&node) else {
+            return;
+        };
+        if *current != generation {
+            return;
+        }
+        match delta {
+            RouteDelta::Add(filter) => {
+                if !filters.contains(&filter) {
+                    self.trie.insert(
+                        &filter,
+                        None,
+                        Subscriber {
+                            target: PeerNode(node),
+                            options: Default::default(),
+                            subscription_id: None,
+                        },
+                    );
+                    filters.push(filter);
+                }
+            }
+            RouteDelta::Remove(filter) => {
+                if let Some(i) = filters.iter().position(|f| *f == filter) {
+                    filters.swap_remove(i);
+                    self.trie.remove(&filter, None, node);
+                }
+            }
+        }
+    }
+
+    fn drop_node(&mut self, node: NodeId) {
+        if let Some((_, filters)) = self.by_node.remove(&node) {
+            for filter in filters {
+                self.trie.remove(&filter, None, node);
+            }
+        }
+    }
+
+    /// Drops what `node` announced if `generation` is still its current snapshot.
+    fn end(&mut self, node: NodeId, generation: u64) {
+        if self
+            .by_node
+            .get(&node)
+            .is_some_and(|(current, _)| *current == generation)
+        {
+            self.drop_node(node);
+        }
+    }
+}
+
+/// One peer's lanes.
+struct Peer {
+    lanes: Vec<mpsc::Sender<Arc<Message>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The data plane of one node.
+pub struct DataPlane {
+    node: NodeId,
+    incarnation: u64,
+    broker: Broker,
+    transport: Arc<QuicTransport>,
+    local: Mutex<LocalRoutes>,
+    remote: RwLock<RemoteRoutes>,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    hasher: foldhash::fast::FixedState,
+    metrics: Metrics,
+}
+
+impl DataPlane {
+    /// Joins `broker` to the other members of `store`'s cluster over `transport`, until
+    /// `shutdown` turns true.
+    pub fn start(
+        broker: &Broker,
+        store: &Store,
+        transport: Arc<QuicTransport>,
+        registry: &Registry,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(Arc<Self>, impl Future<Output = ()> + Send + 'static), prometheus::Error> {
+        let plane = Arc::new(Self {
+            node: store.id(),
+            incarnation: rand::random(),
+            broker: broker.clone(),
+            transport,
+            local: Mutex::new(LocalRoutes::default()),
+            remote: RwLock::new(RemoteRoutes::default()),
+            peers: Mutex::new(HashMap::new()),
+            hasher: foldhash::fast::FixedState::with_seed(0x68616c7961726421),
+            metrics: Metrics::new(registry)?,
+        });
+        let as_remote: Arc<dyn Remote> = Arc::clone(&plane) as Arc<dyn Remote>;
+        broker.set_remote(&as_remote);
+        let members = Arc::clone(&plane).follow_members(store.clone(), shutdown);
+        Ok((plane, members))
+    }
+
+    /// Links to every member of the cluster but this node, and unlinks those that left.
+    async fn follow_members(self: Arc<Self>, store: Store, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let members: HashMap<NodeId, String> = store
+                .status()
+                .members
+                .into_iter()
+                .filter(|m| m.id != self.node)
+                .map(|m| (m.id, m.addr))
+                .collect();
+            {
+                let mut peers = self.peers.lock();
+                peers.retain(|id, _| members.contains_key(id));
+                for (id, addr) in members {
+                    peers
+                        .entry(id)
+                        .or_insert_with(|| Arc::clone(&self).link(id, addr));
+                }
+            }
+            let known: Vec<NodeId> = self.peers.lock().keys().copied().collect();
+            {
+                let mut remote = self.remote.write();
+                let gone: Vec<NodeId> = remote
+                    .by_node
+                    .keys()
+                    .filter(|id| !known.contains(id))
+                    .copied()
+                    .collect();
+                for id in gone {
+                    remote.drop_node(id);
+                }
+                self.metrics.remote_routes.set(remote.trie.len() as i64);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(MEMBERS_EVERY) => {}
+                _ = shutdown.changed() => {
+                    self.peers.lock().clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts the route stream and the lanes to peer `id` at `addr`.
+    fn link(self: Arc<Self>, id: NodeId, addr: String) -> Peer {
+        let mut lanes = Vec::with_capacity(LANES);
+        let mut tasks = Vec::with_capacity(LANES + 1);
+        tasks.push(tokio::spawn(
+            Arc::clone(&self).announce_routes(id, addr.clone()),
+        ));
+        for _ in 0..LANES {
+            let (tx, rx) = mpsc::channel(LANE_CAPACITY);
+            lanes.push(tx);
+            tasks.push(tokio::spawn(Arc::clone(&self).run_lane(
+                id,
+                addr.clone(),
+                rx,
+            )));
+        }
+        Peer { lanes, tasks }
+    }
+
+    async fn connection(&self, id: NodeId, addr: &str) -> quinn::Connection {
+        loop {
+            match self.transport.peer_connection(id, addr).await {
+                Ok(connection) => return connection,
+                Err(e) => {
+                    tracing::debug!(peer = id, error = %e, "cannot reach a peer; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Keeps peer `id` told of this node's routes: a snapshot, then every change, again
+    /// from a snapshot whenever the stream breaks or the peer falls behind.
+    async fn announce_routes(self: Arc<Self>, id: NodeId, addr: String) {
+        let peer = id.to_string();
+        loop {
+            let connection = self.connection(id, &addr).await;
+            let (tx, mut changes) = mpsc::channel(DELTA_CAPACITY);
+            let snapshot = {
+                let mut local = self.local.lock();
+                local.listeners.insert(id, tx);
+                RouteSnapshot {
+                    node: self.node,
+                    incarnation: self.incarnation,
+                    filters: local.counts.keys().cloned().collect(),
+                }
+            };
+            self.metrics.resyncs.with_label_values(&[&peer]).inc();
+            let sent = async {
+                let mut stream = connection.open_uni().await.ok()?;
+                let body = postcard::to_stdvec(&snapshot).ok()?;
+                write_frame(&mut stream, Kind::Routes, body).await.ok()?;
+                // Ends when this node drops the queue: the peer fell behind.
+                while let Some(delta) = changes.recv().await {
+                    let body = postcard::to_stdvec(&delta).ok()?;
+                    write_frame(&mut stream, Kind::RouteDelta, body)
+                        .await
+                        .ok()?;
+                }
+                let _ = stream.finish();
+                Some(())
+            };
+            tokio::select! {
+                _ = sent => {}
+                _ = connection.closed() => {}
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Carries the messages of one lane to peer `id`, on one stream while it lasts.
+    async fn run_lane(
+        self: Arc<Self>,
+        id: NodeId,
+        addr: String,
+        mut messages: mpsc::Receiver<Arc<Message>>,
+    ) {
+        let peer = id.to_string();
+        let forwarded = self.metrics.forwarded.with_label_values(&[&peer]);
+        let mut pending: Option<Arc<Message>> = None;
+        loop {
+            let connection = self.connection(id, &addr).await;
+            let Ok(mut stream) = connection.open_uni().await else {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            };
+            let Ok(hello) = postcard::to_stdvec(&self.node) else {
+                return;
+            };
+            if write_frame(&mut stream, Kind::Messages, hello)
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            loop {
+                let message = match pending.take() {
+                    Some(m) => m,
+                    None => match messages.recv().await {
+                        Some(m) => m,
+                        None => return,
+                    },
+                };
+                let body = encode_message(&message, message.qos, message.retain, &[]);
+                if write_frame(&mut stream, Kind::Forward, body).await.is_err() {
+                    // Tried again on the next stream.
+                    pending = Some(message);
+                    break;
+                }
+                forwarded.inc();
+            }
+        }
+    }
+
+    /// Takes a stream a peer opened: its routes, or messages for this node's sessions.
+    pub(super) async fn accept(self: Arc<Self>, mut stream: quinn::RecvStream) {
+        let Ok(first) = read_frame(&mut stream).await else {
+            return;
+        };
+        match Kind::try_from(first.kind) {
+            Ok(Kind::Routes) => {
+                let Ok(snapshot) = postcard::from_bytes::<RouteSnapshot>(&first.body) else {
+                    return;
+                };
+                self.follow_routes(snapshot, stream).await;
+            }
+            Ok(Kind::Messages) => {
+                let Ok(node) = postcard::from_bytes::<NodeId>(&first.body) else {
+                    return;
+                };
+                self.receive_messages(node, stream).await;
+            }
+            _ => tracing::debug!(kind = first.kind, "unexpected peer stream"),
+        }
+    }
+
+    async fn follow_routes(&self, snapshot: RouteSnapshot, mut stream: quinn::RecvStream) {
+        let node = snapshot.node;
+        tracing::debug!(
+            peer = node,
+            incarnation = snapshot.incarnation,
+            routes = snapshot.filters.len(),
+            "route snapshot"
+        );
+        let generation = {
+            let mut remote = self.remote.write();
+            let generation = remote.replace(node, snapshot.filters);
+            self.metrics.remote_routes.set(remote.trie.len() as i64);
+            generation
+        };
+        while let Ok(frame) = read_frame(&mut stream).await {
+            let Ok(delta) = postcard::from_bytes::<RouteDelta>(&frame.body) else {
+                break;
+            };
+            let mut remote = self.remote.write();
+            remote.apply(node, generation, delta);
+            self.metrics.remote_routes.set(remote.trie.len() as i64);
+        }
+        let mut remote = self.remote.write();
+        remote.end(node, generation);
+        self.metrics.remote_routes.set(remote.trie.len() as i64);
+    }
+
+    async fn receive_messages(&self, node: NodeId, mut stream: quinn::RecvStream) {
+        let received = self
+            .metrics
+            .received
+            .with_label_values(&[&node.to_string()]);
+        while let Ok(frame) = read_frame(&mut stream).await {
+            let Some((mut message, qos, retain, _)) = decode_message(&frame.body) else {
+                tracing::warn!("a peer forwarded an unreadable message; dropped");
+                continue;
+            };
+            message.qos = qos;
+            message.retain = retain;
+            received.inc();
+            self.broker.deliver_forwarded(message);
+        }
+    }
+
+    fn lane_of(&self, topic: &str) -> usize {
+        (self.hasher.hash_one(topic) as usize) % LANES
+    }
+}
+
+impl Remote for DataPlane {
+    fn subscribed(&self, filter: &str) {
+        let mut local = self.local.lock();
+        local.subscribed(filter);
+        self.metrics.local_routes.set(local.counts.len() as i64);
+    }
+
+    fn unsubscribed(&self, filter: &str) {
+        let mut local = self.local.lock();
+        local.unsubscribed(filter);
+        self.metrics.local_routes.set(local.counts.len() as i64);
+    }
+
+    fn forward(&self, message: &Arc<Message>) {
+        let mut nodes: Vec<NodeId> = {
+            let remote = self.remote.read();
+            let mut matches = Vec::new();
+            remote.trie.matches(&message.topic, &mut matches);
+            matches.iter().map(|m| m.target.0).collect()
+        };
+        if nodes.is_empty() {
+            return;
+        }
+        nodes.sort_unstable();
+        nodes.dedup();
+        let lane = self.lane_of(&message.topic);
+        let peers = self.peers.lock();
+        for node in nodes {
+            let Some(peer) = peers.get(&node) else {
+                continue;
+            };
+            if peer.lanes[lane].try_send(Arc::clone(message)).is_err() {
+                self.metrics
+                    .dropped
+                    .with_label_values(&[&node.to_string()])
+                    .inc();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes_for(remote: &RemoteRoutes, topic: &str) -> Vec<NodeId> {
+        let mut matches = Vec::new();
+        remote.trie.matches(topic, &mut matches);
+        let mut nodes: Vec<NodeId> = matches.iter().map(|m| m.target.0).collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
+    #[test]
+    fn a_snapshot_replaces_a_nodes_routes_and_only_its_own_stream_may_change_or_end_them() {
+        let mut remote = RemoteRoutes::default();
+        let old = remote.replace(2, vec!["a/+".into(), "b".into()]);
+        remote.replace(3, vec!["a/#".into()]);
+        assert_eq!(nodes_for(&remote, "a/x"), [2, 3]);
+        remote.apply(2, old, RouteDelta::Add("c".into()));
+        remote.apply(2, old, RouteDelta::Remove("b".into()));
+        assert_eq!(nodes_for(&remote, "c"), [2]);
+        assert!(nodes_for(&remote, "b").is_empty());
+        // Node 2 restarts: its new snapshot replaces the old one, and the old stream's late
+        // changes and end touch nothing.
+        let new = remote.replace(2, vec!["d".into()]);
+        remote.apply(2, old, RouteDelta::Add("e".into()));
+        remote.end(2, old);
+        assert_eq!(nodes_for(&remote, "d"), [2]);
+        assert!(nodes_for(&remote, "e").is_empty());
+        assert!(nodes_for(&remote, "c").is_empty());
+        remote.end(2, new);
+        assert!(nodes_for(&remote, "d").is_empty());
+        assert_eq!(nodes_for(&remote, "a/x"), [3]);
+        assert_eq!(remote.trie.len(), 1);
+    }
+
+    #[test]
+    fn a_filter_is_announced_when_its_first_subscriber_comes_and_its_last_leaves() {
+        let mut local = LocalRoutes::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        local.listeners.insert(2, tx);
+        local.subscribed("t");
+        local.subscribed("t");
+        local.unsubscribed("t");
+        local.unsubscribed("t");
+        local.unsubscribed("never held");
+        assert!(matches!(rx.try_recv(), Ok(RouteDelta::Add(f)) if f == "t"));
+        assert!(matches!(rx.try_recv(), Ok(RouteDelta::Remove(f)) if f == "t"));
+        assert!(rx.try_recv().is_err());
+        // A listener that falls behind is dropped, and so resynchronised.
+        for n in 0..5 {
+            local.subscribed(&format!("f{n}"));
+        }
+        assert!(local.listeners.is_empty());
+    }
+}
