@@ -328,6 +328,29 @@ impl Broker {
         self.route(&Arc::new(message), None, None, Arrival::Forwarded)
     }
 
+    /// Follows the store's retained messages, which any node may have changed: `stored` is
+    /// the record of `topic` as written at `modified_ms` (`None`: cleared). A record older
+    /// than the one held is a change this node made after it, and does not undo it.
+    pub fn apply_stored_retained(&self, topic: &str, stored: Option<(Message, u64)>) {
+        let mut retained = self.inner.retained.write();
+        match stored {
+            Some((message, modified_ms)) => {
+                if retained
+                    .get(topic)
+                    .is_some_and(|held| held.modified_ms > modified_ms)
+                {
+                    return;
+                }
+                retained.update(&Arc::new(message), modified_ms);
+            }
+            None => retained.remove(topic),
+        }
+        self.inner
+            .metrics
+            .retained_messages
+            .set(retained.len() as i64);
+    }
+
     /// Keeps `message` as its topic's retained message (an empty payload clears it).
     fn retain(
         &self,

@@ -9,6 +9,9 @@
 //! drops it when the stream ends: a peer that restarts, is cut off or falls behind (its queue
 //! of changes overflows) is resynchronised by a new stream, never patched up.
 //!
+//! Retained messages. Every node keeps its retained index equal to the store's by following
+//! its watch, so a subscriber on any node gets what was retained on any other.
+//!
 //! Messages. A message that arrived at this node is routed locally, then offered to every peer
 //! with a matching route, on one of `LANES` streams chosen by its topic: order per topic and
 //! publisher is kept, and one busy topic does not hold up the others. A lane's queue is
@@ -28,8 +31,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::frame::{Kind, read_frame, write_frame};
 use super::quic::QuicTransport;
-use crate::broker::durable::{decode_message, encode_message};
+use crate::broker::durable::{decode_message, decode_retained, encode_message};
 use crate::broker::{Broker, Message, Remote, Subscriber, SubscriptionTrie, Target};
+use crate::store::keys;
 
 /// Streams per peer that messages are spread over by topic.
 const LANES: usize = 8;
@@ -287,8 +291,14 @@ impl DataPlane {
         });
         let as_remote: Arc<dyn Remote> = Arc::clone(&plane) as Arc<dyn Remote>;
         broker.set_remote(&as_remote);
-        let members = Arc::clone(&plane).follow_members(store.clone(), shutdown);
-        Ok((plane, members))
+        // Watched from before the broker loads the retained messages, so that nothing set
+        // between the load and the first event is missed.
+        let retained = store.watch(keys::RETAINED.as_bytes().to_vec(), None);
+        let members = Arc::clone(&plane).follow_members(store.clone(), shutdown.clone());
+        let follow = Arc::clone(&plane).follow_retained(store.clone(), retained.ok(), shutdown);
+        Ok((plane, async move {
+            tokio::join!(members, follow);
+        }))
     }
 
     /// Links to every member of the cluster but this node, and unlinks those that left.
@@ -331,6 +341,73 @@ impl DataPlane {
                     return;
                 }
             }
+        }
+    }
+
+    /// Keeps the broker's retained index equal to the store's, which every node writes: a
+    /// subscriber on any node gets the retained messages set on every node.
+    async fn follow_retained(
+        self: Arc<Self>,
+        store: Store,
+        mut changes: Option<halyard_raft::WatchStream>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let mut stream = match changes.take() {
+                Some(stream) => stream,
+                None => {
+                    // Behind the compaction point, or a fresh start: read everything again.
+                    let watched = store.watch(keys::RETAINED.as_bytes().to_vec(), None);
+                    if let Some(durable) = self.broker.durable()
+                        && let Ok(all) = durable.load_retained().await
+                    {
+                        for (message, modified_ms) in all {
+                            let topic = Arc::clone(&message.topic);
+                            self.broker
+                                .apply_stored_retained(&topic, Some((message, modified_ms)));
+                        }
+                    }
+                    match watched {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot watch retained messages; retrying");
+                            tokio::time::sleep(RETRY).await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    next = stream.next() => match next {
+                        Some(Ok(revision)) => {
+                            for event in revision.events {
+                                self.apply_retained_event(event);
+                            }
+                        }
+                        Some(Err(_)) | None => break,
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+
+    fn apply_retained_event(&self, event: halyard_raft::Event) {
+        let Some(topic) = event
+            .kv
+            .key
+            .strip_prefix(keys::RETAINED.as_bytes())
+            .and_then(|t| std::str::from_utf8(t).ok())
+        else {
+            return;
+        };
+        match event.kind {
+            halyard_raft::EventKind::Put => match decode_retained(&event.kv.value) {
+                Some(stored) => self.broker.apply_stored_retained(topic, Some(stored)),
+                None => tracing::warn!(topic, "a stored retained message is unreadable"),
+            },
+            halyard_raft::EventKind::Delete => self.broker.apply_stored_retained(topic, None),
         }
     }
 

@@ -236,7 +236,7 @@ async fn every_node_answers_for_every_shadow_and_no_update_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_node_is_ready_and_reads_the_retained_messages_of_every_node() {
+async fn every_node_is_ready_and_serves_the_retained_messages_of_every_node() {
     let dir = tempfile::tempdir().unwrap();
     halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
     let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
@@ -281,6 +281,25 @@ async fn every_node_is_ready_and_reads_the_retained_messages_of_every_node() {
             assert_eq!(&message.payload[..], b"on");
             assert!(modified_ms > 0);
         }
+    }
+    // And what a subscriber on any node is sent: the retained messages of every node.
+    for (i, server) in servers.iter().enumerate() {
+        crate::common::wait_until("every retained message is indexed", || {
+            metric(server, "halyard_retained_messages") == 3.0
+        })
+        .await;
+        let mut subscriber = client(server, &format!("reader-{i}")).await;
+        subscriber
+            .subscribe("plant/+/state", rumqttc::QoS::AtLeastOnce)
+            .await;
+        let mut topics: Vec<String> = subscriber
+            .recv_n(3)
+            .await
+            .iter()
+            .map(|p| p.topic.to_string())
+            .collect();
+        topics.sort();
+        assert_eq!(topics, ["plant/0/state", "plant/1/state", "plant/2/state"]);
     }
     for server in servers {
         server.shutdown().await;
@@ -376,6 +395,22 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_the_others_in_or
         metric(&servers[0], "halyard_cluster_forwarded_total{peer=\"2\"}"),
         50.0
     );
+
+    // A message retained on node 1, where nobody subscribes to it, is there for a subscriber
+    // who comes to node 2 later.
+    publisher
+        .publish("fleet/config", rumqttc::QoS::AtLeastOnce, true, b"v2")
+        .await;
+    crate::common::wait_until("node 2 holds the retained message", || {
+        metric(&servers[1], "halyard_retained_messages") >= 1.0
+    })
+    .await;
+    let mut late = client(&servers[1], "late-on-2").await;
+    late.subscribe("fleet/config", rumqttc::QoS::AtLeastOnce)
+        .await;
+    let retained = late.recv().await;
+    assert!(retained.retain);
+    assert_eq!(&retained.payload[..], b"v2");
     for server in servers {
         server.shutdown().await;
     }
