@@ -196,6 +196,23 @@ class Broker:
 
 def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
     """Starts `halyard serve` on ephemeral ports and waits until its listeners are bound."""
+    return wait_for_broker(launch_broker(workdir, extra_args))
+
+
+@dataclass
+class Launched:
+    """A `halyard serve` process that may not be listening yet."""
+
+    process: subprocess.Popen[bytes]
+    log: BrokerLog
+    data_dir: Path
+
+
+def launch_broker(
+    workdir: Path, extra_args: Sequence[str] = (), env_extra: dict[str, str] | None = None
+) -> Launched:
+    """Starts `halyard serve` on ephemeral ports without waiting: the nodes of a new cluster
+    bind their listeners only once a quorum of them is up."""
     data_dir = workdir / "data"
     # Flags win over HALYARD_* variables in the config order, but a stray HALYARD_LOG_FORMAT=json
     # or a config-file variable from the caller's shell would still change what the tests see.
@@ -203,6 +220,7 @@ def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
     env.setdefault("RUST_LOG", "info")
     env["RUST_BACKTRACE"] = "1"
     env["NO_COLOR"] = "1"
+    env.update(env_extra or {})
     process = subprocess.Popen(
         [
             halyard_bin(),
@@ -231,7 +249,12 @@ def start_broker(workdir: Path, extra_args: Sequence[str] = ()) -> Broker:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    log = BrokerLog(process.stdout)
+    return Launched(process=process, log=BrokerLog(process.stdout), data_dir=data_dir)
+
+
+def wait_for_broker(launched: Launched) -> Broker:
+    """Waits until a launched node has bound its listeners."""
+    process, log, data_dir = launched.process, launched.log, launched.data_dir
     try:
         listeners = log.wait_for_listeners(LISTENERS, STARTUP_TIMEOUT)
     except BaseException:
