@@ -135,6 +135,25 @@ pub struct SessionRecord {
     pub client_id: String,
     pub expiry_interval: u32,
     pub subscriptions: Vec<SubscriptionRecord>,
+    /// The node the session was last written by, which alone restores it; `None` in records
+    /// written before nodes were recorded, which every node restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
+}
+
+/// Bits of a queued message's sequence number that name the node that queued it, so that two
+/// nodes never write the same queue key.
+const NODE_BITS: u32 = 16;
+
+/// A queued message's sequence number: this node's `count`, then its id, so that numbers
+/// from different nodes never collide and still sort roughly by when they were given.
+fn queue_seq(count: u64, node: u64) -> u64 {
+    (count << NODE_BITS) | (node & ((1 << NODE_BITS) - 1))
+}
+
+/// Whether the node `me` restores a session last written by `writer`.
+fn restores(writer: Option<u64>, me: u64) -> bool {
+    writer.is_none_or(|node| node == me)
 }
 
 /// A persistent session as found in the store at startup.
@@ -210,7 +229,10 @@ impl Durable {
 
     /// A fresh sequence number for a queued message's key.
     pub fn next_message_seq(&self) -> u64 {
-        self.next_message.fetch_add(1, Ordering::Relaxed)
+        queue_seq(
+            self.next_message.fetch_add(1, Ordering::Relaxed),
+            self.store.id(),
+        )
     }
 
     /// Writes queued changes until [`Durable::stop`] and nothing is left.
@@ -405,6 +427,8 @@ impl Durable {
                 tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "skipping unreadable session record");
                 continue;
             };
+            // Another node holds it: restored here too, it would queue every message twice.
+            let own = restores(record.node, self.store.id());
             let prefix = keys::queue_prefix(&record.client_id);
             let queued = self
                 .store
@@ -421,7 +445,10 @@ impl Durable {
                 else {
                     continue;
                 };
-                max_seq = max_seq.max(seq);
+                max_seq = max_seq.max(seq >> NODE_BITS);
+                if !own {
+                    continue;
+                }
                 queue.push((
                     seq,
                     Delivery {
@@ -433,14 +460,20 @@ impl Durable {
                     },
                 ));
             }
-            restored.push(RestoredSession { record, queue });
+            if own {
+                restored.push(RestoredSession { record, queue });
+            }
         }
         self.next_message.fetch_max(max_seq + 1, Ordering::AcqRel);
         Ok(restored)
     }
 
     pub fn session_put(&self, record: &SessionRecord) -> Op {
-        let value = serde_json::to_vec(record).unwrap_or_default();
+        let record = SessionRecord {
+            node: Some(self.store.id()),
+            ..record.clone()
+        };
+        let value = serde_json::to_vec(&record).unwrap_or_default();
         Op::put(keys::session(&record.client_id), value)
     }
 
@@ -456,6 +489,24 @@ impl Durable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_numbers_of_two_nodes_never_collide_and_sort_by_count_first() {
+        assert_ne!(queue_seq(7, 1), queue_seq(7, 2));
+        assert!(queue_seq(7, 2) < queue_seq(8, 1));
+        assert_eq!(queue_seq(7, 3) >> NODE_BITS, 7);
+    }
+
+    #[test]
+    fn a_node_restores_its_own_sessions_and_those_written_before_nodes_were_recorded() {
+        assert!(restores(Some(2), 2));
+        assert!(!restores(Some(1), 2));
+        assert!(restores(None, 2));
+        let old: SessionRecord =
+            serde_json::from_str(r#"{"client_id":"c","expiry_interval":60,"subscriptions":[]}"#)
+                .unwrap();
+        assert_eq!(old.node, None);
+    }
 
     #[test]
     fn stored_messages_round_trip_with_properties() {

@@ -263,6 +263,8 @@ impl Broker {
                     durable::SubscriptionRecord::new(filter, s.options, s.subscription_id)
                 })
                 .collect(),
+            // Set by `Durable::session_put`, which knows the node.
+            node: None,
         }
     }
 

@@ -26,7 +26,12 @@ async fn restart(dir: &Path, id: u64, peers: &[(u64, u16)]) -> Server {
     loop {
         match Server::start(node_config(dir, id, peers)).await {
             Ok(server) => return server,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("in use") => {
+            // The socket, or the store's lock, held until the stopped node's last peer
+            // stream has ended.
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && (e.to_string().contains("in use") || e.to_string().contains("lock")) =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             Err(e) => panic!("node {id} did not start again: {e}"),
@@ -411,6 +416,80 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_the_others_in_or
     let retained = late.recv().await;
     assert!(retained.retain);
     assert_eq!(&retained.payload[..], b"v2");
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_is_restored_by_its_own_node_only_and_gets_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
+    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
+    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
+    let servers: Vec<Server> = futures_join(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let persistent = |server: &Server| {
+        let mut options = rumqttc::MqttOptions::new(
+            "keeper",
+            "127.0.0.1",
+            server.mqtt_addr().expect("the MQTT listener is on").port(),
+        );
+        options.set_clean_session(false);
+        options
+    };
+    let (mut keeper, _) = crate::common::v4_connect(persistent(&servers[1])).await;
+    keeper
+        .subscribe("alerts/#", rumqttc::QoS::AtLeastOnce)
+        .await;
+    keeper.disconnect().await;
+    crate::common::wait_until("node 1 knows the offline session's route", || {
+        metric(&servers[0], "halyard_cluster_remote_routes") == 1.0
+    })
+    .await;
+    // Queued on node 2 for the offline session, from node 1.
+    let mut publisher = client(&servers[0], "alarm-on-1").await;
+    for n in 0..5u8 {
+        publisher
+            .publish("alerts/fire", rumqttc::QoS::AtLeastOnce, false, &[n])
+            .await;
+    }
+    publisher.disconnect().await;
+    crate::common::wait_until("node 2 queued them", || {
+        metric(&servers[0], "halyard_cluster_forwarded_total{peer=\"2\"}") == 5.0
+    })
+    .await;
+    let durable = servers[1].broker().durable().expect("durable").clone();
+    assert!(durable.flush(Duration::from_secs(10)).await);
+    drop(durable);
+
+    // Node 1 restarts: the session is node 2's, so node 1 does not take it back (before,
+    // every node restored every session and queued each message once more).
+    let mut servers = servers;
+    let first = servers.remove(0);
+    first.shutdown().await;
+    let first = restart(dir.path(), 1, &peers).await;
+    crate::common::wait_until("node 1 is ready again", || {
+        first.unready_reasons().is_empty()
+    })
+    .await;
+    assert_eq!(metric(&first, "halyard_cluster_local_routes"), 0.0);
+    assert_eq!(metric(&servers[0], "halyard_cluster_local_routes"), 1.0);
+    servers.insert(0, first);
+    // On node 2 the session gets what was queued for it while it was away, once.
+    let (mut keeper, ack) = crate::common::v4_connect(persistent(&servers[1])).await;
+    assert!(ack.session_present);
+    let got: Vec<u8> = keeper
+        .recv_n(5)
+        .await
+        .iter()
+        .map(|p| p.payload[0])
+        .collect();
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+    keeper.expect_no_publish(Duration::from_millis(300)).await;
     for server in servers {
         server.shutdown().await;
     }
