@@ -341,6 +341,7 @@ async fn run_one(
             } => {
                 let report = pubsub::run(pubsub::PubSubOptions {
                     broker: addr,
+                    subscriber_broker: None,
                     sources: loopback_sources(4),
                     publishers: *publishers,
                     subscribers: *subscribers,

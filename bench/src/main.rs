@@ -207,6 +207,10 @@ struct PubsubArgs {
     /// Unacknowledged messages per publisher.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
+    /// Connect the subscribers to this port of the same host instead (another node of a
+    /// cluster): every message then crosses between nodes.
+    #[arg(long)]
+    subscriber_port: Option<u16>,
 }
 
 #[derive(Args)]
@@ -266,9 +270,14 @@ fn parse_rate(raw: &str, flag: &str) -> anyhow::Result<Option<f64>> {
 }
 
 fn resolve(target: &Target) -> anyhow::Result<SocketAddr> {
-    (target.host.as_str(), target.port)
+    resolve_port(target, target.port)
+}
+
+/// The target's host at `port`.
+fn resolve_port(target: &Target, port: u16) -> anyhow::Result<SocketAddr> {
+    (target.host.as_str(), port)
         .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {}:{}", target.host, target.port))?
+        .with_context(|| format!("cannot resolve {}:{port}", target.host))?
         .next()
         .with_context(|| format!("no address for {}", target.host))
 }
@@ -320,6 +329,7 @@ fn run() -> anyhow::Result<()> {
                 anyhow::ensure!(a.rate > 0.0, "--rate must be positive");
                 let traffic = pubsub::PubSubOptions {
                     broker: resolve(&a.target)?,
+                    subscriber_broker: None,
                     sources: loopback_sources(a.target.sources),
                     publishers: a.pairs,
                     subscribers: a.pairs,
@@ -348,6 +358,10 @@ fn run() -> anyhow::Result<()> {
                 let qos = QoS::from_u8(a.qos).context("--qos must be 0, 1 or 2")?;
                 let opts = pubsub::PubSubOptions {
                     broker: resolve(&a.target)?,
+                    subscriber_broker: a
+                        .subscriber_port
+                        .map(|port| resolve_port(&a.target, port))
+                        .transpose()?,
                     sources: loopback_sources(a.target.sources),
                     publishers: a.publishers,
                     subscribers: a.subscribers,

@@ -21,7 +21,11 @@ use crate::stats::{Latency, SequenceTracker, new_histogram};
 
 #[derive(Debug, Clone)]
 pub struct PubSubOptions {
+    /// Where the publishers connect, and the subscribers unless `subscriber_broker` is set.
     pub broker: SocketAddr,
+    /// Where the subscribers connect instead: another node of the same cluster, so that every
+    /// message crosses from one node to the other.
+    pub subscriber_broker: Option<SocketAddr>,
     pub sources: Vec<IpAddr>,
     pub publishers: usize,
     pub subscribers: usize,
@@ -94,7 +98,8 @@ pub async fn run(opts: PubSubOptions) -> anyhow::Result<PubSubReport> {
     let mut subscriber_tasks = Vec::with_capacity(opts.subscribers);
     let mut connecting = Vec::with_capacity(opts.subscribers);
     for j in 0..opts.subscribers {
-        let copts = connect_options(&opts, format!("{}-sub-{j}", opts.topic_prefix), j);
+        let mut copts = connect_options(&opts, format!("{}-sub-{j}", opts.topic_prefix), j);
+        copts.broker = opts.subscriber_broker.unwrap_or(opts.broker);
         let topic = format!("{}/t{}", opts.topic_prefix, j % opts.topics);
         let limiter = Arc::clone(&limiter);
         let qos = opts.qos;

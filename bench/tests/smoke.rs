@@ -28,6 +28,7 @@ async fn start() -> (Server, tempfile::TempDir) {
 fn options(server: &Server, qos: QoS, version: ProtocolVersion) -> pubsub::PubSubOptions {
     pubsub::PubSubOptions {
         broker: server.mqtt_addr().expect("the MQTT listener is on"),
+        subscriber_broker: None,
         sources: halyard_bench::loopback_sources(2),
         publishers: 3,
         subscribers: 3,

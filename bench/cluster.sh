@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Cross-node forwarding beside one node, in one run: three nodes of one cluster on loopback
+# (the release build), then 100 publisher/subscriber pairs, QoS 1, 256-byte payloads, first
+# with publishers and subscribers on node 1, then with publishers on node 1 and subscribers on
+# node 2, so that every message crosses between nodes. Each at the maximum rate and at 10,000
+# msg/s. Prints a Markdown table. The nodes and the load generator share the machine's cores.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+ensure_apt_packages "${BUILD_PACKAGES[@]}"
+ensure_cargo
+ensure_test_venv
+
+target="${CARGO_TARGET_DIR:-target}"
+[[ "$target" == /* ]] || target="$PWD/$target"
+cargo build --release -p halyard-node --bin halyard -p halyard-bench --bin halyard-bench
+halyard="$target/release/halyard"
+bench="$target/release/halyard-bench"
+duration="${DURATION:-10}"
+
+work="$(mktemp -d "${TMPDIR:-/var/tmp}/halyard-cluster.XXXXXX")"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { ".venv/bin/python" -c 'import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1"; }
+
+"$halyard" cluster-certs --out "$work/certs" --nodes 1,2,3 >/dev/null
+declare -A peer mqtt
+for node in 1 2 3; do
+    peer[$node]="$(free_port udp)"
+    mqtt[$node]="$(free_port tcp)"
+done
+members="1=127.0.0.1:${peer[1]},2=127.0.0.1:${peer[2]},3=127.0.0.1:${peer[3]}"
+for node in 1 2 3; do
+    HALYARD_LOG_LEVEL=warn \
+    HALYARD_CLUSTER__CA_CERT="$work/certs/ca.pem" \
+    HALYARD_CLUSTER__CERT="$work/certs/node-$node.pem" \
+    HALYARD_CLUSTER__KEY="$work/certs/node-$node.key" \
+        "$halyard" serve --data-dir "$work/node-$node" --node-id "$node" \
+        --peer-listen "127.0.0.1:${peer[$node]}" --initial-members "$members" \
+        --mqtt-listen "127.0.0.1:${mqtt[$node]}" --admin-listen off --http-listen off \
+        --mqtts-listen off --tls-listen off --ws-listen off >"$work/node-$node.log" 2>&1 &
+    pids+=("$!")
+done
+for node in 1 2 3; do
+    for _ in $(seq 300); do
+        (echo > "/dev/tcp/127.0.0.1/${mqtt[$node]}") 2>/dev/null && break
+        sleep 0.1
+    done
+done
+
+echo "| placement | offered | out msg/s | p50 ms | p99 ms | lost |"
+echo "|---|---|---:|---:|---:|---:|"
+for rate in max 10000; do
+    for placement in "one node" "across nodes"; do
+        extra=()
+        [[ "$placement" == "across nodes" ]] && extra=(--subscriber-port "${mqtt[2]}")
+        json="$work/result.json"
+        "$bench" pubsub --port "${mqtt[1]}" --publishers 100 --subscribers 100 --topics 100 \
+            --qos 1 --rate "$rate" --duration "$duration" --sources 4 --json "$json" "${extra[@]}" \
+            >/dev/null 2>"$work/bench.log" || { cat "$work/bench.log" >&2; exit 1; }
+        ".venv/bin/python" - "$placement" "$rate" "$json" <<'PY'
+import json, sys
+placement, rate, path = sys.argv[1], sys.argv[2], sys.argv[3]
+r = json.load(open(path))
+print(f"| {placement} | {rate} | {r['throughput_out']:,.0f} | {r['latency']['p50_ms']:.2f} "
+      f"| {r['latency']['p99_ms']:.2f} | {r['lost']} |")
+PY
+    done
+done
