@@ -10,6 +10,11 @@ pub fn epoch_seconds() -> u64 {
         .unwrap_or_default()
 }
 
+/// [`epoch_seconds`] as the signed seconds that certificates, tokens and signatures compare.
+pub fn epoch_seconds_signed() -> i64 {
+    i64::try_from(epoch_seconds()).unwrap_or(i64::MAX)
+}
+
 /// Milliseconds since the Unix epoch, as AWS IoT stamps events and retained messages; 0 for a
 /// clock set before it.
 pub fn epoch_millis() -> u64 {

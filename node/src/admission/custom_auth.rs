@@ -465,7 +465,7 @@ impl CustomAuth {
                 self.count(authorizer, "function_error");
                 Refusal::Unavailable(e.to_string())
             })?;
-        let now = i64::try_from(crate::clock::epoch_seconds()).unwrap_or(i64::MAX);
+        let now = crate::clock::epoch_seconds_signed();
         let claims = match jwt::verify(
             token,
             &keys,

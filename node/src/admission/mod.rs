@@ -121,7 +121,7 @@ impl DeviceAdmission {
             tracing::debug!(certificate = id, "unregistered client certificate");
             return Ok(None);
         };
-        let now = i64::try_from(crate::clock::epoch_seconds()).unwrap_or(i64::MAX);
+        let now = crate::clock::epoch_seconds_signed();
         if certificate.status != CertificateStatus::Active
             || now < certificate.not_before
             || now > certificate.not_after

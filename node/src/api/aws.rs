@@ -98,7 +98,7 @@ impl Api {
         headers: &[(String, String)],
         body: &[u8],
     ) -> Result<sigv4::Signer, AwsError> {
-        let now = i64::try_from(crate::clock::epoch_seconds()).unwrap_or(i64::MAX);
+        let now = crate::clock::epoch_seconds_signed();
         let signed = SignedRequest {
             method,
             raw_path,

@@ -172,16 +172,7 @@ impl From<SigV4Error> for AwsError {
 
 impl From<StoreError> for AwsError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Timeout(_)
-            | StoreError::Unavailable(_)
-            | StoreError::NotLeader { .. }
-            | StoreError::Shutdown
-            | StoreError::OutcomeUnknown(_) => {
-                Self::unavailable(format!("The service is unavailable: {e}"))
-            }
-            other => Self::internal(format!("Internal failure: {other}")),
-        }
+        Self::from(Error::from(e))
     }
 }
 

@@ -263,7 +263,8 @@ pub struct DataPlane {
     transport: Arc<QuicTransport>,
     local: Mutex<LocalRoutes>,
     remote: RwLock<RemoteRoutes>,
-    peers: Mutex<HashMap<NodeId, Peer>>,
+    /// Read by every forwarded message; written when members come or go.
+    peers: RwLock<HashMap<NodeId, Peer>>,
     hasher: foldhash::fast::FixedState,
     metrics: Metrics,
 }
@@ -285,7 +286,7 @@ impl DataPlane {
             transport,
             local: Mutex::new(LocalRoutes::default()),
             remote: RwLock::new(RemoteRoutes::default()),
-            peers: Mutex::new(HashMap::new()),
+            peers: RwLock::new(HashMap::new()),
             hasher: foldhash::fast::FixedState::with_seed(0x68616c7961726421),
             metrics: Metrics::new(registry)?,
         });
@@ -312,7 +313,7 @@ impl DataPlane {
                 .map(|m| (m.id, m.addr))
                 .collect();
             {
-                let mut peers = self.peers.lock();
+                let mut peers = self.peers.write();
                 peers.retain(|id, _| members.contains_key(id));
                 for (id, addr) in members {
                     peers
@@ -320,7 +321,7 @@ impl DataPlane {
                         .or_insert_with(|| Arc::clone(&self).link(id, addr));
                 }
             }
-            let known: Vec<NodeId> = self.peers.lock().keys().copied().collect();
+            let known: Vec<NodeId> = self.peers.read().keys().copied().collect();
             {
                 let mut remote = self.remote.write();
                 let gone: Vec<NodeId> = remote
@@ -337,7 +338,7 @@ impl DataPlane {
             tokio::select! {
                 _ = tokio::time::sleep(MEMBERS_EVERY) => {}
                 _ = shutdown.changed() => {
-                    self.peers.lock().clear();
+                    self.peers.write().clear();
                     return;
                 }
             }
@@ -622,7 +623,7 @@ impl Remote for DataPlane {
         nodes.sort_unstable();
         nodes.dedup();
         let lane = self.lane_of(&message.topic);
-        let peers = self.peers.lock();
+        let peers = self.peers.read();
         for node in nodes {
             let Some(peer) = peers.get(&node) else {
                 continue;
