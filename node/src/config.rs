@@ -169,6 +169,9 @@ pub struct ClusterConfig {
     pub snapshot_every: u64,
     /// Revisions of watch history kept.
     pub history_revisions: u64,
+    /// How long a publisher's acknowledgement waits for a peer node that has stopped
+    /// answering before it is given without that node's receipt, in milliseconds.
+    pub forward_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -186,6 +189,7 @@ impl Default for ClusterConfig {
             election_timeout_ms: 1000,
             snapshot_every: 100_000,
             history_revisions: 10_000,
+            forward_timeout_ms: 3000,
         }
     }
 }
@@ -455,6 +459,7 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("cluster.election_timeout_ms", EnvKind::Number),
     ("cluster.snapshot_every", EnvKind::Number),
     ("cluster.history_revisions", EnvKind::Number),
+    ("cluster.forward_timeout_ms", EnvKind::Number),
     ("aws.region", EnvKind::Text),
     ("aws.account_id", EnvKind::Text),
     ("aws.public_host", EnvKind::Text),
@@ -723,6 +728,9 @@ impl Config {
                 "cluster.election_timeout_ms",
                 "must be at least three heartbeats (cluster.heartbeat_ms)",
             );
+        }
+        if c.forward_timeout_ms == 0 {
+            return invalid("cluster.forward_timeout_ms", "must be at least 1");
         }
         if c.snapshot_every < 10 {
             return invalid("cluster.snapshot_every", "must be at least 10 entries");

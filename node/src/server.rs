@@ -143,9 +143,16 @@ impl Server {
         };
         let link: BrokerLink = {
             let transport = Arc::clone(&transport);
+            let forward_timeout = Duration::from_millis(cluster.forward_timeout_ms);
             Box::new(move |broker, store, registry, shutdown| {
-                let (plane, task) =
-                    crate::cluster::DataPlane::start(broker, store, transport, registry, shutdown)?;
+                let (plane, task) = crate::cluster::DataPlane::start(
+                    broker,
+                    store,
+                    transport,
+                    forward_timeout,
+                    registry,
+                    shutdown,
+                )?;
                 let _ = inbound.set(Arc::clone(&plane));
                 let remote: Arc<dyn Remote> = plane;
                 Ok(Some((remote, Box::pin(task) as RemoteTask)))

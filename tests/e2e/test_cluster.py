@@ -1,20 +1,23 @@
 """Three `halyard serve` processes on loopback, forming one cluster over QUIC, and paho
 clients spread over them: a message published on one node reaches subscribers on the others in
-order, a retained message set on one node is sent to a subscriber on another, and the will of a
-client lost on one node reaches subscribers on another."""
+order, a retained message set on one node is sent to a subscriber on another, the will of a
+client lost on one node reaches subscribers on another, and a message acknowledged to its
+publisher survives `kill -9` of the node holding its subscriber's session."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from harness import Broker, Client, halyard_bin, launch_broker, wait_for_broker
+from harness import Broker, Client, Launched, halyard_bin, launch_broker, wait_for_broker
 
 NODES = (1, 2, 3)
 
@@ -25,8 +28,15 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Cluster:
+    brokers: list[Broker]
+    # Starts node `n` (1-based) again on its data and peer port, in place of the one that was.
+    relaunch: Callable[[int], Broker]
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Broker]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root: Path = tmp_path_factory.mktemp("cluster")
     certs = root / "certs"
     subprocess.run(
@@ -36,33 +46,41 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Broker]]:
     )
     ports = {node: _free_udp_port() for node in NODES}
     members = ",".join(f"{node}=127.0.0.1:{port}" for node, port in ports.items())
-    launched = []
-    for node in NODES:
+    launched: list[Launched] = []
+
+    def launch(node: int) -> Launched:
         workdir = root / f"node-{node}"
-        workdir.mkdir()
-        launched.append(
-            launch_broker(
-                workdir,
-                [
-                    "--node-id",
-                    str(node),
-                    "--peer-listen",
-                    f"127.0.0.1:{ports[node]}",
-                    "--initial-members",
-                    members,
-                ],
-                {
-                    "HALYARD_CLUSTER__CA_CERT": str(certs / "ca.pem"),
-                    "HALYARD_CLUSTER__CERT": str(certs / f"node-{node}.pem"),
-                    "HALYARD_CLUSTER__KEY": str(certs / f"node-{node}.key"),
-                },
-            )
+        workdir.mkdir(exist_ok=True)
+        started = launch_broker(
+            workdir,
+            [
+                "--node-id",
+                str(node),
+                "--peer-listen",
+                f"127.0.0.1:{ports[node]}",
+                "--initial-members",
+                members,
+            ],
+            {
+                "HALYARD_CLUSTER__CA_CERT": str(certs / "ca.pem"),
+                "HALYARD_CLUSTER__CERT": str(certs / f"node-{node}.pem"),
+                "HALYARD_CLUSTER__KEY": str(certs / f"node-{node}.key"),
+            },
         )
-    brokers = []
+        launched.append(started)
+        return started
+
+    brokers: list[Broker] = []
+
+    def relaunch(node: int) -> Broker:
+        broker = wait_for_broker(launch(node))
+        brokers[node - 1] = broker
+        return broker
+
     try:
-        for node in launched:
-            brokers.append(wait_for_broker(node))
-        yield brokers
+        for started in [launch(node) for node in NODES]:
+            brokers.append(wait_for_broker(started))
+        yield Cluster(brokers, relaunch)
         for broker in brokers:
             assert broker.stop() == 0, f"a node did not stop cleanly\n{broker.log.text()}"
     finally:
@@ -90,9 +108,9 @@ def _routes(broker: Broker) -> float:
 
 
 def test_a_message_published_on_one_node_reaches_subscribers_on_the_others_in_order(
-    cluster: list[Broker],
+    cluster: Cluster,
 ) -> None:
-    first, second, third = cluster
+    first, second, third = cluster.brokers
     exact = _client(second, "exact-on-2")
     exact.subscribe("fleet/7/temp", 1)
     wildcard = _client(third, "wildcard-on-3")
@@ -110,9 +128,9 @@ def test_a_message_published_on_one_node_reaches_subscribers_on_the_others_in_or
 
 
 def test_a_message_retained_on_one_node_is_sent_to_a_subscriber_on_another(
-    cluster: list[Broker],
+    cluster: Cluster,
 ) -> None:
-    first, _, third = cluster
+    first, _, third = cluster.brokers
     publisher = _client(first, "retainer-on-1")
     publisher.publish("plant/boiler/state", b"hot", qos=1, retain=True)
     _wait_for(
@@ -128,9 +146,9 @@ def test_a_message_retained_on_one_node_is_sent_to_a_subscriber_on_another(
 
 
 def test_the_will_of_a_client_lost_on_one_node_reaches_a_subscriber_on_another(
-    cluster: list[Broker],
+    cluster: Cluster,
 ) -> None:
-    first, second, _ = cluster
+    first, second, _ = cluster.brokers
     watcher = _client(second, "watcher-on-2")
     watcher.subscribe("devices/+/status", 1)
     _wait_for("node 1 to learn the watcher's route", lambda: _routes(first) >= 1)
@@ -139,3 +157,60 @@ def test_the_will_of_a_client_lost_on_one_node_reaches_a_subscriber_on_another(
     message = watcher.expect()
     assert (message.topic, message.payload) == ("devices/lamp/status", b"offline")
     watcher.disconnect()
+
+
+def test_every_message_acknowledged_to_its_publisher_survives_kill_9_of_the_publishers_node(
+    cluster: Cluster,
+) -> None:
+    first, second, _ = cluster.brokers
+    routes_before = _routes(first)
+    keeper = Client(second, "keeper-on-2", mqtt.MQTTv311, False, None)
+    keeper.connect()
+    keeper.subscribe("orders/#", 1)
+    keeper.disconnect()
+    _wait_for("node 1 to learn the offline session's route", lambda: _routes(first) > routes_before)
+
+    # Node 1 is killed from the publisher's network thread the instant the 500th PUBACK is
+    # in, while more messages are on their way to node 2: each of the 500 must be in node 2's
+    # store already, whatever node 1 still had in flight.
+    acked: list[int] = []
+    at_kill: list[int] = []
+    killed = threading.Event()
+    payloads: dict[int, int] = {}
+
+    def on_publish(_c: object, _u: object, mid: int, _rc: object, _p: object) -> None:
+        acked.append(mid)
+        if len(acked) == 500 and not killed.is_set():
+            first.process.kill()
+            at_kill.extend(acked)
+            killed.set()
+
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, "orders-on-1", protocol=mqtt.MQTTv311)
+    publisher.max_inflight_messages_set(100)
+    publisher.on_publish = on_publish
+    publisher.connect(first.host, first.port)
+    publisher.loop_start()
+    n = 0
+    while not killed.is_set() and n < 5000:
+        info = publisher.publish("orders/new", str(n).encode(), qos=1)
+        payloads[info.mid] = n
+        n += 1
+        if n % 200 == 0:
+            time.sleep(0.01)
+    assert killed.wait(30), "500 PUBACKs did not come"
+    first.process.wait()
+    publisher.loop_stop()
+    assert n > 500, "messages were still on their way when node 1 died"
+
+    keeper = Client(second, "keeper-on-2", mqtt.MQTTv311, False, None)
+    assert keeper.connect(), "the session is still there"
+    owed = {payloads[mid] for mid in at_kill}
+    got: set[int] = set()
+    try:
+        while not owed <= got:
+            # Duplicates are allowed; loss is not.
+            got.add(int(keeper.expect(timeout=5).payload))
+    except AssertionError:
+        pytest.fail(f"{len(owed - got)} of the {len(owed)} acknowledged messages were lost")
+    keeper.disconnect()
+    cluster.relaunch(1)

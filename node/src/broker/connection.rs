@@ -13,7 +13,7 @@ use super::close::CloseKind;
 use super::ingest::Ingress;
 use super::lifecycle::Presence;
 use super::session::{Attachment, Inflight, QueueLimits, Session, Signal};
-use super::{Broker, Delivery, Message};
+use super::{Broker, Delivery, Handoff, Message};
 use crate::auth::permissions::{Access, Action};
 use crate::metrics::DropReason;
 use crate::mqtt::topic::{self, TopicError};
@@ -58,6 +58,22 @@ enum Response {
     Packet(Packet),
 }
 
+/// What a response waits for: a store write (0: none) and other nodes' receipts.
+#[derive(Default)]
+struct Wait {
+    durable_seq: u64,
+    handoffs: Vec<Handoff>,
+}
+
+impl Wait {
+    fn durable(seq: u64) -> Self {
+        Wait {
+            durable_seq: seq,
+            handoffs: Vec::new(),
+        }
+    }
+}
+
 /// A publisher paused until a congested subscriber's queue drains.
 struct Pause {
     session: Arc<Session>,
@@ -75,10 +91,10 @@ pub struct Connection {
     /// inline would cost every connection its 32 bytes.
     #[allow(clippy::box_collection)]
     held: Option<Box<VecDeque<Packet>>>,
-    /// Responses in the order they must be sent, each with the store sequence number it
-    /// waits for (0: none, only the ones before it). Boxed for the same reason as `held`.
+    /// Responses in the order they must be sent, each with what it waits for (besides the
+    /// ones before it). Boxed for the same reason as `held`.
     #[allow(clippy::box_collection)]
-    responses: Option<Box<VecDeque<(u64, Response)>>>,
+    responses: Option<Box<VecDeque<(Wait, Response)>>>,
     id: u64,
     waker: Arc<Signal>,
     phase: Phase,
@@ -492,26 +508,21 @@ impl Connection {
         }
     }
 
-    /// Sends `response` once store write `seq` (and every response before it) is done.
-    fn respond(&mut self, seq: u64, response: Response) {
-        if self.responses.is_none() {
-            let durable_now =
-                seq == 0 || self.broker.durable().is_none_or(|d| d.committed() >= seq);
-            if durable_now {
-                return self.send_response(response);
-            }
+    /// Sends `response` once what it waits for (and every response before it) is done.
+    fn respond(&mut self, wait: Wait, response: Response) {
+        if self.responses.is_none() && self.broker.is_settled(wait.durable_seq, &wait.handoffs) {
+            return self.send_response(response);
         }
         self.responses
             .get_or_insert_with(Default::default)
-            .push_back((seq, response));
+            .push_back((wait, response));
     }
 
-    /// Sends the held responses whose store writes are now durable.
+    /// Sends the held responses whose waits are over.
     fn release_responses(&mut self) {
-        let committed = self.broker.durable().map_or(u64::MAX, |d| d.committed());
         while let Some(queue) = self.responses.as_mut() {
             match queue.front() {
-                Some((seq, _)) if *seq <= committed => {}
+                Some((wait, _)) if self.broker.is_settled(wait.durable_seq, &wait.handoffs) => {}
                 Some(_) => return,
                 None => {
                     self.responses = None;
@@ -943,24 +954,32 @@ impl Connection {
                 reason::SUCCESS
             };
             // Held until the retained copy and the copies queued for persistent sessions are
-            // durable: once acknowledged, a crash must not lose the message.
-            self.ack_publish_after(p, code, published.durable_seq);
+            // durable, and every other node it went to has it: once acknowledged, a crash
+            // must not lose the message.
+            self.ack_publish_after(
+                p,
+                code,
+                Wait {
+                    durable_seq: published.durable_seq,
+                    handoffs: published.handoffs,
+                },
+            );
         }
     }
 
     fn ack_publish(&mut self, p: &Publish, code: u8) {
-        self.ack_publish_after(p, code, 0);
+        self.ack_publish_after(p, code, Wait::default());
     }
 
-    /// Acknowledges once store write `seq` is durable: the publisher may forget the message
-    /// only when a crash can no longer lose it.
-    fn ack_publish_after(&mut self, p: &Publish, code: u8, seq: u64) {
+    /// Acknowledges once `wait` is over: the publisher may forget the message only when a
+    /// crash can no longer lose it.
+    fn ack_publish_after(&mut self, p: &Publish, code: u8, wait: Wait) {
         let kind = match p.qos {
             QoS::AtMostOnce => return,
             QoS::AtLeastOnce => AckKind::PubAck,
             QoS::ExactlyOnce => AckKind::PubRec,
         };
-        self.respond(seq, Response::Ack(kind, p.packet_id, code));
+        self.respond(wait, Response::Ack(kind, p.packet_id, code));
     }
 
     fn send_ack(&mut self, kind: AckKind, packet_id: u16, code: u8) {
@@ -1055,7 +1074,7 @@ impl Connection {
                 reason_codes: vec![refused; s.subscriptions.len()],
                 properties: Properties::default(),
             });
-            return self.respond(0, Response::SubAck(suback, Vec::new()));
+            return self.respond(Wait::default(), Response::SubAck(suback, Vec::new()));
         }
         let subscription_id = s.properties.subscription_identifiers.first().copied();
         let maximum_qos =
@@ -1132,7 +1151,7 @@ impl Connection {
             reason_codes: codes,
             properties: Properties::default(),
         });
-        self.respond(seq, Response::SubAck(suback, retained));
+        self.respond(Wait::durable(seq), Response::SubAck(suback, retained));
     }
 
     fn on_unsubscribe(&mut self, u: &Unsubscribe) {
@@ -1150,7 +1169,7 @@ impl Connection {
                 reason_codes: vec![reason::UNSPECIFIED_ERROR; u.filters.len()],
                 properties: Properties::default(),
             });
-            return self.respond(0, Response::Packet(unsuback));
+            return self.respond(Wait::default(), Response::Packet(unsuback));
         }
         let mut removed: Vec<&str> = Vec::new();
         let codes = u
@@ -1174,7 +1193,7 @@ impl Connection {
             reason_codes: codes,
             properties: Properties::default(),
         });
-        self.respond(seq, Response::Packet(unsuback));
+        self.respond(Wait::durable(seq), Response::Packet(unsuback));
     }
 
     fn on_disconnect(&mut self, d: &Disconnect) {

@@ -218,6 +218,11 @@ impl Durable {
         seq
     }
 
+    /// The sequence number of the last write submitted.
+    pub fn submitted(&self) -> u64 {
+        self.submitted.load(Ordering::Acquire)
+    }
+
     pub fn committed(&self) -> u64 {
         self.committed.load(Ordering::Acquire)
     }

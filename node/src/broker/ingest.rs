@@ -18,7 +18,7 @@ use super::message::{Delivery, Message};
 use super::services::{ServiceRequest, TopicService};
 use super::session::{Enqueued, QueueLimits, Session, Signal};
 use super::taps::Tapped;
-use super::{Broker, Published};
+use super::{Broker, Handoff, Published};
 use crate::mqtt::QoS;
 
 /// Who a message came from and what it is owed.
@@ -137,26 +137,38 @@ impl Broker {
     }
 
     /// Publishes `message` and returns once the store writes it needs (its retained copy, the
-    /// copies queued for persistent sessions) are durable; false if they are not within
-    /// `timeout`, or if the message was refused.
+    /// copies queued for persistent sessions) are durable and every other node it went to has
+    /// it; false if that is not so within `timeout`, or if the message was refused.
     pub async fn publish_persisted(&self, message: Message, timeout: Duration) -> bool {
         let signal = Arc::new(Signal::default());
         let published = self.publish(message, Some(&signal));
         if published.refused {
             return false;
         }
-        let seq = published.durable_seq;
-        let Some(durable) = self.inner.durable.as_ref().filter(|_| seq > 0) else {
-            return true;
-        };
         let deadline = Instant::now() + timeout;
-        while durable.committed() < seq {
+        loop {
+            // Registered before looking, so that a wake between the look and the wait counts.
+            let notified = signal.notified();
+            if self.is_settled(published.durable_seq, &published.handoffs) {
+                return true;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, signal.notified()).await.is_err() {
-                return durable.committed() >= seq;
+            if tokio::time::timeout(left, notified).await.is_err() {
+                return self.is_settled(published.durable_seq, &published.handoffs);
             }
         }
-        true
+    }
+
+    /// Whether store write `durable_seq` is durable and every node in `handoffs` has its copy:
+    /// what a publisher waits for before its message is acknowledged.
+    pub fn is_settled(&self, durable_seq: u64, handoffs: &[Handoff]) -> bool {
+        let durable = durable_seq == 0
+            || self
+                .inner
+                .durable
+                .as_ref()
+                .is_none_or(|d| d.committed() >= durable_seq);
+        durable && handoffs.iter().all(Handoff::settled)
     }
 
     /// Whether a message on `topic` would reach anyone (a service, a tap or a subscriber): a
@@ -317,15 +329,16 @@ impl Broker {
         if arrival == Arrival::Here
             && let Some(remote) = self.remote()
         {
-            remote.forward(message);
+            outcome.handoffs = remote.forward(message, waker);
         }
         outcome
     }
 
     /// Delivers a message another node forwarded to this node's subscribers. It has been
-    /// through that node's services and taps, and goes to no other node from here.
-    pub fn deliver_forwarded(&self, message: Message) -> Published {
-        self.route(&Arc::new(message), None, None, Arrival::Forwarded)
+    /// through that node's services and taps, and goes to no other node from here. `waker` is
+    /// woken when the copies it queued for persistent sessions are durable.
+    pub fn deliver_forwarded(&self, message: Message, waker: &Arc<Signal>) -> Published {
+        self.route(&Arc::new(message), Some(waker), None, Arrival::Forwarded)
     }
 
     /// Follows the store's retained messages, which any node may have changed: `stored` is

@@ -30,7 +30,7 @@ pub use connection::Connection;
 pub use deadlines::{Deadlines, SWEEP_INTERVAL};
 pub use ingest::Ingress;
 pub use message::{Delivery, Message};
-pub use remote::Remote;
+pub use remote::{AckCursor, Handoff, Remote};
 pub use retained::{Retained, RetainedStore};
 pub use services::{InFlight, ServiceRequest, TopicService};
 pub use session::{
@@ -85,6 +85,8 @@ pub struct Published {
     pub congested: Option<Arc<Session>>,
     /// The store write this message needs before it may be acknowledged; 0 for none.
     pub durable_seq: u64,
+    /// The other nodes' receipts this message needs before it may be acknowledged.
+    pub handoffs: Vec<Handoff>,
     /// Services that took it as a request.
     pub served: usize,
     /// Not taken at all: the store cannot make it durable now (see [`Broker::ingest`]).

@@ -2,8 +2,10 @@
 //! them the messages their sessions want. `cluster` implements it; a node alone has none.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::Message;
+use super::session::Signal;
 
 pub trait Remote: Send + Sync + 'static {
     /// A local session now holds a subscription to `filter` (one call per session and filter;
@@ -15,6 +17,52 @@ pub trait Remote: Send + Sync + 'static {
     fn unsubscribed(&self, filter: &str);
 
     /// Hands `message`, routed locally already, to every other node with a subscriber whose
-    /// filter matches it. Must not block the publisher.
-    fn forward(&self, message: &Arc<Message>);
+    /// filter matches it. Must not block the publisher. For a QoS 1/2 message, what the
+    /// publisher must wait for before acknowledging it: each node's receipt, signalled on
+    /// `waker`.
+    fn forward(&self, message: &Arc<Message>, waker: Option<&Arc<Signal>>) -> Vec<Handoff>;
+}
+
+/// How far another node has taken what this node handed it on one stream: every message up
+/// to `acked` is in that node's queues (and in the store, for persistent sessions).
+#[derive(Debug, Default)]
+pub struct AckCursor {
+    acked: AtomicU64,
+    /// Nothing on this stream is waited for: the node left the cluster, or has not answered
+    /// for longer than the cluster's forward timeout.
+    released: AtomicBool,
+}
+
+impl AckCursor {
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    /// The node acknowledged everything up to `seq`; waiting for it again from now on.
+    pub fn advance(&self, seq: u64) {
+        self.acked.fetch_max(seq, Ordering::AcqRel);
+        self.released.store(false, Ordering::Release);
+    }
+
+    pub fn release(&self) {
+        self.released.store(true, Ordering::Release);
+    }
+
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+}
+
+/// A message handed to another node as the `seq`th on the stream `cursor` follows.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    pub cursor: Arc<AckCursor>,
+    pub seq: u64,
+}
+
+impl Handoff {
+    /// Whether the publisher need no longer wait for this copy.
+    pub fn settled(&self) -> bool {
+        self.cursor.is_released() || self.cursor.acked() >= self.seq
+    }
 }

@@ -14,31 +14,41 @@
 //!
 //! Messages. A message that arrived at this node is routed locally, then offered to every peer
 //! with a matching route, on one of `LANES` streams chosen by its topic: order per topic and
-//! publisher is kept, and one busy topic does not hold up the others. A lane's queue is
-//! bounded; what does not fit is dropped and counted. The receiving node delivers to its own
-//! sessions only. Delivery to another node is at most once for now: the publisher's PUBACK
-//! does not wait for the peers.
+//! publisher is kept, and one busy topic does not hold up the others. Each lane numbers its
+//! messages and keeps them until the peer acknowledges them: the peer acknowledges a message
+//! once it is in the queues of that peer's sessions and, for persistent ones, in the store,
+//! and the publisher's PUBACK/PUBREC waits for every peer it went to. A stream that breaks is
+//! resumed on a new one from the first unacknowledged message; the peer skips what it already
+//! took. A peer that acknowledges nothing for the forward timeout stops holding publishers up
+//! (what is in flight to it is best effort, as MQTT allows for a node that dies), and one that
+//! leaves the cluster is forgotten. Messages written while a lane's previous write was under
+//! way go out together in its next.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
 use halyard_raft::{NodeId, Store};
 use parking_lot::{Mutex, RwLock};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::{mpsc, watch};
 
-use super::frame::{Kind, read_frame, write_frame};
+use super::frame::{Frame, FrameReader, Kind, encode_frame, read_frame, write_frame};
+use super::lane::Lane;
 use super::quic::QuicTransport;
 use crate::broker::durable::{decode_message, decode_retained, encode_message};
-use crate::broker::{Broker, Message, Remote, Subscriber, SubscriptionTrie, Target};
+use crate::broker::{
+    Broker, Handoff, Message, Remote, Signal, Subscriber, SubscriptionTrie, Target,
+};
 use crate::store::keys;
 
 /// Streams per peer that messages are spread over by topic.
 const LANES: usize = 8;
-/// Messages a lane holds while its stream is slow or its peer unreachable.
-const LANE_CAPACITY: usize = 8192;
+/// Messages written to a lane's stream in one go, at most.
+const BATCH: usize = 256;
+/// Stream priorities: routes and acknowledgements go before messages.
+const CONTROL_PRIORITY: i32 = 1;
 /// Route changes a peer's stream holds before the peer is resynchronised instead.
 const DELTA_CAPACITY: usize = 65_536;
 /// How often the cluster's members are read to find peers that came or went.
@@ -62,6 +72,15 @@ struct RouteSnapshot {
     filters: Vec<String>,
 }
 
+/// The first frame of a lane: who sends it, and the number of its first message.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LaneHello {
+    node: NodeId,
+    incarnation: u64,
+    lane: u32,
+    first_seq: u64,
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum RouteDelta {
     Add(String),
@@ -71,9 +90,13 @@ enum RouteDelta {
 #[derive(Clone)]
 struct Metrics {
     forwarded: IntCounterVec,
+    forwarded_bytes: IntCounterVec,
     dropped: IntCounterVec,
     received: IntCounterVec,
     resyncs: IntCounterVec,
+    timeouts: IntCounterVec,
+    unacked: IntGaugeVec,
+    rtt: GaugeVec,
     remote_routes: IntGauge,
     local_routes: IntGauge,
 }
@@ -90,14 +113,41 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok::<_, prometheus::Error>(g)
         };
+        let per_peer = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["peer"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let rtt = GaugeVec::new(
+            Opts::new(
+                "halyard_cluster_peer_rtt_seconds",
+                "Round trip to a peer node as QUIC estimates it, by peer",
+            ),
+            &["peer"],
+        )?;
+        registry.register(Box::new(rtt.clone()))?;
         Ok(Self {
             forwarded: counter(
                 "halyard_cluster_forwarded_total",
-                "Messages handed to a peer node, by peer",
+                "Messages written to a peer node (again after a broken stream), by peer",
             )?,
+            forwarded_bytes: counter(
+                "halyard_cluster_forwarded_bytes_total",
+                "Bytes of messages written to a peer node, by peer",
+            )?,
+            timeouts: counter(
+                "halyard_cluster_forward_timeouts_total",
+                "Times a peer node acknowledged nothing for the forward timeout and its \
+                 publishers were acknowledged without it, by peer",
+            )?,
+            unacked: per_peer(
+                "halyard_cluster_forward_unacked",
+                "Messages handed to a peer node and not yet acknowledged by it, by peer",
+            )?,
+            rtt,
             dropped: counter(
                 "halyard_cluster_forward_dropped_total",
-                "Messages for a peer node dropped because its lane was full, by peer",
+                "Messages for a peer node dropped because its lane was full (QoS 0 first), by peer",
             )?,
             received: counter(
                 "halyard_cluster_received_total",
@@ -243,7 +293,7 @@ impl RemoteRoutes {
 
 /// One peer's lanes.
 struct Peer {
-    lanes: Vec<mpsc::Sender<Arc<Message>>>,
+    lanes: Vec<Arc<Lane>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -252,7 +302,18 @@ impl Drop for Peer {
         for task in &self.tasks {
             task.abort();
         }
+        // Gone from the cluster: nobody waits for it any more.
+        for lane in &self.lanes {
+            lane.release();
+        }
     }
+}
+
+/// What a peer's lane delivered here, to skip it when the lane resends it on a new stream.
+#[derive(Clone, Copy)]
+struct Delivered {
+    incarnation: u64,
+    seq: u64,
 }
 
 /// The data plane of one node.
@@ -265,17 +326,22 @@ pub struct DataPlane {
     remote: RwLock<RemoteRoutes>,
     /// Read by every forwarded message; written when members come or go.
     peers: RwLock<HashMap<NodeId, Peer>>,
+    /// By sending node and lane.
+    delivered: Mutex<HashMap<(NodeId, u32), Delivered>>,
+    forward_timeout: Duration,
     hasher: foldhash::fast::FixedState,
     metrics: Metrics,
 }
 
 impl DataPlane {
     /// Joins `broker` to the other members of `store`'s cluster over `transport`, until
-    /// `shutdown` turns true.
+    /// `shutdown` turns true. A peer that acknowledges nothing for `forward_timeout` stops
+    /// holding up the acknowledgements of what was published for it.
     pub fn start(
         broker: &Broker,
         store: &Store,
         transport: Arc<QuicTransport>,
+        forward_timeout: Duration,
         registry: &Registry,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Arc<Self>, impl Future<Output = ()> + Send + 'static), prometheus::Error> {
@@ -287,6 +353,8 @@ impl DataPlane {
             local: Mutex::new(LocalRoutes::default()),
             remote: RwLock::new(RemoteRoutes::default()),
             peers: RwLock::new(HashMap::new()),
+            delivered: Mutex::new(HashMap::new()),
+            forward_timeout,
             hasher: foldhash::fast::FixedState::with_seed(0x68616c7961726421),
             metrics: Metrics::new(registry)?,
         });
@@ -335,12 +403,45 @@ impl DataPlane {
                 }
                 self.metrics.remote_routes.set(remote.trie.len() as i64);
             }
+            self.watch_peers();
             tokio::select! {
                 _ = tokio::time::sleep(MEMBERS_EVERY) => {}
                 _ = shutdown.changed() => {
                     self.peers.write().clear();
                     return;
                 }
+            }
+        }
+    }
+
+    /// Releases the publishers waiting for peers that stopped answering, and reports each
+    /// peer's backlog and round trip.
+    fn watch_peers(&self) {
+        let now = tokio::time::Instant::now();
+        let peers = self.peers.read();
+        for (id, peer) in peers.iter() {
+            let label = id.to_string();
+            let mut unacked = 0;
+            for lane in &peer.lanes {
+                if lane.expire(now, self.forward_timeout) {
+                    self.metrics.timeouts.with_label_values(&[&label]).inc();
+                    tracing::warn!(
+                        peer = id,
+                        "a peer node acknowledged nothing within the forward timeout; \
+                         acknowledging its publishers without it"
+                    );
+                }
+                unacked += lane.depth();
+            }
+            self.metrics
+                .unacked
+                .with_label_values(&[&label])
+                .set(unacked as i64);
+            if let Some(rtt) = self.transport.rtt(*id) {
+                self.metrics
+                    .rtt
+                    .with_label_values(&[&label])
+                    .set(rtt.as_secs_f64());
             }
         }
     }
@@ -419,13 +520,14 @@ impl DataPlane {
         tasks.push(tokio::spawn(
             Arc::clone(&self).announce_routes(id, addr.clone()),
         ));
-        for _ in 0..LANES {
-            let (tx, rx) = mpsc::channel(LANE_CAPACITY);
-            lanes.push(tx);
+        for index in 0..LANES {
+            let lane = Arc::new(Lane::default());
+            lanes.push(Arc::clone(&lane));
             tasks.push(tokio::spawn(Arc::clone(&self).run_lane(
                 id,
                 addr.clone(),
-                rx,
+                index as u32,
+                lane,
             )));
         }
         Peer { lanes, tasks }
@@ -462,6 +564,7 @@ impl DataPlane {
             self.metrics.resyncs.with_label_values(&[&peer]).inc();
             let sent = async {
                 let mut stream = connection.open_uni().await.ok()?;
+                let _ = stream.set_priority(CONTROL_PRIORITY);
                 let body = postcard::to_stdvec(&snapshot).ok()?;
                 write_frame(&mut stream, Kind::Routes, body).await.ok()?;
                 // Ends when this node drops the queue: the peer fell behind.
@@ -482,46 +585,68 @@ impl DataPlane {
         }
     }
 
-    /// Carries the messages of one lane to peer `id`, on one stream while it lasts.
-    async fn run_lane(
-        self: Arc<Self>,
-        id: NodeId,
-        addr: String,
-        mut messages: mpsc::Receiver<Arc<Message>>,
-    ) {
+    /// Carries the messages of one lane to peer `id`, on one stream while it lasts, and takes
+    /// the peer's acknowledgements of them.
+    async fn run_lane(self: Arc<Self>, id: NodeId, addr: String, index: u32, lane: Arc<Lane>) {
         let peer = id.to_string();
         let forwarded = self.metrics.forwarded.with_label_values(&[&peer]);
-        let mut pending: Option<Arc<Message>> = None;
+        let forwarded_bytes = self.metrics.forwarded_bytes.with_label_values(&[&peer]);
         loop {
             let connection = self.connection(id, &addr).await;
-            let Ok(mut stream) = connection.open_uni().await else {
+            let Ok((mut send, recv)) = connection.open_bi().await else {
                 tokio::time::sleep(RETRY).await;
                 continue;
             };
-            let Ok(hello) = postcard::to_stdvec(&self.node) else {
+            let hello = LaneHello {
+                node: self.node,
+                incarnation: self.incarnation,
+                lane: index,
+                first_seq: lane.restart(),
+            };
+            let Ok(hello) = postcard::to_stdvec(&hello) else {
                 return;
             };
-            if write_frame(&mut stream, Kind::Messages, hello)
-                .await
-                .is_err()
-            {
+            if write_frame(&mut send, Kind::Messages, hello).await.is_err() {
+                tokio::time::sleep(RETRY).await;
                 continue;
             }
-            loop {
-                let message = match pending.take() {
-                    Some(m) => m,
-                    None => match messages.recv().await {
-                        Some(m) => m,
-                        None => return,
-                    },
-                };
-                let body = encode_message(&message, message.qos, message.retain, &[]);
-                if write_frame(&mut stream, Kind::Forward, body).await.is_err() {
-                    // Tried again on the next stream.
-                    pending = Some(message);
-                    break;
+            let write = async {
+                let mut buffer = Vec::new();
+                loop {
+                    let batch = lane.unsent(BATCH);
+                    if batch.is_empty() {
+                        lane.ready().await;
+                        continue;
+                    }
+                    buffer.clear();
+                    let framed = batch.iter().all(|message| {
+                        let body = encode_message(message, message.qos, message.retain, &[]);
+                        encode_frame(Kind::Forward, body, &mut buffer).is_ok()
+                    });
+                    if !framed || send.write_all(&buffer).await.is_err() {
+                        return;
+                    }
+                    forwarded.inc_by(batch.len() as u64);
+                    forwarded_bytes.inc_by(buffer.len() as u64);
                 }
-                forwarded.inc();
+            };
+            let acks = async {
+                let mut reader = FrameReader::new(recv);
+                loop {
+                    while let Some(frame) = reader.next_buffered().ok()? {
+                        if frame.kind != Kind::Ack as i32 {
+                            return None;
+                        }
+                        lane.acknowledged(postcard::from_bytes::<u64>(&frame.body).ok()?);
+                    }
+                    if !reader.fill().await.ok()? {
+                        return None::<()>;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = write => {}
+                _ = acks => {}
             }
         }
     }
@@ -537,12 +662,6 @@ impl DataPlane {
                     return;
                 };
                 self.follow_routes(snapshot, stream).await;
-            }
-            Ok(Kind::Messages) => {
-                let Ok(node) = postcard::from_bytes::<NodeId>(&first.body) else {
-                    return;
-                };
-                self.receive_messages(node, stream).await;
             }
             _ => tracing::debug!(kind = first.kind, "unexpected peer stream"),
         }
@@ -575,20 +694,103 @@ impl DataPlane {
         self.metrics.remote_routes.set(remote.trie.len() as i64);
     }
 
-    async fn receive_messages(&self, node: NodeId, mut stream: quinn::RecvStream) {
+    /// Takes a lane a peer opened: delivers its messages to this node's sessions, skipping
+    /// those a previous stream of the lane delivered, and acknowledges each once it is queued
+    /// (and stored, for persistent sessions). Acknowledgements are cumulative, one for all
+    /// that a read brought in.
+    pub(super) async fn accept_lane(
+        self: Arc<Self>,
+        first: Frame,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) {
+        let Ok(hello) = postcard::from_bytes::<LaneHello>(&first.body) else {
+            return;
+        };
+        let _ = send.set_priority(CONTROL_PRIORITY);
         let received = self
             .metrics
             .received
-            .with_label_values(&[&node.to_string()]);
-        while let Ok(frame) = read_frame(&mut stream).await {
-            let Some((mut message, qos, retain, _)) = decode_message(&frame.body) else {
-                tracing::warn!("a peer forwarded an unreadable message; dropped");
-                continue;
-            };
-            message.qos = qos;
-            message.retain = retain;
-            received.inc();
-            self.broker.deliver_forwarded(message);
+            .with_label_values(&[&hello.node.to_string()]);
+        let key = (hello.node, hello.lane);
+        let before = hello.first_seq.saturating_sub(1);
+        let mut delivered = match self.delivered.lock().get(&key) {
+            Some(d) if d.incarnation == hello.incarnation => d.seq.max(before),
+            _ => before,
+        };
+        let durable = self.broker.durable().cloned();
+        let signal = Arc::new(Signal::default());
+        // Lane numbers waiting for store writes, with the write each waits for.
+        let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
+        if delivered > before {
+            // Taken by an earlier stream, perhaps not yet stored: acknowledged once every
+            // write submitted so far is.
+            pending.push_back((delivered, durable.as_ref().map_or(0, |d| d.submitted())));
+        }
+        let mut acked = before;
+        let mut next_seq = hello.first_seq;
+        let mut reader = FrameReader::new(recv);
+        loop {
+            loop {
+                let frame = match reader.next_buffered() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(peer = hello.node, error = %e, "a lane broke");
+                        return;
+                    }
+                };
+                let seq = next_seq;
+                next_seq += 1;
+                if seq <= delivered {
+                    continue;
+                }
+                delivered = seq;
+                let Some((mut message, qos, retain, _)) = decode_message(&frame.body) else {
+                    tracing::warn!("a peer forwarded an unreadable message; dropped");
+                    continue;
+                };
+                message.qos = qos;
+                message.retain = retain;
+                received.inc();
+                let published = self.broker.deliver_forwarded(message, &signal);
+                pending.push_back((seq, published.durable_seq));
+            }
+            let committed = durable.as_ref().map_or(u64::MAX, |d| d.committed());
+            let mut settled = None;
+            while let Some(&(seq, write)) = pending.front()
+                && write <= committed
+            {
+                settled = Some(seq);
+                pending.pop_front();
+            }
+            if let Some(seq) = settled
+                && seq > acked
+            {
+                let Ok(body) = postcard::to_stdvec(&seq) else {
+                    return;
+                };
+                if write_frame(&mut send, Kind::Ack, body).await.is_err() {
+                    return;
+                }
+                acked = seq;
+            }
+            self.delivered.lock().insert(
+                key,
+                Delivered {
+                    incarnation: hello.incarnation,
+                    seq: delivered,
+                },
+            );
+            tokio::select! {
+                more = reader.fill() => match more {
+                    Ok(true) => {}
+                    _ => return,
+                },
+                _ = signal.notified(), if !pending.is_empty() => {}
+                // The earlier stream's writes are not signalled on this one.
+                _ = tokio::time::sleep(RETRY), if !pending.is_empty() => {}
+            }
         }
     }
 
@@ -610,15 +812,16 @@ impl Remote for DataPlane {
         self.metrics.local_routes.set(local.counts.len() as i64);
     }
 
-    fn forward(&self, message: &Arc<Message>) {
+    fn forward(&self, message: &Arc<Message>, waker: Option<&Arc<Signal>>) -> Vec<Handoff> {
         let mut nodes: Vec<NodeId> = {
             let remote = self.remote.read();
             let mut matches = Vec::new();
             remote.trie.matches(&message.topic, &mut matches);
             matches.iter().map(|m| m.target.0).collect()
         };
+        let mut handoffs = Vec::new();
         if nodes.is_empty() {
-            return;
+            return handoffs;
         }
         nodes.sort_unstable();
         nodes.dedup();
@@ -628,13 +831,17 @@ impl Remote for DataPlane {
             let Some(peer) = peers.get(&node) else {
                 continue;
             };
-            if peer.lanes[lane].try_send(Arc::clone(message)).is_err() {
-                self.metrics
+            match peer.lanes[lane].push(message, waker) {
+                Ok(Some(handoff)) => handoffs.push(handoff),
+                Ok(None) => {}
+                Err(_) => self
+                    .metrics
                     .dropped
                     .with_label_values(&[&node.to_string()])
-                    .inc();
+                    .inc(),
             }
         }
+        handoffs
     }
 }
 

@@ -27,9 +27,13 @@ pub enum Kind {
     /// Opens a stream of a node's routes: a snapshot of them all, then `RouteDelta`s.
     Routes = 5,
     RouteDelta = 6,
-    /// Opens a stream of messages forwarded by the node it names: `Forward` frames follow.
+    /// Opens a lane: a stream of messages forwarded by the node it names, numbered from the
+    /// sequence number it gives. `Forward` frames follow, one message each; the receiving
+    /// node answers on the same stream with `Ack` frames, each the highest number up to which
+    /// it has taken every message.
     Messages = 7,
     Forward = 8,
+    Ack = 9,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,10 +42,71 @@ pub enum FrameError {
     Write(#[from] quinn::WriteError),
     #[error("stream: {0}")]
     Read(#[from] quinn::ReadExactError),
+    #[error("stream: {0}")]
+    ReadChunk(#[from] quinn::ReadError),
     #[error("frame of {0} bytes is over the limit")]
     TooLarge(usize),
     #[error("malformed frame: {0}")]
     Decode(#[from] prost::DecodeError),
+}
+
+/// Appends a frame to `out`, to be written with others in one go.
+pub fn encode_frame(kind: Kind, body: Vec<u8>, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let frame = Frame {
+        kind: kind as i32,
+        body,
+    };
+    let len = frame.encoded_len();
+    let prefix = u32::try_from(len).map_err(|_| FrameError::TooLarge(len))?;
+    out.reserve(4 + len);
+    out.extend_from_slice(&prefix.to_be_bytes());
+    frame.encode(out).map_err(|_| FrameError::TooLarge(len))?;
+    Ok(())
+}
+
+/// Reads frames as they arrive, a chunk at a time: every frame a chunk completes is at hand
+/// before the next read, so that a reader can answer a burst once.
+pub struct FrameReader {
+    stream: RecvStream,
+    buffer: bytes::BytesMut,
+}
+
+impl FrameReader {
+    pub fn new(stream: RecvStream) -> Self {
+        Self {
+            stream,
+            buffer: bytes::BytesMut::new(),
+        }
+    }
+
+    /// The next complete frame already received, if any.
+    pub fn next_buffered(&mut self) -> Result<Option<Frame>, FrameError> {
+        use bytes::Buf;
+        let Some(prefix) = self.buffer.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        if self.buffer.len() < 4 + len {
+            return Ok(None);
+        }
+        self.buffer.advance(4);
+        let body = self.buffer.split_to(len);
+        Ok(Some(Frame::decode(body.freeze())?))
+    }
+
+    /// Waits for more of the stream; false once it has ended. Cancel-safe.
+    pub async fn fill(&mut self) -> Result<bool, FrameError> {
+        match self.stream.read_chunk(usize::MAX, true).await? {
+            Some(chunk) => {
+                self.buffer.extend_from_slice(&chunk.bytes);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
 }
 
 pub async fn write_frame(

@@ -4,6 +4,7 @@
 pub mod certs;
 mod data_plane;
 mod frame;
+mod lane;
 mod quic;
 
 pub use data_plane::DataPlane;

@@ -24,6 +24,8 @@ use super::frame::{Kind, read_frame, write_frame};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 const SNAPSHOT_CHUNK: usize = 64 * 1024;
+const PEER_IDLE_TIMEOUT_MS: u32 = 5000;
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -46,7 +48,14 @@ impl QuicTransport {
             QuicServerConfig::try_from(tls.server).map_err(|e| ClusterError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        // Peers are on one network: a silent peer is dead soon (its routes go with the
+        // connection), and windows are sized for a fast link rather than a long one.
+        transport.keep_alive_interval(Some(Duration::from_secs(1)));
+        transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+            PEER_IDLE_TIMEOUT_MS,
+        ))));
+        transport.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
+        transport.send_window(u64::from(STREAM_WINDOW) * 16);
         transport.max_concurrent_bidi_streams(1024u32.into());
         transport.max_concurrent_uni_streams(256u32.into());
         let transport = Arc::new(transport);
@@ -144,6 +153,16 @@ impl QuicTransport {
         addr: &str,
     ) -> Result<quinn::Connection, TransportError> {
         self.connection(target, addr).await
+    }
+
+    /// The round trip to peer `target` as QUIC last estimated it, while connected.
+    pub(super) fn rtt(&self, target: NodeId) -> Option<Duration> {
+        let peers = self.peers.lock();
+        let connection = peers.get(&target)?.connection.as_ref()?;
+        connection
+            .close_reason()
+            .is_none()
+            .then(|| connection.rtt())
     }
 
     fn forget(&self, target: NodeId) {
@@ -301,8 +320,10 @@ async fn serve_connection(
     service: RaftService,
     inbound: super::Inbound,
 ) {
-    // The store's requests come on bidirectional streams, the data plane's on unidirectional.
+    // The store's requests and the data plane's lanes come on bidirectional streams (told
+    // apart by their first frame), the data plane's routes on unidirectional ones.
     let data = {
+        let inbound = std::sync::Arc::clone(&inbound);
         let connection = connection.clone();
         tokio::spawn(async move {
             while let Ok(stream) = connection.accept_uni().await {
@@ -314,8 +335,9 @@ async fn serve_connection(
     };
     while let Ok((send, recv)) = connection.accept_bi().await {
         let service = service.clone();
+        let inbound = std::sync::Arc::clone(&inbound);
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(send, recv, service).await {
+            if let Err(e) = serve_stream(send, recv, service, inbound).await {
                 tracing::debug!(error = %e, "peer stream failed");
             }
         });
@@ -343,9 +365,19 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     service: RaftService,
+    inbound: super::Inbound,
 ) -> Result<(), StreamError> {
     let frame = read_frame(&mut recv).await?;
     match Kind::try_from(frame.kind) {
+        Ok(Kind::Messages) => {
+            // Until the data plane exists the lane is dropped; its sender opens it again.
+            if let Some(plane) = inbound.get() {
+                std::sync::Arc::clone(plane)
+                    .accept_lane(frame, send, recv)
+                    .await;
+            }
+            return Ok(());
+        }
         Ok(Kind::Request) => {
             let request: RaftRequest = postcard::from_bytes(&frame.body)?;
             let response = service.handle(request).await;

@@ -1,0 +1,287 @@
+//! One lane to a peer node, as its sender sees it: the messages handed to it, numbered, kept
+//! until the peer acknowledges them, so that a broken stream is resumed on a new one without
+//! a gap, and so that each publisher learns when the peer has its message.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::broker::{AckCursor, Handoff, Message, Signal};
+use crate::mqtt::QoS;
+
+/// Unacknowledged messages past which a QoS 0 message is dropped rather than queued.
+pub const LANE_CAPACITY: usize = 8192;
+/// Past this even QoS 1/2 messages are dropped. Their publishers are held back by their
+/// withheld acknowledgements long before, so only messages nobody waits for (events, wills)
+/// reach it: while a peer is unreachable for longer than the forward timeout.
+pub const LANE_HARD_CAPACITY: usize = 8 * LANE_CAPACITY;
+
+struct Outgoing {
+    seq: u64,
+    message: Arc<Message>,
+    /// The publisher waiting for the peer's receipt.
+    waker: Option<Arc<Signal>>,
+}
+
+struct Window {
+    /// The number the next message gets; the first is 1.
+    next_seq: u64,
+    /// Every message not yet acknowledged, oldest first.
+    unacked: VecDeque<Outgoing>,
+    /// How many of `unacked`, from the front, went out on the current stream.
+    sent: usize,
+    /// When the peer last acknowledged something, or the window last became non-empty.
+    last_progress: Instant,
+}
+
+/// Why a message was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
+
+pub struct Lane {
+    window: Mutex<Window>,
+    /// Wakes the stream's writer when messages arrive.
+    ready: Notify,
+    cursor: Arc<AckCursor>,
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Self {
+            window: Mutex::new(Window {
+                next_seq: 1,
+                unacked: VecDeque::new(),
+                sent: 0,
+                last_progress: Instant::now(),
+            }),
+            ready: Notify::new(),
+            cursor: Arc::new(AckCursor::default()),
+        }
+    }
+}
+
+impl Lane {
+    /// Takes `message` for the peer; for QoS 1/2, what its publisher waits for.
+    pub fn push(
+        &self,
+        message: &Arc<Message>,
+        waker: Option<&Arc<Signal>>,
+    ) -> Result<Option<Handoff>, Full> {
+        let mut window = self.window.lock();
+        let bound = if message.qos == QoS::AtMostOnce {
+            LANE_CAPACITY
+        } else {
+            LANE_HARD_CAPACITY
+        };
+        if window.unacked.len() >= bound {
+            return Err(Full);
+        }
+        if window.unacked.is_empty() {
+            window.last_progress = Instant::now();
+        }
+        let seq = window.next_seq;
+        window.next_seq += 1;
+        let waited = message.qos != QoS::AtMostOnce;
+        window.unacked.push_back(Outgoing {
+            seq,
+            message: Arc::clone(message),
+            waker: waker.filter(|_| waited).cloned(),
+        });
+        drop(window);
+        self.ready.notify_one();
+        Ok(waited.then(|| Handoff {
+            cursor: Arc::clone(&self.cursor),
+            seq,
+        }))
+    }
+
+    /// A new stream begins: everything unacknowledged goes out again on it. The number of
+    /// the first message it carries.
+    pub fn restart(&self) -> u64 {
+        let mut window = self.window.lock();
+        window.sent = 0;
+        window.unacked.front().map_or(window.next_seq, |o| o.seq)
+    }
+
+    /// The next messages to write on the current stream, at most `max`.
+    pub fn unsent(&self, max: usize) -> Vec<Arc<Message>> {
+        let mut window = self.window.lock();
+        let from = window.sent;
+        let batch: Vec<Arc<Message>> = window
+            .unacked
+            .range(from..)
+            .take(max)
+            .map(|o| Arc::clone(&o.message))
+            .collect();
+        window.sent += batch.len();
+        batch
+    }
+
+    /// Waits until a message may have arrived since the last [`Lane::unsent`].
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// The peer has every message up to `seq`: they are forgotten and their publishers woken.
+    pub fn acknowledged(&self, seq: u64) {
+        let mut wakers = Vec::new();
+        {
+            let mut window = self.window.lock();
+            let mut popped = 0;
+            while window.unacked.front().is_some_and(|o| o.seq <= seq) {
+                if let Some(outgoing) = window.unacked.pop_front()
+                    && let Some(waker) = outgoing.waker
+                {
+                    push_distinct(&mut wakers, waker);
+                }
+                popped += 1;
+            }
+            window.sent = window.sent.saturating_sub(popped);
+            if popped > 0 {
+                window.last_progress = Instant::now();
+            }
+        }
+        self.cursor.advance(seq);
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Stops the publishers waiting if the peer has acknowledged nothing for `timeout` while
+    /// messages wait for it; true if it did now. The messages stay, to go out when the peer
+    /// answers again.
+    pub fn expire(&self, now: Instant, timeout: Duration) -> bool {
+        let overdue = {
+            let window = self.window.lock();
+            !window.unacked.is_empty() && now.duration_since(window.last_progress) >= timeout
+        };
+        if overdue && !self.cursor.is_released() {
+            self.release();
+            return true;
+        }
+        false
+    }
+
+    /// Nobody waits for this lane's peer any more (it left the cluster, or stopped answering).
+    pub fn release(&self) {
+        self.cursor.release();
+        let mut wakers = Vec::new();
+        for outgoing in self.window.lock().unacked.iter_mut() {
+            if let Some(waker) = outgoing.waker.take() {
+                push_distinct(&mut wakers, waker);
+            }
+        }
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Messages waiting for the peer's acknowledgement.
+    pub fn depth(&self) -> usize {
+        self.window.lock().unacked.len()
+    }
+}
+
+/// Adds `waker` unless it is the last one added: one publisher's messages come in runs.
+fn push_distinct(wakers: &mut Vec<Arc<Signal>>, waker: Arc<Signal>) {
+    if wakers.last().is_none_or(|last| !Arc::ptr_eq(last, &waker)) {
+        wakers.push(waker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(qos: QoS) -> Arc<Message> {
+        Arc::new(Message {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"m"),
+            qos,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: 0,
+        })
+    }
+
+    #[test]
+    fn a_publisher_waits_until_the_peer_acknowledges_its_message_or_the_lane_is_released() {
+        let lane = Lane::default();
+        let signal = Arc::new(Signal::default());
+        let first = lane.push(&message(QoS::AtLeastOnce), Some(&signal));
+        let second = lane.push(&message(QoS::AtLeastOnce), Some(&signal));
+        let (Ok(Some(first)), Ok(Some(second))) = (first, second) else {
+            panic!("QoS 1 messages are waited for");
+        };
+        assert!(matches!(
+            lane.push(&message(QoS::AtMostOnce), None),
+            Ok(None)
+        ));
+        assert!(!first.settled() && !second.settled());
+        lane.acknowledged(1);
+        assert!(first.settled() && !second.settled());
+        assert_eq!(lane.depth(), 2);
+        lane.release();
+        assert!(second.settled());
+        // An acknowledgement after a release means the peer answers again: waited for anew.
+        lane.acknowledged(2);
+        let third = lane.push(&message(QoS::ExactlyOnce), Some(&signal));
+        assert!(matches!(third, Ok(Some(h)) if !h.settled()));
+    }
+
+    #[test]
+    fn a_new_stream_resends_everything_unacknowledged_from_its_number() {
+        let lane = Lane::default();
+        for _ in 0..5 {
+            let _ = lane.push(&message(QoS::AtLeastOnce), None);
+        }
+        assert_eq!(lane.restart(), 1);
+        assert_eq!(lane.unsent(3).len(), 3);
+        assert_eq!(lane.unsent(10).len(), 2);
+        assert!(lane.unsent(10).is_empty());
+        lane.acknowledged(2);
+        assert!(lane.unsent(10).is_empty());
+        assert_eq!(lane.restart(), 3);
+        assert_eq!(lane.unsent(10).len(), 3);
+    }
+
+    #[test]
+    fn a_silent_peer_releases_its_publishers_once_after_the_timeout() {
+        let lane = Lane::default();
+        let handoff = lane.push(&message(QoS::AtLeastOnce), None);
+        let Ok(Some(handoff)) = handoff else {
+            panic!("QoS 1 messages are waited for");
+        };
+        let now = Instant::now();
+        assert!(!lane.expire(now, Duration::from_secs(3)));
+        assert!(lane.expire(now + Duration::from_secs(3), Duration::from_secs(3)));
+        assert!(!lane.expire(now + Duration::from_secs(4), Duration::from_secs(3)));
+        assert!(handoff.settled());
+        assert_eq!(lane.depth(), 1);
+    }
+
+    #[test]
+    fn qos_0_is_dropped_at_the_lane_bound_and_qos_1_only_past_the_hard_bound() {
+        let lane = Lane::default();
+        for _ in 0..LANE_CAPACITY {
+            assert!(lane.push(&message(QoS::AtMostOnce), None).is_ok());
+        }
+        assert!(matches!(
+            lane.push(&message(QoS::AtMostOnce), None),
+            Err(Full)
+        ));
+        assert!(lane.push(&message(QoS::AtLeastOnce), None).is_ok());
+        for _ in LANE_CAPACITY + 1..LANE_HARD_CAPACITY {
+            let _ = lane.push(&message(QoS::AtLeastOnce), None);
+        }
+        assert!(matches!(
+            lane.push(&message(QoS::AtLeastOnce), None),
+            Err(Full)
+        ));
+    }
+}
