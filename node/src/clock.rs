@@ -24,6 +24,15 @@ pub fn epoch_millis() -> u64 {
         .unwrap_or_default()
 }
 
+/// Microseconds since the Unix epoch: which of two connections for one client id, on two
+/// nodes, came later.
+pub fn epoch_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
 /// Seconds since the Unix epoch with a millisecond fraction, as AWS's control plane stamps
 /// creation and modification dates.
 pub fn epoch_seconds_fraction() -> f64 {

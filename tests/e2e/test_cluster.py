@@ -214,3 +214,38 @@ def test_every_message_acknowledged_to_its_publisher_survives_kill_9_of_the_publ
         pytest.fail(f"{len(owed - got)} of the {len(owed)} acknowledged messages were lost")
     keeper.disconnect()
     cluster.relaunch(1)
+
+
+def test_a_persistent_subscriber_whose_node_is_killed_resumes_on_another_with_every_acknowledged_message(
+    cluster: Cluster,
+) -> None:
+    first, second, third = cluster.brokers
+    routes_before = _routes(first)
+    mover = Client(second, "mover", mqtt.MQTTv311, False, None)
+    mover.connect()
+    mover.subscribe("meters/#", 1)
+    _wait_for("node 1 to learn the subscriber's route", lambda: _routes(first) > routes_before)
+    publisher = _client(first, "meters-on-1")
+    sent = [publisher.publish_nowait("meters/m1", str(n).encode(), qos=1) for n in range(300)]
+    for info in sent:
+        publisher.wait_published(info, "meters/m1")
+    # Node 2 dies with the subscriber's connection and session; the client comes back on
+    # node 3, which takes the session from the store once node 2 does not answer.
+    second.process.kill()
+    second.process.wait()
+    mover.paho.loop_stop()
+    got = set()
+    while not mover.messages.empty():
+        got.add(int(mover.messages.get().payload))
+    moved = Client(third, "mover", mqtt.MQTTv311, False, None)
+    assert moved.connect(), "node 3 has the session"
+    try:
+        while len(got) < 300:
+            # Duplicates are allowed; loss is not.
+            got.add(int(moved.expect(timeout=10).payload))
+    except AssertionError:
+        pytest.fail(f"{300 - len(got)} of the 300 acknowledged messages were lost")
+    assert (third.metrics().value("halyard_cluster_session_claims_total", outcome="silent_peer") or 0) >= 1
+    moved.disconnect()
+    publisher.disconnect()
+    cluster.relaunch(2)

@@ -13,7 +13,7 @@ use super::close::CloseKind;
 use super::ingest::Ingress;
 use super::lifecycle::Presence;
 use super::session::{Attachment, Inflight, QueueLimits, Session, Signal};
-use super::{Broker, Delivery, Handoff, Message};
+use super::{Broker, Claim, ClaimOutcome, Delivery, Handoff, Message};
 use crate::auth::permissions::{Access, Action};
 use crate::metrics::DropReason;
 use crate::mqtt::topic::{self, TopicError};
@@ -56,6 +56,17 @@ enum Response {
     /// A SUBACK and the retained messages that follow it.
     SubAck(Packet, Vec<Delivery>),
     Packet(Packet),
+}
+
+/// What a CONNECT settled before its session could be opened.
+struct PendingConnect {
+    claim: Option<Arc<Claim>>,
+    client_id: String,
+    clean_start: bool,
+    assigned_client_id: Option<String>,
+    server_keep_alive: Option<u16>,
+    requested_expiry: u32,
+    claimed_at: u64,
 }
 
 /// What a response waits for: a store write (0: none) and other nodes' receipts.
@@ -117,6 +128,8 @@ pub struct Connection {
     peer: Option<std::net::IpAddr>,
     /// Set once connected, when lifecycle events are on.
     presence: Option<Box<Presence>>,
+    /// A CONNECT waiting for its session to be claimed from another node.
+    claiming: Option<Box<PendingConnect>>,
     /// Encoded packets waiting to be written to the socket.
     pub out: BytesMut,
 }
@@ -149,6 +162,7 @@ impl Connection {
             access: None,
             peer: None,
             presence: None,
+            claiming: None,
             out: BytesMut::new(),
         }
     }
@@ -216,6 +230,23 @@ impl Connection {
         if self.broker.is_shutting_down() {
             return self.shutdown();
         }
+        if let Some(outcome) = self
+            .claiming
+            .as_ref()
+            .and_then(|p| p.claim.as_ref())
+            .and_then(|c| c.outcome())
+            && let Some(pending) = self.claiming.take()
+        {
+            match outcome {
+                ClaimOutcome::Owned => {
+                    self.accept_connect(*pending, now);
+                    // Packets that came behind the CONNECT.
+                    self.resume(now);
+                }
+                ClaimOutcome::Unavailable => self.refuse(reason::SERVER_UNAVAILABLE),
+            }
+            return;
+        }
         if self.access.as_ref().is_some_and(|a| a.is_revoked()) && self.phase != Phase::Closed {
             tracing::debug!(connection = self.id, "access revoked; disconnecting");
             return self.close(reason::NOT_AUTHORIZED, CloseKind::NotAuthorized);
@@ -240,6 +271,7 @@ impl Connection {
     /// else is held, up to a bound.
     pub fn wants_input(&self) -> bool {
         self.phase != Phase::Closed
+            && self.claiming.is_none()
             && self.held.as_ref().is_none_or(|h| h.len() < HOLD_LIMIT)
             && self
                 .responses
@@ -366,7 +398,7 @@ impl Connection {
                 | Packet::PubComp(_)
                 | Packet::PingReq
         );
-        if self.paused.is_some() && !acknowledgement {
+        if (self.paused.is_some() && !acknowledgement) || self.claiming.is_some() {
             self.held
                 .get_or_insert_with(Default::default)
                 .push_back(packet);
@@ -716,12 +748,51 @@ impl Connection {
         self.client_topic_alias_maximum = c.properties.topic_alias_maximum.unwrap_or(0);
         self.will = c.will.map(Box::new);
 
+        let claimed_at = crate::clock::epoch_micros();
+        let mut pending = PendingConnect {
+            claim: None,
+            client_id,
+            clean_start: c.clean_start,
+            assigned_client_id,
+            server_keep_alive,
+            requested_expiry,
+            claimed_at,
+        };
+        pending.claim = self.broker.claim_session(
+            &pending.client_id,
+            c.clean_start,
+            self.session_expiry,
+            claimed_at,
+            &self.waker,
+        );
+        if pending.claim.is_some() {
+            // Answered once the session is this node's: see `woken`.
+            self.claiming = Some(Box::new(pending));
+            return;
+        }
+        self.accept_connect(pending, now);
+    }
+
+    /// Opens the session a CONNECT asked for and answers CONNACK.
+    fn accept_connect(&mut self, pending: PendingConnect, now: Instant) {
+        let PendingConnect {
+            client_id,
+            clean_start,
+            assigned_client_id,
+            server_keep_alive,
+            requested_expiry,
+            claimed_at,
+            ..
+        } = pending;
+        let v5 = self.version.is_v5();
+        let config = self.broker.config().clone();
         let opened = self.broker.open_session(
             &client_id,
-            c.clean_start,
+            clean_start,
             Attachment {
                 connection_id: self.id,
                 waker: Arc::clone(&self.waker),
+                claimed_at,
             },
             self.session_expiry,
         );

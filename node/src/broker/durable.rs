@@ -426,51 +426,92 @@ impl Durable {
             )
             .await?;
         let mut restored = Vec::new();
-        let mut max_seq = 0;
         for kv in sessions.kvs {
             let Ok(record) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
                 tracing::warn!(key = %String::from_utf8_lossy(&kv.key), "skipping unreadable session record");
                 continue;
             };
             // Another node holds it: restored here too, it would queue every message twice.
-            let own = restores(record.node, self.store.id());
-            let prefix = keys::queue_prefix(&record.client_id);
-            let queued = self
-                .store
-                .range(
-                    RangeRequest::prefix(prefix.clone()),
-                    Consistency::Linearizable,
-                )
-                .await?;
-            let mut queue = Vec::new();
-            for item in queued.kvs {
-                let seq = keys::queue_seq(&item.key, &prefix);
-                let (Some(seq), Some((message, qos, retain, subscription_ids))) =
-                    (seq, decode_message(&item.value))
-                else {
-                    continue;
-                };
-                max_seq = max_seq.max(seq >> NODE_BITS);
-                if !own {
-                    continue;
-                }
-                queue.push((
-                    seq,
-                    Delivery {
-                        message: Arc::new(message),
-                        qos,
-                        retain,
-                        subscription_ids,
-                        stored: seq,
-                    },
-                ));
-            }
-            if own {
+            // Its queue is read all the same, for the numbers it used.
+            let queue = self.load_queue(&record.client_id).await?;
+            if restores(record.node, self.store.id()) {
                 restored.push(RestoredSession { record, queue });
             }
         }
-        self.next_message.fetch_max(max_seq + 1, Ordering::AcqRel);
         Ok(restored)
+    }
+
+    /// The stored session of `client_id` with its queue, and the revision its record was
+    /// last written at: the fencing token of [`Durable::take_ownership`].
+    pub async fn load_session(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<(RestoredSession, u64)>, StoreError> {
+        let got = self
+            .store
+            .get(&keys::session(client_id), Consistency::Linearizable)
+            .await?;
+        let Some(kv) = got.kv else {
+            return Ok(None);
+        };
+        let Ok(record) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
+            tracing::warn!(client_id, "an unreadable session record is taken as none");
+            return Ok(None);
+        };
+        let queue = self.load_queue(client_id).await?;
+        Ok(Some((RestoredSession { record, queue }, kv.mod_revision)))
+    }
+
+    /// Names this node the owner of `record`'s session, unless it was written since
+    /// `revision` (another node claimed it meanwhile); whether it did.
+    pub async fn take_ownership(
+        &self,
+        record: &SessionRecord,
+        revision: u64,
+    ) -> Result<bool, StoreError> {
+        let key = keys::session(&record.client_id);
+        let txn = Txn::new()
+            .when([halyard_raft::Compare::mod_revision(
+                key,
+                halyard_raft::CompareOp::Equal,
+                revision,
+            )])
+            .and_then([self.session_put(record)]);
+        Ok(self.store.txn(txn).await?.succeeded)
+    }
+
+    /// The messages queued for `client_id`, in order; message numbers continue past theirs.
+    async fn load_queue(&self, client_id: &str) -> Result<Vec<(u64, Delivery)>, StoreError> {
+        let prefix = keys::queue_prefix(client_id);
+        let queued = self
+            .store
+            .range(
+                RangeRequest::prefix(prefix.clone()),
+                Consistency::Linearizable,
+            )
+            .await?;
+        let mut queue = Vec::new();
+        for item in queued.kvs {
+            let seq = keys::queue_seq(&item.key, &prefix);
+            let (Some(seq), Some((message, qos, retain, subscription_ids))) =
+                (seq, decode_message(&item.value))
+            else {
+                continue;
+            };
+            self.next_message
+                .fetch_max((seq >> NODE_BITS) + 1, Ordering::AcqRel);
+            queue.push((
+                seq,
+                Delivery {
+                    message: Arc::new(message),
+                    qos,
+                    retain,
+                    subscription_ids,
+                    stored: seq,
+                },
+            ));
+        }
+        Ok(queue)
     }
 
     pub fn session_put(&self, record: &SessionRecord) -> Op {

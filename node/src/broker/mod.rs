@@ -30,7 +30,7 @@ pub use connection::Connection;
 pub use deadlines::{Deadlines, SWEEP_INTERVAL};
 pub use ingest::Ingress;
 pub use message::{Delivery, Message};
-pub use remote::{AckCursor, Handoff, Remote};
+pub use remote::{AckCursor, Claim, ClaimOutcome, Handoff, Remote};
 pub use retained::{Retained, RetainedStore};
 pub use services::{InFlight, ServiceRequest, TopicService};
 pub use session::{
@@ -193,6 +193,26 @@ impl Broker {
         self.inner.sessions.lock().len()
     }
 
+    /// Tells the other nodes that `client_id` connects here at `claimed_at`, and, when the
+    /// connection resumes a session this node does not hold or starts a persistent one,
+    /// claims its stored session for this node first: the connection waits for the claim,
+    /// woken on `waker`, before [`Broker::open_session`]. `None`: nothing to wait for.
+    pub fn claim_session(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        expiry_interval: u32,
+        claimed_at: u64,
+        waker: &Arc<Signal>,
+    ) -> Option<Arc<Claim>> {
+        let remote = self.remote()?;
+        remote.connecting(client_id, clean_start, claimed_at);
+        self.inner.durable.as_ref()?;
+        let resumes = !clean_start && !self.holds_session(client_id);
+        let starts_persistent = clean_start && expiry_interval > 0;
+        (resumes || starts_persistent).then(|| remote.claim(client_id, clean_start, waker))
+    }
+
     /// Resumes or creates the session of `client_id` and attaches a
     /// connection to it; a connection attached before is told to leave.
     pub fn open_session(
@@ -308,36 +328,84 @@ impl Broker {
             self.inner.metrics.retained_messages.set(store.len() as i64);
         }
         for restored in sessions {
-            let record = restored.record;
-            let session = Arc::new(Session::new(
-                self.next_id(),
-                Arc::from(record.client_id.as_str()),
-            ));
-            session.set_persistent(true);
-            {
-                let mut state = session.state.lock();
-                state.expiry_interval = record.expiry_interval;
-                state
-                    .queue
-                    .extend(restored.queue.into_iter().map(|(_, d)| d));
-            }
-            for sub in &record.subscriptions {
-                let (Ok(parsed), Some(options)) = (
-                    topic::parse_filter(&sub.filter),
-                    SubscriptionOptions::from_byte(sub.options),
-                ) else {
-                    continue;
-                };
-                self.subscribe(&session, &sub.filter, parsed, options, sub.subscription_id);
-            }
-            self.inner
-                .sessions
-                .lock()
-                .insert(session.client_id.clone(), Arc::clone(&session));
-            self.inner.metrics.sessions.inc();
-            let generation = session.state.lock().generation;
-            self.expire_later(&session, record.expiry_interval, generation);
+            self.install(restored);
         }
+    }
+
+    /// Puts a session read from the store into this node's memory, subscriptions and routes
+    /// included, with its expiry timer running until a connection attaches.
+    fn install(&self, restored: durable::RestoredSession) -> Arc<Session> {
+        let record = restored.record;
+        let session = Arc::new(Session::new(
+            self.next_id(),
+            Arc::from(record.client_id.as_str()),
+        ));
+        session.set_persistent(true);
+        {
+            let mut state = session.state.lock();
+            state.expiry_interval = record.expiry_interval;
+            state
+                .queue
+                .extend(restored.queue.into_iter().map(|(_, d)| d));
+        }
+        for sub in &record.subscriptions {
+            let (Ok(parsed), Some(options)) = (
+                topic::parse_filter(&sub.filter),
+                SubscriptionOptions::from_byte(sub.options),
+            ) else {
+                continue;
+            };
+            self.subscribe(&session, &sub.filter, parsed, options, sub.subscription_id);
+        }
+        self.inner
+            .sessions
+            .lock()
+            .insert(session.client_id.clone(), Arc::clone(&session));
+        self.inner.metrics.sessions.inc();
+        let generation = session.state.lock().generation;
+        self.expire_later(&session, record.expiry_interval, generation);
+        session
+    }
+
+    /// Whether this node holds a session for `client_id`, connected or not.
+    pub fn holds_session(&self, client_id: &str) -> bool {
+        self.inner.sessions.lock().contains_key(client_id)
+    }
+
+    /// Takes over a session another node held, as read from the store after that node let it
+    /// go; a session already held here is kept.
+    pub fn adopt(&self, restored: durable::RestoredSession) {
+        if !self.holds_session(&restored.record.client_id) {
+            self.install(restored);
+        }
+    }
+
+    /// Lets go of the session of `client_id` because a connection on another node claimed it:
+    /// unless this node's connection to it is the later (`claimed_at` is past `before`), the
+    /// connection is told the session was taken over, and the session leaves this node's
+    /// memory and routes. Its stored copy is left to the new owner, or deleted with it when
+    /// the new connection starts clean (`discard_stored`). Returns whether it let one go.
+    pub fn relinquish(&self, client_id: &str, before: Option<u64>, discard_stored: bool) -> bool {
+        let mut sessions = self.inner.sessions.lock();
+        let Some(session) = sessions.get(client_id).cloned() else {
+            return false;
+        };
+        if before.is_some_and(|stamp| session.state.lock().claimed_at > stamp) {
+            return false;
+        }
+        sessions.remove(client_id);
+        self.inner.metrics.sessions.dec();
+        drop(sessions);
+        let attached = session.state.lock().attached.take();
+        if let Some(old) = attached {
+            // Its connection sees the session gone and closes with "session taken over".
+            old.waker.wake();
+        }
+        if !discard_stored {
+            session.set_persistent(false);
+        }
+        self.discard(&session);
+        true
     }
 
     fn expire_later(&self, session: &Arc<Session>, expiry: u32, generation: u64) {

@@ -1,8 +1,8 @@
 //! The broker's view of other nodes: it tells them which filters its sessions hold, and hands
 //! them the messages their sessions want. `cluster` implements it; a node alone has none.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::Message;
 use super::session::Signal;
@@ -21,6 +21,41 @@ pub trait Remote: Send + Sync + 'static {
     /// publisher must wait for before acknowledging it: each node's receipt, signalled on
     /// `waker`.
     fn forward(&self, message: &Arc<Message>, waker: Option<&Arc<Signal>>) -> Vec<Handoff>;
+
+    /// A client connects here with `client_id` at `claimed_at` (microseconds since the epoch):
+    /// every other node closes its own connection with that client id, if older, and lets
+    /// its session go (deleting the stored one too when `clean_start`). Must not block.
+    fn connecting(&self, client_id: &str, clean_start: bool, claimed_at: u64);
+
+    /// Makes this node the owner of the stored session of `client_id` before its connection
+    /// is accepted: the node that held it lets it go and stores what it had, then this node
+    /// takes it from the store (or deletes it, when `clean_start`). Runs in the background;
+    /// `waker` is woken when the claim is settled.
+    fn claim(&self, client_id: &str, clean_start: bool, waker: &Arc<Signal>) -> Arc<Claim>;
+}
+
+/// A session claimed from the store for a connecting client, once settled.
+#[derive(Debug, Default)]
+pub struct Claim {
+    outcome: OnceLock<ClaimOutcome>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The session (if any was stored) is this node's now.
+    Owned,
+    /// The store could not be read or written: the connection is refused as unavailable.
+    Unavailable,
+}
+
+impl Claim {
+    pub fn settle(&self, outcome: ClaimOutcome) {
+        let _ = self.outcome.set(outcome);
+    }
+
+    pub fn outcome(&self) -> Option<ClaimOutcome> {
+        self.outcome.get().copied()
+    }
 }
 
 /// How far another node has taken what this node handed it on one stream: every message up

@@ -72,6 +72,9 @@ impl Signal {
 pub struct Attachment {
     pub connection_id: u64,
     pub waker: Arc<Signal>,
+    /// When its CONNECT came, in microseconds since the epoch: of two connections for one
+    /// client id on two nodes, the later one keeps the session.
+    pub claimed_at: u64,
 }
 
 /// How much a session may hold beyond its in-flight window.
@@ -174,6 +177,8 @@ pub struct SessionState {
     /// Bumped on every attach, so that timers armed at a detach can tell
     /// whether the session was resumed since.
     pub generation: u64,
+    /// `claimed_at` of the last connection attached.
+    pub claimed_at: u64,
     /// Publishers paused until this queue drains, in the order they paused.
     /// Boxed: a session rarely has any, and this struct is paid per connection.
     #[allow(clippy::box_collection)]
@@ -480,6 +485,7 @@ impl Session {
     pub(super) fn attach(&self, attachment: Attachment) -> Option<Attachment> {
         let mut state = self.state.lock();
         state.generation += 1;
+        state.claimed_at = attachment.claimed_at;
         self.connected.store(true, Ordering::Release);
         state.attached.replace(attachment)
     }
@@ -600,6 +606,7 @@ mod tests {
         s.attach(Attachment {
             connection_id: 7,
             waker: Arc::new(Signal::default()),
+            claimed_at: 1,
         });
         s
     }

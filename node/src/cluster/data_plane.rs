@@ -39,7 +39,8 @@ use super::lane::Lane;
 use super::quic::QuicTransport;
 use crate::broker::durable::{decode_message, decode_retained, encode_message};
 use crate::broker::{
-    Broker, Handoff, Message, Remote, Signal, Subscriber, SubscriptionTrie, Target,
+    Broker, Claim, Handoff, Message, QueueLimits, Remote, Session, Signal, Subscriber,
+    SubscriptionTrie, Target,
 };
 use crate::store::keys;
 
@@ -81,10 +82,28 @@ struct LaneHello {
     first_seq: u64,
 }
 
+/// What a node tells a peer on its control stream, in order.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-enum RouteDelta {
+pub(super) enum Control {
+    /// The sender's first local subscription to a filter.
     Add(String),
+    /// The sender's last local subscription to a filter went.
     Remove(String),
+    /// A client connected to the sender (see `Remote::connecting`).
+    Connecting {
+        client_id: String,
+        clean_start: bool,
+        claimed_at: u64,
+    },
+    /// The sender claims the client's session: let it go, make your writes for it durable,
+    /// and answer `Released`.
+    Release {
+        client_id: String,
+        clean_start: bool,
+    },
+    Released {
+        client_id: String,
+    },
 }
 
 #[derive(Clone)]
@@ -175,7 +194,7 @@ struct LocalRoutes {
     /// Filter to the number of local subscriptions to it.
     counts: HashMap<String, usize>,
     /// Each linked peer's queue of changes; dropping one makes that peer resynchronise.
-    listeners: HashMap<NodeId, mpsc::Sender<RouteDelta>>,
+    listeners: HashMap<NodeId, mpsc::Sender<Control>>,
 }
 
 impl LocalRoutes {
@@ -184,7 +203,7 @@ impl LocalRoutes {
         let count = self.counts.entry(filter.to_owned()).or_insert(0);
         *count += 1;
         if *count == 1 {
-            self.announce(&RouteDelta::Add(filter.to_owned()));
+            self.announce(&Control::Add(filter.to_owned()));
         }
     }
 
@@ -196,11 +215,29 @@ impl LocalRoutes {
         *count -= 1;
         if *count == 0 {
             self.counts.remove(filter);
-            self.announce(&RouteDelta::Remove(filter.to_owned()));
+            self.announce(&Control::Remove(filter.to_owned()));
         }
     }
 
-    fn announce(&mut self, delta: &RouteDelta) {
+    /// Sends `control` to peer `node` on its control stream; false if there is none now.
+    fn send(&mut self, node: NodeId, control: Control) -> bool {
+        let sent = self
+            .listeners
+            .get(&node)
+            .is_some_and(|listener| listener.try_send(control).is_ok());
+        if !sent {
+            // Behind or gone: resynchronised on its next stream.
+            self.listeners.remove(&node);
+        }
+        sent
+    }
+
+    /// Sends `control` to every peer.
+    fn broadcast(&mut self, control: &Control) {
+        self.announce(control);
+    }
+
+    fn announce(&mut self, delta: &Control) {
         self.listeners
             .retain(|_, listener| listener.try_send(delta.clone()).is_ok());
     }
@@ -240,7 +277,7 @@ impl RemoteRoutes {
         );
     }
 
-    fn apply(&mut self, node: NodeId, generation: u64, delta: RouteDelta) {
+    fn apply(&mut self, node: NodeId, generation: u64, delta: Control) {
         let Some((current, filters)) = self.by_node.get_mut(&node) else {
             return;
         };
@@ -248,7 +285,7 @@ impl RemoteRoutes {
             return;
         }
         match delta {
-            RouteDelta::Add(filter) => {
+            Control::Add(filter) => {
                 if !filters.contains(&filter) {
                     self.trie.insert(
                         &filter,
@@ -262,12 +299,13 @@ impl RemoteRoutes {
                     filters.push(filter);
                 }
             }
-            RouteDelta::Remove(filter) => {
+            Control::Remove(filter) => {
                 if let Some(i) = filters.iter().position(|f| *f == filter) {
                     filters.swap_remove(i);
                     self.trie.remove(&filter, None, node);
                 }
             }
+            Control::Connecting { .. } | Control::Release { .. } | Control::Released { .. } => {}
         }
     }
 
@@ -318,9 +356,9 @@ struct Delivered {
 
 /// The data plane of one node.
 pub struct DataPlane {
-    node: NodeId,
+    pub(super) node: NodeId,
     incarnation: u64,
-    broker: Broker,
+    pub(super) broker: Broker,
     transport: Arc<QuicTransport>,
     local: Mutex<LocalRoutes>,
     remote: RwLock<RemoteRoutes>,
@@ -328,9 +366,12 @@ pub struct DataPlane {
     peers: RwLock<HashMap<NodeId, Peer>>,
     /// By sending node and lane.
     delivered: Mutex<HashMap<(NodeId, u32), Delivered>>,
-    forward_timeout: Duration,
+    pub(super) forward_timeout: Duration,
     hasher: foldhash::fast::FixedState,
     metrics: Metrics,
+    pub(super) takeover: super::takeover::Takeovers,
+    /// For the background work a `&self` method starts.
+    pub(super) this: std::sync::Weak<DataPlane>,
 }
 
 impl DataPlane {
@@ -345,7 +386,9 @@ impl DataPlane {
         registry: &Registry,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Arc<Self>, impl Future<Output = ()> + Send + 'static), prometheus::Error> {
-        let plane = Arc::new(Self {
+        let metrics = Metrics::new(registry)?;
+        let takeover = super::takeover::Takeovers::new(registry)?;
+        let plane = Arc::new_cyclic(|this| Self {
             node: store.id(),
             incarnation: rand::random(),
             broker: broker.clone(),
@@ -356,7 +399,9 @@ impl DataPlane {
             delivered: Mutex::new(HashMap::new()),
             forward_timeout,
             hasher: foldhash::fast::FixedState::with_seed(0x68616c7961726421),
-            metrics: Metrics::new(registry)?,
+            metrics,
+            takeover,
+            this: this.clone(),
         });
         let as_remote: Arc<dyn Remote> = Arc::clone(&plane) as Arc<dyn Remote>;
         broker.set_remote(&as_remote);
@@ -567,15 +612,18 @@ impl DataPlane {
                 let _ = stream.set_priority(CONTROL_PRIORITY);
                 let body = postcard::to_stdvec(&snapshot).ok()?;
                 write_frame(&mut stream, Kind::Routes, body).await.ok()?;
-                // Ends when this node drops the queue: the peer fell behind.
-                while let Some(delta) = changes.recv().await {
-                    let body = postcard::to_stdvec(&delta).ok()?;
-                    write_frame(&mut stream, Kind::RouteDelta, body)
-                        .await
-                        .ok()?;
+                loop {
+                    tokio::select! {
+                        change = changes.recv() => {
+                            // None when this node dropped the queue: the peer fell behind.
+                            let body = postcard::to_stdvec(&change?).ok()?;
+                            write_frame(&mut stream, Kind::Control, body).await.ok()?;
+                        }
+                        // The peer refused the stream (it was not ready for it): a control
+                        // message written into it would be lost.
+                        _ = stream.stopped() => return None::<()>,
+                    }
                 }
-                let _ = stream.finish();
-                Some(())
             };
             tokio::select! {
                 _ = sent => {}
@@ -682,12 +730,17 @@ impl DataPlane {
             generation
         };
         while let Ok(frame) = read_frame(&mut stream).await {
-            let Ok(delta) = postcard::from_bytes::<RouteDelta>(&frame.body) else {
+            let Ok(control) = postcard::from_bytes::<Control>(&frame.body) else {
                 break;
             };
-            let mut remote = self.remote.write();
-            remote.apply(node, generation, delta);
-            self.metrics.remote_routes.set(remote.trie.len() as i64);
+            match control {
+                Control::Add(_) | Control::Remove(_) => {
+                    let mut remote = self.remote.write();
+                    remote.apply(node, generation, control);
+                    self.metrics.remote_routes.set(remote.trie.len() as i64);
+                }
+                other => self.takeover_message(node, other),
+            }
         }
         let mut remote = self.remote.write();
         remote.end(node, generation);
@@ -755,6 +808,11 @@ impl DataPlane {
                 received.inc();
                 let published = self.broker.deliver_forwarded(message, &signal);
                 pending.push_back((seq, published.durable_seq));
+                if let Some(session) = published.congested {
+                    // A subscriber here is full: the lane waits for it as a publisher on this
+                    // node would, so that the publishers' acknowledgements wait too.
+                    self.wait_for_subscriber(&session, &signal).await;
+                }
             }
             let committed = durable.as_ref().map_or(u64::MAX, |d| d.committed());
             let mut settled = None;
@@ -794,8 +852,46 @@ impl DataPlane {
         }
     }
 
+    /// Waits until `session` has room again, or until it makes no progress for the slow
+    /// subscriber timeout, when it is marked slow and its excess dropped instead.
+    async fn wait_for_subscriber(&self, session: &Arc<Session>, signal: &Arc<Signal>) {
+        let limits = QueueLimits::of(self.broker.config());
+        let timeout = Duration::from_secs(u64::from(self.broker.config().slow_subscriber_timeout));
+        let mut progress = session.progress();
+        let mut until = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = signal.notified();
+            if session.has_space(limits) || !session.is_alive() {
+                return;
+            }
+            session.wait_for_space(signal, limits);
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                let now_progress = session.progress();
+                if now_progress == progress {
+                    tracing::debug!(client_id = %session.client_id, "slow subscriber of a peer's messages");
+                    session.mark_slow();
+                    return;
+                }
+                progress = now_progress;
+                until = tokio::time::Instant::now() + timeout;
+            }
+        }
+    }
+
     fn lane_of(&self, topic: &str) -> usize {
         (self.hasher.hash_one(topic) as usize) % LANES
+    }
+}
+
+impl DataPlane {
+    /// Sends `control` to peer `node` on this node's control stream to it; false if it is not
+    /// linked now.
+    pub(super) fn send_control(&self, node: NodeId, control: Control) -> bool {
+        self.local.lock().send(node, control)
+    }
+
+    pub(super) fn broadcast_control(&self, control: &Control) {
+        self.local.lock().broadcast(control);
     }
 }
 
@@ -843,6 +939,18 @@ impl Remote for DataPlane {
         }
         handoffs
     }
+
+    fn connecting(&self, client_id: &str, clean_start: bool, claimed_at: u64) {
+        self.broadcast_control(&Control::Connecting {
+            client_id: client_id.to_owned(),
+            clean_start,
+            claimed_at,
+        });
+    }
+
+    fn claim(&self, client_id: &str, clean_start: bool, waker: &Arc<Signal>) -> Arc<Claim> {
+        self.start_claim(client_id, clean_start, waker)
+    }
 }
 
 #[cfg(test)]
@@ -863,14 +971,14 @@ mod tests {
         let old = remote.replace(2, vec!["a/+".into(), "b".into()]);
         remote.replace(3, vec!["a/#".into()]);
         assert_eq!(nodes_for(&remote, "a/x"), [2, 3]);
-        remote.apply(2, old, RouteDelta::Add("c".into()));
-        remote.apply(2, old, RouteDelta::Remove("b".into()));
+        remote.apply(2, old, Control::Add("c".into()));
+        remote.apply(2, old, Control::Remove("b".into()));
         assert_eq!(nodes_for(&remote, "c"), [2]);
         assert!(nodes_for(&remote, "b").is_empty());
         // Node 2 restarts: its new snapshot replaces the old one, and the old stream's late
         // changes and end touch nothing.
         let new = remote.replace(2, vec!["d".into()]);
-        remote.apply(2, old, RouteDelta::Add("e".into()));
+        remote.apply(2, old, Control::Add("e".into()));
         remote.end(2, old);
         assert_eq!(nodes_for(&remote, "d"), [2]);
         assert!(nodes_for(&remote, "e").is_empty());
@@ -891,8 +999,8 @@ mod tests {
         local.unsubscribed("t");
         local.unsubscribed("t");
         local.unsubscribed("never held");
-        assert!(matches!(rx.try_recv(), Ok(RouteDelta::Add(f)) if f == "t"));
-        assert!(matches!(rx.try_recv(), Ok(RouteDelta::Remove(f)) if f == "t"));
+        assert!(matches!(rx.try_recv(), Ok(Control::Add(f)) if f == "t"));
+        assert!(matches!(rx.try_recv(), Ok(Control::Remove(f)) if f == "t"));
         assert!(rx.try_recv().is_err());
         // A listener that falls behind is dropped, and so resynchronised.
         for n in 0..5 {

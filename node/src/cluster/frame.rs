@@ -24,9 +24,10 @@ pub enum Kind {
     SnapshotHeader = 2,
     SnapshotResponse = 3,
     Error = 4,
-    /// Opens a stream of a node's routes: a snapshot of them all, then `RouteDelta`s.
+    /// Opens a node's control stream: a snapshot of its routes, then `Control` frames (route
+    /// changes, and the messages of session takeover).
     Routes = 5,
-    RouteDelta = 6,
+    Control = 6,
     /// Opens a lane: a stream of messages forwarded by the node it names, numbered from the
     /// sequence number it gives. `Forward` frames follow, one message each; the receiving
     /// node answers on the same stream with `Ack` frames, each the highest number up to which

@@ -6,13 +6,31 @@ mod data_plane;
 mod frame;
 mod lane;
 mod quic;
+mod takeover;
 
 pub use data_plane::DataPlane;
 pub use quic::{QuicTransport, serve_peers};
 
-/// Where the streams other nodes open for the broker's data plane go, once it exists; until
-/// then they are dropped (the peers open them again).
+/// Where the streams other nodes open for the broker's data plane go, once it exists.
 pub type Inbound = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<DataPlane>>>;
+
+/// How long a peer's data plane stream waits for this node's data plane to start (the store
+/// answers its peers before the broker is up) before it is refused and opened again.
+const DATA_PLANE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// This node's data plane, once it exists; `None` if it did not start in time.
+async fn data_plane_of(inbound: &Inbound) -> Option<std::sync::Arc<DataPlane>> {
+    let deadline = tokio::time::Instant::now() + DATA_PLANE_WAIT;
+    loop {
+        if let Some(plane) = inbound.get() {
+            return Some(std::sync::Arc::clone(plane));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

@@ -327,9 +327,12 @@ async fn serve_connection(
         let connection = connection.clone();
         tokio::spawn(async move {
             while let Ok(stream) = connection.accept_uni().await {
-                if let Some(plane) = inbound.get() {
-                    tokio::spawn(std::sync::Arc::clone(plane).accept(stream));
-                }
+                let inbound = std::sync::Arc::clone(&inbound);
+                tokio::spawn(async move {
+                    if let Some(plane) = super::data_plane_of(&inbound).await {
+                        plane.accept(stream).await;
+                    }
+                });
             }
         })
     };
@@ -370,11 +373,8 @@ async fn serve_stream(
     let frame = read_frame(&mut recv).await?;
     match Kind::try_from(frame.kind) {
         Ok(Kind::Messages) => {
-            // Until the data plane exists the lane is dropped; its sender opens it again.
-            if let Some(plane) = inbound.get() {
-                std::sync::Arc::clone(plane)
-                    .accept_lane(frame, send, recv)
-                    .await;
+            if let Some(plane) = super::data_plane_of(&inbound).await {
+                plane.accept_lane(frame, send, recv).await;
             }
             return Ok(());
         }

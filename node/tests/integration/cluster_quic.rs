@@ -492,3 +492,117 @@ async fn a_persistent_session_is_restored_by_its_own_node_only_and_gets_each_mes
         server.shutdown().await;
     }
 }
+
+fn v5_options(server: &Server, id: &str) -> rumqttc::v5::MqttOptions {
+    let mut options = rumqttc::v5::MqttOptions::new(
+        id,
+        "127.0.0.1",
+        server.mqtt_addr().expect("the MQTT listener is on").port(),
+    );
+    options.set_keep_alive(Duration::from_secs(30));
+    options
+}
+
+fn persistent_v4(server: &Server, id: &str) -> rumqttc::MqttOptions {
+    let mut options = rumqttc::MqttOptions::new(
+        id,
+        "127.0.0.1",
+        server.mqtt_addr().expect("the MQTT listener is on").port(),
+    );
+    options.set_clean_session(false);
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_has_one_connection_in_the_cluster_and_its_session_follows_it_to_any_node() {
+    let dir = tempfile::tempdir().unwrap();
+    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
+    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
+    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
+    let servers: Vec<Server> = futures_join(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    crate::common::wait_until("every node has a control stream to each peer", || {
+        servers.iter().all(|s| {
+            (1..=3u64).filter(|&p| p != s.store().id()).all(|p| {
+                metric(
+                    s,
+                    &format!("halyard_cluster_route_resyncs_total{{peer=\"{p}\"}}"),
+                ) >= 1.0
+            })
+        })
+    })
+    .await;
+
+    // A clean v5 client on node 1, then the same client id on node 2: node 1 closes the first
+    // with "session taken over".
+    let (mut first, _) = crate::common::v5_connect(v5_options(&servers[0], "twin")).await;
+    let (_second, ack) = crate::common::v5_connect(v5_options(&servers[1], "twin")).await;
+    assert!(!ack.session_present);
+    let ended = first.closed().await;
+    assert_eq!(
+        crate::common::server_disconnect(&ended),
+        Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver)
+    );
+
+    // A persistent session made on node 2 and left offline collects messages published on
+    // node 1; its client comes back on node 3, which takes it over: session present, the
+    // queued messages, and the later ones, with node 2 holding nothing any more.
+    let (mut keeper, _) = crate::common::v4_connect(persistent_v4(&servers[1], "keeper")).await;
+    keeper
+        .subscribe("alerts/#", rumqttc::QoS::AtLeastOnce)
+        .await;
+    keeper.disconnect().await;
+    crate::common::wait_until("node 1 knows the offline session's route", || {
+        metric(&servers[0], "halyard_cluster_remote_routes") >= 1.0
+    })
+    .await;
+    let mut publisher = client(&servers[0], "alarm-on-1").await;
+    for n in 0..5u8 {
+        publisher
+            .publish("alerts/fire", rumqttc::QoS::AtLeastOnce, false, &[n])
+            .await;
+    }
+    let (mut keeper, ack) = crate::common::v4_connect(persistent_v4(&servers[2], "keeper")).await;
+    assert!(ack.session_present, "the session moved with its client");
+    let got: Vec<u8> = keeper
+        .recv_n(5)
+        .await
+        .iter()
+        .map(|p| p.payload[0])
+        .collect();
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+    assert_eq!(
+        metric(
+            &servers[2],
+            "halyard_cluster_session_claims_total{outcome=\"peer\"}"
+        ),
+        1.0,
+        "taken from node 2, which answered"
+    );
+    crate::common::wait_until("node 2 let the session and its route go", || {
+        metric(&servers[1], "halyard_cluster_local_routes") == 0.0
+    })
+    .await;
+    crate::common::wait_until("node 1 routes the session's messages to node 3", || {
+        metric(&servers[0], "halyard_cluster_remote_routes") >= 1.0
+    })
+    .await;
+    publisher
+        .publish("alerts/smoke", rumqttc::QoS::AtLeastOnce, false, &[9])
+        .await;
+    assert_eq!(&keeper.recv().await.payload[..], &[9]);
+    keeper.expect_no_publish(Duration::from_millis(300)).await;
+
+    // The same client, still connected to node 3, connects to node 1: node 3's connection is
+    // closed, and node 1 has the session.
+    let (_again, ack) = crate::common::v4_connect(persistent_v4(&servers[0], "keeper")).await;
+    assert!(ack.session_present);
+    keeper.closed().await;
+    publisher.disconnect().await;
+    for server in servers {
+        server.shutdown().await;
+    }
+}

@@ -1,0 +1,260 @@
+//! One session, one node: a client id is served by one connection in the whole cluster, and a
+//! persistent session by the one node that owns it in the store.
+//!
+//! Every CONNECT is announced to every peer (`Connecting`, stamped with the time it came):
+//! a peer holding an older connection or session for that client id lets it go (its
+//! connection is closed with "session taken over"), so two racing CONNECTs on two nodes end
+//! with the later one. A connection that resumes a session this node does not hold, or starts
+//! a persistent one, first claims it: the stored record names its owner, which is asked to let
+//! it go (`Release`) and answers once every write it made for it is durable (`Released`); the
+//! claimant then names itself owner by a transaction conditional on the record's revision (the
+//! fencing token: of two claimants reading the same revision only one writes; the other reads
+//! again and claims from the winner), and takes the session, subscriptions and queue, from the
+//! store. An owner that does not answer within the forward timeout is taken as dead: its
+//! session is taken from the store as it was last written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use halyard_raft::NodeId;
+use parking_lot::Mutex;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use tokio::sync::oneshot;
+
+use super::data_plane::{Control, DataPlane};
+use crate::broker::{Claim, ClaimOutcome, Durable, Signal};
+
+/// Reads of a contended session record before a claim gives up.
+const CLAIM_ATTEMPTS: usize = 5;
+/// Pause between reads of a store that has no leader for the moment.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Claims waiting for `Released` from a peer, by peer and client id.
+type Waiting = HashMap<(NodeId, String), Vec<oneshot::Sender<()>>>;
+
+/// Claims waiting for a peer's `Released`, and their figures.
+pub(super) struct Takeovers {
+    waiting: Mutex<Waiting>,
+    claims: IntCounterVec,
+    claim_seconds: Histogram,
+    released: IntCounterVec,
+}
+
+impl Takeovers {
+    pub(super) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let claims = IntCounterVec::new(
+            Opts::new(
+                "halyard_cluster_session_claims_total",
+                "Sessions claimed from the store for a connecting client, by how the claim \
+                 ended: taken from another node, taken from a silent one, found here or \
+                 nowhere, unavailable",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(claims.clone()))?;
+        let claim_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "halyard_cluster_session_claim_seconds",
+                "Time from a CONNECT to its session being this node's, for connections that \
+                 claim one",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        registry.register(Box::new(claim_seconds.clone()))?;
+        let released = IntCounterVec::new(
+            Opts::new(
+                "halyard_cluster_sessions_released_total",
+                "Sessions this node let go because a connection on another node claimed them, \
+                 by why: a later connection, or a claim of the stored session",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(released.clone()))?;
+        Ok(Self {
+            waiting: Mutex::new(HashMap::new()),
+            claims,
+            claim_seconds,
+            released,
+        })
+    }
+}
+
+impl DataPlane {
+    /// Handles a takeover message from peer `from`.
+    pub(super) fn takeover_message(&self, from: NodeId, control: Control) {
+        match control {
+            Control::Connecting {
+                client_id,
+                clean_start,
+                claimed_at,
+            } => {
+                if self
+                    .broker
+                    .relinquish(&client_id, Some(claimed_at), clean_start)
+                {
+                    self.takeover
+                        .released
+                        .with_label_values(&["later_connection"])
+                        .inc();
+                }
+            }
+            Control::Release {
+                client_id,
+                clean_start,
+            } => {
+                if self.broker.relinquish(&client_id, None, clean_start) {
+                    self.takeover.released.with_label_values(&["claim"]).inc();
+                }
+                let Some(plane) = self.this.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    // Whatever this node wrote for the session is durable before the claimant
+                    // reads it.
+                    if let Some(durable) = plane.broker.durable()
+                        && !durable.flush(plane.forward_timeout).await
+                    {
+                        tracing::warn!(
+                            client_id,
+                            "a claimed session's writes are not durable yet; released anyway"
+                        );
+                    }
+                    plane.send_control(from, Control::Released { client_id });
+                });
+            }
+            Control::Released { client_id } => {
+                let waiting = self.takeover.waiting.lock().remove(&(from, client_id));
+                for waiter in waiting.into_iter().flatten() {
+                    let _ = waiter.send(());
+                }
+            }
+            Control::Add(_) | Control::Remove(_) => {}
+        }
+    }
+
+    /// Starts claiming the session of `client_id` for a connection on this node.
+    pub(super) fn start_claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        waker: &Arc<Signal>,
+    ) -> Arc<Claim> {
+        let claim = Arc::new(Claim::default());
+        let Some(plane) = self.this.upgrade() else {
+            claim.settle(ClaimOutcome::Unavailable);
+            return claim;
+        };
+        let (client_id, waker, settled) =
+            (client_id.to_owned(), Arc::clone(waker), Arc::clone(&claim));
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let (outcome, how) = plane.take_session(&client_id, clean_start).await;
+            plane.takeover.claims.with_label_values(&[how]).inc();
+            plane
+                .takeover
+                .claim_seconds
+                .observe(started.elapsed().as_secs_f64());
+            settled.settle(outcome);
+            waker.wake();
+        });
+        claim
+    }
+
+    /// Makes the stored session of `client_id` this node's; how it went, for the metrics.
+    /// A store without a leader (one was just lost) is waited for, up to twice the forward
+    /// timeout.
+    async fn take_session(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+    ) -> (ClaimOutcome, &'static str) {
+        let Some(durable) = self.broker.durable().cloned() else {
+            return (ClaimOutcome::Owned, "local");
+        };
+        let deadline = tokio::time::Instant::now() + self.forward_timeout * 2;
+        let mut how = "local";
+        let mut asked: Option<NodeId> = None;
+        let mut contended = 0;
+        while contended < CLAIM_ATTEMPTS {
+            let stored = match durable.load_session(client_id).await {
+                Ok(stored) => stored,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(client_id, error = %e, "cannot read a claimed session yet");
+                    tokio::time::sleep(STORE_RETRY).await;
+                    continue;
+                }
+                Err(_) => return (ClaimOutcome::Unavailable, "unavailable"),
+            };
+            let Some((session, revision)) = stored else {
+                return (ClaimOutcome::Owned, how);
+            };
+            if let Some(owner) = session.record.node
+                && owner != self.node
+                && asked != Some(owner)
+            {
+                // Read again once the owner's writes for it are durable.
+                asked = Some(owner);
+                how = if self.release_from(owner, client_id, clean_start).await {
+                    "peer"
+                } else {
+                    "silent_peer"
+                };
+                continue;
+            }
+            if clean_start {
+                durable.submit(Durable::session_delete(client_id), None);
+                return (ClaimOutcome::Owned, how);
+            }
+            if self.broker.holds_session(client_id) {
+                return (ClaimOutcome::Owned, how);
+            }
+            match durable.take_ownership(&session.record, revision).await {
+                Ok(true) => {
+                    self.broker.adopt(session);
+                    return (ClaimOutcome::Owned, how);
+                }
+                // Claimed by another node since the read: claimed from it in turn.
+                Ok(false) => {
+                    asked = None;
+                    contended += 1;
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(client_id, error = %e, "cannot claim a session yet");
+                    tokio::time::sleep(STORE_RETRY).await;
+                }
+                Err(_) => return (ClaimOutcome::Unavailable, "unavailable"),
+            }
+        }
+        (ClaimOutcome::Unavailable, "unavailable")
+    }
+
+    /// Asks `owner` to let the session of `client_id` go; true once it answered, false when
+    /// it is not linked or did not answer within the forward timeout.
+    async fn release_from(&self, owner: NodeId, client_id: &str, clean_start: bool) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let key = (owner, client_id.to_owned());
+        self.takeover
+            .waiting
+            .lock()
+            .entry(key.clone())
+            .or_default()
+            .push(tx);
+        let sent = self.send_control(
+            owner,
+            Control::Release {
+                client_id: client_id.to_owned(),
+                clean_start,
+            },
+        );
+        let answered = sent
+            && tokio::time::timeout(self.forward_timeout, rx)
+                .await
+                .is_ok_and(|r| r.is_ok());
+        if !answered {
+            self.takeover.waiting.lock().remove(&key);
+        }
+        answered
+    }
+}
