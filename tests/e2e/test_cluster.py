@@ -1,8 +1,10 @@
 """Three `halyard serve` processes on loopback, forming one cluster over QUIC, and paho
 clients spread over them: a message published on one node reaches subscribers on the others in
 order, a retained message set on one node is sent to a subscriber on another, the will of a
-client lost on one node reaches subscribers on another, and a message acknowledged to its
-publisher survives `kill -9` of the node holding its subscriber's session."""
+client lost on one node reaches subscribers on another, a share group with members on two
+nodes gets each message once, a message acknowledged to its publisher survives `kill -9` of
+the publisher's node, and a persistent subscriber whose node is killed resumes on another node
+with every acknowledged message."""
 
 from __future__ import annotations
 
@@ -157,6 +159,30 @@ def test_the_will_of_a_client_lost_on_one_node_reaches_a_subscriber_on_another(
     message = watcher.expect()
     assert (message.topic, message.payload) == ("devices/lamp/status", b"offline")
     watcher.disconnect()
+
+
+def test_a_share_group_with_members_on_two_nodes_gets_each_message_once(
+    cluster: Cluster,
+) -> None:
+    first, second, third = cluster.brokers
+    routes_before = _routes(first)
+    members = [_client(second, "packer-on-2"), _client(third, "packer-on-3")]
+    for member in members:
+        member.subscribe("$share/packers/orders/+/packed", 1)
+    _wait_for("node 1 to learn both members", lambda: _routes(first) >= routes_before + 2)
+    publisher = _client(first, "packing-line-on-1")
+    for n in range(30):
+        publisher.publish("orders/line-1/packed", str(n).encode(), qos=1)
+    got: list[int] = []
+    for member in members:
+        while True:
+            try:
+                got.append(int(member.expect(timeout=1).payload))
+            except AssertionError:
+                break
+    assert sorted(got) == list(range(30)), "each message to exactly one member"
+    for client in (*members, publisher):
+        client.disconnect()
 
 
 def test_every_message_acknowledged_to_its_publisher_survives_kill_9_of_the_publishers_node(

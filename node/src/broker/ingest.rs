@@ -18,7 +18,7 @@ use super::message::{Delivery, Message};
 use super::services::{ServiceRequest, TopicService};
 use super::session::{Enqueued, QueueLimits, Session, Signal};
 use super::taps::Tapped;
-use super::{Broker, Handoff, Published};
+use super::{Broker, GroupKey, Handoff, Published};
 use crate::mqtt::QoS;
 
 /// Who a message came from and what it is owed.
@@ -49,11 +49,12 @@ pub(super) fn event(topic: String, payload: String) -> Message {
 
 /// Where a message entered the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Arrival {
+enum Arrival<'a> {
     /// At this node: from a client, a service or the broker itself.
     Here,
-    /// Forwarded by the node it arrived at.
-    Forwarded,
+    /// Forwarded by the node it arrived at, which chose this node to serve the share groups
+    /// (name, filter) listed.
+    Forwarded(&'a [(String, String)]),
 }
 
 impl Broker {
@@ -243,7 +244,7 @@ impl Broker {
         message: &Arc<Message>,
         waker: Option<&Arc<Signal>>,
         requester: Option<u64>,
-        arrival: Arrival,
+        arrival: Arrival<'_>,
     ) -> Published {
         let durable = self.inner.durable.as_ref();
         let mut ops = Vec::new();
@@ -254,7 +255,30 @@ impl Broker {
         }
         let trie = self.inner.trie.read();
         let mut matches = Vec::new();
-        trie.matches(&message.topic, &mut matches);
+        let mut shared = Vec::new();
+        trie.matches_split(&message.topic, &mut matches, &mut shared);
+        // Each share group gets the message once in the cluster: here when this node has a
+        // connected member (or nobody else has one), else from a node the arrival node picks.
+        let mut served: Vec<GroupKey<'_>> = Vec::new();
+        for pick in shared {
+            let key = (pick.group, pick.filter);
+            let take = match arrival {
+                Arrival::Here => {
+                    let take = pick.subscriber.target.is_connected()
+                        || self.remote().is_none_or(|r| !r.has_share_member(key));
+                    if take {
+                        served.push(key);
+                    }
+                    take
+                }
+                Arrival::Forwarded(groups) => groups
+                    .iter()
+                    .any(|(group, filter)| group == pick.group && filter == pick.filter),
+            };
+            if take {
+                matches.push(pick.subscriber);
+            }
+        }
         if matches.len() > 1 {
             matches.sort_unstable_by_key(|s| s.target.id);
         }
@@ -329,7 +353,7 @@ impl Broker {
         if arrival == Arrival::Here
             && let Some(remote) = self.remote()
         {
-            outcome.handoffs = remote.forward(message, waker);
+            outcome.handoffs = remote.forward(message, waker, &served);
         }
         outcome
     }
@@ -337,8 +361,18 @@ impl Broker {
     /// Delivers a message another node forwarded to this node's subscribers. It has been
     /// through that node's services and taps, and goes to no other node from here. `waker` is
     /// woken when the copies it queued for persistent sessions are durable.
-    pub fn deliver_forwarded(&self, message: Message, waker: &Arc<Signal>) -> Published {
-        self.route(&Arc::new(message), Some(waker), None, Arrival::Forwarded)
+    pub fn deliver_forwarded(
+        &self,
+        message: Message,
+        waker: &Arc<Signal>,
+        share_groups: &[(String, String)],
+    ) -> Published {
+        self.route(
+            &Arc::new(message),
+            Some(waker),
+            None,
+            Arrival::Forwarded(share_groups),
+        )
     }
 
     /// Follows the store's retained messages, which any node may have changed: `stored` is

@@ -30,14 +30,14 @@ pub use connection::Connection;
 pub use deadlines::{Deadlines, SWEEP_INTERVAL};
 pub use ingest::Ingress;
 pub use message::{Delivery, Message};
-pub use remote::{AckCursor, Claim, ClaimOutcome, Handoff, Remote};
+pub use remote::{AckCursor, Claim, ClaimOutcome, GroupKey, Handoff, Remote};
 pub use retained::{Retained, RetainedStore};
 pub use services::{InFlight, ServiceRequest, TopicService};
 pub use session::{
     Attachment, DeliveryQueue, Enqueued, Inflight, QueueLimits, Session, Signal, StoredSubscription,
 };
 pub use taps::{Tap, TapError, TapQueue, Tapped};
-pub use trie::{Subscriber, SubscriptionTrie, Target};
+pub use trie::{SharedMatch, Subscriber, SubscriptionTrie, Target};
 
 pub use durable::Durable;
 
@@ -136,7 +136,7 @@ impl Broker {
     pub fn set_remote(&self, remote: &Arc<dyn Remote>) {
         let trie = self.inner.trie.write();
         if self.inner.remote.set(Arc::downgrade(remote)).is_ok() {
-            trie.for_each_filter(|filter| remote.subscribed(filter));
+            trie.for_each_filter(|filter, group| remote.subscribed(filter, group));
         }
     }
 
@@ -478,7 +478,7 @@ impl Broker {
                 && trie.remove(parsed.filter, parsed.share_group, session.id)
                 && let Some(remote) = &remote
             {
-                remote.unsubscribed(parsed.filter);
+                remote.unsubscribed(parsed.filter, parsed.share_group);
             }
         }
         self.inner.metrics.subscriptions.set(trie.len() as i64);
@@ -524,7 +524,7 @@ impl Broker {
                         },
                     );
                     if is_new && let Some(remote) = &remote {
-                        remote.subscribed(parsed.filter);
+                        remote.subscribed(parsed.filter, parsed.share_group);
                     }
                     is_new
                 })
@@ -555,7 +555,7 @@ impl Broker {
             let mut trie = self.inner.trie.write();
             let removed = trie.remove(parsed.filter, parsed.share_group, session.id);
             if removed && let Some(remote) = &remote {
-                remote.unsubscribed(parsed.filter);
+                remote.unsubscribed(parsed.filter, parsed.share_group);
             }
             self.inner.metrics.subscriptions.set(trie.len() as i64);
             removed

@@ -8,24 +8,34 @@ use super::Message;
 use super::session::Signal;
 
 pub trait Remote: Send + Sync + 'static {
-    /// A local session now holds a subscription to `filter` (one call per session and filter;
-    /// shared subscriptions by their underlying filter). Called under the trie's write lock,
-    /// so calls for one filter arrive in the order they happened: it must not block.
-    fn subscribed(&self, filter: &str);
+    /// A local session now holds a subscription to `filter`, in `share_group` if shared (one
+    /// call per session, filter and group). Called under the trie's write lock, so calls for
+    /// one filter arrive in the order they happened: it must not block.
+    fn subscribed(&self, filter: &str, share_group: Option<&str>);
 
-    /// A local session no longer holds its subscription to `filter`. As for `subscribed`.
-    fn unsubscribed(&self, filter: &str);
+    /// A local session no longer holds that subscription. As for `subscribed`.
+    fn unsubscribed(&self, filter: &str, share_group: Option<&str>);
 
     /// Hands `message`, routed locally already, to every other node with a subscriber whose
-    /// filter matches it. Must not block the publisher. For a QoS 1/2 message, what the
+    /// filter matches it, and to one node of each share group it matches that this node did
+    /// not serve (`served`). Must not block the publisher. For a QoS 1/2 message, what the
     /// publisher must wait for before acknowledging it: each node's receipt, signalled on
     /// `waker`.
-    fn forward(&self, message: &Arc<Message>, waker: Option<&Arc<Signal>>) -> Vec<Handoff>;
+    fn forward(
+        &self,
+        message: &Arc<Message>,
+        waker: Option<&Arc<Signal>>,
+        served: &[GroupKey<'_>],
+    ) -> Vec<Handoff>;
 
     /// A client connects here with `client_id` at `claimed_at` (microseconds since the epoch):
     /// every other node closes its own connection with that client id, if older, and lets
     /// its session go (deleting the stored one too when `clean_start`). Must not block.
     fn connecting(&self, client_id: &str, clean_start: bool, claimed_at: u64);
+
+    /// Whether another node has a member of share group `key`: a message this node's only
+    /// members cannot take now (offline) goes to it instead.
+    fn has_share_member(&self, key: GroupKey<'_>) -> bool;
 
     /// Makes this node the owner of the stored session of `client_id` before its connection
     /// is accepted: the node that held it lets it go and stores what it had, then this node
@@ -57,6 +67,9 @@ impl Claim {
         self.outcome.get().copied()
     }
 }
+
+/// A share group across nodes: its name and the filter its members share.
+pub type GroupKey<'a> = (&'a str, &'a str);
 
 /// How far another node has taken what this node handed it on one stream: every message up
 /// to `acked` is in that node's queues (and in the store, for persistent sessions).

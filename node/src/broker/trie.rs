@@ -91,6 +91,8 @@ impl<T: Target> Members<T> {
 #[derive(Debug)]
 struct SharedGroup<T> {
     name: Box<str>,
+    /// The filter its members share, to name the group across tries.
+    filter: Box<str>,
     members: Members<T>,
     /// Round-robin position; advanced under the read lock.
     cursor: AtomicUsize,
@@ -118,15 +120,33 @@ impl<T: Target> Node<T> {
         self.children.is_empty() && self.direct.is_empty() && self.shared.is_empty()
     }
 
-    fn collect<'a>(&'a self, out: &mut Vec<&'a Subscriber<T>>) {
+    fn collect<'a>(&'a self, out: &mut Vec<&'a Subscriber<T>>, shared: &mut SharedSink<'a, '_, T>) {
         out.extend(self.direct.list.iter());
         for group in &self.shared {
             if let Some(chosen) = pick_member(group) {
-                out.push(chosen);
+                match shared {
+                    Some(picks) => picks.push(SharedMatch {
+                        group: &group.name,
+                        filter: &group.filter,
+                        subscriber: chosen,
+                    }),
+                    None => out.push(chosen),
+                }
             }
         }
     }
 }
+
+/// One member picked from a share group that matched.
+#[derive(Debug)]
+pub struct SharedMatch<'a, T> {
+    pub group: &'a str,
+    pub filter: &'a str,
+    pub subscriber: &'a Subscriber<T>,
+}
+
+/// Where a walk puts the members it picks from share groups: apart, or with the others.
+type SharedSink<'a, 'b, T> = Option<&'b mut Vec<SharedMatch<'a, T>>>;
 
 /// The next member in round-robin order, preferring available ones so that a message is not
 /// parked with an offline member while others are online.
@@ -188,6 +208,7 @@ impl<T: Target> SubscriptionTrie<T> {
                     None => {
                         node.shared.push(SharedGroup {
                             name: name.into(),
+                            filter: filter.into(),
                             members: Members::default(),
                             cursor: AtomicUsize::new(0),
                         });
@@ -218,21 +239,45 @@ impl<T: Target> SubscriptionTrie<T> {
     /// Every subscriber whose filter matches `topic`: all direct subscribers and one member of
     /// each share group.
     pub fn matches<'a>(&'a self, topic: &str, out: &mut Vec<&'a Subscriber<T>>) {
-        walk(&self.root, Some(topic), true, topic.starts_with('$'), out);
+        walk(
+            &self.root,
+            Some(topic),
+            true,
+            topic.starts_with('$'),
+            out,
+            &mut None,
+        );
     }
 
-    /// Calls `f` with the filter of every subscription held: once per target and filter,
-    /// shared subscriptions by their underlying filter.
-    pub fn for_each_filter(&self, mut f: impl FnMut(&str)) {
-        fn visit<T>(node: &Node<T>, path: &mut String, f: &mut impl FnMut(&str)) {
-            let held = node.direct.list.len()
-                + node
-                    .shared
-                    .iter()
-                    .map(|g| g.members.list.len())
-                    .sum::<usize>();
-            for _ in 0..held {
-                f(path);
+    /// As [`SubscriptionTrie::matches`], with the member picked from each share group in
+    /// `shared`, named by its group, rather than in `direct`.
+    pub fn matches_split<'a>(
+        &'a self,
+        topic: &str,
+        direct: &mut Vec<&'a Subscriber<T>>,
+        shared: &mut Vec<SharedMatch<'a, T>>,
+    ) {
+        walk(
+            &self.root,
+            Some(topic),
+            true,
+            topic.starts_with('$'),
+            direct,
+            &mut Some(shared),
+        );
+    }
+
+    /// Calls `f` with the filter (and share group) of every subscription held: once per
+    /// target, filter and group.
+    pub fn for_each_filter(&self, mut f: impl FnMut(&str, Option<&str>)) {
+        fn visit<T>(node: &Node<T>, path: &mut String, f: &mut impl FnMut(&str, Option<&str>)) {
+            for _ in 0..node.direct.list.len() {
+                f(path, None);
+            }
+            for group in &node.shared {
+                for _ in 0..group.members.list.len() {
+                    f(path, Some(&group.name));
+                }
             }
             for (level, child) in &node.children {
                 let before = path.len();
@@ -250,6 +295,20 @@ impl<T: Target> SubscriptionTrie<T> {
         }
     }
 
+    /// Whether share group `group` of `filter` has a member.
+    pub fn has_share_group(&self, filter: &str, group: &str) -> bool {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            match node.children.get(level) {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        node.shared
+            .iter()
+            .any(|g| &*g.name == group && !g.members.is_empty())
+    }
+
     /// Whether any filter matches `topic`, without collecting who.
     pub fn has_match(&self, topic: &str) -> bool {
         let mut out = Vec::new();
@@ -264,14 +323,15 @@ fn walk<'a, T: Target>(
     first: bool,
     dollar: bool,
     out: &mut Vec<&'a Subscriber<T>>,
+    shared: &mut SharedSink<'a, '_, T>,
 ) {
     // Wildcards at the first level never match `$` topics.
     let wildcards = !(first && dollar);
     if wildcards && let Some(hash) = node.children.get("#") {
-        hash.collect(out);
+        hash.collect(out, shared);
     }
     let Some(rest) = rest else {
-        node.collect(out);
+        node.collect(out, shared);
         return;
     };
     let (level, next) = match rest.split_once('/') {
@@ -279,10 +339,10 @@ fn walk<'a, T: Target>(
         None => (rest, None),
     };
     if let Some(child) = node.children.get(level) {
-        walk(child, next, false, dollar, out);
+        walk(child, next, false, dollar, out, shared);
     }
     if wildcards && let Some(plus) = node.children.get("+") {
-        walk(plus, next, false, dollar, out);
+        walk(plus, next, false, dollar, out, shared);
     }
 }
 
@@ -332,7 +392,7 @@ mod tests {
         trie.insert("x", None, sub(1));
         trie.remove("x", None, 1);
         let mut filters = Vec::new();
-        trie.for_each_filter(|f| filters.push(f.to_owned()));
+        trie.for_each_filter(|f, _| filters.push(f.to_owned()));
         filters.sort();
         assert_eq!(filters, ["#", "/lead", "a/+/c", "a/+/c"]);
     }

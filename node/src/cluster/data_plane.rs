@@ -35,11 +35,11 @@ use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry}
 use tokio::sync::{mpsc, watch};
 
 use super::frame::{Frame, FrameReader, Kind, encode_frame, read_frame, write_frame};
-use super::lane::Lane;
+use super::lane::{Lane, ShareGroups};
 use super::quic::QuicTransport;
 use crate::broker::durable::{decode_message, decode_retained, encode_message};
 use crate::broker::{
-    Broker, Claim, Handoff, Message, QueueLimits, Remote, Session, Signal, Subscriber,
+    Broker, Claim, GroupKey, Handoff, Message, QueueLimits, Remote, Session, Signal, Subscriber,
     SubscriptionTrie, Target,
 };
 use crate::store::keys;
@@ -188,6 +188,21 @@ impl Metrics {
     }
 }
 
+/// How a route is named between nodes: its filter, or `$share/{group}/{filter}` for a share
+/// group, as MQTT writes it.
+fn route_key(filter: &str, share_group: Option<&str>) -> String {
+    match share_group {
+        Some(group) => format!("$share/{group}/{filter}"),
+        None => filter.to_owned(),
+    }
+}
+
+/// A route's filter and share group, from its name; `None` for a name no node would send.
+fn parse_route(key: &str) -> Option<(&str, Option<&str>)> {
+    let parsed = crate::mqtt::topic::parse_filter(key).ok()?;
+    Some((parsed.filter, parsed.share_group))
+}
+
 /// This node's routes and who is told of their changes.
 #[derive(Default)]
 struct LocalRoutes {
@@ -265,10 +280,13 @@ impl RemoteRoutes {
         generation
     }
 
-    fn insert(&mut self, node: NodeId, filter: &str) {
+    fn insert(&mut self, node: NodeId, key: &str) {
+        let Some((filter, group)) = parse_route(key) else {
+            return;
+        };
         self.trie.insert(
             filter,
-            None,
+            group,
             Subscriber {
                 target: PeerNode(node),
                 options: Default::default(),
@@ -278,31 +296,25 @@ impl RemoteRoutes {
     }
 
     fn apply(&mut self, node: NodeId, generation: u64, delta: Control) {
-        let Some((current, filters)) = self.by_node.get_mut(&node) else {
+        let Some((current, keys)) = self.by_node.get_mut(&node) else {
             return;
         };
         if *current != generation {
             return;
         }
         match delta {
-            Control::Add(filter) => {
-                if !filters.contains(&filter) {
-                    self.trie.insert(
-                        &filter,
-                        None,
-                        Subscriber {
-                            target: PeerNode(node),
-                            options: Default::default(),
-                            subscription_id: None,
-                        },
-                    );
-                    filters.push(filter);
+            Control::Add(key) => {
+                if !keys.contains(&key) {
+                    keys.push(key.clone());
+                    self.insert(node, &key);
                 }
             }
-            Control::Remove(filter) => {
-                if let Some(i) = filters.iter().position(|f| *f == filter) {
-                    filters.swap_remove(i);
-                    self.trie.remove(&filter, None, node);
+            Control::Remove(key) => {
+                if let Some(i) = keys.iter().position(|k| *k == key) {
+                    keys.swap_remove(i);
+                    if let Some((filter, group)) = parse_route(&key) {
+                        self.trie.remove(filter, group, node);
+                    }
                 }
             }
             Control::Connecting { .. } | Control::Release { .. } | Control::Released { .. } => {}
@@ -310,9 +322,11 @@ impl RemoteRoutes {
     }
 
     fn drop_node(&mut self, node: NodeId) {
-        if let Some((_, filters)) = self.by_node.remove(&node) {
-            for filter in filters {
-                self.trie.remove(&filter, None, node);
+        if let Some((_, keys)) = self.by_node.remove(&node) {
+            for key in keys {
+                if let Some((filter, group)) = parse_route(&key) {
+                    self.trie.remove(filter, group, node);
+                }
             }
         }
     }
@@ -667,9 +681,14 @@ impl DataPlane {
                         continue;
                     }
                     buffer.clear();
-                    let framed = batch.iter().all(|message| {
+                    let framed = batch.iter().all(|(message, groups)| {
                         let body = encode_message(message, message.qos, message.retain, &[]);
-                        encode_frame(Kind::Forward, body, &mut buffer).is_ok()
+                        if groups.is_empty() {
+                            return encode_frame(Kind::Forward, body, &mut buffer).is_ok();
+                        }
+                        postcard::to_stdvec(&(groups, body)).is_ok_and(|shared| {
+                            encode_frame(Kind::ForwardShared, shared, &mut buffer).is_ok()
+                        })
                     });
                     if !framed || send.write_all(&buffer).await.is_err() {
                         return;
@@ -799,14 +818,20 @@ impl DataPlane {
                     continue;
                 }
                 delivered = seq;
-                let Some((mut message, qos, retain, _)) = decode_message(&frame.body) else {
+                let (groups, body) = if frame.kind == Kind::ForwardShared as i32 {
+                    // Unreadable: an empty message, refused below.
+                    postcard::from_bytes::<(ShareGroups, Vec<u8>)>(&frame.body).unwrap_or_default()
+                } else {
+                    (Vec::new(), frame.body)
+                };
+                let Some((mut message, qos, retain, _)) = decode_message(&body) else {
                     tracing::warn!("a peer forwarded an unreadable message; dropped");
                     continue;
                 };
                 message.qos = qos;
                 message.retain = retain;
                 received.inc();
-                let published = self.broker.deliver_forwarded(message, &signal);
+                let published = self.broker.deliver_forwarded(message, &signal, &groups);
                 pending.push_back((seq, published.durable_seq));
                 if let Some(session) = published.congested {
                     // A subscriber here is full: the lane waits for it as a publisher on this
@@ -896,38 +921,61 @@ impl DataPlane {
 }
 
 impl Remote for DataPlane {
-    fn subscribed(&self, filter: &str) {
+    fn subscribed(&self, filter: &str, share_group: Option<&str>) {
         let mut local = self.local.lock();
-        local.subscribed(filter);
+        local.subscribed(&route_key(filter, share_group));
         self.metrics.local_routes.set(local.counts.len() as i64);
     }
 
-    fn unsubscribed(&self, filter: &str) {
+    fn unsubscribed(&self, filter: &str, share_group: Option<&str>) {
         let mut local = self.local.lock();
-        local.unsubscribed(filter);
+        local.unsubscribed(&route_key(filter, share_group));
         self.metrics.local_routes.set(local.counts.len() as i64);
     }
 
-    fn forward(&self, message: &Arc<Message>, waker: Option<&Arc<Signal>>) -> Vec<Handoff> {
-        let mut nodes: Vec<NodeId> = {
+    fn forward(
+        &self,
+        message: &Arc<Message>,
+        waker: Option<&Arc<Signal>>,
+        served: &[GroupKey<'_>],
+    ) -> Vec<Handoff> {
+        // Each node once, with the share groups it is to serve.
+        let mut destinations: Vec<(NodeId, ShareGroups)> = Vec::new();
+        {
             let remote = self.remote.read();
-            let mut matches = Vec::new();
-            remote.trie.matches(&message.topic, &mut matches);
-            matches.iter().map(|m| m.target.0).collect()
-        };
+            let mut direct = Vec::new();
+            let mut shared = Vec::new();
+            remote
+                .trie
+                .matches_split(&message.topic, &mut direct, &mut shared);
+            for m in direct {
+                if !destinations.iter().any(|(node, _)| *node == m.target.0) {
+                    destinations.push((m.target.0, Vec::new()));
+                }
+            }
+            for pick in shared {
+                if served.contains(&(pick.group, pick.filter)) {
+                    continue;
+                }
+                let group = (pick.group.to_owned(), pick.filter.to_owned());
+                let node = pick.subscriber.target.0;
+                match destinations.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, groups)) => groups.push(group),
+                    None => destinations.push((node, vec![group])),
+                }
+            }
+        }
         let mut handoffs = Vec::new();
-        if nodes.is_empty() {
+        if destinations.is_empty() {
             return handoffs;
         }
-        nodes.sort_unstable();
-        nodes.dedup();
         let lane = self.lane_of(&message.topic);
         let peers = self.peers.read();
-        for node in nodes {
+        for (node, groups) in destinations {
             let Some(peer) = peers.get(&node) else {
                 continue;
             };
-            match peer.lanes[lane].push(message, waker) {
+            match peer.lanes[lane].push(message, groups, waker) {
                 Ok(Some(handoff)) => handoffs.push(handoff),
                 Ok(None) => {}
                 Err(_) => self
@@ -938,6 +986,11 @@ impl Remote for DataPlane {
             }
         }
         handoffs
+    }
+
+    fn has_share_member(&self, key: GroupKey<'_>) -> bool {
+        let (group, filter) = key;
+        self.remote.read().trie.has_share_group(filter, group)
     }
 
     fn connecting(&self, client_id: &str, clean_start: bool, claimed_at: u64) {

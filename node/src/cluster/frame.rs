@@ -35,6 +35,9 @@ pub enum Kind {
     Messages = 7,
     Forward = 8,
     Ack = 9,
+    /// A `Forward` that also names the share groups (name, filter) the receiving node is to
+    /// deliver it to one member of: postcard `(groups, message)`.
+    ForwardShared = 10,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -20,9 +20,14 @@ pub const LANE_CAPACITY: usize = 8192;
 /// reach it: while a peer is unreachable for longer than the forward timeout.
 pub const LANE_HARD_CAPACITY: usize = 8 * LANE_CAPACITY;
 
+/// The share groups (name, filter) a peer is to serve with a message.
+pub type ShareGroups = Vec<(String, String)>;
+
 struct Outgoing {
     seq: u64,
     message: Arc<Message>,
+    /// The share groups (name, filter) the peer is to serve with it.
+    groups: ShareGroups,
     /// The publisher waiting for the peer's receipt.
     waker: Option<Arc<Signal>>,
 }
@@ -69,6 +74,7 @@ impl Lane {
     pub fn push(
         &self,
         message: &Arc<Message>,
+        groups: ShareGroups,
         waker: Option<&Arc<Signal>>,
     ) -> Result<Option<Handoff>, Full> {
         let mut window = self.window.lock();
@@ -89,6 +95,7 @@ impl Lane {
         window.unacked.push_back(Outgoing {
             seq,
             message: Arc::clone(message),
+            groups,
             waker: waker.filter(|_| waited).cloned(),
         });
         drop(window);
@@ -107,15 +114,16 @@ impl Lane {
         window.unacked.front().map_or(window.next_seq, |o| o.seq)
     }
 
-    /// The next messages to write on the current stream, at most `max`.
-    pub fn unsent(&self, max: usize) -> Vec<Arc<Message>> {
+    /// The next messages to write on the current stream, with their share groups, at most
+    /// `max`.
+    pub fn unsent(&self, max: usize) -> Vec<(Arc<Message>, ShareGroups)> {
         let mut window = self.window.lock();
         let from = window.sent;
-        let batch: Vec<Arc<Message>> = window
+        let batch: Vec<(Arc<Message>, ShareGroups)> = window
             .unacked
             .range(from..)
             .take(max)
-            .map(|o| Arc::clone(&o.message))
+            .map(|o| (Arc::clone(&o.message), o.groups.clone()))
             .collect();
         window.sent += batch.len();
         batch
@@ -197,6 +205,16 @@ fn push_distinct(wakers: &mut Vec<Arc<Signal>>, waker: Arc<Signal>) {
 mod tests {
     use super::*;
 
+    impl Lane {
+        fn push_plain(
+            &self,
+            message: &Arc<Message>,
+            waker: Option<&Arc<Signal>>,
+        ) -> Result<Option<Handoff>, Full> {
+            self.push(message, Vec::new(), waker)
+        }
+    }
+
     fn message(qos: QoS) -> Arc<Message> {
         Arc::new(Message {
             topic: "t".into(),
@@ -213,13 +231,13 @@ mod tests {
     fn a_publisher_waits_until_the_peer_acknowledges_its_message_or_the_lane_is_released() {
         let lane = Lane::default();
         let signal = Arc::new(Signal::default());
-        let first = lane.push(&message(QoS::AtLeastOnce), Some(&signal));
-        let second = lane.push(&message(QoS::AtLeastOnce), Some(&signal));
+        let first = lane.push_plain(&message(QoS::AtLeastOnce), Some(&signal));
+        let second = lane.push_plain(&message(QoS::AtLeastOnce), Some(&signal));
         let (Ok(Some(first)), Ok(Some(second))) = (first, second) else {
             panic!("QoS 1 messages are waited for");
         };
         assert!(matches!(
-            lane.push(&message(QoS::AtMostOnce), None),
+            lane.push_plain(&message(QoS::AtMostOnce), None),
             Ok(None)
         ));
         assert!(!first.settled() && !second.settled());
@@ -230,7 +248,7 @@ mod tests {
         assert!(second.settled());
         // An acknowledgement after a release means the peer answers again: waited for anew.
         lane.acknowledged(2);
-        let third = lane.push(&message(QoS::ExactlyOnce), Some(&signal));
+        let third = lane.push_plain(&message(QoS::ExactlyOnce), Some(&signal));
         assert!(matches!(third, Ok(Some(h)) if !h.settled()));
     }
 
@@ -238,7 +256,7 @@ mod tests {
     fn a_new_stream_resends_everything_unacknowledged_from_its_number() {
         let lane = Lane::default();
         for _ in 0..5 {
-            let _ = lane.push(&message(QoS::AtLeastOnce), None);
+            let _ = lane.push_plain(&message(QoS::AtLeastOnce), None);
         }
         assert_eq!(lane.restart(), 1);
         assert_eq!(lane.unsent(3).len(), 3);
@@ -253,7 +271,7 @@ mod tests {
     #[test]
     fn a_silent_peer_releases_its_publishers_once_after_the_timeout() {
         let lane = Lane::default();
-        let handoff = lane.push(&message(QoS::AtLeastOnce), None);
+        let handoff = lane.push_plain(&message(QoS::AtLeastOnce), None);
         let Ok(Some(handoff)) = handoff else {
             panic!("QoS 1 messages are waited for");
         };
@@ -269,18 +287,18 @@ mod tests {
     fn qos_0_is_dropped_at_the_lane_bound_and_qos_1_only_past_the_hard_bound() {
         let lane = Lane::default();
         for _ in 0..LANE_CAPACITY {
-            assert!(lane.push(&message(QoS::AtMostOnce), None).is_ok());
+            assert!(lane.push_plain(&message(QoS::AtMostOnce), None).is_ok());
         }
         assert!(matches!(
-            lane.push(&message(QoS::AtMostOnce), None),
+            lane.push_plain(&message(QoS::AtMostOnce), None),
             Err(Full)
         ));
-        assert!(lane.push(&message(QoS::AtLeastOnce), None).is_ok());
+        assert!(lane.push_plain(&message(QoS::AtLeastOnce), None).is_ok());
         for _ in LANE_CAPACITY + 1..LANE_HARD_CAPACITY {
-            let _ = lane.push(&message(QoS::AtLeastOnce), None);
+            let _ = lane.push_plain(&message(QoS::AtLeastOnce), None);
         }
         assert!(matches!(
-            lane.push(&message(QoS::AtLeastOnce), None),
+            lane.push_plain(&message(QoS::AtLeastOnce), None),
             Err(Full)
         ));
     }

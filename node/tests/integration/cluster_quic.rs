@@ -606,3 +606,64 @@ async fn a_client_id_has_one_connection_in_the_cluster_and_its_session_follows_i
         server.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_group_spread_over_nodes_gets_each_message_once_and_locally_first() {
+    let dir = tempfile::tempdir().unwrap();
+    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
+    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
+    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
+    let servers: Vec<Server> = futures_join(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let mut on_2 = client(&servers[1], "worker-on-2").await;
+    on_2.subscribe("$share/workers/jobs/#", rumqttc::QoS::AtLeastOnce)
+        .await;
+    let mut on_3 = client(&servers[2], "worker-on-3").await;
+    on_3.subscribe("$share/workers/jobs/#", rumqttc::QoS::AtLeastOnce)
+        .await;
+    crate::common::wait_until("node 1 knows both members", || {
+        metric(&servers[0], "halyard_cluster_remote_routes") >= 2.0
+    })
+    .await;
+
+    // No member on node 1: each message goes to one node's member, in turn.
+    let mut publisher = client(&servers[0], "dispatcher-on-1").await;
+    for n in 0..40u8 {
+        publisher
+            .publish("jobs/print", rumqttc::QoS::AtLeastOnce, false, &[n])
+            .await;
+    }
+    let mut got = Vec::new();
+    for worker in [&mut on_2, &mut on_3] {
+        while let Some(p) = worker.try_recv(Duration::from_millis(500)).await {
+            got.push(p.payload[0]);
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..40).collect::<Vec<u8>>(),
+        "each message once in the group"
+    );
+    assert!(metric(&servers[1], "halyard_cluster_received_total{peer=\"1\"}") >= 1.0);
+    assert!(metric(&servers[2], "halyard_cluster_received_total{peer=\"1\"}") >= 1.0);
+
+    // A connected member on the publisher's node takes them all, without crossing nodes.
+    let mut on_1 = client(&servers[0], "worker-on-1").await;
+    on_1.subscribe("$share/workers/jobs/#", rumqttc::QoS::AtLeastOnce)
+        .await;
+    for n in 0..10u8 {
+        publisher
+            .publish("jobs/print", rumqttc::QoS::AtLeastOnce, false, &[n])
+            .await;
+    }
+    assert_eq!(on_1.recv_n(10).await.len(), 10);
+    on_2.expect_no_publish(Duration::from_millis(300)).await;
+    on_3.expect_no_publish(Duration::from_millis(300)).await;
+    for server in servers {
+        server.shutdown().await;
+    }
+}
