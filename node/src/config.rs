@@ -172,6 +172,10 @@ pub struct ClusterConfig {
     /// How long a publisher's acknowledgement waits for a peer node that has stopped
     /// answering before it is given without that node's receipt, in milliseconds.
     pub forward_timeout_ms: u64,
+    /// Connections per second a drain sends away.
+    pub drain_rate: u32,
+    /// What a drain tells clients to use instead (MQTT 5 Server Reference), if anything.
+    pub server_reference: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -190,6 +194,8 @@ impl Default for ClusterConfig {
             snapshot_every: 100_000,
             history_revisions: 10_000,
             forward_timeout_ms: 3000,
+            drain_rate: 500,
+            server_reference: None,
         }
     }
 }
@@ -460,6 +466,8 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("cluster.snapshot_every", EnvKind::Number),
     ("cluster.history_revisions", EnvKind::Number),
     ("cluster.forward_timeout_ms", EnvKind::Number),
+    ("cluster.drain_rate", EnvKind::Number),
+    ("cluster.server_reference", EnvKind::Text),
     ("aws.region", EnvKind::Text),
     ("aws.account_id", EnvKind::Text),
     ("aws.public_host", EnvKind::Text),
@@ -731,6 +739,12 @@ impl Config {
         }
         if c.forward_timeout_ms == 0 {
             return invalid("cluster.forward_timeout_ms", "must be at least 1");
+        }
+        if c.drain_rate == 0 {
+            return invalid(
+                "cluster.drain_rate",
+                "must be at least 1 connection per second",
+            );
         }
         if c.snapshot_every < 10 {
             return invalid("cluster.snapshot_every", "must be at least 10 entries");
@@ -1056,6 +1070,7 @@ mod tests {
         c.ca_cert = Some("ca.pem".into());
         c.cert = Some("node.pem".into());
         c.key = Some("node.key".into());
+        c.server_reference = Some("mqtt.example.com".into());
         config.aws.ca_cert = Some("own-ca.pem".into());
         config.mqtt_anonymous_policy = Some("anonymous.json".into());
         config.aws.ca_key = Some("own-ca.key".into());

@@ -15,6 +15,7 @@ pub mod clock;
 #[cfg(not(madsim))]
 pub mod cluster;
 pub mod config;
+pub mod drain;
 pub mod gateway;
 #[cfg(not(madsim))]
 pub mod http_client;

@@ -146,6 +146,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let signals = Signals::install()?;
         let server = Server::start(config).await?;
         signals.wait().await?;
+        if server.is_clustered() {
+            // The other nodes take over its clients and sessions before it stops.
+            server.drain().await;
+        }
         tracing::info!("shutting down");
         server.shutdown().await;
         tracing::info!("stopped");

@@ -66,6 +66,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     tasks: Supervisor,
     services: Services,
+    drain: Arc<crate::drain::Drain>,
     /// The other nodes as the broker sees them; held here, the broker holds it weakly.
     _remote: Option<Arc<dyn Remote>>,
 }
@@ -279,6 +280,14 @@ impl Server {
                 ),
             );
         }
+        let drain = crate::drain::Drain::new(
+            broker.clone(),
+            store.clone(),
+            Arc::clone(&health),
+            config.cluster.drain_rate,
+            config.cluster.server_reference.clone(),
+            &registry,
+        )?;
         // The admin API runs on hyper, which the simulation does not carry.
         #[cfg(not(madsim))]
         if let Some((admin, addr)) = bind("admin", config.admin_listen).await? {
@@ -292,6 +301,7 @@ impl Server {
                         store: store.clone(),
                         token: config.admin_token.clone(),
                         health: Arc::clone(&health),
+                        drain: Arc::clone(&drain),
                     },
                     watch_rx.clone(),
                 ),
@@ -370,6 +380,7 @@ impl Server {
             shutdown,
             tasks,
             services,
+            drain,
             _remote: remote,
         })
     }
@@ -414,6 +425,17 @@ impl Server {
     /// Why the node is not ready; empty when it is.
     pub fn unready_reasons(&self) -> Vec<String> {
         self.health.reasons(Some(&self.store.status()))
+    }
+
+    /// Leaves the cluster in order (see `drain`): clients sent to other nodes, offline
+    /// sessions handed over, the store's leadership given up. The node keeps running.
+    pub async fn drain(&self) -> crate::drain::Drained {
+        self.drain.run().await
+    }
+
+    /// Whether the node is part of a cluster of more than one node.
+    pub fn is_clustered(&self) -> bool {
+        self._remote.is_some() && self.store.status().members.len() > 1
     }
 
     /// Stops accepting, tells every client the server is going away, and

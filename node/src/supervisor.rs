@@ -23,6 +23,7 @@ pub struct Health {
     /// Set once every listener is bound and every service started.
     serving: AtomicBool,
     stopping: AtomicBool,
+    draining: AtomicBool,
     up: IntGaugeVec,
     failures: IntCounterVec,
 }
@@ -49,6 +50,7 @@ impl Health {
             ended: Mutex::new(BTreeMap::new()),
             serving: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             up,
             failures,
         }))
@@ -64,6 +66,11 @@ impl Health {
         self.stopping.store(true, Ordering::Release);
     }
 
+    /// The node is leaving the cluster: not ready, so that load balancers stop sending to it.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
     /// Why the node is not ready, one reason per line; empty when it is. `store` is the store's
     /// view of the cluster.
     pub fn reasons(&self, store: Option<&halyard_raft::NodeStatus>) -> Vec<String> {
@@ -73,6 +80,8 @@ impl Health {
         }
         if self.stopping.load(Ordering::Acquire) {
             reasons.push("the node is shutting down".to_owned());
+        } else if self.draining.load(Ordering::Acquire) {
+            reasons.push("the node is draining: leaving the cluster".to_owned());
         }
         if let Some(status) = store {
             if status.leader.is_none() {

@@ -27,6 +27,7 @@ pub struct AdminState {
     pub token: Option<String>,
     /// What `/readyz` reports besides the store.
     pub health: Arc<Health>,
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 /// Serves the admin API until `shutdown` turns true.
@@ -43,6 +44,7 @@ pub async fn run(listener: TcpListener, state: AdminState, shutdown: watch::Rece
             axum::routing::delete(remove_member),
         )
         .route("/cluster/leader", post(transfer_leader))
+        .route("/cluster/drain", post(drain))
         .with_state(state);
     crate::api::serve(listener, router, shutdown, "admin").await;
 }
@@ -192,6 +194,26 @@ async fn remove_member(
 #[serde(deny_unknown_fields)]
 struct TransferLeader {
     id: u64,
+}
+
+/// Starts draining this node (see `crate::drain`); 202 at once, the drain runs on. The node
+/// keeps running drained until it is stopped.
+async fn drain(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = refusal(&state, &headers) {
+        return denied;
+    }
+    let already = state.drain.is_started();
+    if !already {
+        let drain = Arc::clone(&state.drain);
+        tokio::spawn(async move {
+            drain.run().await;
+        });
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"draining": true, "alreadyDraining": already})),
+    )
+        .into_response()
 }
 
 async fn transfer_leader(

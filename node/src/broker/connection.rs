@@ -230,6 +230,9 @@ impl Connection {
         if self.broker.is_shutting_down() {
             return self.shutdown();
         }
+        if self.phase == Phase::Active && self.session.as_ref().is_some_and(|s| s.is_evicted()) {
+            return self.send_away();
+        }
         if let Some(outcome) = self
             .claiming
             .as_ref()
@@ -597,12 +600,30 @@ impl Connection {
         self.close_with_reason(code, kind, reason::describe(code).to_owned());
     }
 
+    /// The node drains: the client is told to use another server (named if configured).
+    fn send_away(&mut self) {
+        self.close(reason::USE_ANOTHER_SERVER, CloseKind::ServerShutdown);
+    }
+
+    fn server_reference(&self) -> Option<String> {
+        self.broker
+            .draining()
+            .flatten()
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+    }
+
     fn close_with_reason(&mut self, code: u8, kind: CloseKind, reason_string: String) {
         if self.phase == Phase::Active && self.version.is_v5() {
             let mut disconnect = Disconnect {
                 reason_code: code,
                 properties: Properties {
                     reason_string: Some(reason_string),
+                    server_reference: if code == reason::USE_ANOTHER_SERVER {
+                        self.server_reference()
+                    } else {
+                        None
+                    },
                     ..Properties::default()
                 },
             };
@@ -635,6 +656,9 @@ impl Connection {
         let mut properties = Properties::default();
         if self.version.is_v5() {
             properties.reason_string = Some(reason::describe(code).to_owned());
+            if code == reason::USE_ANOTHER_SERVER {
+                properties.server_reference = self.server_reference();
+            }
         }
         self.send(&Packet::ConnAck(ConnAck {
             session_present: false,
@@ -662,6 +686,9 @@ impl Connection {
         self.version = c.protocol;
         let v5 = c.protocol.is_v5();
         let config = self.broker.config().clone();
+        if self.broker.draining().is_some() {
+            return self.refuse(reason::USE_ANOTHER_SERVER);
+        }
 
         let mut assigned_client_id = None;
         let client_id = if c.client_id.is_empty() {

@@ -62,6 +62,8 @@ struct Inner {
     retained: RwLock<RetainedStore>,
     next_id: AtomicU64,
     shutting_down: AtomicBool,
+    /// Set by a drain: the server reference (possibly empty) given to clients sent away.
+    draining: std::sync::OnceLock<Option<String>>,
     deadlines: Deadlines,
     /// Where retained messages and persistent sessions are kept; `None` keeps them in memory.
     durable: Option<Arc<Durable>>,
@@ -117,6 +119,7 @@ impl Broker {
                 retained: RwLock::new(RetainedStore::default()),
                 next_id: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
+                draining: std::sync::OnceLock::new(),
                 deadlines: Deadlines::default(),
                 durable,
                 services: RwLock::new(Vec::new()),
@@ -161,6 +164,64 @@ impl Broker {
 
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// From now on new connections are refused and connections sent away (see
+    /// [`Broker::evict`]) with "use another server", and `server_reference` if set.
+    pub fn begin_drain(&self, server_reference: Option<String>) {
+        let _ = self.inner.draining.set(server_reference);
+    }
+
+    /// `Some` (with the server reference to give, if any) while the node drains.
+    pub fn draining(&self) -> Option<Option<&str>> {
+        self.inner.draining.get().map(Option::as_deref)
+    }
+
+    /// Sends up to `n` connected clients away ("use another server"); how many it sent.
+    pub fn evict(&self, n: usize) -> usize {
+        let mut evicted = 0;
+        for session in self.inner.sessions.lock().values() {
+            if evicted == n {
+                break;
+            }
+            if session.is_connected() && session.evict() {
+                if let Some(a) = &session.state.lock().attached {
+                    a.waker.wake();
+                }
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// The client ids of the persistent sessions this node holds with no connection: what a
+    /// drain hands to other nodes.
+    pub fn offline_persistent_sessions(&self) -> Vec<String> {
+        self.inner
+            .sessions
+            .lock()
+            .values()
+            .filter(|s| s.is_persistent() && !s.is_connected())
+            .map(|s| s.client_id.to_string())
+            .collect()
+    }
+
+    /// Persistent sessions this node holds, connected or not.
+    pub fn persistent_session_count(&self) -> usize {
+        self.inner
+            .sessions
+            .lock()
+            .values()
+            .filter(|s| s.is_persistent())
+            .count()
+    }
+
+    /// Hands the offline persistent sessions of this node to other nodes; how many it offered.
+    pub fn hand_over_sessions(&self) -> usize {
+        let Some(remote) = self.remote() else {
+            return 0;
+        };
+        remote.hand_over(self.offline_persistent_sessions())
     }
 
     pub fn durable(&self) -> Option<&Arc<Durable>> {

@@ -37,6 +37,11 @@ pub trait Remote: Send + Sync + 'static {
     /// members cannot take now (offline) goes to it instead.
     fn has_share_member(&self, key: GroupKey<'_>) -> bool;
 
+    /// Asks other nodes to claim these sessions (offline, persistent) from this one, which
+    /// is leaving: spread over the nodes reachable now, each claims as a connecting client
+    /// would. How many it offered: none when no node is reachable.
+    fn hand_over(&self, client_ids: Vec<String>) -> usize;
+
     /// Makes this node the owner of the stored session of `client_id` before its connection
     /// is accepted: the node that held it lets it go and stores what it had, then this node
     /// takes it from the store (or deletes it, when `clean_start`). Runs in the background;

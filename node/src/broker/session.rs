@@ -360,6 +360,8 @@ pub struct Session {
     persistent: AtomicBool,
     /// Messages taken off the queue since the session began.
     drained_total: AtomicU64,
+    /// Its connection is to be sent away: the node drains.
+    evicted: AtomicBool,
     /// Requests to services not yet answered (see `services::InFlight`).
     pub(super) service_requests: AtomicU32,
     pub state: Mutex<SessionState>,
@@ -397,6 +399,7 @@ impl Session {
             slow: AtomicBool::new(false),
             persistent: AtomicBool::new(false),
             drained_total: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
             service_requests: AtomicU32::new(0),
             state: Mutex::new(SessionState::default()),
         }
@@ -416,6 +419,15 @@ impl Session {
 
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// Marks the session's connection to be sent away; false if it already was.
+    pub(super) fn evict(&self) -> bool {
+        !self.evicted.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
     }
 
     pub(super) fn mark_dead(&self) {

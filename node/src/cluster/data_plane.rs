@@ -104,6 +104,10 @@ pub(super) enum Control {
     Released {
         client_id: String,
     },
+    /// The sender is leaving the cluster: claim this offline session from it.
+    Adopt {
+        client_id: String,
+    },
 }
 
 #[derive(Clone)]
@@ -317,7 +321,10 @@ impl RemoteRoutes {
                     }
                 }
             }
-            Control::Connecting { .. } | Control::Release { .. } | Control::Released { .. } => {}
+            Control::Connecting { .. }
+            | Control::Release { .. }
+            | Control::Released { .. }
+            | Control::Adopt { .. } => {}
         }
     }
 
@@ -986,6 +993,26 @@ impl Remote for DataPlane {
             }
         }
         handoffs
+    }
+
+    fn hand_over(&self, client_ids: Vec<String>) -> usize {
+        let peers: Vec<NodeId> = self
+            .peers
+            .read()
+            .keys()
+            .copied()
+            .filter(|id| self.transport.rtt(*id).is_some())
+            .collect();
+        if peers.is_empty() {
+            return 0;
+        }
+        let mut offered = 0;
+        for (n, client_id) in client_ids.into_iter().enumerate() {
+            if self.send_control(peers[n % peers.len()], Control::Adopt { client_id }) {
+                offered += 1;
+            }
+        }
+        offered
     }
 
     fn has_share_member(&self, key: GroupKey<'_>) -> bool {

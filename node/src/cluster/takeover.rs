@@ -11,7 +11,9 @@
 //! fencing token: of two claimants reading the same revision only one writes; the other reads
 //! again and claims from the winner), and takes the session, subscriptions and queue, from the
 //! store. An owner that does not answer within the forward timeout is taken as dead: its
-//! session is taken from the store as it was last written.
+//! session is taken from the store as it was last written. A node that drains asks its peers
+//! to claim its offline sessions the same way (`Adopt`), so that their routes and queues live
+//! on after it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -129,6 +131,21 @@ impl DataPlane {
                 for waiter in waiting.into_iter().flatten() {
                     let _ = waiter.send(());
                 }
+            }
+            Control::Adopt { client_id } => {
+                if self.broker.holds_session(&client_id) {
+                    return;
+                }
+                let Some(plane) = self.this.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let (outcome, how) = plane.take_session(&client_id, false).await;
+                    plane.takeover.claims.with_label_values(&[how]).inc();
+                    if outcome == ClaimOutcome::Unavailable {
+                        tracing::warn!(client_id, "cannot adopt a session from a leaving node");
+                    }
+                });
             }
             Control::Add(_) | Control::Remove(_) => {}
         }

@@ -32,6 +32,7 @@ pub const QUOTA_EXCEEDED: u8 = 0x97;
 pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
 pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
 pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
+pub const USE_ANOTHER_SERVER: u8 = 0x9C;
 pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
 pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
 pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0xA2;
@@ -75,6 +76,7 @@ pub fn describe(code: u8) -> &'static str {
         SERVER_UNAVAILABLE => "server unavailable",
         SERVER_BUSY => "server busy",
         SERVER_SHUTTING_DOWN => "server shutting down",
+        USE_ANOTHER_SERVER => "use another server: this node is leaving the cluster",
         BAD_AUTHENTICATION_METHOD => "authentication method not supported",
         KEEP_ALIVE_TIMEOUT => "keep alive timeout",
         SESSION_TAKEN_OVER => "session taken over by another connection",

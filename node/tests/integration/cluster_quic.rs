@@ -667,3 +667,95 @@ async fn a_share_group_spread_over_nodes_gets_each_message_once_and_locally_firs
         server.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_sends_its_clients_away_and_hands_its_sessions_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
+    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
+    let starts = (1..=3).map(|id| {
+        let mut config = node_config(dir.path(), id, &peers);
+        config.cluster.server_reference = Some("mqtt.example.com:8883".into());
+        Server::start(config)
+    });
+    let servers: Vec<Server> = futures_join(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // An offline persistent session on node 2 with messages queued for it.
+    let (mut keeper, _) = crate::common::v4_connect(persistent_v4(&servers[1], "keeper")).await;
+    keeper
+        .subscribe("orders/#", rumqttc::QoS::AtLeastOnce)
+        .await;
+    keeper.disconnect().await;
+    crate::common::wait_until("node 1 knows the offline session's route", || {
+        metric(&servers[0], "halyard_cluster_remote_routes") >= 1.0
+    })
+    .await;
+    let mut publisher = client(&servers[0], "shop-on-1").await;
+    for n in 0..3u8 {
+        publisher
+            .publish("orders/new", rumqttc::QoS::AtLeastOnce, false, &[n])
+            .await;
+    }
+    let (mut live, _) = crate::common::v5_connect(v5_options(&servers[1], "live")).await;
+
+    let drained = servers[1].drain().await;
+    assert_eq!(drained.sessions_left, 0, "{drained:?}");
+    assert_eq!(drained.sessions_handed_over, 1, "{drained:?}");
+    let ended = live.closed().await;
+    assert_eq!(
+        crate::common::server_disconnect(&ended),
+        Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::UseAnotherServer)
+    );
+    assert!(
+        servers[1]
+            .unready_reasons()
+            .iter()
+            .any(|r| r.contains("draining"))
+    );
+    let mut late = crate::common::Raw::open_addr(servers[1].mqtt_addr().unwrap()).await;
+    let refused = late
+        .connect(crate::common::connect_packet(
+            halyard_node::mqtt::ProtocolVersion::V5,
+            "late",
+            true,
+            30,
+        ))
+        .await;
+    assert_eq!(refused.reason_code, 0x9C, "use another server");
+    assert_eq!(
+        refused.properties.server_reference.as_deref(),
+        Some("mqtt.example.com:8883")
+    );
+
+    // The session lives on another node now, and still collects what is published.
+    crate::common::wait_until("another node holds the session's route", || {
+        metric(&servers[0], "halyard_cluster_local_routes")
+            + metric(&servers[2], "halyard_cluster_local_routes")
+            == 1.0
+    })
+    .await;
+    crate::common::wait_until("node 1 routes to it", || {
+        metric(&servers[0], "halyard_cluster_local_routes") == 1.0
+            || metric(&servers[0], "halyard_cluster_remote_routes") >= 1.0
+    })
+    .await;
+    publisher
+        .publish("orders/new", rumqttc::QoS::AtLeastOnce, false, &[3])
+        .await;
+    let (mut keeper, ack) = crate::common::v4_connect(persistent_v4(&servers[2], "keeper")).await;
+    assert!(ack.session_present);
+    let got: Vec<u8> = keeper
+        .recv_n(4)
+        .await
+        .iter()
+        .map(|p| p.payload[0])
+        .collect();
+    assert_eq!(got, [0, 1, 2, 3]);
+    publisher.disconnect().await;
+    for server in servers {
+        server.shutdown().await;
+    }
+}

@@ -648,7 +648,11 @@ pub enum Read {
 
 impl Raw {
     pub async fn open(server: &TestServer) -> Raw {
-        let stream = within("TCP connect", TcpStream::connect(server.addr()))
+        Raw::open_addr(server.addr()).await
+    }
+
+    pub async fn open_addr(addr: SocketAddr) -> Raw {
+        let stream = within("TCP connect", TcpStream::connect(addr))
             .await
             .expect("TCP connect");
         stream.set_nodelay(true).expect("nodelay");
