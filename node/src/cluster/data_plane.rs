@@ -34,9 +34,11 @@ use parking_lot::{Mutex, RwLock};
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::{mpsc, watch};
 
+use super::control::{Control, LocalRoutes, parse_route, route_key};
 use super::frame::{Frame, FrameReader, Kind, encode_frame, read_frame, write_frame};
 use super::lane::{Lane, ShareGroups};
 use super::quic::QuicTransport;
+use super::takeover::Takeovers;
 use crate::broker::durable::{decode_message, decode_retained, encode_message};
 use crate::broker::{
     Broker, Claim, GroupKey, Handoff, Message, QueueLimits, Remote, Session, Signal, Subscriber,
@@ -80,34 +82,6 @@ struct LaneHello {
     incarnation: u64,
     lane: u32,
     first_seq: u64,
-}
-
-/// What a node tells a peer on its control stream, in order.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(super) enum Control {
-    /// The sender's first local subscription to a filter.
-    Add(String),
-    /// The sender's last local subscription to a filter went.
-    Remove(String),
-    /// A client connected to the sender (see `Remote::connecting`).
-    Connecting {
-        client_id: String,
-        clean_start: bool,
-        claimed_at: u64,
-    },
-    /// The sender claims the client's session: let it go, make your writes for it durable,
-    /// and answer `Released`.
-    Release {
-        client_id: String,
-        clean_start: bool,
-    },
-    Released {
-        client_id: String,
-    },
-    /// The sender is leaving the cluster: claim this offline session from it.
-    Adopt {
-        client_id: String,
-    },
 }
 
 #[derive(Clone)]
@@ -189,76 +163,6 @@ impl Metrics {
                 "Filters held by this node's sessions, as announced to its peers",
             )?,
         })
-    }
-}
-
-/// How a route is named between nodes: its filter, or `$share/{group}/{filter}` for a share
-/// group, as MQTT writes it.
-fn route_key(filter: &str, share_group: Option<&str>) -> String {
-    match share_group {
-        Some(group) => format!("$share/{group}/{filter}"),
-        None => filter.to_owned(),
-    }
-}
-
-/// A route's filter and share group, from its name; `None` for a name no node would send.
-fn parse_route(key: &str) -> Option<(&str, Option<&str>)> {
-    let parsed = crate::mqtt::topic::parse_filter(key).ok()?;
-    Some((parsed.filter, parsed.share_group))
-}
-
-/// This node's routes and who is told of their changes.
-#[derive(Default)]
-struct LocalRoutes {
-    /// Filter to the number of local subscriptions to it.
-    counts: HashMap<String, usize>,
-    /// Each linked peer's queue of changes; dropping one makes that peer resynchronise.
-    listeners: HashMap<NodeId, mpsc::Sender<Control>>,
-}
-
-impl LocalRoutes {
-    /// One more local subscription to `filter`: announced if it is the first.
-    fn subscribed(&mut self, filter: &str) {
-        let count = self.counts.entry(filter.to_owned()).or_insert(0);
-        *count += 1;
-        if *count == 1 {
-            self.announce(&Control::Add(filter.to_owned()));
-        }
-    }
-
-    /// One local subscription to `filter` fewer: announced if it was the last.
-    fn unsubscribed(&mut self, filter: &str) {
-        let Some(count) = self.counts.get_mut(filter) else {
-            return;
-        };
-        *count -= 1;
-        if *count == 0 {
-            self.counts.remove(filter);
-            self.announce(&Control::Remove(filter.to_owned()));
-        }
-    }
-
-    /// Sends `control` to peer `node` on its control stream; false if there is none now.
-    fn send(&mut self, node: NodeId, control: Control) -> bool {
-        let sent = self
-            .listeners
-            .get(&node)
-            .is_some_and(|listener| listener.try_send(control).is_ok());
-        if !sent {
-            // Behind or gone: resynchronised on its next stream.
-            self.listeners.remove(&node);
-        }
-        sent
-    }
-
-    /// Sends `control` to every peer.
-    fn broadcast(&mut self, control: &Control) {
-        self.announce(control);
-    }
-
-    fn announce(&mut self, delta: &Control) {
-        self.listeners
-            .retain(|_, listener| listener.try_send(delta.clone()).is_ok());
     }
 }
 
@@ -377,22 +281,20 @@ struct Delivered {
 
 /// The data plane of one node.
 pub struct DataPlane {
-    pub(super) node: NodeId,
+    node: NodeId,
     incarnation: u64,
-    pub(super) broker: Broker,
+    broker: Broker,
     transport: Arc<QuicTransport>,
-    local: Mutex<LocalRoutes>,
+    local: Arc<Mutex<LocalRoutes>>,
     remote: RwLock<RemoteRoutes>,
     /// Read by every forwarded message; written when members come or go.
     peers: RwLock<HashMap<NodeId, Peer>>,
     /// By sending node and lane.
     delivered: Mutex<HashMap<(NodeId, u32), Delivered>>,
-    pub(super) forward_timeout: Duration,
+    forward_timeout: Duration,
     hasher: foldhash::fast::FixedState,
     metrics: Metrics,
-    pub(super) takeover: super::takeover::Takeovers,
-    /// For the background work a `&self` method starts.
-    pub(super) this: std::sync::Weak<DataPlane>,
+    takeover: Arc<Takeovers>,
 }
 
 impl DataPlane {
@@ -408,13 +310,20 @@ impl DataPlane {
         shutdown: watch::Receiver<bool>,
     ) -> Result<(Arc<Self>, impl Future<Output = ()> + Send + 'static), prometheus::Error> {
         let metrics = Metrics::new(registry)?;
-        let takeover = super::takeover::Takeovers::new(registry)?;
-        let plane = Arc::new_cyclic(|this| Self {
+        let local = Arc::new(Mutex::new(LocalRoutes::default()));
+        let takeover = Takeovers::new(
+            store.id(),
+            broker.clone(),
+            forward_timeout,
+            Arc::clone(&local),
+            registry,
+        )?;
+        let plane = Arc::new(Self {
             node: store.id(),
             incarnation: rand::random(),
             broker: broker.clone(),
             transport,
-            local: Mutex::new(LocalRoutes::default()),
+            local,
             remote: RwLock::new(RemoteRoutes::default()),
             peers: RwLock::new(HashMap::new()),
             delivered: Mutex::new(HashMap::new()),
@@ -422,7 +331,6 @@ impl DataPlane {
             hasher: foldhash::fast::FixedState::with_seed(0x68616c7961726421),
             metrics,
             takeover,
-            this: this.clone(),
         });
         let as_remote: Arc<dyn Remote> = Arc::clone(&plane) as Arc<dyn Remote>;
         broker.set_remote(&as_remote);
@@ -765,7 +673,7 @@ impl DataPlane {
                     remote.apply(node, generation, control);
                     self.metrics.remote_routes.set(remote.trie.len() as i64);
                 }
-                other => self.takeover_message(node, other),
+                other => self.takeover.handle(node, other),
             }
         }
         let mut remote = self.remote.write();
@@ -918,11 +826,11 @@ impl DataPlane {
 impl DataPlane {
     /// Sends `control` to peer `node` on this node's control stream to it; false if it is not
     /// linked now.
-    pub(super) fn send_control(&self, node: NodeId, control: Control) -> bool {
+    fn send_control(&self, node: NodeId, control: Control) -> bool {
         self.local.lock().send(node, control)
     }
 
-    pub(super) fn broadcast_control(&self, control: &Control) {
+    fn broadcast_control(&self, control: &Control) {
         self.local.lock().broadcast(control);
     }
 }
@@ -1029,7 +937,7 @@ impl Remote for DataPlane {
     }
 
     fn claim(&self, client_id: &str, clean_start: bool, waker: &Arc<Signal>) -> Arc<Claim> {
-        self.start_claim(client_id, clean_start, waker)
+        self.takeover.start_claim(client_id, clean_start, waker)
     }
 }
 
@@ -1067,25 +975,5 @@ mod tests {
         assert!(nodes_for(&remote, "d").is_empty());
         assert_eq!(nodes_for(&remote, "a/x"), [3]);
         assert_eq!(remote.trie.len(), 1);
-    }
-
-    #[test]
-    fn a_filter_is_announced_when_its_first_subscriber_comes_and_its_last_leaves() {
-        let mut local = LocalRoutes::default();
-        let (tx, mut rx) = mpsc::channel(4);
-        local.listeners.insert(2, tx);
-        local.subscribed("t");
-        local.subscribed("t");
-        local.unsubscribed("t");
-        local.unsubscribed("t");
-        local.unsubscribed("never held");
-        assert!(matches!(rx.try_recv(), Ok(Control::Add(f)) if f == "t"));
-        assert!(matches!(rx.try_recv(), Ok(Control::Remove(f)) if f == "t"));
-        assert!(rx.try_recv().is_err());
-        // A listener that falls behind is dropped, and so resynchronised.
-        for n in 0..5 {
-            local.subscribed(&format!("f{n}"));
-        }
-        assert!(local.listeners.is_empty());
     }
 }

@@ -2,6 +2,7 @@
 //! (routes and forwarded messages), and the cluster certificates they need.
 
 pub mod certs;
+mod control;
 mod data_plane;
 mod frame;
 mod lane;

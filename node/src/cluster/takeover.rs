@@ -16,15 +16,16 @@
 //! on after it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use halyard_raft::NodeId;
 use parking_lot::Mutex;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use tokio::sync::oneshot;
 
-use super::data_plane::{Control, DataPlane};
-use crate::broker::{Claim, ClaimOutcome, Durable, Signal};
+use super::control::{Control, LocalRoutes};
+use crate::broker::{Broker, Claim, ClaimOutcome, Durable, Signal};
 
 /// Reads of a contended session record before a claim gives up.
 const CLAIM_ATTEMPTS: usize = 5;
@@ -34,16 +35,29 @@ const STORE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Claims waiting for `Released` from a peer, by peer and client id.
 type Waiting = HashMap<(NodeId, String), Vec<oneshot::Sender<()>>>;
 
-/// Claims waiting for a peer's `Released`, and their figures.
+/// This node's side of session takeover: the claims it makes, and its answers to its peers'.
 pub(super) struct Takeovers {
+    node: NodeId,
+    broker: Broker,
+    forward_timeout: Duration,
+    /// The control streams to the peers, shared with the routes.
+    control: Arc<Mutex<LocalRoutes>>,
     waiting: Mutex<Waiting>,
     claims: IntCounterVec,
     claim_seconds: Histogram,
     released: IntCounterVec,
+    /// For the background work a `&self` method starts.
+    this: Weak<Takeovers>,
 }
 
 impl Takeovers {
-    pub(super) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub(super) fn new(
+        node: NodeId,
+        broker: Broker,
+        forward_timeout: Duration,
+        control: Arc<Mutex<LocalRoutes>>,
+        registry: &Registry,
+    ) -> Result<Arc<Self>, prometheus::Error> {
         let claims = IntCounterVec::new(
             Opts::new(
                 "halyard_cluster_session_claims_total",
@@ -74,18 +88,25 @@ impl Takeovers {
             &["reason"],
         )?;
         registry.register(Box::new(released.clone()))?;
-        Ok(Self {
+        Ok(Arc::new_cyclic(|this| Self {
+            node,
+            broker,
+            forward_timeout,
+            control,
             waiting: Mutex::new(HashMap::new()),
             claims,
             claim_seconds,
             released,
-        })
+            this: this.clone(),
+        }))
     }
-}
 
-impl DataPlane {
+    fn send_control(&self, to: NodeId, control: Control) -> bool {
+        self.control.lock().send(to, control)
+    }
+
     /// Handles a takeover message from peer `from`.
-    pub(super) fn takeover_message(&self, from: NodeId, control: Control) {
+    pub(super) fn handle(&self, from: NodeId, control: Control) {
         match control {
             Control::Connecting {
                 client_id,
@@ -96,10 +117,7 @@ impl DataPlane {
                     .broker
                     .relinquish(&client_id, Some(claimed_at), clean_start)
                 {
-                    self.takeover
-                        .released
-                        .with_label_values(&["later_connection"])
-                        .inc();
+                    self.released.with_label_values(&["later_connection"]).inc();
                 }
             }
             Control::Release {
@@ -107,7 +125,7 @@ impl DataPlane {
                 clean_start,
             } => {
                 if self.broker.relinquish(&client_id, None, clean_start) {
-                    self.takeover.released.with_label_values(&["claim"]).inc();
+                    self.released.with_label_values(&["claim"]).inc();
                 }
                 let Some(plane) = self.this.upgrade() else {
                     return;
@@ -127,7 +145,7 @@ impl DataPlane {
                 });
             }
             Control::Released { client_id } => {
-                let waiting = self.takeover.waiting.lock().remove(&(from, client_id));
+                let waiting = self.waiting.lock().remove(&(from, client_id));
                 for waiter in waiting.into_iter().flatten() {
                     let _ = waiter.send(());
                 }
@@ -141,7 +159,7 @@ impl DataPlane {
                 };
                 tokio::spawn(async move {
                     let (outcome, how) = plane.take_session(&client_id, false).await;
-                    plane.takeover.claims.with_label_values(&[how]).inc();
+                    plane.claims.with_label_values(&[how]).inc();
                     if outcome == ClaimOutcome::Unavailable {
                         tracing::warn!(client_id, "cannot adopt a session from a leaving node");
                     }
@@ -168,11 +186,8 @@ impl DataPlane {
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             let (outcome, how) = plane.take_session(&client_id, clean_start).await;
-            plane.takeover.claims.with_label_values(&[how]).inc();
-            plane
-                .takeover
-                .claim_seconds
-                .observe(started.elapsed().as_secs_f64());
+            plane.claims.with_label_values(&[how]).inc();
+            plane.claim_seconds.observe(started.elapsed().as_secs_f64());
             settled.settle(outcome);
             waker.wake();
         });
@@ -252,12 +267,7 @@ impl DataPlane {
     async fn release_from(&self, owner: NodeId, client_id: &str, clean_start: bool) -> bool {
         let (tx, rx) = oneshot::channel();
         let key = (owner, client_id.to_owned());
-        self.takeover
-            .waiting
-            .lock()
-            .entry(key.clone())
-            .or_default()
-            .push(tx);
+        self.waiting.lock().entry(key.clone()).or_default().push(tx);
         let sent = self.send_control(
             owner,
             Control::Release {
@@ -270,7 +280,7 @@ impl DataPlane {
                 .await
                 .is_ok_and(|r| r.is_ok());
         if !answered {
-            self.takeover.waiting.lock().remove(&key);
+            self.waiting.lock().remove(&key);
         }
         answered
     }

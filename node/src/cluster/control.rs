@@ -1,0 +1,130 @@
+//! What nodes tell each other on their control streams: each node's routes (announced as
+//! they change, to every linked peer) and the messages of session takeover.
+
+use std::collections::HashMap;
+
+use halyard_raft::NodeId;
+use tokio::sync::mpsc;
+
+/// What a node tells a peer on its control stream, in order.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(super) enum Control {
+    /// The sender's first local subscription to a filter.
+    Add(String),
+    /// The sender's last local subscription to a filter went.
+    Remove(String),
+    /// A client connected to the sender (see `Remote::connecting`).
+    Connecting {
+        client_id: String,
+        clean_start: bool,
+        claimed_at: u64,
+    },
+    /// The sender claims the client's session: let it go, make your writes for it durable,
+    /// and answer `Released`.
+    Release {
+        client_id: String,
+        clean_start: bool,
+    },
+    Released {
+        client_id: String,
+    },
+    /// The sender is leaving the cluster: claim this offline session from it.
+    Adopt {
+        client_id: String,
+    },
+}
+
+/// How a route is named between nodes: its filter, or `$share/{group}/{filter}` for a share
+/// group, as MQTT writes it.
+pub(super) fn route_key(filter: &str, share_group: Option<&str>) -> String {
+    match share_group {
+        Some(group) => format!("$share/{group}/{filter}"),
+        None => filter.to_owned(),
+    }
+}
+
+/// A route's filter and share group, from its name; `None` for a name no node would send.
+pub(super) fn parse_route(key: &str) -> Option<(&str, Option<&str>)> {
+    let parsed = crate::mqtt::topic::parse_filter(key).ok()?;
+    Some((parsed.filter, parsed.share_group))
+}
+
+/// This node's routes and who is told of their changes.
+#[derive(Default)]
+pub(super) struct LocalRoutes {
+    /// Filter to the number of local subscriptions to it.
+    pub(super) counts: HashMap<String, usize>,
+    /// Each linked peer's queue of changes; dropping one makes that peer resynchronise.
+    pub(super) listeners: HashMap<NodeId, mpsc::Sender<Control>>,
+}
+
+impl LocalRoutes {
+    /// One more local subscription to `filter`: announced if it is the first.
+    pub(super) fn subscribed(&mut self, filter: &str) {
+        let count = self.counts.entry(filter.to_owned()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.announce(&Control::Add(filter.to_owned()));
+        }
+    }
+
+    /// One local subscription to `filter` fewer: announced if it was the last.
+    pub(super) fn unsubscribed(&mut self, filter: &str) {
+        let Some(count) = self.counts.get_mut(filter) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(filter);
+            self.announce(&Control::Remove(filter.to_owned()));
+        }
+    }
+
+    /// Sends `control` to peer `node` on its control stream; false if there is none now.
+    pub(super) fn send(&mut self, node: NodeId, control: Control) -> bool {
+        let sent = self
+            .listeners
+            .get(&node)
+            .is_some_and(|listener| listener.try_send(control).is_ok());
+        if !sent {
+            // Behind or gone: resynchronised on its next stream.
+            self.listeners.remove(&node);
+        }
+        sent
+    }
+
+    /// Sends `control` to every peer.
+    pub(super) fn broadcast(&mut self, control: &Control) {
+        self.announce(control);
+    }
+
+    fn announce(&mut self, delta: &Control) {
+        self.listeners
+            .retain(|_, listener| listener.try_send(delta.clone()).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_is_announced_when_its_first_subscriber_comes_and_its_last_leaves() {
+        let mut local = LocalRoutes::default();
+        let (tx, mut rx) = mpsc::channel(4);
+        local.listeners.insert(2, tx);
+        local.subscribed("t");
+        local.subscribed("t");
+        local.unsubscribed("t");
+        local.unsubscribed("t");
+        local.unsubscribed("never held");
+        assert!(matches!(rx.try_recv(), Ok(Control::Add(f)) if f == "t"));
+        assert!(matches!(rx.try_recv(), Ok(Control::Remove(f)) if f == "t"));
+        assert!(rx.try_recv().is_err());
+        // A listener that falls behind is dropped, and so resynchronised.
+        for n in 0..5 {
+            local.subscribed(&format!("f{n}"));
+        }
+        assert!(local.listeners.is_empty());
+    }
+}
