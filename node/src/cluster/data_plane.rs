@@ -7,7 +7,9 @@
 //! snapshot of all of them (with the node's incarnation, drawn at start) and continues with
 //! each change in order. The peer replaces what it held for that node with every snapshot, and
 //! drops it when the stream ends: a peer that restarts, is cut off or falls behind (its queue
-//! of changes overflows) is resynchronised by a new stream, never patched up.
+//! of changes overflows) is resynchronised by a new stream, never patched up. The same stream
+//! (the control stream, `control.rs`) carries the messages of session takeover, in order with
+//! the routes, to `takeover.rs`.
 //!
 //! Retained messages. Every node keeps its retained index equal to the store's by following
 //! its watch, so a subscriber on any node gets what was retained on any other.
