@@ -1241,6 +1241,13 @@ mod tests {
         );
         let err = load(&[("HALYARD_CLUSTER__NODE_ID", "0")]).unwrap_err();
         assert!(err.to_string().contains("cluster.node_id"), "{err}");
+        let err = load(&[("HALYARD_CLUSTER__FORWARD_TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(
+            err.to_string().contains("cluster.forward_timeout_ms"),
+            "{err}"
+        );
+        let err = load(&[("HALYARD_CLUSTER__DRAIN_RATE", "0")]).unwrap_err();
+        assert!(err.to_string().contains("cluster.drain_rate"), "{err}");
         let err = load(&[("HALYARD_ADMIN_TOKEN", "short")]).unwrap_err();
         assert!(err.to_string().contains("admin_token"), "{err}");
     }

@@ -64,7 +64,7 @@ impl LocalRoutes {
         let count = self.counts.entry(filter.to_owned()).or_insert(0);
         *count += 1;
         if *count == 1 {
-            self.announce(&Control::Add(filter.to_owned()));
+            self.broadcast(&Control::Add(filter.to_owned()));
         }
     }
 
@@ -76,7 +76,7 @@ impl LocalRoutes {
         *count -= 1;
         if *count == 0 {
             self.counts.remove(filter);
-            self.announce(&Control::Remove(filter.to_owned()));
+            self.broadcast(&Control::Remove(filter.to_owned()));
         }
     }
 
@@ -93,14 +93,10 @@ impl LocalRoutes {
         sent
     }
 
-    /// Sends `control` to every peer.
+    /// Sends `control` to every peer; one that falls behind is dropped, to resynchronise.
     pub(super) fn broadcast(&mut self, control: &Control) {
-        self.announce(control);
-    }
-
-    fn announce(&mut self, delta: &Control) {
         self.listeners
-            .retain(|_, listener| listener.try_send(delta.clone()).is_ok());
+            .retain(|_, listener| listener.try_send(control.clone()).is_ok());
     }
 }
 

@@ -711,6 +711,9 @@ impl DataPlane {
         let signal = Arc::new(Signal::default());
         // Lane numbers waiting for store writes, with the write each waits for.
         let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
+        // Delivered by an earlier stream: its writes are not signalled on this one, so they
+        // are looked at again now and then until acknowledged.
+        let taken_earlier = delivered;
         if delivered > before {
             // Taken by an earlier stream, perhaps not yet stored: acknowledged once every
             // write submitted so far is.
@@ -788,8 +791,7 @@ impl DataPlane {
                     _ => return,
                 },
                 _ = signal.notified(), if !pending.is_empty() => {}
-                // The earlier stream's writes are not signalled on this one.
-                _ = tokio::time::sleep(RETRY), if !pending.is_empty() => {}
+                _ = tokio::time::sleep(RETRY), if acked < taken_earlier => {}
             }
         }
     }
