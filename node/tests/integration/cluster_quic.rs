@@ -151,6 +151,24 @@ where
     out
 }
 
+/// Starts nodes 1 to 3 of a new cluster under `dir`, each with its config changed by `tweak`;
+/// the servers, and each node's peer port.
+async fn three_nodes(dir: &Path, tweak: impl Fn(&mut Config)) -> (Vec<Server>, Vec<(u64, u16)>) {
+    halyard_node::cluster::certs::generate(&dir.join("certs"), &[1, 2, 3]).unwrap();
+    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
+    let starts = (1..=3).map(|id| {
+        let mut config = node_config(dir, id, &peers);
+        tweak(&mut config);
+        Server::start(config)
+    });
+    let servers = futures_join(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    (servers, peers)
+}
+
 /// The `version` (and, for a get, the reported state) of a shadow answer on `topic`.
 fn shadow_answer(packet: &rumqttc::Packet, topic: &str) -> Option<serde_json::Value> {
     match packet {
@@ -162,14 +180,7 @@ fn shadow_answer(packet: &rumqttc::Packet, topic: &str) -> Option<serde_json::Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_answers_for_every_shadow_and_no_update_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
-    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
-    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
-    let servers: Vec<Server> = futures_join(starts)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let (servers, _) = three_nodes(dir.path(), |_| {}).await;
     let mut writers = Vec::new();
     for (i, server) in servers.iter().enumerate() {
         let mut options = rumqttc::MqttOptions::new(
@@ -243,14 +254,7 @@ async fn every_node_answers_for_every_shadow_and_no_update_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_is_ready_and_serves_the_retained_messages_of_every_node() {
     let dir = tempfile::tempdir().unwrap();
-    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
-    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
-    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
-    let servers: Vec<Server> = futures_join(starts)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let (servers, _) = three_nodes(dir.path(), |_| {}).await;
     // One retained message published on each node; a QoS 1 PUBACK means it is in the store.
     for (i, server) in servers.iter().enumerate() {
         let options = rumqttc::MqttOptions::new(
@@ -329,14 +333,7 @@ async fn client(server: &Server, id: &str) -> crate::common::V4 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_published_on_one_node_reaches_subscribers_on_the_others_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
-    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
-    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
-    let servers: Vec<Server> = futures_join(starts)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let (servers, _) = three_nodes(dir.path(), |_| {}).await;
     let mut exact = client(&servers[1], "exact-on-2").await;
     exact
         .subscribe("fleet/7/temp", rumqttc::QoS::AtLeastOnce)
@@ -424,24 +421,8 @@ async fn a_message_published_on_one_node_reaches_subscribers_on_the_others_in_or
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_session_is_restored_by_its_own_node_only_and_gets_each_message_once() {
     let dir = tempfile::tempdir().unwrap();
-    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
-    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
-    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
-    let servers: Vec<Server> = futures_join(starts)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    let persistent = |server: &Server| {
-        let mut options = rumqttc::MqttOptions::new(
-            "keeper",
-            "127.0.0.1",
-            server.mqtt_addr().expect("the MQTT listener is on").port(),
-        );
-        options.set_clean_session(false);
-        options
-    };
-    let (mut keeper, _) = crate::common::v4_connect(persistent(&servers[1])).await;
+    let (servers, peers) = three_nodes(dir.path(), |_| {}).await;
+    let (mut keeper, _) = crate::common::v4_connect(persistent_v4(&servers[1], "keeper")).await;
     keeper
         .subscribe("alerts/#", rumqttc::QoS::AtLeastOnce)
         .await;
@@ -478,7 +459,7 @@ async fn a_persistent_session_is_restored_by_its_own_node_only_and_gets_each_mes
     assert_eq!(metric(&servers[0], "halyard_cluster_local_routes"), 1.0);
     servers.insert(0, first);
     // On node 2 the session gets what was queued for it while it was away, once.
-    let (mut keeper, ack) = crate::common::v4_connect(persistent(&servers[1])).await;
+    let (mut keeper, ack) = crate::common::v4_connect(persistent_v4(&servers[1], "keeper")).await;
     assert!(ack.session_present);
     let got: Vec<u8> = keeper
         .recv_n(5)
@@ -516,14 +497,7 @@ fn persistent_v4(server: &Server, id: &str) -> rumqttc::MqttOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_id_has_one_connection_in_the_cluster_and_its_session_follows_it_to_any_node() {
     let dir = tempfile::tempdir().unwrap();
-    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
-    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
-    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
-    let servers: Vec<Server> = futures_join(starts)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let (servers, _) = three_nodes(dir.path(), |_| {}).await;
     crate::common::wait_until("every node has a control stream to each peer", || {
         servers.iter().all(|s| {
             (1..=3u64).filter(|&p| p != s.store().id()).all(|p| {
@@ -610,14 +584,7 @@ async fn a_client_id_has_one_connection_in_the_cluster_and_its_session_follows_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_share_group_spread_over_nodes_gets_each_message_once_and_locally_first() {
     let dir = tempfile::tempdir().unwrap();
-    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
-    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
-    let starts = (1..=3).map(|id| Server::start(node_config(dir.path(), id, &peers)));
-    let servers: Vec<Server> = futures_join(starts)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let (servers, _) = three_nodes(dir.path(), |_| {}).await;
     let mut on_2 = client(&servers[1], "worker-on-2").await;
     on_2.subscribe("$share/workers/jobs/#", rumqttc::QoS::AtLeastOnce)
         .await;
@@ -671,18 +638,10 @@ async fn a_share_group_spread_over_nodes_gets_each_message_once_and_locally_firs
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_sends_its_clients_away_and_hands_its_sessions_to_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    halyard_node::cluster::certs::generate(&dir.path().join("certs"), &[1, 2, 3]).unwrap();
-    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
-    let starts = (1..=3).map(|id| {
-        let mut config = node_config(dir.path(), id, &peers);
+    let (servers, _) = three_nodes(dir.path(), |config| {
         config.cluster.server_reference = Some("mqtt.example.com:8883".into());
-        Server::start(config)
-    });
-    let servers: Vec<Server> = futures_join(starts)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    })
+    .await;
     // An offline persistent session on node 2 with messages queued for it.
     let (mut keeper, _) = crate::common::v4_connect(persistent_v4(&servers[1], "keeper")).await;
     keeper
