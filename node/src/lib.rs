@@ -12,7 +12,6 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod clock;
-#[cfg(not(madsim))]
 pub mod cluster;
 pub mod config;
 pub mod drain;

@@ -49,7 +49,6 @@ pub enum ServerError {
     #[cfg(not(madsim))]
     #[error("AWS API: {0}")]
     Aws(String),
-    #[cfg(not(madsim))]
     #[error("cluster: {0}")]
     Cluster(#[from] crate::cluster::ClusterError),
 }
@@ -149,7 +148,7 @@ impl Server {
                 let (plane, task) = crate::cluster::DataPlane::start(
                     broker,
                     store,
-                    transport,
+                    transport as Arc<dyn crate::cluster::links::PeerLinks>,
                     forward_timeout,
                     registry,
                     shutdown,

@@ -6,7 +6,9 @@
 pub mod broker_scenario;
 pub mod checker;
 pub mod cluster;
+pub mod cluster_broker_scenario;
 pub mod harness;
+pub mod links;
 pub mod mqtt_client;
 pub mod shadow_scenario;
 pub mod store_scenario;

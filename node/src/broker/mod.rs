@@ -433,6 +433,15 @@ impl Broker {
         self.inner.sessions.lock().contains_key(client_id)
     }
 
+    /// Whether a connection of `client_id` is live on this node.
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.inner
+            .sessions
+            .lock()
+            .get(client_id)
+            .is_some_and(|s| s.is_connected())
+    }
+
     /// Takes over a session another node held, as read from the store after that node let it
     /// go; a session already held here is kept.
     pub fn adopt(&self, restored: durable::RestoredSession) {

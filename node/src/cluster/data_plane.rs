@@ -1,6 +1,7 @@
 //! The broker's data plane across nodes: every node tells its peers which filters its
 //! sessions hold (routes), and hands each message to the peers whose routes match it, once
-//! per peer. Both travel over the QUIC connection the store already keeps to each peer.
+//! per peer. Both travel on streams of the link to each peer (`links.rs`): between real nodes
+//! the QUIC connection the store already keeps to it.
 //!
 //! Routes. A node is the only writer of its own routes: the first local subscription to a
 //! filter adds it, the last removes it. To each peer it sends a stream that opens with a
@@ -26,7 +27,7 @@
 //! leaves the cluster is forgotten. Messages written while a lane's previous write was under
 //! way go out together in its next.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,12 +35,13 @@ use std::time::Duration;
 use halyard_raft::{NodeId, Store};
 use parking_lot::{Mutex, RwLock};
 use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use super::control::{Control, LocalRoutes, parse_route, route_key};
 use super::frame::{Frame, FrameReader, Kind, encode_frame, read_frame, write_frame};
 use super::lane::{Lane, ShareGroups};
-use super::quic::QuicTransport;
+use super::links::{PeerLinks, PeerRecv, PeerSend, Priority};
 use super::takeover::Takeovers;
 use crate::broker::durable::{decode_message, decode_retained, encode_message};
 use crate::broker::{
@@ -52,8 +54,6 @@ use crate::store::keys;
 const LANES: usize = 8;
 /// Messages written to a lane's stream in one go, at most.
 const BATCH: usize = 256;
-/// Stream priorities: routes and acknowledgements go before messages.
-const CONTROL_PRIORITY: i32 = 1;
 /// Route changes a peer's stream holds before the peer is resynchronised instead.
 const DELTA_CAPACITY: usize = 65_536;
 /// How often the cluster's members are read to find peers that came or went.
@@ -173,7 +173,7 @@ impl Metrics {
 struct RemoteRoutes {
     trie: SubscriptionTrie<PeerNode>,
     /// Each node's filters, to drop them all when its stream ends.
-    by_node: HashMap<NodeId, (u64, Vec<String>)>,
+    by_node: HashMap<NodeId, (u64, HashSet<String>)>,
     next_generation: u64,
 }
 
@@ -186,7 +186,8 @@ impl RemoteRoutes {
         }
         self.next_generation += 1;
         let generation = self.next_generation;
-        self.by_node.insert(node, (generation, filters));
+        self.by_node
+            .insert(node, (generation, filters.into_iter().collect()));
         generation
     }
 
@@ -214,17 +215,15 @@ impl RemoteRoutes {
         }
         match delta {
             Control::Add(key) => {
-                if !keys.contains(&key) {
-                    keys.push(key.clone());
+                if keys.insert(key.clone()) {
                     self.insert(node, &key);
                 }
             }
             Control::Remove(key) => {
-                if let Some(i) = keys.iter().position(|k| *k == key) {
-                    keys.swap_remove(i);
-                    if let Some((filter, group)) = parse_route(&key) {
-                        self.trie.remove(filter, group, node);
-                    }
+                if keys.remove(&key)
+                    && let Some((filter, group)) = parse_route(&key)
+                {
+                    self.trie.remove(filter, group, node);
                 }
             }
             Control::Connecting { .. }
@@ -286,7 +285,7 @@ pub struct DataPlane {
     node: NodeId,
     incarnation: u64,
     broker: Broker,
-    transport: Arc<QuicTransport>,
+    links: Arc<dyn PeerLinks>,
     local: Arc<Mutex<LocalRoutes>>,
     remote: RwLock<RemoteRoutes>,
     /// Read by every forwarded message; written when members come or go.
@@ -300,13 +299,13 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Joins `broker` to the other members of `store`'s cluster over `transport`, until
+    /// Joins `broker` to the other members of `store`'s cluster over `links`, until
     /// `shutdown` turns true. A peer that acknowledges nothing for `forward_timeout` stops
     /// holding up the acknowledgements of what was published for it.
     pub fn start(
         broker: &Broker,
         store: &Store,
-        transport: Arc<QuicTransport>,
+        links: Arc<dyn PeerLinks>,
         forward_timeout: Duration,
         registry: &Registry,
         shutdown: watch::Receiver<bool>,
@@ -324,7 +323,7 @@ impl DataPlane {
             node: store.id(),
             incarnation: rand::random(),
             broker: broker.clone(),
-            transport,
+            links,
             local,
             remote: RwLock::new(RemoteRoutes::default()),
             peers: RwLock::new(HashMap::new()),
@@ -413,7 +412,7 @@ impl DataPlane {
                 .unacked
                 .with_label_values(&[&label])
                 .set(unacked as i64);
-            if let Some(rtt) = self.transport.rtt(*id) {
+            if let Some(rtt) = self.links.rtt(*id) {
                 self.metrics
                     .rtt
                     .with_label_values(&[&label])
@@ -509,10 +508,11 @@ impl DataPlane {
         Peer { lanes, tasks }
     }
 
-    async fn connection(&self, id: NodeId, addr: &str) -> quinn::Connection {
+    /// A stream to peer `id`, once one opens.
+    async fn open(&self, id: NodeId, addr: &str, priority: Priority) -> (PeerSend, PeerRecv) {
         loop {
-            match self.transport.peer_connection(id, addr).await {
-                Ok(connection) => return connection,
+            match self.links.open(id, addr, priority).await {
+                Ok(stream) => return stream,
                 Err(e) => {
                     tracing::debug!(peer = id, error = %e, "cannot reach a peer; retrying");
                     tokio::time::sleep(RETRY).await;
@@ -526,7 +526,7 @@ impl DataPlane {
     async fn announce_routes(self: Arc<Self>, id: NodeId, addr: String) {
         let peer = id.to_string();
         loop {
-            let connection = self.connection(id, &addr).await;
+            let (mut stream, mut closed) = self.open(id, &addr, Priority::Control).await;
             let (tx, mut changes) = mpsc::channel(DELTA_CAPACITY);
             let snapshot = {
                 let mut local = self.local.lock();
@@ -538,27 +538,16 @@ impl DataPlane {
                 }
             };
             self.metrics.resyncs.with_label_values(&[&peer]).inc();
-            let sent = async {
-                let mut stream = connection.open_uni().await.ok()?;
-                let _ = stream.set_priority(CONTROL_PRIORITY);
-                let body = postcard::to_stdvec(&snapshot).ok()?;
-                write_frame(&mut stream, Kind::Routes, body).await.ok()?;
-                loop {
-                    tokio::select! {
-                        change = changes.recv() => {
-                            // None when this node dropped the queue: the peer fell behind.
-                            let body = postcard::to_stdvec(&change?).ok()?;
-                            write_frame(&mut stream, Kind::Control, body).await.ok()?;
-                        }
-                        // The peer refused the stream (it was not ready for it): a control
-                        // message written into it would be lost.
-                        _ = stream.stopped() => return None::<()>,
-                    }
-                }
+            let sent = send_routes(&mut stream, &snapshot, &mut changes);
+            // The peer writes nothing back: its end closing, or the link dying, ends the read.
+            // A control message written after that would be lost, so the stream is over.
+            let ended = async {
+                let mut byte = [0u8; 1];
+                let _ = tokio::io::AsyncReadExt::read(&mut closed, &mut byte).await;
             };
             tokio::select! {
                 _ = sent => {}
-                _ = connection.closed() => {}
+                _ = ended => {}
             }
             tokio::time::sleep(RETRY).await;
         }
@@ -571,11 +560,7 @@ impl DataPlane {
         let forwarded = self.metrics.forwarded.with_label_values(&[&peer]);
         let forwarded_bytes = self.metrics.forwarded_bytes.with_label_values(&[&peer]);
         loop {
-            let connection = self.connection(id, &addr).await;
-            let Ok((mut send, recv)) = connection.open_bi().await else {
-                tokio::time::sleep(RETRY).await;
-                continue;
-            };
+            let (mut send, recv) = self.open(id, &addr, Priority::Messages).await;
             let hello = LaneHello {
                 node: self.node,
                 incarnation: self.incarnation,
@@ -607,7 +592,10 @@ impl DataPlane {
                             encode_frame(Kind::ForwardShared, shared, &mut buffer).is_ok()
                         })
                     });
-                    if !framed || send.write_all(&buffer).await.is_err() {
+                    if !framed
+                        || send.write_all(&buffer).await.is_err()
+                        || send.flush().await.is_err()
+                    {
                         return;
                     }
                     forwarded.inc_by(batch.len() as u64);
@@ -635,23 +623,24 @@ impl DataPlane {
         }
     }
 
-    /// Takes a stream a peer opened: its routes, or messages for this node's sessions.
-    pub(super) async fn accept(self: Arc<Self>, mut stream: quinn::RecvStream) {
-        let Ok(first) = read_frame(&mut stream).await else {
-            return;
-        };
+    /// Takes a stream a peer opened, whose first frame was `first`: its routes (and takeover),
+    /// or a lane of messages for this node's sessions.
+    pub async fn accept(self: Arc<Self>, first: Frame, send: PeerSend, recv: PeerRecv) {
         match Kind::try_from(first.kind) {
             Ok(Kind::Routes) => {
                 let Ok(snapshot) = postcard::from_bytes::<RouteSnapshot>(&first.body) else {
                     return;
                 };
-                self.follow_routes(snapshot, stream).await;
+                self.follow_routes(snapshot, send, recv).await;
             }
+            Ok(Kind::Messages) => self.accept_lane(first, send, recv).await,
             _ => tracing::debug!(kind = first.kind, "unexpected peer stream"),
         }
     }
 
-    async fn follow_routes(&self, snapshot: RouteSnapshot, mut stream: quinn::RecvStream) {
+    /// Applies a peer's route changes; `_open` is held so that the peer sees the stream live
+    /// until it ends here.
+    async fn follow_routes(&self, snapshot: RouteSnapshot, _open: PeerSend, mut stream: PeerRecv) {
         let node = snapshot.node;
         tracing::debug!(
             peer = node,
@@ -687,16 +676,10 @@ impl DataPlane {
     /// those a previous stream of the lane delivered, and acknowledges each once it is queued
     /// (and stored, for persistent sessions). Acknowledgements are cumulative, one for all
     /// that a read brought in.
-    pub(super) async fn accept_lane(
-        self: Arc<Self>,
-        first: Frame,
-        mut send: quinn::SendStream,
-        recv: quinn::RecvStream,
-    ) {
+    async fn accept_lane(self: Arc<Self>, first: Frame, mut send: PeerSend, recv: PeerRecv) {
         let Ok(hello) = postcard::from_bytes::<LaneHello>(&first.body) else {
             return;
         };
-        let _ = send.set_priority(CONTROL_PRIORITY);
         let received = self
             .metrics
             .received
@@ -809,7 +792,8 @@ impl DataPlane {
                 return;
             }
             session.wait_for_space(signal, limits);
-            if tokio::time::timeout_at(until, notified).await.is_err() {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if tokio::time::timeout(left, notified).await.is_err() {
                 let now_progress = session.progress();
                 if now_progress == progress {
                     tracing::debug!(client_id = %session.client_id, "slow subscriber of a peer's messages");
@@ -822,8 +806,36 @@ impl DataPlane {
         }
     }
 
+    /// The routes this node announces: its sessions' filters (`$share/{group}/{filter}` for a
+    /// share group's).
+    pub fn announced_routes(&self) -> std::collections::BTreeSet<String> {
+        self.local.lock().counts.keys().cloned().collect()
+    }
+
+    /// The routes peer `node` announced, as this node holds them; `None` while it holds none.
+    pub fn routes_of(&self, node: NodeId) -> Option<std::collections::BTreeSet<String>> {
+        let remote = self.remote.read();
+        let (_, filters) = remote.by_node.get(&node)?;
+        Some(filters.iter().cloned().collect())
+    }
+
     fn lane_of(&self, topic: &str) -> usize {
         (self.hasher.hash_one(topic) as usize) % LANES
+    }
+}
+
+/// Writes `snapshot`, then each change as it comes, until the stream fails or `changes` ends
+/// (this node dropped the queue: the peer fell behind).
+async fn send_routes(
+    stream: &mut PeerSend,
+    snapshot: &RouteSnapshot,
+    changes: &mut mpsc::Receiver<Control>,
+) -> Option<()> {
+    let body = postcard::to_stdvec(snapshot).ok()?;
+    write_frame(stream, Kind::Routes, body).await.ok()?;
+    loop {
+        let body = postcard::to_stdvec(&changes.recv().await?).ok()?;
+        write_frame(stream, Kind::Control, body).await.ok()?;
     }
 }
 
@@ -913,7 +925,7 @@ impl Remote for DataPlane {
             .read()
             .keys()
             .copied()
-            .filter(|id| self.transport.rtt(*id).is_some())
+            .filter(|id| self.links.rtt(*id).is_some())
             .collect();
         if peers.is_empty() {
             return 0;

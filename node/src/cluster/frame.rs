@@ -1,8 +1,8 @@
-//! Length-delimited prost frames on a QUIC stream: a `u32` big-endian length, then the
-//! frame. The body of a Raft frame is the request or response as the store serializes it.
+//! Length-delimited prost frames on a stream between nodes: a `u32` big-endian length, then
+//! the frame. The body of a Raft frame is the request or response as the store serializes it.
 
 use prost::Message;
-use quinn::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest frame accepted; snapshots are streamed after their header frame, not framed.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -43,11 +43,7 @@ pub enum Kind {
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("stream: {0}")]
-    Write(#[from] quinn::WriteError),
-    #[error("stream: {0}")]
-    Read(#[from] quinn::ReadExactError),
-    #[error("stream: {0}")]
-    ReadChunk(#[from] quinn::ReadError),
+    Io(#[from] std::io::Error),
     #[error("frame of {0} bytes is over the limit")]
     TooLarge(usize),
     #[error("malformed frame: {0}")]
@@ -70,13 +66,16 @@ pub fn encode_frame(kind: Kind, body: Vec<u8>, out: &mut Vec<u8>) -> Result<(), 
 
 /// Reads frames as they arrive, a chunk at a time: every frame a chunk completes is at hand
 /// before the next read, so that a reader can answer a burst once.
-pub struct FrameReader {
-    stream: RecvStream,
+pub struct FrameReader<R> {
+    stream: R,
     buffer: bytes::BytesMut,
 }
 
-impl FrameReader {
-    pub fn new(stream: RecvStream) -> Self {
+/// Bytes asked of the stream per read, at least.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(stream: R) -> Self {
         Self {
             stream,
             buffer: bytes::BytesMut::new(),
@@ -103,18 +102,14 @@ impl FrameReader {
 
     /// Waits for more of the stream; false once it has ended. Cancel-safe.
     pub async fn fill(&mut self) -> Result<bool, FrameError> {
-        match self.stream.read_chunk(usize::MAX, true).await? {
-            Some(chunk) => {
-                self.buffer.extend_from_slice(&chunk.bytes);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        self.buffer.reserve(READ_CHUNK);
+        Ok(self.stream.read_buf(&mut self.buffer).await? > 0)
     }
 }
 
-pub async fn write_frame(
-    stream: &mut SendStream,
+/// Writes one frame and flushes it: streams that buffer writes send it now.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    stream: &mut W,
     kind: Kind,
     body: Vec<u8>,
 ) -> Result<(), FrameError> {
@@ -126,10 +121,11 @@ pub async fn write_frame(
     let len = u32::try_from(bytes.len()).map_err(|_| FrameError::TooLarge(bytes.len()))?;
     stream.write_all(&len.to_be_bytes()).await?;
     stream.write_all(&bytes).await?;
+    stream.flush().await?;
     Ok(())
 }
 
-pub async fn read_frame(stream: &mut RecvStream) -> Result<Frame, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Frame, FrameError> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;

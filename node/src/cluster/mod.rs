@@ -1,15 +1,20 @@
-//! Node-to-node traffic over QUIC with mutual TLS: the Raft transport, the broker's data plane
-//! (routes and forwarded messages), and the cluster certificates they need.
+//! Node-to-node traffic: the broker's data plane (routes and forwarded messages) on streams of
+//! any link between nodes, and between real nodes QUIC with mutual TLS, which also carries the
+//! Raft transport, and the cluster certificates it needs.
 
+#[cfg(not(madsim))]
 pub mod certs;
 mod control;
 mod data_plane;
 mod frame;
 mod lane;
+pub mod links;
+#[cfg(not(madsim))]
 mod quic;
 mod takeover;
 
 pub use data_plane::DataPlane;
+#[cfg(not(madsim))]
 pub use quic::{QuicTransport, serve_peers};
 
 /// Where the streams other nodes open for the broker's data plane go, once it exists.
@@ -30,6 +35,17 @@ async fn data_plane_of(inbound: &Inbound) -> Option<std::sync::Arc<DataPlane>> {
             return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Takes a data plane stream a peer opened on a link other than QUIC: reads its first frame
+/// and hands it to this node's data plane once that exists.
+pub async fn accept_stream(inbound: Inbound, send: links::PeerSend, mut recv: links::PeerRecv) {
+    let Ok(first) = frame::read_frame(&mut recv).await else {
+        return;
+    };
+    if let Some(plane) = data_plane_of(&inbound).await {
+        plane.accept(first, send, recv).await;
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::ClusterError;
 use super::certs::{PEER_SERVER_NAME, PeerTls};
 use super::frame::{Kind, read_frame, write_frame};
+use super::links::{OpenFuture, PeerLinks, PeerRecv, PeerSend, Priority};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -143,26 +144,6 @@ impl QuicTransport {
             Ok(Err(e)) => Err(unreachable(e.to_string())),
             Err(_) => Err(TransportError::Timeout(target)),
         }
-    }
-
-    /// The connection to peer `target` at `addr`, dialled if there is none, which the data
-    /// plane shares with the store's traffic.
-    pub(super) async fn peer_connection(
-        &self,
-        target: NodeId,
-        addr: &str,
-    ) -> Result<quinn::Connection, TransportError> {
-        self.connection(target, addr).await
-    }
-
-    /// The round trip to peer `target` as QUIC last estimated it, while connected.
-    pub(super) fn rtt(&self, target: NodeId) -> Option<Duration> {
-        let peers = self.peers.lock();
-        let connection = peers.get(&target)?.connection.as_ref()?;
-        connection
-            .close_reason()
-            .is_none()
-            .then(|| connection.rtt())
     }
 
     fn forget(&self, target: NodeId) {
@@ -291,6 +272,39 @@ impl RaftTransport for QuicTransport {
 
 /// Answers the other nodes until `shutdown` turns true; the endpoint itself stays open for
 /// this node's own requests until the store closes its transport.
+/// The data plane shares each peer's connection with the store's traffic, a stream each.
+impl PeerLinks for QuicTransport {
+    fn open<'a>(&'a self, node: NodeId, addr: &'a str, priority: Priority) -> OpenFuture<'a> {
+        Box::pin(async move {
+            let connection = self
+                .connection(node, addr)
+                .await
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotConnected, e))?;
+            let (send, recv) = connection.open_bi().await?;
+            let _ = send.set_priority(stream_priority(priority));
+            Ok((Box::new(send) as PeerSend, Box::new(recv) as PeerRecv))
+        })
+    }
+
+    /// The round trip as QUIC last estimated it, while connected.
+    fn rtt(&self, node: NodeId) -> Option<Duration> {
+        let peers = self.peers.lock();
+        let connection = peers.get(&node)?.connection.as_ref()?;
+        connection
+            .close_reason()
+            .is_none()
+            .then(|| connection.rtt())
+    }
+}
+
+/// Routes, takeover and acknowledgements go before messages on a shared connection.
+fn stream_priority(priority: Priority) -> i32 {
+    match priority {
+        Priority::Control => 1,
+        Priority::Messages => 0,
+    }
+}
+
 pub async fn serve_peers(
     endpoint: quinn::Endpoint,
     service: RaftService,
@@ -320,22 +334,7 @@ async fn serve_connection(
     service: RaftService,
     inbound: super::Inbound,
 ) {
-    // The store's requests and the data plane's lanes come on bidirectional streams (told
-    // apart by their first frame), the data plane's routes on unidirectional ones.
-    let data = {
-        let inbound = std::sync::Arc::clone(&inbound);
-        let connection = connection.clone();
-        tokio::spawn(async move {
-            while let Ok(stream) = connection.accept_uni().await {
-                let inbound = std::sync::Arc::clone(&inbound);
-                tokio::spawn(async move {
-                    if let Some(plane) = super::data_plane_of(&inbound).await {
-                        plane.accept(stream).await;
-                    }
-                });
-            }
-        })
-    };
+    // The store's requests and the data plane's streams, told apart by their first frame.
     while let Ok((send, recv)) = connection.accept_bi().await {
         let service = service.clone();
         let inbound = std::sync::Arc::clone(&inbound);
@@ -345,7 +344,6 @@ async fn serve_connection(
             }
         });
     }
-    data.abort();
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -372,9 +370,11 @@ async fn serve_stream(
 ) -> Result<(), StreamError> {
     let frame = read_frame(&mut recv).await?;
     match Kind::try_from(frame.kind) {
-        Ok(Kind::Messages) => {
+        Ok(Kind::Messages | Kind::Routes) => {
+            // Acknowledgements on a lane go before messages.
+            let _ = send.set_priority(stream_priority(Priority::Control));
             if let Some(plane) = super::data_plane_of(&inbound).await {
-                plane.accept_lane(frame, send, recv).await;
+                plane.accept(frame, Box::new(send), Box::new(recv)).await;
             }
             return Ok(());
         }
