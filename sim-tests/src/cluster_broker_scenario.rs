@@ -58,15 +58,21 @@ struct Recorder {
     acked_at: Mutex<HashMap<Id, (u128, NodeId)>>,
     /// How often each message was sent (more than once after a lost connection).
     sends: Mutex<HashMap<Id, u32>>,
+    /// When each was last sent.
+    sent_at: Mutex<HashMap<Id, u128>>,
     /// Arrivals at each persistent subscriber, in order.
     received: Mutex<BTreeMap<String, Vec<Id>>>,
     /// Which members each group message reached.
     dispatched: Mutex<BTreeMap<Id, BTreeSet<String>>>,
+    /// Where and when each group message reached a member.
+    arrivals: Mutex<BTreeMap<Id, Vec<String>>>,
     /// Clients that came back to a node that had no session for them.
     sessions_lost: Mutex<Vec<String>>,
     /// Two nodes holding one client's live connection while linked to each other.
     doubles: Mutex<Vec<String>>,
     faults: Mutex<Vec<String>>,
+    /// When each subscriber connected where, and left.
+    visits: Mutex<Vec<String>>,
 }
 
 /// Whether a link fault (a partition) is in effect, during which a node cut off may keep a
@@ -200,9 +206,19 @@ pub async fn run() -> String {
     );
     let sends = recorder.sends.lock().clone();
     for (id, members) in recorder.dispatched.lock().iter() {
+        // A dispatch its node did not acknowledge within the forward timeout is made again
+        // (its publisher waits that long for it): it may reach a second member.
+        let redispatched = {
+            let sent = recorder.sent_at.lock().get(id).copied();
+            let acked = recorder.acked_at.lock().get(id).map(|(at, _)| *at);
+            matches!((sent, acked), (Some(s), Some(a)) if a - s >= u128::from(FORWARD_TIMEOUT_MS))
+        };
         assert!(
-            members.len() <= 1 || sends.get(id).copied().unwrap_or(0) > 1,
-            "message {id:?}, published once, reached {members:?} of the share group"
+            members.len() <= 1 || sends.get(id).copied().unwrap_or(0) > 1 || redispatched,
+            "message {id:?}, published once (acked {:?}), reached {members:?} of the share group: {:?}\nfaults: {:?}",
+            recorder.acked_at.lock().get(id),
+            recorder.arrivals.lock().get(id),
+            recorder.faults.lock()
         );
     }
     let received = recorder.received.lock().clone();
@@ -256,8 +272,9 @@ async fn everything_arrives(recorder: &Recorder, limit: Duration) {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "acknowledged messages never arrived: {missing:?}\nfaults: {:?}",
-            recorder.faults.lock()
+            "acknowledged messages never arrived: {missing:?}\nfaults: {:?}\nvisits: {:?}",
+            recorder.faults.lock(),
+            recorder.visits.lock()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -416,9 +433,11 @@ impl Brokers {
         }
     }
 
+    /// Starts the node's next life; a live one is killed first (its sockets closed with it).
     fn restart(&self, id: NodeId) {
         self.forget(id);
         if let Some(host) = self.hosts.get(&id) {
+            Handle::current().kill(host.handle.id());
             host.engine.crash();
             Handle::current().restart(host.handle.id());
         }
@@ -666,6 +685,10 @@ async fn publish(
         };
         let payload = Bytes::from(format!("{publisher}:{seq}"));
         *recorder.sends.lock().entry((publisher, seq)).or_default() += 1;
+        recorder
+            .sent_at
+            .lock()
+            .insert((publisher, seq), elapsed_ms());
         let answer = tokio::time::timeout(
             PUBLISH_TIMEOUT,
             connected.publish((seq % 60_000) as u16 + 1, &topic, payload, resend),
@@ -709,6 +732,11 @@ async fn subscribe(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        recorder.visits.lock().push(format!(
+            "{} ms: {name} on {node}{}",
+            elapsed_ms(),
+            if session_present { "" } else { " (no session)" }
+        ));
         if ready.is_some() {
             match tokio::time::timeout(ATTEMPT_TIMEOUT, client.subscribe(1, filter)).await {
                 Ok(Ok(())) => {
@@ -732,14 +760,30 @@ async fn subscribe(
         let mut pinged = false;
         loop {
             if tokio::time::Instant::now() >= leave_at {
+                recorder
+                    .visits
+                    .lock()
+                    .push(format!("{} ms: {name} leaves {node}", elapsed_ms()));
                 drop(client);
                 tokio::time::sleep(offline).await;
                 break;
             }
             let packet = match tokio::time::timeout(ATTEMPT_TIMEOUT, client.recv()).await {
                 Ok(Ok(packet)) => packet,
-                Ok(Err(_)) => break,
-                Err(_) if pinged => break,
+                Ok(Err(_)) => {
+                    recorder
+                        .visits
+                        .lock()
+                        .push(format!("{} ms: {name} lost {node}", elapsed_ms()));
+                    break;
+                }
+                Err(_) if pinged => {
+                    recorder
+                        .visits
+                        .lock()
+                        .push(format!("{} ms: {name} gave up on {node}", elapsed_ms()));
+                    break;
+                }
                 Err(_) => {
                     pinged = true;
                     if client.send(&Packet::PingReq).await.is_err() {
@@ -752,6 +796,16 @@ async fn subscribe(
             if let Packet::Publish(message) = packet {
                 if let Some(id) = parse(&message.payload) {
                     if filter == GROUP_FILTER {
+                        recorder
+                            .arrivals
+                            .lock()
+                            .entry(id)
+                            .or_default()
+                            .push(format!(
+                                "{} ms: {name} on {node}{}",
+                                elapsed_ms(),
+                                if message.dup { " (dup)" } else { "" }
+                            ));
                         recorder
                             .dispatched
                             .lock()

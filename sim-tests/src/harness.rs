@@ -12,6 +12,18 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Log lines' time: the simulator's, since the run began.
+struct SimulatedTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimulatedTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let elapsed = madsim::time::TimeHandle::try_current()
+            .map(|t| t.elapsed().as_millis())
+            .unwrap_or_default();
+        write!(w, "{elapsed:>6} ms")
+    }
+}
+
 /// Runs `scenario` under the simulator seeded with `seed`; returns its event log.
 pub fn run_seed<F, Fut>(seed: u64, scenario: F) -> String
 where
@@ -21,6 +33,24 @@ where
     // Thread-local state (hash seeds, generators, clock skews) must not carry over from one
     // run to the next, or a seed would not replay.
     let run = std::thread::spawn(move || {
+        // `SIM_TRACE=halyard_node::cluster=debug` and the like: what the nodes log, on
+        // the simulator's clock.
+        if let Ok(filter) = std::env::var("SIM_TRACE") {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            // `Targets`, unlike `EnvFilter`, keeps no hash maps: a run traced makes the same
+            // random draws as one that is not.
+            if let Ok(targets) = filter.parse::<tracing_subscriber::filter::Targets>() {
+                let _ = tracing_subscriber::registry()
+                    .with(
+                        tracing_subscriber::fmt::layer()
+                            .with_timer(SimulatedTime)
+                            .with_writer(std::io::stderr),
+                    )
+                    .with(targets)
+                    .try_init();
+            }
+        }
         let mut runtime =
             madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
         runtime.set_time_limit(Duration::from_secs(900));

@@ -151,6 +151,11 @@ fn queue_seq(count: u64, node: u64) -> u64 {
     (count << NODE_BITS) | (node & ((1 << NODE_BITS) - 1))
 }
 
+/// The node that wrote a queue entry numbered `seq` (in the low bits of a node id alike).
+pub fn queue_writer(seq: u64) -> u64 {
+    seq & ((1 << NODE_BITS) - 1)
+}
+
 /// Whether the node `me` restores a session last written by `writer`.
 fn restores(writer: Option<u64>, me: u64) -> bool {
     writer.is_none_or(|node| node == me)
@@ -160,6 +165,8 @@ fn restores(writer: Option<u64>, me: u64) -> bool {
 pub struct RestoredSession {
     pub record: SessionRecord,
     pub queue: Vec<(u64, Delivery)>,
+    /// The store revision its record was last written at, as read.
+    pub revision: u64,
 }
 
 #[derive(Default)]
@@ -435,7 +442,11 @@ impl Durable {
             // Its queue is read all the same, for the numbers it used.
             let queue = self.load_queue(&record.client_id).await?;
             if restores(record.node, self.store.id()) {
-                restored.push(RestoredSession { record, queue });
+                restored.push(RestoredSession {
+                    record,
+                    queue,
+                    revision: kv.mod_revision,
+                });
             }
         }
         Ok(restored)
@@ -459,7 +470,15 @@ impl Durable {
             return Ok(None);
         };
         let queue = self.load_queue(client_id).await?;
-        Ok(Some((RestoredSession { record, queue }, kv.mod_revision)))
+        let revision = kv.mod_revision;
+        Ok(Some((
+            RestoredSession {
+                record,
+                queue,
+                revision,
+            },
+            revision,
+        )))
     }
 
     /// Names this node the owner of `record`'s session, unless it was written since

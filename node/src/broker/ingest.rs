@@ -345,15 +345,15 @@ impl Broker {
                 _ => {}
             }
         }
+        if arrival == Arrival::Here
+            && let Some(remote) = self.remote()
+        {
+            outcome.handoffs = remote.forward(message, waker, &served, &mut ops);
+        }
         if let Some(durable) = durable
             && !ops.is_empty()
         {
             outcome.durable_seq = durable.submit(ops, waker);
-        }
-        if arrival == Arrival::Here
-            && let Some(remote) = self.remote()
-        {
-            outcome.handoffs = remote.forward(message, waker, &served);
         }
         outcome
     }

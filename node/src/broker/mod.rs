@@ -75,6 +75,8 @@ struct Inner {
     /// The other nodes of a cluster, set once before sessions are restored. Weak: the
     /// cluster's data plane holds this broker to deliver what other nodes forward.
     remote: std::sync::OnceLock<Weak<dyn Remote>>,
+    /// Turns true once the stored sessions are restored.
+    restored: tokio::sync::watch::Sender<bool>,
 }
 
 /// What became of a published message.
@@ -104,6 +106,11 @@ pub struct OpenedSession {
     pub present: bool,
 }
 
+/// How often a session handed to another node looks for its claim to complete.
+const LINGER_CHECK: Duration = Duration::from_millis(50);
+/// How long it lingers after that.
+const LINGER_MARGIN: Duration = Duration::from_millis(500);
+
 impl Broker {
     pub fn new(
         config: MqttConfig,
@@ -125,6 +132,7 @@ impl Broker {
                 services: RwLock::new(Vec::new()),
                 taps: RwLock::new(SubscriptionTrie::default()),
                 remote: std::sync::OnceLock::new(),
+                restored: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -206,6 +214,17 @@ impl Broker {
             .collect()
     }
 
+    /// The client ids of the persistent sessions this node holds, connected or not.
+    pub fn persistent_sessions(&self) -> Vec<String> {
+        self.inner
+            .sessions
+            .lock()
+            .values()
+            .filter(|s| s.is_persistent())
+            .map(|s| s.client_id.to_string())
+            .collect()
+    }
+
     /// Persistent sessions this node holds, connected or not.
     pub fn persistent_session_count(&self) -> usize {
         self.inner
@@ -271,7 +290,8 @@ impl Broker {
         self.inner.durable.as_ref()?;
         let resumes = !clean_start && !self.holds_session(client_id);
         let starts_persistent = clean_start && expiry_interval > 0;
-        (resumes || starts_persistent).then(|| remote.claim(client_id, clean_start, waker))
+        (resumes || starts_persistent)
+            .then(|| remote.claim(client_id, clean_start, claimed_at, waker))
     }
 
     /// Resumes or creates the session of `client_id` and attaches a
@@ -389,7 +409,47 @@ impl Broker {
             self.inner.metrics.retained_messages.set(store.len() as i64);
         }
         for restored in sessions {
+            tracing::debug!(client_id = %restored.record.client_id, queued = restored.queue.len(), "session restored");
             self.install(restored);
+        }
+        self.inner.restored.send_replace(true);
+    }
+
+    /// Returns once the stored sessions are restored (see [`Broker::restore`]).
+    pub async fn restored(&self) {
+        let mut restored = self.inner.restored.subscribe();
+        let _ = restored.wait_for(|done| *done).await;
+    }
+
+    /// The store's record of the session of `client_id`, written at `revision`, names another
+    /// node or was deleted: if that is later than this node took the session, another node
+    /// has claimed it since (this node missed its request, being down or cut off), and this
+    /// node's copy goes as on any takeover.
+    pub fn disown(&self, client_id: &str, revision: u64) {
+        let held = self.inner.sessions.lock().get(client_id).cloned();
+        if let Some(session) = held
+            && session.is_persistent()
+            && session.owned_since() < revision
+            && self.relinquish(client_id, None, false)
+        {
+            tracing::debug!(client_id, revision, "a session claimed elsewhere let go");
+        }
+    }
+
+    /// Takes a copy another node wrote to the queue of a session held here, because this node
+    /// could not take it when it was published: queued as if published here, unless the
+    /// session has it already.
+    pub fn take_stored(&self, client_id: &str, delivery: Delivery) {
+        let Some(session) = self.inner.sessions.lock().get(client_id).cloned() else {
+            return;
+        };
+        if !session.is_persistent() || session.holds_stored(delivery.stored) {
+            return;
+        }
+        if let Enqueued::Dropped(reason) =
+            session.enqueue(delivery, QueueLimits::of(&self.inner.config))
+        {
+            self.inner.metrics.message_dropped(reason);
         }
     }
 
@@ -402,6 +462,7 @@ impl Broker {
             Arc::from(record.client_id.as_str()),
         ));
         session.set_persistent(true);
+        session.set_owned_since(restored.revision);
         {
             let mut state = session.state.lock();
             state.expiry_interval = record.expiry_interval;
@@ -466,16 +527,49 @@ impl Broker {
         sessions.remove(client_id);
         self.inner.metrics.sessions.dec();
         drop(sessions);
+        tracing::debug!(client_id, discard_stored, "session relinquished");
         let attached = session.state.lock().attached.take();
         if let Some(old) = attached {
             // Its connection sees the session gone and closes with "session taken over".
             old.waker.wake();
         }
         if !discard_stored {
+            if session.is_persistent()
+                && let Some(remote) = self.remote()
+            {
+                self.linger(session, remote);
+                return true;
+            }
             session.set_persistent(false);
         }
         self.discard(&session);
         true
+    }
+
+    /// Keeps the subscriptions of a persistent session handed to another node until the
+    /// store names that node its owner (or the session is deleted, or held here again): until
+    /// then, and for as long as nodes that have not yet heard of its new node's routes route
+    /// its messages here, they go to the session's queue in the store, where its new node
+    /// takes them from. A claim that never completes leaves the session offline, its
+    /// messages queued in the store.
+    fn linger(&self, session: Arc<Session>, remote: Arc<dyn Remote>) {
+        session.linger();
+        let broker = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LINGER_CHECK).await;
+                if remote.owned_elsewhere(&session.client_id)
+                    || broker.holds_session(&session.client_id)
+                {
+                    break;
+                }
+            }
+            // The new node announced its routes before it claimed the session: they reach
+            // the other nodes about when the claim does.
+            tokio::time::sleep(LINGER_MARGIN).await;
+            session.set_persistent(false);
+            broker.discard(&session);
+        });
     }
 
     fn expire_later(&self, session: &Arc<Session>, expiry: u32, generation: u64) {

@@ -20,12 +20,14 @@ pub trait Remote: Send + Sync + 'static {
     /// filter matches it, and to one node of each share group it matches that this node did
     /// not serve (`served`). Must not block the publisher. For a QoS 1/2 message, what the
     /// publisher must wait for before acknowledging it: each node's receipt, signalled on
-    /// `waker`.
+    /// `waker`. Copies for persistent sessions whose node cannot take them now go into `ops`
+    /// instead, as queue entries for the store.
     fn forward(
         &self,
         message: &Arc<Message>,
         waker: Option<&Arc<Signal>>,
         served: &[GroupKey<'_>],
+        ops: &mut Vec<halyard_raft::Op>,
     ) -> Vec<Handoff>;
 
     /// A client connects here with `client_id` at `claimed_at` (microseconds since the epoch):
@@ -37,16 +39,27 @@ pub trait Remote: Send + Sync + 'static {
     /// members cannot take now (offline) goes to it instead.
     fn has_share_member(&self, key: GroupKey<'_>) -> bool;
 
+    /// Whether the store names another node the owner of the session of `client_id`, or
+    /// holds none for it, as this node last heard.
+    fn owned_elsewhere(&self, client_id: &str) -> bool;
+
     /// Asks other nodes to claim these sessions (offline, persistent) from this one, which
     /// is leaving: spread over the nodes reachable now, each claims as a connecting client
     /// would. How many it offered: none when no node is reachable.
     fn hand_over(&self, client_ids: Vec<String>) -> usize;
 
     /// Makes this node the owner of the stored session of `client_id` before its connection
-    /// is accepted: the node that held it lets it go and stores what it had, then this node
-    /// takes it from the store (or deletes it, when `clean_start`). Runs in the background;
-    /// `waker` is woken when the claim is settled.
-    fn claim(&self, client_id: &str, clean_start: bool, waker: &Arc<Signal>) -> Arc<Claim>;
+    /// (made at `claimed_at`) is accepted: the node that held it lets it go and stores what
+    /// it had, then this node takes it from the store (or deletes it, when `clean_start`).
+    /// Runs in the background; `waker` is woken when the claim is settled. A claim whose
+    /// connection is gone, or that a later connection elsewhere supersedes, is abandoned.
+    fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        claimed_at: u64,
+        waker: &Arc<Signal>,
+    ) -> Arc<Claim>;
 }
 
 /// A session claimed from the store for a connecting client, once settled.
@@ -81,8 +94,12 @@ pub type GroupKey<'a> = (&'a str, &'a str);
 #[derive(Debug, Default)]
 pub struct AckCursor {
     acked: AtomicU64,
-    /// Nothing on this stream is waited for: the node left the cluster, or has not answered
-    /// for longer than the cluster's forward timeout.
+    /// Every message up to here is settled without the node: it stopped answering, and the
+    /// copies its persistent sessions were owed are in the store.
+    covered: AtomicU64,
+    /// The node left the cluster, or has not answered for longer than the cluster's forward
+    /// timeout: what is handed to it now is not waited for (its persistent sessions' copies
+    /// go to the store instead).
     released: AtomicBool,
 }
 
@@ -101,6 +118,11 @@ impl AckCursor {
         self.released.store(true, Ordering::Release);
     }
 
+    /// Everything up to `seq` is settled without the node.
+    pub fn cover(&self, seq: u64) {
+        self.covered.fetch_max(seq, Ordering::AcqRel);
+    }
+
     pub fn is_released(&self) -> bool {
         self.released.load(Ordering::Acquire)
     }
@@ -116,6 +138,6 @@ pub struct Handoff {
 impl Handoff {
     /// Whether the publisher need no longer wait for this copy.
     pub fn settled(&self) -> bool {
-        self.cursor.is_released() || self.cursor.acked() >= self.seq
+        self.cursor.acked() >= self.seq || self.cursor.covered.load(Ordering::Acquire) >= self.seq
     }
 }

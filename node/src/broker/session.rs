@@ -133,6 +133,10 @@ impl DeliveryQueue {
         self.items.front()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Delivery> {
+        self.items.iter()
+    }
+
     pub fn pop_front(&mut self) -> Option<Delivery> {
         let delivery = self.items.pop_front()?;
         self.bytes -= weight(&delivery);
@@ -362,6 +366,12 @@ pub struct Session {
     drained_total: AtomicU64,
     /// Its connection is to be sent away: the node drains.
     evicted: AtomicBool,
+    /// Handed to another node, whose routes for it may not have reached every node yet: what
+    /// is still routed here for it is only written to its queue in the store, for that node.
+    lingering: AtomicBool,
+    /// The store revision of its record when this node took it: a record written later that
+    /// names another node means that node has claimed it since.
+    owned_since: AtomicU64,
     /// Requests to services not yet answered (see `services::InFlight`).
     pub(super) service_requests: AtomicU32,
     pub state: Mutex<SessionState>,
@@ -400,6 +410,8 @@ impl Session {
             persistent: AtomicBool::new(false),
             drained_total: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
+            lingering: AtomicBool::new(false),
+            owned_since: AtomicU64::new(0),
             service_requests: AtomicU32::new(0),
             state: Mutex::new(SessionState::default()),
         }
@@ -421,6 +433,16 @@ impl Session {
         self.connected.load(Ordering::Acquire)
     }
 
+    /// Whether the stored copy numbered `stored` is queued or in flight here.
+    pub fn holds_stored(&self, stored: u64) -> bool {
+        let state = self.state.lock();
+        state.queue.iter().any(|d| d.stored == stored)
+            || state
+                .inflight
+                .iter()
+                .any(|(_, i)| matches!(i, Inflight::Sent(d) if d.stored == stored))
+    }
+
     /// Marks the session's connection to be sent away; false if it already was.
     pub(super) fn evict(&self) -> bool {
         !self.evicted.swap(true, Ordering::AcqRel)
@@ -428,6 +450,22 @@ impl Session {
 
     pub fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Acquire)
+    }
+
+    pub fn owned_since(&self) -> u64 {
+        self.owned_since.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_owned_since(&self, revision: u64) {
+        self.owned_since.store(revision, Ordering::Release);
+    }
+
+    /// See `lingering`; its queue is emptied, as the store holds it.
+    pub(super) fn linger(&self) {
+        self.lingering.store(true, Ordering::Release);
+        let mut state = self.state.lock();
+        state.queue.clear();
+        state.inflight.clear();
     }
 
     pub(super) fn mark_dead(&self) {
@@ -523,6 +561,13 @@ impl Session {
     pub fn enqueue(&self, delivery: Delivery, limits: QueueLimits) -> Enqueued {
         if !self.is_alive() {
             return Enqueued::Gone;
+        }
+        if self.lingering.load(Ordering::Acquire) {
+            return if delivery.qos == QoS::AtMostOnce {
+                Enqueued::Dropped(DropReason::OfflineQos0)
+            } else {
+                Enqueued::Queued
+            };
         }
         let mut state = self.state.lock();
         let was_empty = state.queue.is_empty();

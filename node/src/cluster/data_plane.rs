@@ -39,15 +39,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use super::control::{Control, LocalRoutes, parse_route, route_key};
+use super::directory::Directory;
 use super::frame::{Frame, FrameReader, Kind, encode_frame, read_frame, write_frame};
-use super::lane::{Lane, ShareGroups};
+use super::lane::{Lane, Pushed, ShareGroups, Strand};
 use super::links::{PeerLinks, PeerRecv, PeerSend, Priority};
 use super::takeover::Takeovers;
-use crate::broker::durable::{decode_message, decode_retained, encode_message};
+use crate::broker::durable::{decode_message, decode_retained, encode_message, queue_writer};
 use crate::broker::{
     Broker, Claim, GroupKey, Handoff, Message, QueueLimits, Remote, Session, Signal, Subscriber,
     SubscriptionTrie, Target,
 };
+use crate::mqtt::QoS;
 use crate::store::keys;
 
 /// Streams per peer that messages are spread over by topic.
@@ -98,6 +100,8 @@ struct Metrics {
     rtt: GaugeVec,
     remote_routes: IntGauge,
     local_routes: IntGauge,
+    stored_for: IntCounterVec,
+    stored_sessions: IntGauge,
 }
 
 impl Metrics {
@@ -163,6 +167,15 @@ impl Metrics {
             local_routes: gauge(
                 "halyard_cluster_local_routes",
                 "Filters held by this node's sessions, as announced to its peers",
+            )?,
+            stored_for: counter(
+                "halyard_cluster_stored_for_peer_total",
+                "Copies of messages written to the store for the persistent sessions of a \
+                 node that could not take them (down, cut off or not answering), by that node",
+            )?,
+            stored_sessions: gauge(
+                "halyard_cluster_stored_sessions",
+                "Persistent sessions of the whole cluster, as this node follows them",
             )?,
         })
     }
@@ -266,10 +279,6 @@ impl Drop for Peer {
         for task in &self.tasks {
             task.abort();
         }
-        // Gone from the cluster: nobody waits for it any more.
-        for lane in &self.lanes {
-            lane.release();
-        }
     }
 }
 
@@ -296,6 +305,9 @@ pub struct DataPlane {
     hasher: foldhash::fast::FixedState,
     metrics: Metrics,
     takeover: Arc<Takeovers>,
+    /// Every persistent session of the cluster, for the copies owed to those whose node
+    /// cannot take them.
+    directory: RwLock<Directory>,
 }
 
 impl DataPlane {
@@ -332,16 +344,23 @@ impl DataPlane {
             hasher: foldhash::fast::FixedState::with_seed(0x68616c7961726421),
             metrics,
             takeover,
+            directory: RwLock::new(Directory::default()),
         });
         let as_remote: Arc<dyn Remote> = Arc::clone(&plane) as Arc<dyn Remote>;
         broker.set_remote(&as_remote);
         // Watched from before the broker loads the retained messages, so that nothing set
         // between the load and the first event is missed.
         let retained = store.watch(keys::RETAINED.as_bytes().to_vec(), None);
+        // Likewise for the copies other nodes store for this node's sessions: those written
+        // after the sessions are read are taken from the watch.
+        let queues = store.watch(keys::QUEUE.as_bytes().to_vec(), None);
         let members = Arc::clone(&plane).follow_members(store.clone(), shutdown.clone());
-        let follow = Arc::clone(&plane).follow_retained(store.clone(), retained.ok(), shutdown);
+        let follow =
+            Arc::clone(&plane).follow_retained(store.clone(), retained.ok(), shutdown.clone());
+        let sessions = Arc::clone(&plane).follow_sessions(store.clone(), shutdown.clone());
+        let stored = Arc::clone(&plane).follow_queues(store.clone(), queues.ok(), shutdown);
         Ok((plane, async move {
-            tokio::join!(members, follow);
+            tokio::join!(members, follow, sessions, stored);
         }))
     }
 
@@ -357,7 +376,19 @@ impl DataPlane {
                 .collect();
             {
                 let mut peers = self.peers.write();
-                peers.retain(|id, _| members.contains_key(id));
+                let left: Vec<NodeId> = peers
+                    .keys()
+                    .filter(|id| !members.contains_key(id))
+                    .copied()
+                    .collect();
+                for id in left {
+                    if let Some(peer) = peers.remove(&id) {
+                        // Gone from the cluster: what it was owed is stored for its sessions.
+                        for lane in &peer.lanes {
+                            self.store_strand(id, Arc::clone(lane), lane.strand());
+                        }
+                    }
+                }
                 for (id, addr) in members {
                     peers
                         .entry(id)
@@ -398,13 +429,14 @@ impl DataPlane {
             let label = id.to_string();
             let mut unacked = 0;
             for lane in &peer.lanes {
-                if lane.expire(now, self.forward_timeout) {
+                if let Some(strand) = lane.strand_overdue(now, self.forward_timeout) {
                     self.metrics.timeouts.with_label_values(&[&label]).inc();
                     tracing::warn!(
                         peer = id,
                         "a peer node acknowledged nothing within the forward timeout; \
-                         acknowledging its publishers without it"
+                         storing what its persistent sessions are owed instead"
                     );
+                    self.store_strand(*id, Arc::clone(lane), strand);
                 }
                 unacked += lane.depth();
             }
@@ -488,6 +520,244 @@ impl DataPlane {
         }
     }
 
+    /// Keeps the directory of the cluster's persistent sessions equal to the store's.
+    async fn follow_sessions(self: Arc<Self>, store: Store, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let watched = store.watch(keys::SESSION.as_bytes().to_vec(), None);
+            let loaded = store
+                .range(
+                    halyard_raft::RangeRequest::prefix(keys::SESSION),
+                    halyard_raft::Consistency::Linearizable,
+                )
+                .await;
+            let (Ok(mut stream), Ok(all)) = (watched, loaded) else {
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            };
+            {
+                let mut directory = self.directory.write();
+                directory.clear();
+                for kv in all.kvs {
+                    directory.apply(&kv.key, Some(&kv.value), kv.mod_revision);
+                }
+                self.metrics.stored_sessions.set(directory.len() as i64);
+            }
+            self.disown_claimed_elsewhere();
+            loop {
+                tokio::select! {
+                    next = stream.next() => match next {
+                        Some(Ok(revision)) => {
+                            let mut disowned = Vec::new();
+                            {
+                                let mut directory = self.directory.write();
+                                for event in revision.events {
+                                    let value = (event.kind == halyard_raft::EventKind::Put)
+                                        .then_some(event.kv.value.as_slice());
+                                    let written = event.kv.mod_revision.max(revision.revision);
+                                    let Some(client_id) =
+                                        directory.apply(&event.kv.key, value, written)
+                                    else {
+                                        continue;
+                                    };
+                                    if directory.owner(&client_id).is_none_or(|o| o != Some(self.node)) {
+                                        disowned.push((client_id, written));
+                                    }
+                                }
+                                self.metrics.stored_sessions.set(directory.len() as i64);
+                            }
+                            for (client_id, written) in disowned {
+                                self.broker.disown(&client_id, written);
+                            }
+                        }
+                        // Behind the compaction point: read everything again.
+                        Some(Err(_)) | None => break,
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+
+    /// Takes the copies other nodes store for the sessions this node holds (see
+    /// `directory.rs`), once the stored sessions are restored.
+    async fn follow_queues(
+        self: Arc<Self>,
+        store: Store,
+        mut changes: Option<halyard_raft::WatchStream>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        tokio::select! {
+            _ = self.broker.restored() => {}
+            _ = shutdown.changed() => return,
+        }
+        self.disown_claimed_elsewhere();
+        loop {
+            let mut stream = match changes.take() {
+                Some(stream) => stream,
+                None => {
+                    let watched = store.watch(keys::QUEUE.as_bytes().to_vec(), None);
+                    match watched {
+                        // A gap in the watch: what was stored meanwhile is read instead.
+                        Ok(stream) => {
+                            self.reread_queues().await;
+                            stream
+                        }
+                        Err(_) => {
+                            tokio::select! {
+                                _ = tokio::time::sleep(RETRY) => continue,
+                                _ = shutdown.changed() => return,
+                            }
+                        }
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    next = stream.next() => match next {
+                        Some(Ok(revision)) => {
+                            for event in revision.events {
+                                if event.kind == halyard_raft::EventKind::Put {
+                                    self.take_stored(&event.kv.key, &event.kv.value);
+                                }
+                            }
+                        }
+                        Some(Err(_)) | None => break,
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+
+    /// Lets go of the sessions held here that the store says another node claimed since this
+    /// one took them (it restored them from a read older than the claim). Done once both the
+    /// sessions are restored and the directory is read, whichever comes last.
+    fn disown_claimed_elsewhere(&self) {
+        let foreign = self.directory.read().not_owned_by(self.node);
+        tracing::debug!(
+            sessions = foreign.len(),
+            "looking for sessions claimed elsewhere"
+        );
+        for (client_id, revision) in foreign {
+            self.broker.disown(&client_id, revision);
+        }
+    }
+
+    /// A queue entry written to the store: taken if another node wrote it for a session
+    /// held here.
+    fn take_stored(&self, key: &[u8], value: &[u8]) {
+        let Some((client_id, seq)) = parse_queue_key(key) else {
+            return;
+        };
+        if queue_writer(seq) == queue_writer(self.node) || !self.broker.holds_session(&client_id) {
+            return;
+        }
+        let Some((message, qos, retain, subscription_ids)) = decode_message(value) else {
+            tracing::warn!(client_id, "a stored copy is unreadable");
+            return;
+        };
+        tracing::debug!(client_id, seq, "taking a copy another node stored");
+        self.broker.take_stored(
+            &client_id,
+            crate::broker::Delivery {
+                message: Arc::new(message),
+                qos,
+                retain,
+                subscription_ids,
+                stored: seq,
+            },
+        );
+    }
+
+    /// Reads the stored queue of every persistent session held here, for copies other nodes
+    /// wrote while the watch was behind.
+    async fn reread_queues(&self) {
+        let Some(durable) = self.broker.durable().cloned() else {
+            return;
+        };
+        for client_id in self.broker.persistent_sessions() {
+            if let Ok(Some((stored, _))) = durable.load_session(&client_id).await {
+                for (_, delivery) in stored.queue {
+                    if queue_writer(delivery.stored) != queue_writer(self.node) {
+                        self.broker.take_stored(&client_id, delivery);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds to `ops` a queue entry for each stored session a message is owed whose owner
+    /// `stranded` says cannot take it now (one member of each share group `wanted` lets
+    /// through).
+    fn owed_copies(
+        &self,
+        message: &Arc<Message>,
+        stranded: impl Fn(Option<NodeId>) -> bool,
+        wanted: impl Fn(&str, &str) -> bool,
+        ops: &mut Vec<halyard_raft::Op>,
+    ) {
+        let Some(durable) = self.broker.durable() else {
+            return;
+        };
+        let directory = self.directory.read();
+        for owed in directory.owed(&message.topic, stranded, wanted) {
+            let qos = message.qos.min(owed.options.qos);
+            if qos == QoS::AtMostOnce {
+                continue;
+            }
+            let retain = owed.options.retain_as_published && message.retain;
+            let ids: Vec<u32> = owed.subscription_id.into_iter().collect();
+            let seq = durable.next_message_seq();
+            tracing::debug!(client_id = owed.client_id, owner = ?owed.owner, topic = %message.topic, seq, "storing a copy for a session whose node cannot take it");
+            ops.push(halyard_raft::Op::put(
+                keys::queue(owed.client_id, seq),
+                encode_message(message, qos, retain, &ids),
+            ));
+            if let Some(owner) = owed.owner {
+                self.metrics
+                    .stored_for
+                    .with_label_values(&[&owner.to_string()])
+                    .inc();
+            }
+        }
+    }
+
+    /// Stores the copies that the persistent sessions of `peer` are owed by the messages of
+    /// `strand`, then lets their publishers go.
+    fn store_strand(&self, peer: NodeId, lane: Arc<Lane>, strand: Strand) {
+        let mut ops = Vec::new();
+        for (message, groups) in &strand.messages {
+            self.owed_copies(
+                message,
+                |owner| owner == Some(peer),
+                |group, filter| groups.iter().any(|(g, f)| g == group && f == filter),
+                &mut ops,
+            );
+        }
+        let Some(durable) = self.broker.durable().cloned() else {
+            lane.cover(strand);
+            return;
+        };
+        if ops.is_empty() {
+            lane.cover(strand);
+            return;
+        }
+        let signal = Arc::new(Signal::default());
+        let seq = durable.submit(ops, Some(&signal));
+        tokio::spawn(async move {
+            loop {
+                let notified = signal.notified();
+                if durable.committed() >= seq {
+                    break;
+                }
+                notified.await;
+            }
+            lane.cover(strand);
+        });
+    }
+
     /// Starts the route stream and the lanes to peer `id` at `addr`.
     fn link(self: Arc<Self>, id: NodeId, addr: String) -> Peer {
         let mut lanes = Vec::with_capacity(LANES);
@@ -525,6 +795,10 @@ impl DataPlane {
     /// from a snapshot whenever the stream breaks or the peer falls behind.
     async fn announce_routes(self: Arc<Self>, id: NodeId, addr: String) {
         let peer = id.to_string();
+        // Until its stored sessions are in, this node's routes are short of theirs: a peer
+        // that knows none stores what they are owed (see `directory.rs`) instead of
+        // forwarding nothing for them.
+        self.broker.restored().await;
         loop {
             let (mut stream, mut closed) = self.open(id, &addr, Priority::Control).await;
             let (tx, mut changes) = mpsc::channel(DELTA_CAPACITY);
@@ -680,6 +954,9 @@ impl DataPlane {
         let Ok(hello) = postcard::from_bytes::<LaneHello>(&first.body) else {
             return;
         };
+        // A peer may still route by what this node announced in its previous life: nothing
+        // is taken (and acknowledged) before the sessions it stored are back.
+        self.broker.restored().await;
         let received = self
             .metrics
             .received
@@ -824,6 +1101,13 @@ impl DataPlane {
     }
 }
 
+/// The client id and number of a queue entry's key.
+fn parse_queue_key(key: &[u8]) -> Option<(String, u64)> {
+    let rest = std::str::from_utf8(key.strip_prefix(keys::QUEUE.as_bytes())?).ok()?;
+    let (client, seq) = rest.split_once('/')?;
+    Some((keys::unhex(client)?, u64::from_str_radix(seq, 16).ok()?))
+}
+
 /// Writes `snapshot`, then each change as it comes, until the stream fails or `changes` ends
 /// (this node dropped the queue: the peer fell behind).
 async fn send_routes(
@@ -869,9 +1153,12 @@ impl Remote for DataPlane {
         message: &Arc<Message>,
         waker: Option<&Arc<Signal>>,
         served: &[GroupKey<'_>],
+        ops: &mut Vec<halyard_raft::Op>,
     ) -> Vec<Handoff> {
         // Each node once, with the share groups it is to serve.
         let mut destinations: Vec<(NodeId, ShareGroups)> = Vec::new();
+        // Owners of stored sessions that know no routes of theirs now.
+        let mut stranded: Vec<NodeId> = Vec::new();
         {
             let remote = self.remote.read();
             let mut direct = Vec::new();
@@ -895,26 +1182,55 @@ impl Remote for DataPlane {
                     None => destinations.push((node, vec![group])),
                 }
             }
+            if message.qos != QoS::AtMostOnce {
+                stranded.extend(
+                    self.directory
+                        .read()
+                        .owners()
+                        .flatten()
+                        .filter(|o| *o != self.node && !remote.by_node.contains_key(o)),
+                );
+            }
         }
         let mut handoffs = Vec::new();
-        if destinations.is_empty() {
+        if destinations.is_empty() && stranded.is_empty() {
             return handoffs;
         }
         let lane = self.lane_of(&message.topic);
-        let peers = self.peers.read();
-        for (node, groups) in destinations {
-            let Some(peer) = peers.get(&node) else {
-                continue;
-            };
-            match peer.lanes[lane].push(message, groups, waker) {
-                Ok(Some(handoff)) => handoffs.push(handoff),
-                Ok(None) => {}
-                Err(_) => self
-                    .metrics
-                    .dropped
-                    .with_label_values(&[&node.to_string()])
-                    .inc(),
+        {
+            let peers = self.peers.read();
+            for (node, groups) in &destinations {
+                let Some(peer) = peers.get(node) else {
+                    continue;
+                };
+                match peer.lanes[lane].push(message, groups.clone(), waker) {
+                    Ok(Pushed::Waited(handoff)) => handoffs.push(handoff),
+                    Ok(Pushed::Unwaited) => {}
+                    Ok(Pushed::Stranded) => stranded.push(*node),
+                    Err(_) => self
+                        .metrics
+                        .dropped
+                        .with_label_values(&[&node.to_string()])
+                        .inc(),
+                }
             }
+        }
+        if !stranded.is_empty() {
+            // A share group is owed a stored copy only if no node that answers serves it.
+            let live_groups: Vec<&(String, String)> = destinations
+                .iter()
+                .filter(|(node, _)| !stranded.contains(node))
+                .flat_map(|(_, groups)| groups)
+                .collect();
+            self.owed_copies(
+                message,
+                |owner| owner.is_some_and(|o| stranded.contains(&o)),
+                |group, filter| {
+                    !served.contains(&(group, filter))
+                        && !live_groups.iter().any(|(g, f)| g == group && f == filter)
+                },
+                ops,
+            );
         }
         handoffs
     }
@@ -939,6 +1255,13 @@ impl Remote for DataPlane {
         offered
     }
 
+    fn owned_elsewhere(&self, client_id: &str) -> bool {
+        self.directory
+            .read()
+            .owner(client_id)
+            .is_none_or(|owner| owner != Some(self.node))
+    }
+
     fn has_share_member(&self, key: GroupKey<'_>) -> bool {
         let (group, filter) = key;
         self.remote.read().trie.has_share_group(filter, group)
@@ -952,8 +1275,15 @@ impl Remote for DataPlane {
         });
     }
 
-    fn claim(&self, client_id: &str, clean_start: bool, waker: &Arc<Signal>) -> Arc<Claim> {
-        self.takeover.start_claim(client_id, clean_start, waker)
+    fn claim(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        claimed_at: u64,
+        waker: &Arc<Signal>,
+    ) -> Arc<Claim> {
+        self.takeover
+            .start_claim(client_id, clean_start, claimed_at, waker)
     }
 }
 

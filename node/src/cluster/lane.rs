@@ -47,6 +47,28 @@ struct Window {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full;
 
+/// What became of a message handed to a lane.
+#[derive(Debug)]
+pub enum Pushed {
+    /// Its publisher waits for the peer's acknowledgement (or for the copies the peer's
+    /// persistent sessions are owed to be stored, if the peer stops answering).
+    Waited(Handoff),
+    /// QoS 0: nobody waits.
+    Unwaited,
+    /// The peer is not answering: the message goes out if it answers again, and meanwhile
+    /// the caller stores the copies its persistent sessions are owed.
+    Stranded,
+}
+
+/// Messages a peer stopped acknowledging, for the store: their publishers wait until the
+/// copies the peer's persistent sessions are owed are stored, then the lane is covered up
+/// to `last`.
+pub struct Strand {
+    pub last: u64,
+    pub messages: Vec<(Arc<Message>, ShareGroups)>,
+    pub wakers: Vec<Arc<Signal>>,
+}
+
 pub struct Lane {
     window: Mutex<Window>,
     /// Wakes the stream's writer when messages arrive.
@@ -70,13 +92,13 @@ impl Default for Lane {
 }
 
 impl Lane {
-    /// Takes `message` for the peer; for QoS 1/2, what its publisher waits for.
+    /// Takes `message` for the peer.
     pub fn push(
         &self,
         message: &Arc<Message>,
         groups: ShareGroups,
         waker: Option<&Arc<Signal>>,
-    ) -> Result<Option<Handoff>, Full> {
+    ) -> Result<Pushed, Full> {
         let mut window = self.window.lock();
         let bound = if message.qos == QoS::AtMostOnce {
             LANE_CAPACITY
@@ -91,19 +113,31 @@ impl Lane {
         }
         let seq = window.next_seq;
         window.next_seq += 1;
-        let waited = message.qos != QoS::AtMostOnce;
+        // Checked under the window's lock, as `strand` sets it: a message is either in a
+        // strand or stranded here, never neither.
+        let released = self.cursor.is_released();
+        let waited = message.qos != QoS::AtMostOnce && !released;
+        let stranded = released && message.qos != QoS::AtMostOnce;
         window.unacked.push_back(Outgoing {
             seq,
             message: Arc::clone(message),
-            groups,
+            // A stranded message's share groups are served from the store by the caller:
+            // sent again later, it must not be dispatched to a second member.
+            groups: if stranded { Vec::new() } else { groups },
             waker: waker.filter(|_| waited).cloned(),
         });
         drop(window);
         self.ready.notify_one();
-        Ok(waited.then(|| Handoff {
-            cursor: Arc::clone(&self.cursor),
-            seq,
-        }))
+        Ok(if waited {
+            Pushed::Waited(Handoff {
+                cursor: Arc::clone(&self.cursor),
+                seq,
+            })
+        } else if stranded {
+            Pushed::Stranded
+        } else {
+            Pushed::Unwaited
+        })
     }
 
     /// A new stream begins: everything unacknowledged goes out again on it. The number of
@@ -159,31 +193,53 @@ impl Lane {
         }
     }
 
-    /// Stops the publishers waiting if the peer has acknowledged nothing for `timeout` while
-    /// messages wait for it; true if it did now. The messages stay, to go out when the peer
-    /// answers again.
-    pub fn expire(&self, now: Instant, timeout: Duration) -> bool {
-        let overdue = {
-            let window = self.window.lock();
-            !window.unacked.is_empty() && now.duration_since(window.last_progress) >= timeout
-        };
-        if overdue && !self.cursor.is_released() {
-            self.release();
-            return true;
+    /// The messages whose publishers wait, if the peer has acknowledged nothing for
+    /// `timeout` while they wait for it: from now on, until it acknowledges again, nobody
+    /// waits for the peer. The messages stay, to go out when it answers again.
+    pub fn strand_overdue(&self, now: Instant, timeout: Duration) -> Option<Strand> {
+        let mut window = self.window.lock();
+        let overdue =
+            !window.unacked.is_empty() && now.duration_since(window.last_progress) >= timeout;
+        if !overdue || self.cursor.is_released() {
+            return None;
         }
-        false
+        Some(self.strand_locked(&mut window))
     }
 
-    /// Nobody waits for this lane's peer any more (it left the cluster, or stopped answering).
-    pub fn release(&self) {
+    /// The messages whose publishers wait: the peer left the cluster.
+    pub fn strand(&self) -> Strand {
+        let mut window = self.window.lock();
+        self.strand_locked(&mut window)
+    }
+
+    fn strand_locked(&self, window: &mut Window) -> Strand {
         self.cursor.release();
+        let mut messages = Vec::new();
         let mut wakers = Vec::new();
-        for outgoing in self.window.lock().unacked.iter_mut() {
+        for outgoing in window.unacked.iter_mut() {
+            if outgoing.message.qos == QoS::AtMostOnce {
+                continue;
+            }
+            // Its share groups are served from the store now (see `push`).
+            messages.push((
+                Arc::clone(&outgoing.message),
+                std::mem::take(&mut outgoing.groups),
+            ));
             if let Some(waker) = outgoing.waker.take() {
                 push_distinct(&mut wakers, waker);
             }
         }
-        for waker in wakers {
+        Strand {
+            last: window.next_seq - 1,
+            messages,
+            wakers,
+        }
+    }
+
+    /// The copies a strand owed are stored: its publishers no longer wait.
+    pub fn cover(&self, strand: Strand) {
+        self.cursor.cover(strand.last);
+        for waker in strand.wakers {
             waker.wake();
         }
     }
@@ -212,6 +268,10 @@ mod tests {
             waker: Option<&Arc<Signal>>,
         ) -> Result<Option<Handoff>, Full> {
             self.push(message, Vec::new(), waker)
+                .map(|pushed| match pushed {
+                    Pushed::Waited(handoff) => Some(handoff),
+                    Pushed::Unwaited | Pushed::Stranded => None,
+                })
         }
     }
 
@@ -228,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn a_publisher_waits_until_the_peer_acknowledges_its_message_or_the_lane_is_released() {
+    fn a_publisher_waits_until_the_peer_acknowledges_its_message_or_its_copies_are_stored() {
         let lane = Lane::default();
         let signal = Arc::new(Signal::default());
         let first = lane.push_plain(&message(QoS::AtLeastOnce), Some(&signal));
@@ -244,9 +304,21 @@ mod tests {
         lane.acknowledged(1);
         assert!(first.settled() && !second.settled());
         assert_eq!(lane.depth(), 2);
-        lane.release();
+        let strand = lane.strand();
+        assert_eq!(strand.last, 3);
+        assert_eq!(
+            strand.messages.len(),
+            1,
+            "the QoS 1 message not acknowledged"
+        );
+        assert!(!second.settled(), "not before its copies are stored");
+        assert!(matches!(
+            lane.push(&message(QoS::AtLeastOnce), Vec::new(), Some(&signal)),
+            Ok(Pushed::Stranded)
+        ));
+        lane.cover(strand);
         assert!(second.settled());
-        // An acknowledgement after a release means the peer answers again: waited for anew.
+        // An acknowledgement after a strand means the peer answers again: waited for anew.
         lane.acknowledged(2);
         let third = lane.push_plain(&message(QoS::ExactlyOnce), Some(&signal));
         assert!(matches!(third, Ok(Some(h)) if !h.settled()));
@@ -269,16 +341,25 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_peer_releases_its_publishers_once_after_the_timeout() {
+    fn a_silent_peer_strands_its_messages_once_after_the_timeout() {
         let lane = Lane::default();
         let handoff = lane.push_plain(&message(QoS::AtLeastOnce), None);
         let Ok(Some(handoff)) = handoff else {
             panic!("QoS 1 messages are waited for");
         };
         let now = Instant::now();
-        assert!(!lane.expire(now, Duration::from_secs(3)));
-        assert!(lane.expire(now + Duration::from_secs(3), Duration::from_secs(3)));
-        assert!(!lane.expire(now + Duration::from_secs(4), Duration::from_secs(3)));
+        assert!(lane.strand_overdue(now, Duration::from_secs(3)).is_none());
+        let Some(strand) =
+            lane.strand_overdue(now + Duration::from_secs(3), Duration::from_secs(3))
+        else {
+            panic!("overdue after the timeout");
+        };
+        assert!(
+            lane.strand_overdue(now + Duration::from_secs(4), Duration::from_secs(3))
+                .is_none()
+        );
+        assert!(!handoff.settled());
+        lane.cover(strand);
         assert!(handoff.settled());
         assert_eq!(lane.depth(), 1);
     }

@@ -6,6 +6,7 @@
 pub mod certs;
 mod control;
 mod data_plane;
+mod directory;
 mod frame;
 mod lane;
 pub mod links;

@@ -16,6 +16,7 @@
 //! on after it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ pub(super) struct Takeovers {
     /// The control streams to the peers, shared with the routes.
     control: Arc<Mutex<LocalRoutes>>,
     waiting: Mutex<Waiting>,
+    /// Claims under way here, by client id: when the connection was made, and whether a
+    /// later connection elsewhere superseded it.
+    claiming: Mutex<HashMap<String, (u64, Arc<AtomicBool>)>>,
     claims: IntCounterVec,
     claim_seconds: Histogram,
     released: IntCounterVec,
@@ -94,6 +98,7 @@ impl Takeovers {
             forward_timeout,
             control,
             waiting: Mutex::new(HashMap::new()),
+            claiming: Mutex::new(HashMap::new()),
             claims,
             claim_seconds,
             released,
@@ -113,6 +118,11 @@ impl Takeovers {
                 clean_start,
                 claimed_at,
             } => {
+                if let Some((stamp, superseded)) = self.claiming.lock().get(&client_id)
+                    && *stamp < claimed_at
+                {
+                    superseded.store(true, Ordering::Release);
+                }
                 if self
                     .broker
                     .relinquish(&client_id, Some(claimed_at), clean_start)
@@ -158,7 +168,7 @@ impl Takeovers {
                     return;
                 };
                 tokio::spawn(async move {
-                    let (outcome, how) = plane.take_session(&client_id, false).await;
+                    let (outcome, how) = plane.take_session(&client_id, false, &|| true).await;
                     plane.claims.with_label_values(&[how]).inc();
                     if outcome == ClaimOutcome::Unavailable {
                         tracing::warn!(client_id, "cannot adopt a session from a leaving node");
@@ -174,6 +184,7 @@ impl Takeovers {
         &self,
         client_id: &str,
         clean_start: bool,
+        claimed_at: u64,
         waker: &Arc<Signal>,
     ) -> Arc<Claim> {
         let claim = Arc::new(Claim::default());
@@ -181,11 +192,26 @@ impl Takeovers {
             claim.settle(ClaimOutcome::Unavailable);
             return claim;
         };
+        let superseded = Arc::new(AtomicBool::new(false));
+        self.claiming
+            .lock()
+            .insert(client_id.to_owned(), (claimed_at, Arc::clone(&superseded)));
         let (client_id, waker, settled) =
             (client_id.to_owned(), Arc::clone(waker), Arc::clone(&claim));
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let (outcome, how) = plane.take_session(&client_id, clean_start).await;
+            // The connection holds the claim while it waits for it.
+            let wanted = || Arc::strong_count(&settled) > 1 && !superseded.load(Ordering::Acquire);
+            let (outcome, how) = plane.take_session(&client_id, clean_start, &wanted).await;
+            {
+                let mut claiming = plane.claiming.lock();
+                if claiming
+                    .get(&client_id)
+                    .is_some_and(|(stamp, _)| *stamp == claimed_at)
+                {
+                    claiming.remove(&client_id);
+                }
+            }
             plane.claims.with_label_values(&[how]).inc();
             plane.claim_seconds.observe(started.elapsed().as_secs_f64());
             settled.settle(outcome);
@@ -201,6 +227,7 @@ impl Takeovers {
         &self,
         client_id: &str,
         clean_start: bool,
+        wanted: &(dyn Fn() -> bool + Sync),
     ) -> (ClaimOutcome, &'static str) {
         let Some(durable) = self.broker.durable().cloned() else {
             return (ClaimOutcome::Owned, "local");
@@ -210,6 +237,9 @@ impl Takeovers {
         let mut asked: Option<NodeId> = None;
         let mut contended = 0;
         while contended < CLAIM_ATTEMPTS {
+            if !wanted() {
+                return (ClaimOutcome::Unavailable, "abandoned");
+            }
             let stored = match durable.load_session(client_id).await {
                 Ok(stored) => stored,
                 Err(e) if tokio::time::Instant::now() < deadline => {
@@ -222,6 +252,7 @@ impl Takeovers {
             let Some((session, revision)) = stored else {
                 return (ClaimOutcome::Owned, how);
             };
+            tracing::debug!(client_id, owner = ?session.record.node, revision, "claiming a stored session");
             if let Some(owner) = session.record.node
                 && owner != self.node
                 && asked != Some(owner)
@@ -242,21 +273,41 @@ impl Takeovers {
             if self.broker.holds_session(client_id) {
                 return (ClaimOutcome::Owned, how);
             }
-            match durable.take_ownership(&session.record, revision).await {
+            // Installed, with its routes announced, before the store names this node its
+            // owner: a node that sees the new owner has heard of its routes already, or hears
+            // very soon.
+            if !wanted() {
+                return (ClaimOutcome::Unavailable, "abandoned");
+            }
+            let record = session.record.clone();
+            self.broker.adopt(session);
+            match durable.take_ownership(&record, revision).await {
                 Ok(true) => {
-                    self.broker.adopt(session);
+                    tracing::debug!(client_id, "claimed a stored session");
+                    // Copies other nodes stored for it since the read above, while it had
+                    // no node to take them (see `directory.rs`), are taken too.
+                    if let Ok(Some((again, _))) = durable.load_session(client_id).await {
+                        for (_, delivery) in again.queue {
+                            self.broker.take_stored(client_id, delivery);
+                        }
+                    }
                     return (ClaimOutcome::Owned, how);
                 }
                 // Claimed by another node since the read: claimed from it in turn.
                 Ok(false) => {
+                    self.broker.relinquish(client_id, None, false);
                     asked = None;
                     contended += 1;
                 }
                 Err(e) if tokio::time::Instant::now() < deadline => {
+                    self.broker.relinquish(client_id, None, false);
                     tracing::debug!(client_id, error = %e, "cannot claim a session yet");
                     tokio::time::sleep(STORE_RETRY).await;
                 }
-                Err(_) => return (ClaimOutcome::Unavailable, "unavailable"),
+                Err(_) => {
+                    self.broker.relinquish(client_id, None, false);
+                    return (ClaimOutcome::Unavailable, "unavailable");
+                }
             }
         }
         (ClaimOutcome::Unavailable, "unavailable")

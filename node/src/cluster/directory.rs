@@ -1,0 +1,319 @@
+//! Every persistent session of the cluster as the store holds it: the node that owns it and
+//! the filters it subscribes to. Each node keeps it by following the store's watch, so that a
+//! message for a session whose node cannot take it now (dead, cut off, restarting, or not
+//! answering) is written to that session's queue in the store instead of being lost: the node
+//! that owns the session then, or claims it later, finds it there.
+
+use std::collections::HashMap;
+
+use halyard_raft::NodeId;
+
+use crate::broker::durable::SessionRecord;
+use crate::broker::{Subscriber, SubscriptionTrie, Target};
+use crate::mqtt::{SubscriptionOptions, topic};
+use crate::store::keys;
+
+/// A stored session as a subscriber of the directory's trie.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredSession(u64);
+
+impl Target for StoredSession {
+    fn target_id(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A stored session as a member of a share group: every member matches, so that the one
+/// owed a copy can be picked among those whose node cannot take it.
+#[derive(Debug, Clone)]
+pub struct StoredMember {
+    number: u64,
+    group: std::sync::Arc<str>,
+    filter: std::sync::Arc<str>,
+}
+
+impl Target for StoredMember {
+    fn target_id(&self) -> u64 {
+        self.number
+    }
+}
+
+struct Entry {
+    number: u64,
+    owner: Option<NodeId>,
+    revision: u64,
+    filters: Vec<(String, Option<String>)>,
+}
+
+/// A copy of a message owed to a stored session: its client id and how the subscription
+/// wants it.
+pub struct Owed<'a> {
+    pub client_id: &'a str,
+    pub owner: Option<NodeId>,
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+#[derive(Default)]
+pub struct Directory {
+    sessions: HashMap<String, Entry>,
+    clients: HashMap<u64, String>,
+    trie: SubscriptionTrie<StoredSession>,
+    members: SubscriptionTrie<StoredMember>,
+    /// Sessions each node owns.
+    owners: HashMap<Option<NodeId>, usize>,
+    next_number: u64,
+}
+
+impl Directory {
+    /// The session record stored under `key` was written (`Some`) or deleted (`None`) at
+    /// `revision`; the client id it is for.
+    pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>, revision: u64) -> Option<String> {
+        let client_id = key
+            .strip_prefix(keys::SESSION.as_bytes())
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(keys::unhex)?;
+        match value.and_then(|v| serde_json::from_slice::<SessionRecord>(v).ok()) {
+            Some(record) => self.put(record, revision),
+            None => self.remove(&client_id),
+        }
+        Some(client_id)
+    }
+
+    fn put(&mut self, record: SessionRecord, revision: u64) {
+        self.remove(&record.client_id);
+        self.next_number += 1;
+        let number = self.next_number;
+        let mut filters = Vec::with_capacity(record.subscriptions.len());
+        for sub in &record.subscriptions {
+            let (Ok(parsed), Some(options)) = (
+                topic::parse_filter(&sub.filter),
+                SubscriptionOptions::from_byte(sub.options),
+            ) else {
+                continue;
+            };
+            match parsed.share_group {
+                None => {
+                    self.trie.insert(
+                        parsed.filter,
+                        None,
+                        Subscriber {
+                            target: StoredSession(number),
+                            options,
+                            subscription_id: sub.subscription_id,
+                        },
+                    );
+                }
+                Some(group) => {
+                    self.members.insert(
+                        parsed.filter,
+                        None,
+                        Subscriber {
+                            target: StoredMember {
+                                number,
+                                group: group.into(),
+                                filter: parsed.filter.into(),
+                            },
+                            options,
+                            subscription_id: sub.subscription_id,
+                        },
+                    );
+                }
+            }
+            filters.push((
+                parsed.filter.to_owned(),
+                parsed.share_group.map(str::to_owned),
+            ));
+        }
+        *self.owners.entry(record.node).or_default() += 1;
+        self.clients.insert(number, record.client_id.clone());
+        self.sessions.insert(
+            record.client_id,
+            Entry {
+                number,
+                owner: record.node,
+                revision,
+                filters,
+            },
+        );
+    }
+
+    fn remove(&mut self, client_id: &str) {
+        let Some(entry) = self.sessions.remove(client_id) else {
+            return;
+        };
+        for (filter, group) in &entry.filters {
+            match group {
+                None => self.trie.remove(filter, None, entry.number),
+                Some(_) => self.members.remove(filter, None, entry.number),
+            };
+        }
+        self.clients.remove(&entry.number);
+        if let Some(count) = self.owners.get_mut(&entry.owner) {
+            *count -= 1;
+            if *count == 0 {
+                self.owners.remove(&entry.owner);
+            }
+        }
+    }
+
+    /// Forgets everything, before the store is read afresh.
+    pub fn clear(&mut self) {
+        *self = Self {
+            next_number: self.next_number,
+            ..Self::default()
+        };
+    }
+
+    /// The nodes that own stored sessions (`None` for records that name none).
+    pub fn owners(&self) -> impl Iterator<Item = Option<NodeId>> + '_ {
+        self.owners.keys().copied()
+    }
+
+    /// The owner of the stored session of `client_id`: `None` if there is none, `Some(None)`
+    /// if its record names no node.
+    pub fn owner(&self, client_id: &str) -> Option<Option<NodeId>> {
+        self.sessions.get(client_id).map(|e| e.owner)
+    }
+
+    /// The sessions whose record names a node other than `node`, with the revision each was
+    /// written at.
+    pub fn not_owned_by(&self, node: NodeId) -> Vec<(String, u64)> {
+        self.sessions
+            .iter()
+            .filter(|(_, e)| e.owner.is_some_and(|o| o != node))
+            .map(|(client, e)| (client.clone(), e.revision))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The stored sessions a message on `topic` is owed to whose owner `stranded` says cannot
+    /// take it: each once, with its highest QoS, and one member of each share group `wanted`
+    /// lets through (a group whose member gets it elsewhere is not owed it again).
+    pub fn owed(
+        &self,
+        topic: &str,
+        stranded: impl Fn(Option<NodeId>) -> bool,
+        wanted: impl Fn(&str, &str) -> bool,
+    ) -> Vec<Owed<'_>> {
+        let mut direct = Vec::new();
+        self.trie.matches(topic, &mut direct);
+        let mut picked: Vec<(u64, SubscriptionOptions, Option<u32>)> = direct
+            .iter()
+            .map(|s| (s.target.0, s.options, s.subscription_id))
+            .collect();
+        let mut members = Vec::new();
+        self.members.matches(topic, &mut members);
+        // One member of each group wanted: the first whose node cannot take it.
+        let mut served: Vec<(&str, &str)> = Vec::new();
+        for member in members {
+            let key = (&*member.target.group, &*member.target.filter);
+            if served.contains(&key) || !wanted(key.0, key.1) {
+                continue;
+            }
+            let owner = self
+                .clients
+                .get(&member.target.number)
+                .and_then(|c| self.sessions.get(c))
+                .map(|e| e.owner);
+            if owner.is_some_and(&stranded) {
+                served.push(key);
+                picked.push((member.target.number, member.options, member.subscription_id));
+            }
+        }
+        let mut owed: Vec<Owed<'_>> = Vec::new();
+        for (number, options, subscription_id) in picked {
+            let Some(client_id) = self.clients.get(&number) else {
+                continue;
+            };
+            let Some(entry) = self.sessions.get(client_id) else {
+                continue;
+            };
+            if !stranded(entry.owner) {
+                continue;
+            }
+            match owed.iter_mut().find(|o| o.client_id == client_id) {
+                Some(o) if o.options.qos < options.qos => {
+                    o.options = options;
+                    o.subscription_id = subscription_id.or(o.subscription_id);
+                }
+                Some(_) => {}
+                None => owed.push(Owed {
+                    client_id,
+                    owner: entry.owner,
+                    options,
+                    subscription_id,
+                }),
+            }
+        }
+        owed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::durable::SubscriptionRecord;
+    use crate::mqtt::QoS;
+
+    fn record(client_id: &str, node: NodeId, filters: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        let options = SubscriptionOptions {
+            qos: QoS::AtLeastOnce,
+            ..SubscriptionOptions::default()
+        };
+        let record = SessionRecord {
+            client_id: client_id.to_owned(),
+            expiry_interval: u32::MAX,
+            subscriptions: filters
+                .iter()
+                .map(|f| SubscriptionRecord::new(f, options, None))
+                .collect(),
+            node: Some(node),
+        };
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        (keys::session(client_id), value)
+    }
+
+    fn owed_to(directory: &Directory, topic: &str, down: NodeId) -> Vec<String> {
+        let mut owed: Vec<String> = directory
+            .owed(topic, |owner| owner == Some(down), |_, _| true)
+            .iter()
+            .map(|o| o.client_id.to_owned())
+            .collect();
+        owed.sort();
+        owed
+    }
+
+    #[test]
+    fn a_message_is_owed_once_to_each_stored_session_of_a_node_that_cannot_take_it() {
+        let mut directory = Directory::default();
+        for (client, node, filters) in [
+            ("a", 1, &["t/#", "t/+"][..]),
+            ("b", 2, &["t/1"][..]),
+            ("c", 2, &["u/#"][..]),
+            ("d", 2, &["$share/g/t/#"][..]),
+            ("e", 2, &["$share/g/t/#"][..]),
+        ] {
+            let (key, value) = record(client, node, filters);
+            directory.apply(&key, Some(&value), 1);
+        }
+        assert_eq!(owed_to(&directory, "t/1", 1), ["a"]);
+        let to_two = owed_to(&directory, "t/1", 2);
+        assert_eq!(to_two.len(), 2, "b and one member of the group: {to_two:?}");
+        assert!(to_two.contains(&"b".to_owned()));
+        assert_eq!(owed_to(&directory, "v", 2), Vec::<String>::new());
+
+        // The session moves to node 3, then is deleted.
+        let (key, value) = record("a", 3, &["t/#"]);
+        directory.apply(&key, Some(&value), 2);
+        assert!(owed_to(&directory, "t/1", 1).is_empty());
+        assert_eq!(owed_to(&directory, "t/1", 3), ["a"]);
+        directory.apply(&key, None, 3);
+        assert!(owed_to(&directory, "t/1", 3).is_empty());
+        assert_eq!(directory.len(), 4);
+        assert_eq!(directory.owners().count(), 1);
+    }
+}
