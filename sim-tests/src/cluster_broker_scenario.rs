@@ -188,7 +188,7 @@ pub async fn run() -> String {
             panic!("a publisher failed: {e}");
         }
     }
-    everything_arrives(&recorder, Duration::from_secs(60)).await;
+    everything_arrives(&brokers, &recorder, Duration::from_secs(60)).await;
     for client in clients {
         client.abort();
     }
@@ -263,19 +263,21 @@ fn first_arrivals(arrivals: &[Id], publisher: u32) -> Vec<u32> {
 
 /// Waits until every acknowledged message reached every persistent subscriber and at least
 /// one member of the share group.
-async fn everything_arrives(recorder: &Recorder, limit: Duration) {
+async fn everything_arrives(brokers: &Brokers, recorder: &Recorder, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let missing = missing(recorder);
         if missing.is_empty() {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "acknowledged messages never arrived: {missing:?}\nfaults: {:?}\nvisits: {:?}",
-            recorder.faults.lock(),
-            recorder.visits.lock()
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let queued = brokers.queued().await;
+            panic!(
+                "acknowledged messages never arrived: {missing:?}\nfaults: {:?}\nvisits: {:?}\nstill queued in the store: {queued:?}",
+                recorder.faults.lock(),
+                recorder.visits.lock()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -423,6 +425,34 @@ impl Brokers {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The messages queued in the store, by client id: what a failed run left behind.
+    async fn queued(&self) -> BTreeMap<String, Vec<String>> {
+        let server = self.servers.lock().values().next().cloned();
+        let Some(server) = server else {
+            return BTreeMap::new();
+        };
+        let Ok(all) = server
+            .store()
+            .range(
+                halyard_raft::RangeRequest::prefix("mqtt/queue/"),
+                halyard_raft::Consistency::Linearizable,
+            )
+            .await
+        else {
+            return BTreeMap::new();
+        };
+        let mut queued: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for kv in all.kvs {
+            let key = String::from_utf8_lossy(&kv.key).to_string();
+            let payload = halyard_node::broker::durable::decode_message(&kv.value)
+                .map(|(m, ..)| String::from_utf8_lossy(&m.payload).to_string())
+                .unwrap_or_default();
+            let client = key.split('/').nth(2).unwrap_or_default().to_owned();
+            queued.entry(client).or_default().push(payload);
+        }
+        queued
     }
 
     fn kill(&self, id: NodeId) {

@@ -104,6 +104,7 @@ fn run_in_child(test: &str, seed: u64, log: Option<std::ffi::OsString>) -> Resul
         .args([
             "--exact",
             test,
+            "--include-ignored",
             "--quiet",
             "--nocapture",
             "--test-threads=1",

@@ -3,10 +3,13 @@
 #![cfg(madsim)]
 
 use halyard_sim_tests::harness::{assert_replays_identically, run_seeds};
-use halyard_sim_tests::{broker_scenario, shadow_scenario, store_scenario};
+use halyard_sim_tests::{
+    broker_scenario, cluster_broker_scenario, shadow_scenario, store_scenario,
+};
 
 const STORE: &str = "store_stays_linearizable_and_loses_nothing_under_faults";
 const BROKER: &str = "broker_loses_no_acknowledged_message_across_restarts";
+const CLUSTER: &str = "brokers_act_as_one_and_lose_no_acknowledged_message_under_faults";
 const SHADOW: &str = "shadow_updates_are_never_lost_or_applied_twice_under_faults";
 
 #[test]
@@ -17,6 +20,15 @@ fn store_stays_linearizable_and_loses_nothing_under_faults() {
 #[test]
 fn broker_loses_no_acknowledged_message_across_restarts() {
     run_seeds(BROKER, 10, broker_scenario::run);
+}
+
+/// Run with `scripts/sim.sh brokers_act_as_one -- --include-ignored`. Not yet in the default
+/// run: some seeds (12 is the first) still lose share-group messages stored for members
+/// that moved between nodes while one was cut off.
+#[test]
+#[ignore = "some seeds still lose share-group messages; see the comment"]
+fn brokers_act_as_one_and_lose_no_acknowledged_message_under_faults() {
+    run_seeds(CLUSTER, 10, cluster_broker_scenario::run);
 }
 
 #[test]

@@ -109,6 +109,11 @@ def _routes(broker: Broker) -> float:
     return broker.metrics().value("halyard_cluster_remote_routes") or 0.0
 
 
+def _knows_all_routes(broker: Broker, others: tuple[Broker, ...]) -> bool:
+    announced = sum(o.metrics().value("halyard_cluster_local_routes") or 0.0 for o in others)
+    return _routes(broker) == announced
+
+
 def test_a_message_published_on_one_node_reaches_subscribers_on_the_others_in_order(
     cluster: Cluster,
 ) -> None:
@@ -165,11 +170,12 @@ def test_a_share_group_with_members_on_two_nodes_gets_each_message_once(
     cluster: Cluster,
 ) -> None:
     first, second, third = cluster.brokers
-    routes_before = _routes(first)
     members = [_client(second, "packer-on-2"), _client(third, "packer-on-3")]
     for member in members:
         member.subscribe("$share/packers/orders/+/packed", 1)
-    _wait_for("node 1 to learn both members", lambda: _routes(first) >= routes_before + 2)
+    # Acknowledged, each subscription is among its node's routes; node 1 has both once it holds
+    # all that the others announce (earlier tests' routes may still be going meanwhile).
+    _wait_for("node 1 to learn both members", lambda: _knows_all_routes(first, (second, third)))
     publisher = _client(first, "packing-line-on-1")
     for n in range(30):
         publisher.publish("orders/line-1/packed", str(n).encode(), qos=1)
@@ -188,13 +194,15 @@ def test_a_share_group_with_members_on_two_nodes_gets_each_message_once(
 def test_every_message_acknowledged_to_its_publisher_survives_kill_9_of_the_publishers_node(
     cluster: Cluster,
 ) -> None:
-    first, second, _ = cluster.brokers
-    routes_before = _routes(first)
+    first, second, third = cluster.brokers
     keeper = Client(second, "keeper-on-2", mqtt.MQTTv311, False, None)
     keeper.connect()
     keeper.subscribe("orders/#", 1)
     keeper.disconnect()
-    _wait_for("node 1 to learn the offline session's route", lambda: _routes(first) > routes_before)
+    _wait_for(
+        "node 1 to learn the offline session's route",
+        lambda: _knows_all_routes(first, (second, third)),
+    )
 
     # Node 1 is killed from the publisher's network thread the instant the 500th PUBACK is
     # in, while more messages are on their way to node 2: each of the 500 must be in node 2's
@@ -246,11 +254,13 @@ def test_a_persistent_subscriber_whose_node_is_killed_resumes_on_another_with_ev
     cluster: Cluster,
 ) -> None:
     first, second, third = cluster.brokers
-    routes_before = _routes(first)
     mover = Client(second, "mover", mqtt.MQTTv311, False, None)
     mover.connect()
     mover.subscribe("meters/#", 1)
-    _wait_for("node 1 to learn the subscriber's route", lambda: _routes(first) > routes_before)
+    _wait_for(
+        "node 1 to learn the subscriber's route",
+        lambda: _knows_all_routes(first, (second, third)),
+    )
     publisher = _client(first, "meters-on-1")
     sent = [publisher.publish_nowait("meters/m1", str(n).encode(), qos=1) for n in range(300)]
     for info in sent:

@@ -241,6 +241,24 @@ impl Connection {
             && let Some(pending) = self.claiming.take()
         {
             match outcome {
+                // A connection made on another node since: that one wins, and this one's
+                // session must not be started afresh under it.
+                ClaimOutcome::Owned
+                    if self
+                        .broker
+                        .superseded(&pending.client_id, pending.claimed_at) =>
+                {
+                    self.refuse(reason::SERVER_UNAVAILABLE)
+                }
+                // The session it claimed was taken from here again before it could attach:
+                // started afresh, it would overwrite the stored one.
+                ClaimOutcome::Owned
+                    if pending.claim.as_ref().is_some_and(|c| c.had_stored())
+                        && !pending.clean_start
+                        && !self.broker.holds_session(&pending.client_id) =>
+                {
+                    self.refuse(reason::SERVER_UNAVAILABLE)
+                }
                 ClaimOutcome::Owned => {
                     self.accept_connect(*pending, now);
                     // Packets that came behind the CONNECT.

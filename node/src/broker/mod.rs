@@ -77,6 +77,9 @@ struct Inner {
     remote: std::sync::OnceLock<Weak<dyn Remote>>,
     /// Turns true once the stored sessions are restored.
     restored: tokio::sync::watch::Sender<bool>,
+    /// The latest connection each client id made on another node, when (microseconds since
+    /// the epoch): a connection here made before it must not take the session back.
+    foreign_connections: Mutex<HashMap<Arc<str>, u64>>,
 }
 
 /// What became of a published message.
@@ -106,6 +109,10 @@ pub struct OpenedSession {
     pub present: bool,
 }
 
+/// Foreign connections remembered before old ones are pruned, and how old that is.
+const FOREIGN_CONNECTIONS_PRUNE_AT: usize = 4096;
+const FOREIGN_CONNECTION_TTL_US: u64 = 60_000_000;
+
 /// How often a session handed to another node looks for its claim to complete.
 const LINGER_CHECK: Duration = Duration::from_millis(50);
 /// How long it lingers after that.
@@ -133,6 +140,7 @@ impl Broker {
                 taps: RwLock::new(SubscriptionTrie::default()),
                 remote: std::sync::OnceLock::new(),
                 restored: tokio::sync::watch::Sender::new(false),
+                foreign_connections: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -413,6 +421,28 @@ impl Broker {
             self.install(restored);
         }
         self.inner.restored.send_replace(true);
+    }
+
+    /// Another node accepted a connection of `client_id` made at `claimed_at`.
+    pub fn connected_elsewhere(&self, client_id: &str, claimed_at: u64) {
+        let mut foreign = self.inner.foreign_connections.lock();
+        if foreign.len() >= FOREIGN_CONNECTIONS_PRUNE_AT {
+            // A claim is settled within seconds: older stamps decide nothing any more.
+            let horizon = crate::clock::epoch_micros().saturating_sub(FOREIGN_CONNECTION_TTL_US);
+            foreign.retain(|_, at| *at >= horizon);
+        }
+        let at = foreign.entry(Arc::from(client_id)).or_default();
+        *at = (*at).max(claimed_at);
+    }
+
+    /// Whether a connection of `client_id` made at `claimed_at` was followed by one on
+    /// another node.
+    pub fn superseded(&self, client_id: &str, claimed_at: u64) -> bool {
+        self.inner
+            .foreign_connections
+            .lock()
+            .get(client_id)
+            .is_some_and(|at| *at > claimed_at)
     }
 
     /// Returns once the stored sessions are restored (see [`Broker::restore`]).

@@ -66,6 +66,8 @@ pub trait Remote: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct Claim {
     outcome: OnceLock<ClaimOutcome>,
+    /// The store held a session, which the claim took.
+    stored: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +85,15 @@ impl Claim {
 
     pub fn outcome(&self) -> Option<ClaimOutcome> {
         self.outcome.get().copied()
+    }
+
+    pub fn found_stored(&self) {
+        self.stored.store(true, Ordering::Release);
+    }
+
+    /// Whether the store held a session that the claim took.
+    pub fn had_stored(&self) -> bool {
+        self.stored.load(Ordering::Acquire)
     }
 }
 

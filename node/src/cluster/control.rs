@@ -19,11 +19,13 @@ pub(super) enum Control {
         clean_start: bool,
         claimed_at: u64,
     },
-    /// The sender claims the client's session: let it go, make your writes for it durable,
-    /// and answer `Released`.
+    /// The sender claims the client's session for a connection made at `claimed_at`: let it
+    /// go (unless a later connection holds it here), make your writes for it durable, and
+    /// answer `Released`.
     Release {
         client_id: String,
         clean_start: bool,
+        claimed_at: u64,
     },
     Released {
         client_id: String,

@@ -123,6 +123,7 @@ impl Takeovers {
                 {
                     superseded.store(true, Ordering::Release);
                 }
+                self.broker.connected_elsewhere(&client_id, claimed_at);
                 if self
                     .broker
                     .relinquish(&client_id, Some(claimed_at), clean_start)
@@ -133,8 +134,21 @@ impl Takeovers {
             Control::Release {
                 client_id,
                 clean_start,
+                claimed_at,
             } => {
-                if self.broker.relinquish(&client_id, None, clean_start) {
+                // A later connection here, attached or still claiming, keeps the session;
+                // the claimant has been told of it (`Connecting`, earlier on this stream)
+                // and gives up.
+                let later_here = self
+                    .claiming
+                    .lock()
+                    .get(&client_id)
+                    .is_some_and(|(stamp, _)| *stamp > claimed_at);
+                if !later_here
+                    && self
+                        .broker
+                        .relinquish(&client_id, Some(claimed_at), clean_start)
+                {
                     self.released.with_label_values(&["claim"]).inc();
                 }
                 let Some(plane) = self.this.upgrade() else {
@@ -168,7 +182,15 @@ impl Takeovers {
                     return;
                 };
                 tokio::spawn(async move {
-                    let (outcome, how) = plane.take_session(&client_id, false, &|| true).await;
+                    let (outcome, how) = plane
+                        .take_session(
+                            &client_id,
+                            false,
+                            crate::clock::epoch_micros(),
+                            &|| true,
+                            None,
+                        )
+                        .await;
                     plane.claims.with_label_values(&[how]).inc();
                     if outcome == ClaimOutcome::Unavailable {
                         tracing::warn!(client_id, "cannot adopt a session from a leaving node");
@@ -202,7 +224,15 @@ impl Takeovers {
             let started = std::time::Instant::now();
             // The connection holds the claim while it waits for it.
             let wanted = || Arc::strong_count(&settled) > 1 && !superseded.load(Ordering::Acquire);
-            let (outcome, how) = plane.take_session(&client_id, clean_start, &wanted).await;
+            let (outcome, how) = plane
+                .take_session(
+                    &client_id,
+                    clean_start,
+                    claimed_at,
+                    &wanted,
+                    Some(settled.as_ref()),
+                )
+                .await;
             {
                 let mut claiming = plane.claiming.lock();
                 if claiming
@@ -227,7 +257,9 @@ impl Takeovers {
         &self,
         client_id: &str,
         clean_start: bool,
+        claimed_at: u64,
         wanted: &(dyn Fn() -> bool + Sync),
+        claim: Option<&Claim>,
     ) -> (ClaimOutcome, &'static str) {
         let Some(durable) = self.broker.durable().cloned() else {
             return (ClaimOutcome::Owned, "local");
@@ -259,7 +291,10 @@ impl Takeovers {
             {
                 // Read again once the owner's writes for it are durable.
                 asked = Some(owner);
-                how = if self.release_from(owner, client_id, clean_start).await {
+                how = if self
+                    .release_from(owner, client_id, clean_start, claimed_at)
+                    .await
+                {
                     "peer"
                 } else {
                     "silent_peer"
@@ -280,6 +315,9 @@ impl Takeovers {
                 return (ClaimOutcome::Unavailable, "abandoned");
             }
             let record = session.record.clone();
+            if let Some(claim) = claim {
+                claim.found_stored();
+            }
             self.broker.adopt(session);
             match durable.take_ownership(&record, revision).await {
                 Ok(true) => {
@@ -315,7 +353,13 @@ impl Takeovers {
 
     /// Asks `owner` to let the session of `client_id` go; true once it answered, false when
     /// it is not linked or did not answer within the forward timeout.
-    async fn release_from(&self, owner: NodeId, client_id: &str, clean_start: bool) -> bool {
+    async fn release_from(
+        &self,
+        owner: NodeId,
+        client_id: &str,
+        clean_start: bool,
+        claimed_at: u64,
+    ) -> bool {
         let (tx, rx) = oneshot::channel();
         let key = (owner, client_id.to_owned());
         self.waiting.lock().entry(key.clone()).or_default().push(tx);
@@ -324,6 +368,7 @@ impl Takeovers {
             Control::Release {
                 client_id: client_id.to_owned(),
                 clean_start,
+                claimed_at,
             },
         );
         let answered = sent
