@@ -191,8 +191,10 @@ impl Directory {
     }
 
     /// The stored sessions a message on `topic` is owed to whose owner `stranded` says cannot
-    /// take it: each once, with its highest QoS, and one member of each share group `wanted`
-    /// lets through (a group whose member gets it elsewhere is not owed it again).
+    /// take it, each once with its highest QoS; and one member of each share group `wanted`
+    /// lets through (a group whose member gets it elsewhere is not owed it again): one whose
+    /// owner cannot take it if there is one, else any, as whichever node holds a member's
+    /// session takes what is stored for it.
     pub fn owed(
         &self,
         topic: &str,
@@ -203,26 +205,47 @@ impl Directory {
         self.trie.matches(topic, &mut direct);
         let mut picked: Vec<(u64, SubscriptionOptions, Option<u32>)> = direct
             .iter()
+            .filter(|s| {
+                self.clients
+                    .get(&s.target.0)
+                    .and_then(|c| self.sessions.get(c))
+                    .is_some_and(|e| stranded(e.owner))
+            })
             .map(|s| (s.target.0, s.options, s.subscription_id))
             .collect();
         let mut members = Vec::new();
         self.members.matches(topic, &mut members);
-        // One member of each group wanted: the first whose node cannot take it.
-        let mut served: Vec<(&str, &str)> = Vec::new();
+        // One member of each group wanted: the first whose node cannot take it, else any, as
+        // whichever node holds a member's session takes what is stored for it.
+        let mut groups: Vec<((&str, &str), &Subscriber<StoredMember>)> = Vec::new();
         for member in members {
             let key = (&*member.target.group, &*member.target.filter);
-            if served.contains(&key) || !wanted(key.0, key.1) {
+            if !wanted(key.0, key.1) {
                 continue;
             }
-            let owner = self
+            let stranded_owner = self
                 .clients
                 .get(&member.target.number)
                 .and_then(|c| self.sessions.get(c))
-                .map(|e| e.owner);
-            if owner.is_some_and(&stranded) {
-                served.push(key);
-                picked.push((member.target.number, member.options, member.subscription_id));
+                .is_some_and(|e| stranded(e.owner));
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                // The first member of the group seen, unless a later one's node cannot take
+                // it and the first's can.
+                Some((_, chosen)) => {
+                    let chosen_stranded = self
+                        .clients
+                        .get(&chosen.target.number)
+                        .and_then(|c| self.sessions.get(c))
+                        .is_some_and(|e| stranded(e.owner));
+                    if stranded_owner && !chosen_stranded {
+                        *chosen = member;
+                    }
+                }
+                None => groups.push((key, member)),
             }
+        }
+        for (_, member) in groups {
+            picked.push((member.target.number, member.options, member.subscription_id));
         }
         let mut owed: Vec<Owed<'_>> = Vec::new();
         for (number, options, subscription_id) in picked {
@@ -232,9 +255,6 @@ impl Directory {
             let Some(entry) = self.sessions.get(client_id) else {
                 continue;
             };
-            if !stranded(entry.owner) {
-                continue;
-            }
             match owed.iter_mut().find(|o| o.client_id == client_id) {
                 Some(o) if o.options.qos < options.qos => {
                     o.options = options;
@@ -277,9 +297,9 @@ mod tests {
         (keys::session(client_id), value)
     }
 
-    fn owed_to(directory: &Directory, topic: &str, down: NodeId) -> Vec<String> {
+    fn owed_to(directory: &Directory, topic: &str, down: NodeId, groups: bool) -> Vec<String> {
         let mut owed: Vec<String> = directory
-            .owed(topic, |owner| owner == Some(down), |_, _| true)
+            .owed(topic, |owner| owner == Some(down), |_, _| groups)
             .iter()
             .map(|o| o.client_id.to_owned())
             .collect();
@@ -300,19 +320,23 @@ mod tests {
             let (key, value) = record(client, node, filters);
             directory.apply(&key, Some(&value), 1);
         }
-        assert_eq!(owed_to(&directory, "t/1", 1), ["a"]);
-        let to_two = owed_to(&directory, "t/1", 2);
+        assert_eq!(owed_to(&directory, "t/1", 1, false), ["a"]);
+        let to_two = owed_to(&directory, "t/1", 2, true);
         assert_eq!(to_two.len(), 2, "b and one member of the group: {to_two:?}");
         assert!(to_two.contains(&"b".to_owned()));
-        assert_eq!(owed_to(&directory, "v", 2), Vec::<String>::new());
+        assert_eq!(owed_to(&directory, "v", 2, true), Vec::<String>::new());
+        // A group no node that answers serves gets its copy even when none of its members is
+        // on the node that cannot take it: their own node takes it from the store.
+        let to_one = owed_to(&directory, "t/1", 1, true);
+        assert_eq!(to_one.len(), 2, "a and one member of the group: {to_one:?}");
 
         // The session moves to node 3, then is deleted.
         let (key, value) = record("a", 3, &["t/#"]);
         directory.apply(&key, Some(&value), 2);
-        assert!(owed_to(&directory, "t/1", 1).is_empty());
-        assert_eq!(owed_to(&directory, "t/1", 3), ["a"]);
+        assert!(owed_to(&directory, "t/1", 1, false).is_empty());
+        assert_eq!(owed_to(&directory, "t/1", 3, false), ["a"]);
         directory.apply(&key, None, 3);
-        assert!(owed_to(&directory, "t/1", 3).is_empty());
+        assert!(owed_to(&directory, "t/1", 3, false).is_empty());
         assert_eq!(directory.len(), 4);
         assert_eq!(directory.owners().count(), 1);
     }
