@@ -363,16 +363,11 @@ impl Broker {
     /// woken when the copies it queued for persistent sessions are durable.
     pub fn deliver_forwarded(
         &self,
-        message: Message,
+        message: &Arc<Message>,
         waker: &Arc<Signal>,
         share_groups: &[(String, String)],
     ) -> Published {
-        self.route(
-            &Arc::new(message),
-            Some(waker),
-            None,
-            Arrival::Forwarded(share_groups),
-        )
+        self.route(message, Some(waker), None, Arrival::Forwarded(share_groups))
     }
 
     /// Follows the store's retained messages, which any node may have changed: `stored` is

@@ -524,6 +524,11 @@ impl Broker {
         self.inner.sessions.lock().contains_key(client_id)
     }
 
+    /// Whether a member of share group `group` of `filter` is held here.
+    pub fn serves_share_group(&self, filter: &str, group: &str) -> bool {
+        self.inner.trie.read().has_share_group(filter, group)
+    }
+
     /// Whether a connection of `client_id` is live on this node.
     pub fn is_connected(&self, client_id: &str) -> bool {
         self.inner

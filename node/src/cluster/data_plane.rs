@@ -1011,8 +1011,12 @@ impl DataPlane {
                 message.qos = qos;
                 message.retain = retain;
                 received.inc();
-                let published = self.broker.deliver_forwarded(message, &signal, &groups);
-                pending.push_back((seq, published.durable_seq));
+                // A share group sent here that no member here serves any more (it moved
+                // away meanwhile): stored for a persistent member, whose node takes it.
+                let message = Arc::new(message);
+                let stored = self.store_unserved_groups(&message, &groups, &signal);
+                let published = self.broker.deliver_forwarded(&message, &signal, &groups);
+                pending.push_back((seq, published.durable_seq.max(stored)));
                 if let Some(session) = published.congested {
                     // A subscriber here is full: the lane waits for it as a publisher on this
                     // node would, so that the publishers' acknowledgements wait too.
@@ -1054,6 +1058,37 @@ impl DataPlane {
                 _ = tokio::time::sleep(RETRY), if acked < taken_earlier => {}
             }
         }
+    }
+
+    /// Stores a copy of `message` for a persistent member of each of `groups` that has no
+    /// member here; the store write it needs (0 for none).
+    fn store_unserved_groups(
+        &self,
+        message: &Arc<Message>,
+        groups: &ShareGroups,
+        signal: &Arc<Signal>,
+    ) -> u64 {
+        let unserved: Vec<&(String, String)> = groups
+            .iter()
+            .filter(|(group, filter)| !self.broker.serves_share_group(filter, group))
+            .collect();
+        if unserved.is_empty() {
+            return 0;
+        }
+        let Some(durable) = self.broker.durable() else {
+            return 0;
+        };
+        let mut ops = Vec::new();
+        self.owed_copies(
+            message,
+            |_| false,
+            |group, filter| unserved.iter().any(|(g, f)| g == group && f == filter),
+            &mut ops,
+        );
+        if ops.is_empty() {
+            return 0;
+        }
+        durable.submit(ops, Some(signal))
     }
 
     /// Waits until `session` has room again, or until it makes no progress for the slow
