@@ -147,21 +147,7 @@ pub async fn run() -> String {
         Arc::clone(&recorder),
         Arc::clone(&weather),
     ));
-    let publishers: Vec<_> = (1..=PUBLISHERS)
-        .map(|p| {
-            client_host(&format!("publisher-{p}"), p as u8).spawn(publish(
-                p,
-                0..MESSAGES,
-                ids.clone(),
-                Arc::clone(&recorder),
-            ))
-        })
-        .collect();
-    for publisher in publishers {
-        if let Err(e) = publisher.await {
-            panic!("a publisher failed: {e}");
-        }
-    }
+    publish_all("publisher", 0, 0..MESSAGES, &ids, &recorder).await;
     weather.calm.store(true, Ordering::Relaxed);
     if let Err(e) = nemesis.await {
         panic!("the nemesis failed: {e}");
@@ -173,21 +159,8 @@ pub async fn run() -> String {
     routes_converge(&brokers, Duration::from_secs(30)).await;
 
     // With the faults healed, each publisher's messages arrive in order.
-    let publishers: Vec<_> = (1..=PUBLISHERS)
-        .map(|p| {
-            client_host(&format!("calm-publisher-{p}"), 40 + p as u8).spawn(publish(
-                p,
-                MESSAGES..MESSAGES + CALM_MESSAGES,
-                ids.clone(),
-                Arc::clone(&recorder),
-            ))
-        })
-        .collect();
-    for publisher in publishers {
-        if let Err(e) = publisher.await {
-            panic!("a publisher failed: {e}");
-        }
-    }
+    let calm = MESSAGES..MESSAGES + CALM_MESSAGES;
+    publish_all("calm-publisher", 40, calm, &ids, &recorder).await;
     everything_arrives(&brokers, &recorder, Duration::from_secs(60)).await;
     for client in clients {
         client.abort();
@@ -678,6 +651,32 @@ async fn nemesis(brokers: Arc<Brokers>, recorder: Arc<Recorder>, weather: Arc<We
                     brokers.wait_until_serving(Duration::from_secs(60)).await;
                 }
             }
+        }
+    }
+}
+
+/// Runs every publisher, each on a host of its own (`{name}-{p}`, address `first_host + p`),
+/// until it has published `seqs`.
+async fn publish_all(
+    name: &str,
+    first_host: u8,
+    seqs: std::ops::Range<u32>,
+    ids: &[NodeId],
+    recorder: &Arc<Recorder>,
+) {
+    let publishers: Vec<_> = (1..=PUBLISHERS)
+        .map(|p| {
+            client_host(&format!("{name}-{p}"), first_host + p as u8).spawn(publish(
+                p,
+                seqs.clone(),
+                ids.to_vec(),
+                Arc::clone(recorder),
+            ))
+        })
+        .collect();
+    for publisher in publishers {
+        if let Err(e) = publisher.await {
+            panic!("a publisher failed: {e}");
         }
     }
 }

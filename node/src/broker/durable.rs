@@ -128,6 +128,14 @@ impl SubscriptionRecord {
             subscription_id,
         }
     }
+
+    /// The filter (split from its share group) and options; `None` if either is unreadable.
+    pub fn decode(&self) -> Option<(crate::mqtt::topic::ParsedFilter<'_>, SubscriptionOptions)> {
+        Some((
+            crate::mqtt::topic::parse_filter(&self.filter).ok()?,
+            SubscriptionOptions::from_byte(self.options)?,
+        ))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -260,6 +260,11 @@ impl Broker {
         // Each share group gets the message once in the cluster: here when this node has a
         // connected member (or nobody else has one), else from a node the arrival node picks.
         let mut served: Vec<GroupKey<'_>> = Vec::new();
+        // Which of the groups another node sent here have a member here.
+        let mut named_taken = match arrival {
+            Arrival::Forwarded(groups) => vec![false; groups.len()],
+            Arrival::Here => Vec::new(),
+        };
         for pick in shared {
             let key = (pick.group, pick.filter);
             let take = match arrival {
@@ -271,9 +276,15 @@ impl Broker {
                     }
                     take
                 }
-                Arrival::Forwarded(groups) => groups
-                    .iter()
-                    .any(|(group, filter)| group == pick.group && filter == pick.filter),
+                Arrival::Forwarded(groups) => {
+                    let named = groups
+                        .iter()
+                        .position(|(group, filter)| group == pick.group && filter == pick.filter);
+                    if let Some(i) = named {
+                        named_taken[i] = true;
+                    }
+                    named.is_some()
+                }
             };
             if take {
                 matches.push(pick.subscriber);
@@ -283,7 +294,15 @@ impl Broker {
             matches.sort_unstable_by_key(|s| s.target.id);
         }
         let max_queued = QueueLimits::of(&self.inner.config);
-        let mut outcome = Published::default();
+        let mut outcome = Published {
+            unserved_groups: named_taken
+                .iter()
+                .enumerate()
+                .filter(|(_, taken)| !**taken)
+                .map(|(i, _)| i)
+                .collect(),
+            ..Published::default()
+        };
         // Overlapping subscriptions of one session yield one delivery at the highest QoS,
         // carrying every subscription identifier.
         for group in matches.chunk_by(|a, b| a.target.id == b.target.id) {

@@ -98,6 +98,9 @@ pub struct Published {
     pub served: usize,
     /// Not taken at all: the store cannot make it durable now (see [`Broker::ingest`]).
     pub refused: bool,
+    /// For a message another node forwarded: the share groups it named (by their index)
+    /// that have no member here.
+    pub unserved_groups: Vec<usize>,
     /// Whether the session a reply was meant for had a subscription that took it.
     requester_offered: bool,
 }
@@ -501,10 +504,7 @@ impl Broker {
                 .extend(restored.queue.into_iter().map(|(_, d)| d));
         }
         for sub in &record.subscriptions {
-            let (Ok(parsed), Some(options)) = (
-                topic::parse_filter(&sub.filter),
-                SubscriptionOptions::from_byte(sub.options),
-            ) else {
+            let Some((parsed, options)) = sub.decode() else {
                 continue;
             };
             self.subscribe(&session, &sub.filter, parsed, options, sub.subscription_id);
@@ -522,11 +522,6 @@ impl Broker {
     /// Whether this node holds a session for `client_id`, connected or not.
     pub fn holds_session(&self, client_id: &str) -> bool {
         self.inner.sessions.lock().contains_key(client_id)
-    }
-
-    /// Whether a member of share group `group` of `filter` is held here.
-    pub fn serves_share_group(&self, filter: &str, group: &str) -> bool {
-        self.inner.trie.read().has_share_group(filter, group)
     }
 
     /// Whether a connection of `client_id` is live on this node.

@@ -1011,11 +1011,15 @@ impl DataPlane {
                 message.qos = qos;
                 message.retain = retain;
                 received.inc();
+                let message = Arc::new(message);
+                let published = self.broker.deliver_forwarded(&message, &signal, &groups);
                 // A share group sent here that no member here serves any more (it moved
                 // away meanwhile): stored for a persistent member, whose node takes it.
-                let message = Arc::new(message);
-                let stored = self.store_unserved_groups(&message, &groups, &signal);
-                let published = self.broker.deliver_forwarded(&message, &signal, &groups);
+                let stored = self.store_unserved_groups(
+                    &message,
+                    published.unserved_groups.iter().map(|&i| &groups[i]),
+                    &signal,
+                );
                 pending.push_back((seq, published.durable_seq.max(stored)));
                 if let Some(session) = published.congested {
                     // A subscriber here is full: the lane waits for it as a publisher on this
@@ -1060,18 +1064,15 @@ impl DataPlane {
         }
     }
 
-    /// Stores a copy of `message` for a persistent member of each of `groups` that has no
-    /// member here; the store write it needs (0 for none).
-    fn store_unserved_groups(
+    /// Stores a copy of `message` for a persistent member of each of `unserved`; the store
+    /// write it needs (0 for none).
+    fn store_unserved_groups<'a>(
         &self,
         message: &Arc<Message>,
-        groups: &ShareGroups,
+        unserved: impl Iterator<Item = &'a (String, String)>,
         signal: &Arc<Signal>,
     ) -> u64 {
-        let unserved: Vec<&(String, String)> = groups
-            .iter()
-            .filter(|(group, filter)| !self.broker.serves_share_group(filter, group))
-            .collect();
+        let unserved: Vec<&(String, String)> = unserved.collect();
         if unserved.is_empty() {
             return 0;
         }

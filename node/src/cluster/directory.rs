@@ -5,34 +5,28 @@
 //! that owns the session then, or claims it later, finds it there.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use halyard_raft::NodeId;
 
 use crate::broker::durable::SessionRecord;
 use crate::broker::{Subscriber, SubscriptionTrie, Target};
-use crate::mqtt::{SubscriptionOptions, topic};
+use crate::mqtt::SubscriptionOptions;
 use crate::store::keys;
 
-/// A stored session as a subscriber of the directory's trie.
-#[derive(Debug, Clone, Copy)]
-pub struct StoredSession(u64);
+/// A stored session as a subscriber of the directory's tries: which session, and its owner
+/// when the subscription was read.
+#[derive(Debug, Clone)]
+pub struct StoredSession {
+    number: u64,
+    client_id: Arc<str>,
+    owner: Option<NodeId>,
+    /// For a share group's member: the group and its filter. Members are kept apart and all
+    /// match, so that the one owed a copy can be picked by its owner.
+    group: Option<(Arc<str>, Arc<str>)>,
+}
 
 impl Target for StoredSession {
-    fn target_id(&self) -> u64 {
-        self.0
-    }
-}
-
-/// A stored session as a member of a share group: every member matches, so that the one
-/// owed a copy can be picked among those whose node cannot take it.
-#[derive(Debug, Clone)]
-pub struct StoredMember {
-    number: u64,
-    group: std::sync::Arc<str>,
-    filter: std::sync::Arc<str>,
-}
-
-impl Target for StoredMember {
     fn target_id(&self) -> u64 {
         self.number
     }
@@ -57,9 +51,8 @@ pub struct Owed<'a> {
 #[derive(Default)]
 pub struct Directory {
     sessions: HashMap<String, Entry>,
-    clients: HashMap<u64, String>,
     trie: SubscriptionTrie<StoredSession>,
-    members: SubscriptionTrie<StoredMember>,
+    members: SubscriptionTrie<StoredSession>,
     /// Sessions each node owns.
     owners: HashMap<Option<NodeId>, usize>,
     next_number: u64,
@@ -84,49 +77,40 @@ impl Directory {
         self.remove(&record.client_id);
         self.next_number += 1;
         let number = self.next_number;
+        let client_id: Arc<str> = Arc::from(record.client_id.as_str());
         let mut filters = Vec::with_capacity(record.subscriptions.len());
         for sub in &record.subscriptions {
-            let (Ok(parsed), Some(options)) = (
-                topic::parse_filter(&sub.filter),
-                SubscriptionOptions::from_byte(sub.options),
-            ) else {
+            let Some((parsed, options)) = sub.decode() else {
                 continue;
             };
-            match parsed.share_group {
-                None => {
-                    self.trie.insert(
-                        parsed.filter,
-                        None,
-                        Subscriber {
-                            target: StoredSession(number),
-                            options,
-                            subscription_id: sub.subscription_id,
-                        },
-                    );
-                }
-                Some(group) => {
-                    self.members.insert(
-                        parsed.filter,
-                        None,
-                        Subscriber {
-                            target: StoredMember {
-                                number,
-                                group: group.into(),
-                                filter: parsed.filter.into(),
-                            },
-                            options,
-                            subscription_id: sub.subscription_id,
-                        },
-                    );
-                }
-            }
+            let target = StoredSession {
+                number,
+                client_id: Arc::clone(&client_id),
+                owner: record.node,
+                group: parsed
+                    .share_group
+                    .map(|group| (Arc::from(group), Arc::from(parsed.filter))),
+            };
+            let trie = if parsed.share_group.is_some() {
+                &mut self.members
+            } else {
+                &mut self.trie
+            };
+            trie.insert(
+                parsed.filter,
+                None,
+                Subscriber {
+                    target,
+                    options,
+                    subscription_id: sub.subscription_id,
+                },
+            );
             filters.push((
                 parsed.filter.to_owned(),
                 parsed.share_group.map(str::to_owned),
             ));
         }
         *self.owners.entry(record.node).or_default() += 1;
-        self.clients.insert(number, record.client_id.clone());
         self.sessions.insert(
             record.client_id,
             Entry {
@@ -143,12 +127,13 @@ impl Directory {
             return;
         };
         for (filter, group) in &entry.filters {
-            match group {
-                None => self.trie.remove(filter, None, entry.number),
-                Some(_) => self.members.remove(filter, None, entry.number),
+            let trie = if group.is_some() {
+                &mut self.members
+            } else {
+                &mut self.trie
             };
+            trie.remove(filter, None, entry.number);
         }
-        self.clients.remove(&entry.number);
         if let Some(count) = self.owners.get_mut(&entry.owner) {
             *count -= 1;
             if *count == 0 {
@@ -201,71 +186,48 @@ impl Directory {
         stranded: impl Fn(Option<NodeId>) -> bool,
         wanted: impl Fn(&str, &str) -> bool,
     ) -> Vec<Owed<'_>> {
-        let mut direct = Vec::new();
-        self.trie.matches(topic, &mut direct);
-        let mut picked: Vec<(u64, SubscriptionOptions, Option<u32>)> = direct
-            .iter()
-            .filter(|s| {
-                self.clients
-                    .get(&s.target.0)
-                    .and_then(|c| self.sessions.get(c))
-                    .is_some_and(|e| stranded(e.owner))
-            })
-            .map(|s| (s.target.0, s.options, s.subscription_id))
-            .collect();
+        let mut picked = Vec::new();
+        self.trie.matches(topic, &mut picked);
+        picked.retain(|s| stranded(s.target.owner));
         let mut members = Vec::new();
         self.members.matches(topic, &mut members);
-        // One member of each group wanted: the first whose node cannot take it, else any, as
-        // whichever node holds a member's session takes what is stored for it.
-        let mut groups: Vec<((&str, &str), &Subscriber<StoredMember>)> = Vec::new();
+        let mut chosen: Vec<&Subscriber<StoredSession>> = Vec::new();
         for member in members {
-            let key = (&*member.target.group, &*member.target.filter);
-            if !wanted(key.0, key.1) {
+            let Some((group, filter)) = &member.target.group else {
+                continue;
+            };
+            if !wanted(group, filter) {
                 continue;
             }
-            let stranded_owner = self
-                .clients
-                .get(&member.target.number)
-                .and_then(|c| self.sessions.get(c))
-                .is_some_and(|e| stranded(e.owner));
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                // The first member of the group seen, unless a later one's node cannot take
-                // it and the first's can.
-                Some((_, chosen)) => {
-                    let chosen_stranded = self
-                        .clients
-                        .get(&chosen.target.number)
-                        .and_then(|c| self.sessions.get(c))
-                        .is_some_and(|e| stranded(e.owner));
-                    if stranded_owner && !chosen_stranded {
-                        *chosen = member;
+            match chosen
+                .iter_mut()
+                .find(|c| c.target.group == member.target.group)
+            {
+                // The first member seen, unless a later one's node cannot take it and the
+                // first's can.
+                Some(first) => {
+                    if stranded(member.target.owner) && !stranded(first.target.owner) {
+                        *first = member;
                     }
                 }
-                None => groups.push((key, member)),
+                None => chosen.push(member),
             }
         }
-        for (_, member) in groups {
-            picked.push((member.target.number, member.options, member.subscription_id));
-        }
+        picked.extend(chosen);
         let mut owed: Vec<Owed<'_>> = Vec::new();
-        for (number, options, subscription_id) in picked {
-            let Some(client_id) = self.clients.get(&number) else {
-                continue;
-            };
-            let Some(entry) = self.sessions.get(client_id) else {
-                continue;
-            };
+        for sub in picked {
+            let client_id = &*sub.target.client_id;
             match owed.iter_mut().find(|o| o.client_id == client_id) {
-                Some(o) if o.options.qos < options.qos => {
-                    o.options = options;
-                    o.subscription_id = subscription_id.or(o.subscription_id);
+                Some(o) if o.options.qos < sub.options.qos => {
+                    o.options = sub.options;
+                    o.subscription_id = sub.subscription_id.or(o.subscription_id);
                 }
                 Some(_) => {}
                 None => owed.push(Owed {
                     client_id,
-                    owner: entry.owner,
-                    options,
-                    subscription_id,
+                    owner: sub.target.owner,
+                    options: sub.options,
+                    subscription_id: sub.subscription_id,
                 }),
             }
         }
