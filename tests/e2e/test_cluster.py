@@ -273,14 +273,20 @@ def test_a_persistent_subscriber_whose_node_is_killed_resumes_on_another_with_ev
     got = set()
     while not mover.messages.empty():
         got.add(int(mover.messages.get().payload))
+    # Published while the session's node is dead and nobody has claimed it: node 1 stores
+    # them in its queue (once node 2 has not answered for the forward timeout).
+    later = [publisher.publish_nowait("meters/m1", str(n).encode(), qos=1) for n in range(300, 400)]
+    for info in later:
+        publisher.wait_published(info, "meters/m1")
+    assert (first.metrics().value("halyard_cluster_stored_for_peer_total", peer="2") or 0) >= 1
     moved = Client(third, "mover", mqtt.MQTTv311, False, None)
     assert moved.connect(), "node 3 has the session"
     try:
-        while len(got) < 300:
+        while len(got) < 400:
             # Duplicates are allowed; loss is not.
             got.add(int(moved.expect(timeout=10).payload))
     except AssertionError:
-        pytest.fail(f"{300 - len(got)} of the 300 acknowledged messages were lost")
+        pytest.fail(f"{400 - len(got)} of the 400 acknowledged messages were lost")
     assert (third.metrics().value("halyard_cluster_session_claims_total", outcome="silent_peer") or 0) >= 1
     moved.disconnect()
     publisher.disconnect()
