@@ -73,6 +73,21 @@ struct Recorder {
     faults: Mutex<Vec<String>>,
     /// When each subscriber connected where, and left.
     visits: Mutex<Vec<String>>,
+    /// The nodes' data planes, to see their forward timeouts.
+    planes: std::sync::OnceLock<Arc<Mutex<BTreeMap<NodeId, Arc<DataPlane>>>>>,
+    /// Messages whose node, between their send and its acknowledgement, stopped waiting for
+    /// a peer (forward timeout) and dispatched its share groups again from the store.
+    redispatched: Mutex<BTreeSet<Id>>,
+}
+
+impl Recorder {
+    /// The forward timeouts of node `id` so far (0 while it is down).
+    fn forward_timeouts(&self, id: NodeId) -> u64 {
+        self.planes
+            .get()
+            .and_then(|planes| planes.lock().get(&id).map(|p| p.forward_timeouts()))
+            .unwrap_or(0)
+    }
 }
 
 /// Whether a link fault (a partition) is in effect, during which a node cut off may keep a
@@ -107,6 +122,7 @@ pub async fn run() -> String {
     let brokers = Arc::new(Brokers::start(nodes, dir.path()));
     brokers.wait_until_serving(Duration::from_secs(60)).await;
     let recorder = Arc::new(Recorder::default());
+    let _ = recorder.planes.set(Arc::clone(&brokers.planes));
     let weather = Arc::new(Weather::default());
     let ids = brokers.ids.clone();
 
@@ -185,6 +201,7 @@ pub async fn run() -> String {
             let sent = recorder.sent_at.lock().get(id).copied();
             let acked = recorder.acked_at.lock().get(id).map(|(at, _)| *at);
             matches!((sent, acked), (Some(s), Some(a)) if a - s >= u128::from(FORWARD_TIMEOUT_MS))
+                || recorder.redispatched.lock().contains(id)
         };
         assert!(
             members.len() <= 1 || sends.get(id).copied().unwrap_or(0) > 1 || redispatched,
@@ -713,6 +730,7 @@ async fn publish(
             continue;
         };
         let payload = Bytes::from(format!("{publisher}:{seq}"));
+        let timeouts = recorder.forward_timeouts(*on);
         *recorder.sends.lock().entry((publisher, seq)).or_default() += 1;
         recorder
             .sent_at
@@ -724,6 +742,9 @@ async fn publish(
         )
         .await;
         if let Ok(Ok(())) = answer {
+            if recorder.forward_timeouts(*on) != timeouts {
+                recorder.redispatched.lock().insert((publisher, seq));
+            }
             recorder.acked.lock().insert((publisher, seq));
             recorder
                 .acked_at

@@ -22,11 +22,7 @@ fn broker_loses_no_acknowledged_message_across_restarts() {
     run_seeds(BROKER, 10, broker_scenario::run);
 }
 
-/// Run with `scripts/sim.sh brokers_act_as_one -- --include-ignored`. Not yet in the default
-/// run: some seeds (12 is the first) still lose share-group messages stored for members
-/// that moved between nodes while one was cut off.
 #[test]
-#[ignore = "some seeds still lose share-group messages; see the comment"]
 fn brokers_act_as_one_and_lose_no_acknowledged_message_under_faults() {
     run_seeds(CLUSTER, 10, cluster_broker_scenario::run);
 }

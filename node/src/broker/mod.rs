@@ -80,6 +80,9 @@ struct Inner {
     /// The latest connection each client id made on another node, when (microseconds since
     /// the epoch): a connection here made before it must not take the session back.
     foreign_connections: Mutex<HashMap<Arc<str>, u64>>,
+    /// Sessions handed to another node that still linger here (see `linger`), by client id,
+    /// with how many times each does.
+    lingering: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 /// What became of a published message.
@@ -144,6 +147,7 @@ impl Broker {
                 remote: std::sync::OnceLock::new(),
                 restored: tokio::sync::watch::Sender::new(false),
                 foreign_connections: Mutex::new(HashMap::new()),
+                lingering: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -479,6 +483,15 @@ impl Broker {
         if !session.is_persistent() || session.holds_stored(delivery.stored) {
             return;
         }
+        // Stored by a node whose view of the session was older than an UNSUBSCRIBE.
+        let subscribed = session.state.lock().subscriptions.keys().any(|raw| {
+            topic::parse_filter(raw)
+                .is_ok_and(|f| topic::matches(f.filter, &delivery.message.topic))
+        });
+        if !subscribed {
+            self.delivered(&session, delivery.stored);
+            return;
+        }
         if let Enqueued::Dropped(reason) =
             session.enqueue(delivery, QueueLimits::of(&self.inner.config))
         {
@@ -584,6 +597,12 @@ impl Broker {
     /// messages queued in the store.
     fn linger(&self, session: Arc<Session>, remote: Arc<dyn Remote>) {
         session.linger();
+        *self
+            .inner
+            .lingering
+            .lock()
+            .entry(Arc::clone(&session.client_id))
+            .or_default() += 1;
         let broker = self.clone();
         tokio::spawn(async move {
             loop {
@@ -599,7 +618,20 @@ impl Broker {
             tokio::time::sleep(LINGER_MARGIN).await;
             session.set_persistent(false);
             broker.discard(&session);
+            let mut lingering = broker.inner.lingering.lock();
+            if let Some(count) = lingering.get_mut(&session.client_id) {
+                *count -= 1;
+                if *count == 0 {
+                    lingering.remove(&session.client_id);
+                }
+            }
         });
+    }
+
+    /// Whether a session of `client_id` handed to another node lingers here: what is routed
+    /// here for it goes to its stored queue.
+    pub fn lingers(&self, client_id: &str) -> bool {
+        self.inner.lingering.lock().contains_key(client_id)
     }
 
     fn expire_later(&self, session: &Arc<Session>, expiry: u32, generation: u64) {

@@ -39,9 +39,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use super::control::{Control, LocalRoutes, parse_route, route_key};
-use super::directory::Directory;
+use super::directory::{Directory, StoredSession};
 use super::frame::{Frame, FrameReader, Kind, encode_frame, read_frame, write_frame};
-use super::lane::{Lane, Pushed, ShareGroups, Strand};
+use super::lane::{Coverage, Lane, Pushed, ShareGroups, Strand};
 use super::links::{PeerLinks, PeerRecv, PeerSend, Priority};
 use super::takeover::Takeovers;
 use crate::broker::durable::{decode_message, decode_retained, encode_message, queue_writer};
@@ -308,6 +308,8 @@ pub struct DataPlane {
     /// Every persistent session of the cluster, for the copies owed to those whose node
     /// cannot take them.
     directory: RwLock<Directory>,
+    /// See `forward_timeouts`.
+    strands: std::sync::atomic::AtomicU64,
 }
 
 impl DataPlane {
@@ -345,6 +347,7 @@ impl DataPlane {
             metrics,
             takeover,
             directory: RwLock::new(Directory::default()),
+            strands: std::sync::atomic::AtomicU64::new(0),
         });
         let as_remote: Arc<dyn Remote> = Arc::clone(&plane) as Arc<dyn Remote>;
         broker.set_remote(&as_remote);
@@ -431,6 +434,8 @@ impl DataPlane {
             for lane in &peer.lanes {
                 if let Some(strand) = lane.strand_overdue(now, self.forward_timeout) {
                     self.metrics.timeouts.with_label_values(&[&label]).inc();
+                    self.strands
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(
                         peer = id,
                         "a peer node acknowledged nothing within the forward timeout; \
@@ -538,7 +543,7 @@ impl DataPlane {
             };
             {
                 let mut directory = self.directory.write();
-                directory.clear();
+                directory.clear(all.revision);
                 for kv in all.kvs {
                     directory.apply(&kv.key, Some(&kv.value), kv.mod_revision);
                 }
@@ -550,6 +555,7 @@ impl DataPlane {
                     next = stream.next() => match next {
                         Some(Ok(revision)) => {
                             let mut disowned = Vec::new();
+                            let mut named = Vec::new();
                             {
                                 let mut directory = self.directory.write();
                                 for event in revision.events {
@@ -563,12 +569,17 @@ impl DataPlane {
                                     };
                                     if directory.owner(&client_id).is_none_or(|o| o != Some(self.node)) {
                                         disowned.push((client_id, written));
+                                    } else if value.is_some() {
+                                        named.push(client_id);
                                     }
                                 }
                                 self.metrics.stored_sessions.set(directory.len() as i64);
                             }
                             for (client_id, written) in disowned {
                                 self.broker.disown(&client_id, written);
+                            }
+                            for client_id in named {
+                                self.takeover.hold_named(client_id);
                             }
                         }
                         // Behind the compaction point: read everything again.
@@ -688,18 +699,20 @@ impl DataPlane {
         }
     }
 
-    /// Adds to `ops` a queue entry for each stored session a message is owed whose owner
-    /// `stranded` says cannot take it now (one member of each share group `wanted` lets
-    /// through).
+    /// Adds to `ops` a queue entry for each stored session a message is owed that
+    /// `stranded` says its owner cannot take it for now (one member of each share group
+    /// `wanted` lets through). The copies for sessions this node owns are returned too: it
+    /// takes them once they are stored, as the store's watch does not give a node its own.
     fn owed_copies(
         &self,
         message: &Arc<Message>,
-        stranded: impl Fn(Option<NodeId>) -> bool,
+        stranded: impl Fn(&StoredSession) -> bool,
         wanted: impl Fn(&str, &str) -> bool,
         ops: &mut Vec<halyard_raft::Op>,
-    ) {
+    ) -> Vec<(String, crate::broker::Delivery)> {
+        let mut own = Vec::new();
         let Some(durable) = self.broker.durable() else {
-            return;
+            return own;
         };
         let directory = self.directory.read();
         for owed in directory.owed(&message.topic, stranded, wanted) {
@@ -715,26 +728,43 @@ impl DataPlane {
                 keys::queue(owed.client_id, seq),
                 encode_message(message, qos, retain, &ids),
             ));
-            if let Some(owner) = owed.owner {
+            if owed.owner == Some(self.node) {
+                own.push((
+                    owed.client_id.to_owned(),
+                    crate::broker::Delivery {
+                        message: Arc::clone(message),
+                        qos,
+                        retain,
+                        subscription_ids: ids,
+                        stored: seq,
+                    },
+                ));
+            } else if let Some(owner) = owed.owner {
                 self.metrics
                     .stored_for
                     .with_label_values(&[&owner.to_string()])
                     .inc();
             }
         }
+        own
     }
 
     /// Stores the copies that the persistent sessions of `peer` are owed by the messages of
-    /// `strand`, then lets their publishers go.
+    /// `strand`, and those of sessions that changed owner since each was routed (it went to
+    /// `peer` for them, perhaps), then lets their publishers go.
     fn store_strand(&self, peer: NodeId, lane: Arc<Lane>, strand: Strand) {
         let mut ops = Vec::new();
-        for (message, groups) in &strand.messages {
-            self.owed_copies(
+        let mut own = Vec::new();
+        for (message, groups, coverage) in &strand.messages {
+            own.extend(self.owed_copies(
                 message,
-                |owner| owner == Some(peer),
+                |s| {
+                    s.owner
+                        .is_some_and(|o| o == peer || !coverage.reached(o, s.owned_since))
+                },
                 |group, filter| groups.iter().any(|(g, f)| g == group && f == filter),
                 &mut ops,
-            );
+            ));
         }
         let Some(durable) = self.broker.durable().cloned() else {
             lane.cover(strand);
@@ -746,6 +776,7 @@ impl DataPlane {
         }
         let signal = Arc::new(Signal::default());
         let seq = durable.submit(ops, Some(&signal));
+        let broker = self.broker.clone();
         tokio::spawn(async move {
             loop {
                 let notified = signal.notified();
@@ -753,6 +784,9 @@ impl DataPlane {
                     break;
                 }
                 notified.await;
+            }
+            for (client_id, delivery) in own {
+                broker.take_stored(&client_id, delivery);
             }
             lane.cover(strand);
         });
@@ -857,8 +891,13 @@ impl DataPlane {
                         continue;
                     }
                     buffer.clear();
-                    let framed = batch.iter().all(|(message, groups)| {
+                    let framed = batch.iter().all(|(message, groups, coverage)| {
                         let body = encode_message(message, message.qos, message.retain, &[]);
+                        if let Some(coverage) = coverage {
+                            return postcard::to_stdvec(&(&**coverage, groups, body)).is_ok_and(
+                                |routed| encode_frame(Kind::Routed, routed, &mut buffer).is_ok(),
+                            );
+                        }
                         if groups.is_empty() {
                             return encode_frame(Kind::Forward, body, &mut buffer).is_ok();
                         }
@@ -998,11 +1037,19 @@ impl DataPlane {
                     continue;
                 }
                 delivered = seq;
-                let (groups, body) = if frame.kind == Kind::ForwardShared as i32 {
-                    // Unreadable: an empty message, refused below.
-                    postcard::from_bytes::<(ShareGroups, Vec<u8>)>(&frame.body).unwrap_or_default()
+                // Unreadable: an empty message, refused below.
+                let (coverage, groups, body) = if frame.kind == Kind::Routed as i32 {
+                    let (coverage, groups, body) =
+                        postcard::from_bytes::<(Coverage, ShareGroups, Vec<u8>)>(&frame.body)
+                            .unwrap_or_default();
+                    (Some(coverage), groups, body)
+                } else if frame.kind == Kind::ForwardShared as i32 {
+                    let (groups, body) =
+                        postcard::from_bytes::<(ShareGroups, Vec<u8>)>(&frame.body)
+                            .unwrap_or_default();
+                    (None, groups, body)
                 } else {
-                    (Vec::new(), frame.body)
+                    (None, Vec::new(), frame.body)
                 };
                 let Some((mut message, qos, retain, _)) = decode_message(&body) else {
                     tracing::warn!("a peer forwarded an unreadable message; dropped");
@@ -1020,7 +1067,10 @@ impl DataPlane {
                     published.unserved_groups.iter().map(|&i| &groups[i]),
                     &signal,
                 );
-                pending.push_back((seq, published.durable_seq.max(stored)));
+                let uncovered = coverage.map_or(0, |coverage| {
+                    self.store_uncovered(&message, &coverage, &signal)
+                });
+                pending.push_back((seq, published.durable_seq.max(stored).max(uncovered)));
                 if let Some(session) = published.congested {
                     // A subscriber here is full: the lane waits for it as a publisher on this
                     // node would, so that the publishers' acknowledgements wait too.
@@ -1092,6 +1142,38 @@ impl DataPlane {
         durable.submit(ops, Some(signal))
     }
 
+    /// Stores a copy of `message` for each persistent session it is owed that its sender's
+    /// routing did not reach (`coverage`): the session's node got no copy from the sender, or
+    /// took the session after the sender routed it. The sender routed it by a view older than
+    /// this node's: it was cut off, or the routes of the session's new node had not reached
+    /// it. The store write it needs (0 for none).
+    fn store_uncovered(
+        &self,
+        message: &Arc<Message>,
+        coverage: &Coverage,
+        signal: &Arc<Signal>,
+    ) -> u64 {
+        let Some(durable) = self.broker.durable() else {
+            return 0;
+        };
+        let mut ops = Vec::new();
+        self.owed_copies(
+            message,
+            |s| {
+                s.owner.is_some_and(|o| o != self.node && !coverage.reached(o, s.owned_since))
+                    // A session handed away from here stores what reaches it itself.
+                    && !self.broker.lingers(&s.client_id)
+            },
+            |_, _| false,
+            &mut ops,
+        );
+        if ops.is_empty() {
+            return 0;
+        }
+        tracing::debug!(topic = %message.topic, copies = ops.len(), ?coverage, "storing copies its sender's routing did not reach");
+        durable.submit(ops, Some(signal))
+    }
+
     /// Waits until `session` has room again, or until it makes no progress for the slow
     /// subscriber timeout, when it is marked slow and its excess dropped instead.
     async fn wait_for_subscriber(&self, session: &Arc<Session>, signal: &Arc<Signal>) {
@@ -1117,6 +1199,12 @@ impl DataPlane {
                 until = tokio::time::Instant::now() + timeout;
             }
         }
+    }
+
+    /// How often a peer stopped answering for the forward timeout while messages waited for
+    /// it (their share groups were dispatched again, from the store).
+    pub fn forward_timeouts(&self) -> u64 {
+        self.strands.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The routes this node announces: its sessions' filters (`$share/{group}/{filter}` for a
@@ -1193,8 +1281,10 @@ impl Remote for DataPlane {
     ) -> Vec<Handoff> {
         // Each node once, with the share groups it is to serve.
         let mut destinations: Vec<(NodeId, ShareGroups)> = Vec::new();
-        // Owners of stored sessions that know no routes of theirs now.
-        let mut stranded: Vec<NodeId> = Vec::new();
+        // Other nodes that own stored sessions, and the store revision the directory had
+        // reached when it named them.
+        let mut owners: Vec<NodeId> = Vec::new();
+        let mut seen = 0;
         {
             let remote = self.remote.read();
             let mut direct = Vec::new();
@@ -1218,28 +1308,45 @@ impl Remote for DataPlane {
                     None => destinations.push((node, vec![group])),
                 }
             }
-            if message.qos != QoS::AtMostOnce {
-                stranded.extend(
-                    self.directory
-                        .read()
-                        .owners()
-                        .flatten()
-                        .filter(|o| *o != self.node && !remote.by_node.contains_key(o)),
-                );
-            }
+        }
+        if message.qos != QoS::AtMostOnce {
+            let directory = self.directory.read();
+            seen = directory.seen();
+            owners.extend(directory.owners().flatten().filter(|o| *o != self.node));
         }
         let mut handoffs = Vec::new();
-        if destinations.is_empty() && stranded.is_empty() {
+        if destinations.is_empty() && owners.is_empty() {
             return handoffs;
         }
         let lane = self.lane_of(&message.topic);
+        // Destinations that do not answer now: their persistent sessions' copies are stored.
+        let mut stranded: Vec<NodeId> = Vec::new();
+        let mut sent: Vec<NodeId> = Vec::with_capacity(destinations.len());
         {
             let peers = self.peers.read();
+            sent.extend(
+                destinations
+                    .iter()
+                    .map(|(node, _)| *node)
+                    .filter(|node| peers.contains_key(node)),
+            );
+            // The stored sessions of every other owner the routes do not reach get their
+            // copies stored below, so the message covers every node for what this node knew.
+            let coverage = (message.qos != QoS::AtMostOnce).then(|| {
+                let mut nodes = Vec::with_capacity(1 + sent.len() + owners.len());
+                nodes.push(self.node);
+                for node in sent.iter().chain(&owners) {
+                    if !nodes.contains(node) {
+                        nodes.push(*node);
+                    }
+                }
+                Arc::new(Coverage { nodes, seen })
+            });
             for (node, groups) in &destinations {
                 let Some(peer) = peers.get(node) else {
                     continue;
                 };
-                match peer.lanes[lane].push(message, groups.clone(), waker) {
+                match peer.lanes[lane].push(message, groups.clone(), coverage.as_ref(), waker) {
                     Ok(Pushed::Waited(handoff)) => handoffs.push(handoff),
                     Ok(Pushed::Unwaited) => {}
                     Ok(Pushed::Stranded) => stranded.push(*node),
@@ -1251,8 +1358,12 @@ impl Remote for DataPlane {
                 }
             }
         }
-        if !stranded.is_empty() {
-            // A share group is owed a stored copy only if no node that answers serves it.
+        if message.qos != QoS::AtMostOnce && (!owners.is_empty() || !stranded.is_empty()) {
+            // A stored session is owed a copy when its node gets none from the routes: it
+            // knows no routes of that node (it is dead, cut off or restarting), or not yet
+            // the route of that session (its claim or subscription is newer than the routes
+            // heard), or the node does not answer. A share group is owed one only if no node
+            // that answers serves it.
             let live_groups: Vec<&(String, String)> = destinations
                 .iter()
                 .filter(|(node, _)| !stranded.contains(node))
@@ -1260,7 +1371,11 @@ impl Remote for DataPlane {
                 .collect();
             self.owed_copies(
                 message,
-                |owner| owner.is_some_and(|o| stranded.contains(&o)),
+                |s| {
+                    s.owner.is_some_and(|o| {
+                        o != self.node && (!sent.contains(&o) || stranded.contains(&o))
+                    })
+                },
                 |group, filter| {
                     !served.contains(&(group, filter))
                         && !live_groups.iter().any(|(g, f)| g == group && f == filter)

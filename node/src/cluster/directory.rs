@@ -19,8 +19,10 @@ use crate::store::keys;
 #[derive(Debug, Clone)]
 pub struct StoredSession {
     number: u64,
-    client_id: Arc<str>,
-    owner: Option<NodeId>,
+    pub client_id: Arc<str>,
+    pub owner: Option<NodeId>,
+    /// The store revision from which `owner` has owned it (at most).
+    pub owned_since: u64,
     /// For a share group's member: the group and its filter. Members are kept apart and all
     /// match, so that the one owed a copy can be picked by its owner.
     group: Option<(Arc<str>, Arc<str>)>,
@@ -36,6 +38,7 @@ struct Entry {
     number: u64,
     owner: Option<NodeId>,
     revision: u64,
+    owned_since: u64,
     filters: Vec<(String, Option<String>)>,
 }
 
@@ -56,12 +59,15 @@ pub struct Directory {
     /// Sessions each node owns.
     owners: HashMap<Option<NodeId>, usize>,
     next_number: u64,
+    /// The store revision the directory has caught up with.
+    seen: u64,
 }
 
 impl Directory {
     /// The session record stored under `key` was written (`Some`) or deleted (`None`) at
     /// `revision`; the client id it is for.
     pub fn apply(&mut self, key: &[u8], value: Option<&[u8]>, revision: u64) -> Option<String> {
+        self.seen = self.seen.max(revision);
         let client_id = key
             .strip_prefix(keys::SESSION.as_bytes())
             .and_then(|hex| std::str::from_utf8(hex).ok())
@@ -74,6 +80,10 @@ impl Directory {
     }
 
     fn put(&mut self, record: SessionRecord, revision: u64) {
+        let owned_since = match self.sessions.get(&record.client_id) {
+            Some(held) if held.owner == record.node => held.owned_since,
+            _ => revision,
+        };
         self.remove(&record.client_id);
         self.next_number += 1;
         let number = self.next_number;
@@ -87,6 +97,7 @@ impl Directory {
                 number,
                 client_id: Arc::clone(&client_id),
                 owner: record.node,
+                owned_since,
                 group: parsed
                     .share_group
                     .map(|group| (Arc::from(group), Arc::from(parsed.filter))),
@@ -117,6 +128,7 @@ impl Directory {
                 number,
                 owner: record.node,
                 revision,
+                owned_since,
                 filters,
             },
         );
@@ -142,12 +154,18 @@ impl Directory {
         }
     }
 
-    /// Forgets everything, before the store is read afresh.
-    pub fn clear(&mut self) {
+    /// Forgets everything, before the store is read afresh at `revision`.
+    pub fn clear(&mut self, revision: u64) {
         *self = Self {
             next_number: self.next_number,
+            seen: revision,
             ..Self::default()
         };
+    }
+
+    /// The store revision the directory has caught up with.
+    pub fn seen(&self) -> u64 {
+        self.seen
     }
 
     /// The nodes that own stored sessions (`None` for records that name none).
@@ -175,20 +193,20 @@ impl Directory {
         self.sessions.len()
     }
 
-    /// The stored sessions a message on `topic` is owed to whose owner `stranded` says cannot
-    /// take it, each once with its highest QoS; and one member of each share group `wanted`
+    /// The stored sessions a message on `topic` is owed to that `stranded` says their owner
+    /// cannot take it for, each once with its highest QoS; and one member of each share group `wanted`
     /// lets through (a group whose member gets it elsewhere is not owed it again): one whose
     /// owner cannot take it if there is one, else any, as whichever node holds a member's
     /// session takes what is stored for it.
     pub fn owed(
         &self,
         topic: &str,
-        stranded: impl Fn(Option<NodeId>) -> bool,
+        stranded: impl Fn(&StoredSession) -> bool,
         wanted: impl Fn(&str, &str) -> bool,
     ) -> Vec<Owed<'_>> {
         let mut picked = Vec::new();
         self.trie.matches(topic, &mut picked);
-        picked.retain(|s| stranded(s.target.owner));
+        picked.retain(|s| stranded(&s.target));
         let mut members = Vec::new();
         self.members.matches(topic, &mut members);
         let mut chosen: Vec<&Subscriber<StoredSession>> = Vec::new();
@@ -206,7 +224,7 @@ impl Directory {
                 // The first member seen, unless a later one's node cannot take it and the
                 // first's can.
                 Some(first) => {
-                    if stranded(member.target.owner) && !stranded(first.target.owner) {
+                    if stranded(&member.target) && !stranded(&first.target) {
                         *first = member;
                     }
                 }
@@ -261,7 +279,7 @@ mod tests {
 
     fn owed_to(directory: &Directory, topic: &str, down: NodeId, groups: bool) -> Vec<String> {
         let mut owed: Vec<String> = directory
-            .owed(topic, |owner| owner == Some(down), |_, _| groups)
+            .owed(topic, |s| s.owner == Some(down), |_, _| groups)
             .iter()
             .map(|o| o.client_id.to_owned())
             .collect();
@@ -301,5 +319,44 @@ mod tests {
         assert!(owed_to(&directory, "t/1", 3, false).is_empty());
         assert_eq!(directory.len(), 4);
         assert_eq!(directory.owners().count(), 1);
+    }
+
+    #[test]
+    fn a_session_is_owned_since_its_owner_last_changed_and_a_sender_reached_it_only_if_it_knew() {
+        use crate::cluster::lane::Coverage;
+        let mut directory = Directory::default();
+        let owned_since = |directory: &Directory| {
+            let since = std::cell::RefCell::new(Vec::new());
+            directory.owed(
+                "t/1",
+                |s| {
+                    since.borrow_mut().push((s.owner, s.owned_since));
+                    false
+                },
+                |_, _| false,
+            );
+            since.into_inner()
+        };
+        let (key, value) = record("a", 1, &["t/#"]);
+        directory.apply(&key, Some(&value), 5);
+        // A new subscription rewrites the record; the owner is the same.
+        let (key, value) = record("a", 1, &["t/#", "u"]);
+        directory.apply(&key, Some(&value), 9);
+        assert_eq!(owned_since(&directory), [(Some(1), 5)]);
+        assert_eq!(directory.seen(), 9);
+        // Node 2 claims it.
+        let (key, value) = record("a", 2, &["t/#", "u"]);
+        directory.apply(&key, Some(&value), 12);
+        assert_eq!(owned_since(&directory), [(Some(2), 12)]);
+
+        // A sender that sent to node 2 after hearing of the claim reached it; one that had
+        // not heard of it yet, or did not send to node 2, did not.
+        let sent_to = |nodes: &[NodeId], seen| Coverage {
+            nodes: nodes.to_vec(),
+            seen,
+        };
+        assert!(sent_to(&[3, 2], 12).reached(2, 12));
+        assert!(!sent_to(&[3, 2], 11).reached(2, 12));
+        assert!(!sent_to(&[3, 1], 12).reached(2, 12));
     }
 }

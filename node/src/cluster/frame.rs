@@ -38,6 +38,9 @@ pub enum Kind {
     /// A `Forward` that also names the share groups (name, filter) the receiving node is to
     /// deliver it to one member of: postcard `(groups, message)`.
     ForwardShared = 10,
+    /// A `Forward` of a QoS 1/2 message with what its sender knew when it routed it (see
+    /// `lane::Coverage`): postcard `(coverage, groups, message)`.
+    Routed = 11,
 }
 
 #[derive(Debug, thiserror::Error)]

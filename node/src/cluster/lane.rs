@@ -23,11 +23,32 @@ pub const LANE_HARD_CAPACITY: usize = 8 * LANE_CAPACITY;
 /// The share groups (name, filter) a peer is to serve with a message.
 pub type ShareGroups = Vec<(String, String)>;
 
+/// What the sender of a QoS 1/2 message knew when it routed it: the nodes it sent it to or
+/// stored it for, itself included, and the store revision its directory of persistent
+/// sessions had reached. A persistent session owed the message whose owner is none of them,
+/// or that changed owner after that revision, may not have it: whoever finds that stores
+/// its copy (see `data_plane.rs`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Coverage {
+    pub nodes: Vec<u64>,
+    pub seen: u64,
+}
+
+impl Coverage {
+    /// Whether the message reached the session that `owner` has owned since revision
+    /// `owned_since` through the sender's own routing.
+    pub fn reached(&self, owner: u64, owned_since: u64) -> bool {
+        owned_since <= self.seen && self.nodes.contains(&owner)
+    }
+}
+
 struct Outgoing {
     seq: u64,
     message: Arc<Message>,
     /// The share groups (name, filter) the peer is to serve with it.
     groups: ShareGroups,
+    /// `None` for QoS 0, which nobody stores.
+    coverage: Option<Arc<Coverage>>,
     /// The publisher waiting for the peer's receipt.
     waker: Option<Arc<Signal>>,
 }
@@ -42,6 +63,9 @@ struct Window {
     /// When the peer last acknowledged something, or the window last became non-empty.
     last_progress: Instant,
 }
+
+/// A message to write, with its share groups and coverage.
+pub type Unsent = (Arc<Message>, ShareGroups, Option<Arc<Coverage>>);
 
 /// Why a message was not taken.
 #[derive(Debug, PartialEq, Eq)]
@@ -65,7 +89,7 @@ pub enum Pushed {
 /// to `last`.
 pub struct Strand {
     pub last: u64,
-    pub messages: Vec<(Arc<Message>, ShareGroups)>,
+    pub messages: Vec<(Arc<Message>, ShareGroups, Arc<Coverage>)>,
     pub wakers: Vec<Arc<Signal>>,
 }
 
@@ -97,6 +121,7 @@ impl Lane {
         &self,
         message: &Arc<Message>,
         groups: ShareGroups,
+        coverage: Option<&Arc<Coverage>>,
         waker: Option<&Arc<Signal>>,
     ) -> Result<Pushed, Full> {
         let mut window = self.window.lock();
@@ -124,6 +149,7 @@ impl Lane {
             // A stranded message's share groups are served from the store by the caller:
             // sent again later, it must not be dispatched to a second member.
             groups: if stranded { Vec::new() } else { groups },
+            coverage: coverage.cloned(),
             waker: waker.filter(|_| waited).cloned(),
         });
         drop(window);
@@ -148,16 +174,15 @@ impl Lane {
         window.unacked.front().map_or(window.next_seq, |o| o.seq)
     }
 
-    /// The next messages to write on the current stream, with their share groups, at most
-    /// `max`.
-    pub fn unsent(&self, max: usize) -> Vec<(Arc<Message>, ShareGroups)> {
+    /// The next messages to write on the current stream, at most `max`.
+    pub fn unsent(&self, max: usize) -> Vec<Unsent> {
         let mut window = self.window.lock();
         let from = window.sent;
-        let batch: Vec<(Arc<Message>, ShareGroups)> = window
+        let batch: Vec<Unsent> = window
             .unacked
             .range(from..)
             .take(max)
-            .map(|o| (Arc::clone(&o.message), o.groups.clone()))
+            .map(|o| (Arc::clone(&o.message), o.groups.clone(), o.coverage.clone()))
             .collect();
         window.sent += batch.len();
         batch
@@ -224,6 +249,7 @@ impl Lane {
             messages.push((
                 Arc::clone(&outgoing.message),
                 std::mem::take(&mut outgoing.groups),
+                outgoing.coverage.clone().unwrap_or_default(),
             ));
             if let Some(waker) = outgoing.waker.take() {
                 push_distinct(&mut wakers, waker);
@@ -267,7 +293,7 @@ mod tests {
             message: &Arc<Message>,
             waker: Option<&Arc<Signal>>,
         ) -> Result<Option<Handoff>, Full> {
-            self.push(message, Vec::new(), waker)
+            self.push(message, Vec::new(), None, waker)
                 .map(|pushed| match pushed {
                     Pushed::Waited(handoff) => Some(handoff),
                     Pushed::Unwaited | Pushed::Stranded => None,
@@ -313,7 +339,7 @@ mod tests {
         );
         assert!(!second.settled(), "not before its copies are stored");
         assert!(matches!(
-            lane.push(&message(QoS::AtLeastOnce), Vec::new(), Some(&signal)),
+            lane.push(&message(QoS::AtLeastOnce), Vec::new(), None, Some(&signal),),
             Ok(Pushed::Stranded)
         ));
         lane.cover(strand);

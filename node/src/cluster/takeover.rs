@@ -250,6 +250,29 @@ impl Takeovers {
         claim
     }
 
+    /// Holds the session of `client_id` that the store names this node the owner of, when no
+    /// claim here is under way for it: a claim whose answer was lost, or that completed after
+    /// a later connection elsewhere superseded it, leaves the store naming this node.
+    /// Another node claims it from this one in turn.
+    pub(super) fn hold_named(&self, client_id: String) {
+        if self.broker.holds_session(&client_id) || self.claiming.lock().contains_key(&client_id) {
+            return;
+        }
+        let Some(durable) = self.broker.durable().cloned() else {
+            return;
+        };
+        let broker = self.broker.clone();
+        let node = self.node;
+        tokio::spawn(async move {
+            if let Ok(Some((stored, _))) = durable.load_session(&client_id).await
+                && stored.record.node == Some(node)
+            {
+                tracing::debug!(client_id, "holding a session the store names this node's");
+                broker.adopt(stored);
+            }
+        });
+    }
+
     /// Makes the stored session of `client_id` this node's; how it went, for the metrics.
     /// A store without a leader (one was just lost) is waited for, up to twice the forward
     /// timeout.
@@ -322,11 +345,19 @@ impl Takeovers {
             match durable.take_ownership(&record, revision).await {
                 Ok(true) => {
                     tracing::debug!(client_id, "claimed a stored session");
-                    // Copies other nodes stored for it since the read above, while it had
-                    // no node to take them (see `directory.rs`), are taken too.
                     if let Ok(Some((again, _))) = durable.load_session(client_id).await {
-                        for (_, delivery) in again.queue {
-                            self.broker.take_stored(client_id, delivery);
+                        if self.broker.holds_session(client_id) {
+                            // Copies other nodes stored for it since the read above, while it
+                            // had no node to take them (see `directory.rs`), are taken too.
+                            for (_, delivery) in again.queue {
+                                self.broker.take_stored(client_id, delivery);
+                            }
+                        } else {
+                            // Let go before the store named this node (a later connection
+                            // on another node superseded this one): the store names it now,
+                            // so it holds the session until another node claims it from it.
+                            tracing::debug!(client_id, "held again: let go while claimed");
+                            self.broker.adopt(again);
                         }
                     }
                     return (ClaimOutcome::Owned, how);
@@ -337,14 +368,22 @@ impl Takeovers {
                     asked = None;
                     contended += 1;
                 }
-                Err(e) if tokio::time::Instant::now() < deadline => {
+                Err(e) => {
+                    // The claim may have been applied although its answer was lost: the
+                    // store says whether this node owns the session now.
+                    if let Ok(Some((again, _))) = durable.load_session(client_id).await
+                        && again.record.node == Some(self.node)
+                    {
+                        tracing::debug!(client_id, error = %e, "claimed a stored session, its answer lost");
+                        self.broker.adopt(again);
+                        return (ClaimOutcome::Owned, how);
+                    }
                     self.broker.relinquish(client_id, None, false);
+                    if tokio::time::Instant::now() >= deadline {
+                        return (ClaimOutcome::Unavailable, "unavailable");
+                    }
                     tracing::debug!(client_id, error = %e, "cannot claim a session yet");
                     tokio::time::sleep(STORE_RETRY).await;
-                }
-                Err(_) => {
-                    self.broker.relinquish(client_id, None, false);
-                    return (ClaimOutcome::Unavailable, "unavailable");
                 }
             }
         }
