@@ -78,6 +78,9 @@ struct Recorder {
     /// Messages whose node, between their send and its acknowledgement, stopped waiting for
     /// a peer (forward timeout) and dispatched its share groups again from the store.
     redispatched: Mutex<BTreeSet<Id>>,
+    /// When a node was killed, drained or restarted: one that had taken a group message
+    /// and went before acknowledging it gets it again and serves the group again.
+    node_losses: Mutex<Vec<u128>>,
 }
 
 impl Recorder {
@@ -196,11 +199,19 @@ pub async fn run() -> String {
     let sends = recorder.sends.lock().clone();
     for (id, members) in recorder.dispatched.lock().iter() {
         // A dispatch its node did not acknowledge within the forward timeout is made again
-        // (its publisher waits that long for it): it may reach a second member.
+        // (its publisher waits that long for it), and so is one its node did not acknowledge
+        // before it went away: it may reach a second member.
         let redispatched = {
             let sent = recorder.sent_at.lock().get(id).copied();
             let acked = recorder.acked_at.lock().get(id).map(|(at, _)| *at);
-            matches!((sent, acked), (Some(s), Some(a)) if a - s >= u128::from(FORWARD_TIMEOUT_MS))
+            let node_lost = |s: u128, a: u128| {
+                recorder
+                    .node_losses
+                    .lock()
+                    .iter()
+                    .any(|t| (s..=a).contains(t))
+            };
+            matches!((sent, acked), (Some(s), Some(a)) if a - s >= u128::from(FORWARD_TIMEOUT_MS) || node_lost(s, a))
                 || recorder.redispatched.lock().contains(id)
         };
         assert!(
@@ -231,9 +242,15 @@ pub async fn run() -> String {
 
 impl Recorder {
     fn fault(&self, what: impl Into<String>) {
-        self.faults
-            .lock()
-            .push(format!("{} ms: {}", elapsed_ms(), what.into()));
+        let what = what.into();
+        let at = elapsed_ms();
+        if ["kill", "drain", "restart"]
+            .iter()
+            .any(|w| what.starts_with(w))
+        {
+            self.node_losses.lock().push(at);
+        }
+        self.faults.lock().push(format!("{at} ms: {what}"));
     }
 }
 
