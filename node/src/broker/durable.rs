@@ -3,7 +3,7 @@
 //! writer; a connection that must not acknowledge before its change is durable holds the
 //! acknowledgement until [`Durable::committed`] reaches the sequence number it was given.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -179,8 +179,81 @@ pub struct RestoredSession {
 
 #[derive(Default)]
 struct Pending {
-    ops: VecDeque<(u64, Op)>,
+    /// Ops not yet taken by the writer, with the submission each belongs to; `None` for a
+    /// queue entry whose message was acknowledged before it was written (see `submit`).
+    ops: VecDeque<(u64, Option<Op>)>,
+    /// Ops taken from the front of `ops` so far: `ops[i]` is op number `taken + i`.
+    taken: u64,
+    /// The queue entries that ops still in `ops` put, by key, with their op numbers.
+    queued: HashMap<Vec<u8>, u64>,
+    /// Ops still in `ops`, by submission.
+    live: HashMap<u64, usize>,
     wakers: Vec<(u64, Arc<Signal>)>,
+}
+
+impl Pending {
+    /// Adds `op` of submission `seq`, or, if it deletes a queue entry not yet written,
+    /// takes that entry back instead so that neither is written.
+    fn push(&mut self, seq: u64, op: Op) -> Pushed {
+        match &op {
+            Op::Delete { key } => {
+                if let Some(number) = self.queued.remove(key)
+                    && let Some(index) = number.checked_sub(self.taken)
+                    && let Some((put_seq, slot)) = self.ops.get_mut(index as usize)
+                {
+                    *slot = None;
+                    let put_seq = *put_seq;
+                    let left = self.live.get_mut(&put_seq).map(|n| {
+                        *n -= 1;
+                        *n
+                    });
+                    if left == Some(0) {
+                        self.live.remove(&put_seq);
+                        return Pushed::Undid(Some(put_seq));
+                    }
+                    return Pushed::Undid(None);
+                }
+            }
+            Op::Put { key, .. } if key.starts_with(keys::QUEUE.as_bytes()) => {
+                let number = self.taken + self.ops.len() as u64;
+                self.queued.insert(key.clone(), number);
+            }
+            _ => {}
+        }
+        self.ops.push_back((seq, Some(op)));
+        *self.live.entry(seq).or_default() += 1;
+        Pushed::Queued
+    }
+
+    /// Takes the op at the front.
+    fn pop(&mut self) -> Option<(u64, Option<Op>)> {
+        let (seq, op) = self.ops.pop_front()?;
+        let number = self.taken;
+        self.taken += 1;
+        if let Some(Op::Put { key, .. }) = &op
+            && self.queued.get(key) == Some(&number)
+        {
+            self.queued.remove(key);
+        }
+        if op.is_some()
+            && let Some(n) = self.live.get_mut(&seq)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.live.remove(&seq);
+            }
+        }
+        Some((seq, op))
+    }
+}
+
+/// What became of an op handed to [`Pending::push`].
+#[derive(Debug, PartialEq, Eq)]
+enum Pushed {
+    Queued,
+    /// It took back a queue entry not yet written; and that entry's submission, if that left
+    /// it nothing to write.
+    Undid(Option<u64>),
 }
 
 pub struct Durable {
@@ -195,6 +268,8 @@ pub struct Durable {
     /// Ops submitted and not yet taken by the writer: they pile up while the store has no
     /// quorum, which is what [`Durable::backlog`] tells publishers.
     backlog: std::sync::atomic::AtomicUsize,
+    /// Submissions not yet committed whose every op was taken back (see `submit`).
+    settled_early: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Durable {
@@ -209,6 +284,7 @@ impl Durable {
             next_message: AtomicU64::new(1),
             stopping: std::sync::atomic::AtomicBool::new(false),
             backlog: std::sync::atomic::AtomicUsize::new(0),
+            settled_early: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -218,19 +294,56 @@ impl Durable {
 
     /// Queues `ops` for the store; returns the sequence number that [`Durable::committed`]
     /// reaches once they are durable. `waker` is woken then.
+    ///
+    /// A delete of a queue entry whose put is still waiting here takes the put back: the
+    /// subscriber acknowledged the message before it was written, and neither is written.
+    /// Under load, while the writer waits on the previous batch, messages to connected
+    /// persistent sessions often go this way and cost the store nothing; one still
+    /// unacknowledged when its batch is taken is durable before its publisher is
+    /// acknowledged, as any other.
     pub fn submit(&self, ops: impl IntoIterator<Item = Op>, waker: Option<&Arc<Signal>>) -> u64 {
         let mut pending = self.pending.lock();
         let seq = self.submitted.fetch_add(1, Ordering::AcqRel) + 1;
-        let before = pending.ops.len();
-        pending.ops.extend(ops.into_iter().map(|op| (seq, op)));
-        self.backlog
-            .fetch_add(pending.ops.len() - before, Ordering::AcqRel);
+        let mut settled = Vec::new();
+        for op in ops {
+            match pending.push(seq, op) {
+                Pushed::Queued => {
+                    self.backlog.fetch_add(1, Ordering::AcqRel);
+                }
+                Pushed::Undid(left_empty) => {
+                    self.backlog.fetch_sub(1, Ordering::AcqRel);
+                    settled.extend(left_empty);
+                }
+            }
+        }
+        // A submission whose every op was taken back needs no write: its publisher may be
+        // acknowledged now, the message being with every subscriber it was stored for.
+        let mut wake = Vec::new();
+        if !settled.is_empty() {
+            self.settled_early.lock().extend(settled.iter().copied());
+            pending.wakers.retain(|(s, w)| {
+                if settled.contains(s) {
+                    wake.push(Arc::clone(w));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
         if let Some(waker) = waker {
             pending.wakers.push((seq, Arc::clone(waker)));
         }
         drop(pending);
+        for waker in wake {
+            waker.wake();
+        }
         self.work.notify_one();
         seq
+    }
+
+    /// Whether the write of submission `seq` is done: committed, or taken back whole.
+    pub fn is_durable(&self, seq: u64) -> bool {
+        self.committed() >= seq || self.settled_early.lock().contains(&seq)
     }
 
     /// The sequence number of the last write submitted.
@@ -267,8 +380,15 @@ impl Durable {
                 notified.await;
                 continue;
             };
-            self.write(ops).await;
+            // Empty when every queue entry it had was acknowledged before it was written.
+            if !ops.is_empty() {
+                self.write(ops).await;
+            }
             self.committed.fetch_max(last_seq, Ordering::AcqRel);
+            {
+                let mut early = self.settled_early.lock();
+                *early = early.split_off(&(last_seq + 1));
+            }
             self.committed_notify.notify_waiters();
             for waker in wakers {
                 waker.wake();
@@ -300,7 +420,7 @@ impl Durable {
             if ops.len() >= BATCH_OPS && seq != last_seq {
                 break;
             }
-            if let Some((_, op)) = pending.ops.pop_front() {
+            if let Some((_, Some(op))) = pending.pop() {
                 ops.push(op);
             }
             last_seq = seq;
@@ -562,6 +682,55 @@ impl Durable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_entry_acknowledged_before_it_is_written_is_never_written() {
+        let mut pending = Pending::default();
+        let entry = |n| keys::queue("c", n);
+        assert_eq!(pending.push(1, Op::put(entry(1), "m1")), Pushed::Queued);
+        assert_eq!(
+            pending.push(1, Op::put(keys::session("c"), "record")),
+            Pushed::Queued
+        );
+        assert_eq!(pending.push(2, Op::put(entry(2), "m2")), Pushed::Queued);
+        assert_eq!(pending.push(3, Op::put(entry(3), "m3")), Pushed::Queued);
+        // The first message is acknowledged while its entry waits: both go, but its
+        // submission still writes the record; the third's has nothing left to write.
+        assert_eq!(pending.push(4, Op::delete(entry(1))), Pushed::Undid(None));
+        assert_eq!(
+            pending.push(4, Op::delete(entry(3))),
+            Pushed::Undid(Some(3))
+        );
+        // The second is taken by the writer first, so its delete is written after it.
+        let mut written = Vec::new();
+        while let Some((_, op)) = pending.pop() {
+            written.extend(op);
+        }
+        assert_eq!(pending.push(5, Op::delete(entry(2))), Pushed::Queued);
+        // A record that is put and deleted is written both ways: it may have been there.
+        assert_eq!(
+            pending.push(6, Op::put(keys::session("d"), "record")),
+            Pushed::Queued
+        );
+        assert_eq!(
+            pending.push(6, Op::delete(keys::session("d"))),
+            Pushed::Queued
+        );
+        while let Some((_, op)) = pending.pop() {
+            written.extend(op);
+        }
+        assert_eq!(
+            written,
+            [
+                Op::put(keys::session("c"), "record"),
+                Op::put(entry(2), "m2"),
+                Op::delete(entry(2)),
+                Op::put(keys::session("d"), "record"),
+                Op::delete(keys::session("d")),
+            ]
+        );
+        assert!(pending.queued.is_empty() && pending.live.is_empty());
+    }
 
     #[test]
     fn queue_numbers_of_two_nodes_never_collide_and_sort_by_count_first() {

@@ -168,7 +168,7 @@ impl Broker {
                 .inner
                 .durable
                 .as_ref()
-                .is_none_or(|d| d.committed() >= durable_seq);
+                .is_none_or(|d| d.is_durable(durable_seq));
         durable && handoffs.iter().all(Handoff::settled)
     }
 
