@@ -340,8 +340,9 @@ async fn run_one(
                 ..
             } => {
                 let report = pubsub::run(pubsub::PubSubOptions {
-                    broker: addr,
-                    subscriber_broker: None,
+                    publisher_brokers: vec![addr],
+                    subscriber_brokers: vec![addr],
+                    persistent_subscribers: false,
                     sources: loopback_sources(4),
                     publishers: *publishers,
                     subscribers: *subscribers,

@@ -211,6 +211,18 @@ struct PubsubArgs {
     /// cluster): every message then crosses between nodes.
     #[arg(long)]
     subscriber_port: Option<u16>,
+    /// Spread the clients over these brokers (`host:port`, comma separated: the nodes of a
+    /// cluster) instead of `--host`/`--port`: publisher i connects to the i-th (modulo their
+    /// number), subscriber j to the (j + `--subscriber-offset`)-th.
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// With `--hosts`: 0 puts each 1:1 pair on one node, 1 makes every message cross to the
+    /// next node.
+    #[arg(long, default_value_t = 0)]
+    subscriber_offset: usize,
+    /// Subscribers keep persistent sessions: QoS 1/2 messages are stored until acknowledged.
+    #[arg(long)]
+    persistent: bool,
 }
 
 #[derive(Args)]
@@ -273,6 +285,14 @@ fn resolve(target: &Target) -> anyhow::Result<SocketAddr> {
     resolve_port(target, target.port)
 }
 
+/// A `host:port` of `--hosts`.
+fn resolve_host(host: &str) -> anyhow::Result<SocketAddr> {
+    host.to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host} (expected host:port)"))?
+        .next()
+        .with_context(|| format!("no address for {host}"))
+}
+
 /// The target's host at `port`.
 fn resolve_port(target: &Target, port: u16) -> anyhow::Result<SocketAddr> {
     (target.host.as_str(), port)
@@ -327,9 +347,11 @@ fn run() -> anyhow::Result<()> {
             Command::Storm(a) => {
                 let qos = QoS::from_u8(a.qos).context("--qos must be 0, 1 or 2")?;
                 anyhow::ensure!(a.rate > 0.0, "--rate must be positive");
+                let broker = resolve(&a.target)?;
                 let traffic = pubsub::PubSubOptions {
-                    broker: resolve(&a.target)?,
-                    subscriber_broker: None,
+                    publisher_brokers: vec![broker],
+                    subscriber_brokers: vec![broker],
+                    persistent_subscribers: false,
                     sources: loopback_sources(a.target.sources),
                     publishers: a.pairs,
                     subscribers: a.pairs,
@@ -356,12 +378,27 @@ fn run() -> anyhow::Result<()> {
             }
             Command::Pubsub(a) => {
                 let qos = QoS::from_u8(a.qos).context("--qos must be 0, 1 or 2")?;
+                let publisher_brokers = if a.hosts.is_empty() {
+                    vec![resolve(&a.target)?]
+                } else {
+                    a.hosts
+                        .iter()
+                        .map(|host| resolve_host(host))
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                };
+                let subscriber_brokers = match a.subscriber_port {
+                    Some(port) => vec![resolve_port(&a.target, port)?],
+                    None => {
+                        let mut brokers = publisher_brokers.clone();
+                        let shift = a.subscriber_offset % brokers.len();
+                        brokers.rotate_left(shift);
+                        brokers
+                    }
+                };
                 let opts = pubsub::PubSubOptions {
-                    broker: resolve(&a.target)?,
-                    subscriber_broker: a
-                        .subscriber_port
-                        .map(|port| resolve_port(&a.target, port))
-                        .transpose()?,
+                    publisher_brokers,
+                    subscriber_brokers,
+                    persistent_subscribers: a.persistent,
                     sources: loopback_sources(a.target.sources),
                     publishers: a.publishers,
                     subscribers: a.subscribers,

@@ -21,11 +21,15 @@ use crate::stats::{Latency, SequenceTracker, new_histogram};
 
 #[derive(Debug, Clone)]
 pub struct PubSubOptions {
-    /// Where the publishers connect, and the subscribers unless `subscriber_broker` is set.
-    pub broker: SocketAddr,
-    /// Where the subscribers connect instead: another node of the same cluster, so that every
-    /// message crosses from one node to the other.
-    pub subscriber_broker: Option<SocketAddr>,
+    /// Where the publishers connect: publisher i to `publisher_brokers[i % len]` (the nodes
+    /// of a cluster, to spread the load over them).
+    pub publisher_brokers: Vec<SocketAddr>,
+    /// Where the subscribers connect: subscriber j to `subscriber_brokers[j % len]`. Other
+    /// nodes than the publishers' make every message cross between nodes.
+    pub subscriber_brokers: Vec<SocketAddr>,
+    /// Subscribers keep their sessions (3.1.1 clean session off; MQTT 5 clean start off
+    /// with a session expiry): what they are sent at QoS 1/2 is stored until acknowledged.
+    pub persistent_subscribers: bool,
     pub sources: Vec<IpAddr>,
     pub publishers: usize,
     pub subscribers: usize,
@@ -84,6 +88,10 @@ pub async fn run(opts: PubSubOptions) -> anyhow::Result<PubSubReport> {
     anyhow::ensure!(opts.subscribers > 0, "--subscribers must be at least 1");
     anyhow::ensure!(opts.topics > 0, "--topics must be at least 1");
     anyhow::ensure!(
+        !opts.publisher_brokers.is_empty() && !opts.subscriber_brokers.is_empty(),
+        "no broker to connect to"
+    );
+    anyhow::ensure!(
         opts.inflight > 0 && opts.inflight < 65_535,
         "--inflight must be 1..65534"
     );
@@ -99,7 +107,8 @@ pub async fn run(opts: PubSubOptions) -> anyhow::Result<PubSubReport> {
     let mut connecting = Vec::with_capacity(opts.subscribers);
     for j in 0..opts.subscribers {
         let mut copts = connect_options(&opts, format!("{}-sub-{j}", opts.topic_prefix), j);
-        copts.broker = opts.subscriber_broker.unwrap_or(opts.broker);
+        copts.broker = opts.subscriber_brokers[j % opts.subscriber_brokers.len()];
+        copts.clean_start = !opts.persistent_subscribers;
         let topic = format!("{}/t{}", opts.topic_prefix, j % opts.topics);
         let limiter = Arc::clone(&limiter);
         let qos = opts.qos;
@@ -125,7 +134,8 @@ pub async fn run(opts: PubSubOptions) -> anyhow::Result<PubSubReport> {
     let mut publishers = Vec::with_capacity(opts.publishers);
     let mut connecting = Vec::with_capacity(opts.publishers);
     for i in 0..opts.publishers {
-        let copts = connect_options(&opts, format!("{}-pub-{i}", opts.topic_prefix), i);
+        let mut copts = connect_options(&opts, format!("{}-pub-{i}", opts.topic_prefix), i);
+        copts.broker = opts.publisher_brokers[i % opts.publisher_brokers.len()];
         let limiter = Arc::clone(&limiter);
         connecting.push(tokio::spawn(async move {
             let _permit = limiter.acquire().await?;
@@ -238,7 +248,7 @@ pub async fn run(opts: PubSubOptions) -> anyhow::Result<PubSubReport> {
 
 fn connect_options(opts: &PubSubOptions, client_id: String, index: usize) -> ConnectOptions {
     ConnectOptions {
-        broker: opts.broker,
+        broker: opts.publisher_brokers[0],
         source: (!opts.sources.is_empty()).then(|| opts.sources[index % opts.sources.len()]),
         client_id,
         version: opts.version,

@@ -85,7 +85,7 @@ async fn subscribe_storm(opts: &StormOptions, over: Duration) -> anyhow::Result<
     let limiter = Arc::new(Semaphore::new(64));
     let mut tasks = Vec::with_capacity(opts.subscribers);
     for c in 0..opts.subscribers {
-        let broker = opts.traffic.broker;
+        let broker = opts.traffic.publisher_brokers[0];
         let version = opts.traffic.version;
         let prefix = format!("{}-storm-subs/{c}", opts.traffic.topic_prefix);
         let per_packet = opts.per_packet;

@@ -27,8 +27,9 @@ async fn start() -> (Server, tempfile::TempDir) {
 
 fn options(server: &Server, qos: QoS, version: ProtocolVersion) -> pubsub::PubSubOptions {
     pubsub::PubSubOptions {
-        broker: server.mqtt_addr().expect("the MQTT listener is on"),
-        subscriber_broker: None,
+        publisher_brokers: vec![server.mqtt_addr().expect("the MQTT listener is on")],
+        subscriber_brokers: vec![server.mqtt_addr().expect("the MQTT listener is on")],
+        persistent_subscribers: false,
         sources: halyard_bench::loopback_sources(2),
         publishers: 3,
         subscribers: 3,
