@@ -780,7 +780,7 @@ impl DataPlane {
         tokio::spawn(async move {
             loop {
                 let notified = signal.notified();
-                if durable.committed() >= seq {
+                if durable.is_durable(seq) {
                     break;
                 }
                 notified.await;
@@ -1008,15 +1008,17 @@ impl DataPlane {
         };
         let durable = self.broker.durable().cloned();
         let signal = Arc::new(Signal::default());
-        // Lane numbers waiting for store writes, with the write each waits for.
-        let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
+        // Lane numbers waiting for store writes, with the two writes each waits for: its
+        // queue entries here, and the copies it stored for other nodes' sessions (the first
+        // may be settled before it is committed, `Durable::is_durable`; the second may not).
+        let mut pending: VecDeque<(u64, u64, u64)> = VecDeque::new();
         // Delivered by an earlier stream: its writes are not signalled on this one, so they
         // are looked at again now and then until acknowledged.
         let taken_earlier = delivered;
         if delivered > before {
             // Taken by an earlier stream, perhaps not yet stored: acknowledged once every
             // write submitted so far is.
-            pending.push_back((delivered, durable.as_ref().map_or(0, |d| d.submitted())));
+            pending.push_back((delivered, durable.as_ref().map_or(0, |d| d.submitted()), 0));
         }
         let mut acked = before;
         let mut next_seq = hello.first_seq;
@@ -1070,17 +1072,18 @@ impl DataPlane {
                 let uncovered = coverage.map_or(0, |coverage| {
                     self.store_uncovered(&message, &coverage, &signal)
                 });
-                pending.push_back((seq, published.durable_seq.max(stored).max(uncovered)));
+                pending.push_back((seq, published.durable_seq, stored.max(uncovered)));
                 if let Some(session) = published.congested {
                     // A subscriber here is full: the lane waits for it as a publisher on this
                     // node would, so that the publishers' acknowledgements wait too.
                     self.wait_for_subscriber(&session, &signal).await;
                 }
             }
-            let committed = durable.as_ref().map_or(u64::MAX, |d| d.committed());
             let mut settled = None;
-            while let Some(&(seq, write)) = pending.front()
-                && write <= committed
+            while let Some(&(seq, queued, copies)) = pending.front()
+                && durable
+                    .as_ref()
+                    .is_none_or(|d| d.is_durable(queued) && d.is_durable(copies))
             {
                 settled = Some(seq);
                 pending.pop_front();
