@@ -270,11 +270,26 @@ pub struct Durable {
     backlog: std::sync::atomic::AtomicUsize,
     /// Submissions not yet committed whose every op was taken back (see `submit`).
     settled_early: Mutex<std::collections::BTreeSet<u64>>,
+    written: prometheus::IntCounter,
+    taken_back: prometheus::IntCounter,
 }
 
 impl Durable {
-    pub fn new(store: Store) -> Arc<Self> {
-        Arc::new(Self {
+    /// Registers its metrics in `registry`.
+    pub fn new(
+        store: Store,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Self>, prometheus::Error> {
+        let queue_entries = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "halyard_queue_entries_total",
+                "Messages queued for persistent sessions, by what became of their store entry: \
+                 written, or taken back because the subscriber acknowledged the message first",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(queue_entries.clone()))?;
+        Ok(Arc::new(Self {
             store,
             pending: Mutex::new(Pending::default()),
             work: Notify::new(),
@@ -285,7 +300,9 @@ impl Durable {
             stopping: std::sync::atomic::AtomicBool::new(false),
             backlog: std::sync::atomic::AtomicUsize::new(0),
             settled_early: Mutex::new(std::collections::BTreeSet::new()),
-        })
+            written: queue_entries.with_label_values(&["written"]),
+            taken_back: queue_entries.with_label_values(&["taken_back"]),
+        }))
     }
 
     pub fn store(&self) -> &Store {
@@ -312,6 +329,7 @@ impl Durable {
                 }
                 Pushed::Undid(left_empty) => {
                     self.backlog.fetch_sub(1, Ordering::AcqRel);
+                    self.taken_back.inc();
                     settled.extend(left_empty);
                 }
             }
@@ -421,6 +439,9 @@ impl Durable {
                 break;
             }
             if let Some((_, Some(op))) = pending.pop() {
+                if matches!(&op, Op::Put { key, .. } if key.starts_with(keys::QUEUE.as_bytes())) {
+                    self.written.inc();
+                }
                 ops.push(op);
             }
             last_seq = seq;
