@@ -362,8 +362,17 @@ impl Takeovers {
                     }
                     return (ClaimOutcome::Owned, how);
                 }
-                // Claimed by another node since the read: claimed from it in turn.
+                // Claimed since the read: by another connection of this client here (an
+                // earlier one, whose claim went first), and then the session is held here
+                // already and this connection takes it over locally; or by another node, and
+                // it is claimed from that node in turn.
                 Ok(false) => {
+                    if let Ok(Some((again, _))) = durable.load_session(client_id).await
+                        && again.record.node == Some(self.node)
+                        && self.broker.holds_session(client_id)
+                    {
+                        return (ClaimOutcome::Owned, how);
+                    }
                     self.broker.relinquish(client_id, None, false);
                     asked = None;
                     contended += 1;
