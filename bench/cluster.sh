@@ -32,32 +32,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { ".venv/bin/python" -c 'import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1"; }
-
-"$halyard" cluster-certs --out "$work/certs" --nodes 1,2,3 >/dev/null
-declare -A peer mqtt
-for node in 1 2 3; do
-    peer[$node]="$(free_port udp)"
-    mqtt[$node]="$(free_port tcp)"
-done
-members="1=127.0.0.1:${peer[1]},2=127.0.0.1:${peer[2]},3=127.0.0.1:${peer[3]}"
-for node in 1 2 3; do
-    HALYARD_LOG_LEVEL=warn \
-    HALYARD_CLUSTER__CA_CERT="$work/certs/ca.pem" \
-    HALYARD_CLUSTER__CERT="$work/certs/node-$node.pem" \
-    HALYARD_CLUSTER__KEY="$work/certs/node-$node.key" \
-        "$halyard" serve --data-dir "$work/node-$node" --node-id "$node" \
-        --peer-listen "127.0.0.1:${peer[$node]}" --initial-members "$members" \
-        --mqtt-listen "127.0.0.1:${mqtt[$node]}" --admin-listen off --http-listen off \
-        --mqtts-listen off --tls-listen off --ws-listen off >"$work/node-$node.log" 2>&1 &
-    pids+=("$!")
-done
-for node in 1 2 3; do
-    for _ in $(seq 300); do
-        (echo > "/dev/tcp/127.0.0.1/${mqtt[$node]}") 2>/dev/null && break
-        sleep 0.1
-    done
-done
+# shellcheck source=bench/nodes.sh
+. bench/nodes.sh
+start_three_nodes
 
 echo "| placement | offered | out msg/s | p50 ms | p99 ms | lost |"
 echo "|---|---|---:|---:|---:|---:|"

@@ -34,15 +34,8 @@ stop_all() {
 }
 trap 'stop_all; rm -rf "$work"' EXIT
 
-free_port() { ".venv/bin/python" -c 'import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1"; }
-wait_for() {
-    for _ in $(seq 300); do
-        (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on port $1" >&2
-    exit 1
-}
+# shellcheck source=bench/nodes.sh
+. bench/nodes.sh
 
 # One row: broker, subscribers' sessions, placement, then the bench's target arguments.
 run() {
@@ -70,7 +63,7 @@ HALYARD_LOG_LEVEL=warn "$halyard" serve --data-dir "$work/single" --mqtt-listen 
     --admin-listen off --http-listen off --mqtts-listen off --tls-listen off --ws-listen off \
     >"$work/single.log" 2>&1 &
 pids+=("$!")
-wait_for "$port"
+wait_for_port "$port"
 run halyard clean "one node" --port "$port"
 run halyard persistent "one node" --port "$port"
 stop_all
@@ -87,30 +80,12 @@ max_queued_messages 100000
 EOF
 "$mosquitto" -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
 pids+=("$!")
-wait_for "$port"
+wait_for_port "$port"
 run mosquitto clean "one node" --port "$port"
 run mosquitto persistent "one node" --port "$port"
 stop_all
 
-"$halyard" cluster-certs --out "$work/certs" --nodes 1,2,3 >/dev/null
-declare -A peer mqtt
-for node in 1 2 3; do
-    peer[$node]="$(free_port udp)"
-    mqtt[$node]="$(free_port tcp)"
-done
-members="1=127.0.0.1:${peer[1]},2=127.0.0.1:${peer[2]},3=127.0.0.1:${peer[3]}"
-for node in 1 2 3; do
-    HALYARD_LOG_LEVEL=warn \
-    HALYARD_CLUSTER__CA_CERT="$work/certs/ca.pem" \
-    HALYARD_CLUSTER__CERT="$work/certs/node-$node.pem" \
-    HALYARD_CLUSTER__KEY="$work/certs/node-$node.key" \
-        "$halyard" serve --data-dir "$work/node-$node" --node-id "$node" \
-        --peer-listen "127.0.0.1:${peer[$node]}" --initial-members "$members" \
-        --mqtt-listen "127.0.0.1:${mqtt[$node]}" --admin-listen off --http-listen off \
-        --mqtts-listen off --tls-listen off --ws-listen off >"$work/node-$node.log" 2>&1 &
-    pids+=("$!")
-done
-for node in 1 2 3; do wait_for "${mqtt[$node]}"; done
+start_three_nodes
 hosts="127.0.0.1:${mqtt[1]},127.0.0.1:${mqtt[2]},127.0.0.1:${mqtt[3]}"
 for sessions in clean persistent; do
     run halyard "$sessions" "3 nodes, pairs spread" --hosts "$hosts"
