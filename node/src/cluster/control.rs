@@ -11,6 +11,9 @@ use tokio::sync::mpsc;
 pub(super) enum Control {
     /// The sender's first local subscription to a filter.
     Add(String),
+    /// More of the routes of the snapshot that opened the stream, for a snapshot too large
+    /// for one frame.
+    AddAll(Vec<String>),
     /// The sender's last local subscription to a filter went.
     Remove(String),
     /// A client connected to the sender (see `Remote::connecting`).

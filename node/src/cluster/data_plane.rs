@@ -27,7 +27,7 @@
 //! leaves the cluster is forgotten. Messages written while a lane's previous write was under
 //! way go out together in its next.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,16 +38,16 @@ use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry}
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use super::control::{Control, LocalRoutes, parse_route, route_key};
+use super::control::{Control, LocalRoutes, route_key};
 use super::directory::{Directory, StoredSession};
 use super::frame::{Frame, FrameReader, Kind, encode_frame, read_frame, write_frame};
 use super::lane::{Coverage, Lane, Pushed, ShareGroups, Strand};
 use super::links::{PeerLinks, PeerRecv, PeerSend, Priority};
+use super::routes::RouteTable;
 use super::takeover::Takeovers;
 use crate::broker::durable::{decode_message, decode_retained, encode_message, queue_writer};
 use crate::broker::{
-    Broker, Claim, GroupKey, Handoff, Message, QueueLimits, Remote, Session, Signal, Subscriber,
-    SubscriptionTrie, Target,
+    Broker, Claim, GroupKey, Handoff, Message, QueueLimits, Remote, Session, Signal,
 };
 use crate::mqtt::QoS;
 use crate::store::keys;
@@ -56,21 +56,14 @@ use crate::store::keys;
 const LANES: usize = 8;
 /// Messages written to a lane's stream in one go, at most.
 const BATCH: usize = 256;
+/// Bytes of filters per frame of a route snapshot: a peer applies a frame under its route
+/// table's write lock, so a large snapshot goes in many short steps.
+const SNAPSHOT_FRAME: usize = 256 * 1024;
 /// Route changes a peer's stream holds before the peer is resynchronised instead.
 const DELTA_CAPACITY: usize = 65_536;
 /// How often the cluster's members are read to find peers that came or went.
 const MEMBERS_EVERY: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_millis(200);
-
-/// A peer node as a subscriber of the route table.
-#[derive(Debug, Clone, Copy)]
-struct PeerNode(NodeId);
-
-impl Target for PeerNode {
-    fn target_id(&self) -> u64 {
-        self.0
-    }
-}
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct RouteSnapshot {
@@ -181,93 +174,6 @@ impl Metrics {
     }
 }
 
-/// The routes other nodes announced, and which announcement of each is current.
-#[derive(Default)]
-struct RemoteRoutes {
-    trie: SubscriptionTrie<PeerNode>,
-    /// Each node's filters, to drop them all when its stream ends.
-    by_node: HashMap<NodeId, (u64, HashSet<String>)>,
-    next_generation: u64,
-}
-
-impl RemoteRoutes {
-    /// Replaces everything `node` announced; the generation that identifies this snapshot.
-    fn replace(&mut self, node: NodeId, filters: Vec<String>) -> u64 {
-        self.drop_node(node);
-        for filter in &filters {
-            self.insert(node, filter);
-        }
-        self.next_generation += 1;
-        let generation = self.next_generation;
-        self.by_node
-            .insert(node, (generation, filters.into_iter().collect()));
-        generation
-    }
-
-    fn insert(&mut self, node: NodeId, key: &str) {
-        let Some((filter, group)) = parse_route(key) else {
-            return;
-        };
-        self.trie.insert(
-            filter,
-            group,
-            Subscriber {
-                target: PeerNode(node),
-                options: Default::default(),
-                subscription_id: None,
-            },
-        );
-    }
-
-    fn apply(&mut self, node: NodeId, generation: u64, delta: Control) {
-        let Some((current, keys)) = self.by_node.get_mut(&node) else {
-            return;
-        };
-        if *current != generation {
-            return;
-        }
-        match delta {
-            Control::Add(key) => {
-                if keys.insert(key.clone()) {
-                    self.insert(node, &key);
-                }
-            }
-            Control::Remove(key) => {
-                if keys.remove(&key)
-                    && let Some((filter, group)) = parse_route(&key)
-                {
-                    self.trie.remove(filter, group, node);
-                }
-            }
-            Control::Connecting { .. }
-            | Control::Release { .. }
-            | Control::Released { .. }
-            | Control::Adopt { .. } => {}
-        }
-    }
-
-    fn drop_node(&mut self, node: NodeId) {
-        if let Some((_, keys)) = self.by_node.remove(&node) {
-            for key in keys {
-                if let Some((filter, group)) = parse_route(&key) {
-                    self.trie.remove(filter, group, node);
-                }
-            }
-        }
-    }
-
-    /// Drops what `node` announced if `generation` is still its current snapshot.
-    fn end(&mut self, node: NodeId, generation: u64) {
-        if self
-            .by_node
-            .get(&node)
-            .is_some_and(|(current, _)| *current == generation)
-        {
-            self.drop_node(node);
-        }
-    }
-}
-
 /// One peer's lanes.
 struct Peer {
     lanes: Vec<Arc<Lane>>,
@@ -296,7 +202,7 @@ pub struct DataPlane {
     broker: Broker,
     links: Arc<dyn PeerLinks>,
     local: Arc<Mutex<LocalRoutes>>,
-    remote: RwLock<RemoteRoutes>,
+    remote: RwLock<RouteTable>,
     /// Read by every forwarded message; written when members come or go.
     peers: RwLock<HashMap<NodeId, Peer>>,
     /// By sending node and lane.
@@ -339,7 +245,7 @@ impl DataPlane {
             broker: broker.clone(),
             links,
             local,
-            remote: RwLock::new(RemoteRoutes::default()),
+            remote: RwLock::new(RouteTable::default()),
             peers: RwLock::new(HashMap::new()),
             delivered: Mutex::new(HashMap::new()),
             forward_timeout,
@@ -401,16 +307,11 @@ impl DataPlane {
             let known: Vec<NodeId> = self.peers.read().keys().copied().collect();
             {
                 let mut remote = self.remote.write();
-                let gone: Vec<NodeId> = remote
-                    .by_node
-                    .keys()
-                    .filter(|id| !known.contains(id))
-                    .copied()
-                    .collect();
+                let gone: Vec<NodeId> = remote.nodes().filter(|id| !known.contains(id)).collect();
                 for id in gone {
                     remote.drop_node(id);
                 }
-                self.metrics.remote_routes.set(remote.trie.len() as i64);
+                self.metrics.remote_routes.set(remote.len() as i64);
             }
             self.watch_peers();
             tokio::select! {
@@ -846,7 +747,7 @@ impl DataPlane {
                 }
             };
             self.metrics.resyncs.with_label_values(&[&peer]).inc();
-            let sent = send_routes(&mut stream, &snapshot, &mut changes);
+            let sent = send_routes(&mut stream, snapshot, &mut changes);
             // The peer writes nothing back: its end closing, or the link dying, ends the read.
             // A control message written after that would be lost, so the stream is over.
             let ended = async {
@@ -964,7 +865,7 @@ impl DataPlane {
         let generation = {
             let mut remote = self.remote.write();
             let generation = remote.replace(node, snapshot.filters);
-            self.metrics.remote_routes.set(remote.trie.len() as i64);
+            self.metrics.remote_routes.set(remote.len() as i64);
             generation
         };
         while let Ok(frame) = read_frame(&mut stream).await {
@@ -972,17 +873,29 @@ impl DataPlane {
                 break;
             };
             match control {
-                Control::Add(_) | Control::Remove(_) => {
+                Control::Add(key) => {
                     let mut remote = self.remote.write();
-                    remote.apply(node, generation, control);
-                    self.metrics.remote_routes.set(remote.trie.len() as i64);
+                    remote.add(node, generation, &key);
+                    self.metrics.remote_routes.set(remote.len() as i64);
+                }
+                Control::AddAll(keys) => {
+                    let mut remote = self.remote.write();
+                    for key in &keys {
+                        remote.add(node, generation, key);
+                    }
+                    self.metrics.remote_routes.set(remote.len() as i64);
+                }
+                Control::Remove(key) => {
+                    let mut remote = self.remote.write();
+                    remote.remove(node, generation, &key);
+                    self.metrics.remote_routes.set(remote.len() as i64);
                 }
                 other => self.takeover.handle(node, other),
             }
         }
         let mut remote = self.remote.write();
         remote.end(node, generation);
-        self.metrics.remote_routes.set(remote.trie.len() as i64);
+        self.metrics.remote_routes.set(remote.len() as i64);
     }
 
     /// Takes a lane a peer opened: delivers its messages to this node's sessions, skipping
@@ -1218,9 +1131,7 @@ impl DataPlane {
 
     /// The routes peer `node` announced, as this node holds them; `None` while it holds none.
     pub fn routes_of(&self, node: NodeId) -> Option<std::collections::BTreeSet<String>> {
-        let remote = self.remote.read();
-        let (_, filters) = remote.by_node.get(&node)?;
-        Some(filters.iter().cloned().collect())
+        self.remote.read().routes_of(node)
     }
 
     fn lane_of(&self, topic: &str) -> usize {
@@ -1235,19 +1146,38 @@ fn parse_queue_key(key: &[u8]) -> Option<(String, u64)> {
     Some((keys::unhex(client)?, u64::from_str_radix(seq, 16).ok()?))
 }
 
-/// Writes `snapshot`, then each change as it comes, until the stream fails or `changes` ends
+/// Writes `snapshot` (as many filters as fit `SNAPSHOT_FRAME` bytes, then the rest in frames
+/// of that size), then each change as it comes, until the stream fails or `changes` ends
 /// (this node dropped the queue: the peer fell behind).
 async fn send_routes(
     stream: &mut PeerSend,
-    snapshot: &RouteSnapshot,
+    mut snapshot: RouteSnapshot,
     changes: &mut mpsc::Receiver<Control>,
 ) -> Option<()> {
-    let body = postcard::to_stdvec(snapshot).ok()?;
+    let mut rest = std::mem::take(&mut snapshot.filters).into_iter().peekable();
+    snapshot.filters = next_chunk(&mut rest);
+    let body = postcard::to_stdvec(&snapshot).ok()?;
     write_frame(stream, Kind::Routes, body).await.ok()?;
+    while rest.peek().is_some() {
+        let body = postcard::to_stdvec(&Control::AddAll(next_chunk(&mut rest))).ok()?;
+        write_frame(stream, Kind::Control, body).await.ok()?;
+    }
     loop {
         let body = postcard::to_stdvec(&changes.recv().await?).ok()?;
         write_frame(stream, Kind::Control, body).await.ok()?;
     }
+}
+
+/// Filters from `rest` up to about `SNAPSHOT_FRAME` bytes (at least one).
+fn next_chunk(rest: &mut std::iter::Peekable<impl Iterator<Item = String>>) -> Vec<String> {
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    while let Some(filter) = rest.next_if(|f| chunk.is_empty() || bytes + f.len() <= SNAPSHOT_FRAME)
+    {
+        bytes += filter.len() + 2;
+        chunk.push(filter);
+    }
+    chunk
 }
 
 impl DataPlane {
@@ -1292,20 +1222,14 @@ impl Remote for DataPlane {
             let remote = self.remote.read();
             let mut direct = Vec::new();
             let mut shared = Vec::new();
-            remote
-                .trie
-                .matches_split(&message.topic, &mut direct, &mut shared);
-            for m in direct {
-                if !destinations.iter().any(|(node, _)| *node == m.target.0) {
-                    destinations.push((m.target.0, Vec::new()));
-                }
-            }
+            remote.matches(&message.topic, &mut direct, &mut shared);
+            destinations.extend(direct.into_iter().map(|node| (node, Vec::new())));
             for pick in shared {
                 if served.contains(&(pick.group, pick.filter)) {
                     continue;
                 }
                 let group = (pick.group.to_owned(), pick.filter.to_owned());
-                let node = pick.subscriber.target.0;
+                let node = pick.node;
                 match destinations.iter_mut().find(|(n, _)| *n == node) {
                     Some((_, groups)) => groups.push(group),
                     None => destinations.push((node, vec![group])),
@@ -1418,7 +1342,7 @@ impl Remote for DataPlane {
 
     fn has_share_member(&self, key: GroupKey<'_>) -> bool {
         let (group, filter) = key;
-        self.remote.read().trie.has_share_group(filter, group)
+        self.remote.read().has_share_group(filter, group)
     }
 
     fn connecting(&self, client_id: &str, clean_start: bool, claimed_at: u64) {
@@ -1438,42 +1362,5 @@ impl Remote for DataPlane {
     ) -> Arc<Claim> {
         self.takeover
             .start_claim(client_id, clean_start, claimed_at, waker)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn nodes_for(remote: &RemoteRoutes, topic: &str) -> Vec<NodeId> {
-        let mut matches = Vec::new();
-        remote.trie.matches(topic, &mut matches);
-        let mut nodes: Vec<NodeId> = matches.iter().map(|m| m.target.0).collect();
-        nodes.sort_unstable();
-        nodes
-    }
-
-    #[test]
-    fn a_snapshot_replaces_a_nodes_routes_and_only_its_own_stream_may_change_or_end_them() {
-        let mut remote = RemoteRoutes::default();
-        let old = remote.replace(2, vec!["a/+".into(), "b".into()]);
-        remote.replace(3, vec!["a/#".into()]);
-        assert_eq!(nodes_for(&remote, "a/x"), [2, 3]);
-        remote.apply(2, old, Control::Add("c".into()));
-        remote.apply(2, old, Control::Remove("b".into()));
-        assert_eq!(nodes_for(&remote, "c"), [2]);
-        assert!(nodes_for(&remote, "b").is_empty());
-        // Node 2 restarts: its new snapshot replaces the old one, and the old stream's late
-        // changes and end touch nothing.
-        let new = remote.replace(2, vec!["d".into()]);
-        remote.apply(2, old, Control::Add("e".into()));
-        remote.end(2, old);
-        assert_eq!(nodes_for(&remote, "d"), [2]);
-        assert!(nodes_for(&remote, "e").is_empty());
-        assert!(nodes_for(&remote, "c").is_empty());
-        remote.end(2, new);
-        assert!(nodes_for(&remote, "d").is_empty());
-        assert_eq!(nodes_for(&remote, "a/x"), [3]);
-        assert_eq!(remote.trie.len(), 1);
     }
 }

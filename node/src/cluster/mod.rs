@@ -12,11 +12,13 @@ mod lane;
 pub mod links;
 #[cfg(not(madsim))]
 mod quic;
+mod routes;
 mod takeover;
 
 pub use data_plane::DataPlane;
 #[cfg(not(madsim))]
 pub use quic::{QuicTransport, serve_peers};
+pub use routes::{RouteTable, SharedPick};
 
 /// Where the streams other nodes open for the broker's data plane go, once it exists.
 pub type Inbound = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<DataPlane>>>;

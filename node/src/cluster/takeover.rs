@@ -197,7 +197,7 @@ impl Takeovers {
                     }
                 });
             }
-            Control::Add(_) | Control::Remove(_) => {}
+            Control::Add(_) | Control::AddAll(_) | Control::Remove(_) => {}
         }
     }
 
