@@ -269,6 +269,11 @@ pub struct MqttConfig {
     /// Topic and payload bytes held for a session beyond its in-flight window, as
     /// `max_queued_messages` counts messages: whichever is reached first bounds the queue.
     pub max_queued_bytes: usize,
+    /// Seconds a response that waits for the store (a QoS 1/2 publish's PUBACK/PUBREC, a
+    /// persistent session's SUBACK) may wait before it is refused instead (v5: PUBACK/PUBREC
+    /// 0x97; otherwise the connection is closed): a node cut off from the store's quorum
+    /// answers its clients rather than leaving them waiting, and never acknowledges falsely.
+    pub store_wait_timeout: u16,
     /// Seconds a publisher waits for a congested subscriber before that
     /// subscriber is treated as too slow: its excess is then dropped instead.
     pub slow_subscriber_timeout: u16,
@@ -335,6 +340,7 @@ impl Default for MqttConfig {
             max_queued_bytes: 16 * 1024 * 1024,
             max_pending_writes: 100_000,
             slow_subscriber_timeout: 5,
+            store_wait_timeout: 10,
             topic_alias_maximum: 8,
             max_keep_alive: 1200,
             server_keep_alive: None,
@@ -436,6 +442,7 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("mqtt.max_queued_bytes", EnvKind::Number),
     ("mqtt.max_pending_writes", EnvKind::Number),
     ("mqtt.slow_subscriber_timeout", EnvKind::Number),
+    ("mqtt.store_wait_timeout", EnvKind::Number),
     ("mqtt.topic_alias_maximum", EnvKind::Number),
     ("mqtt.max_keep_alive", EnvKind::Number),
     ("mqtt.server_keep_alive", EnvKind::Number),
@@ -614,6 +621,9 @@ impl Config {
         }
         if m.slow_subscriber_timeout == 0 {
             return invalid("mqtt.slow_subscriber_timeout", "must be at least 1 second");
+        }
+        if m.store_wait_timeout == 0 {
+            return invalid("mqtt.store_wait_timeout", "must be at least 1 second");
         }
         if m.max_keep_alive == 0 {
             return invalid("mqtt.max_keep_alive", "must be at least 1 second");

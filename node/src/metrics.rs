@@ -112,8 +112,9 @@ impl BrokerMetrics {
         let publishes_refused = IntCounterVec::new(
             Opts::new(
                 "halyard_publishes_refused_total",
-                "QoS 1/2 messages refused before routing, by reason (store_backlog: the store \
-                 could not make them durable)",
+                "QoS 1/2 messages refused, by reason (store_backlog: before routing, the store \
+                 has too many writes waiting; store_wait: the store did not make them durable \
+                 within mqtt.store_wait_timeout)",
             ),
             &["reason"],
         )?;

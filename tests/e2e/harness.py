@@ -394,6 +394,20 @@ class Client:
         assert not reason.is_failure, f"{self.client_id}: connection refused: {reason}"
         return session_present
 
+    def connect_refused(self, timeout: float = WAIT) -> mqtt.ReasonCode:
+        """Connects expecting a CONNACK that refuses the connection; returns its reason."""
+        extra = {"clean_start": self._clean} if self.protocol == mqtt.MQTTv5 else {}
+        self.paho.connect(self._broker.host, self._broker.port, keepalive=30, **extra)
+        self.paho.loop_start()
+        self._started = True
+        with self._state:
+            if not self._state.wait_for(lambda: self._connack is not None, timeout):
+                raise AssertionError(f"{self.client_id}: no CONNACK within {timeout}s")
+        assert self._connack is not None
+        reason, _ = self._connack
+        assert reason.is_failure, f"{self.client_id}: connected, but a refusal was expected"
+        return reason
+
     def subscribe(self, topic: str, qos: int) -> int:
         """Subscribes and returns the QoS the broker granted."""
         rc, mid = self.paho.subscribe(topic, qos)
@@ -419,6 +433,12 @@ class Client:
         self._wait(f"publish completion for {topic}", lambda: info.mid in self._pubacks)
         reason = self._pubacks[info.mid]
         assert not reason.is_failure, f"{self.client_id}: publish to {topic} refused: {reason}"
+
+    def publish_answer(self, info: mqtt.MQTTMessageInfo, timeout: float = WAIT) -> mqtt.ReasonCode:
+        """Waits for the broker's PUBACK/PUBREC to a QoS 1/2 publish and returns its reason,
+        success or not."""
+        self._wait(f"an answer to publish {info.mid}", lambda: info.mid in self._pubacks, timeout)
+        return self._pubacks[info.mid]
 
     def expect(self, timeout: float = WAIT) -> mqtt.MQTTMessage:
         try:

@@ -3,11 +3,13 @@ clients spread over them: a message published on one node reaches subscribers on
 order, a retained message set on one node is sent to a subscriber on another, the will of a
 client lost on one node reaches subscribers on another, a share group with members on two
 nodes gets each message once, a message acknowledged to its publisher survives `kill -9` of
-the publisher's node, and a persistent subscriber whose node is killed resumes on another node
-with every acknowledged message."""
+the publisher's node, a persistent subscriber whose node is killed resumes on another node
+with every acknowledged message, and a node cut off from the other two refuses what it cannot
+store instead of acknowledging it, and serves again once the others are back."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import threading
@@ -22,6 +24,7 @@ import pytest
 from harness import Broker, Client, Launched, halyard_bin, launch_broker, wait_for_broker
 
 NODES = (1, 2, 3)
+STORE_WAIT_TIMEOUT = 8
 
 
 def _free_udp_port() -> int:
@@ -67,6 +70,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "HALYARD_CLUSTER__CA_CERT": str(certs / "ca.pem"),
                 "HALYARD_CLUSTER__CERT": str(certs / f"node-{node}.pem"),
                 "HALYARD_CLUSTER__KEY": str(certs / f"node-{node}.key"),
+                # Longer than a failover takes here (the forward timeout, 3 s, and an
+                # election), shorter than the default 10 s, for the test of a cut-off node.
+                "HALYARD_MQTT__STORE_WAIT_TIMEOUT": str(STORE_WAIT_TIMEOUT),
             },
         )
         launched.append(started)
@@ -291,3 +297,58 @@ def test_a_persistent_subscriber_whose_node_is_killed_resumes_on_another_with_ev
     moved.disconnect()
     publisher.disconnect()
     cluster.relaunch(2)
+
+
+def test_a_node_cut_off_from_the_others_refuses_what_it_cannot_store_and_serves_again_after(
+    cluster: Cluster,
+) -> None:
+    first, second, third = cluster.brokers
+    # An offline persistent session on node 3: a message for it must be stored.
+    keeper = Client(third, "keeper", mqtt.MQTTv311, False, None)
+    keeper.connect()
+    keeper.subscribe("cut/#", 1)
+    keeper.disconnect()
+    watcher = _client(third, "cut-watcher")
+    watcher.subscribe("cut/#", 1)
+    publisher = _client(third, "cut-publisher")
+    legacy = Client(third, "cut-legacy", mqtt.MQTTv311, True, None)
+    legacy.connect()
+    # Nodes 1 and 2 stop answering: node 3 is alone, without the store's quorum.
+    for broker in (first, second):
+        broker.process.send_signal(signal.SIGSTOP)
+    try:
+        # It keeps serving its connections...
+        publisher.publish("cut/now", b"qos0", qos=0)
+        assert watcher.expect().payload == b"qos0"
+        # ...but a QoS 1 message it cannot store for the keeper is refused, not acknowledged,
+        # once it has waited for the store for the configured time; an MQTT 3.1.1 publisher
+        # cannot be told so, and its connection is closed.
+        started = time.monotonic()
+        info = publisher.publish_nowait("cut/now", b"unstored", qos=1)
+        legacy.publish_nowait("cut/now", b"legacy", qos=1)
+        reason = publisher.publish_answer(info, timeout=STORE_WAIT_TIMEOUT + 10)
+        assert reason.value == 0x97, f"PUBACK {reason}"
+        assert time.monotonic() - started >= STORE_WAIT_TIMEOUT - 0.5
+        legacy.wait_disconnected(timeout=10)
+        # A persistent session cannot be claimed without the store: server unavailable.
+        late = Client(third, "cut-late", mqtt.MQTTv311, False, None)
+        refused = late.connect_refused(timeout=30)
+        assert "unavailable" in str(refused).lower(), f"CONNACK {refused}"
+        late.close()
+    finally:
+        for broker in (first, second):
+            broker.process.send_signal(signal.SIGCONT)
+    # Healed: routes converge without a restart, and what needs the store works again.
+    for broker in (first, second, third):
+        others = tuple(b for b in (first, second, third) if b is not broker)
+        _wait_for("routes to converge", lambda: _knows_all_routes(broker, others), timeout=30)
+    publisher.publish("cut/now", b"healed", qos=1)
+    assert (third.metrics().value("halyard_publishes_refused_total", reason="store_wait") or 0) >= 1
+    keeper = Client(second, "keeper", mqtt.MQTTv311, False, None)
+    assert keeper.connect(), "the keeper's session is still there"
+    got = set()
+    while b"healed" not in got:
+        got.add(keeper.expect(timeout=10).payload)
+    keeper.disconnect()
+    watcher.disconnect()
+    publisher.disconnect()

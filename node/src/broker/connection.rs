@@ -74,13 +74,15 @@ struct PendingConnect {
 struct Wait {
     durable_seq: u64,
     handoffs: Vec<Handoff>,
+    /// When the response began to wait, once it has to.
+    since: Option<Instant>,
 }
 
 impl Wait {
     fn durable(seq: u64) -> Self {
         Wait {
             durable_seq: seq,
-            handoffs: Vec::new(),
+            ..Wait::default()
         }
     }
 }
@@ -319,9 +321,23 @@ impl Connection {
 
     /// When the connection times out: CONNECT not received in time, or
     /// 1.5 times the keep-alive without a packet; while paused, when the
-    /// subscriber it waits for counts as too slow.
+    /// subscriber it waits for counts as too slow; when its oldest held response has waited
+    /// for the store for as long as it may.
     pub fn deadline(&self) -> Option<Instant> {
-        let timeout = match self.phase {
+        let deadline = self.pause_or_keep_alive_deadline();
+        match (deadline, self.store_wait_deadline()) {
+            (Some(d), Some(s)) => Some(d.min(s)),
+            (d, s) => d.or(s),
+        }
+    }
+
+    fn store_wait_deadline(&self) -> Option<Instant> {
+        let since = self.responses.as_ref()?.front()?.0.since?;
+        Some(since + Duration::from_secs(u64::from(self.broker.config().store_wait_timeout)))
+    }
+
+    fn keep_alive_deadline(&self) -> Option<Instant> {
+        match self.phase {
             Phase::AwaitingConnect => Some(
                 // Nothing but CONNECT is accepted before CONNECT, so the
                 // last packet time is still the time the connection opened.
@@ -330,7 +346,11 @@ impl Connection {
             ),
             Phase::Active => self.keep_alive.map(|ka| self.last_received + ka * 3 / 2),
             Phase::Closed => None,
-        };
+        }
+    }
+
+    fn pause_or_keep_alive_deadline(&self) -> Option<Instant> {
+        let timeout = self.keep_alive_deadline();
         match (&self.paused, timeout) {
             // Not reading, the keep-alive cannot be held against the client.
             (Some(pause), _) if !self.wants_input() => Some(pause.until),
@@ -354,6 +374,16 @@ impl Connection {
 
     /// The deadline passed.
     pub fn timed_out(&mut self, now: Instant) {
+        if self.store_wait_deadline().is_some_and(|d| d <= now) {
+            self.give_up_on_store(now);
+        }
+        if self.phase == Phase::Closed
+            || self
+                .pause_or_keep_alive_deadline()
+                .is_none_or(|deadline| deadline > now)
+        {
+            return;
+        }
         let timeout = self.slow_subscriber_timeout();
         if let Some(pause) = self.paused.as_mut().filter(|p| p.until <= now) {
             let progress = pause.session.progress();
@@ -370,6 +400,10 @@ impl Connection {
         }
         if self.phase == Phase::Active {
             self.close(reason::KEEP_ALIVE_TIMEOUT, CloseKind::KeepAliveTimeout);
+        } else if self.claiming.take().is_some() {
+            // The CONNECT came, but its session could not be claimed in time (the store has
+            // no quorum here): the client is told, and the abandoned claim stops.
+            self.refuse(reason::SERVER_UNAVAILABLE);
         } else {
             self.close_silently(CloseKind::ProtocolError);
         }
@@ -562,10 +596,11 @@ impl Connection {
     }
 
     /// Sends `response` once what it waits for (and every response before it) is done.
-    fn respond(&mut self, wait: Wait, response: Response) {
+    fn respond(&mut self, mut wait: Wait, response: Response) {
         if self.responses.is_none() && self.broker.is_settled(wait.durable_seq, &wait.handoffs) {
             return self.send_response(response);
         }
+        wait.since = Some(Instant::now());
         self.responses
             .get_or_insert_with(Default::default)
             .push_back((wait, response));
@@ -586,6 +621,53 @@ impl Connection {
                 self.send_response(response);
             }
         }
+    }
+
+    /// The oldest held response has waited for the store longer than `store_wait_timeout`
+    /// (the store has no quorum here, or is stuck): what it answers is not durable, so it is
+    /// refused rather than left hanging or acknowledged. A v5 publisher gets PUBACK/PUBREC
+    /// 0x97 for each message that waited that long and may send it again (it may then arrive
+    /// twice, never lost); anything else, or a 3.1.1 client, loses the connection.
+    fn give_up_on_store(&mut self, now: Instant) {
+        let timeout = Duration::from_secs(u64::from(self.broker.config().store_wait_timeout));
+        while let Some(queue) = self.responses.as_mut() {
+            let expired = queue
+                .front()
+                .and_then(|(wait, _)| wait.since)
+                .is_some_and(|since| since + timeout <= now);
+            if !expired {
+                break;
+            }
+            let Some((_, response)) = queue.pop_front() else {
+                break;
+            };
+            let publish = match response {
+                Response::Ack(kind @ (AckKind::PubAck | AckKind::PubRec), packet_id, _) => {
+                    Some((kind, packet_id))
+                }
+                _ => None,
+            };
+            if publish.is_some() {
+                self.broker.metrics().publish_refused("store_wait");
+            }
+            match publish {
+                Some((kind, packet_id)) if self.version.is_v5() => {
+                    self.send_ack(kind, packet_id, reason::QUOTA_EXCEEDED);
+                }
+                _ => {
+                    return self.close_with_reason(
+                        reason::QUOTA_EXCEEDED,
+                        CloseKind::ServerBusy,
+                        "the store did not take the write in time".to_owned(),
+                    );
+                }
+            }
+        }
+        if self.responses.as_ref().is_some_and(|q| q.is_empty()) {
+            self.responses = None;
+        }
+        // Responses behind the refused ones may be settled already.
+        self.release_responses();
     }
 
     fn send_response(&mut self, response: Response) {
@@ -1078,6 +1160,7 @@ impl Connection {
                 Wait {
                     durable_seq: published.durable_seq,
                     handoffs: published.handoffs,
+                    since: None,
                 },
             );
         }
