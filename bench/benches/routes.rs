@@ -131,8 +131,9 @@ fn report_memory() {
     }
 }
 
-/// A peer's resync: its snapshot (every filter) encoded as sent, decoded as received, and the
-/// routes it replaces, a million of them, replaced.
+/// A peer's resync: its snapshot (every filter) encoded as sent, decoded as received, and
+/// applied: over the same million routes (a peer that reconnects), or into an empty table (a
+/// peer met for the first time; the time includes dropping the table).
 fn resync(c: &mut Criterion) {
     let filters = filters("devices/{id}/+/telemetry", ROUTES);
     let mut group = c.benchmark_group("routes");
@@ -149,6 +150,34 @@ fn resync(c: &mut Criterion) {
             };
             table.replace(1, received);
             black_box(table.len());
+        })
+    });
+    group.bench_function("first_snapshot_1m/RouteTable", |b| {
+        b.iter(|| {
+            let Ok(bytes) = postcard::to_stdvec(&filters) else {
+                return;
+            };
+            let Ok(received) = postcard::from_bytes::<Vec<String>>(&bytes) else {
+                return;
+            };
+            let mut table = RouteTable::default();
+            table.replace(1, received);
+            black_box(table.len());
+        })
+    });
+    group.bench_function("first_snapshot_1m/broker_trie", |b| {
+        b.iter(|| {
+            let Ok(bytes) = postcard::to_stdvec(&filters) else {
+                return;
+            };
+            let Ok(received) = postcard::from_bytes::<Vec<String>>(&bytes) else {
+                return;
+            };
+            let mut routes = TrieRoutes::default();
+            for filter in received {
+                routes.add(1, filter);
+            }
+            black_box(routes.trie.len());
         })
     });
     group.bench_function("resync_1m/broker_trie", |b| {

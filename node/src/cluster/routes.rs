@@ -5,8 +5,10 @@
 //! every filter in one arena, their names in one string, one hash table of the edges from a
 //! level to its children (keyed by the parent and the child's name, holding only the child's
 //! index), and the nodes that hold a filter as bits of a mask, one bit per node (nodes past
-//! the 64th are listed aside). A level costs about 40 bytes and its name, whatever the number
-//! of nodes; share groups are few, and list their nodes aside too.
+//! the 64th are listed aside). Levels and names are kept in fixed-size chunks, so the table
+//! grows without copying and without the unused half a doubling buffer leaves. A level costs
+//! about 31 bytes and its name, whatever the number of nodes; share groups are few, and list
+//! their nodes aside too.
 //!
 //! Each node's routes are current for one announcement (`generation`): a new snapshot from the
 //! node replaces them all, and changes or the end of an older stream are ignored.
@@ -79,9 +81,9 @@ pub struct SharedPick<'a> {
 }
 
 pub struct RouteTable {
-    levels: Vec<Level>,
+    levels: Levels,
     free: Vec<u32>,
-    names: String,
+    names: Names,
     /// Bytes of `names` that belong to freed levels.
     garbage: usize,
     edges: HashTable<u32>,
@@ -98,17 +100,19 @@ pub struct RouteTable {
 
 impl Default for RouteTable {
     fn default() -> Self {
+        let mut levels = Levels::default();
+        levels.push(Level {
+            parent: ROOT,
+            name_at: 0,
+            children: 0,
+            name_len: 0,
+            flags: 0,
+            nodes: 0,
+        });
         RouteTable {
-            levels: vec![Level {
-                parent: ROOT,
-                name_at: 0,
-                children: 0,
-                name_len: 0,
-                flags: 0,
-                nodes: 0,
-            }],
+            levels,
             free: Vec::new(),
-            names: String::new(),
+            names: Names::default(),
             garbage: 0,
             edges: HashTable::new(),
             hasher: foldhash::fast::FixedState::default(),
@@ -122,12 +126,105 @@ impl Default for RouteTable {
     }
 }
 
-fn name_of<'a>(levels: &[Level], names: &'a str, at: u32) -> &'a str {
+fn name_of<'a>(levels: &Levels, names: &'a Names, at: u32) -> &'a str {
     let level = &levels[at as usize];
-    let start = level.name_at as usize;
-    names
-        .get(start..start + level.name_len as usize)
-        .unwrap_or("")
+    names.get(level.name_at, level.name_len)
+}
+
+/// Levels in chunks that never grow past `LEVEL_CHUNK`: the arena grows without copying, and
+/// without the half-empty buffer a doubling `Vec` leaves.
+#[derive(Default)]
+struct Levels {
+    chunks: Vec<Vec<Level>>,
+}
+
+const LEVEL_CHUNK: usize = 4096;
+
+impl Levels {
+    fn len(&self) -> usize {
+        self.chunks
+            .last()
+            .map_or(0, |last| (self.chunks.len() - 1) * LEVEL_CHUNK + last.len())
+    }
+
+    fn push(&mut self, level: Level) -> u32 {
+        let at = self.len();
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < LEVEL_CHUNK => last.push(level),
+            _ => {
+                let mut chunk = Vec::with_capacity(LEVEL_CHUNK);
+                chunk.push(level);
+                self.chunks.push(chunk);
+            }
+        }
+        at as u32
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Level> {
+        self.chunks.iter().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Level> {
+        self.chunks.iter_mut().flatten()
+    }
+}
+
+impl std::ops::Index<usize> for Levels {
+    type Output = Level;
+
+    fn index(&self, at: usize) -> &Level {
+        &self.chunks[at / LEVEL_CHUNK][at % LEVEL_CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Levels {
+    fn index_mut(&mut self, at: usize) -> &mut Level {
+        &mut self.chunks[at / LEVEL_CHUNK][at % LEVEL_CHUNK]
+    }
+}
+
+/// The levels' names, in strings of `NAME_CHUNK` bytes; a name never straddles two, and is
+/// found by its offset as if they were one.
+#[derive(Default)]
+struct Names {
+    chunks: Vec<String>,
+    /// Bytes of names pushed (freed ones included, until packed).
+    bytes: usize,
+}
+
+/// A level's name is at most 65,535 bytes, so it always fits a chunk.
+const NAME_CHUNK: usize = 1 << 16;
+
+impl Names {
+    /// Whether a filter's names can still be given offsets (a `u32` covers 65,536 chunks,
+    /// and one filter's names may open two).
+    fn has_room_for_a_filter(&self) -> bool {
+        self.chunks.len() + 2 <= u32::MAX as usize / NAME_CHUNK + 1
+    }
+
+    fn push(&mut self, name: &str) -> u32 {
+        let fits = self
+            .chunks
+            .last()
+            .is_some_and(|last| last.len() + name.len() <= NAME_CHUNK);
+        if !fits {
+            self.chunks.push(String::with_capacity(NAME_CHUNK));
+        }
+        let index = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[index];
+        let at = index * NAME_CHUNK + chunk.len();
+        chunk.push_str(name);
+        self.bytes += name.len();
+        at as u32
+    }
+
+    fn get(&self, at: u32, len: u16) -> &str {
+        let (chunk, start) = (at as usize / NAME_CHUNK, at as usize % NAME_CHUNK);
+        self.chunks
+            .get(chunk)
+            .and_then(|c| c.get(start..start + len as usize))
+            .unwrap_or("")
+    }
 }
 
 impl RouteTable {
@@ -152,12 +249,22 @@ impl RouteTable {
         node: NodeId,
         keys: impl IntoIterator<Item = K>,
     ) -> u64 {
-        self.drop_node(node);
-        let slot = match self.slots.iter().position(Option::is_none) {
-            Some(slot) => slot,
+        // The node's levels stay while the snapshot is added, so that the filters it still
+        // holds (most of them, usually) find theirs in place; those it dropped are pruned.
+        let (slot, emptied) = match self.announced.remove(&node) {
+            Some(old) => {
+                self.len -= old.routes;
+                (old.slot, self.clear_node(node, &old))
+            }
             None => {
-                self.slots.push(None);
-                self.slots.len() - 1
+                let slot = match self.slots.iter().position(Option::is_none) {
+                    Some(slot) => slot,
+                    None => {
+                        self.slots.push(None);
+                        self.slots.len() - 1
+                    }
+                };
+                (slot, Vec::new())
             }
         };
         self.slots[slot] = Some(node);
@@ -174,6 +281,9 @@ impl RouteTable {
         for key in keys {
             self.add(node, generation, key.as_ref());
         }
+        for at in emptied {
+            self.prune(at);
+        }
         generation
     }
 
@@ -188,12 +298,9 @@ impl RouteTable {
         if filter.split('/').any(|name| name.len() > u16::MAX as usize) {
             return;
         }
-        if self.names.len() + filter.len() > u32::MAX as usize {
+        if !self.names.has_room_for_a_filter() {
             self.pack_names();
-            if filter.split('/').any(|name| name.len() > u16::MAX as usize) {
-                return;
-            }
-            if self.names.len() + filter.len() > u32::MAX as usize {
+            if !self.names.has_room_for_a_filter() {
                 return;
             }
         }
@@ -250,12 +357,21 @@ impl RouteTable {
             return;
         };
         self.len -= announced.routes;
-        let slot = announced.slot;
-        self.slots[slot] = None;
-        if announced.routes == 0 {
-            return;
+        let emptied = self.clear_node(node, &announced);
+        self.slots[announced.slot] = None;
+        for at in emptied {
+            self.prune(at);
         }
+    }
+
+    /// Takes `node`'s routes out of every level, leaving the levels in place (a snapshot that
+    /// follows reuses them); the levels it left, to prune.
+    fn clear_node(&mut self, node: NodeId, announced: &Announced) -> Vec<u32> {
+        let slot = announced.slot;
         let mut emptied = Vec::new();
+        if announced.routes == 0 {
+            return emptied;
+        }
         if slot < MASK_SLOTS {
             let bit = 1u64 << slot;
             for (at, level) in self.levels.iter_mut().enumerate() {
@@ -288,9 +404,7 @@ impl RouteTable {
             }
             !groups.is_empty()
         });
-        for at in emptied {
-            self.prune(at);
-        }
+        emptied
     }
 
     /// The nodes holding a filter that matches `topic` (each once, in `direct`), and for each
@@ -389,22 +503,18 @@ impl RouteTable {
         }
         let level = Level {
             parent,
-            name_at: self.names.len() as u32,
+            name_at: self.names.push(name),
             children: 0,
             name_len: name.len() as u16,
             flags: 0,
             nodes: 0,
         };
-        self.names.push_str(name);
         let at = match self.free.pop() {
             Some(at) => {
                 self.levels[at as usize] = level;
                 at
             }
-            None => {
-                self.levels.push(level);
-                (self.levels.len() - 1) as u32
-            }
+            None => self.levels.push(level),
         };
         let parent_level = &mut self.levels[parent as usize];
         parent_level.children += 1;
@@ -460,20 +570,19 @@ impl RouteTable {
             parent_level.flags &= !flag;
             at = parent;
         }
-        if self.garbage > GARBAGE_SLACK && self.garbage * 2 > self.names.len() {
+        if self.garbage > GARBAGE_SLACK && self.garbage * 2 > self.names.bytes {
             self.pack_names();
         }
     }
 
     /// Copies the names of live levels into a new string, leaving freed ones behind.
     fn pack_names(&mut self) {
-        let mut packed = String::with_capacity(self.names.len() - self.garbage);
+        let mut packed = Names::default();
         for at in 0..self.levels.len() {
             if self.levels[at].is_free() {
                 continue;
             }
-            let name_at = packed.len() as u32;
-            packed.push_str(name_of(&self.levels, &self.names, at as u32));
+            let name_at = packed.push(name_of(&self.levels, &self.names, at as u32));
             self.levels[at].name_at = name_at;
         }
         self.names = packed;
@@ -720,6 +829,23 @@ mod tests {
     }
 
     #[test]
+    fn a_new_snapshot_keeps_the_levels_it_still_uses_and_frees_the_rest() {
+        let mut t = RouteTable::default();
+        t.replace(1, ["a/b", "a/c", "d/e"]);
+        t.replace(2, ["a/b"]);
+        let levels = t.levels.len();
+        let g = t.replace(1, ["a/b", "a/c"]);
+        assert_eq!(t.levels.len(), levels);
+        assert_eq!(t.free.len(), 2);
+        assert!(nodes_for(&t, "d/e").is_empty());
+        assert_eq!(nodes_for(&t, "a/b"), [1, 2]);
+        assert_eq!(t.len(), 3);
+        t.remove(1, g, "a/c");
+        assert!(nodes_for(&t, "a/c").is_empty());
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
     fn a_share_group_picks_its_nodes_in_turn() {
         let mut t = RouteTable::default();
         t.replace(1, ["$share/g/s/+"]);
@@ -786,7 +912,7 @@ mod tests {
                 t.remove(1, g, key);
             }
         }
-        assert!(t.names.len() < 2 * GARBAGE_SLACK);
+        assert!(t.names.bytes < 2 * GARBAGE_SLACK);
         assert_eq!(nodes_for(&t, "keep/this"), [1]);
         assert_eq!(t.len(), 1);
     }
