@@ -345,7 +345,12 @@ impl Takeovers {
             match durable.take_ownership(&record, revision).await {
                 Ok(true) => {
                     tracing::debug!(client_id, "claimed a stored session");
-                    if let Ok(Some((again, _))) = durable.load_session(client_id).await {
+                    // The read may come back late (the store is slow under faults), when
+                    // another node has claimed the session since: only what still names this
+                    // node is held or taken.
+                    if let Ok(Some((again, _))) = durable.load_session(client_id).await
+                        && again.record.node == Some(self.node)
+                    {
                         if self.broker.holds_session(client_id) {
                             // Copies other nodes stored for it since the read above, while it
                             // had no node to take them (see `directory.rs`), are taken too.
