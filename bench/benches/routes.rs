@@ -131,6 +131,12 @@ fn report_memory() {
     }
 }
 
+/// `filters` as a peer sends them and the receiver decodes them.
+fn sent_and_received(filters: &[String]) -> Option<Vec<String>> {
+    let bytes = postcard::to_stdvec(filters).ok()?;
+    postcard::from_bytes(&bytes).ok()
+}
+
 /// A peer's resync: its snapshot (every filter) encoded as sent, decoded as received, and
 /// applied: over the same million routes (a peer that reconnects), or into an empty table (a
 /// peer met for the first time; the time includes dropping the table).
@@ -142,10 +148,7 @@ fn resync(c: &mut Criterion) {
         let mut table = RouteTable::default();
         table.replace(1, &filters);
         b.iter(|| {
-            let Ok(bytes) = postcard::to_stdvec(&filters) else {
-                return;
-            };
-            let Ok(received) = postcard::from_bytes::<Vec<String>>(&bytes) else {
+            let Some(received) = sent_and_received(&filters) else {
                 return;
             };
             table.replace(1, received);
@@ -154,10 +157,7 @@ fn resync(c: &mut Criterion) {
     });
     group.bench_function("first_snapshot_1m/RouteTable", |b| {
         b.iter(|| {
-            let Ok(bytes) = postcard::to_stdvec(&filters) else {
-                return;
-            };
-            let Ok(received) = postcard::from_bytes::<Vec<String>>(&bytes) else {
+            let Some(received) = sent_and_received(&filters) else {
                 return;
             };
             let mut table = RouteTable::default();
@@ -167,10 +167,7 @@ fn resync(c: &mut Criterion) {
     });
     group.bench_function("first_snapshot_1m/broker_trie", |b| {
         b.iter(|| {
-            let Ok(bytes) = postcard::to_stdvec(&filters) else {
-                return;
-            };
-            let Ok(received) = postcard::from_bytes::<Vec<String>>(&bytes) else {
+            let Some(received) = sent_and_received(&filters) else {
                 return;
             };
             let mut routes = TrieRoutes::default();
@@ -186,10 +183,7 @@ fn resync(c: &mut Criterion) {
             routes.add(1, filter.clone());
         }
         b.iter(|| {
-            let Ok(bytes) = postcard::to_stdvec(&filters) else {
-                return;
-            };
-            let Ok(received) = postcard::from_bytes::<Vec<String>>(&bytes) else {
+            let Some(received) = sent_and_received(&filters) else {
                 return;
             };
             if let Some(old) = routes.by_node.remove(&1) {

@@ -1035,6 +1035,11 @@ mod tests {
                 "0",
                 "shadow.max_queued_requests",
             ),
+            (
+                "HALYARD_MQTT__STORE_WAIT_TIMEOUT",
+                "0",
+                "mqtt.store_wait_timeout",
+            ),
         ] {
             let err =
                 Config::load(None, env(&[(variable, value)]), &Overrides::default()).unwrap_err();
