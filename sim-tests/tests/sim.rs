@@ -22,11 +22,7 @@ fn broker_loses_no_acknowledged_message_across_restarts() {
     run_seeds(BROKER, 10, broker_scenario::run);
 }
 
-// Out of the default run while seeds 31 (a publisher's messages out of order after a session
-// moved) and 178 (an acknowledged message lost for a persistent session) of 1-200 fail; see
-// docs/reliability.md. Run with `scripts/sim.sh brokers_act_as_one -- --include-ignored`.
 #[test]
-#[ignore = "seeds 31 and 178 fail: docs/reliability.md"]
 fn brokers_act_as_one_and_lose_no_acknowledged_message_under_faults() {
     run_seeds(CLUSTER, 10, cluster_broker_scenario::run);
 }

@@ -909,6 +909,7 @@ impl Connection {
             server_keep_alive,
             requested_expiry,
             claimed_at,
+            claim,
             ..
         } = pending;
         let v5 = self.version.is_v5();
@@ -923,6 +924,11 @@ impl Connection {
             },
             self.session_expiry,
         );
+        if !opened.present
+            && let Some(claim) = claim
+        {
+            opened.session.set_owned_since(claim.fresh_from());
+        }
         let mut properties = Properties::default();
         if v5 {
             properties.assigned_client_identifier = assigned_client_id;

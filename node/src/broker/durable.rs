@@ -607,27 +607,38 @@ impl Durable {
         &self,
         client_id: &str,
     ) -> Result<Option<(RestoredSession, u64)>, StoreError> {
+        Ok(self.read_session(client_id).await?.0)
+    }
+
+    /// As [`Durable::load_session`], with the store revision the read saw.
+    pub async fn read_session(
+        &self,
+        client_id: &str,
+    ) -> Result<(Option<(RestoredSession, u64)>, u64), StoreError> {
         let got = self
             .store
             .get(&keys::session(client_id), Consistency::Linearizable)
             .await?;
         let Some(kv) = got.kv else {
-            return Ok(None);
+            return Ok((None, got.revision));
         };
         let Ok(record) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
             tracing::warn!(client_id, "an unreadable session record is taken as none");
-            return Ok(None);
+            return Ok((None, got.revision));
         };
         let queue = self.load_queue(client_id).await?;
         let revision = kv.mod_revision;
-        Ok(Some((
-            RestoredSession {
-                record,
-                queue,
+        Ok((
+            Some((
+                RestoredSession {
+                    record,
+                    queue,
+                    revision,
+                },
                 revision,
-            },
-            revision,
-        )))
+            )),
+            got.revision,
+        ))
     }
 
     /// Names this node the owner of `record`'s session, unless it was written since
@@ -648,7 +659,10 @@ impl Durable {
         Ok(self.store.txn(txn).await?.succeeded)
     }
 
-    /// The messages queued for `client_id`, in order; message numbers continue past theirs.
+    /// The messages queued for `client_id`, in the order the store took them (several nodes
+    /// may have written the queue, each numbering its entries its own way: a publisher's
+    /// messages are in the order it sent them when it waited for each one's acknowledgement,
+    /// which waits for the write); message numbers continue past theirs.
     async fn load_queue(&self, client_id: &str) -> Result<Vec<(u64, Delivery)>, StoreError> {
         let prefix = keys::queue_prefix(client_id);
         let queued = self
@@ -669,6 +683,7 @@ impl Durable {
             self.next_message
                 .fetch_max((seq >> NODE_BITS) + 1, Ordering::AcqRel);
             queue.push((
+                item.mod_revision,
                 seq,
                 Delivery {
                     message: Arc::new(message),
@@ -679,7 +694,11 @@ impl Durable {
                 },
             ));
         }
-        Ok(queue)
+        queue.sort_by_key(|(revision, seq, _)| (*revision, *seq));
+        Ok(queue
+            .into_iter()
+            .map(|(_, seq, delivery)| (seq, delivery))
+            .collect())
     }
 
     pub fn session_put(&self, record: &SessionRecord) -> Op {

@@ -30,7 +30,7 @@ pub use connection::Connection;
 pub use deadlines::{Deadlines, SWEEP_INTERVAL};
 pub use ingest::Ingress;
 pub use message::{Delivery, Message};
-pub use remote::{AckCursor, Claim, ClaimOutcome, GroupKey, Handoff, Remote};
+pub use remote::{AckCursor, Claim, ClaimOutcome, GroupKey, Handoff, Remote, StoredOwner};
 pub use retained::{Retained, RetainedStore};
 pub use services::{InFlight, ServiceRequest, TopicService};
 pub use session::{
@@ -605,12 +605,22 @@ impl Broker {
             .or_default() += 1;
         let broker = self.clone();
         tokio::spawn(async move {
+            // This node's view of the store may be behind the claim that made it the owner:
+            // only a record newer than that claim (which read the record at `owned_since`
+            // and wrote it only if unchanged since) says another node completed its claim.
+            // A session begun here is owned from the revision at which its claim found none.
+            let mine = session.owned_since();
             loop {
                 tokio::time::sleep(LINGER_CHECK).await;
-                if remote.owned_elsewhere(&session.client_id)
-                    || broker.holds_session(&session.client_id)
-                {
+                if broker.holds_session(&session.client_id) {
                     break;
+                }
+                match remote.stored_owner(&session.client_id) {
+                    StoredOwner::Named {
+                        here: false, since, ..
+                    } if since > mine => break,
+                    StoredOwner::Absent { seen } if seen > mine => break,
+                    _ => {}
                 }
             }
             // The new node announced its routes before it claimed the session: they reach

@@ -7,6 +7,17 @@ use std::sync::{Arc, OnceLock};
 use super::Message;
 use super::session::Signal;
 
+/// Who the store names the owner of a session, as a node's view of the store has it (which may
+/// be behind the store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredOwner {
+    /// No record, as of store revision `seen`.
+    Absent { seen: u64 },
+    /// The record names this node (`here`) or another (or none), which has owned it since
+    /// revision `since`.
+    Named { here: bool, since: u64 },
+}
+
 pub trait Remote: Send + Sync + 'static {
     /// A local session now holds a subscription to `filter`, in `share_group` if shared (one
     /// call per session, filter and group). Called under the trie's write lock, so calls for
@@ -39,9 +50,8 @@ pub trait Remote: Send + Sync + 'static {
     /// members cannot take now (offline) goes to it instead.
     fn has_share_member(&self, key: GroupKey<'_>) -> bool;
 
-    /// Whether the store names another node the owner of the session of `client_id`, or
-    /// holds none for it, as this node last heard.
-    fn owned_elsewhere(&self, client_id: &str) -> bool;
+    /// The store's record of the session of `client_id`, as this node last heard.
+    fn stored_owner(&self, client_id: &str) -> StoredOwner;
 
     /// Asks other nodes to claim these sessions (offline, persistent) from this one, which
     /// is leaving: spread over the nodes reachable now, each claims as a connecting client
@@ -68,6 +78,9 @@ pub struct Claim {
     outcome: OnceLock<ClaimOutcome>,
     /// The store held a session, which the claim took.
     stored: AtomicBool,
+    /// The store revision at which the claim found no session to take (or deleted it, for a
+    /// clean start): a session begun afresh is owned from there.
+    fresh_from: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +107,15 @@ impl Claim {
     /// Whether the store held a session that the claim took.
     pub fn had_stored(&self) -> bool {
         self.stored.load(Ordering::Acquire)
+    }
+
+    pub fn found_none_at(&self, revision: u64) {
+        self.fresh_from.store(revision, Ordering::Release);
+    }
+
+    /// See `fresh_from`; 0 when unknown.
+    pub fn fresh_from(&self) -> u64 {
+        self.fresh_from.load(Ordering::Acquire)
     }
 }
 

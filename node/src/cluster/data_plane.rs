@@ -47,7 +47,7 @@ use super::routes::RouteTable;
 use super::takeover::Takeovers;
 use crate::broker::durable::{decode_message, decode_retained, encode_message, queue_writer};
 use crate::broker::{
-    Broker, Claim, GroupKey, Handoff, Message, QueueLimits, Remote, Session, Signal,
+    Broker, Claim, GroupKey, Handoff, Message, QueueLimits, Remote, Session, Signal, StoredOwner,
 };
 use crate::mqtt::QoS;
 use crate::store::keys;
@@ -1076,9 +1076,20 @@ impl DataPlane {
         self.owed_copies(
             message,
             |s| {
-                s.owner.is_some_and(|o| o != self.node && !coverage.reached(o, s.owned_since))
-                    // A session handed away from here stores what reaches it itself.
-                    && !self.broker.lingers(&s.client_id)
+                let Some(owner) = s.owner else {
+                    return false;
+                };
+                // A session handed away from here stores what reaches it itself.
+                if self.broker.lingers(&s.client_id) {
+                    return false;
+                }
+                if owner == self.node {
+                    // The sender counted on this node, which the store names the owner but
+                    // which holds the session no more (another node is claiming it) or not
+                    // yet (it is being restored here).
+                    return !self.broker.holds_session(&s.client_id);
+                }
+                !coverage.reached(owner, s.owned_since)
             },
             |_, _| false,
             &mut ops,
@@ -1333,11 +1344,17 @@ impl Remote for DataPlane {
         offered
     }
 
-    fn owned_elsewhere(&self, client_id: &str) -> bool {
-        self.directory
-            .read()
-            .owner(client_id)
-            .is_none_or(|owner| owner != Some(self.node))
+    fn stored_owner(&self, client_id: &str) -> StoredOwner {
+        let directory = self.directory.read();
+        match directory.record(client_id) {
+            Some((owner, since)) => StoredOwner::Named {
+                here: owner == Some(self.node),
+                since,
+            },
+            None => StoredOwner::Absent {
+                seen: directory.seen(),
+            },
+        }
     }
 
     fn has_share_member(&self, key: GroupKey<'_>) -> bool {

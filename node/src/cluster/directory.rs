@@ -179,6 +179,14 @@ impl Directory {
         self.sessions.get(client_id).map(|e| e.owner)
     }
 
+    /// The stored session of `client_id`: the node its record names, and the revision from
+    /// which that node has owned it.
+    pub fn record(&self, client_id: &str) -> Option<(Option<NodeId>, u64)> {
+        self.sessions
+            .get(client_id)
+            .map(|e| (e.owner, e.owned_since))
+    }
+
     /// The sessions whose record names a node other than `node`, with the revision each was
     /// written at.
     pub fn not_owned_by(&self, node: NodeId) -> Vec<(String, u64)> {

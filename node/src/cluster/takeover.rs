@@ -291,12 +291,13 @@ impl Takeovers {
         let mut how = "local";
         let mut asked: Option<NodeId> = None;
         let mut contended = 0;
+        let mut flushed_here = false;
         while contended < CLAIM_ATTEMPTS {
             if !wanted() {
                 return (ClaimOutcome::Unavailable, "abandoned");
             }
-            let stored = match durable.load_session(client_id).await {
-                Ok(stored) => stored,
+            let (stored, read_at) = match durable.read_session(client_id).await {
+                Ok(read) => read,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(client_id, error = %e, "cannot read a claimed session yet");
                     tokio::time::sleep(STORE_RETRY).await;
@@ -305,6 +306,9 @@ impl Takeovers {
                 Err(_) => return (ClaimOutcome::Unavailable, "unavailable"),
             };
             let Some((session, revision)) = stored else {
+                if let Some(claim) = claim {
+                    claim.found_none_at(read_at);
+                }
                 return (ClaimOutcome::Owned, how);
             };
             tracing::debug!(client_id, owner = ?session.record.node, revision, "claiming a stored session");
@@ -325,11 +329,21 @@ impl Takeovers {
                 continue;
             }
             if clean_start {
+                if let Some(claim) = claim {
+                    claim.found_none_at(read_at);
+                }
                 durable.submit(Durable::session_delete(client_id), None);
                 return (ClaimOutcome::Owned, how);
             }
             if self.broker.holds_session(client_id) {
                 return (ClaimOutcome::Owned, how);
+            }
+            if session.record.node == Some(self.node) && !flushed_here {
+                // This node let the session go and lingered it: the copies it queued for it
+                // meanwhile are read with the rest, before any message routed to it anew.
+                flushed_here = true;
+                durable.flush(self.forward_timeout).await;
+                continue;
             }
             // Installed, with its routes announced, before the store names this node its
             // owner: a node that sees the new owner has heard of its routes already, or hears

@@ -401,3 +401,57 @@ async fn v311_persistent_session_expires_after_the_configured_time() {
     let (_sub, ack) = v4_connect(persistent_v4(&server, "ps4-exp")).await;
     assert!(!ack.session_present);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_queue_written_by_several_nodes_is_read_back_in_the_order_it_was_written() {
+    // Each node numbers the queue entries it writes with its own counter, so the copies two
+    // nodes stored for one session do not sort by number in the order they were published:
+    // a session read from the store (taken over by another node) gets them in write order.
+    let server = TestServer::start().await;
+    let (mut keeper, _) = v4_connect(persistent_v4(&server, "keeper")).await;
+    keeper.subscribe("q/#", Q4::AtLeastOnce).await;
+    keeper.disconnect().await;
+    let durable = server.server().broker().durable().expect("durable").clone();
+    assert!(durable.flush(Duration::from_secs(10)).await);
+    let numbered = |count: u64, node: u64| (count << 16) | node;
+    for (seq, payload) in [
+        (numbered(500, 2), &b"first"[..]),
+        (numbered(100, 3), &b"second"[..]),
+        (numbered(300, 4), &b"third"[..]),
+    ] {
+        let message = halyard_node::broker::Message {
+            topic: "q/1".into(),
+            payload: bytes::Bytes::copy_from_slice(payload),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: 0,
+        };
+        durable
+            .store()
+            .put(
+                halyard_node::store::keys::queue("keeper", seq),
+                halyard_node::broker::durable::encode_message(
+                    &message,
+                    QoS::AtLeastOnce,
+                    false,
+                    &[],
+                ),
+            )
+            .await
+            .expect("write");
+    }
+    let (stored, _) = durable
+        .load_session("keeper")
+        .await
+        .expect("read")
+        .expect("the session is stored");
+    let order: Vec<&[u8]> = stored
+        .queue
+        .iter()
+        .map(|(_, d)| &d.message.payload[..])
+        .collect();
+    assert_eq!(order, [&b"first"[..], b"second", b"third"]);
+    server.shutdown().await;
+}
