@@ -1356,7 +1356,13 @@ impl Connection {
             reason_codes: codes,
             properties: Properties::default(),
         });
-        self.respond(Wait::durable(seq), Response::SubAck(suback, retained));
+        // A message published on any node after the SUBACK reaches the new subscription.
+        let wait = Wait {
+            durable_seq: seq,
+            handoffs: self.broker.route_barrier(&self.waker),
+            since: None,
+        };
+        self.respond(wait, Response::SubAck(suback, retained));
     }
 
     fn on_unsubscribe(&mut self, u: &Unsubscribe) {

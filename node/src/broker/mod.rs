@@ -532,6 +532,13 @@ impl Broker {
         session
     }
 
+    /// See [`Remote::route_barrier`]; nothing to wait for on a node alone.
+    pub fn route_barrier(&self, waker: &Arc<Signal>) -> Vec<Handoff> {
+        self.remote()
+            .map(|remote| remote.route_barrier(waker))
+            .unwrap_or_default()
+    }
+
     /// Whether this node holds a session for `client_id`, connected or not.
     pub fn holds_session(&self, client_id: &str) -> bool {
         self.inner.sessions.lock().contains_key(client_id)

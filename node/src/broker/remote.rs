@@ -27,6 +27,10 @@ pub trait Remote: Send + Sync + 'static {
     /// A local session no longer holds that subscription. As for `subscribed`.
     fn unsubscribed(&self, filter: &str, share_group: Option<&str>);
 
+    /// What a response must wait for until every linked node has applied the routes this
+    /// node announced so far (the route barrier); `waker` is signalled as they do.
+    fn route_barrier(&self, waker: &Arc<Signal>) -> Vec<Handoff>;
+
     /// Hands `message`, routed locally already, to every other node with a subscriber whose
     /// filter matches it, and to one node of each share group it matches that this node did
     /// not serve (`served`). Must not block the publisher. For a QoS 1/2 message, what the

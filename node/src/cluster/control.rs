@@ -2,9 +2,14 @@
 //! they change, to every linked peer) and the messages of session takeover.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use halyard_raft::NodeId;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
+
+use crate::broker::{AckCursor, Handoff, Signal};
 
 /// What a node tells a peer on its control stream, in order.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -54,13 +59,95 @@ pub(super) fn parse_route(key: &str) -> Option<(&str, Option<&str>)> {
     Some((parsed.filter, parsed.share_group))
 }
 
+/// How far a peer has applied what this node wrote on one control stream after its snapshot:
+/// the route barrier. A connection whose SUBSCRIBE added a route answers SUBACK once every
+/// linked peer has applied it, so that a message published anywhere after the SUBACK reaches
+/// it.
+#[derive(Debug, Default)]
+pub(super) struct ControlAcks {
+    /// Control messages queued for the stream.
+    sent: AtomicU64,
+    cursor: Arc<AckCursor>,
+    /// Connections waiting for the peer to apply the control message numbered here.
+    waiting: Mutex<Vec<(u64, Arc<Signal>)>>,
+}
+
+impl ControlAcks {
+    fn queued(&self) {
+        self.sent.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// What `waker`'s connection waits for until the peer has applied everything queued so
+    /// far; `None` when it has.
+    pub(super) fn barrier(&self, waker: &Arc<Signal>) -> Option<Handoff> {
+        let seq = self.sent.load(Ordering::Acquire);
+        let handoff = Handoff {
+            cursor: Arc::clone(&self.cursor),
+            seq,
+        };
+        if handoff.settled() {
+            return None;
+        }
+        self.waiting.lock().push((seq, Arc::clone(waker)));
+        Some(handoff)
+    }
+
+    /// Whether the peer has not yet applied some of what was queued.
+    pub(super) fn behind(&self) -> bool {
+        self.cursor.acked() < self.sent.load(Ordering::Acquire)
+    }
+
+    /// The peer applied the first `count` control messages.
+    pub(super) fn applied(&self, count: u64) {
+        self.cursor.advance(count);
+        let mut woken = Vec::new();
+        self.waiting.lock().retain(|(seq, waker)| {
+            let done = *seq <= count;
+            if done {
+                woken.push(Arc::clone(waker));
+            }
+            !done
+        });
+        for waker in woken {
+            waker.wake();
+        }
+    }
+
+    /// The stream is over: nobody waits for it any more. The peer gets this node's routes
+    /// again in the snapshot that opens the next stream, or is gone.
+    pub(super) fn end(&self) {
+        self.cursor.cover(u64::MAX);
+        for (_, waker) in std::mem::take(&mut *self.waiting.lock()) {
+            waker.wake();
+        }
+    }
+}
+
+/// A linked peer's queue of changes and how far it applied them.
+pub(super) struct Listener {
+    pub(super) changes: mpsc::Sender<Control>,
+    pub(super) acks: Arc<ControlAcks>,
+}
+
+impl Listener {
+    fn send(&self, control: Control) -> bool {
+        let sent = self.changes.try_send(control).is_ok();
+        if sent {
+            self.acks.queued();
+        } else {
+            self.acks.end();
+        }
+        sent
+    }
+}
+
 /// This node's routes and who is told of their changes.
 #[derive(Default)]
 pub(super) struct LocalRoutes {
     /// Filter to the number of local subscriptions to it.
     pub(super) counts: HashMap<String, usize>,
     /// Each linked peer's queue of changes; dropping one makes that peer resynchronise.
-    pub(super) listeners: HashMap<NodeId, mpsc::Sender<Control>>,
+    pub(super) listeners: HashMap<NodeId, Listener>,
 }
 
 impl LocalRoutes {
@@ -90,7 +177,7 @@ impl LocalRoutes {
         let sent = self
             .listeners
             .get(&node)
-            .is_some_and(|listener| listener.try_send(control).is_ok());
+            .is_some_and(|listener| listener.send(control));
         if !sent {
             // Behind or gone: resynchronised on its next stream.
             self.listeners.remove(&node);
@@ -101,7 +188,16 @@ impl LocalRoutes {
     /// Sends `control` to every peer; one that falls behind is dropped, to resynchronise.
     pub(super) fn broadcast(&mut self, control: &Control) {
         self.listeners
-            .retain(|_, listener| listener.try_send(control.clone()).is_ok());
+            .retain(|_, listener| listener.send(control.clone()));
+    }
+
+    /// What `waker`'s connection waits for until every linked peer has applied the route
+    /// changes made so far.
+    pub(super) fn barrier(&self, waker: &Arc<Signal>) -> Vec<Handoff> {
+        self.listeners
+            .values()
+            .filter_map(|listener| listener.acks.barrier(waker))
+            .collect()
     }
 }
 
@@ -113,7 +209,13 @@ mod tests {
     fn a_filter_is_announced_when_its_first_subscriber_comes_and_its_last_leaves() {
         let mut local = LocalRoutes::default();
         let (tx, mut rx) = mpsc::channel(4);
-        local.listeners.insert(2, tx);
+        local.listeners.insert(
+            2,
+            Listener {
+                changes: tx,
+                acks: Arc::default(),
+            },
+        );
         local.subscribed("t");
         local.subscribed("t");
         local.unsubscribed("t");
@@ -127,5 +229,38 @@ mod tests {
             local.subscribed(&format!("f{n}"));
         }
         assert!(local.listeners.is_empty());
+    }
+
+    #[test]
+    fn a_route_barrier_holds_until_the_peer_applied_the_change_or_its_stream_ended() {
+        let mut local = LocalRoutes::default();
+        let (tx, _rx) = mpsc::channel(8);
+        let acks = Arc::new(ControlAcks::default());
+        local.listeners.insert(
+            2,
+            Listener {
+                changes: tx,
+                acks: Arc::clone(&acks),
+            },
+        );
+        let waker = Arc::new(Signal::default());
+        assert!(
+            local.barrier(&waker).is_empty(),
+            "nothing sent, nothing to wait for"
+        );
+        local.subscribed("a");
+        local.subscribed("b");
+        let held = local.barrier(&waker);
+        assert_eq!(held.len(), 1);
+        assert!(!held[0].settled());
+        acks.applied(1);
+        assert!(!held[0].settled(), "applied the first change only");
+        acks.applied(2);
+        assert!(held[0].settled());
+        local.subscribed("c");
+        let held = local.barrier(&waker);
+        assert!(acks.behind());
+        acks.end();
+        assert!(held[0].settled(), "a stream that ended holds nobody");
     }
 }

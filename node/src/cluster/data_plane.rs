@@ -38,9 +38,9 @@ use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry}
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use super::control::{Control, LocalRoutes, route_key};
+use super::control::{Control, ControlAcks, Listener, LocalRoutes, route_key};
 use super::directory::{Directory, StoredSession};
-use super::frame::{Frame, FrameReader, Kind, encode_frame, read_frame, write_frame};
+use super::frame::{Frame, FrameReader, Kind, encode_frame, write_frame};
 use super::lane::{Coverage, Lane, Pushed, ShareGroups, Strand};
 use super::links::{PeerLinks, PeerRecv, PeerSend, Priority};
 use super::routes::RouteTable;
@@ -735,11 +735,18 @@ impl DataPlane {
         // forwarding nothing for them.
         self.broker.restored().await;
         loop {
-            let (mut stream, mut closed) = self.open(id, &addr, Priority::Control).await;
+            let (mut stream, applied) = self.open(id, &addr, Priority::Control).await;
             let (tx, mut changes) = mpsc::channel(DELTA_CAPACITY);
+            let acks = Arc::new(ControlAcks::default());
             let snapshot = {
                 let mut local = self.local.lock();
-                local.listeners.insert(id, tx);
+                local.listeners.insert(
+                    id,
+                    Listener {
+                        changes: tx,
+                        acks: Arc::clone(&acks),
+                    },
+                );
                 RouteSnapshot {
                     node: self.node,
                     incarnation: self.incarnation,
@@ -748,16 +755,16 @@ impl DataPlane {
             };
             self.metrics.resyncs.with_label_values(&[&peer]).inc();
             let sent = send_routes(&mut stream, snapshot, &mut changes);
-            // The peer writes nothing back: its end closing, or the link dying, ends the read.
-            // A control message written after that would be lost, so the stream is over.
-            let ended = async {
-                let mut byte = [0u8; 1];
-                let _ = tokio::io::AsyncReadExt::read(&mut closed, &mut byte).await;
-            };
+            // The peer writes back how many control messages it has applied. Its end
+            // closing, the link dying, or a peer that applies nothing for the forward timeout
+            // (a route barrier would hold SUBACKs for it) ends the stream: a control message
+            // written after that would be lost, and the next stream opens with a snapshot.
+            let read = follow_acks(applied, &acks, self.forward_timeout);
             tokio::select! {
                 _ = sent => {}
-                _ = ended => {}
+                _ = read => {}
             }
+            acks.end();
             tokio::time::sleep(RETRY).await;
         }
     }
@@ -852,9 +859,9 @@ impl DataPlane {
         }
     }
 
-    /// Applies a peer's route changes; `_open` is held so that the peer sees the stream live
-    /// until it ends here.
-    async fn follow_routes(&self, snapshot: RouteSnapshot, _open: PeerSend, mut stream: PeerRecv) {
+    /// Applies a peer's route changes, telling it how many control messages it applied after
+    /// the snapshot (its route barrier waits for that).
+    async fn follow_routes(&self, snapshot: RouteSnapshot, mut acks: PeerSend, stream: PeerRecv) {
         let node = snapshot.node;
         tracing::debug!(
             peer = node,
@@ -868,10 +875,36 @@ impl DataPlane {
             self.metrics.remote_routes.set(remote.len() as i64);
             generation
         };
-        while let Ok(frame) = read_frame(&mut stream).await {
+        let mut reader = FrameReader::new(stream);
+        let mut applied: u64 = 0;
+        let mut told = 0;
+        loop {
+            let frame = match reader.next_buffered() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    if applied > told {
+                        let Ok(body) = postcard::to_stdvec(&applied) else {
+                            break;
+                        };
+                        if write_frame(&mut acks, Kind::Ack, body).await.is_err() {
+                            break;
+                        }
+                        told = applied;
+                    }
+                    match reader.fill().await {
+                        Ok(true) => continue,
+                        _ => break,
+                    }
+                }
+                Err(_) => break,
+            };
             let Ok(control) = postcard::from_bytes::<Control>(&frame.body) else {
                 break;
             };
+            // The snapshot's own frames are not counted: the barrier waits for changes.
+            if !matches!(control, Control::AddAll(_)) {
+                applied += 1;
+            }
             match control {
                 Control::Add(key) => {
                     let mut remote = self.remote.write();
@@ -1073,7 +1106,7 @@ impl DataPlane {
             return 0;
         };
         let mut ops = Vec::new();
-        self.owed_copies(
+        let kept = self.owed_copies(
             message,
             |s| {
                 let Some(owner) = s.owner else {
@@ -1094,6 +1127,9 @@ impl DataPlane {
             |_, _| false,
             &mut ops,
         );
+        for (client_id, delivery) in kept {
+            self.takeover.keep_for_claim(client_id, delivery);
+        }
         if ops.is_empty() {
             return 0;
         }
@@ -1179,6 +1215,42 @@ async fn send_routes(
     }
 }
 
+/// Reads a peer's counts of the control messages it applied, until the stream ends or the
+/// peer stays behind for `timeout`.
+async fn follow_acks(applied: PeerRecv, acks: &ControlAcks, timeout: Duration) {
+    let mut reader = FrameReader::new(applied);
+    loop {
+        let frame = match reader.next_buffered() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                let filled = if acks.behind() {
+                    match tokio::time::timeout(timeout, reader.fill()).await {
+                        Ok(filled) => filled,
+                        Err(_) => {
+                            tracing::debug!("a peer applies no route changes; resynchronising");
+                            return;
+                        }
+                    }
+                } else {
+                    reader.fill().await
+                };
+                match filled {
+                    Ok(true) => continue,
+                    _ => return,
+                }
+            }
+            Err(_) => return,
+        };
+        if frame.kind != Kind::Ack as i32 {
+            return;
+        }
+        let Ok(count) = postcard::from_bytes::<u64>(&frame.body) else {
+            return;
+        };
+        acks.applied(count);
+    }
+}
+
 /// Filters from `rest` up to about `SNAPSHOT_FRAME` bytes (at least one).
 fn next_chunk(rest: &mut std::iter::Peekable<impl Iterator<Item = String>>) -> Vec<String> {
     let mut chunk = Vec::new();
@@ -1216,6 +1288,10 @@ impl Remote for DataPlane {
         self.metrics.local_routes.set(local.counts.len() as i64);
     }
 
+    fn route_barrier(&self, waker: &Arc<Signal>) -> Vec<Handoff> {
+        self.local.lock().barrier(waker)
+    }
+
     fn forward(
         &self,
         message: &Arc<Message>,
@@ -1247,13 +1323,24 @@ impl Remote for DataPlane {
                 }
             }
         }
+        // Sessions the store names this node's while a claim here reads them are reached by
+        // no route yet.
+        let mut claiming_here = false;
         if message.qos != QoS::AtMostOnce {
             let directory = self.directory.read();
             seen = directory.seen();
-            owners.extend(directory.owners().flatten().filter(|o| *o != self.node));
+            let mut named_here = false;
+            for owner in directory.owners().flatten() {
+                if owner == self.node {
+                    named_here = true;
+                } else {
+                    owners.push(owner);
+                }
+            }
+            claiming_here = named_here && self.takeover.claims_under_way();
         }
         let mut handoffs = Vec::new();
-        if destinations.is_empty() && owners.is_empty() {
+        if destinations.is_empty() && owners.is_empty() && !claiming_here {
             return handoffs;
         }
         let lane = self.lane_of(&message.topic);
@@ -1296,7 +1383,9 @@ impl Remote for DataPlane {
                 }
             }
         }
-        if message.qos != QoS::AtMostOnce && (!owners.is_empty() || !stranded.is_empty()) {
+        if message.qos != QoS::AtMostOnce
+            && (!owners.is_empty() || !stranded.is_empty() || claiming_here)
+        {
             // A stored session is owed a copy when its node gets none from the routes: it
             // knows no routes of that node (it is dead, cut off or restarting), or not yet
             // the route of that session (its claim or subscription is newer than the routes
@@ -1307,11 +1396,14 @@ impl Remote for DataPlane {
                 .filter(|(node, _)| !stranded.contains(node))
                 .flat_map(|(_, groups)| groups)
                 .collect();
-            self.owed_copies(
+            let kept = self.owed_copies(
                 message,
                 |s| {
                     s.owner.is_some_and(|o| {
-                        o != self.node && (!sent.contains(&o) || stranded.contains(&o))
+                        if o == self.node {
+                            return claiming_here && self.takeover.is_claiming(&s.client_id);
+                        }
+                        !sent.contains(&o) || stranded.contains(&o)
                     })
                 },
                 |group, filter| {
@@ -1320,6 +1412,9 @@ impl Remote for DataPlane {
                 },
                 ops,
             );
+            for (client_id, delivery) in kept {
+                self.takeover.keep_for_claim(client_id, delivery);
+            }
         }
         handoffs
     }

@@ -26,7 +26,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use tokio::sync::oneshot;
 
 use super::control::{Control, LocalRoutes};
-use crate::broker::{Broker, Claim, ClaimOutcome, Durable, Signal};
+use crate::broker::{Broker, Claim, ClaimOutcome, Delivery, Durable, Signal};
 
 /// Reads of a contended session record before a claim gives up.
 const CLAIM_ATTEMPTS: usize = 5;
@@ -47,6 +47,9 @@ pub(super) struct Takeovers {
     /// Claims under way here, by client id: when the connection was made, and whether a
     /// later connection elsewhere superseded it.
     claiming: Mutex<HashMap<String, (u64, Arc<AtomicBool>)>>,
+    /// Copies stored for a session that the store names this node's while a claim here reads
+    /// it: the claim takes them, as the store's watch does not give a node its own writes.
+    kept_for_claims: Mutex<HashMap<String, Vec<Delivery>>>,
     claims: IntCounterVec,
     claim_seconds: Histogram,
     released: IntCounterVec,
@@ -99,6 +102,7 @@ impl Takeovers {
             control,
             waiting: Mutex::new(HashMap::new()),
             claiming: Mutex::new(HashMap::new()),
+            kept_for_claims: Mutex::new(HashMap::new()),
             claims,
             claim_seconds,
             released,
@@ -240,7 +244,13 @@ impl Takeovers {
                     .is_some_and(|(stamp, _)| *stamp == claimed_at)
                 {
                     claiming.remove(&client_id);
+                    plane.kept_for_claims.lock().remove(&client_id);
                 }
+            }
+            if outcome == ClaimOutcome::Owned {
+                // The routes of the subscriptions it took are applied by every linked peer
+                // before CONNACK, as they are before a SUBACK.
+                plane.route_barrier().await;
             }
             plane.claims.with_label_values(&[how]).inc();
             plane.claim_seconds.observe(started.elapsed().as_secs_f64());
@@ -248,6 +258,52 @@ impl Takeovers {
             waker.wake();
         });
         claim
+    }
+
+    /// Whether any claim is under way here.
+    pub(super) fn claims_under_way(&self) -> bool {
+        !self.claiming.lock().is_empty()
+    }
+
+    /// Whether a claim of the session of `client_id` is under way here.
+    pub(super) fn is_claiming(&self, client_id: &str) -> bool {
+        self.claiming.lock().contains_key(client_id)
+    }
+
+    /// Keeps a copy stored for the session of `client_id` for the claim under way here, which
+    /// takes it once the session is installed.
+    pub(super) fn keep_for_claim(&self, client_id: String, delivery: Delivery) {
+        let claiming = self.claiming.lock();
+        if claiming.contains_key(&client_id) {
+            self.kept_for_claims
+                .lock()
+                .entry(client_id)
+                .or_default()
+                .push(delivery);
+        }
+    }
+
+    /// Queues in the session of `client_id`, installed here, the copies kept for its claim.
+    fn take_kept(&self, client_id: &str) {
+        let kept = self.kept_for_claims.lock().remove(client_id);
+        for delivery in kept.into_iter().flatten() {
+            self.broker.take_stored(client_id, delivery);
+        }
+    }
+
+    /// Returns once every linked peer has applied the route changes this node made so far,
+    /// or its control stream ended (a peer that applies nothing for the forward timeout
+    /// is resynchronised).
+    async fn route_barrier(&self) {
+        let signal = Arc::new(Signal::default());
+        let handoffs = self.control.lock().barrier(&signal);
+        loop {
+            let notified = signal.notified();
+            if handoffs.iter().all(|h| h.settled()) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Holds the session of `client_id` that the store names this node the owner of, when no
@@ -356,9 +412,11 @@ impl Takeovers {
                 claim.found_stored();
             }
             self.broker.adopt(session);
+            self.take_kept(client_id);
             match durable.take_ownership(&record, revision).await {
                 Ok(true) => {
                     tracing::debug!(client_id, "claimed a stored session");
+                    self.take_kept(client_id);
                     // The read may come back late (the store is slow under faults), when
                     // another node has claimed the session since: only what still names this
                     // node is held or taken.

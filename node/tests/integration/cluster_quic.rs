@@ -718,3 +718,50 @@ async fn a_draining_node_sends_its_clients_away_and_hands_its_sessions_to_the_ot
         server.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_on_any_node_after_the_suback_reaches_the_new_subscription() {
+    // The route barrier: SUBACK waits until every linked node has applied the new route, so
+    // a publisher told "subscribed" by its subscriber never publishes into a stale route table.
+    let dir = tempfile::tempdir().unwrap();
+    let (servers, _) = three_nodes(dir.path(), |_| {}).await;
+    crate::common::wait_until("every node has a control stream to each peer", || {
+        servers.iter().all(|s| {
+            (1..=3u64).filter(|&p| p != s.store().id()).all(|p| {
+                metric(
+                    s,
+                    &format!("halyard_cluster_route_resyncs_total{{peer=\"{p}\"}}"),
+                ) >= 1.0
+            })
+        })
+    })
+    .await;
+    let mut publishers = [
+        client(&servers[0], "barrier-pub-1").await,
+        client(&servers[2], "barrier-pub-3").await,
+    ];
+    let mut subscriber = client(&servers[1], "barrier-sub").await;
+    for n in 0..20u8 {
+        let filter = format!("barrier/{n}/#");
+        subscriber
+            .subscribe(&filter, rumqttc::QoS::AtLeastOnce)
+            .await;
+        let publisher = &mut publishers[usize::from(n % 2)];
+        publisher
+            .publish(
+                &format!("barrier/{n}/x"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                &[n],
+            )
+            .await;
+        assert_eq!(
+            &subscriber.recv().await.payload[..],
+            &[n],
+            "message {n} published right after the SUBACK"
+        );
+    }
+    for server in servers {
+        server.shutdown().await;
+    }
+}
