@@ -321,6 +321,21 @@ fn metric(server: &Server, series: &str) -> f64 {
     crate::common::parse_metric(&text, series).unwrap_or(0.0)
 }
 
+/// Waits until every node has a control stream to each of the others.
+async fn control_streams_up(servers: &[Server]) {
+    crate::common::wait_until("every node has a control stream to each peer", || {
+        servers.iter().all(|s| {
+            (1..=3u64).filter(|&p| p != s.store().id()).all(|p| {
+                metric(
+                    s,
+                    &format!("halyard_cluster_route_resyncs_total{{peer=\"{p}\"}}"),
+                ) >= 1.0
+            })
+        })
+    })
+    .await;
+}
+
 async fn client(server: &Server, id: &str) -> crate::common::V4 {
     let options = rumqttc::MqttOptions::new(
         id,
@@ -498,17 +513,7 @@ fn persistent_v4(server: &Server, id: &str) -> rumqttc::MqttOptions {
 async fn a_client_id_has_one_connection_in_the_cluster_and_its_session_follows_it_to_any_node() {
     let dir = tempfile::tempdir().unwrap();
     let (servers, _) = three_nodes(dir.path(), |_| {}).await;
-    crate::common::wait_until("every node has a control stream to each peer", || {
-        servers.iter().all(|s| {
-            (1..=3u64).filter(|&p| p != s.store().id()).all(|p| {
-                metric(
-                    s,
-                    &format!("halyard_cluster_route_resyncs_total{{peer=\"{p}\"}}"),
-                ) >= 1.0
-            })
-        })
-    })
-    .await;
+    control_streams_up(&servers).await;
 
     // A clean v5 client on node 1, then the same client id on node 2: node 1 closes the first
     // with "session taken over".
@@ -725,17 +730,7 @@ async fn a_message_published_on_any_node_after_the_suback_reaches_the_new_subscr
     // a publisher told "subscribed" by its subscriber never publishes into a stale route table.
     let dir = tempfile::tempdir().unwrap();
     let (servers, _) = three_nodes(dir.path(), |_| {}).await;
-    crate::common::wait_until("every node has a control stream to each peer", || {
-        servers.iter().all(|s| {
-            (1..=3u64).filter(|&p| p != s.store().id()).all(|p| {
-                metric(
-                    s,
-                    &format!("halyard_cluster_route_resyncs_total{{peer=\"{p}\"}}"),
-                ) >= 1.0
-            })
-        })
-    })
-    .await;
+    control_streams_up(&servers).await;
     let mut publishers = [
         client(&servers[0], "barrier-pub-1").await,
         client(&servers[2], "barrier-pub-3").await,
