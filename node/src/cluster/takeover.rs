@@ -392,6 +392,11 @@ impl Takeovers {
                 return (ClaimOutcome::Owned, how);
             }
             if self.broker.holds_session(client_id) {
+                // Held here by an earlier connection of the client: if it is taken from here
+                // before this connection attaches, this one must not start it afresh.
+                if let Some(claim) = claim {
+                    claim.found_stored();
+                }
                 return (ClaimOutcome::Owned, how);
             }
             if session.record.node == Some(self.node) && !flushed_here {
