@@ -143,7 +143,7 @@ impl Default for AwsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// This node's id, unique in the cluster and never reused (at least 1).
+    /// This node's id, unique in the cluster and never reused (1 to 65535).
     pub node_id: u64,
     /// QUIC listener for the other nodes.
     pub peer_listen: Option<SocketAddr>,
@@ -738,6 +738,10 @@ impl Config {
         if c.node_id == 0 {
             return invalid("cluster.node_id", "must be at least 1");
         }
+        // Queue entries carry the id of the node that wrote them in 16 bits.
+        if c.node_id > 65_535 {
+            return invalid("cluster.node_id", "must be at most 65535");
+        }
         if c.heartbeat_ms == 0 {
             return invalid("cluster.heartbeat_ms", "must be at least 1");
         }
@@ -1256,6 +1260,8 @@ mod tests {
         );
         let err = load(&[("HALYARD_CLUSTER__NODE_ID", "0")]).unwrap_err();
         assert!(err.to_string().contains("cluster.node_id"), "{err}");
+        let err = load(&[("HALYARD_CLUSTER__NODE_ID", "65536")]).unwrap_err();
+        assert!(err.to_string().contains("at most 65535"), "{err}");
         let err = load(&[("HALYARD_CLUSTER__FORWARD_TIMEOUT_MS", "0")]).unwrap_err();
         assert!(
             err.to_string().contains("cluster.forward_timeout_ms"),

@@ -230,6 +230,7 @@ impl Server {
         tracing::info!(node_id, "waiting for the cluster's leader");
         store.wait_ready(STORE_READY_TIMEOUT).await?;
         let durable = Durable::new(store.clone(), &registry)?;
+        durable.begin_life().await?;
         let broker = Broker::new(
             config.mqtt.clone(),
             BrokerMetrics::new(&registry)?,

@@ -26,6 +26,13 @@ use crate::store::keys;
 /// Ops per store transaction; more wait for the next one.
 const BATCH_OPS: usize = 512;
 
+/// Message numbers reserved in the store at a time (one small write per this many queued
+/// messages): a node starting again numbers from past what its previous life reserved.
+const NUMBER_BLOCK: u64 = 1 << 20;
+
+/// Attempts at beginning a life when another process with this node's id writes the same key.
+const LIFE_ATTEMPTS: usize = 5;
+
 fn unix_ms(at: Instant) -> u64 {
     let left = at.saturating_duration_since(Instant::now());
     let now = SystemTime::now()
@@ -159,6 +166,11 @@ fn queue_seq(count: u64, node: u64) -> u64 {
     (count << NODE_BITS) | (node & ((1 << NODE_BITS) - 1))
 }
 
+/// A number the node keeps in the store as decimal text.
+fn parse_number(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// The node that wrote a queue entry numbered `seq` (in the low bits of a node id alike).
 pub fn queue_writer(seq: u64) -> u64 {
     seq & ((1 << NODE_BITS) - 1)
@@ -264,6 +276,12 @@ pub struct Durable {
     committed: AtomicU64,
     committed_notify: Notify,
     next_message: AtomicU64,
+    /// Message numbers below this are covered by a reservation submitted to the store.
+    numbers_reserved: AtomicU64,
+    reserving: Mutex<()>,
+    /// This process's life as the store records it (see [`Durable::begin_life`]); every
+    /// write is refused once another life of this node has begun.
+    life: AtomicU64,
     stopping: std::sync::atomic::AtomicBool,
     /// Ops submitted and not yet taken by the writer: they pile up while the store has no
     /// quorum, which is what [`Durable::backlog`] tells publishers.
@@ -297,6 +315,9 @@ impl Durable {
             committed: AtomicU64::new(0),
             committed_notify: Notify::new(),
             next_message: AtomicU64::new(1),
+            numbers_reserved: AtomicU64::new(0),
+            reserving: Mutex::new(()),
+            life: AtomicU64::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
             backlog: std::sync::atomic::AtomicUsize::new(0),
             settled_early: Mutex::new(std::collections::BTreeSet::new()),
@@ -378,12 +399,81 @@ impl Durable {
         self.backlog.load(Ordering::Acquire)
     }
 
-    /// A fresh sequence number for a queued message's key.
+    /// Records a new life of this node in the store and numbers messages from past every
+    /// number its earlier lives reserved. Called before the writer runs.
+    ///
+    /// A write of the previous life can still be on its way to the store (a proposal that
+    /// reached the leader late, a request a slow link delayed): each of the writer's
+    /// transactions holds only while the life it was made in is the recorded one, so such
+    /// a write is refused, and the numbers read here cover everything written before.
+    pub async fn begin_life(&self) -> Result<(), StoreError> {
+        let node = self.store.id();
+        let key = keys::node_life(node);
+        let mut attempts = 0;
+        let life = loop {
+            let got = self.store.get(&key, Consistency::Linearizable).await?;
+            let (previous, revision) = got.kv.map_or((0, 0), |kv| {
+                (parse_number(&kv.value).unwrap_or(0), kv.mod_revision)
+            });
+            let life = previous + 1;
+            let txn = Txn::new()
+                .when([halyard_raft::Compare::mod_revision(
+                    key.clone(),
+                    halyard_raft::CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([Op::put(key.clone(), life.to_string())]);
+            if self.store.txn(txn).await?.succeeded {
+                break life;
+            }
+            attempts += 1;
+            if attempts >= LIFE_ATTEMPTS {
+                return Err(StoreError::InvalidRequest(format!(
+                    "node {node}: another process keeps starting with this node id"
+                )));
+            }
+        };
+        self.life.store(life, Ordering::Release);
+        let reserved = self
+            .store
+            .get(&keys::node_numbers(node), Consistency::Linearizable)
+            .await?
+            .kv
+            .and_then(|kv| parse_number(&kv.value))
+            .unwrap_or(0);
+        self.next_message
+            .fetch_max(reserved.max(1), Ordering::AcqRel);
+        tracing::debug!(node, life, numbers_from = reserved, "began a life");
+        Ok(())
+    }
+
+    /// A fresh sequence number for a queued message's key, unique among every number this
+    /// node ever gave (across restarts too).
     pub fn next_message_seq(&self) -> u64 {
-        queue_seq(
-            self.next_message.fetch_add(1, Ordering::Relaxed),
-            self.store.id(),
-        )
+        let count = self.next_message.fetch_add(1, Ordering::Relaxed);
+        if count >= self.numbers_reserved.load(Ordering::Acquire) {
+            self.reserve_numbers(count);
+        }
+        queue_seq(count, self.store.id())
+    }
+
+    /// Submits a reservation covering `count` before any write that uses it can be submitted:
+    /// the writer takes submissions in order, so a number is never durable before the
+    /// reservation covering it.
+    fn reserve_numbers(&self, count: u64) {
+        let _reserving = self.reserving.lock();
+        if count < self.numbers_reserved.load(Ordering::Acquire) {
+            return;
+        }
+        let up_to = count + NUMBER_BLOCK;
+        self.submit(
+            [Op::put(
+                keys::node_numbers(self.store.id()),
+                up_to.to_string(),
+            )],
+            None,
+        );
+        self.numbers_reserved.store(up_to, Ordering::Release);
     }
 
     /// Writes queued changes until [`Durable::stop`] and nothing is left.
@@ -399,8 +489,14 @@ impl Durable {
                 continue;
             };
             // Empty when every queue entry it had was acknowledged before it was written.
-            if !ops.is_empty() {
-                self.write(ops).await;
+            if !ops.is_empty() && !self.write(ops).await {
+                // Nothing it holds can be acknowledged any more: the writer ends, which
+                // marks the node unhealthy.
+                tracing::error!(
+                    node = self.store.id(),
+                    "this node id began a new life elsewhere; the store refuses this process's writes"
+                );
+                return;
             }
             self.committed.fetch_max(last_seq, Ordering::AcqRel);
             {
@@ -466,13 +562,24 @@ impl Durable {
     }
 
     /// Retries until the store takes the batch: acknowledging without it would be a lie.
-    async fn write(&self, ops: Vec<Op>) {
-        let txn = Txn::ops(ops);
+    /// False when the store refused it: a later life of this node has begun.
+    async fn write(&self, ops: Vec<Op>) -> bool {
+        let life = self.life.load(Ordering::Acquire);
+        let txn = if life == 0 {
+            Txn::ops(ops)
+        } else {
+            Txn::new()
+                .when([halyard_raft::Compare::value_equals(
+                    keys::node_life(self.store.id()),
+                    life.to_string(),
+                )])
+                .and_then(ops)
+        };
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.store.txn(txn.clone()).await {
-                Ok(_) => return,
-                Err(StoreError::Shutdown) => return,
+                Ok(response) => return response.succeeded,
+                Err(StoreError::Shutdown) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot persist broker state; retrying");
                     tokio::time::sleep(backoff).await;
@@ -588,9 +695,8 @@ impl Durable {
                 continue;
             };
             // Another node holds it: restored here too, it would queue every message twice.
-            // Its queue is read all the same, for the numbers it used.
-            let queue = self.load_queue(&record.client_id).await?;
             if restores(record.node, self.store.id()) {
+                let queue = self.load_queue(&record.client_id).await?;
                 restored.push(RestoredSession {
                     record,
                     queue,
@@ -662,7 +768,7 @@ impl Durable {
     /// The messages queued for `client_id`, in the order the store took them (several nodes
     /// may have written the queue, each numbering its entries its own way: a publisher's
     /// messages are in the order it sent them when it waited for each one's acknowledgement,
-    /// which waits for the write); message numbers continue past theirs.
+    /// which waits for the write).
     async fn load_queue(&self, client_id: &str) -> Result<Vec<(u64, Delivery)>, StoreError> {
         let prefix = keys::queue_prefix(client_id);
         let queued = self
@@ -680,8 +786,6 @@ impl Durable {
             else {
                 continue;
             };
-            self.next_message
-                .fetch_max((seq >> NODE_BITS) + 1, Ordering::AcqRel);
             queue.push((
                 item.mod_revision,
                 seq,
@@ -835,5 +939,72 @@ mod tests {
         let old = encode_message(&message, QoS::AtLeastOnce, true, &[]);
         let (back, modified) = decode_retained(&old).unwrap();
         assert_eq!((&*back.payload, modified), (&b"on"[..], 0));
+    }
+
+    async fn single_node_store(dir: &std::path::Path) -> Store {
+        let network = halyard_raft::local::LocalNetwork::new();
+        let store = Store::open(
+            halyard_raft::StoreConfig::new(1, "local", dir.join("snapshots")),
+            Arc::new(halyard_raft::MemEngine::new()),
+            network.transport(1),
+            halyard_raft::RaftMetrics::unregistered(),
+        )
+        .await
+        .unwrap();
+        network.register(1, store.service());
+        store
+            .initialize(std::collections::BTreeMap::from([(1, "local".to_string())]))
+            .await
+            .unwrap();
+        store.wait_ready(Duration::from_secs(10)).await.unwrap();
+        store
+    }
+
+    async fn started(store: &Store) -> (Arc<Durable>, tokio::task::JoinHandle<()>) {
+        let durable = Durable::new(store.clone(), &prometheus::Registry::new()).unwrap();
+        durable.begin_life().await.unwrap();
+        let writer = tokio::spawn(Arc::clone(&durable).run());
+        (durable, writer)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_life_numbers_past_the_old_one_whose_later_writes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = single_node_store(dir.path()).await;
+        let (old, old_writer) = started(&store).await;
+        let first = old.next_message_seq();
+        old.submit([Op::put(keys::queue("c", first), "m1")], None);
+        assert!(old.flush(Duration::from_secs(5)).await);
+
+        // The same node starts again while the old process still runs (or its last write is
+        // still on its way to the store).
+        let (new, _new_writer) = started(&store).await;
+        let numbered = new.next_message_seq();
+        assert!(
+            numbered >> NODE_BITS > first >> NODE_BITS,
+            "{numbered:#x} after {first:#x}"
+        );
+        let late = old.next_message_seq();
+        old.submit([Op::put(keys::queue("c", late), "m2")], None);
+        assert!(!old.flush(Duration::from_secs(2)).await);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), old_writer)
+                .await
+                .is_ok(),
+            "the refused writer ends"
+        );
+        let queued = store
+            .range(
+                RangeRequest::prefix(keys::queue_prefix("c")),
+                Consistency::Linearizable,
+            )
+            .await
+            .unwrap();
+        let values: Vec<&[u8]> = queued.kvs.iter().map(|kv| &kv.value[..]).collect();
+        assert_eq!(values, vec![&b"m1"[..]]);
+
+        new.submit([Op::put(keys::queue("c", numbered), "m3")], None);
+        assert!(new.flush(Duration::from_secs(5)).await);
+        store.shutdown().await;
     }
 }

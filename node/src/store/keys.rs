@@ -11,6 +11,9 @@ pub const RETAINED: &str = "mqtt/retained/";
 pub const SESSION: &str = "mqtt/session/";
 /// MQTT: the QoS 1/2 messages queued for a persistent session, by hex client id and sequence.
 pub const QUEUE: &str = "mqtt/queue/";
+/// MQTT: per broker node, by node id, its current life (`/life`, the fencing token of its
+/// writes) and the message numbers it reserved (`/numbers`).
+pub const BROKER_NODE: &str = "mqtt/node/";
 /// Device Shadow documents, by thing and shadow name.
 pub const SHADOW: &str = "shadow/";
 /// The registry and its security records: everything admission follows.
@@ -89,6 +92,14 @@ fn joined(parts: &[&str]) -> String {
 
 pub fn retained(topic: &str) -> Vec<u8> {
     joined(&[RETAINED, topic]).into_bytes()
+}
+
+pub fn node_life(node: u64) -> Vec<u8> {
+    format!("{BROKER_NODE}{node}/life").into_bytes()
+}
+
+pub fn node_numbers(node: u64) -> Vec<u8> {
+    format!("{BROKER_NODE}{node}/numbers").into_bytes()
 }
 
 pub fn session(client_id: &str) -> Vec<u8> {
