@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use halyard_raft::{Consistency, Op, RangeRequest, Store, StoreError, Txn};
+use halyard_raft::{Compare, CompareOp, Consistency, Op, RangeRequest, Store, StoreError, Txn};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -154,6 +154,9 @@ pub struct SessionRecord {
     /// written before nodes were recorded, which every node restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<u64>,
+    /// The ownership it was written under (see [`Ownership`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u64>,
 }
 
 /// Bits of a queued message's sequence number that name the node that queued it, so that two
@@ -200,7 +203,56 @@ struct Pending {
     queued: HashMap<Vec<u8>, u64>,
     /// Ops still in `ops`, by submission.
     live: HashMap<u64, usize>,
+    /// The condition each guarded submission is written under (see `submit_guarded`).
+    guards: HashMap<u64, Compare>,
     wakers: Vec<(u64, Arc<Signal>)>,
+}
+
+/// What the writer takes at once: whole submissions, in order.
+struct Batch {
+    /// Each op with its submission.
+    ops: Vec<(u64, Op)>,
+    guards: Vec<(u64, Compare)>,
+    /// Every submission up to this one is done once the batch is.
+    last_seq: u64,
+    wakers: Vec<Arc<Signal>>,
+}
+
+/// Which ownership of a persistent session its writes are made under. The store keeps the
+/// current one at `mqtt/owner/{hex client}`, beside the record: a write made under another
+/// (by a node cut off while another node claimed the session, or let go of it since) is
+/// refused, so that a stale owner never overwrites or deletes the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Not this node's, or not yet (a claim under way): nothing of it is written.
+    Unowned,
+    /// Begun here, with no owner recorded: its first write records this token, if no other
+    /// node's was recorded meanwhile.
+    Fresh(u64),
+    /// Recorded in the store with this token.
+    Recorded(u64),
+}
+
+impl Ownership {
+    /// The ownership of a session as its record names it; a record written before owners
+    /// were recorded is owned afresh.
+    pub fn of(record: &SessionRecord) -> Self {
+        match record.owner {
+            Some(token) => Ownership::Recorded(token),
+            None => Ownership::fresh(),
+        }
+    }
+
+    pub fn fresh() -> Self {
+        Ownership::Fresh(rand::random())
+    }
+
+    pub fn token(self) -> Option<u64> {
+        match self {
+            Ownership::Unowned => None,
+            Ownership::Fresh(token) | Ownership::Recorded(token) => Some(token),
+        }
+    }
 }
 
 impl Pending {
@@ -290,6 +342,7 @@ pub struct Durable {
     settled_early: Mutex<std::collections::BTreeSet<u64>>,
     written: prometheus::IntCounter,
     taken_back: prometheus::IntCounter,
+    refused: prometheus::IntCounter,
 }
 
 impl Durable {
@@ -307,6 +360,13 @@ impl Durable {
             &["outcome"],
         )?;
         registry.register(Box::new(queue_entries.clone()))?;
+        let refused = prometheus::IntCounter::new(
+            "halyard_session_writes_refused_total",
+            "Writes of persistent sessions left out because the store records another \
+             ownership of the session: another node claimed it while this one was cut off, or \
+             since this one let it go",
+        )?;
+        registry.register(Box::new(refused.clone()))?;
         Ok(Arc::new(Self {
             store,
             pending: Mutex::new(Pending::default()),
@@ -323,6 +383,7 @@ impl Durable {
             settled_early: Mutex::new(std::collections::BTreeSet::new()),
             written: queue_entries.with_label_values(&["written"]),
             taken_back: queue_entries.with_label_values(&["taken_back"]),
+            refused,
         }))
     }
 
@@ -340,8 +401,67 @@ impl Durable {
     /// unacknowledged when its batch is taken is durable before its publisher is
     /// acknowledged, as any other.
     pub fn submit(&self, ops: impl IntoIterator<Item = Op>, waker: Option<&Arc<Signal>>) -> u64 {
+        self.submit_with(None, ops, waker)
+    }
+
+    /// As [`Durable::submit`], for ops written only if `guard` holds when they are: when it
+    /// does not, they are dropped (and counted), and the submission is done all the same.
+    pub fn submit_guarded(
+        &self,
+        guard: Compare,
+        ops: impl IntoIterator<Item = Op>,
+        waker: Option<&Arc<Signal>>,
+    ) -> u64 {
+        self.submit_with(Some(guard), ops, waker)
+    }
+
+    /// Submits writes of the session of `client_id` made under `ownership` (see
+    /// [`Ownership`]); returns the ownership its later writes are made under, and the
+    /// submission's number (0 when nothing was submitted: the session is not this node's).
+    pub fn submit_owned(
+        &self,
+        client_id: &str,
+        ownership: Ownership,
+        ops: Vec<Op>,
+        waker: Option<&Arc<Signal>>,
+    ) -> (Ownership, u64) {
+        let owner_key = keys::session_owner(client_id);
+        match ownership {
+            Ownership::Unowned => (ownership, 0),
+            Ownership::Recorded(token) => {
+                let guard = Compare::value_equals(owner_key, token.to_string());
+                (ownership, self.submit_guarded(guard, ops, waker))
+            }
+            Ownership::Fresh(token) => {
+                let guard = Compare::version(owner_key.clone(), CompareOp::Equal, 0);
+                let record = keys::session(client_id);
+                let records = ops
+                    .iter()
+                    .any(|op| matches!(op, Op::Put { key, .. } if *key == record));
+                if !records {
+                    return (ownership, self.submit_guarded(guard, ops, waker));
+                }
+                let mut ops = ops;
+                ops.push(Op::put(owner_key, token.to_string()));
+                (
+                    Ownership::Recorded(token),
+                    self.submit_guarded(guard, ops, waker),
+                )
+            }
+        }
+    }
+
+    fn submit_with(
+        &self,
+        guard: Option<Compare>,
+        ops: impl IntoIterator<Item = Op>,
+        waker: Option<&Arc<Signal>>,
+    ) -> u64 {
         let mut pending = self.pending.lock();
         let seq = self.submitted.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(guard) = guard {
+            pending.guards.insert(seq, guard);
+        }
         let mut settled = Vec::new();
         for op in ops {
             match pending.push(seq, op) {
@@ -481,7 +601,13 @@ impl Durable {
         loop {
             let notified = self.work.notified();
             let batch = self.take_batch();
-            let Some((ops, last_seq, wakers)) = batch else {
+            let Some(Batch {
+                ops,
+                guards,
+                last_seq,
+                wakers,
+            }) = batch
+            else {
                 if self.stopping.load(Ordering::Acquire) {
                     return;
                 }
@@ -489,7 +615,7 @@ impl Durable {
                 continue;
             };
             // Empty when every queue entry it had was acknowledged before it was written.
-            if !ops.is_empty() && !self.write(ops).await {
+            if !ops.is_empty() && !self.write(ops, guards).await {
                 // Nothing it holds can be acknowledged any more: the writer ends, which
                 // marks the node unhealthy.
                 tracing::error!(
@@ -512,7 +638,7 @@ impl Durable {
 
     /// Ops of whole submissions, up to [`BATCH_OPS`] unless one submission is larger; `None`
     /// when nothing is pending. Submissions without ops complete with the batch.
-    fn take_batch(&self) -> Option<(Vec<Op>, u64, Vec<Arc<Signal>>)> {
+    fn take_batch(&self) -> Option<Batch> {
         let mut pending = self.pending.lock();
         let submitted = self.submitted.load(Ordering::Acquire);
         if pending.ops.is_empty() {
@@ -538,7 +664,7 @@ impl Durable {
                 if matches!(&op, Op::Put { key, .. } if key.starts_with(keys::QUEUE.as_bytes())) {
                     self.written.inc();
                 }
-                ops.push(op);
+                ops.push((seq, op));
             }
             last_seq = seq;
         }
@@ -558,27 +684,66 @@ impl Durable {
                 true
             }
         });
-        Some((ops, last_seq, wakers))
+        let mut guards = Vec::new();
+        pending.guards.retain(|seq, guard| {
+            if *seq <= last_seq {
+                guards.push((*seq, guard.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        guards.sort_unstable_by_key(|(seq, _)| *seq);
+        Some(Batch {
+            ops,
+            guards,
+            last_seq,
+            wakers,
+        })
     }
 
     /// Retries until the store takes the batch: acknowledging without it would be a lie.
-    /// False when the store refused it: a later life of this node has begun.
-    async fn write(&self, ops: Vec<Op>) -> bool {
+    /// The submissions whose guard does not hold are left out. False when the store refused
+    /// the batch because a later life of this node has begun.
+    async fn write(&self, mut ops: Vec<(u64, Op)>, mut guards: Vec<(u64, Compare)>) -> bool {
         let life = self.life.load(Ordering::Acquire);
-        let txn = if life == 0 {
-            Txn::ops(ops)
-        } else {
-            Txn::new()
-                .when([halyard_raft::Compare::value_equals(
-                    keys::node_life(self.store.id()),
-                    life.to_string(),
-                )])
-                .and_then(ops)
-        };
+        let life_guard = (life != 0)
+            .then(|| Compare::value_equals(keys::node_life(self.store.id()), life.to_string()));
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.store.txn(txn.clone()).await {
-                Ok(response) => return response.succeeded,
+            // One condition per key: a later submission's on the same key holds if the
+            // earlier one's does (this node wrote the key in between, in order).
+            let mut compares: Vec<Compare> = life_guard.iter().cloned().collect();
+            for (_, guard) in &guards {
+                if !compares.iter().any(|c| c.key == guard.key) {
+                    compares.push(guard.clone());
+                }
+            }
+            let txn = Txn::new()
+                .when(compares)
+                .and_then(ops.iter().map(|(_, op)| op.clone()));
+            match self.store.txn(txn).await {
+                Ok(response) if response.succeeded => return true,
+                Ok(_) => match self.refused(life_guard.as_ref(), &guards).await {
+                    Ok(Some(refused)) => {
+                        self.refused.inc_by(refused.len() as u64);
+                        tracing::debug!(
+                            submissions = refused.len(),
+                            "leaving out writes of sessions this node no longer owns"
+                        );
+                        ops.retain(|(seq, _)| !refused.contains(seq));
+                        guards.retain(|(seq, _)| !refused.contains(seq));
+                        if ops.is_empty() {
+                            return true;
+                        }
+                    }
+                    Ok(None) => return false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check refused writes; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                },
                 Err(StoreError::Shutdown) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot persist broker state; retrying");
@@ -587,6 +752,37 @@ impl Durable {
                 }
             }
         }
+    }
+
+    /// Which of `guards`' submissions the store refuses now, tested one at a time; `None`
+    /// when it refuses this life's writes altogether.
+    async fn refused(
+        &self,
+        life_guard: Option<&Compare>,
+        guards: &[(u64, Compare)],
+    ) -> Result<Option<Vec<u64>>, StoreError> {
+        let holds = |guard: &Compare| {
+            let test = Txn::new().when([guard.clone()]);
+            async move { self.store.txn(test).await.map(|r| r.succeeded) }
+        };
+        if let Some(guard) = life_guard
+            && !holds(guard).await?
+        {
+            return Ok(None);
+        }
+        let mut refused = Vec::new();
+        let mut tested: Vec<&[u8]> = Vec::new();
+        for (seq, guard) in guards {
+            // Only the first on a key is tested; the others wait for the next attempt.
+            if tested.contains(&guard.key.as_slice()) {
+                continue;
+            }
+            tested.push(&guard.key);
+            if !holds(guard).await? {
+                refused.push(*seq);
+            }
+        }
+        Ok(Some(refused))
     }
 
     /// Waits until everything submitted so far is durable, or `timeout` passes.
@@ -749,20 +945,26 @@ impl Durable {
 
     /// Names this node the owner of `record`'s session, unless it was written since
     /// `revision` (another node claimed it meanwhile); whether it did.
+    /// The ownership it records is returned: the session's later writes are made under it.
     pub async fn take_ownership(
         &self,
         record: &SessionRecord,
         revision: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Ownership>, StoreError> {
         let key = keys::session(&record.client_id);
+        let token: u64 = rand::random();
+        let record = SessionRecord {
+            owner: Some(token),
+            ..record.clone()
+        };
         let txn = Txn::new()
-            .when([halyard_raft::Compare::mod_revision(
-                key,
-                halyard_raft::CompareOp::Equal,
-                revision,
-            )])
-            .and_then([self.session_put(record)]);
-        Ok(self.store.txn(txn).await?.succeeded)
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then([
+                self.session_put(&record),
+                Op::put(keys::session_owner(&record.client_id), token.to_string()),
+            ]);
+        let succeeded = self.store.txn(txn).await?.succeeded;
+        Ok(succeeded.then_some(Ownership::Recorded(token)))
     }
 
     /// The messages queued for `client_id`, in the order the store took them (several nodes
@@ -814,10 +1016,11 @@ impl Durable {
         Op::put(keys::session(&record.client_id), value)
     }
 
-    /// Ops that forget a session and everything queued for it.
-    pub fn session_delete(client_id: &str) -> [Op; 2] {
-        [
+    /// Ops that forget a session, its ownership and everything queued for it.
+    pub fn session_delete(client_id: &str) -> Vec<Op> {
+        vec![
             Op::delete(keys::session(client_id)),
+            Op::delete(keys::session_owner(client_id)),
             Op::delete_prefix(keys::queue_prefix(client_id)),
         ]
     }
@@ -1005,6 +1208,95 @@ mod tests {
 
         new.submit([Op::put(keys::queue("c", numbered), "m3")], None);
         assert!(new.flush(Duration::from_secs(5)).await);
+        store.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_claimed_elsewhere_is_neither_overwritten_nor_deleted_by_its_old_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = single_node_store(dir.path()).await;
+        let (durable, _writer) = started(&store).await;
+        let record = |node: u64, filter: &str| SessionRecord {
+            client_id: "c".into(),
+            expiry_interval: 60,
+            subscriptions: vec![SubscriptionRecord::new(
+                filter,
+                SubscriptionOptions::default(),
+                None,
+            )],
+            node: Some(node),
+            owner: None,
+        };
+        let read_record = || async {
+            let kv = store
+                .get(&keys::session("c"), Consistency::Linearizable)
+                .await
+                .unwrap()
+                .kv
+                .unwrap();
+            serde_json::from_slice::<SessionRecord>(&kv.value).unwrap()
+        };
+
+        // Begun here: the first write records the ownership, later ones are made under it.
+        let (ownership, _) = durable.submit_owned(
+            "c",
+            Ownership::Fresh(7),
+            vec![durable.session_put(&record(1, "a"))],
+            None,
+        );
+        assert_eq!(ownership, Ownership::Recorded(7));
+        durable.submit_owned(
+            "c",
+            ownership,
+            vec![durable.session_put(&record(1, "b"))],
+            None,
+        );
+        durable.submit([Op::put(keys::queue("c", 1), "m1")], None);
+        assert!(durable.flush(Duration::from_secs(5)).await);
+        assert_eq!(read_record().await.subscriptions[0].filter, "b");
+
+        // Another node claims it while this one is cut off.
+        let claimed = serde_json::to_vec(&record(2, "z")).unwrap();
+        store
+            .txn(Txn::new().and_then([
+                Op::put(keys::session("c"), claimed),
+                Op::put(keys::session_owner("c"), "99"),
+            ]))
+            .await
+            .unwrap();
+
+        // What this node still writes for it is left out; other writes of the same batch
+        // are made.
+        durable.submit_owned(
+            "c",
+            ownership,
+            vec![durable.session_put(&record(1, "stale"))],
+            None,
+        );
+        durable.submit([Op::put(keys::queue("c", 2), "m2")], None);
+        durable.submit_owned("c", ownership, Durable::session_delete("c"), None);
+        // A fresh start here cannot take it either.
+        durable.submit_owned(
+            "c",
+            Ownership::Fresh(8),
+            vec![durable.session_put(&record(1, "fresh"))],
+            None,
+        );
+        assert!(durable.flush(Duration::from_secs(5)).await);
+        let now = read_record().await;
+        assert_eq!(
+            (now.node, now.subscriptions[0].filter.as_str()),
+            (Some(2), "z")
+        );
+        let queued = store
+            .range(
+                RangeRequest::prefix(keys::queue_prefix("c")),
+                Consistency::Linearizable,
+            )
+            .await
+            .unwrap();
+        assert_eq!(queued.kvs.len(), 2);
+        assert_eq!(durable.refused.get(), 3);
         store.shutdown().await;
     }
 }

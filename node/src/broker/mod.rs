@@ -39,7 +39,7 @@ pub use session::{
 pub use taps::{Tap, TapError, TapQueue, Tapped};
 pub use trie::{SharedMatch, Subscriber, SubscriptionTrie, Target};
 
-pub use durable::Durable;
+pub use durable::{Durable, Ownership};
 
 use crate::config::MqttConfig;
 use crate::metrics::BrokerMetrics;
@@ -342,6 +342,7 @@ impl Broker {
             self.discard(&existing);
         }
         let session = Arc::new(Session::new(self.next_id(), Arc::from(client_id)));
+        *session.ownership.lock() = Ownership::fresh();
         session.attach(attachment);
         session.state.lock().expiry_interval = expiry_interval;
         self.set_persistence(&session, expiry_interval);
@@ -363,10 +364,47 @@ impl Broker {
         let was = session.is_persistent();
         session.set_persistent(persistent);
         if persistent {
-            durable.submit([durable.session_put(&self.session_record(session))], None);
+            self.write_record(durable, session, None);
         } else if was {
-            durable.submit(Durable::session_delete(&session.client_id), None);
+            self.delete_record(durable, session);
         }
+    }
+
+    /// Writes the session's record (subscriptions, expiry) under its ownership; returns the
+    /// submission to wait for, 0 when the session is not this node's to write.
+    fn write_record(
+        &self,
+        durable: &Durable,
+        session: &Session,
+        waker: Option<&Arc<Signal>>,
+    ) -> u64 {
+        let mut ownership = session.ownership.lock();
+        let mut record = self.session_record(session);
+        record.owner = ownership.token();
+        let (next, seq) = durable.submit_owned(
+            &session.client_id,
+            *ownership,
+            vec![durable.session_put(&record)],
+            waker,
+        );
+        *ownership = next;
+        seq
+    }
+
+    /// Deletes the session's record and queue under its ownership.
+    fn delete_record(&self, durable: &Durable, session: &Session) {
+        let mut ownership = session.ownership.lock();
+        let (next, _) = durable.submit_owned(
+            &session.client_id,
+            *ownership,
+            Durable::session_delete(&session.client_id),
+            None,
+        );
+        // Written again later, it is owned afresh.
+        *ownership = match next {
+            Ownership::Recorded(_) => Ownership::fresh(),
+            other => other,
+        };
     }
 
     fn session_record(&self, session: &Session) -> durable::SessionRecord {
@@ -383,6 +421,7 @@ impl Broker {
                 .collect(),
             // Set by `Durable::session_put`, which knows the node.
             node: None,
+            owner: None,
         }
     }
 
@@ -390,10 +429,9 @@ impl Broker {
     /// acknowledging, 0 when the session is not persistent.
     pub fn persist_subscriptions(&self, session: &Arc<Session>, waker: &Arc<Signal>) -> u64 {
         match &self.inner.durable {
-            Some(durable) if session.is_persistent() => durable.submit(
-                [durable.session_put(&self.session_record(session))],
-                Some(waker),
-            ),
+            Some(durable) if session.is_persistent() => {
+                self.write_record(durable, session, Some(waker))
+            }
             _ => 0,
         }
     }
@@ -502,11 +540,13 @@ impl Broker {
     /// Puts a session read from the store into this node's memory, subscriptions and routes
     /// included, with its expiry timer running until a connection attaches.
     fn install(&self, restored: durable::RestoredSession) -> Arc<Session> {
+        let ownership = self.ownership_of(&restored.record);
         let record = restored.record;
         let session = Arc::new(Session::new(
             self.next_id(),
             Arc::from(record.client_id.as_str()),
         ));
+        *session.ownership.lock() = ownership;
         session.set_persistent(true);
         session.set_owned_since(restored.revision);
         {
@@ -556,8 +596,43 @@ impl Broker {
     /// Takes over a session another node held, as read from the store after that node let it
     /// go; a session already held here is kept.
     pub fn adopt(&self, restored: durable::RestoredSession) {
-        if !self.holds_session(&restored.record.client_id) {
-            self.install(restored);
+        let held = self
+            .inner
+            .sessions
+            .lock()
+            .get(restored.record.client_id.as_str())
+            .cloned();
+        match held {
+            // Installed by a claim before the store named this node: the record read since
+            // says which ownership the claim recorded.
+            Some(session) => {
+                let ownership = self.ownership_of(&restored.record);
+                let mut current = session.ownership.lock();
+                if *current == Ownership::Unowned {
+                    *current = ownership;
+                }
+            }
+            None => {
+                self.install(restored);
+            }
+        }
+    }
+
+    /// The store now records `ownership` of the session of `client_id`, held here: its
+    /// writes are made under it.
+    pub fn own(&self, client_id: &str, ownership: Ownership) {
+        if let Some(session) = self.inner.sessions.lock().get(client_id) {
+            *session.ownership.lock() = ownership;
+        }
+    }
+
+    /// The ownership a record read from the store gives this node: none while it names
+    /// another node (a claim under way takes it).
+    fn ownership_of(&self, record: &durable::SessionRecord) -> Ownership {
+        let here = self.inner.durable.as_ref().map(|d| d.store().id());
+        match record.node {
+            Some(node) if Some(node) != here => Ownership::Unowned,
+            _ => Ownership::of(record),
         }
     }
 
@@ -703,7 +778,7 @@ impl Broker {
             && session.is_persistent()
         {
             session.set_persistent(false);
-            durable.submit(Durable::session_delete(&session.client_id), None);
+            self.delete_record(durable, session);
         }
         let subscriptions = {
             let mut state = session.state.lock();

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
+use super::durable::Ownership;
 use super::message::Delivery;
 use crate::metrics::DropReason;
 use crate::mqtt::{QoS, SubscriptionOptions};
@@ -372,6 +373,9 @@ pub struct Session {
     /// The store revision of its record when this node took it: a record written later that
     /// names another node means that node has claimed it since.
     owned_since: AtomicU64,
+    /// The ownership its store writes are made under; held while one is submitted, so that
+    /// they reach the writer in the order the ownership changes.
+    pub(super) ownership: Mutex<Ownership>,
     /// Requests to services not yet answered (see `services::InFlight`).
     pub(super) service_requests: AtomicU32,
     pub state: Mutex<SessionState>,
@@ -412,6 +416,7 @@ impl Session {
             evicted: AtomicBool::new(false),
             lingering: AtomicBool::new(false),
             owned_since: AtomicU64::new(0),
+            ownership: Mutex::new(Ownership::Unowned),
             service_requests: AtomicU32::new(0),
             state: Mutex::new(SessionState::default()),
         }

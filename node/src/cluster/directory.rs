@@ -280,6 +280,7 @@ mod tests {
                 .map(|f| SubscriptionRecord::new(f, options, None))
                 .collect(),
             node: Some(node),
+            owner: None,
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
         (keys::session(client_id), value)

@@ -388,7 +388,16 @@ impl Takeovers {
                 if let Some(claim) = claim {
                     claim.found_none_at(read_at);
                 }
-                durable.submit(Durable::session_delete(client_id), None);
+                // Unless another claim wrote it since the read.
+                durable.submit_guarded(
+                    halyard_raft::Compare::mod_revision(
+                        crate::store::keys::session(client_id),
+                        halyard_raft::CompareOp::Equal,
+                        revision,
+                    ),
+                    Durable::session_delete(client_id),
+                    None,
+                );
                 return (ClaimOutcome::Owned, how);
             }
             if self.broker.holds_session(client_id) {
@@ -419,8 +428,9 @@ impl Takeovers {
             self.broker.adopt(session);
             self.take_kept(client_id);
             match durable.take_ownership(&record, revision).await {
-                Ok(true) => {
+                Ok(Some(ownership)) => {
                     tracing::debug!(client_id, "claimed a stored session");
+                    self.broker.own(client_id, ownership);
                     self.take_kept(client_id);
                     // The read may come back late (the store is slow under faults), when
                     // another node has claimed the session since: only what still names this
@@ -448,7 +458,7 @@ impl Takeovers {
                 // earlier one, whose claim went first), and then the session is held here
                 // already and this connection takes it over locally; or by another node, and
                 // it is claimed from that node in turn.
-                Ok(false) => {
+                Ok(None) => {
                     if let Ok(Some((again, _))) = durable.load_session(client_id).await
                         && again.record.node == Some(self.node)
                         && self.broker.holds_session(client_id)

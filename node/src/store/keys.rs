@@ -11,6 +11,9 @@ pub const RETAINED: &str = "mqtt/retained/";
 pub const SESSION: &str = "mqtt/session/";
 /// MQTT: the QoS 1/2 messages queued for a persistent session, by hex client id and sequence.
 pub const QUEUE: &str = "mqtt/queue/";
+/// MQTT: a persistent session's current ownership (a token its owner writes under), by hex
+/// client id.
+pub const SESSION_OWNER: &str = "mqtt/owner/";
 /// MQTT: per broker node, by node id, its current life (`/life`, the fencing token of its
 /// writes) and the message numbers it reserved (`/numbers`).
 pub const BROKER_NODE: &str = "mqtt/node/";
@@ -104,6 +107,12 @@ pub fn node_numbers(node: u64) -> Vec<u8> {
 
 pub fn session(client_id: &str) -> Vec<u8> {
     let mut key = String::from(SESSION);
+    push_hex(&mut key, client_id.as_bytes());
+    key.into_bytes()
+}
+
+pub fn session_owner(client_id: &str) -> Vec<u8> {
+    let mut key = String::from(SESSION_OWNER);
     push_hex(&mut key, client_id.as_bytes());
     key.into_bytes()
 }
