@@ -346,11 +346,17 @@ impl Broker {
                     ),
                 ));
             }
+            let lingering = (stored.is_some() && session.is_lingering()).then(|| delivery.clone());
             let enqueued = session.enqueue(delivery, max_queued);
             if let Some(op) = stored
                 && !matches!(enqueued, Enqueued::Dropped(_) | Enqueued::Gone)
             {
                 ops.push(op);
+                if let Some(copy) = lingering
+                    && let Some(remote) = self.remote()
+                {
+                    remote.stored_lingering(&session.client_id, &copy);
+                }
             }
             match enqueued {
                 Enqueued::Dropped(reason) => self.inner.metrics.message_dropped(reason),

@@ -80,9 +80,8 @@ struct Inner {
     /// The latest connection each client id made on another node, when (microseconds since
     /// the epoch): a connection here made before it must not take the session back.
     foreign_connections: Mutex<HashMap<Arc<str>, u64>>,
-    /// Sessions handed to another node that still linger here (see `linger`), by client id,
-    /// with how many times each does.
-    lingering: Mutex<HashMap<Arc<str>, usize>>,
+    /// Sessions handed to another node that still linger here (see `linger`), by client id.
+    lingering: Mutex<HashMap<Arc<str>, Vec<Arc<Session>>>>,
 }
 
 /// What became of a published message.
@@ -562,6 +561,20 @@ impl Broker {
             };
             self.subscribe(&session, &sub.filter, parsed, options, sub.subscription_id);
         }
+        // Taken back here: what is routed here for it goes to this session from now on, and
+        // a copy left lingering would queue it a second time, behind. Its subscriptions go
+        // once this session's are in, so that no route is withdrawn in between.
+        let copies = self
+            .inner
+            .lingering
+            .lock()
+            .get(record.client_id.as_str())
+            .cloned()
+            .unwrap_or_default();
+        for copy in copies {
+            copy.set_persistent(false);
+            self.discard(&copy);
+        }
         self.inner
             .sessions
             .lock()
@@ -679,12 +692,12 @@ impl Broker {
     /// messages queued in the store.
     fn linger(&self, session: Arc<Session>, remote: Arc<dyn Remote>) {
         session.linger();
-        *self
-            .inner
+        self.inner
             .lingering
             .lock()
             .entry(Arc::clone(&session.client_id))
-            .or_default() += 1;
+            .or_default()
+            .push(Arc::clone(&session));
         let broker = self.clone();
         tokio::spawn(async move {
             // This node's view of the store may be behind the claim that made it the owner:
@@ -711,9 +724,9 @@ impl Broker {
             session.set_persistent(false);
             broker.discard(&session);
             let mut lingering = broker.inner.lingering.lock();
-            if let Some(count) = lingering.get_mut(&session.client_id) {
-                *count -= 1;
-                if *count == 0 {
+            if let Some(copies) = lingering.get_mut(&session.client_id) {
+                copies.retain(|s| !Arc::ptr_eq(s, &session));
+                if copies.is_empty() {
                     lingering.remove(&session.client_id);
                 }
             }

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::Message;
 use super::session::Signal;
+use super::{Delivery, Message};
 
 /// Who the store names the owner of a session, as a node's view of the store has it (which may
 /// be behind the store).
@@ -61,6 +61,11 @@ pub trait Remote: Send + Sync + 'static {
     /// is leaving: spread over the nodes reachable now, each claims as a connecting client
     /// would. How many it offered: none when no node is reachable.
     fn hand_over(&self, client_ids: Vec<String>) -> usize;
+
+    /// A copy of `delivery` was stored for the lingering session of `client_id`: if a claim
+    /// here is taking the session back, it may have read the queue already, and queues this
+    /// copy itself once it has installed the session.
+    fn stored_lingering(&self, client_id: &str, delivery: &Delivery);
 
     /// Makes this node the owner of the stored session of `client_id` before its connection
     /// (made at `claimed_at`) is accepted: the node that held it lets it go and stores what

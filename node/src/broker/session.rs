@@ -473,6 +473,10 @@ impl Session {
         state.inflight.clear();
     }
 
+    pub(super) fn is_lingering(&self) -> bool {
+        self.lingering.load(Ordering::Acquire)
+    }
+
     pub(super) fn mark_dead(&self) {
         self.alive.store(false, Ordering::Release);
         release_paused(&mut self.state.lock(), usize::MAX);

@@ -1419,6 +1419,13 @@ impl Remote for DataPlane {
         handoffs
     }
 
+    fn stored_lingering(&self, client_id: &str, delivery: &crate::broker::Delivery) {
+        if self.takeover.is_claiming(client_id) {
+            self.takeover
+                .keep_for_claim(client_id.to_owned(), delivery.clone());
+        }
+    }
+
     fn hand_over(&self, client_ids: Vec<String>) -> usize {
         let peers: Vec<NodeId> = self
             .peers
