@@ -42,6 +42,35 @@ pub(super) enum Control {
     Adopt {
         client_id: String,
     },
+    /// What the sender's routes amount to at this point of the stream: the receiver, having
+    /// applied everything before it, compares its copy and resynchronises on a difference.
+    Digest(RouteDigest),
+}
+
+/// An order-free summary of a set of routes: how many, and the XOR of their keys' hashes
+/// (FNV-1a, the same on every node and build).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RouteDigest {
+    pub count: u64,
+    pub hash: u64,
+}
+
+impl RouteDigest {
+    pub fn added(&mut self, key: &str) {
+        self.count += 1;
+        self.hash ^= route_hash(key);
+    }
+
+    pub fn removed(&mut self, key: &str) {
+        self.count = self.count.saturating_sub(1);
+        self.hash ^= route_hash(key);
+    }
+}
+
+fn route_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// How a route is named between nodes: its filter, or `$share/{group}/{filter}` for a share
@@ -148,6 +177,8 @@ pub(super) struct LocalRoutes {
     pub(super) counts: HashMap<String, usize>,
     /// Each linked peer's queue of changes; dropping one makes that peer resynchronise.
     pub(super) listeners: HashMap<NodeId, Listener>,
+    /// What `counts`' filters amount to.
+    pub(super) digest: RouteDigest,
 }
 
 impl LocalRoutes {
@@ -156,6 +187,7 @@ impl LocalRoutes {
         let count = self.counts.entry(filter.to_owned()).or_insert(0);
         *count += 1;
         if *count == 1 {
+            self.digest.added(filter);
             self.broadcast(&Control::Add(filter.to_owned()));
         }
     }
@@ -168,6 +200,7 @@ impl LocalRoutes {
         *count -= 1;
         if *count == 0 {
             self.counts.remove(filter);
+            self.digest.removed(filter);
             self.broadcast(&Control::Remove(filter.to_owned()));
         }
     }

@@ -64,6 +64,8 @@ const DELTA_CAPACITY: usize = 65_536;
 /// How often the cluster's members are read to find peers that came or went.
 const MEMBERS_EVERY: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_millis(200);
+/// How often each peer is told what this node's routes amount to, to check its copy.
+const DIGEST_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct RouteSnapshot {
@@ -88,6 +90,7 @@ struct Metrics {
     dropped: IntCounterVec,
     received: IntCounterVec,
     resyncs: IntCounterVec,
+    digests: IntCounterVec,
     timeouts: IntCounterVec,
     unacked: IntGaugeVec,
     rtt: GaugeVec,
@@ -122,7 +125,17 @@ impl Metrics {
             &["peer"],
         )?;
         registry.register(Box::new(rtt.clone()))?;
+        let digests = IntCounterVec::new(
+            Opts::new(
+                "halyard_cluster_route_digests_total",
+                "Digests of a peer node's routes checked against this node's copy, by peer and \
+                 outcome (match; mismatch, which resynchronises)",
+            ),
+            &["peer", "outcome"],
+        )?;
+        registry.register(Box::new(digests.clone()))?;
         Ok(Self {
+            digests,
             forwarded: counter(
                 "halyard_cluster_forwarded_total",
                 "Messages written to a peer node (again after a broken stream), by peer",
@@ -267,10 +280,26 @@ impl DataPlane {
         let follow =
             Arc::clone(&plane).follow_retained(store.clone(), retained.ok(), shutdown.clone());
         let sessions = Arc::clone(&plane).follow_sessions(store.clone(), shutdown.clone());
+        let digests = Arc::clone(&plane).send_digests(shutdown.clone());
         let stored = Arc::clone(&plane).follow_queues(store.clone(), queues.ok(), shutdown);
         Ok((plane, async move {
-            tokio::join!(members, follow, sessions, stored);
+            tokio::join!(members, follow, sessions, stored, digests);
         }))
+    }
+
+    /// Tells every linked peer, now and then, what this node's routes amount to, in order
+    /// with the changes: a peer whose copy differs (a change it missed or misapplied) ends
+    /// the stream, and the next one starts from a snapshot.
+    async fn send_digests(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(DIGEST_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+            let mut local = self.local.lock();
+            let digest = local.digest;
+            local.broadcast(&Control::Digest(digest));
+        }
     }
 
     /// Links to every member of the cluster but this node, and unlinks those that left.
@@ -922,6 +951,24 @@ impl DataPlane {
                     let mut remote = self.remote.write();
                     remote.remove(node, generation, &key);
                     self.metrics.remote_routes.set(remote.len() as i64);
+                }
+                Control::Digest(theirs) => {
+                    let ours = self.remote.read().digest(node, generation);
+                    let matched = ours == Some(theirs);
+                    let outcome = if matched { "match" } else { "mismatch" };
+                    self.metrics
+                        .digests
+                        .with_label_values(&[&node.to_string(), outcome])
+                        .inc();
+                    if !matched {
+                        tracing::warn!(
+                            peer = node,
+                            ?ours,
+                            ?theirs,
+                            "this node's copy of a peer's routes differs from them; resynchronising"
+                        );
+                        break;
+                    }
                 }
                 other => self.takeover.handle(node, other),
             }

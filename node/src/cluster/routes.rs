@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use halyard_raft::NodeId;
 use hashbrown::HashTable;
 
-use super::control::parse_route;
+use super::control::{RouteDigest, parse_route};
 
 /// Nodes in slots below this are bits of a level's mask; the rest are listed in `wide`.
 const MASK_SLOTS: usize = 64;
@@ -70,6 +70,7 @@ struct Announced {
     slot: usize,
     generation: u64,
     routes: usize,
+    digest: RouteDigest,
 }
 
 /// One node picked for a share group that a topic matched.
@@ -276,6 +277,7 @@ impl RouteTable {
                 slot,
                 generation,
                 routes: 0,
+                digest: RouteDigest::default(),
             },
         );
         for key in keys {
@@ -316,6 +318,7 @@ impl RouteTable {
             self.len += 1;
             if let Some(announced) = self.announced.get_mut(&node) {
                 announced.routes += 1;
+                announced.digest.added(key);
             }
         }
     }
@@ -339,9 +342,18 @@ impl RouteTable {
             self.len -= 1;
             if let Some(announced) = self.announced.get_mut(&node) {
                 announced.routes -= 1;
+                announced.digest.removed(key);
             }
             self.prune(at);
         }
+    }
+
+    /// What the routes of `node`'s announcement `generation` amount to, if it is current.
+    pub fn digest(&self, node: NodeId, generation: u64) -> Option<RouteDigest> {
+        self.announced
+            .get(&node)
+            .filter(|a| a.generation == generation)
+            .map(|a| a.digest)
     }
 
     /// Drops what `node` announced if `generation` is still its current announcement.
@@ -915,5 +927,30 @@ mod tests {
         assert!(t.names.bytes < 2 * GARBAGE_SLACK);
         assert_eq!(nodes_for(&t, "keep/this"), [1]);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_copy_of_a_nodes_routes_has_the_digest_the_node_computes_until_a_change_is_missed() {
+        use super::super::control::LocalRoutes;
+        let mut local = LocalRoutes::default();
+        for key in ["a/+", "$share/g/b/#", "c", "d"] {
+            local.subscribed(key);
+        }
+        local.subscribed("c");
+        let mut table = RouteTable::default();
+        let generation = table.replace(2, local.counts.keys());
+        assert_eq!(table.digest(2, generation), Some(local.digest));
+        local.unsubscribed("d");
+        table.remove(2, generation, "d");
+        local.unsubscribed("c");
+        local.subscribed("e");
+        table.add(2, generation, "e");
+        assert_eq!(local.digest.count, 4);
+        assert_eq!(table.digest(2, generation), Some(local.digest));
+        // The last "c" left and the peer was not told: the digests differ.
+        local.unsubscribed("c");
+        assert_ne!(table.digest(2, generation), Some(local.digest));
+        // An announcement that is not current has no digest to compare.
+        assert_eq!(table.digest(2, generation + 1), None);
     }
 }

@@ -201,7 +201,7 @@ impl Takeovers {
                     }
                 });
             }
-            Control::Add(_) | Control::AddAll(_) | Control::Remove(_) => {}
+            Control::Add(_) | Control::AddAll(_) | Control::Remove(_) | Control::Digest(_) => {}
         }
     }
 
