@@ -537,9 +537,9 @@ impl Durable {
             });
             let life = previous + 1;
             let txn = Txn::new()
-                .when([halyard_raft::Compare::mod_revision(
+                .when([Compare::mod_revision(
                     key.clone(),
-                    halyard_raft::CompareOp::Equal,
+                    CompareOp::Equal,
                     revision,
                 )])
                 .and_then([Op::put(key.clone(), life.to_string())]);
