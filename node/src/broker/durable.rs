@@ -169,6 +169,16 @@ fn queue_seq(count: u64, node: u64) -> u64 {
     (count << NODE_BITS) | (node & ((1 << NODE_BITS) - 1))
 }
 
+/// The first of `guards` (in submission order) on each key: a later submission's condition on
+/// the same key holds if the earlier one's does, this node having written the key in between.
+fn first_on_each_key(guards: &[(u64, Compare)]) -> impl Iterator<Item = &(u64, Compare)> {
+    guards
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, guard))| !guards[..*i].iter().any(|(_, g)| g.key == guard.key))
+        .map(|(_, entry)| entry)
+}
+
 /// A number the node keeps in the store as decimal text.
 fn parse_number(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
@@ -711,14 +721,10 @@ impl Durable {
             .then(|| Compare::value_equals(keys::node_life(self.store.id()), life.to_string()));
         let mut backoff = Duration::from_millis(50);
         loop {
-            // One condition per key: a later submission's on the same key holds if the
-            // earlier one's does (this node wrote the key in between, in order).
-            let mut compares: Vec<Compare> = life_guard.iter().cloned().collect();
-            for (_, guard) in &guards {
-                if !compares.iter().any(|c| c.key == guard.key) {
-                    compares.push(guard.clone());
-                }
-            }
+            let compares = life_guard
+                .iter()
+                .chain(first_on_each_key(&guards).map(|(_, guard)| guard))
+                .cloned();
             let txn = Txn::new()
                 .when(compares)
                 .and_then(ops.iter().map(|(_, op)| op.clone()));
@@ -771,13 +777,8 @@ impl Durable {
             return Ok(None);
         }
         let mut refused = Vec::new();
-        let mut tested: Vec<&[u8]> = Vec::new();
-        for (seq, guard) in guards {
-            // Only the first on a key is tested; the others wait for the next attempt.
-            if tested.contains(&guard.key.as_slice()) {
-                continue;
-            }
-            tested.push(&guard.key);
+        // The others wait for the next attempt.
+        for (seq, guard) in first_on_each_key(guards) {
             if !holds(guard).await? {
                 refused.push(*seq);
             }
@@ -1163,6 +1164,21 @@ mod tests {
         store
     }
 
+    /// The values queued for `client_id` in the store.
+    async fn queued(store: &Store, client_id: &str) -> Vec<Vec<u8>> {
+        store
+            .range(
+                RangeRequest::prefix(keys::queue_prefix(client_id)),
+                Consistency::Linearizable,
+            )
+            .await
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| kv.value)
+            .collect()
+    }
+
     async fn started(store: &Store) -> (Arc<Durable>, tokio::task::JoinHandle<()>) {
         let durable = Durable::new(store.clone(), &prometheus::Registry::new()).unwrap();
         durable.begin_life().await.unwrap();
@@ -1196,15 +1212,7 @@ mod tests {
                 .is_ok(),
             "the refused writer ends"
         );
-        let queued = store
-            .range(
-                RangeRequest::prefix(keys::queue_prefix("c")),
-                Consistency::Linearizable,
-            )
-            .await
-            .unwrap();
-        let values: Vec<&[u8]> = queued.kvs.iter().map(|kv| &kv.value[..]).collect();
-        assert_eq!(values, vec![&b"m1"[..]]);
+        assert_eq!(queued(&store, "c").await, vec![b"m1".to_vec()]);
 
         new.submit([Op::put(keys::queue("c", numbered), "m3")], None);
         assert!(new.flush(Duration::from_secs(5)).await);
@@ -1288,14 +1296,7 @@ mod tests {
             (now.node, now.subscriptions[0].filter.as_str()),
             (Some(2), "z")
         );
-        let queued = store
-            .range(
-                RangeRequest::prefix(keys::queue_prefix("c")),
-                Consistency::Linearizable,
-            )
-            .await
-            .unwrap();
-        assert_eq!(queued.kvs.len(), 2);
+        assert_eq!(queued(&store, "c").await.len(), 2);
         assert_eq!(durable.refused.get(), 3);
         store.shutdown().await;
     }

@@ -355,7 +355,7 @@ impl Broker {
                 if let Some(copy) = lingering
                     && let Some(remote) = self.remote()
                 {
-                    remote.stored_lingering(&session.client_id, &copy);
+                    remote.stored_lingering(&session.client_id, copy);
                 }
             }
             match enqueued {

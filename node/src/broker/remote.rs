@@ -65,7 +65,7 @@ pub trait Remote: Send + Sync + 'static {
     /// A copy of `delivery` was stored for the lingering session of `client_id`: if a claim
     /// here is taking the session back, it may have read the queue already, and queues this
     /// copy itself once it has installed the session.
-    fn stored_lingering(&self, client_id: &str, delivery: &Delivery);
+    fn stored_lingering(&self, client_id: &str, delivery: Delivery);
 
     /// Makes this node the owner of the stored session of `client_id` before its connection
     /// (made at `claimed_at`) is accepted: the node that held it lets it go and stores what

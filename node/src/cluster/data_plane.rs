@@ -1175,7 +1175,7 @@ impl DataPlane {
             &mut ops,
         );
         for (client_id, delivery) in kept {
-            self.takeover.keep_for_claim(client_id, delivery);
+            self.takeover.keep_for_claim(&client_id, delivery);
         }
         if ops.is_empty() {
             return 0;
@@ -1460,17 +1460,14 @@ impl Remote for DataPlane {
                 ops,
             );
             for (client_id, delivery) in kept {
-                self.takeover.keep_for_claim(client_id, delivery);
+                self.takeover.keep_for_claim(&client_id, delivery);
             }
         }
         handoffs
     }
 
-    fn stored_lingering(&self, client_id: &str, delivery: &crate::broker::Delivery) {
-        if self.takeover.is_claiming(client_id) {
-            self.takeover
-                .keep_for_claim(client_id.to_owned(), delivery.clone());
-        }
+    fn stored_lingering(&self, client_id: &str, delivery: crate::broker::Delivery) {
+        self.takeover.keep_for_claim(client_id, delivery);
     }
 
     fn hand_over(&self, client_ids: Vec<String>) -> usize {

@@ -20,13 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use halyard_raft::NodeId;
+use halyard_raft::{Compare, CompareOp, NodeId};
 use parking_lot::Mutex;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use tokio::sync::oneshot;
 
 use super::control::{Control, LocalRoutes};
 use crate::broker::{Broker, Claim, ClaimOutcome, Delivery, Durable, Signal};
+use crate::store::keys;
 
 /// Reads of a contended session record before a claim gives up.
 const CLAIM_ATTEMPTS: usize = 5;
@@ -272,12 +273,12 @@ impl Takeovers {
 
     /// Keeps a copy stored for the session of `client_id` for the claim under way here, which
     /// takes it once the session is installed.
-    pub(super) fn keep_for_claim(&self, client_id: String, delivery: Delivery) {
+    pub(super) fn keep_for_claim(&self, client_id: &str, delivery: Delivery) {
         let claiming = self.claiming.lock();
-        if claiming.contains_key(&client_id) {
+        if claiming.contains_key(client_id) {
             self.kept_for_claims
                 .lock()
-                .entry(client_id)
+                .entry(client_id.to_owned())
                 .or_default()
                 .push(delivery);
         }
@@ -390,11 +391,7 @@ impl Takeovers {
                 }
                 // Unless another claim wrote it since the read.
                 durable.submit_guarded(
-                    halyard_raft::Compare::mod_revision(
-                        crate::store::keys::session(client_id),
-                        halyard_raft::CompareOp::Equal,
-                        revision,
-                    ),
+                    Compare::mod_revision(keys::session(client_id), CompareOp::Equal, revision),
                     Durable::session_delete(client_id),
                     None,
                 );
