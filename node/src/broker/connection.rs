@@ -525,6 +525,9 @@ impl Connection {
             let Some(front) = state.queue.front() else {
                 break;
             };
+            if front.fence != 0 {
+                break;
+            }
             if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.client_receive_maximum {
                 break;
             }
@@ -1343,6 +1346,7 @@ impl Connection {
                         subscription_ids: subscription_id.into_iter().collect(),
                         message,
                         stored: 0,
+                        fence: 0,
                     });
                 }
             }

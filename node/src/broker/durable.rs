@@ -32,6 +32,8 @@ const NUMBER_BLOCK: u64 = 1 << 20;
 
 /// Attempts at beginning a life when another process with this node's id writes the same key.
 const LIFE_ATTEMPTS: usize = 5;
+/// Recent batches whose commit revisions are kept (see [`Durable::revision_covering`]).
+const COMMITS_KEPT: usize = 1024;
 
 fn unix_ms(at: Instant) -> u64 {
     let left = at.saturating_duration_since(Instant::now());
@@ -321,6 +323,16 @@ impl Pending {
     }
 }
 
+/// What became of a batch handed to the store.
+enum Written {
+    /// Committed at this revision.
+    At(u64),
+    /// Nothing of it was left to write, or the store shut down.
+    Nothing,
+    /// Refused: a later life of this node has begun.
+    LifeEnded,
+}
+
 /// What became of an op handed to [`Pending::push`].
 #[derive(Debug, PartialEq, Eq)]
 enum Pushed {
@@ -350,6 +362,8 @@ pub struct Durable {
     backlog: std::sync::atomic::AtomicUsize,
     /// Submissions not yet committed whose every op was taken back (see `submit`).
     settled_early: Mutex<std::collections::BTreeSet<u64>>,
+    /// The last submission and store revision of each recent batch written, oldest first.
+    commits: Mutex<VecDeque<(u64, u64)>>,
     written: prometheus::IntCounter,
     taken_back: prometheus::IntCounter,
     refused: prometheus::IntCounter,
@@ -391,6 +405,7 @@ impl Durable {
             stopping: std::sync::atomic::AtomicBool::new(false),
             backlog: std::sync::atomic::AtomicUsize::new(0),
             settled_early: Mutex::new(std::collections::BTreeSet::new()),
+            commits: Mutex::new(VecDeque::with_capacity(COMMITS_KEPT)),
             written: queue_entries.with_label_values(&["written"]),
             taken_back: queue_entries.with_label_values(&["taken_back"]),
             refused,
@@ -520,6 +535,15 @@ impl Durable {
         self.submitted.load(Ordering::Acquire)
     }
 
+    /// A store revision past every write committed before submission `submission` was
+    /// made: that of the first batch written that covers it (one evicted from the record
+    /// is bounded by the oldest kept). `None` until such a batch is committed.
+    pub fn revision_covering(&self, submission: u64) -> Option<u64> {
+        let commits = self.commits.lock();
+        let first = commits.partition_point(|(last_seq, _)| *last_seq < submission);
+        commits.get(first).map(|(_, revision)| *revision)
+    }
+
     pub fn committed(&self) -> u64 {
         self.committed.load(Ordering::Acquire)
     }
@@ -625,14 +649,26 @@ impl Durable {
                 continue;
             };
             // Empty when every queue entry it had was acknowledged before it was written.
-            if !ops.is_empty() && !self.write(ops, guards).await {
-                // Nothing it holds can be acknowledged any more: the writer ends, which
-                // marks the node unhealthy.
-                tracing::error!(
-                    node = self.store.id(),
-                    "this node id began a new life elsewhere; the store refuses this process's writes"
-                );
-                return;
+            if !ops.is_empty() {
+                match self.write(ops, guards).await {
+                    Written::At(revision) => {
+                        let mut commits = self.commits.lock();
+                        if commits.len() == COMMITS_KEPT {
+                            commits.pop_front();
+                        }
+                        commits.push_back((last_seq, revision));
+                    }
+                    Written::Nothing => {}
+                    Written::LifeEnded => {
+                        // Nothing it holds can be acknowledged any more: the writer ends,
+                        // which marks the node unhealthy.
+                        tracing::error!(
+                            node = self.store.id(),
+                            "this node id began a new life elsewhere; the store refuses this process's writes"
+                        );
+                        return;
+                    }
+                }
             }
             self.committed.fetch_max(last_seq, Ordering::AcqRel);
             {
@@ -713,9 +749,8 @@ impl Durable {
     }
 
     /// Retries until the store takes the batch: acknowledging without it would be a lie.
-    /// The submissions whose guard does not hold are left out. False when the store refused
-    /// the batch because a later life of this node has begun.
-    async fn write(&self, mut ops: Vec<(u64, Op)>, mut guards: Vec<(u64, Compare)>) -> bool {
+    /// The submissions whose guard does not hold are left out.
+    async fn write(&self, mut ops: Vec<(u64, Op)>, mut guards: Vec<(u64, Compare)>) -> Written {
         let life = self.life.load(Ordering::Acquire);
         let life_guard = (life != 0)
             .then(|| Compare::value_equals(keys::node_life(self.store.id()), life.to_string()));
@@ -729,7 +764,7 @@ impl Durable {
                 .when(compares)
                 .and_then(ops.iter().map(|(_, op)| op.clone()));
             match self.store.txn(txn).await {
-                Ok(response) if response.succeeded => return true,
+                Ok(response) if response.succeeded => return Written::At(response.revision),
                 Ok(_) => match self.refused(life_guard.as_ref(), &guards).await {
                     Ok(Some(refused)) => {
                         self.refused.inc_by(refused.len() as u64);
@@ -740,17 +775,17 @@ impl Durable {
                         ops.retain(|(seq, _)| !refused.contains(seq));
                         guards.retain(|(seq, _)| !refused.contains(seq));
                         if ops.is_empty() {
-                            return true;
+                            return Written::Nothing;
                         }
                     }
-                    Ok(None) => return false,
+                    Ok(None) => return Written::LifeEnded,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot check refused writes; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 },
-                Err(StoreError::Shutdown) => return true,
+                Err(StoreError::Shutdown) => return Written::Nothing,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot persist broker state; retrying");
                     tokio::time::sleep(backoff).await;
@@ -998,6 +1033,7 @@ impl Durable {
                     retain,
                     subscription_ids,
                     stored: seq,
+                    fence: 0,
                 },
             ));
         }
@@ -1216,6 +1252,29 @@ mod tests {
 
         new.submit([Op::put(keys::queue("c", numbered), "m3")], None);
         assert!(new.flush(Duration::from_secs(5)).await);
+        store.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submission_is_covered_by_the_revision_that_wrote_it_and_not_by_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = single_node_store(dir.path()).await;
+        let (durable, _writer) = started(&store).await;
+        let first = durable.submit([Op::put(keys::queue("c", 1), "m1")], None);
+        assert!(durable.flush(Duration::from_secs(5)).await);
+        // Written by another node meanwhile.
+        let foreign = store
+            .txn(Txn::new().and_then([Op::put(keys::queue("c", 2), "m2")]))
+            .await
+            .unwrap()
+            .revision;
+        let next = durable.submitted() + 1;
+        assert_eq!(durable.revision_covering(next), None, "not written yet");
+        durable.submit([Op::put(keys::queue("c", 3), "m3")], None);
+        assert!(durable.flush(Duration::from_secs(5)).await);
+        let covering = durable.revision_covering(next).unwrap();
+        assert!(covering > foreign, "{covering} after {foreign}");
+        assert!(durable.revision_covering(first).unwrap() < foreign);
         store.shutdown().await;
     }
 

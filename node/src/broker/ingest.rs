@@ -99,6 +99,7 @@ impl Broker {
                 retain: false,
                 subscription_ids: Vec::new(),
                 stored: 0,
+                fence: 0,
             };
             if let Enqueued::Dropped(reason) =
                 requester.enqueue(delivery, QueueLimits::of(&self.inner.config))
@@ -318,6 +319,7 @@ impl Broker {
                     retain: false,
                     subscription_ids: Vec::new(),
                     stored: 0,
+                    fence: 0,
                 });
                 d.qos = d.qos.max(message.qos.min(sub.options.qos));
                 d.retain |= sub.options.retain_as_published && message.retain;
@@ -336,6 +338,9 @@ impl Broker {
                 && session.is_persistent()
             {
                 delivery.stored = durable.next_message_seq();
+                if session.is_catching_up() {
+                    delivery.fence = durable.submitted() + 1;
+                }
                 stored = Some(halyard_raft::Op::put(
                     crate::store::keys::queue(&session.client_id, delivery.stored),
                     durable::encode_message(
@@ -347,7 +352,11 @@ impl Broker {
                 ));
             }
             let lingering = (stored.is_some() && session.is_lingering()).then(|| delivery.clone());
+            let held = delivery.fence != 0;
             let enqueued = session.enqueue(delivery, max_queued);
+            if held && matches!(enqueued, Enqueued::Queued | Enqueued::Congested) {
+                self.hold(session);
+            }
             if let Some(op) = stored
                 && !matches!(enqueued, Enqueued::Dropped(_) | Enqueued::Gone)
             {

@@ -52,4 +52,10 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// Sequence number of its copy in the store, for a persistent session; 0 when not stored.
     pub stored: u64,
+    /// For a session taken from another node moments ago, whose old node may still be
+    /// storing copies routed to it before this one: the durable submission from which on
+    /// this node's writes were made after this delivery arrived. It is held until the
+    /// store's watch has passed the revision of the batch that wrote them, so that every
+    /// copy committed before it arrived is queued ahead of it. 0: not held.
+    pub fence: u64,
 }

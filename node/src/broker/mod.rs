@@ -82,7 +82,15 @@ struct Inner {
     foreign_connections: Mutex<HashMap<Arc<str>, u64>>,
     /// Sessions handed to another node that still linger here (see `linger`), by client id.
     lingering: Mutex<HashMap<Arc<str>, Vec<Arc<Session>>>>,
+    /// Sessions with deliveries held for the store's watch (see `Delivery::fence`), and
+    /// since when.
+    holding: Mutex<HashMap<Arc<str>, HoldingSince>>,
+    /// The store revision the watch of queues has passed.
+    watched: AtomicU64,
 }
+
+/// A session holding deliveries for the store's watch, and since when.
+type HoldingSince = (Arc<Session>, Instant);
 
 /// What became of a published message.
 #[derive(Default)]
@@ -122,6 +130,11 @@ const FOREIGN_CONNECTION_TTL_US: u64 = 60_000_000;
 const LINGER_CHECK: Duration = Duration::from_millis(50);
 /// How long it lingers after that.
 const LINGER_MARGIN: Duration = Duration::from_millis(500);
+/// How long a session taken from another node holds what is routed to it for the store's
+/// watch: past the old node's lingering, with room for its last copies to be written.
+const CATCH_UP: Duration = Duration::from_secs(2);
+/// Held deliveries go after this even if the watch never passed them (it broke off).
+const HOLD_LIMIT: Duration = Duration::from_secs(2);
 
 impl Broker {
     pub fn new(
@@ -147,6 +160,8 @@ impl Broker {
                 restored: tokio::sync::watch::Sender::new(false),
                 foreign_connections: Mutex::new(HashMap::new()),
                 lingering: Mutex::new(HashMap::new()),
+                holding: Mutex::new(HashMap::new()),
+                watched: AtomicU64::new(0),
             }),
         }
     }
@@ -512,8 +527,9 @@ impl Broker {
 
     /// Takes a copy another node wrote to the queue of a session held here, because this node
     /// could not take it when it was published: queued as if published here, unless the
-    /// session has it already.
-    pub fn take_stored(&self, client_id: &str, delivery: Delivery) {
+    /// session has it already. One the store's watch gave, committed at `revision`, goes
+    /// ahead of the deliveries held that came after it was committed.
+    pub fn take_stored(&self, client_id: &str, delivery: Delivery, revision: Option<u64>) {
         let Some(session) = self.inner.sessions.lock().get(client_id).cloned() else {
             return;
         };
@@ -529,11 +545,51 @@ impl Broker {
             self.delivered(&session, delivery.stored);
             return;
         }
-        if let Enqueued::Dropped(reason) =
-            session.enqueue(delivery, QueueLimits::of(&self.inner.config))
-        {
+        let limits = QueueLimits::of(&self.inner.config);
+        let enqueued = match (revision, &self.inner.durable) {
+            (Some(revision), Some(durable)) => session.enqueue_committed(
+                delivery,
+                revision,
+                |fence| durable.revision_covering(fence),
+                limits,
+            ),
+            _ => session.enqueue(delivery, limits),
+        };
+        if let Enqueued::Dropped(reason) = enqueued {
             self.inner.metrics.message_dropped(reason);
         }
+    }
+
+    /// Notes that `session` holds deliveries for the store's watch.
+    pub(super) fn hold(&self, session: &Arc<Session>) {
+        self.inner
+            .holding
+            .lock()
+            .entry(Arc::clone(&session.client_id))
+            .or_insert_with(|| (Arc::clone(session), Instant::now()));
+    }
+
+    /// The store's watch of queues has passed `revision` (`None`: a periodic look, which
+    /// also lets go of deliveries held too long): the deliveries held for it go.
+    pub fn watched(&self, revision: Option<u64>) {
+        if let Some(revision) = revision {
+            self.inner.watched.fetch_max(revision, Ordering::AcqRel);
+        }
+        let Some(durable) = &self.inner.durable else {
+            return;
+        };
+        let watched = self.inner.watched.load(Ordering::Acquire);
+        let now = Instant::now();
+        self.inner.holding.lock().retain(|_, (session, since)| {
+            let overdue = now.duration_since(*since) >= HOLD_LIMIT;
+            let still_held = session.release_held(|fence| {
+                overdue
+                    || durable
+                        .revision_covering(fence)
+                        .is_some_and(|covering| covering <= watched)
+            });
+            still_held && session.is_alive()
+        });
     }
 
     /// Puts a session read from the store into this node's memory, subscriptions and routes
@@ -548,6 +604,16 @@ impl Broker {
         *session.ownership.lock() = ownership;
         session.set_persistent(true);
         session.set_owned_since(restored.revision);
+        if self.remote().is_some() {
+            session.set_catching_up(true);
+            let caught_up = Arc::downgrade(&session);
+            tokio::spawn(async move {
+                tokio::time::sleep(CATCH_UP).await;
+                if let Some(session) = caught_up.upgrade() {
+                    session.set_catching_up(false);
+                }
+            });
+        }
         {
             let mut state = session.state.lock();
             state.expiry_interval = record.expiry_interval;

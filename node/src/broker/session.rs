@@ -158,6 +158,45 @@ impl DeliveryQueue {
         self.items.clear();
         self.bytes = 0;
     }
+
+    /// Whether a delivery here is held for the store's watch (see `Delivery::fence`).
+    pub fn holds_back(&self) -> bool {
+        self.items.iter().any(|d| d.fence != 0)
+    }
+
+    /// Lets go, from the front, of the held deliveries whose fence `passed`, up to the first
+    /// whose fence has not; whether any was let go, and whether any is still held.
+    pub fn release(&mut self, passed: impl Fn(u64) -> bool) -> (bool, bool) {
+        let mut released = false;
+        for delivery in self.items.iter_mut().filter(|d| d.fence != 0) {
+            if !passed(delivery.fence) {
+                return (released, true);
+            }
+            delivery.fence = 0;
+            released = true;
+        }
+        (released, false)
+    }
+
+    /// Adds a copy the store committed at `revision` ahead of the first held delivery whose
+    /// fence is not known to be committed before it (`covering` gives a fence's revision):
+    /// that delivery came when the copy may not have been committed yet.
+    pub fn insert_committed(
+        &mut self,
+        delivery: Delivery,
+        revision: u64,
+        covering: impl Fn(u64) -> Option<u64>,
+    ) {
+        let later = self
+            .items
+            .iter()
+            .position(|d| d.fence != 0 && covering(d.fence).is_none_or(|r| r > revision));
+        self.bytes += weight(&delivery);
+        match later {
+            Some(index) => self.items.insert(index, delivery),
+            None => self.items.push_back(delivery),
+        }
+    }
 }
 
 impl Extend<Delivery> for DeliveryQueue {
@@ -367,6 +406,10 @@ pub struct Session {
     drained_total: AtomicU64,
     /// Its connection is to be sent away: the node drains.
     evicted: AtomicBool,
+    /// Taken from another node moments ago: what is routed here for it is held for the
+    /// store's watch (see `Delivery::fence`), as its old node may still be storing copies
+    /// routed there before.
+    catching_up: AtomicBool,
     /// Handed to another node, whose routes for it may not have reached every node yet: what
     /// is still routed here for it is only written to its queue in the store, for that node.
     lingering: AtomicBool,
@@ -414,6 +457,7 @@ impl Session {
             persistent: AtomicBool::new(false),
             drained_total: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
+            catching_up: AtomicBool::new(false),
             lingering: AtomicBool::new(false),
             owned_since: AtomicU64::new(0),
             ownership: Mutex::new(Ownership::Unowned),
@@ -471,6 +515,14 @@ impl Session {
         let mut state = self.state.lock();
         state.queue.clear();
         state.inflight.clear();
+    }
+
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_catching_up(&self, catching_up: bool) {
+        self.catching_up.store(catching_up, Ordering::Release);
     }
 
     pub(super) fn is_lingering(&self) -> bool {
@@ -568,6 +620,45 @@ impl Session {
     /// limits. A connected session past them drops QoS 0 and keeps QoS
     /// 1/2, asking the publisher to pause, unless it is marked slow.
     pub fn enqueue(&self, delivery: Delivery, limits: QueueLimits) -> Enqueued {
+        self.enqueue_with(delivery, limits, DeliveryQueue::push_back)
+    }
+
+    /// As [`Session::enqueue`], for a copy the store committed at `revision` (see
+    /// [`DeliveryQueue::insert_committed`]).
+    pub fn enqueue_committed(
+        &self,
+        delivery: Delivery,
+        revision: u64,
+        covering: impl Fn(u64) -> Option<u64>,
+        limits: QueueLimits,
+    ) -> Enqueued {
+        let enqueued = self.enqueue_with(delivery, limits, |queue, delivery| {
+            queue.insert_committed(delivery, revision, covering)
+        });
+        // Placed ahead of held deliveries, it may be sendable where the front was not.
+        if let Some(a) = &self.state.lock().attached {
+            a.waker.wake();
+        }
+        enqueued
+    }
+
+    /// Lets go of the deliveries held for a store revision the watch has passed (`passed`
+    /// tells of a fence); whether any is still held.
+    pub fn release_held(&self, passed: impl Fn(u64) -> bool) -> bool {
+        let mut state = self.state.lock();
+        let (released, held) = state.queue.release(passed);
+        if released && let Some(a) = &state.attached {
+            a.waker.wake();
+        }
+        held
+    }
+
+    fn enqueue_with(
+        &self,
+        delivery: Delivery,
+        limits: QueueLimits,
+        place: impl FnOnce(&mut DeliveryQueue, Delivery),
+    ) -> Enqueued {
         if !self.is_alive() {
             return Enqueued::Gone;
         }
@@ -588,7 +679,7 @@ impl Session {
             if full {
                 return Enqueued::Dropped(DropReason::QueueFull);
             }
-            state.queue.push_back(delivery);
+            place(&mut state.queue, delivery);
             return Enqueued::Queued;
         }
         if full
@@ -598,7 +689,7 @@ impl Session {
         {
             return Enqueued::Dropped(DropReason::QueueFull);
         }
-        state.queue.push_back(delivery);
+        place(&mut state.queue, delivery);
         // A non-empty queue already has its connection's attention.
         if was_empty && let Some(a) = &state.attached {
             a.waker.wake();
@@ -616,6 +707,40 @@ mod tests {
     use super::*;
     use crate::broker::Message;
     use bytes::Bytes;
+
+    #[test]
+    fn a_copy_committed_before_held_deliveries_came_goes_ahead_of_them() {
+        let numbered = |stored, fence| Delivery {
+            stored,
+            fence,
+            ..delivery(QoS::AtLeastOnce)
+        };
+        let mut queue = DeliveryQueue::default();
+        queue.push_back(numbered(1, 0));
+        // Held: this node's writes from submission 10 on came after it, and from 12 on
+        // after the next.
+        queue.push_back(numbered(2, 10));
+        queue.push_back(numbered(3, 12));
+        // Submission 10 was written at revision 50; 12 not yet.
+        let covering = |fence| (fence <= 10).then_some(50);
+        queue.insert_committed(numbered(4, 0), 40, covering);
+        queue.insert_committed(numbered(5, 0), 60, covering);
+        let order = |queue: &DeliveryQueue| queue.iter().map(|d| d.stored).collect::<Vec<_>>();
+        assert_eq!(order(&queue), [1, 4, 2, 5, 3]);
+        assert!(queue.holds_back());
+
+        // The watch passed revision 55: the first held goes, the second is still held.
+        let passed = |fence| covering(fence).is_some_and(|r| r <= 55);
+        assert_eq!(queue.release(passed), (true, true));
+        assert_eq!(
+            queue.iter().map(|d| d.fence).collect::<Vec<_>>(),
+            [0, 0, 0, 0, 12]
+        );
+        assert_eq!(queue.release(passed), (false, true));
+        assert_eq!(queue.release(|_| true), (true, false));
+        assert!(!queue.holds_back());
+        assert_eq!(queue.bytes(), 5 * weight(&numbered(0, 0)));
+    }
 
     #[test]
     fn subscriptions_are_found_replaced_and_removed_by_filter() {
@@ -657,6 +782,7 @@ mod tests {
             retain: false,
             subscription_ids: Vec::new(),
             stored: 0,
+            fence: 0,
         }
     }
 

@@ -66,6 +66,8 @@ const MEMBERS_EVERY: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_millis(200);
 /// How often each peer is told what this node's routes amount to, to check its copy.
 const DIGEST_EVERY: Duration = Duration::from_secs(10);
+/// How often deliveries held for the store's watch are looked at when it is quiet.
+const HELD_CHECK: Duration = Duration::from_millis(250);
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct RouteSnapshot {
@@ -534,6 +536,7 @@ impl DataPlane {
             _ = shutdown.changed() => return,
         }
         self.disown_claimed_elsewhere();
+        let mut held = tokio::time::interval(HELD_CHECK);
         loop {
             let mut stream = match changes.take() {
                 Some(stream) => stream,
@@ -560,12 +563,14 @@ impl DataPlane {
                         Some(Ok(revision)) => {
                             for event in revision.events {
                                 if event.kind == halyard_raft::EventKind::Put {
-                                    self.take_stored(&event.kv.key, &event.kv.value);
+                                    self.take_stored(&event.kv);
                                 }
                             }
+                            self.broker.watched(Some(revision.revision));
                         }
                         Some(Err(_)) | None => break,
                     },
+                    _ = held.tick() => self.broker.watched(None),
                     _ = shutdown.changed() => return,
                 }
             }
@@ -588,14 +593,14 @@ impl DataPlane {
 
     /// A queue entry written to the store: taken if another node wrote it for a session
     /// held here.
-    fn take_stored(&self, key: &[u8], value: &[u8]) {
-        let Some((client_id, seq)) = parse_queue_key(key) else {
+    fn take_stored(&self, kv: &halyard_raft::KeyValue) {
+        let Some((client_id, seq)) = parse_queue_key(&kv.key) else {
             return;
         };
         if queue_writer(seq) == queue_writer(self.node) || !self.broker.holds_session(&client_id) {
             return;
         }
-        let Some((message, qos, retain, subscription_ids)) = decode_message(value) else {
+        let Some((message, qos, retain, subscription_ids)) = decode_message(&kv.value) else {
             tracing::warn!(client_id, "a stored copy is unreadable");
             return;
         };
@@ -608,7 +613,9 @@ impl DataPlane {
                 retain,
                 subscription_ids,
                 stored: seq,
+                fence: 0,
             },
+            Some(kv.mod_revision),
         );
     }
 
@@ -622,7 +629,7 @@ impl DataPlane {
             if let Ok(Some((stored, _))) = durable.load_session(&client_id).await {
                 for (_, delivery) in stored.queue {
                     if queue_writer(delivery.stored) != queue_writer(self.node) {
-                        self.broker.take_stored(&client_id, delivery);
+                        self.broker.take_stored(&client_id, delivery, None);
                     }
                 }
             }
@@ -667,6 +674,7 @@ impl DataPlane {
                         retain,
                         subscription_ids: ids,
                         stored: seq,
+                        fence: 0,
                     },
                 ));
             } else if let Some(owner) = owed.owner {
@@ -716,7 +724,7 @@ impl DataPlane {
                 notified.await;
             }
             for (client_id, delivery) in own {
-                broker.take_stored(&client_id, delivery);
+                broker.take_stored(&client_id, delivery, None);
             }
             lane.cover(strand);
         });

@@ -288,7 +288,7 @@ impl Takeovers {
     fn take_kept(&self, client_id: &str) {
         let kept = self.kept_for_claims.lock().remove(client_id);
         for delivery in kept.into_iter().flatten() {
-            self.broker.take_stored(client_id, delivery);
+            self.broker.take_stored(client_id, delivery, None);
         }
     }
 
@@ -439,7 +439,7 @@ impl Takeovers {
                             // Copies other nodes stored for it since the read above, while it
                             // had no node to take them (see `directory.rs`), are taken too.
                             for (_, delivery) in again.queue {
-                                self.broker.take_stored(client_id, delivery);
+                                self.broker.take_stored(client_id, delivery, None);
                             }
                         } else {
                             // Let go before the store named this node (a later connection
