@@ -32,6 +32,10 @@ const NUMBER_BLOCK: u64 = 1 << 20;
 
 /// Attempts at beginning a life when another process with this node's id writes the same key.
 const LIFE_ATTEMPTS: usize = 5;
+/// How old a queue entry is before the writer takes it, unless a full batch is waiting: a
+/// connected subscriber's acknowledgement usually comes within it and takes the entry back, so
+/// that neither is written (see [`Durable::submit`]). Other writes are taken at once.
+const WRITE_DELAY: Duration = Duration::from_millis(1);
 /// Recent batches whose commit revisions are kept (see [`Durable::revision_covering`]).
 const COMMITS_KEPT: usize = 1024;
 
@@ -212,12 +216,16 @@ struct Pending {
     /// Ops taken from the front of `ops` so far: `ops[i]` is op number `taken + i`.
     taken: u64,
     /// The queue entries that ops still in `ops` put, by key, with their op numbers.
-    queued: HashMap<Vec<u8>, u64>,
+    queued: HashMap<Vec<u8>, u64, foldhash::fast::RandomState>,
     /// Ops still in `ops`, by submission.
-    live: HashMap<u64, usize>,
+    live: HashMap<u64, usize, foldhash::fast::RandomState>,
     /// The condition each guarded submission is written under (see `submit_guarded`).
-    guards: HashMap<u64, Compare>,
-    wakers: Vec<(u64, Arc<Signal>)>,
+    guards: HashMap<u64, Compare, foldhash::fast::RandomState>,
+    /// The waker of each submission that has one, by submission.
+    wakers: std::collections::BTreeMap<u64, Arc<Signal>>,
+    /// When each submission that queues a message was made, in order (and some before, left
+    /// until passed).
+    submitted_at: VecDeque<(u64, Instant)>,
 }
 
 /// What the writer takes at once: whole submissions, in order.
@@ -267,7 +275,22 @@ impl Ownership {
     }
 }
 
+fn is_queue_entry(op: &Op) -> bool {
+    matches!(op, Op::Put { key, .. } if key.starts_with(keys::QUEUE.as_bytes()))
+}
+
 impl Pending {
+    /// When submission `seq` was made; those before it are forgotten.
+    fn submitted_at(&mut self, seq: u64) -> Option<Instant> {
+        while self.submitted_at.front().is_some_and(|(s, _)| *s < seq) {
+            self.submitted_at.pop_front();
+        }
+        self.submitted_at
+            .front()
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, at)| *at)
+    }
+
     /// Adds `op` of submission `seq`, or, if it deletes a queue entry not yet written,
     /// takes that entry back instead so that neither is written.
     fn push(&mut self, seq: u64, op: Op) -> Pushed {
@@ -290,7 +313,7 @@ impl Pending {
                     return Pushed::Undid(None);
                 }
             }
-            Op::Put { key, .. } if key.starts_with(keys::QUEUE.as_bytes()) => {
+            Op::Put { key, .. } if is_queue_entry(&op) => {
                 let number = self.taken + self.ops.len() as u64;
                 self.queued.insert(key.clone(), number);
             }
@@ -488,9 +511,12 @@ impl Durable {
             pending.guards.insert(seq, guard);
         }
         let mut settled = Vec::new();
+        let mut queues_a_message = false;
         for op in ops {
+            let entry = is_queue_entry(&op);
             match pending.push(seq, op) {
                 Pushed::Queued => {
+                    queues_a_message |= entry;
                     self.backlog.fetch_add(1, Ordering::AcqRel);
                 }
                 Pushed::Undid(left_empty) => {
@@ -500,22 +526,18 @@ impl Durable {
                 }
             }
         }
+        if queues_a_message {
+            pending.submitted_at.push_back((seq, Instant::now()));
+        }
         // A submission whose every op was taken back needs no write: its publisher may be
         // acknowledged now, the message being with every subscriber it was stored for.
         let mut wake = Vec::new();
         if !settled.is_empty() {
             self.settled_early.lock().extend(settled.iter().copied());
-            pending.wakers.retain(|(s, w)| {
-                if settled.contains(s) {
-                    wake.push(Arc::clone(w));
-                    false
-                } else {
-                    true
-                }
-            });
+            wake.extend(settled.iter().filter_map(|s| pending.wakers.remove(s)));
         }
         if let Some(waker) = waker {
-            pending.wakers.push((seq, Arc::clone(waker)));
+            pending.wakers.insert(seq, Arc::clone(waker));
         }
         drop(pending);
         for waker in wake {
@@ -634,6 +656,9 @@ impl Durable {
     pub async fn run(self: Arc<Self>) {
         loop {
             let notified = self.work.notified();
+            if let Some(wait) = self.write_delay() {
+                tokio::time::sleep(wait).await;
+            }
             let batch = self.take_batch();
             let Some(Batch {
                 ops,
@@ -682,6 +707,22 @@ impl Durable {
         }
     }
 
+    /// Whether the writer takes ops whatever their age: it is stopping, or a full batch waits.
+    fn in_a_hurry(&self) -> bool {
+        self.stopping.load(Ordering::Acquire) || self.backlog() >= BATCH_OPS
+    }
+
+    /// How much longer the oldest op still to be written is to wait (see [`WRITE_DELAY`]).
+    fn write_delay(&self) -> Option<Duration> {
+        let mut pending = self.pending.lock();
+        if self.in_a_hurry() {
+            return None;
+        }
+        let seq = pending.ops.iter().find(|(_, op)| op.is_some())?.0;
+        let due = pending.submitted_at(seq)? + WRITE_DELAY;
+        Some(due.saturating_duration_since(Instant::now())).filter(|wait| !wait.is_zero())
+    }
+
     /// Ops of whole submissions, up to [`BATCH_OPS`] unless one submission is larger; `None`
     /// when nothing is pending. Submissions without ops complete with the batch.
     fn take_batch(&self) -> Option<Batch> {
@@ -690,7 +731,7 @@ impl Durable {
         if pending.ops.is_empty() {
             if submitted > self.committed() {
                 self.committed.fetch_max(submitted, Ordering::AcqRel);
-                let wakers: Vec<_> = pending.wakers.drain(..).map(|(_, w)| w).collect();
+                let wakers: Vec<_> = std::mem::take(&mut pending.wakers).into_values().collect();
                 drop(pending);
                 self.committed_notify.notify_waiters();
                 for w in wakers {
@@ -701,13 +742,22 @@ impl Durable {
         }
         let mut ops = Vec::new();
         let mut last_seq = 0;
-        while let Some((seq, _)) = pending.ops.front() {
-            let seq = *seq;
+        let young = Instant::now().checked_sub(WRITE_DELAY);
+        let hurry = self.in_a_hurry();
+        while let Some((seq, op)) = pending.ops.front() {
+            let (seq, taken_back) = (*seq, op.is_none());
             if ops.len() >= BATCH_OPS && seq != last_seq {
                 break;
             }
+            if !hurry
+                && !taken_back
+                && seq != last_seq
+                && young.is_some_and(|young| pending.submitted_at(seq).is_some_and(|at| at > young))
+            {
+                break;
+            }
             if let Some((_, Some(op))) = pending.pop() {
-                if matches!(&op, Op::Put { key, .. } if key.starts_with(keys::QUEUE.as_bytes())) {
+                if is_queue_entry(&op) {
                     self.written.inc();
                 }
                 ops.push((seq, op));
@@ -721,15 +771,10 @@ impl Durable {
         } else if let Some((next, _)) = pending.ops.front() {
             last_seq = last_seq.max(next - 1);
         }
-        let mut wakers = Vec::new();
-        pending.wakers.retain(|(seq, w)| {
-            if *seq <= last_seq {
-                wakers.push(Arc::clone(w));
-                false
-            } else {
-                true
-            }
-        });
+        let later = pending.wakers.split_off(&(last_seq + 1));
+        let wakers: Vec<_> = std::mem::replace(&mut pending.wakers, later)
+            .into_values()
+            .collect();
         let mut guards = Vec::new();
         pending.guards.retain(|seq, guard| {
             if *seq <= last_seq {

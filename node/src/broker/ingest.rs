@@ -342,7 +342,7 @@ impl Broker {
                     delivery.fence = durable.submitted() + 1;
                 }
                 stored = Some(halyard_raft::Op::put(
-                    crate::store::keys::queue(&session.client_id, delivery.stored),
+                    session.queue_key(delivery.stored),
                     durable::encode_message(
                         message,
                         delivery.qos,

@@ -456,13 +456,7 @@ impl Broker {
             return;
         }
         if let Some(durable) = &self.inner.durable {
-            durable.submit(
-                [halyard_raft::Op::delete(crate::store::keys::queue(
-                    &session.client_id,
-                    stored,
-                ))],
-                None,
-            );
+            durable.submit([halyard_raft::Op::delete(session.queue_key(stored))], None);
         }
     }
 

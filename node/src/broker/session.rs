@@ -395,6 +395,8 @@ pub struct Session {
     /// Unique for the broker's lifetime; a new session for a reused client id gets a new one.
     pub id: u64,
     pub client_id: Arc<str>,
+    /// Where its stored queue's keys begin, made at its first stored message.
+    queue_prefix: std::sync::OnceLock<Box<[u8]>>,
     alive: AtomicBool,
     connected: AtomicBool,
     /// Set when a publisher gave up waiting for this session to drain; its
@@ -451,6 +453,7 @@ impl Session {
         Session {
             id,
             client_id,
+            queue_prefix: std::sync::OnceLock::new(),
             alive: AtomicBool::new(true),
             connected: AtomicBool::new(false),
             slow: AtomicBool::new(false),
@@ -464,6 +467,14 @@ impl Session {
             service_requests: AtomicU32::new(0),
             state: Mutex::new(SessionState::default()),
         }
+    }
+
+    /// The store key of its queued message numbered `stored`.
+    pub fn queue_key(&self, stored: u64) -> Vec<u8> {
+        let prefix = self
+            .queue_prefix
+            .get_or_init(|| crate::store::keys::queue_prefix(&self.client_id).into());
+        crate::store::keys::queue_under(prefix, stored)
     }
 
     pub fn is_alive(&self) -> bool {
