@@ -163,9 +163,11 @@ fn start_broker(engine: MemEngine, data_dir: std::path::PathBuf) -> NodeHandle {
         .ip(IpAddr::V4(BROKER_IP))
         .init(move || {
             let engine = engine.clone();
-            let mut config = Config::default();
-            config.data_dir = data_dir.clone();
-            config.mqtt_listen = Some(SocketAddr::from(([0, 0, 0, 0], MQTT_PORT)));
+            let mut config = Config {
+                data_dir: data_dir.clone(),
+                mqtt_listen: Some(SocketAddr::from(([0, 0, 0, 0], MQTT_PORT))),
+                ..Default::default()
+            };
             config.cluster.heartbeat_ms = 50;
             config.cluster.election_timeout_ms = 300;
             async move {

@@ -9,7 +9,7 @@
 //! each message for the share group reaches at least one member, and one sent once reaches at
 //! most one; no two nodes keep a live connection of one client while they can reach each
 //! other; once the faults heal, every node holds exactly the routes each other announces, and
-//! each publisher's messages arrive in order.
+//! once its links have drained as well, each publisher's messages arrive in order.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -74,7 +74,7 @@ struct Recorder {
     /// When each subscriber connected where, and left.
     visits: Mutex<Vec<String>>,
     /// The nodes' data planes, to see their forward timeouts.
-    planes: std::sync::OnceLock<Arc<Mutex<BTreeMap<NodeId, Arc<DataPlane>>>>>,
+    planes: std::sync::OnceLock<Planes>,
     /// Messages whose node, between their send and its acknowledgement, stopped waiting for
     /// a peer (forward timeout) and dispatched its share groups again from the store.
     redispatched: Mutex<BTreeSet<Id>>,
@@ -103,6 +103,9 @@ struct Weather {
     changes: AtomicU32,
 }
 
+/// Each running node's data plane.
+type Planes = Arc<Mutex<BTreeMap<NodeId, Arc<DataPlane>>>>;
+
 struct Host {
     handle: NodeHandle,
     engine: MemEngine,
@@ -112,7 +115,7 @@ struct Host {
 struct Brokers {
     hosts: BTreeMap<NodeId, Host>,
     servers: Arc<Mutex<BTreeMap<NodeId, Arc<Server>>>>,
-    planes: Arc<Mutex<BTreeMap<NodeId, Arc<DataPlane>>>>,
+    planes: Planes,
     ids: Vec<NodeId>,
 }
 
@@ -176,6 +179,7 @@ pub async fn run() -> String {
     }
     brokers.wait_until_serving(Duration::from_secs(60)).await;
     routes_converge(&brokers, Duration::from_secs(30)).await;
+    links_drain(&brokers, Duration::from_secs(30)).await;
 
     // With the faults healed, each publisher's messages arrive in order.
     let calm = MESSAGES..MESSAGES + CALM_MESSAGES;
@@ -344,6 +348,32 @@ async fn routes_converge(brokers: &Brokers, limit: Duration) {
     }
 }
 
+/// Waits until every node is linked to every other and each has acknowledged all that was
+/// forwarded to it: a link the partitions stalled has recovered, and nothing published from
+/// now on waits behind what they held up.
+async fn links_drain(brokers: &Brokers, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let planes = brokers.planes.lock().clone();
+        let backlogs: Vec<_> = planes
+            .iter()
+            .map(|(id, plane)| (*id, plane.unacknowledged()))
+            .collect();
+        let drained = planes.len() == brokers.ids.len()
+            && backlogs.iter().all(|(_, peers)| {
+                peers.len() + 1 == brokers.ids.len() && peers.values().all(|n| *n == 0)
+            });
+        if drained {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "links did not drain after the faults healed: {backlogs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn mqtt_addr(node: NodeId) -> SocketAddr {
     SocketAddr::new(node_ip(node), MQTT_PORT)
 }
@@ -386,9 +416,11 @@ impl Brokers {
                 .init(move || {
                     let engine = host_engine.clone();
                     let peers = peers.clone();
-                    let mut config = Config::default();
-                    config.data_dir = data_dir.clone();
-                    config.mqtt_listen = Some(SocketAddr::from(([0, 0, 0, 0], MQTT_PORT)));
+                    let mut config = Config {
+                        data_dir: data_dir.clone(),
+                        mqtt_listen: Some(SocketAddr::from(([0, 0, 0, 0], MQTT_PORT))),
+                        ..Default::default()
+                    };
                     config.cluster.node_id = id;
                     config.cluster.advertise_addr = Some(node_addr(id));
                     config.cluster.initial_members = Some(members.clone());
@@ -524,7 +556,7 @@ async fn start_node(
     config: Config,
     engine: MemEngine,
     peers: Vec<NodeId>,
-    planes: Arc<Mutex<BTreeMap<NodeId, Arc<DataPlane>>>>,
+    planes: Planes,
 ) -> Server {
     let transport = match SimTransport::bind().await {
         Ok(t) => t,

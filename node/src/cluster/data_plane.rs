@@ -1225,6 +1225,15 @@ impl DataPlane {
         self.strands.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The messages forwarded to each peer linked now that it has not acknowledged yet.
+    pub fn unacknowledged(&self) -> std::collections::BTreeMap<NodeId, usize> {
+        self.peers
+            .read()
+            .iter()
+            .map(|(id, peer)| (*id, peer.lanes.iter().map(|lane| lane.depth()).sum()))
+            .collect()
+    }
+
     /// The routes this node announces: its sessions' filters (`$share/{group}/{filter}` for a
     /// share group's).
     pub fn announced_routes(&self) -> std::collections::BTreeSet<String> {
