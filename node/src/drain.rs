@@ -32,15 +32,29 @@ pub struct Drain {
     rate: u32,
     server_reference: Option<String>,
     started: AtomicBool,
+    /// What the drain did, once it is done.
+    outcome: std::sync::OnceLock<Drained>,
     in_progress: IntGauge,
 }
 
 /// What a drain did.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Drained {
     pub clients_sent_away: usize,
     pub sessions_handed_over: usize,
     pub sessions_left: usize,
+}
+
+/// See [`Drain::status`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    pub draining: bool,
+    /// What the drain did, once it is done: the node may then be stopped.
+    pub done: Option<Drained>,
+    /// Clients connected now.
+    pub connections: usize,
 }
 
 impl Drain {
@@ -64,6 +78,7 @@ impl Drain {
             rate,
             server_reference,
             started: AtomicBool::new(false),
+            outcome: std::sync::OnceLock::new(),
             in_progress,
         }))
     }
@@ -71,6 +86,15 @@ impl Drain {
     /// Whether a drain has begun.
     pub fn is_started(&self) -> bool {
         self.started.load(Ordering::Acquire)
+    }
+
+    /// Where the drain is, for whoever waits on it before stopping the node (the operator).
+    pub fn status(&self) -> DrainStatus {
+        DrainStatus {
+            draining: self.is_started(),
+            done: self.outcome.get().copied(),
+            connections: usize::try_from(self.broker.metrics().connections.get()).unwrap_or(0),
+        }
     }
 
     /// Drains the node; a second call while one runs or after returns at once.
@@ -111,6 +135,7 @@ impl Drain {
         drained.sessions_left = self.broker.persistent_session_count();
 
         self.give_up_leadership().await;
+        let _ = self.outcome.set(drained);
         self.in_progress.set(0);
         tracing::info!(
             clients = drained.clients_sent_away,

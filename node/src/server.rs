@@ -433,6 +433,11 @@ impl Server {
         self.drain.run().await
     }
 
+    /// See [`crate::drain::Drain::status`].
+    pub fn drain_status(&self) -> crate::drain::DrainStatus {
+        self.drain.status()
+    }
+
     /// Whether the node is part of a cluster of more than one node.
     pub fn is_clustered(&self) -> bool {
         self._remote.is_some() && self.store.status().members.len() > 1

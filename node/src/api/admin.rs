@@ -44,7 +44,7 @@ pub async fn run(listener: TcpListener, state: AdminState, shutdown: watch::Rece
             axum::routing::delete(remove_member),
         )
         .route("/cluster/leader", post(transfer_leader))
-        .route("/cluster/drain", post(drain))
+        .route("/cluster/drain", post(drain).get(drain_status))
         .with_state(state);
     crate::api::serve(listener, router, shutdown, "admin").await;
 }
@@ -214,6 +214,11 @@ async fn drain(State(state): State<AdminState>, headers: HeaderMap) -> Response 
         Json(json!({"draining": true, "alreadyDraining": already})),
     )
         .into_response()
+}
+
+/// Whether this node drains and whether its drain is done (`done` holds what it did).
+async fn drain_status(State(state): State<AdminState>) -> Response {
+    Json(state.drain.status()).into_response()
 }
 
 async fn transfer_leader(

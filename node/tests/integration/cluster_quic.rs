@@ -665,9 +665,14 @@ async fn a_draining_node_sends_its_clients_away_and_hands_its_sessions_to_the_ot
     }
     let (mut live, _) = crate::common::v5_connect(v5_options(&servers[1], "live")).await;
 
+    let before = servers[1].drain_status();
+    assert!(!before.draining && before.done.is_none(), "{before:?}");
     let drained = servers[1].drain().await;
     assert_eq!(drained.sessions_left, 0, "{drained:?}");
     assert_eq!(drained.sessions_handed_over, 1, "{drained:?}");
+    let after = servers[1].drain_status();
+    assert!(after.draining, "{after:?}");
+    assert_eq!(after.done.map(|d| d.sessions_handed_over), Some(1));
     let ended = live.closed().await;
     assert_eq!(
         crate::common::server_disconnect(&ended),

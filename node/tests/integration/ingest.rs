@@ -118,6 +118,18 @@ async fn a_full_tap_drops_and_counts_without_holding_up_the_publisher() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_status_says_a_serving_node_is_not_draining() {
+    let server = TestServer::start().await;
+    let (status, body) = server.admin_get("/cluster/drain").await;
+    assert_eq!(status, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["draining"], false, "{body}");
+    assert!(status["done"].is_null(), "{body}");
+    assert_eq!(status["connections"], 0, "{body}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_reports_a_serving_node_and_every_critical_task_is_up() {
     let server = TestServer::start().await;
     let (status, body) = server.admin_get("/readyz").await;
