@@ -202,6 +202,18 @@ impl View<'_> {
             .map(|(id, _)| *id)
     }
 
+    /// Whether the node of `id` serves clients: ready and not draining.
+    fn serves(&self, id: NodeId) -> bool {
+        ordinal_of(id)
+            .and_then(|o| self.observed.pods.get(&o))
+            .is_some_and(|pod| pod.ready && !pod.draining && !pod.drained)
+    }
+
+    /// Whether the node of `id` stays once the spec is met.
+    fn stays(&self, id: NodeId) -> bool {
+        ordinal_of(id).is_some_and(|o| o < self.desired.nodes)
+    }
+
     /// A member that votes soundly: its pod runs (draining or not) and its log is caught up.
     fn healthy(&self, id: NodeId) -> bool {
         let runs = ordinal_of(id)
@@ -244,23 +256,21 @@ impl View<'_> {
 
     /// The lowest learner that stays and is caught up, while the staying voters are too few.
     fn learner_to_promote(&self) -> Option<NodeId> {
-        let stays = |id: &NodeId| ordinal_of(*id).is_some_and(|o| o < self.desired.nodes);
-        let staying_voters = self.voters().filter(stays).count();
+        let staying_voters = self.voters().filter(|id| self.stays(*id)).count();
         if staying_voters >= self.voters_wanted() {
             return None;
         }
         self.observed
             .members
             .iter()
-            .filter(|(id, m)| m.role == Role::Learner && stays(id) && self.healthy(**id))
+            .filter(|(id, m)| m.role == Role::Learner && self.stays(**id) && self.healthy(**id))
             .map(|(id, _)| *id)
             .next()
     }
 
     /// The highest voter that stays, not the leader, while the staying voters are too many.
     fn voter_to_demote(&self) -> Option<NodeId> {
-        let stays = |id: &NodeId| ordinal_of(*id).is_some_and(|o| o < self.desired.nodes);
-        let staying: Vec<NodeId> = self.voters().filter(stays).collect();
+        let staying: Vec<NodeId> = self.voters().filter(|id| self.stays(*id)).collect();
         if staying.len() <= self.voters_wanted() {
             return None;
         }
@@ -333,15 +343,6 @@ impl View<'_> {
             // Drained out of turn: the pods above it leave first, so it serves again meanwhile.
             Action::Replace(ordinal)
         }
-    }
-}
-
-impl View<'_> {
-    /// Whether the node of `id` serves clients: ready and not draining.
-    fn serves(&self, id: NodeId) -> bool {
-        ordinal_of(id)
-            .and_then(|o| self.observed.pods.get(&o))
-            .is_some_and(|pod| pod.ready && !pod.draining && !pod.drained)
     }
 }
 

@@ -34,7 +34,8 @@ const NUMBER_BLOCK: u64 = 1 << 20;
 const LIFE_ATTEMPTS: usize = 5;
 /// How old a queue entry is before the writer takes it, unless a full batch is waiting: a
 /// connected subscriber's acknowledgement usually comes within it and takes the entry back, so
-/// that neither is written (see [`Durable::submit`]). Other writes are taken at once.
+/// that neither is written (see [`Durable::submit`]). Other writes are not held back for their
+/// own sake, only behind an earlier entry that is.
 const WRITE_DELAY: Duration = Duration::from_millis(1);
 /// Recent batches whose commit revisions are kept (see [`Durable::revision_covering`]).
 const COMMITS_KEPT: usize = 1024;

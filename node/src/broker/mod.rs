@@ -87,6 +87,9 @@ struct Inner {
     holding: Mutex<HashMap<Arc<str>, HoldingSince>>,
     /// The store revision the watch of queues has passed.
     watched: AtomicU64,
+    /// Sessions installed lately that are catching up (see `Session::is_catching_up`), with
+    /// when each stops, in that order.
+    catching_up: Mutex<std::collections::VecDeque<(Weak<Session>, Instant)>>,
 }
 
 /// A session holding deliveries for the store's watch, and since when.
@@ -162,6 +165,7 @@ impl Broker {
                 lingering: Mutex::new(HashMap::new()),
                 holding: Mutex::new(HashMap::new()),
                 watched: AtomicU64::new(0),
+                catching_up: Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -564,7 +568,8 @@ impl Broker {
     }
 
     /// The store's watch of queues has passed `revision` (`None`: a periodic look, which
-    /// also lets go of deliveries held too long): the deliveries held for it go.
+    /// also lets go of deliveries held too long): the deliveries held for it go, and the
+    /// sessions whose catching up is over stop holding what comes.
     pub fn watched(&self, revision: Option<u64>) {
         if let Some(revision) = revision {
             self.inner.watched.fetch_max(revision, Ordering::AcqRel);
@@ -574,6 +579,15 @@ impl Broker {
         };
         let watched = self.inner.watched.load(Ordering::Acquire);
         let now = Instant::now();
+        {
+            let mut catching_up = self.inner.catching_up.lock();
+            while let Some((session, _)) = catching_up.front().filter(|(_, until)| *until <= now) {
+                if let Some(session) = session.upgrade() {
+                    session.set_catching_up(false);
+                }
+                catching_up.pop_front();
+            }
+        }
         self.inner.holding.lock().retain(|_, (session, since)| {
             let overdue = now.duration_since(*since) >= HOLD_LIMIT;
             let still_held = session.release_held(|fence| {
@@ -600,13 +614,10 @@ impl Broker {
         session.set_owned_since(restored.revision);
         if self.remote().is_some() {
             session.set_catching_up(true);
-            let caught_up = Arc::downgrade(&session);
-            tokio::spawn(async move {
-                tokio::time::sleep(CATCH_UP).await;
-                if let Some(session) = caught_up.upgrade() {
-                    session.set_catching_up(false);
-                }
-            });
+            self.inner
+                .catching_up
+                .lock()
+                .push_back((Arc::downgrade(&session), Instant::now() + CATCH_UP));
         }
         {
             let mut state = session.state.lock();

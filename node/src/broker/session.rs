@@ -159,11 +159,6 @@ impl DeliveryQueue {
         self.bytes = 0;
     }
 
-    /// Whether a delivery here is held for the store's watch (see `Delivery::fence`).
-    pub fn holds_back(&self) -> bool {
-        self.items.iter().any(|d| d.fence != 0)
-    }
-
     /// Lets go, from the front, of the held deliveries whose fence `passed`, up to the first
     /// whose fence has not; whether any was let go, and whether any is still held.
     pub fn release(&mut self, passed: impl Fn(u64) -> bool) -> (bool, bool) {
@@ -738,7 +733,6 @@ mod tests {
         queue.insert_committed(numbered(5, 0), 60, covering);
         let order = |queue: &DeliveryQueue| queue.iter().map(|d| d.stored).collect::<Vec<_>>();
         assert_eq!(order(&queue), [1, 4, 2, 5, 3]);
-        assert!(queue.holds_back());
 
         // The watch passed revision 55: the first held goes, the second is still held.
         let passed = |fence| covering(fence).is_some_and(|r| r <= 55);
@@ -749,7 +743,7 @@ mod tests {
         );
         assert_eq!(queue.release(passed), (false, true));
         assert_eq!(queue.release(|_| true), (true, false));
-        assert!(!queue.holds_back());
+        assert!(queue.iter().all(|d| d.fence == 0));
         assert_eq!(queue.bytes(), 5 * weight(&numbered(0, 0)));
     }
 

@@ -118,22 +118,19 @@ pub fn session_owner(client_id: &str) -> Vec<u8> {
 }
 
 pub fn queue_prefix(client_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(QUEUE.len() + client_id.len() * 2 + 1 + 16);
-    key.extend_from_slice(QUEUE.as_bytes());
-    for &b in client_id.as_bytes() {
-        key.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0x0f)]]);
-    }
-    key.push(b'/');
-    key
+    let mut key = String::from(QUEUE);
+    push_hex(&mut key, client_id.as_bytes());
+    key.push('/');
+    key.into_bytes()
 }
 
-/// Sequence numbers are fixed-width hex, so that a prefix range yields them in order. Built
-/// twice for each message a persistent session is sent (queued, then acknowledged).
+/// Sequence numbers are fixed-width hex, so that a prefix range yields them in order.
 pub fn queue(client_id: &str, seq: u64) -> Vec<u8> {
     queue_under(&queue_prefix(client_id), seq)
 }
 
-/// [`queue`], for a client's [`queue_prefix`] made once.
+/// [`queue`], for a client's [`queue_prefix`] made once (a session makes its own once, and
+/// two keys for each message it is sent: queued, then acknowledged).
 pub fn queue_under(prefix: &[u8], seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + 16);
     key.extend_from_slice(prefix);
