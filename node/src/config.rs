@@ -145,20 +145,30 @@ impl Default for AwsConfig {
 pub struct ClusterConfig {
     /// This node's id, unique in the cluster and never reused (1 to 65535).
     pub node_id: u64,
+    /// The ordinal of this node's pod in a Kubernetes StatefulSet; when set, the node id is
+    /// `ordinal + 1` (the pod label `apps.kubernetes.io/pod-index`, through the downward API).
+    pub ordinal: Option<u64>,
     /// QUIC listener for the other nodes.
     pub peer_listen: Option<SocketAddr>,
     /// The address other nodes reach this one at; defaults to `peer_listen`.
     pub advertise_addr: Option<String>,
     /// Members of a new cluster, `id=host:port` separated by commas; the lowest id forms it.
     pub initial_members: Option<String>,
-    /// Address of a running member to join through, as a voter.
+    /// Addresses of running members to join through, separated by commas, tried in turn.
+    /// With `initial_members` too, a node listed there forms the cluster and any other joins.
     pub join: Option<String>,
+    /// What a joining node becomes: a `voter` at once, or a `learner` that an operator
+    /// promotes once it has caught up.
+    pub join_as: JoinRole,
     /// PEM: the cluster CA that signs every node certificate.
     pub ca_cert: Option<PathBuf>,
     /// PEM: this node's certificate, signed by the cluster CA.
     pub cert: Option<PathBuf>,
     /// PEM: this node's private key.
     pub key: Option<PathBuf>,
+    /// How often the three files above are read for a change, in milliseconds: a changed
+    /// certificate or CA bundle is used without a restart.
+    pub tls_check_ms: u64,
     /// Leader heartbeat period, in milliseconds.
     pub heartbeat_ms: u64,
     /// Follower silence before it stands for election, in milliseconds.
@@ -176,6 +186,9 @@ pub struct ClusterConfig {
     pub drain_rate: u32,
     /// What a drain tells clients to use instead (MQTT 5 Server Reference), if anything.
     pub server_reference: Option<String>,
+    /// How long a drain waits for the other nodes to claim the sessions it hands over, in
+    /// milliseconds; what is left is in the store for whichever node the client reaches.
+    pub drain_handover_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -186,9 +199,12 @@ impl Default for ClusterConfig {
             advertise_addr: None,
             initial_members: None,
             join: None,
+            join_as: JoinRole::Voter,
+            ordinal: None,
             ca_cert: None,
             cert: None,
             key: None,
+            tls_check_ms: 10_000,
             heartbeat_ms: 100,
             election_timeout_ms: 1000,
             snapshot_every: 100_000,
@@ -196,11 +212,35 @@ impl Default for ClusterConfig {
             forward_timeout_ms: 3000,
             drain_rate: 500,
             server_reference: None,
+            drain_handover_ms: 5000,
         }
     }
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinRole {
+    Voter,
+    Learner,
+}
+
 impl ClusterConfig {
+    /// `join` split into its addresses.
+    pub fn join_addresses(&self) -> Vec<String> {
+        self.join
+            .iter()
+            .flat_map(|raw| raw.split(','))
+            .map(str::trim)
+            .filter(|addr| !addr.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether this node forms the cluster rather than joins it.
+    pub fn forms(&self) -> Result<bool, ConfigError> {
+        Ok(self.join.is_none() || self.members()?.iter().any(|(id, _)| *id == self.node_id))
+    }
+
     /// `initial_members` parsed; errors name the key.
     pub fn members(&self) -> Result<Vec<(u64, String)>, ConfigError> {
         let Some(raw) = &self.initial_members else {
@@ -465,9 +505,12 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("cluster.advertise_addr", EnvKind::Text),
     ("cluster.initial_members", EnvKind::Text),
     ("cluster.join", EnvKind::Text),
+    ("cluster.join_as", EnvKind::Text),
+    ("cluster.ordinal", EnvKind::Number),
     ("cluster.ca_cert", EnvKind::Text),
     ("cluster.cert", EnvKind::Text),
     ("cluster.key", EnvKind::Text),
+    ("cluster.tls_check_ms", EnvKind::Number),
     ("cluster.heartbeat_ms", EnvKind::Number),
     ("cluster.election_timeout_ms", EnvKind::Number),
     ("cluster.snapshot_every", EnvKind::Number),
@@ -475,6 +518,7 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("cluster.forward_timeout_ms", EnvKind::Number),
     ("cluster.drain_rate", EnvKind::Number),
     ("cluster.server_reference", EnvKind::Text),
+    ("cluster.drain_handover_ms", EnvKind::Number),
     ("aws.region", EnvKind::Text),
     ("aws.account_id", EnvKind::Text),
     ("aws.public_host", EnvKind::Text),
@@ -564,6 +608,15 @@ impl Config {
         }
         if let Some(v) = &overrides.join {
             config.cluster.join = Some(v.clone());
+        }
+        if let Some(ordinal) = config.cluster.ordinal {
+            if ordinal >= 65_535 {
+                return Err(ConfigError::Invalid {
+                    key: "cluster.ordinal".into(),
+                    message: "must be at most 65534 (the node id is ordinal + 1)".into(),
+                });
+            }
+            config.cluster.node_id = ordinal + 1;
         }
         config.validate()?;
         Ok(config)
@@ -754,6 +807,9 @@ impl Config {
         if c.forward_timeout_ms == 0 {
             return invalid("cluster.forward_timeout_ms", "must be at least 1");
         }
+        if c.tls_check_ms == 0 {
+            return invalid("cluster.tls_check_ms", "must be at least 1");
+        }
         if c.drain_rate == 0 {
             return invalid(
                 "cluster.drain_rate",
@@ -785,13 +841,13 @@ impl Config {
                 );
             }
         }
-        if !members.is_empty() && c.join.is_some() {
-            return invalid(
-                "cluster.join",
-                "cannot be combined with cluster.initial_members",
-            );
+        if c.join.is_some() && c.join_addresses().is_empty() {
+            return invalid("cluster.join", "names no address");
         }
-        if !members.is_empty() && !members.iter().any(|(id, _)| *id == c.node_id) {
+        if c.join.is_none()
+            && !members.is_empty()
+            && !members.iter().any(|(id, _)| *id == c.node_id)
+        {
             return invalid(
                 "cluster.initial_members",
                 "must include this node's cluster.node_id",
@@ -1061,6 +1117,50 @@ mod tests {
     }
 
     #[test]
+    fn a_statefulset_pod_takes_its_node_id_from_its_ordinal() {
+        let vars = env(&[
+            ("HALYARD_CLUSTER__ORDINAL", "2"),
+            ("HALYARD_CLUSTER__PEER_LISTEN", "0.0.0.0:7000"),
+            ("HALYARD_CLUSTER__CA_CERT", "/tls/ca.crt"),
+            ("HALYARD_CLUSTER__CERT", "/tls/tls.crt"),
+            ("HALYARD_CLUSTER__KEY", "/tls/tls.key"),
+            ("HALYARD_CLUSTER__INITIAL_MEMBERS", "1=hc-0.hc-peers:7000"),
+            (
+                "HALYARD_CLUSTER__JOIN",
+                "hc-0.hc-peers:7000, hc-1.hc-peers:7000,",
+            ),
+            ("HALYARD_CLUSTER__JOIN_AS", "learner"),
+        ]);
+        let c = Config::load(None, vars, &Overrides::default()).unwrap();
+        assert_eq!(c.cluster.node_id, 3);
+        assert_eq!(c.cluster.join_as, JoinRole::Learner);
+        assert_eq!(
+            c.cluster.join_addresses(),
+            vec!["hc-0.hc-peers:7000", "hc-1.hc-peers:7000"]
+        );
+        // Not among the initial members: it joins the cluster that node 1 formed.
+        assert!(!c.cluster.forms().unwrap());
+        let mut first = c.cluster.clone();
+        first.node_id = 1;
+        assert!(first.forms().unwrap());
+
+        let err = Config::load(
+            None,
+            env(&[("HALYARD_CLUSTER__ORDINAL", "65535")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cluster.ordinal"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("HALYARD_CLUSTER__JOIN_AS", "observer")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cluster.join_as"), "{err}");
+    }
+
+    #[test]
     fn other_halyard_variables_are_not_config() {
         let vars = env(&[
             ("HALYARD_SERVICE_HOST", "10.0.0.1"),
@@ -1086,6 +1186,7 @@ mod tests {
         c.advertise_addr = Some("node-1:7001".into());
         c.initial_members = Some("1=node-1:7001".into());
         c.join = Some("node-2:7001".into());
+        c.ordinal = Some(0);
         c.ca_cert = Some("ca.pem".into());
         c.cert = Some("node.pem".into());
         c.key = Some("node.key".into());

@@ -18,8 +18,6 @@ use crate::supervisor::Health;
 
 /// How often the eviction runs, each round sending away its share of the rate.
 const ROUND: Duration = Duration::from_millis(100);
-/// How long a drain waits for peers to claim the sessions it handed over.
-const HANDOVER_WAIT: Duration = Duration::from_secs(5);
 /// How long a drain waits for the store's leadership to move.
 const LEADERSHIP_WAIT: Duration = Duration::from_secs(2);
 /// Log entries behind the leader within which a voter may take the leadership over.
@@ -31,6 +29,8 @@ pub struct Drain {
     health: Arc<Health>,
     rate: u32,
     server_reference: Option<String>,
+    /// How long a drain waits for peers to claim the sessions it handed over.
+    handover_wait: Duration,
     started: AtomicBool,
     /// What the drain did, once it is done.
     outcome: std::sync::OnceLock<Drained>,
@@ -64,6 +64,7 @@ impl Drain {
         health: Arc<Health>,
         rate: u32,
         server_reference: Option<String>,
+        handover_wait: Duration,
         registry: &Registry,
     ) -> Result<Arc<Self>, prometheus::Error> {
         let in_progress = IntGauge::new(
@@ -77,6 +78,7 @@ impl Drain {
             health,
             rate,
             server_reference,
+            handover_wait,
             started: AtomicBool::new(false),
             outcome: std::sync::OnceLock::new(),
             in_progress,
@@ -125,7 +127,7 @@ impl Drain {
         // Each peer that claims a session asks for it, and this node makes its writes for it
         // durable before letting it go.
         drained.sessions_handed_over = self.broker.hand_over_sessions();
-        let deadline = Instant::now() + HANDOVER_WAIT;
+        let deadline = Instant::now() + self.handover_wait;
         while drained.sessions_handed_over > 0
             && self.broker.persistent_session_count() > 0
             && Instant::now() < deadline

@@ -88,7 +88,10 @@ const STORE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts whatever answers the other nodes, once the store exists; returns its tasks.
-pub type PeerServer = Box<dyn FnOnce(&Store, watch::Receiver<bool>) -> Vec<JoinHandle<()>> + Send>;
+pub type PeerServer = Box<
+    dyn FnOnce(&Store, &Registry, watch::Receiver<bool>) -> Result<Vec<JoinHandle<()>>, ServerError>
+        + Send,
+>;
 
 /// Joins the broker to the other nodes once it exists, before its sessions are restored: the
 /// broker's view of them, and the task that keeps it current. `None` for a node alone.
@@ -123,7 +126,14 @@ impl Server {
                 "cluster.ca_cert, cluster.cert and cluster.key are required".into(),
             )));
         };
-        let tls = crate::cluster::certs::load(ca, cert, key)?;
+        let peer_files = crate::cluster::certs::PeerFiles {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let tls = peer_files.load()?;
+        let expiry = (tls.cert_not_after, tls.ca_not_after);
+        let tls_check = Duration::from_millis(cluster.tls_check_ms);
         let transport = crate::cluster::QuicTransport::bind(peer_listen, tls)?;
         if let Some(addr) = transport.local_addr() {
             tracing::info!(listener = %"peer", %addr, "listening");
@@ -132,13 +142,25 @@ impl Server {
         let inbound = crate::cluster::Inbound::default();
         let serve: PeerServer = {
             let inbound = Arc::clone(&inbound);
-            Box::new(move |store, shutdown| {
-                vec![tokio::spawn(crate::cluster::serve_peers(
-                    endpoint,
-                    store.service(),
-                    inbound,
-                    shutdown,
-                ))]
+            let transport = Arc::clone(&transport);
+            Box::new(move |store, registry, shutdown| {
+                let tls_metrics = crate::cluster::certs::TlsMetrics::new(registry)?;
+                tls_metrics.set_peer_expiry(expiry.0, expiry.1);
+                Ok(vec![
+                    tokio::spawn(crate::cluster::serve_peers(
+                        endpoint,
+                        store.service(),
+                        inbound,
+                        shutdown.clone(),
+                    )),
+                    tokio::spawn(crate::cluster::certs::follow_peer_files(
+                        peer_files,
+                        transport,
+                        tls_metrics,
+                        tls_check,
+                        shutdown,
+                    )),
+                ])
             })
         };
         let link: BrokerLink = {
@@ -169,9 +191,9 @@ impl Server {
         let node_id = config.cluster.node_id;
         let network = halyard_raft::local::LocalNetwork::new();
         let transport = network.transport(node_id);
-        let register: PeerServer = Box::new(move |store, _| {
+        let register: PeerServer = Box::new(move |store, _, _| {
             network.register(node_id, store.service());
-            Vec::new()
+            Ok(Vec::new())
         });
         Self::start_with(
             config,
@@ -214,12 +236,15 @@ impl Server {
         let (shutdown, watch_rx) = watch::channel(false);
         let health = Health::new(&registry)?;
         let mut tasks = Supervisor::new(Arc::clone(&health));
-        for task in peers(&store, watch_rx.clone()) {
+        for task in peers(&store, &registry, watch_rx.clone())? {
             tasks.spawn(task);
         }
         let members = cluster.members()?;
-        if let Some(via) = &cluster.join {
-            store.join(via, STORE_READY_TIMEOUT).await?;
+        if !cluster.forms()? {
+            let as_voter = cluster.join_as == crate::config::JoinRole::Voter;
+            store
+                .join(&cluster.join_addresses(), as_voter, STORE_READY_TIMEOUT)
+                .await?;
         } else if members.is_empty() {
             store
                 .initialize(BTreeMap::from([(node_id, advertised)]))
@@ -286,6 +311,7 @@ impl Server {
             Arc::clone(&health),
             config.cluster.drain_rate,
             config.cluster.server_reference.clone(),
+            Duration::from_millis(config.cluster.drain_handover_ms),
             &registry,
         )?;
         // The admin API runs on hyper, which the simulation does not carry.

@@ -20,6 +20,9 @@ pub struct RaftMetrics {
     pub fsyncs: IntCounter,
     pub fsync_group: Histogram,
     pub proposals: IntCounterVec,
+    /// From a write's proposal on this node to its commit (and answer) by the leader.
+    pub proposal_seconds: Histogram,
+    pub leader_changes: IntCounter,
     pub forwarded: IntCounter,
     pub applied_entries: IntCounter,
     pub snapshots_built: IntCounter,
@@ -88,6 +91,20 @@ impl RaftMetrics {
                 ),
                 &["outcome"],
             )?,
+            proposal_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "halyard_raft_proposal_seconds",
+                    "Time from proposing a write on this node to its commit, forwarding to the \
+                     leader included.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )?,
+            leader_changes: IntCounter::with_opts(Opts::new(
+                "halyard_raft_leader_changes_total",
+                "Times this node saw the leader change (to another node, or to none).",
+            ))?,
             forwarded: IntCounter::with_opts(Opts::new(
                 "halyard_raft_forwarded_total",
                 "Commands forwarded to the leader.",
@@ -124,6 +141,8 @@ impl RaftMetrics {
         registry.register(Box::new(metrics.fsyncs.clone()))?;
         registry.register(Box::new(metrics.fsync_group.clone()))?;
         registry.register(Box::new(metrics.proposals.clone()))?;
+        registry.register(Box::new(metrics.proposal_seconds.clone()))?;
+        registry.register(Box::new(metrics.leader_changes.clone()))?;
         registry.register(Box::new(metrics.forwarded.clone()))?;
         registry.register(Box::new(metrics.applied_entries.clone()))?;
         registry.register(Box::new(metrics.snapshots_built.clone()))?;

@@ -269,20 +269,38 @@ impl Store {
         }
     }
 
-    /// Asks the cluster reachable at `via` to add this node as a voter, following leader
-    /// hints, until it has or `timeout` passes. A node that is already a member does nothing.
-    pub async fn join(&self, via: &str, timeout: Duration) -> Result<(), StoreError> {
+    /// Asks the cluster reachable at one of `via` to add this node, as a voter or as a learner
+    /// (which an operator promotes once it has caught up), following leader hints and trying
+    /// each address in turn, until it has or `timeout` passes. A node that is already a member
+    /// does nothing.
+    pub async fn join(
+        &self,
+        via: &[String],
+        as_voter: bool,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
         if self.inner.raft.is_initialized().await.map_err(fatal)? {
             return Ok(());
         }
+        if via.is_empty() {
+            return Err(StoreError::InvalidRequest(
+                "no address to join the cluster through".into(),
+            ));
+        }
         let deadline = Instant::now() + timeout;
-        let mut target = via.to_owned();
+        let request = || {
+            let (id, addr) = (self.inner.id, self.inner.config.advertise_addr.clone());
+            if as_voter {
+                RaftRequest::AddMember { id, addr }
+            } else {
+                RaftRequest::AddLearner { id, addr }
+            }
+        };
+        // A list that names this node too (a Kubernetes headless Service does) moves past it.
+        let mut attempt = 0usize;
+        let mut target = via[0].clone();
         loop {
-            let request = RaftRequest::AddMember {
-                id: self.inner.id,
-                addr: self.inner.config.advertise_addr.clone(),
-            };
-            match self.inner.transport.request(0, &target, request).await {
+            match self.inner.transport.request(0, &target, request()).await {
                 Ok(RaftResponse::MemberAdded) => return Ok(()),
                 Ok(RaftResponse::Error(RemoteError::NotLeader {
                     leader_addr: Some(addr),
@@ -302,7 +320,8 @@ impl Store {
                 return Err(StoreError::Timeout(timeout.as_millis() as u64));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            target = via.to_owned();
+            attempt += 1;
+            target = via[attempt % via.len()].clone();
         }
     }
 
@@ -521,9 +540,16 @@ impl Store {
     /// Proposes a command, forwarding it to the leader when this node is not.
     async fn write(&self, command: Command) -> Result<CommandResult, StoreError> {
         let timeout = self.inner.config.request_timeout;
+        let started = Instant::now();
         match tokio::time::timeout(timeout, self.write_inner(command)).await {
             Ok(result) => {
                 let outcome = if result.is_ok() { "ok" } else { "error" };
+                if result.is_ok() {
+                    self.inner
+                        .metrics
+                        .proposal_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
                 self.inner
                     .metrics
                     .proposals
@@ -678,6 +704,30 @@ impl Store {
         }
         self.change(|raft| async move {
             raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Makes a voter a learner: it replicates on, without a vote.
+    pub async fn demote(&self, id: NodeId) -> Result<(), StoreError> {
+        let membership = self.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(StoreError::InvalidRequest(format!(
+                "node {id} is not a member"
+            )));
+        }
+        if !membership.voter_ids().any(|v| v == id) {
+            return Ok(());
+        }
+        if membership.voter_ids().count() == 1 {
+            return Err(StoreError::InvalidRequest(format!(
+                "node {id} is the only voter"
+            )));
+        }
+        self.change(|raft| async move {
+            raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), true)
                 .await
                 .map(|_| ())
         })
@@ -884,7 +934,11 @@ async fn publish_metrics(inner: std::sync::Weak<Inner>) {
         let m = rx.borrow_and_update().clone();
         let metrics = &inner.metrics;
         metrics.term.set(m.current_term as i64);
-        metrics.leader.set(m.current_leader.unwrap_or(0) as i64);
+        let leader = m.current_leader.unwrap_or(0) as i64;
+        if metrics.leader.get() != leader {
+            metrics.leader_changes.inc();
+        }
+        metrics.leader.set(leader);
         for state in [
             ServerState::Leader,
             ServerState::Follower,
@@ -1049,6 +1103,16 @@ impl RaftService {
                     Ok(()) => store.promote(id).await,
                     Err(e) => Err(e),
                 };
+                match added {
+                    Ok(()) => RaftResponse::MemberAdded,
+                    Err(e) => RaftResponse::Error(e.into_remote()),
+                }
+            }
+            RaftRequest::AddLearner { id, addr } => {
+                let store = Store {
+                    inner: self.inner.clone(),
+                };
+                let added = store.add_learner(id, addr).await;
                 match added {
                     Ok(()) => RaftResponse::MemberAdded,
                     Err(e) => RaftResponse::Error(e.into_remote()),

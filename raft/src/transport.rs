@@ -35,6 +35,11 @@ pub enum RaftRequest {
         id: NodeId,
         addr: String,
     },
+    /// A node asks to join the cluster as a learner, to be promoted later by an operator.
+    AddLearner {
+        id: NodeId,
+        addr: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -569,9 +569,9 @@ async fn start_node(
     }
     let serve: PeerServer = {
         let transport = Arc::clone(&transport);
-        Box::new(move |store, _| {
+        Box::new(move |store, _, _| {
             transport.serve(store.service());
-            Vec::new()
+            Ok(Vec::new())
         })
     };
     let forward_timeout = Duration::from_millis(config.cluster.forward_timeout_ms);

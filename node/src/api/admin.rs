@@ -39,6 +39,7 @@ pub async fn run(listener: TcpListener, state: AdminState, shutdown: watch::Rece
         .route("/cluster/status", get(cluster_status))
         .route("/cluster/members", post(add_member))
         .route("/cluster/members/{id}/promote", post(promote_member))
+        .route("/cluster/members/{id}/demote", post(demote_member))
         .route(
             "/cluster/members/{id}",
             axum::routing::delete(remove_member),
@@ -177,6 +178,17 @@ async fn promote_member(
         return denied;
     }
     outcome(state.store.promote(id).await)
+}
+
+async fn demote_member(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    if let Some(denied) = refusal(&state, &headers) {
+        return denied;
+    }
+    outcome(state.store.demote(id).await)
 }
 
 async fn remove_member(

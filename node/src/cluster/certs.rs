@@ -58,16 +58,35 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClusterError> {
 pub struct PeerTls {
     pub server: rustls::ServerConfig,
     pub client: rustls::ClientConfig,
+    /// When the node certificate ends, in Unix seconds.
+    pub cert_not_after: i64,
+    /// When the first trusted CA to end does, in Unix seconds.
+    pub ca_not_after: i64,
+}
+
+/// When the certificate ends, in Unix seconds.
+fn not_after(what: &'static str, path: &Path, der: &CertificateDer) -> Result<i64, ClusterError> {
+    let (_, certificate) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| ClusterError::Pem {
+            what,
+            path: path.to_owned(),
+            message: format!("not an X.509 certificate: {e}"),
+        })?;
+    Ok(certificate.validity().not_after.timestamp())
 }
 
 pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<PeerTls, ClusterError> {
     let tls = |e: rustls::Error| ClusterError::Tls(e.to_string());
     let mut roots = rustls::RootCertStore::empty();
+    // During a CA rotation the bundle holds the old CA and the new one.
+    let mut ca_not_after = i64::MAX;
     for ca_cert in read_certs("cluster CA", ca)? {
+        ca_not_after = ca_not_after.min(not_after("cluster CA", ca, &ca_cert)?);
         roots.add(ca_cert).map_err(tls)?;
     }
     let roots = Arc::new(roots);
     let chain = read_certs("node certificate", cert)?;
+    let cert_not_after = not_after("node certificate", cert, &chain[0])?;
     let key = read_key(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -90,7 +109,12 @@ pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<PeerTls, ClusterError>
         .with_client_auth_cert(chain, key)
         .map_err(tls)?;
     client.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(PeerTls { server, client })
+    Ok(PeerTls {
+        server,
+        client,
+        cert_not_after,
+        ca_not_after,
+    })
 }
 
 /// Issues a certificate and key for each node id into `out` (`node-<id>.pem`, `node-<id>.key`),
@@ -218,5 +242,109 @@ mod tests {
         let err = load(&missing, &missing, &missing).err().unwrap();
         assert!(err.to_string().contains("cluster CA"), "{err}");
         assert!(err.to_string().contains("nope.pem"), "{err}");
+    }
+}
+
+/// The files of the peer certificates, and what was last loaded from them.
+pub struct PeerFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl PeerFiles {
+    fn read(&self) -> Option<[Vec<u8>; 3]> {
+        Some([
+            std::fs::read(&self.ca).ok()?,
+            std::fs::read(&self.cert).ok()?,
+            std::fs::read(&self.key).ok()?,
+        ])
+    }
+
+    pub fn load(&self) -> Result<PeerTls, ClusterError> {
+        load(&self.ca, &self.cert, &self.key)
+    }
+}
+
+/// `halyard_tls_*`: certificate lifetimes and reloads.
+#[derive(Clone)]
+pub struct TlsMetrics {
+    expiry: prometheus::IntGaugeVec,
+    reloads: prometheus::IntCounterVec,
+}
+
+impl TlsMetrics {
+    pub fn new(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
+        let expiry = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "halyard_tls_certificate_expiry_timestamp_seconds",
+                "When a certificate this node uses ends (Unix seconds), by certificate: peer \
+                 (this node's, between nodes), peer_ca (the first trusted cluster CA to end)",
+            ),
+            &["certificate"],
+        )?;
+        let reloads = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "halyard_tls_reloads_total",
+                "Certificate files found changed and loaded again, by certificate and outcome \
+                 (ok, or error: the files did not load and the previous ones stay in use)",
+            ),
+            &["certificate", "outcome"],
+        )?;
+        registry.register(Box::new(expiry.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        // Zero from the start, so that a rate over them is defined before the first reload.
+        for outcome in ["ok", "error"] {
+            reloads.with_label_values(&["peer", outcome]);
+        }
+        Ok(TlsMetrics { expiry, reloads })
+    }
+
+    pub fn set_peer_expiry(&self, cert_not_after: i64, ca_not_after: i64) {
+        self.expiry.with_label_values(&["peer"]).set(cert_not_after);
+        self.expiry
+            .with_label_values(&["peer_ca"])
+            .set(ca_not_after);
+    }
+}
+
+/// Loads the peer certificates again whenever their files change (read every `check`), so
+/// that certificates and the trusted CAs rotate without a restart, until `shutdown`.
+/// Kubernetes updates a mounted Secret by swapping a symlink: a read sees all old or all new
+/// files.
+pub async fn follow_peer_files(
+    files: PeerFiles,
+    transport: Arc<super::QuicTransport>,
+    metrics: TlsMetrics,
+    check: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = files.read();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(check) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let current = files.read();
+        if current.is_none() || current == last {
+            continue;
+        }
+        last = current;
+        let outcome = match files.load().and_then(|tls| {
+            let expiry = (tls.cert_not_after, tls.ca_not_after);
+            transport.reload(tls)?;
+            metrics.set_peer_expiry(expiry.0, expiry.1);
+            Ok(())
+        }) {
+            Ok(()) => {
+                tracing::info!(cert = %files.cert.display(), "peer certificates reloaded");
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "changed peer certificates do not load; the previous ones stay in use");
+                "error"
+            }
+        };
+        metrics.reloads.with_label_values(&["peer", outcome]).inc();
     }
 }

@@ -812,6 +812,10 @@ impl DataPlane {
         let peer = id.to_string();
         let forwarded = self.metrics.forwarded.with_label_values(&[&peer]);
         let forwarded_bytes = self.metrics.forwarded_bytes.with_label_values(&[&peer]);
+        // Zero from the peer's first lane on, so that a rate over them is defined before
+        // the first drop or timeout.
+        self.metrics.dropped.with_label_values(&[&peer]);
+        self.metrics.timeouts.with_label_values(&[&peer]);
         loop {
             let (mut send, recv) = self.open(id, &addr, Priority::Messages).await;
             let hello = LaneHello {

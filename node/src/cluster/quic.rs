@@ -39,15 +39,15 @@ struct Peer {
 
 pub struct QuicTransport {
     endpoint: quinn::Endpoint,
+    transport: Arc<quinn::TransportConfig>,
+    /// What this node dials with; replaced when its certificates are.
+    client: Mutex<quinn::ClientConfig>,
     peers: Mutex<HashMap<NodeId, Peer>>,
 }
 
 impl QuicTransport {
     /// Binds the peer endpoint: it serves the other nodes and dials them.
     pub fn bind(addr: SocketAddr, tls: PeerTls) -> Result<Arc<Self>, ClusterError> {
-        let server_crypto =
-            QuicServerConfig::try_from(tls.server).map_err(|e| ClusterError::Tls(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         let mut transport = quinn::TransportConfig::default();
         // Peers are on one network: a silent peer is dead soon (its routes go with the
         // connection), and windows are sized for a fast link rather than a long one.
@@ -60,18 +60,24 @@ impl QuicTransport {
         transport.max_concurrent_bidi_streams(1024u32.into());
         transport.max_concurrent_uni_streams(256u32.into());
         let transport = Arc::new(transport);
-        server.transport_config(Arc::clone(&transport));
-        let client_crypto =
-            QuicClientConfig::try_from(tls.client).map_err(|e| ClusterError::Tls(e.to_string()))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client.transport_config(transport);
-        let mut endpoint = quinn::Endpoint::server(server, addr)
+        let (server, client) = endpoint_configs(tls, &transport)?;
+        let endpoint = quinn::Endpoint::server(server, addr)
             .map_err(|source| ClusterError::Bind { addr, source })?;
-        endpoint.set_default_client_config(client);
         Ok(Arc::new(Self {
             endpoint,
+            transport,
+            client: Mutex::new(client),
             peers: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Serves and dials with new certificates from now on. Connections already open stay:
+    /// their peers were authenticated when they opened.
+    pub fn reload(&self, tls: PeerTls) -> Result<(), ClusterError> {
+        let (server, client) = endpoint_configs(tls, &self.transport)?;
+        self.endpoint.set_server_config(Some(server));
+        *self.client.lock() = client;
+        Ok(())
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -135,9 +141,10 @@ impl QuicTransport {
             .map_err(|e| unreachable(format!("cannot resolve {addr}: {e}")))?
             .next()
             .ok_or_else(|| unreachable(format!("{addr} resolves to nothing")))?;
+        let client = self.client.lock().clone();
         let connecting = self
             .endpoint
-            .connect(socket, PEER_SERVER_NAME)
+            .connect_with(client, socket, PEER_SERVER_NAME)
             .map_err(|e| unreachable(e.to_string()))?;
         match tokio::time::timeout(REQUEST_TIMEOUT, connecting).await {
             Ok(Ok(c)) => Ok(c),
@@ -298,6 +305,21 @@ impl PeerLinks for QuicTransport {
 }
 
 /// Routes, takeover and acknowledgements go before messages on a shared connection.
+fn endpoint_configs(
+    tls: PeerTls,
+    transport: &Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), ClusterError> {
+    let server_crypto =
+        QuicServerConfig::try_from(tls.server).map_err(|e| ClusterError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(Arc::clone(transport));
+    let client_crypto =
+        QuicClientConfig::try_from(tls.client).map_err(|e| ClusterError::Tls(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(Arc::clone(transport));
+    Ok((server, client))
+}
+
 fn stream_priority(priority: Priority) -> i32 {
     match priority {
         Priority::Control => 1,

@@ -765,3 +765,110 @@ async fn a_message_published_on_any_node_after_the_suback_reaches_the_new_subscr
         server.shutdown().await;
     }
 }
+
+async fn reloaded(server: &Server, outcome: &str, at_least: f64) {
+    for _ in 0..200 {
+        if metric(
+            server,
+            &format!("halyard_tls_reloads_total{{certificate=\"peer\",outcome=\"{outcome}\"}}"),
+        ) >= at_least
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no {outcome} reload number {at_least}");
+}
+
+/// The CA rotation the operator runs, in three phases, with no node restarted: trust the old
+/// and the new CA, present certificates of the new one, drop the old. A node that knows only
+/// the new CA then joins the cluster, which it could not if either node still presented a
+/// certificate of the old one. A bundle that does not load changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_certificates_rotate_to_a_new_ca_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old-ca");
+    let new = dir.path().join("new-ca");
+    halyard_node::cluster::certs::generate(&old, &[1, 2]).unwrap();
+    halyard_node::cluster::certs::generate(&new, &[1, 2, 3]).unwrap();
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap();
+    // Each node's files, as a mounted Secret would hold them.
+    let files = |id: u64| dir.path().join(format!("node-{id}-tls"));
+    let install = |id: u64, ca: String, from: &Path| {
+        let to = files(id);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::write(to.join("ca.pem"), ca).unwrap();
+        std::fs::copy(from.join(format!("node-{id}.pem")), to.join("cert.pem")).unwrap();
+        std::fs::copy(from.join(format!("node-{id}.key")), to.join("key.pem")).unwrap();
+    };
+    let peers: Vec<(u64, u16)> = (1..=3).map(|id| (id, free_udp_port())).collect();
+    let config = |id: u64| {
+        let mut config = node_config(dir.path(), id, &peers);
+        config.cluster.initial_members = Some(format!(
+            "1=127.0.0.1:{},2=127.0.0.1:{}",
+            peers[0].1, peers[1].1
+        ));
+        config.cluster.ca_cert = Some(files(id).join("ca.pem"));
+        config.cluster.cert = Some(files(id).join("cert.pem"));
+        config.cluster.key = Some(files(id).join("key.pem"));
+        config.cluster.tls_check_ms = 50;
+        config
+    };
+    for id in [1, 2] {
+        install(id, read(old.join("ca.pem")), &old);
+    }
+    let servers = futures_join([1u64, 2].into_iter().map(|id| Server::start(config(id))))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>();
+    servers[0].store().put("formed", "yes").await.unwrap();
+
+    // A garbled bundle is refused and the node goes on with what it had.
+    std::fs::write(files(1).join("ca.pem"), "not a certificate").unwrap();
+    reloaded(&servers[0], "error", 1.0).await;
+    let both = format!("{}{}", read(old.join("ca.pem")), read(new.join("ca.pem")));
+    let mut phase = 1.0;
+    for (bundle, issuer) in [
+        (both.clone(), &old),
+        (both, &new),
+        (read(new.join("ca.pem")), &new),
+    ] {
+        for id in [1u64, 2] {
+            install(id, bundle.clone(), issuer);
+        }
+        for server in &servers {
+            reloaded(server, "ok", phase).await;
+        }
+        phase += 1.0;
+    }
+    let new_expiry = metric(
+        &servers[0],
+        "halyard_tls_certificate_expiry_timestamp_seconds{certificate=\"peer\"}",
+    );
+    assert!(new_expiry > 0.0);
+
+    // Node 3 trusts only the new CA; its dials are answered with certificates of the new CA,
+    // and its own is accepted.
+    install(3, read(new.join("ca.pem")), &new);
+    let mut third = config(3);
+    third.cluster.initial_members = None;
+    third.cluster.join = Some(format!("127.0.0.1:{}", peers[0].1));
+    let third = Server::start(third).await.unwrap();
+    third.store().put("rotated", "yes").await.unwrap();
+    for server in servers.iter().chain([&third]) {
+        let got = server
+            .store()
+            .get(b"rotated", Consistency::Linearizable)
+            .await
+            .unwrap();
+        assert!(
+            got.kv.is_some(),
+            "the write through node 3 reached every node"
+        );
+    }
+    third.shutdown().await;
+    for server in servers {
+        server.shutdown().await;
+    }
+}
