@@ -346,6 +346,7 @@ impl View<'_> {
     }
 }
 
-fn ordinal_of(id: NodeId) -> Option<Ordinal> {
+/// The ordinal of the pod of node `id`.
+pub fn ordinal_of(id: NodeId) -> Option<Ordinal> {
     id.checked_sub(1).and_then(|o| Ordinal::try_from(o).ok())
 }

@@ -8,3 +8,4 @@ mod broker_v5;
 mod cluster_quic;
 mod common;
 mod ingest;
+mod operator_admin;

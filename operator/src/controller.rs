@@ -1,0 +1,1005 @@
+//! The reconcile loop: the I/O around the planner. Each round applies the owned objects
+//! (server-side apply), observes pods and nodes, asks [`plan`](crate::plan::plan) for the one
+//! next step, takes it, and reports the status. It keeps no state between rounds: a restarted
+//! operator reads the cluster and carries on where the last one stopped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalized, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::crd::{
+    CertificateStatus, HalyardCluster, HalyardClusterSpec, HalyardClusterStatus, TlsMode,
+};
+use crate::metrics::Metrics;
+use crate::nodes::{Endpoint, NodeAdmin};
+use crate::observe::{self, Observation};
+use crate::pki;
+use crate::plan::{self, Action, Desired, Wait};
+use crate::resources::{self, Names, TOKEN_KEY};
+
+pub const FINALIZER: &str = "halyard.io/cleanup";
+pub const MANAGER: &str = "halyard-operator";
+
+/// After a step: soon, to see its effect and take the next.
+const AFTER_STEP: Duration = Duration::from_secs(2);
+/// While waiting on the cluster (a pod starting, a drain).
+const WHILE_WAITING: Duration = Duration::from_secs(5);
+/// Progress held this long by one wait is reported as `Degraded`.
+const STALLED_AFTER: Duration = Duration::from_secs(600);
+/// Once the cluster is as asked: certificates and drift are checked this often.
+const WHEN_DONE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Config(#[from] resources::ConfigError),
+    #[error("certificates: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("node admin API: {0}")]
+    Admin(#[from] crate::nodes::AdminError),
+    #[error("Secret {secret} lacks {key}")]
+    SecretKey { secret: String, key: String },
+    #[error("{0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApiError",
+            Error::Config(_) => "InvalidConfig",
+            Error::Pki(_) => "CertificateError",
+            Error::Admin(_) => "NodeUnreachable",
+            Error::SecretKey { .. } => "InvalidSecret",
+            Error::Finalizer(_) => "FinalizerError",
+        }
+    }
+}
+
+/// What every round shares.
+pub struct Context<N> {
+    pub client: Client,
+    pub admin: N,
+    pub metrics: Metrics,
+    pub reporter: Reporter,
+    /// The wall clock, as the planner's pod ages and the certificates need it.
+    pub now: fn() -> jiff::Timestamp,
+}
+
+impl<N: NodeAdmin> Context<N> {
+    pub fn new(client: Client, admin: N, metrics: Metrics) -> Self {
+        Context {
+            client,
+            admin,
+            metrics,
+            reporter: Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+            now: jiff::Timestamp::now,
+        }
+    }
+}
+
+/// Runs the controller over the clusters of `namespace` (every namespace when `None`), until
+/// a signal stops it.
+pub async fn run<N: NodeAdmin>(namespace: Option<String>, ctx: Arc<Context<N>>) {
+    let client = ctx.client.clone();
+    let (clusters, statefulsets, pods) = match &namespace {
+        Some(ns) => (
+            Api::<HalyardCluster>::namespaced(client.clone(), ns),
+            Api::<StatefulSet>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    tracing::info!(
+        namespace = namespace.as_deref().unwrap_or("*"),
+        "reconciling HalyardClusters"
+    );
+    let managed =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=halyard-operator");
+    // A pod's readiness or its end is what most waits are for; pods belong to the StatefulSet,
+    // so they are mapped to their cluster by label.
+    let node_pods = watcher::Config::default().labels("app.kubernetes.io/name=halyard");
+    Controller::new(clusters, watcher::Config::default())
+        .owns(statefulsets, managed)
+        .watches(pods, node_pods, |pod| {
+            let cluster = pod.labels().get("app.kubernetes.io/instance")?.clone();
+            let ns = pod.namespace()?;
+            Some(ObjectRef::new(&cluster).within(&ns))
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile round failed");
+            }
+        })
+        .await;
+}
+
+pub async fn reconcile<N: NodeAdmin>(
+    cluster: Arc<HalyardCluster>,
+    ctx: Arc<Context<N>>,
+) -> Result<Requeue, Error> {
+    let names = Names::of(&cluster);
+    let api: Api<HalyardCluster> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let started = std::time::Instant::now();
+    let result = finalizer(&api, FINALIZER, cluster, |event| async {
+        match event {
+            Finalized::Apply(cluster) => apply(&cluster, &ctx).await,
+            Finalized::Cleanup(cluster) => cleanup(&cluster, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled(&names, started.elapsed(), result.is_ok());
+    result
+}
+
+pub fn error_policy<N: NodeAdmin>(
+    cluster: Arc<HalyardCluster>,
+    error: &Error,
+    ctx: Arc<Context<N>>,
+) -> Requeue {
+    tracing::warn!(cluster = %cluster.name_any(), error = %error, "reconcile failed");
+    // kube's controller backs off per object on repeated errors; this is the first delay.
+    let _ = &ctx;
+    Requeue::requeue(WHILE_WAITING)
+}
+
+async fn cleanup<N: NodeAdmin>(
+    cluster: &HalyardCluster,
+    ctx: &Context<N>,
+) -> Result<Requeue, Error> {
+    // The owned objects go with the cluster (owner references); the volumes stay unless the
+    // StatefulSet's retention says otherwise. Only the operator's own bookkeeping is left.
+    ctx.metrics.forget(&Names::of(cluster));
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        "Deleted",
+        "Deleting",
+        "the cluster's objects go with it; volumes are kept".into(),
+    )
+    .await;
+    Ok(Requeue::await_change())
+}
+
+fn desired(spec: &HalyardClusterSpec) -> Desired {
+    Desired {
+        nodes: spec.nodes,
+        voters: spec.voters,
+        version: spec.version.clone(),
+        min_pod_age: Duration::from_secs(u64::from(spec.upgrade.min_pod_age_seconds)),
+        max_lag: spec.upgrade.max_raft_lag,
+        paused: spec.paused,
+    }
+}
+
+async fn apply<N: NodeAdmin>(cluster: &HalyardCluster, ctx: &Context<N>) -> Result<Requeue, Error> {
+    let names = Names::of(cluster);
+    let client = &ctx.client;
+    let ns = names.namespace.as_str();
+    let now = (ctx.now)();
+    let status = cluster.status.clone().unwrap_or_default();
+    if cluster.spec.paused {
+        write_status(ctx, cluster, &names, status_paused(cluster, &status, now)).await?;
+        return Ok(Requeue::requeue(WHEN_DONE));
+    }
+    let config = match resources::node_config(&cluster.spec, &names, status.formed) {
+        Ok(config) => config,
+        Err(e) => {
+            let status = status_invalid(cluster, &status, now, &e.to_string());
+            write_status(ctx, cluster, &names, status).await?;
+            return Ok(Requeue::requeue(WHEN_DONE));
+        }
+    };
+    let token = ensure_admin_token(client, cluster, &names).await?;
+    let certificates = ensure_peer_tls(client, cluster, &names, now.as_second()).await?;
+    let config_hash = resources::config_hash(&config);
+    ssa(
+        &Api::<ConfigMap>::namespaced(client.clone(), ns),
+        &names.config_map(),
+        &resources::config_map(cluster, &names, config),
+    )
+    .await?;
+    ssa(
+        &Api::<Service>::namespaced(client.clone(), ns),
+        &names.peer_service(),
+        &resources::peer_service(cluster, &names),
+    )
+    .await?;
+    ssa(
+        &Api::<Service>::namespaced(client.clone(), ns),
+        &names.client_service(),
+        &resources::client_service(cluster, &names),
+    )
+    .await?;
+    ssa(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+        &names.statefulset(),
+        &resources::disruption_budget(cluster, &names),
+    )
+    .await?;
+    apply_service_monitor(client, cluster, &names).await?;
+
+    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), ns);
+    let existing = statefulsets.get_opt(&names.statefulset()).await?;
+    let replicas = match &existing {
+        // The StatefulSet's replicas move only by the planner's Scale step.
+        Some(sts) => sts
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0),
+        // A new cluster starts whole: node 1 forms the store, the others join it.
+        None => cluster.spec.nodes,
+    };
+    ssa(
+        &statefulsets,
+        &names.statefulset(),
+        &resources::statefulset(cluster, &names, replicas, &config_hash),
+    )
+    .await?;
+
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&selector(&names)))
+        .await?
+        .items;
+    let observation = observe::observe(&ctx.admin, &names, &token, replicas, &pods, now).await;
+    let action = plan::plan(&observation.observed, &desired(&cluster.spec));
+    ctx.metrics.planned(&names, &action);
+    let outcome = take(ctx, cluster, &names, &token, &observation, &action).await;
+    let status = status_after(
+        cluster,
+        &status,
+        &observation,
+        &action,
+        certificates,
+        outcome.as_ref().err(),
+        now,
+    );
+    write_status(ctx, cluster, &names, status).await?;
+    outcome?;
+    Ok(match action {
+        Action::Done => Requeue::requeue(WHEN_DONE),
+        Action::Wait(_) => Requeue::requeue(WHILE_WAITING),
+        _ => Requeue::requeue(AFTER_STEP),
+    })
+}
+
+fn selector(names: &Names) -> String {
+    resources::selector_labels(names)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn ssa<K>(api: &Api<K>, name: &str, object: &K) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+}
+
+async fn apply_service_monitor(
+    client: &Client,
+    cluster: &HalyardCluster,
+    names: &Names,
+) -> Result<(), Error> {
+    let resource = resources::service_monitor_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &resource);
+    if cluster.spec.monitoring.service_monitor.enabled {
+        ssa(
+            &api,
+            &names.cluster,
+            &resources::service_monitor(cluster, names),
+        )
+        .await?;
+    } else {
+        // Orphaned when monitoring is turned off; absent (404), or the CRD missing, is fine.
+        match api.delete(&names.cluster, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The token the nodes' cluster operations require: made once, kept.
+async fn ensure_admin_token(
+    client: &Client,
+    cluster: &HalyardCluster,
+    names: &Names,
+) -> Result<String, Error> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), &names.namespace);
+    let name = names.admin_token();
+    if let Some(secret) = secrets.get_opt(&name).await? {
+        return secret_text(&secret, &name, TOKEN_KEY);
+    }
+    let token = random_token();
+    let secret = owned_secret(
+        cluster,
+        names,
+        &name,
+        BTreeMap::from([(TOKEN_KEY.to_owned(), token.clone())]),
+    );
+    create_or_adopt(&secrets, &secret).await?;
+    Ok(token)
+}
+
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn owned_secret(
+    cluster: &HalyardCluster,
+    names: &Names,
+    name: &str,
+    data: BTreeMap<String, String>,
+) -> Secret {
+    Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(names.namespace.clone()),
+            labels: Some(resources::selector_labels(names)),
+            owner_references: cluster.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// Creates `secret`; one that appeared meanwhile (another round, a restarted operator) wins.
+async fn create_or_adopt(secrets: &Api<Secret>, secret: &Secret) -> Result<(), kube::Error> {
+    match secrets.create(&PostParams::default(), secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn secret_text(secret: &Secret, name: &str, key: &str) -> Result<String, Error> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .ok_or_else(|| Error::SecretKey {
+            secret: name.to_owned(),
+            key: key.to_owned(),
+        })
+}
+
+/// The peer CA and certificate (managed TLS): made once, the certificate renewed from the same
+/// CA when it nears its end. Nodes load a renewed one without a restart.
+async fn ensure_peer_tls(
+    client: &Client,
+    cluster: &HalyardCluster,
+    names: &Names,
+    now: i64,
+) -> Result<Vec<CertificateStatus>, Error> {
+    let tls = &cluster.spec.tls;
+    if tls.mode != TlsMode::Managed {
+        return Ok(Vec::new());
+    }
+    let secrets = Api::<Secret>::namespaced(client.clone(), &names.namespace);
+    let ca_name = names.peer_ca();
+    let ca = match secrets.get_opt(&ca_name).await? {
+        Some(secret) => pki::Pair {
+            certificate_pem: secret_text(&secret, &ca_name, "ca.crt")?,
+            key_pem: secret_text(&secret, &ca_name, "ca.key")?,
+        },
+        None => {
+            let ca = pki::new_ca(now, tls.ca_validity_days)?;
+            let secret = owned_secret(
+                cluster,
+                names,
+                &ca_name,
+                BTreeMap::from([
+                    ("ca.crt".to_owned(), ca.certificate_pem.clone()),
+                    ("ca.key".to_owned(), ca.key_pem.clone()),
+                ]),
+            );
+            create_or_adopt(&secrets, &secret).await?;
+            // Read back: a CA made by a concurrent round must be the one used.
+            let secret = secrets.get(&ca_name).await?;
+            pki::Pair {
+                certificate_pem: secret_text(&secret, &ca_name, "ca.crt")?,
+                key_pem: secret_text(&secret, &ca_name, "ca.key")?,
+            }
+        }
+    };
+    let peer_name = names.peer_tls();
+    let current = match secrets.get_opt(&peer_name).await? {
+        Some(secret) => Some(secret_text(&secret, &peer_name, "tls.crt")?),
+        None => None,
+    };
+    let needs_issue = match &current {
+        None => true,
+        Some(pem) => pki::due(
+            pki::not_after("peer certificate", pem)?,
+            now,
+            tls.renew_before_days,
+        ),
+    };
+    let peer_pem = if needs_issue {
+        let peer = pki::issue_peer(&ca, now, tls.cert_validity_days)?;
+        let secret = owned_secret(
+            cluster,
+            names,
+            &peer_name,
+            BTreeMap::from([
+                ("ca.crt".to_owned(), ca.certificate_pem.clone()),
+                ("tls.crt".to_owned(), peer.certificate_pem.clone()),
+                ("tls.key".to_owned(), peer.key_pem),
+            ]),
+        );
+        ssa(&secrets, &peer_name, &secret).await?;
+        if current.is_some() {
+            publish_now(
+                client,
+                cluster,
+                "CertificateRenewed",
+                "the peer certificate was reissued; nodes load it without a restart",
+            )
+            .await;
+        }
+        peer.certificate_pem
+    } else {
+        current.unwrap_or_default()
+    };
+    let expiry = |what, pem: &str| -> Result<Time, Error> {
+        let at = pki::not_after(what, pem)?;
+        Ok(Time(
+            jiff::Timestamp::from_second(at).unwrap_or(jiff::Timestamp::MAX),
+        ))
+    };
+    Ok(vec![
+        CertificateStatus {
+            secret: ca_name,
+            kind: "ca".to_owned(),
+            not_after: expiry("peer CA", &ca.certificate_pem)?,
+            loaded_by: Vec::new(),
+        },
+        CertificateStatus {
+            secret: peer_name,
+            kind: "peer".to_owned(),
+            not_after: expiry("peer certificate", &peer_pem)?,
+            loaded_by: Vec::new(),
+        },
+    ])
+}
+
+async fn publish_now(client: &Client, cluster: &HalyardCluster, reason: &str, note: &str) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: None,
+        },
+    );
+    let _ = recorder
+        .publish(
+            &Event {
+                type_: EventType::Normal,
+                reason: reason.into(),
+                note: Some(note.into()),
+                action: reason.into(),
+                secondary: None,
+            },
+            &cluster.object_ref(&()),
+        )
+        .await;
+}
+
+async fn publish<N>(
+    ctx: &Context<N>,
+    cluster: &HalyardCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::debug!(error = %e, "event not recorded");
+    }
+}
+
+/// Takes the planner's step.
+async fn take<N: NodeAdmin>(
+    ctx: &Context<N>,
+    cluster: &HalyardCluster,
+    names: &Names,
+    token: &str,
+    observation: &Observation,
+    action: &Action,
+) -> Result<(), Error> {
+    let client = &ctx.client;
+    let ns = names.namespace.as_str();
+    let endpoint = |ordinal: u32| Endpoint {
+        base: names.pod_admin_url(ordinal),
+        token: token.to_owned(),
+    };
+    let leader = || observation.leader_ordinal().map(endpoint);
+    let note = match action {
+        Action::Wait(_) | Action::Done => return Ok(()),
+        Action::Scale(to) => {
+            let from = observation.observed.replicas;
+            // A volume left by a node removed earlier (retained on scale-down) holds a store
+            // that is no longer a member; the new node starts empty and joins.
+            for ordinal in from..*to {
+                let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
+                match claims
+                    .delete(&names.volume_claim(ordinal), &DeleteParams::default())
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), ns);
+            let patch = serde_json::json!({
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "spec": { "replicas": to },
+            });
+            statefulsets
+                .patch(
+                    &names.statefulset(),
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await?;
+            format!("scaling from {from} to {to} nodes")
+        }
+        Action::Promote(id) => {
+            if let Some(leader) = leader() {
+                ctx.admin.promote(&leader, *id).await?;
+            }
+            format!("node {id} caught up: promoted to voter")
+        }
+        Action::Demote(id) => {
+            if let Some(leader) = leader() {
+                ctx.admin.demote(&leader, *id).await?;
+            }
+            format!("node {id} demoted to learner: more voters than the spec asks")
+        }
+        Action::Drain(ordinal) => {
+            ctx.admin.start_drain(&endpoint(*ordinal)).await?;
+            format!(
+                "draining {}: its clients move to the other nodes",
+                names.pod(*ordinal)
+            )
+        }
+        Action::TransferLeadership { from } => {
+            let to = successor(observation, *from);
+            if let (Some(leader), Some(to)) = (leader(), to) {
+                ctx.admin.transfer_leader(&leader, to).await?;
+            }
+            format!(
+                "leadership handed from node {from} to node {}",
+                to.unwrap_or(0)
+            )
+        }
+        Action::RemoveMember(id) => {
+            if let Some(leader) = leader() {
+                ctx.admin.remove_member(&leader, *id).await?;
+            }
+            format!("node {id} removed from the store's membership")
+        }
+        Action::Replace(ordinal) => {
+            let pods = Api::<Pod>::namespaced(client.clone(), ns);
+            match pods
+                .delete(&names.pod(*ordinal), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            format!(
+                "{} drained: replaced at version {}",
+                names.pod(*ordinal),
+                cluster.spec.version
+            )
+        }
+    };
+    tracing::info!(cluster = %names.cluster, namespace = %names.namespace, step = ?action, "{note}");
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        step_name(action),
+        step_name(action),
+        note,
+    )
+    .await;
+    Ok(())
+}
+
+/// The voter to hand leadership to: caught up the most, ready, not draining.
+fn successor(observation: &Observation, from: u64) -> Option<u64> {
+    let observed = &observation.observed;
+    observed
+        .members
+        .iter()
+        .filter(|(id, m)| **id != from && m.role == plan::Role::Voter)
+        .filter(|(id, _)| {
+            plan::ordinal_of(**id)
+                .and_then(|o| observed.pods.get(&o))
+                .is_some_and(|p| p.ready && !p.draining && !p.drained)
+        })
+        .min_by_key(|(id, m)| (m.lag, **id))
+        .map(|(id, _)| *id)
+}
+
+pub fn step_name(action: &Action) -> &'static str {
+    match action {
+        Action::Wait(_) => "Waiting",
+        Action::Scale(_) => "Scale",
+        Action::Promote(_) => "Promote",
+        Action::Demote(_) => "Demote",
+        Action::Drain(_) => "Drain",
+        Action::TransferLeadership { .. } => "TransferLeadership",
+        Action::RemoveMember(_) => "RemoveMember",
+        Action::Replace(_) => "Replace",
+        Action::Done => "Done",
+    }
+}
+
+/// Every reason [`wait_reason`] gives.
+pub const WAIT_REASONS: [&str; 8] = [
+    "Paused",
+    "PodNotReady",
+    "Joining",
+    "Lagging",
+    "Draining",
+    "Settling",
+    "NoQuorumWithout",
+    "NoOtherLeader",
+];
+
+pub fn wait_reason(wait: &Wait) -> (&'static str, String) {
+    match wait {
+        Wait::Paused => ("Paused", "reconciliation is paused".into()),
+        Wait::PodNotReady(o) => ("PodNotReady", format!("pod {o} is not ready")),
+        Wait::Joining(o) => ("Joining", format!("pod {o} is not a store member yet")),
+        Wait::Lagging(id) => ("Lagging", format!("node {id} is behind the leader")),
+        Wait::Draining(o) => ("Draining", format!("pod {o} is draining")),
+        Wait::Settling(o) => (
+            "Settling",
+            format!("pod {o} is younger than the minimum pod age"),
+        ),
+        Wait::NoQuorumWithout(id) => (
+            "NoQuorumWithout",
+            format!("the next step would leave the store without a quorum if node {id} went"),
+        ),
+        Wait::NoOtherLeader(id) => (
+            "NoOtherLeader",
+            format!("node {id} leads and no other voter can take over"),
+        ),
+    }
+}
+
+fn condition(
+    old: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    // The transition time moves only when the status does.
+    let since = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+fn status_paused(
+    cluster: &HalyardCluster,
+    old: &HalyardClusterStatus,
+    now: jiff::Timestamp,
+) -> HalyardClusterStatus {
+    let mut status = old.clone();
+    let generation = cluster.metadata.generation;
+    let mut conditions: Vec<Condition> = old
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "ReconciliationPaused")
+        .cloned()
+        .collect();
+    conditions.push(condition(
+        &old.conditions,
+        "ReconciliationPaused",
+        true,
+        "Paused",
+        "spec.paused is true: the operator changes nothing".into(),
+        generation,
+        now,
+    ));
+    status.conditions = conditions;
+    status.observed_generation = generation;
+    status.step = Some("Paused".into());
+    status
+}
+
+fn status_invalid(
+    cluster: &HalyardCluster,
+    old: &HalyardClusterStatus,
+    now: jiff::Timestamp,
+    message: &str,
+) -> HalyardClusterStatus {
+    let mut status = old.clone();
+    let generation = cluster.metadata.generation;
+    let mut conditions: Vec<Condition> = old
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "Degraded")
+        .cloned()
+        .collect();
+    conditions.push(condition(
+        &old.conditions,
+        "Degraded",
+        true,
+        "InvalidSpec",
+        message.to_owned(),
+        generation,
+        now,
+    ));
+    status.conditions = conditions;
+    status.observed_generation = generation;
+    status
+}
+
+fn status_after(
+    cluster: &HalyardCluster,
+    old: &HalyardClusterStatus,
+    observation: &Observation,
+    action: &Action,
+    certificates: Vec<CertificateStatus>,
+    error: Option<&Error>,
+    now: jiff::Timestamp,
+) -> HalyardClusterStatus {
+    let names = Names::of(cluster);
+    let generation = cluster.metadata.generation;
+    let observed = &observation.observed;
+    let ready = observed.pods.values().filter(|p| p.ready).count() as u32;
+    let voters: Vec<u64> = observed
+        .members
+        .iter()
+        .filter(|(_, m)| m.role == plan::Role::Voter)
+        .map(|(id, _)| *id)
+        .collect();
+    let ready_voters = voters
+        .iter()
+        .filter(|id| {
+            plan::ordinal_of(**id)
+                .and_then(|o| observed.pods.get(&o))
+                .is_some_and(|p| p.ready)
+        })
+        .count();
+    let available = observed.leader.is_some() && ready_voters > voters.len() / 2;
+    let draining: Vec<String> = observed
+        .pods
+        .iter()
+        .filter(|(_, p)| p.draining || p.drained)
+        .map(|(o, _)| names.pod(*o))
+        .collect();
+    let outdated: Vec<String> = observed
+        .pods
+        .iter()
+        .filter(|(_, p)| p.version != cluster.spec.version)
+        .map(|(o, _)| names.pod(*o))
+        .collect();
+    // Progress that has waited this long on one gate (a pod that does not become ready or
+    // catch up) is a fault to look at, as a Deployment's progress deadline.
+    let stalled = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing" && c.status == "True")
+        .is_some_and(|c| {
+            now.as_second() - c.last_transition_time.0.as_second() >= STALLED_AFTER.as_secs() as i64
+        });
+    let (degraded, degraded_reason, degraded_message) = match (error, action) {
+        (Some(e), _) => (true, e.reason(), e.to_string()),
+        (None, Action::Wait(w @ (Wait::NoQuorumWithout(_) | Wait::NoOtherLeader(_)))) => {
+            let (reason, message) = wait_reason(w);
+            (true, reason, message)
+        }
+        (None, Action::Wait(w)) if stalled => {
+            let (reason, message) = wait_reason(w);
+            (
+                true,
+                "Stalled",
+                format!(
+                    "no progress for {} minutes: {reason}: {message}",
+                    STALLED_AFTER.as_secs() / 60
+                ),
+            )
+        }
+        _ if !available && old.formed => (
+            true,
+            "NoQuorum",
+            "the store has no leader or too few ready voters".to_owned(),
+        ),
+        _ => (false, "Healthy", "no fault seen".to_owned()),
+    };
+    let (progress_reason, progress_message) = match action {
+        Action::Done => ("Reconciled", "the cluster is as the spec asks".to_owned()),
+        Action::Wait(w) => wait_reason(w),
+        other => (step_name(other), format!("{other:?}")),
+    };
+    let c = |type_: &str, status: bool, reason: &str, message: String| {
+        condition(
+            &old.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            now,
+        )
+    };
+    let conditions = vec![
+        c(
+            "Available",
+            available,
+            if available { "QuorumReady" } else { "NoQuorum" },
+            format!(
+                "{ready_voters} of {} voters ready, leader {}",
+                voters.len(),
+                observed
+                    .leader
+                    .map_or("unknown".to_owned(), |l| l.to_string())
+            ),
+        ),
+        c(
+            "Progressing",
+            *action != Action::Done,
+            progress_reason,
+            progress_message,
+        ),
+        c("Degraded", degraded, degraded_reason, degraded_message),
+        c(
+            "Draining",
+            !draining.is_empty(),
+            if draining.is_empty() {
+                "NoDrain"
+            } else {
+                "Draining"
+            },
+            draining.join(", "),
+        ),
+        c(
+            "Upgrading",
+            !outdated.is_empty(),
+            if outdated.is_empty() {
+                "AtVersion"
+            } else {
+                "RollingUpgrade"
+            },
+            if outdated.is_empty() {
+                format!("every node runs {}", cluster.spec.version)
+            } else {
+                format!(
+                    "not yet at {}: {}",
+                    cluster.spec.version,
+                    outdated.join(", ")
+                )
+            },
+        ),
+        c(
+            "CertificatesRotating",
+            false,
+            "NoRotation",
+            "no certificate rotation under way".into(),
+        ),
+        c(
+            "ReconciliationPaused",
+            false,
+            "Reconciling",
+            "the operator reconciles this cluster".into(),
+        ),
+    ];
+    HalyardClusterStatus {
+        observed_generation: generation,
+        conditions,
+        step: Some(step_name(action).to_owned()),
+        formed: old.formed || observed.leader.is_some(),
+        ready_nodes: ready,
+        leader: observed.leader,
+        leader_pod: observation.leader_ordinal().map(|o| names.pod(o)),
+        term: observation.store.as_ref().map(|s| s.term),
+        members: observation.members(&names),
+        nodes: observation.nodes.clone(),
+        certificates,
+    }
+}
+
+async fn write_status<N>(
+    ctx: &Context<N>,
+    cluster: &HalyardCluster,
+    names: &Names,
+    status: HalyardClusterStatus,
+) -> Result<(), Error> {
+    if cluster.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<HalyardCluster> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "halyard.io/v1alpha1",
+        "kind": "HalyardCluster",
+        "status": status,
+    });
+    api.patch_status(
+        &names.cluster,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
