@@ -5,10 +5,13 @@ client lost on one node reaches subscribers on another, a share group with membe
 nodes gets each message once, a message acknowledged to its publisher survives `kill -9` of
 the publisher's node, a persistent subscriber whose node is killed resumes on another node
 with every acknowledged message, and a node cut off from the other two refuses what it cannot
-store instead of acknowledging it, and serves again once the others are back."""
+store instead of acknowledging it, and serves again once the others are back. The Grafana
+dashboards query only metrics that such a cluster exports."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import socket
 import subprocess
@@ -352,3 +355,60 @@ def test_a_node_cut_off_from_the_others_refuses_what_it_cannot_store_and_serves_
     keeper.disconnect()
     watcher.disconnect()
     publisher.disconnect()
+
+
+DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
+_METRIC = re.compile(r"\b(halyard_[a-z0-9_]+)")
+_HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+def _dashboard_queries(dashboard: dict) -> list[str]:
+    queries = [v.get("query", "") for v in dashboard.get("templating", {}).get("list", [])]
+    panels = list(dashboard.get("panels", []))
+    while panels:
+        panel = panels.pop()
+        panels.extend(panel.get("panels", []))
+        queries.extend(t.get("expr", "") for t in panel.get("targets", []))
+    return [q for q in queries if isinstance(q, str)]
+
+
+def _exported(broker: Broker) -> set[str]:
+    status, body, _ = broker.http_get("/metrics")
+    assert status == 200, body
+    return {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")}
+
+
+def test_the_dashboards_query_only_metrics_the_nodes_export(cluster: Cluster) -> None:
+    first, second, third = cluster.brokers
+    # Traffic between nodes and a session taken over, so that every per-peer and per-outcome
+    # series the dashboards split by exists.
+    subscriber = Client(second, "dashboards-sub", mqtt.MQTTv311, False, None)
+    subscriber.connect()
+    subscriber.subscribe("dashboards/#", 1)
+    _wait_for("node 1 to learn the route", lambda: _routes(first) >= 1)
+    publisher = _client(first, "dashboards-pub")
+    publisher.publish("dashboards/a", b"1", qos=1)
+    subscriber.expect()
+    subscriber.drop()
+    moved = Client(third, "dashboards-sub", mqtt.MQTTv311, False, None)
+    assert moved.connect(), "node 3 took the session over from node 2"
+    moved.disconnect()
+    publisher.disconnect()
+    # And a packet no MQTT client would send.
+    with first.raw_socket() as garbage:
+        garbage.sendall(b"\x00\x00")
+        garbage.recv(16)
+    exported = set().union(*(_exported(b) for b in cluster.brokers))
+    dashboards = sorted(DASHBOARDS.glob("*.json"))
+    assert {d.name for d in dashboards} >= {"halyard-broker.json", "halyard-cluster.json"}
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        queries = _dashboard_queries(dashboard)
+        assert queries, f"{path.name} has no queries"
+        missing = set()
+        for query in queries:
+            for name in _METRIC.findall(query):
+                base = next((name[: -len(s)] for s in _HISTOGRAM_SERIES if name.endswith(s)), name)
+                if base not in exported and name not in exported:
+                    missing.add(name)
+        assert not missing, f"{path.name} queries metrics no node exports: {sorted(missing)}"
