@@ -89,7 +89,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts whatever answers the other nodes, once the store exists; returns its tasks.
 pub type PeerServer = Box<
-    dyn FnOnce(&Store, &Registry, watch::Receiver<bool>) -> Result<Vec<JoinHandle<()>>, ServerError>
+    dyn FnOnce(
+            &Store,
+            &Registry,
+            &Arc<crate::cluster::PeerTlsStatus>,
+            watch::Receiver<bool>,
+        ) -> Result<Vec<JoinHandle<()>>, ServerError>
         + Send,
 >;
 
@@ -133,6 +138,7 @@ impl Server {
         };
         let tls = peer_files.load()?;
         let expiry = (tls.cert_not_after, tls.ca_not_after);
+        let loaded = tls.loaded.clone();
         let tls_check = Duration::from_millis(cluster.tls_check_ms);
         let transport = crate::cluster::QuicTransport::bind(peer_listen, tls)?;
         if let Some(addr) = transport.local_addr() {
@@ -143,9 +149,10 @@ impl Server {
         let serve: PeerServer = {
             let inbound = Arc::clone(&inbound);
             let transport = Arc::clone(&transport);
-            Box::new(move |store, registry, shutdown| {
+            Box::new(move |store, registry, tls_status, shutdown| {
                 let tls_metrics = crate::cluster::certs::TlsMetrics::new(registry)?;
                 tls_metrics.set_peer_expiry(expiry.0, expiry.1);
+                tls_status.set(loaded);
                 Ok(vec![
                     tokio::spawn(crate::cluster::serve_peers(
                         endpoint,
@@ -157,6 +164,7 @@ impl Server {
                         peer_files,
                         transport,
                         tls_metrics,
+                        Arc::clone(tls_status),
                         tls_check,
                         shutdown,
                     )),
@@ -191,7 +199,7 @@ impl Server {
         let node_id = config.cluster.node_id;
         let network = halyard_raft::local::LocalNetwork::new();
         let transport = network.transport(node_id);
-        let register: PeerServer = Box::new(move |store, _, _| {
+        let register: PeerServer = Box::new(move |store, _, _, _| {
             network.register(node_id, store.service());
             Ok(Vec::new())
         });
@@ -236,7 +244,8 @@ impl Server {
         let (shutdown, watch_rx) = watch::channel(false);
         let health = Health::new(&registry)?;
         let mut tasks = Supervisor::new(Arc::clone(&health));
-        for task in peers(&store, &registry, watch_rx.clone())? {
+        let peer_tls = Arc::new(crate::cluster::PeerTlsStatus::default());
+        for task in peers(&store, &registry, &peer_tls, watch_rx.clone())? {
             tasks.spawn(task);
         }
         let members = cluster.members()?;
@@ -328,6 +337,7 @@ impl Server {
                         token: config.admin_token.clone(),
                         health: Arc::clone(&health),
                         drain: Arc::clone(&drain),
+                        peer_tls: Arc::clone(&peer_tls),
                     },
                     watch_rx.clone(),
                 ),

@@ -3,75 +3,45 @@
 //! next step, takes it, and reports the status. It keeps no state between rounds: a restarted
 //! operator reads the cluster and carries on where the last one stopped.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
+use kube::{Client, ResourceExt};
 
-use crate::crd::{
-    CertificateStatus, HalyardCluster, HalyardClusterSpec, HalyardClusterStatus, TlsMode,
-};
+use crate::crd::{HalyardCluster, HalyardClusterSpec, HalyardClusterStatus};
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::nodes::{Endpoint, NodeAdmin};
 use crate::observe::{self, Observation};
-use crate::pki;
 use crate::plan::{self, Action, Desired, Wait};
-use crate::resources::{self, Names, TOKEN_KEY};
+use crate::resources::{self, Names};
+use crate::secrets::{self, PeerReport};
+use crate::writes::{self, MANAGER};
 
 pub const FINALIZER: &str = "halyard.io/cleanup";
-pub const MANAGER: &str = "halyard-operator";
 
 /// After a step: soon, to see its effect and take the next.
 const AFTER_STEP: Duration = Duration::from_secs(2);
 /// While waiting on the cluster (a pod starting, a drain).
 const WHILE_WAITING: Duration = Duration::from_secs(5);
+/// The first and the longest delay before a failed round is tried again.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const LAST_RETRY: Duration = Duration::from_secs(300);
 /// Progress held this long by one wait is reported as `Degraded`.
 const STALLED_AFTER: Duration = Duration::from_secs(600);
 /// Once the cluster is as asked: certificates and drift are checked this often.
 const WHEN_DONE: Duration = Duration::from_secs(60);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Config(#[from] resources::ConfigError),
-    #[error("certificates: {0}")]
-    Pki(#[from] pki::PkiError),
-    #[error("node admin API: {0}")]
-    Admin(#[from] crate::nodes::AdminError),
-    #[error("Secret {secret} lacks {key}")]
-    SecretKey { secret: String, key: String },
-    #[error("{0}")]
-    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-impl Error {
-    fn reason(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "KubernetesApiError",
-            Error::Config(_) => "InvalidConfig",
-            Error::Pki(_) => "CertificateError",
-            Error::Admin(_) => "NodeUnreachable",
-            Error::SecretKey { .. } => "InvalidSecret",
-            Error::Finalizer(_) => "FinalizerError",
-        }
-    }
-}
 
 /// What every round shares.
 pub struct Context<N> {
@@ -81,6 +51,8 @@ pub struct Context<N> {
     pub reporter: Reporter,
     /// The wall clock, as the planner's pod ages and the certificates need it.
     pub now: fn() -> jiff::Timestamp,
+    /// Failed rounds in a row, by cluster (namespace/name).
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl<N: NodeAdmin> Context<N> {
@@ -94,7 +66,25 @@ impl<N: NodeAdmin> Context<N> {
                 instance: std::env::var("POD_NAME").ok(),
             },
             now: jiff::Timestamp::now,
+            failures: std::sync::Mutex::default(),
         }
+    }
+}
+
+impl<N> Context<N> {
+    /// Counts a failed round of `names`' cluster; the failures in a row so far.
+    fn failed(&self, names: &Names) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures
+            .entry(format!("{}/{}", names.namespace, names.cluster))
+            .or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn succeeded(&self, names: &Names) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(&format!("{}/{}", names.namespace, names.cluster));
     }
 }
 
@@ -157,18 +147,31 @@ pub async fn reconcile<N: NodeAdmin>(
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics
         .reconciled(&names, started.elapsed(), result.is_ok());
+    if result.is_ok() {
+        ctx.succeeded(&names);
+    }
     result
 }
 
+/// After a failed round: again after a delay that doubles with each failure in a row of the
+/// same cluster (5 s to 5 minutes), so that a broken API server or node is not hammered.
 pub fn error_policy<N: NodeAdmin>(
     cluster: Arc<HalyardCluster>,
     error: &Error,
     ctx: Arc<Context<N>>,
 ) -> Requeue {
-    tracing::warn!(cluster = %cluster.name_any(), error = %error, "reconcile failed");
-    // kube's controller backs off per object on repeated errors; this is the first delay.
-    let _ = &ctx;
-    Requeue::requeue(WHILE_WAITING)
+    let names = Names::of(&cluster);
+    let failures = ctx.failed(&names);
+    let delay = backoff(failures);
+    tracing::warn!(cluster = %cluster.name_any(), error = %error, failures, retry_in = ?delay, "reconcile failed");
+    Requeue::requeue(delay)
+}
+
+/// The delay before retrying after `failures` failed rounds in a row.
+pub fn backoff(failures: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(1 << failures.saturating_sub(1).min(6))
+        .min(LAST_RETRY)
 }
 
 async fn cleanup<N: NodeAdmin>(
@@ -178,11 +181,11 @@ async fn cleanup<N: NodeAdmin>(
     // The owned objects go with the cluster (owner references); the volumes stay unless the
     // StatefulSet's retention says otherwise. Only the operator's own bookkeeping is left.
     ctx.metrics.forget(&Names::of(cluster));
-    publish(
-        ctx,
+    writes::event(
+        &ctx.client,
+        &ctx.reporter,
         cluster,
-        EventType::Normal,
-        "Deleted",
+        false,
         "Deleting",
         "the cluster's objects go with it; volumes are kept".into(),
     )
@@ -219,28 +222,38 @@ async fn apply<N: NodeAdmin>(cluster: &HalyardCluster, ctx: &Context<N>) -> Resu
             return Ok(Requeue::requeue(WHEN_DONE));
         }
     };
-    let token = ensure_admin_token(client, cluster, &names).await?;
-    let certificates = ensure_peer_tls(client, cluster, &names, now.as_second()).await?;
+    let token = secrets::admin_token(client, cluster, &names).await?;
+    if let Some(note) = secrets::ensure_peer(client, cluster, &names, now.as_second()).await? {
+        writes::event(
+            client,
+            &ctx.reporter,
+            cluster,
+            false,
+            "CertificateRenewed",
+            note,
+        )
+        .await;
+    }
     let config_hash = resources::config_hash(&config);
-    ssa(
+    writes::apply(
         &Api::<ConfigMap>::namespaced(client.clone(), ns),
         &names.config_map(),
         &resources::config_map(cluster, &names, config),
     )
     .await?;
-    ssa(
+    writes::apply(
         &Api::<Service>::namespaced(client.clone(), ns),
         &names.peer_service(),
         &resources::peer_service(cluster, &names),
     )
     .await?;
-    ssa(
+    writes::apply(
         &Api::<Service>::namespaced(client.clone(), ns),
         &names.client_service(),
         &resources::client_service(cluster, &names),
     )
     .await?;
-    ssa(
+    writes::apply(
         &Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
         &names.statefulset(),
         &resources::disruption_budget(cluster, &names),
@@ -261,7 +274,7 @@ async fn apply<N: NodeAdmin>(cluster: &HalyardCluster, ctx: &Context<N>) -> Resu
         // A new cluster starts whole: node 1 forms the store, the others join it.
         None => cluster.spec.nodes,
     };
-    ssa(
+    writes::apply(
         &statefulsets,
         &names.statefulset(),
         &resources::statefulset(cluster, &names, replicas, &config_hash),
@@ -273,15 +286,35 @@ async fn apply<N: NodeAdmin>(cluster: &HalyardCluster, ctx: &Context<N>) -> Resu
         .await?
         .items;
     let observation = observe::observe(&ctx.admin, &names, &token, replicas, &pods, now).await;
+    let peer =
+        secrets::rotate_peer_ca(client, cluster, &names, now.as_second(), &observation.tls).await?;
+    if let Some(note) = &peer.changed {
+        writes::event(
+            client,
+            &ctx.reporter,
+            cluster,
+            false,
+            "CertificateRotation",
+            note.clone(),
+        )
+        .await;
+    }
     let action = plan::plan(&observation.observed, &desired(&cluster.spec));
     ctx.metrics.planned(&names, &action);
-    let outcome = take(ctx, cluster, &names, &token, &observation, &action).await;
+    let step = Step {
+        cluster,
+        names: &names,
+        token: &token,
+        config_hash: &config_hash,
+        observation: &observation,
+    };
+    let outcome = take(ctx, &step, &action).await;
     let status = status_after(
         cluster,
         &status,
         &observation,
         &action,
-        certificates,
+        peer,
         outcome.as_ref().err(),
         now,
     );
@@ -302,18 +335,6 @@ fn selector(names: &Names) -> String {
         .join(",")
 }
 
-async fn ssa<K>(api: &Api<K>, name: &str, object: &K) -> Result<K, kube::Error>
-where
-    K: Resource + Clone + Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-}
-
 async fn apply_service_monitor(
     client: &Client,
     cluster: &HalyardCluster,
@@ -322,7 +343,7 @@ async fn apply_service_monitor(
     let resource = resources::service_monitor_resource();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &resource);
     if cluster.spec.monitoring.service_monitor.enabled {
-        ssa(
+        writes::apply(
             &api,
             &names.cluster,
             &resources::service_monitor(cluster, names),
@@ -330,241 +351,33 @@ async fn apply_service_monitor(
         .await?;
     } else {
         // Orphaned when monitoring is turned off; absent (404), or the CRD missing, is fine.
-        match api.delete(&names.cluster, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        writes::delete(&api, &names.cluster).await?;
     }
     Ok(())
 }
 
-/// The token the nodes' cluster operations require: made once, kept.
-async fn ensure_admin_token(
-    client: &Client,
-    cluster: &HalyardCluster,
-    names: &Names,
-) -> Result<String, Error> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), &names.namespace);
-    let name = names.admin_token();
-    if let Some(secret) = secrets.get_opt(&name).await? {
-        return secret_text(&secret, &name, TOKEN_KEY);
-    }
-    let token = random_token();
-    let secret = owned_secret(
-        cluster,
-        names,
-        &name,
-        BTreeMap::from([(TOKEN_KEY.to_owned(), token.clone())]),
-    );
-    create_or_adopt(&secrets, &secret).await?;
-    Ok(token)
-}
-
-fn random_token() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn owned_secret(
-    cluster: &HalyardCluster,
-    names: &Names,
-    name: &str,
-    data: BTreeMap<String, String>,
-) -> Secret {
-    Secret {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(names.namespace.clone()),
-            labels: Some(resources::selector_labels(names)),
-            owner_references: cluster.controller_owner_ref(&()).map(|o| vec![o]),
-            ..Default::default()
-        },
-        type_: Some("Opaque".to_owned()),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Secret::default()
-    }
-}
-
-/// Creates `secret`; one that appeared meanwhile (another round, a restarted operator) wins.
-async fn create_or_adopt(secrets: &Api<Secret>, secret: &Secret) -> Result<(), kube::Error> {
-    match secrets.create(&PostParams::default(), secret).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn secret_text(secret: &Secret, name: &str, key: &str) -> Result<String, Error> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok())
-        .ok_or_else(|| Error::SecretKey {
-            secret: name.to_owned(),
-            key: key.to_owned(),
-        })
-}
-
-/// The peer CA and certificate (managed TLS): made once, the certificate renewed from the same
-/// CA when it nears its end. Nodes load a renewed one without a restart.
-async fn ensure_peer_tls(
-    client: &Client,
-    cluster: &HalyardCluster,
-    names: &Names,
-    now: i64,
-) -> Result<Vec<CertificateStatus>, Error> {
-    let tls = &cluster.spec.tls;
-    if tls.mode != TlsMode::Managed {
-        return Ok(Vec::new());
-    }
-    let secrets = Api::<Secret>::namespaced(client.clone(), &names.namespace);
-    let ca_name = names.peer_ca();
-    let ca = match secrets.get_opt(&ca_name).await? {
-        Some(secret) => pki::Pair {
-            certificate_pem: secret_text(&secret, &ca_name, "ca.crt")?,
-            key_pem: secret_text(&secret, &ca_name, "ca.key")?,
-        },
-        None => {
-            let ca = pki::new_ca(now, tls.ca_validity_days)?;
-            let secret = owned_secret(
-                cluster,
-                names,
-                &ca_name,
-                BTreeMap::from([
-                    ("ca.crt".to_owned(), ca.certificate_pem.clone()),
-                    ("ca.key".to_owned(), ca.key_pem.clone()),
-                ]),
-            );
-            create_or_adopt(&secrets, &secret).await?;
-            // Read back: a CA made by a concurrent round must be the one used.
-            let secret = secrets.get(&ca_name).await?;
-            pki::Pair {
-                certificate_pem: secret_text(&secret, &ca_name, "ca.crt")?,
-                key_pem: secret_text(&secret, &ca_name, "ca.key")?,
-            }
-        }
-    };
-    let peer_name = names.peer_tls();
-    let current = match secrets.get_opt(&peer_name).await? {
-        Some(secret) => Some(secret_text(&secret, &peer_name, "tls.crt")?),
-        None => None,
-    };
-    let needs_issue = match &current {
-        None => true,
-        Some(pem) => pki::due(
-            pki::not_after("peer certificate", pem)?,
-            now,
-            tls.renew_before_days,
-        ),
-    };
-    let peer_pem = if needs_issue {
-        let peer = pki::issue_peer(&ca, now, tls.cert_validity_days)?;
-        let secret = owned_secret(
-            cluster,
-            names,
-            &peer_name,
-            BTreeMap::from([
-                ("ca.crt".to_owned(), ca.certificate_pem.clone()),
-                ("tls.crt".to_owned(), peer.certificate_pem.clone()),
-                ("tls.key".to_owned(), peer.key_pem),
-            ]),
-        );
-        ssa(&secrets, &peer_name, &secret).await?;
-        if current.is_some() {
-            publish_now(
-                client,
-                cluster,
-                "CertificateRenewed",
-                "the peer certificate was reissued; nodes load it without a restart",
-            )
-            .await;
-        }
-        peer.certificate_pem
-    } else {
-        current.unwrap_or_default()
-    };
-    let expiry = |what, pem: &str| -> Result<Time, Error> {
-        let at = pki::not_after(what, pem)?;
-        Ok(Time(
-            jiff::Timestamp::from_second(at).unwrap_or(jiff::Timestamp::MAX),
-        ))
-    };
-    Ok(vec![
-        CertificateStatus {
-            secret: ca_name,
-            kind: "ca".to_owned(),
-            not_after: expiry("peer CA", &ca.certificate_pem)?,
-            loaded_by: Vec::new(),
-        },
-        CertificateStatus {
-            secret: peer_name,
-            kind: "peer".to_owned(),
-            not_after: expiry("peer certificate", &peer_pem)?,
-            loaded_by: Vec::new(),
-        },
-    ])
-}
-
-async fn publish_now(client: &Client, cluster: &HalyardCluster, reason: &str, note: &str) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER.into(),
-            instance: None,
-        },
-    );
-    let _ = recorder
-        .publish(
-            &Event {
-                type_: EventType::Normal,
-                reason: reason.into(),
-                note: Some(note.into()),
-                action: reason.into(),
-                secondary: None,
-            },
-            &cluster.object_ref(&()),
-        )
-        .await;
-}
-
-async fn publish<N>(
-    ctx: &Context<N>,
-    cluster: &HalyardCluster,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &cluster.object_ref(&())).await {
-        tracing::debug!(error = %e, "event not recorded");
-    }
+/// What a step is taken on.
+struct Step<'a> {
+    cluster: &'a HalyardCluster,
+    names: &'a Names,
+    token: &'a str,
+    config_hash: &'a str,
+    observation: &'a Observation,
 }
 
 /// Takes the planner's step.
 async fn take<N: NodeAdmin>(
     ctx: &Context<N>,
-    cluster: &HalyardCluster,
-    names: &Names,
-    token: &str,
-    observation: &Observation,
+    step: &Step<'_>,
     action: &Action,
 ) -> Result<(), Error> {
+    let Step {
+        cluster,
+        names,
+        token,
+        config_hash,
+        observation,
+    } = *step;
     let client = &ctx.client;
     let ns = names.namespace.as_str();
     let endpoint = |ordinal: u32| Endpoint {
@@ -578,30 +391,15 @@ async fn take<N: NodeAdmin>(
             let from = observation.observed.replicas;
             // A volume left by a node removed earlier (retained on scale-down) holds a store
             // that is no longer a member; the new node starts empty and joins.
+            let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
             for ordinal in from..*to {
-                let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns);
-                match claims
-                    .delete(&names.volume_claim(ordinal), &DeleteParams::default())
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                writes::delete(&claims, &names.volume_claim(ordinal)).await?;
             }
+            // The whole object, as every round applies it: applying only the replicas would
+            // give up every other field this manager owns.
             let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), ns);
-            let patch = serde_json::json!({
-                "apiVersion": "apps/v1",
-                "kind": "StatefulSet",
-                "spec": { "replicas": to },
-            });
-            statefulsets
-                .patch(
-                    &names.statefulset(),
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await?;
+            let scaled = resources::statefulset(cluster, names, *to, config_hash);
+            writes::apply(&statefulsets, &names.statefulset(), &scaled).await?;
             format!("scaling from {from} to {to} nodes")
         }
         Action::Promote(id) => {
@@ -641,14 +439,7 @@ async fn take<N: NodeAdmin>(
         }
         Action::Replace(ordinal) => {
             let pods = Api::<Pod>::namespaced(client.clone(), ns);
-            match pods
-                .delete(&names.pod(*ordinal), &DeleteParams::default())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            writes::delete(&pods, &names.pod(*ordinal)).await?;
             format!(
                 "{} drained: replaced at version {}",
                 names.pod(*ordinal),
@@ -657,11 +448,11 @@ async fn take<N: NodeAdmin>(
         }
     };
     tracing::info!(cluster = %names.cluster, namespace = %names.namespace, step = ?action, "{note}");
-    publish(
-        ctx,
+    writes::event(
+        client,
+        &ctx.reporter,
         cluster,
-        EventType::Normal,
-        step_name(action),
+        false,
         step_name(action),
         note,
     )
@@ -820,7 +611,7 @@ fn status_after(
     old: &HalyardClusterStatus,
     observation: &Observation,
     action: &Action,
-    certificates: Vec<CertificateStatus>,
+    peer: PeerReport,
     error: Option<&Error>,
     now: jiff::Timestamp,
 ) -> HalyardClusterStatus {
@@ -952,12 +743,24 @@ fn status_after(
                 )
             },
         ),
-        c(
-            "CertificatesRotating",
-            false,
-            "NoRotation",
-            "no certificate rotation under way".into(),
-        ),
+        match &peer.rotating {
+            Some((phase, pods)) => c(
+                "CertificatesRotating",
+                true,
+                phase,
+                if pods.is_empty() {
+                    "the phase has begun".to_owned()
+                } else {
+                    format!("waiting for {} to load it", pods.join(", "))
+                },
+            ),
+            None => c(
+                "CertificatesRotating",
+                false,
+                "NoRotation",
+                "no certificate rotation under way".into(),
+            ),
+        },
         c(
             "ReconciliationPaused",
             false,
@@ -976,7 +779,7 @@ fn status_after(
         term: observation.store.as_ref().map(|s| s.term),
         members: observation.members(&names),
         nodes: observation.nodes.clone(),
-        certificates,
+        certificates: peer.certificates,
     }
 }
 

@@ -6,6 +6,8 @@ pub mod controller;
 #[cfg(not(madsim))]
 pub mod crd;
 #[cfg(not(madsim))]
+pub mod error;
+#[cfg(not(madsim))]
 pub mod metrics;
 #[cfg(not(madsim))]
 pub mod nodes;
@@ -17,4 +19,10 @@ pub mod plan;
 #[cfg(not(madsim))]
 pub mod resources;
 #[cfg(not(madsim))]
+pub mod rotation;
+#[cfg(not(madsim))]
+pub mod secrets;
+#[cfg(not(madsim))]
 pub mod serve;
+#[cfg(not(madsim))]
+pub mod writes;

@@ -46,6 +46,20 @@ pub struct DrainReport {
     pub connections: u64,
 }
 
+/// `GET /cluster/tls`: what the node has loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct TlsReport {
+    pub peer: Option<PeerTlsReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerTlsReport {
+    pub certificate_sha256: String,
+    pub not_after: i64,
+    pub trusted_ca_sha256: Vec<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("{url}: {message}")]
@@ -70,6 +84,7 @@ pub trait NodeAdmin: Send + Sync + 'static {
         node: &Endpoint,
     ) -> impl Future<Output = Result<DrainReport, AdminError>> + Send;
     fn start_drain(&self, node: &Endpoint) -> impl Future<Output = Result<(), AdminError>> + Send;
+    fn tls(&self, node: &Endpoint) -> impl Future<Output = Result<TlsReport, AdminError>> + Send;
     fn promote(
         &self,
         leader: &Endpoint,
@@ -193,6 +208,10 @@ impl NodeAdmin for HttpAdmin {
 
     async fn start_drain(&self, node: &Endpoint) -> Result<(), AdminError> {
         self.post(node, "/cluster/drain", None).await
+    }
+
+    async fn tls(&self, node: &Endpoint) -> Result<TlsReport, AdminError> {
+        self.get(node, "/cluster/tls").await
     }
 
     async fn promote(&self, leader: &Endpoint, id: u64) -> Result<(), AdminError> {

@@ -10,6 +10,7 @@ use crate::crd::{MemberStatus, NodeStatus};
 use crate::nodes::{Endpoint, NodeAdmin, StoreStatus};
 use crate::plan::{self, Member, Observed, Ordinal, Role};
 use crate::resources::{CONTAINER, Names};
+use crate::rotation::Loaded;
 
 /// One round's observation.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +19,8 @@ pub struct Observation {
     /// The leader's view of the store, when a leader answered.
     pub store: Option<StoreStatus>,
     pub nodes: Vec<NodeStatus>,
+    /// What each running node has loaded of the peer certificates (`None`: it did not say).
+    pub tls: Vec<(String, Option<Loaded>)>,
 }
 
 impl Observation {
@@ -123,6 +126,7 @@ pub async fn observe<N: NodeAdmin>(
         ..Observed::default()
     };
     let mut nodes = Vec::new();
+    let mut tls = Vec::new();
     for kube_pod in pods {
         let Some(ordinal) = ordinal(names, kube_pod) else {
             continue;
@@ -135,6 +139,19 @@ pub async fn observe<N: NodeAdmin>(
         } else {
             None
         };
+        if running {
+            let loaded = admin
+                .tls(&endpoint(ordinal))
+                .await
+                .ok()
+                .and_then(|report| report.peer)
+                .map(|peer| Loaded {
+                    pod: names.pod(ordinal),
+                    certificate_sha256: peer.certificate_sha256,
+                    trusted_ca_sha256: peer.trusted_ca_sha256,
+                });
+            tls.push((names.pod(ordinal), loaded));
+        }
         let pod = plan::Pod {
             version: version(kube_pod),
             running,
@@ -176,6 +193,7 @@ pub async fn observe<N: NodeAdmin>(
         observed,
         store,
         nodes,
+        tls,
     }
 }
 

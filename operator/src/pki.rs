@@ -93,6 +93,29 @@ pub fn not_after(what: &'static str, pem: &str) -> Result<i64, PkiError> {
     Ok(certificate.validity().not_after.timestamp())
 }
 
+/// Whether the certificate `pem` was signed by the CA `ca_pem`.
+pub fn issued_by(pem: &str, ca_pem: &str) -> Result<bool, PkiError> {
+    let parse = |what: &'static str, pem: &str| {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .map(|(_, block)| block)
+            .map_err(|e| PkiError::Parse {
+                what,
+                message: e.to_string(),
+            })
+    };
+    let (block, ca_block) = (parse("certificate", pem)?, parse("CA", ca_pem)?);
+    let certificate = block.parse_x509().map_err(|e| PkiError::Parse {
+        what: "certificate",
+        message: e.to_string(),
+    })?;
+    let ca = ca_block.parse_x509().map_err(|e| PkiError::Parse {
+        what: "CA",
+        message: e.to_string(),
+    })?;
+    Ok(certificate.issuer() == ca.subject()
+        && certificate.verify_signature(Some(ca.public_key())).is_ok())
+}
+
 /// Whether a certificate ending at `not_after` is due for renewal at `now`.
 pub fn due(not_after: i64, now: i64, renew_before_days: u32) -> bool {
     not_after - now <= i64::from(renew_before_days) * DAY
@@ -125,6 +148,9 @@ mod tests {
         peer_cert
             .verify_signature(Some(ca_cert.public_key()))
             .unwrap();
+        assert!(issued_by(&peer.certificate_pem, &ca.certificate_pem).unwrap());
+        let other = new_ca(NOW + 1, 3650).unwrap();
+        assert!(!issued_by(&peer.certificate_pem, &other.certificate_pem).unwrap());
         assert!(due(NOW + 29 * DAY, NOW, 30));
         assert!(!due(NOW + 31 * DAY, NOW, 30));
     }

@@ -131,6 +131,16 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Action {
     if let Some(ordinal) = view.draining() {
         return view.finish_drain(ordinal);
     }
+    // The membership follows the StatefulSet: a member whose pod is gone for good (its ordinal
+    // past the replicas: the StatefulSet was shrunk by hand, or by an operator that stopped
+    // before removing it) leaves, or it would count against every quorum from now on.
+    if let Some(id) = view.stray_member() {
+        return if view.quorum_after_removal(id) {
+            Action::RemoveMember(id)
+        } else {
+            Action::Wait(Wait::NoQuorumWithout(id))
+        };
+    }
     for ordinal in 0..observed.replicas {
         match observed.pods.get(&ordinal) {
             Some(pod) if pod.ready => {}
@@ -192,6 +202,20 @@ impl View<'_> {
             .filter(|(_, pod)| pod.draining || pod.drained)
             .map(|(ordinal, _)| *ordinal)
             .max()
+    }
+
+    /// The highest member without a pod whose ordinal is past the StatefulSet's replicas.
+    fn stray_member(&self) -> Option<NodeId> {
+        self.observed
+            .members
+            .keys()
+            .rev()
+            .find(|id| {
+                ordinal_of(**id).is_none_or(|o| {
+                    o >= self.observed.replicas && !self.observed.pods.contains_key(&o)
+                })
+            })
+            .copied()
     }
 
     fn voters(&self) -> impl Iterator<Item = NodeId> + '_ {

@@ -10,12 +10,14 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use halyard_operator::controller::{Context, reconcile};
+use halyard_operator::controller::{Context, backoff, reconcile};
 use halyard_operator::crd::{HalyardCluster, HalyardClusterSpec};
 use halyard_operator::metrics::Metrics;
 use halyard_operator::nodes::{
-    AdminError, DrainReport, Endpoint, MemberReport, NodeAdmin, StoreStatus,
+    AdminError, DrainReport, Endpoint, MemberReport, NodeAdmin, PeerTlsReport, StoreStatus,
+    TlsReport,
 };
+use halyard_operator::rotation::fingerprints;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use kube::client::Body;
@@ -117,7 +119,19 @@ impl ApiServer {
                 } else if subresource {
                     object["status"] = body["status"].clone();
                 } else {
-                    merge(&mut object, &body);
+                    // Server-side apply by the one manager there is: what it applies now is
+                    // the object; a field it no longer applies is gone.
+                    let kept = object.clone();
+                    object = body;
+                    for field in ["uid", "finalizers", "generation", "annotations"] {
+                        if !kept["metadata"][field].is_null() && object["metadata"][field].is_null()
+                        {
+                            object["metadata"][field] = kept["metadata"][field].clone();
+                        }
+                    }
+                    if !kept["status"].is_null() {
+                        object["status"] = kept["status"].clone();
+                    }
                 }
                 object["metadata"]["resourceVersion"] = json!(version);
                 self.objects.insert(key, object.clone());
@@ -140,6 +154,29 @@ impl ApiServer {
     }
 }
 
+/// Secret data as the API server serves it (base64, standard alphabet).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in text.bytes().filter_map(value) {
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
 fn is_collection(path: &str) -> bool {
     path.ends_with("/pods") || path.ends_with("/persistentvolumeclaims")
 }
@@ -153,18 +190,6 @@ fn not_found(path: &str) -> (u16, Value) {
         404,
         json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
     )
-}
-
-/// Server-side apply, as far as these objects need: the applied fields replace the old.
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                merge(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
 }
 
 /// The JSON Patch kube's finalizer helper sends: `test`s, and an `add` of the finalizers.
@@ -196,6 +221,8 @@ struct Nodes {
     members: BTreeMap<u64, bool>,
     leader: Option<u64>,
     draining: BTreeSet<u64>,
+    /// What each node has loaded of the peer Secret: its certificate and trusted CAs.
+    loaded: BTreeMap<u64, (String, Vec<String>)>,
     calls: Vec<String>,
 }
 
@@ -247,6 +274,20 @@ impl NodeAdmin for FakeAdmin {
             done: draining
                 .then(|| json!({"clientsSentAway": 0, "sessionsHandedOver": 0, "sessionsLeft": 0})),
             connections: 0,
+        })
+    }
+
+    async fn tls(&self, node: &Endpoint) -> Result<TlsReport, AdminError> {
+        let nodes = self.0.lock();
+        Ok(TlsReport {
+            peer: nodes
+                .loaded
+                .get(&node_of(node))
+                .map(|(certificate, trusted)| PeerTlsReport {
+                    certificate_sha256: certificate.clone(),
+                    not_after: 0,
+                    trusted_ca_sha256: trusted.clone(),
+                }),
         })
     }
 
@@ -398,6 +439,23 @@ impl Harness {
         let Some(sts) = api.get(STS_PATH).cloned() else {
             return;
         };
+        // Each running node has loaded the mounted peer Secret as it is now.
+        let secret = api.get(&format!("{SECRETS}/hc-peer-tls")).cloned();
+        if let Some(secret) = secret {
+            let field = |key: &str| {
+                let raw = secret["data"][key].as_str().unwrap_or_default();
+                String::from_utf8(base64_decode(raw)).unwrap_or_default()
+            };
+            let certificate = fingerprints(&field("tls.crt")).unwrap().remove(0);
+            let trusted = fingerprints(&field("ca.crt")).unwrap();
+            let mut nodes = self.nodes.0.lock();
+            let running: Vec<u64> = nodes.members.keys().copied().collect();
+            for id in running {
+                nodes
+                    .loaded
+                    .insert(id, (certificate.clone(), trusted.clone()));
+            }
+        }
         let replicas = sts["spec"]["replicas"].as_u64().unwrap_or(0);
         let image = sts["spec"]["template"]["spec"]["containers"][0]["image"]
             .as_str()
@@ -746,4 +804,132 @@ async fn a_peer_certificate_near_its_end_is_reissued_in_place() {
     assert_ne!(before, after);
     // No pod was touched: the nodes load it from the mounted Secret.
     assert!(!writes.iter().any(|w| w.contains("/pods/")));
+}
+
+#[tokio::test]
+async fn the_peer_ca_rotates_in_three_phases_each_after_every_node_loaded_the_last() {
+    let h = Harness::new(spec(3, "1.0.0"));
+    h.settle(10).await;
+    let ca_path = format!("{SECRETS}/hc-peer-ca");
+    let secret_field = |path: &str, key: &str| {
+        let raw = h
+            .api
+            .lock()
+            .get(path)
+            .map(|s| s["data"][key].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        String::from_utf8(base64_decode(&raw)).unwrap_or_default()
+    };
+    let old_ca = secret_field(&ca_path, "ca.crt");
+    {
+        let mut api = h.api.lock();
+        let object = api.objects.get_mut(CLUSTER_PATH).unwrap();
+        object["metadata"]["annotations"] = json!({"halyard.io/rotate-ca": "2026-12"});
+    }
+    let peer = format!("PATCH {SECRETS}/hc-peer-tls");
+    let ca = format!("PATCH {ca_path}");
+    let secret_writes = |writes: &[String]| -> Vec<String> {
+        writes
+            .iter()
+            .filter(|w| w.contains("/secrets"))
+            .cloned()
+            .collect()
+    };
+    // Phase 1: the new CA, trusted beside the old.
+    let (writes, _) = h.round().await;
+    assert_eq!(secret_writes(&writes), [ca.clone(), peer.clone()]);
+    assert_eq!(
+        h.condition("CertificatesRotating"),
+        ("True".into(), "TrustingBothCAs".into())
+    );
+    let new_ca = secret_field(&ca_path, "next.crt");
+    assert_eq!(
+        secret_field(&format!("{SECRETS}/hc-peer-tls"), "ca.crt"),
+        format!("{old_ca}{new_ca}")
+    );
+    // Phase 2, once every node trusts both: the certificate from the new CA.
+    let (writes, _) = h.round().await;
+    assert_eq!(secret_writes(&writes), std::slice::from_ref(&peer));
+    assert_eq!(
+        h.condition("CertificatesRotating"),
+        ("True".into(), "IssuingFromNewCA".into())
+    );
+    // Phase 3, once every node presents it: the old CA no longer trusted.
+    let (writes, _) = h.round().await;
+    assert_eq!(secret_writes(&writes), std::slice::from_ref(&peer));
+    assert_eq!(
+        secret_field(&format!("{SECRETS}/hc-peer-tls"), "ca.crt"),
+        new_ca
+    );
+    // Done, once every node trusts only the new CA: it is the CA.
+    let (writes, _) = h.round().await;
+    assert_eq!(secret_writes(&writes), std::slice::from_ref(&ca));
+    assert_eq!(secret_field(&ca_path, "ca.crt"), new_ca);
+    assert_eq!(secret_field(&ca_path, "next.crt"), "");
+    assert_eq!(
+        h.condition("CertificatesRotating"),
+        ("False".into(), "NoRotation".into())
+    );
+    // The same request does not rotate again; no pod was touched throughout.
+    let (writes, _) = h.round().await;
+    assert!(secret_writes(&writes).is_empty(), "{writes:?}");
+    assert_eq!(
+        h.api
+            .lock()
+            .objects
+            .keys()
+            .filter(|k| k.starts_with(&format!("{PODS_PATH}/")))
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_rotation_waits_for_a_node_that_has_not_loaded_the_phase() {
+    let h = Harness::new(spec(3, "1.0.0"));
+    h.settle(10).await;
+    {
+        let mut api = h.api.lock();
+        let object = api.objects.get_mut(CLUSTER_PATH).unwrap();
+        object["metadata"]["annotations"] = json!({"halyard.io/rotate-ca": "now"});
+    }
+    h.round().await;
+    // Node 2 still has what it had before the rotation began.
+    let before = h.nodes.0.lock().loaded.get(&1).cloned().unwrap();
+    let stale = (before.0.clone(), vec![before.1[0].clone()]);
+    h.nodes.0.lock().loaded.insert(2, stale.clone());
+    NOW.set(NOW.get() + 60);
+    let (writes, _) = reconcile_only(&h).await;
+    assert!(
+        !writes.iter().any(|w| w.contains("hc-peer-tls")),
+        "{writes:?}"
+    );
+    let status = h.status();
+    let rotating = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "CertificatesRotating")
+        .unwrap()
+        .clone();
+    assert_eq!(rotating["status"], "True");
+    assert!(
+        rotating["message"].as_str().unwrap().contains("hc-1"),
+        "{rotating}"
+    );
+}
+
+/// A round without the StatefulSet controller and the nodes moving afterwards.
+async fn reconcile_only(h: &Harness) -> (Vec<String>, Vec<String>) {
+    if let Err(e) = reconcile(Arc::new(h.cluster()), Arc::clone(&h.ctx)).await {
+        panic!("reconcile failed: {e}");
+    }
+    let writes = h.api.lock().take_writes();
+    (writes, std::mem::take(&mut h.nodes.0.lock().calls))
+}
+
+#[test]
+fn a_failing_cluster_is_retried_later_each_time_up_to_five_minutes() {
+    let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
 }

@@ -339,6 +339,21 @@ fn a_drain_that_would_leave_no_quorum_is_not_begun() {
     );
 }
 
+#[test]
+fn a_member_left_by_a_statefulset_shrunk_by_hand_is_removed() {
+    // Five nodes, then `kubectl scale --replicas 3`: pods 3 and 4 are gone without a drain,
+    // their nodes still members (4 was a voter).
+    let mut observed = cluster(5, 5, "1.0");
+    observed.replicas = 3;
+    observed.pods.retain(|o, _| *o < 3);
+    let want = desired(3, 3, "1.0");
+    assert_eq!(plan(&observed, &want), Action::RemoveMember(5));
+    observed.members.remove(&5);
+    assert_eq!(plan(&observed, &want), Action::RemoveMember(4));
+    observed.members.remove(&4);
+    assert_eq!(plan(&observed, &want), Action::Done);
+}
+
 fn arb_desired() -> impl Strategy<Value = Desired> {
     (1u32..=7, 1u32..=7, prop::bool::ANY)
         .prop_map(|(nodes, voters, new)| desired(nodes, voters, if new { "2.0" } else { "1.0" }))

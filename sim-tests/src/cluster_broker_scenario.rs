@@ -569,7 +569,7 @@ async fn start_node(
     }
     let serve: PeerServer = {
         let transport = Arc::clone(&transport);
-        Box::new(move |store, _, _| {
+        Box::new(move |store, _, _, _| {
             transport.serve(store.service());
             Ok(Vec::new())
         })

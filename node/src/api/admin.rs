@@ -28,6 +28,7 @@ pub struct AdminState {
     /// What `/readyz` reports besides the store.
     pub health: Arc<Health>,
     pub drain: Arc<crate::drain::Drain>,
+    pub peer_tls: Arc<crate::cluster::PeerTlsStatus>,
 }
 
 /// Serves the admin API until `shutdown` turns true.
@@ -46,6 +47,7 @@ pub async fn run(listener: TcpListener, state: AdminState, shutdown: watch::Rece
         )
         .route("/cluster/leader", post(transfer_leader))
         .route("/cluster/drain", post(drain).get(drain_status))
+        .route("/cluster/tls", get(tls_status))
         .with_state(state);
     crate::api::serve(listener, router, shutdown, "admin").await;
 }
@@ -226,6 +228,11 @@ async fn drain(State(state): State<AdminState>, headers: HeaderMap) -> Response 
         Json(json!({"draining": true, "alreadyDraining": already})),
     )
         .into_response()
+}
+
+/// The peer certificate and the CAs this node uses now (`null` on a node without peers).
+async fn tls_status(State(state): State<AdminState>) -> Response {
+    Json(json!({ "peer": state.peer_tls.get() })).into_response()
 }
 
 /// Whether this node drains and whether its drain is done (`done` holds what it did).

@@ -62,6 +62,12 @@ pub struct PeerTls {
     pub cert_not_after: i64,
     /// When the first trusted CA to end does, in Unix seconds.
     pub ca_not_after: i64,
+    pub loaded: super::LoadedPeer,
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// When the certificate ends, in Unix seconds.
@@ -80,13 +86,20 @@ pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<PeerTls, ClusterError>
     let mut roots = rustls::RootCertStore::empty();
     // During a CA rotation the bundle holds the old CA and the new one.
     let mut ca_not_after = i64::MAX;
+    let mut trusted_ca_sha256 = Vec::new();
     for ca_cert in read_certs("cluster CA", ca)? {
         ca_not_after = ca_not_after.min(not_after("cluster CA", ca, &ca_cert)?);
+        trusted_ca_sha256.push(sha256_hex(&ca_cert));
         roots.add(ca_cert).map_err(tls)?;
     }
     let roots = Arc::new(roots);
     let chain = read_certs("node certificate", cert)?;
     let cert_not_after = not_after("node certificate", cert, &chain[0])?;
+    let loaded = super::LoadedPeer {
+        certificate_sha256: sha256_hex(&chain[0]),
+        not_after: cert_not_after,
+        trusted_ca_sha256,
+    };
     let key = read_key(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -114,6 +127,7 @@ pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<PeerTls, ClusterError>
         client,
         cert_not_after,
         ca_not_after,
+        loaded,
     })
 }
 
@@ -316,6 +330,7 @@ pub async fn follow_peer_files(
     files: PeerFiles,
     transport: Arc<super::QuicTransport>,
     metrics: TlsMetrics,
+    status: Arc<super::PeerTlsStatus>,
     check: std::time::Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -332,8 +347,10 @@ pub async fn follow_peer_files(
         last = current;
         let outcome = match files.load().and_then(|tls| {
             let expiry = (tls.cert_not_after, tls.ca_not_after);
+            let loaded = tls.loaded.clone();
             transport.reload(tls)?;
             metrics.set_peer_expiry(expiry.0, expiry.1);
+            status.set(loaded);
             Ok(())
         }) {
             Ok(()) => {

@@ -20,6 +20,32 @@ pub use data_plane::DataPlane;
 pub use quic::{QuicTransport, serve_peers};
 pub use routes::{RouteTable, SharedPick};
 
+/// The peer certificate and trusted CAs this node uses now, as `GET /cluster/tls` reports
+/// them: an operator rotating the CA waits for every node to have loaded each step.
+#[derive(Debug, Default)]
+pub struct PeerTlsStatus(parking_lot::RwLock<Option<LoadedPeer>>);
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadedPeer {
+    /// SHA-256 of the node certificate's DER, in hex.
+    pub certificate_sha256: String,
+    /// When it ends, in Unix seconds.
+    pub not_after: i64,
+    /// SHA-256 of each trusted CA certificate's DER, in hex, in the bundle's order.
+    pub trusted_ca_sha256: Vec<String>,
+}
+
+impl PeerTlsStatus {
+    pub fn set(&self, loaded: LoadedPeer) {
+        *self.0.write() = Some(loaded);
+    }
+
+    pub fn get(&self) -> Option<LoadedPeer> {
+        self.0.read().clone()
+    }
+}
+
 /// Where the streams other nodes open for the broker's data plane go, once it exists.
 pub type Inbound = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<DataPlane>>>;
 

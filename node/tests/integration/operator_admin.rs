@@ -1,6 +1,6 @@
 //! The operator's client of the admin API (`halyard_operator::nodes::HttpAdmin`) against real
 //! nodes: what it reads of the store and of a drain, and each membership step it takes, as it
-//! takes them when it scales a cluster. A node joins as a learner through a list of addresses
+//! takes them when it scales a cluster, and what a node reports of its certificates. A node joins as a learner through a list of addresses
 //! whose first does not answer, as a pod does through its StatefulSet's other pods.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,6 +10,7 @@ use std::time::Duration;
 use halyard_node::config::{Config, JoinRole};
 use halyard_node::server::Server;
 use halyard_operator::nodes::{Endpoint, HttpAdmin, NodeAdmin, StoreStatus};
+use halyard_operator::rotation::fingerprints;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -92,6 +93,20 @@ async fn the_operators_admin_client_scales_a_cluster_of_real_nodes() {
     servers.push(Server::start(third).await.unwrap());
     let admin = HttpAdmin::default();
     let all: Vec<&Server> = servers.iter().collect();
+
+    // What a node reports it has loaded is what the operator computes of the files.
+    let certs = dir.path().join("certs");
+    let read = |name: &str| std::fs::read_to_string(certs.join(name)).unwrap();
+    let loaded = admin.tls(&endpoint(all[0])).await.unwrap().peer.unwrap();
+    assert_eq!(
+        vec![loaded.certificate_sha256.clone()],
+        fingerprints(&read("node-1.pem")).unwrap()
+    );
+    assert_eq!(
+        loaded.trusted_ca_sha256,
+        fingerprints(&read("ca.pem")).unwrap()
+    );
+    assert!(loaded.not_after > 0);
 
     let (leader, status) = leader_status(&admin, &all, |s| voter(s, 3).is_some()).await;
     assert_eq!(
