@@ -34,13 +34,13 @@ use crate::links::SimLinks;
 use crate::mqtt_client::MqttClient;
 use crate::transport::SimTransport;
 
-const MQTT_PORT: u16 = 1883;
+pub(crate) const MQTT_PORT: u16 = 1883;
 /// Publishers 1 and 2 write to the persistent subscribers, 3 and 4 to the share group.
 const PUBLISHERS: u32 = 4;
-const MESSAGES: u32 = 30;
+pub(crate) const MESSAGES: u32 = 30;
 /// Sent after the faults have healed, to check order.
 const CALM_MESSAGES: u32 = 10;
-const SUBSCRIBERS: [&str; 2] = ["durable-1", "durable-2"];
+pub(crate) const SUBSCRIBERS: [&str; 2] = ["durable-1", "durable-2"];
 const MEMBERS: [&str; 3] = ["worker-1", "worker-2", "worker-3"];
 const GROUP_FILTER: &str = "$share/workers/s/#";
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -48,12 +48,12 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(8);
 const FORWARD_TIMEOUT_MS: u64 = 2000;
 
 /// A message as a client saw it: who published it, and its number.
-type Id = (u32, u32);
+pub(crate) type Id = (u32, u32);
 
 #[derive(Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     /// Messages whose PUBACK their publisher got.
-    acked: Mutex<BTreeSet<Id>>,
+    pub(crate) acked: Mutex<BTreeSet<Id>>,
     /// When each was acknowledged, and through which node.
     acked_at: Mutex<HashMap<Id, (u128, NodeId)>>,
     /// How often each message was sent (more than once after a lost connection).
@@ -61,20 +61,20 @@ struct Recorder {
     /// When each was last sent.
     sent_at: Mutex<HashMap<Id, u128>>,
     /// Arrivals at each persistent subscriber, in order.
-    received: Mutex<BTreeMap<String, Vec<Id>>>,
+    pub(crate) received: Mutex<BTreeMap<String, Vec<Id>>>,
     /// Which members each group message reached.
     dispatched: Mutex<BTreeMap<Id, BTreeSet<String>>>,
     /// Where and when each group message reached a member.
     arrivals: Mutex<BTreeMap<Id, Vec<String>>>,
     /// Clients that came back to a node that had no session for them.
-    sessions_lost: Mutex<Vec<String>>,
+    pub(crate) sessions_lost: Mutex<Vec<String>>,
     /// Two nodes holding one client's live connection while linked to each other.
     doubles: Mutex<Vec<String>>,
-    faults: Mutex<Vec<String>>,
+    pub(crate) faults: Mutex<Vec<String>>,
     /// When each subscriber connected where, and left.
-    visits: Mutex<Vec<String>>,
+    pub(crate) visits: Mutex<Vec<String>>,
     /// The nodes' data planes, to see their forward timeouts.
-    planes: std::sync::OnceLock<Planes>,
+    pub(crate) planes: std::sync::OnceLock<Planes>,
     /// Messages whose node, between their send and its acknowledgement, stopped waiting for
     /// a peer (forward timeout) and dispatched its share groups again from the store.
     redispatched: Mutex<BTreeSet<Id>>,
@@ -104,7 +104,7 @@ struct Weather {
 }
 
 /// Each running node's data plane.
-type Planes = Arc<Mutex<BTreeMap<NodeId, Arc<DataPlane>>>>;
+pub(crate) type Planes = Arc<Mutex<BTreeMap<NodeId, Arc<DataPlane>>>>;
 
 struct Host {
     handle: NodeHandle,
@@ -245,7 +245,7 @@ pub async fn run() -> String {
 }
 
 impl Recorder {
-    fn fault(&self, what: impl Into<String>) {
+    pub(crate) fn fault(&self, what: impl Into<String>) {
         let what = what.into();
         let at = elapsed_ms();
         if ["kill", "drain", "restart"]
@@ -259,11 +259,11 @@ impl Recorder {
 }
 
 /// Virtual time since the simulation began.
-fn elapsed_ms() -> u128 {
+pub(crate) fn elapsed_ms() -> u128 {
     madsim::time::TimeHandle::current().elapsed().as_millis()
 }
 
-fn first_arrivals(arrivals: &[Id], publisher: u32) -> Vec<u32> {
+pub(crate) fn first_arrivals(arrivals: &[Id], publisher: u32) -> Vec<u32> {
     let mut seen = BTreeSet::new();
     arrivals
         .iter()
@@ -293,7 +293,7 @@ async fn everything_arrives(brokers: &Brokers, recorder: &Recorder, limit: Durat
     }
 }
 
-fn missing(recorder: &Recorder) -> Vec<String> {
+pub(crate) fn missing(recorder: &Recorder) -> Vec<String> {
     let acked = recorder.acked.lock().clone();
     let received = recorder.received.lock();
     let dispatched = recorder.dispatched.lock();
@@ -374,11 +374,11 @@ async fn links_drain(brokers: &Brokers, limit: Duration) {
     }
 }
 
-fn mqtt_addr(node: NodeId) -> SocketAddr {
+pub(crate) fn mqtt_addr(node: NodeId) -> SocketAddr {
     SocketAddr::new(node_ip(node), MQTT_PORT)
 }
 
-fn client_host(name: &str, n: u8) -> NodeHandle {
+pub(crate) fn client_host(name: &str, n: u8) -> NodeHandle {
     Handle::current()
         .create_node()
         .name(name)
@@ -551,7 +551,7 @@ impl Brokers {
 
 /// One life of a broker node: the production server with the store's Raft and the data
 /// plane on the simulator's network.
-async fn start_node(
+pub(crate) async fn start_node(
     id: NodeId,
     config: Config,
     engine: MemEngine,
@@ -749,7 +749,7 @@ async fn publish_all(
 
 /// Publishes messages `seqs` one after the other, each until acknowledged, on a node picked
 /// at random for each connection, resending (as a duplicate) after a lost connection.
-async fn publish(
+pub(crate) async fn publish(
     publisher: u32,
     seqs: std::ops::Range<u32>,
     ids: Vec<NodeId>,
@@ -812,7 +812,7 @@ async fn publish(
 
 /// Takes every message on `filter` with a persistent session, acknowledging each; comes and
 /// goes, each time to a node picked at random. `ready` is told once the subscription holds.
-async fn subscribe(
+pub(crate) async fn subscribe(
     name: String,
     filter: &'static str,
     ids: Vec<NodeId>,

@@ -10,6 +10,7 @@ pub mod cluster_broker_scenario;
 pub mod harness;
 pub mod links;
 pub mod mqtt_client;
+pub mod operator_scenario;
 pub mod shadow_scenario;
 pub mod store_scenario;
 pub mod transport;

@@ -4,13 +4,14 @@
 
 use halyard_sim_tests::harness::{assert_replays_identically, run_seeds};
 use halyard_sim_tests::{
-    broker_scenario, cluster_broker_scenario, shadow_scenario, store_scenario,
+    broker_scenario, cluster_broker_scenario, operator_scenario, shadow_scenario, store_scenario,
 };
 
 const STORE: &str = "store_stays_linearizable_and_loses_nothing_under_faults";
 const BROKER: &str = "broker_loses_no_acknowledged_message_across_restarts";
 const CLUSTER: &str = "brokers_act_as_one_and_lose_no_acknowledged_message_under_faults";
 const SHADOW: &str = "shadow_updates_are_never_lost_or_applied_twice_under_faults";
+const OPERATOR: &str = "the_operator_scales_and_upgrades_real_nodes_losing_nothing";
 
 #[test]
 fn store_stays_linearizable_and_loses_nothing_under_faults() {
@@ -33,6 +34,11 @@ fn shadow_updates_are_never_lost_or_applied_twice_under_faults() {
 }
 
 #[test]
+fn the_operator_scales_and_upgrades_real_nodes_losing_nothing() {
+    run_seeds(OPERATOR, 5, operator_scenario::run);
+}
+
+#[test]
 fn the_same_seed_replays_the_same_run() {
     let scratch = match tempfile::tempdir() {
         Ok(d) => d,
@@ -41,4 +47,5 @@ fn the_same_seed_replays_the_same_run() {
     assert_replays_identically(STORE, &[11, 12, 13], scratch.path());
     assert_replays_identically(BROKER, &[11, 12], scratch.path());
     assert_replays_identically(SHADOW, &[11], scratch.path());
+    assert_replays_identically(OPERATOR, &[11], scratch.path());
 }
