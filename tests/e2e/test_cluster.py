@@ -6,7 +6,7 @@ nodes gets each message once, a message acknowledged to its publisher survives `
 the publisher's node, a persistent subscriber whose node is killed resumes on another node
 with every acknowledged message, and a node cut off from the other two refuses what it cannot
 store instead of acknowledging it, and serves again once the others are back. The Grafana
-dashboards query only metrics that such a cluster exports."""
+dashboards and the alerting rules query only metrics that such a cluster exports."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 
 from harness import Broker, Client, Launched, halyard_bin, launch_broker, wait_for_broker
 
@@ -358,6 +359,7 @@ def test_a_node_cut_off_from_the_others_refuses_what_it_cannot_store_and_serves_
 
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "halyard-rules.yaml"
 _METRIC = re.compile(r"\b(halyard_[a-z0-9_]+)")
 _HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 
@@ -378,7 +380,7 @@ def _exported(broker: Broker) -> set[str]:
     return {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")}
 
 
-def test_the_dashboards_query_only_metrics_the_nodes_export(cluster: Cluster) -> None:
+def test_the_dashboards_and_alerts_query_only_metrics_the_nodes_export(cluster: Cluster) -> None:
     first, second, third = cluster.brokers
     # Traffic between nodes and a session taken over, so that every per-peer and per-outcome
     # series the dashboards split by exists.
@@ -401,14 +403,15 @@ def test_the_dashboards_query_only_metrics_the_nodes_export(cluster: Cluster) ->
     exported = set().union(*(_exported(b) for b in cluster.brokers))
     dashboards = sorted(DASHBOARDS.glob("*.json"))
     assert {d.name for d in dashboards} >= {"halyard-broker.json", "halyard-cluster.json"}
-    for path in dashboards:
-        dashboard = json.loads(path.read_text())
-        queries = _dashboard_queries(dashboard)
-        assert queries, f"{path.name} has no queries"
+    rules = yaml.safe_load(RULES.read_text())
+    sources = [(p.name, _dashboard_queries(json.loads(p.read_text()))) for p in dashboards]
+    sources.append((RULES.name, [r["expr"] for g in rules["groups"] for r in g["rules"]]))
+    for name, queries in sources:
+        assert queries, f"{name} has no queries"
         missing = set()
         for query in queries:
-            for name in _METRIC.findall(query):
-                base = next((name[: -len(s)] for s in _HISTOGRAM_SERIES if name.endswith(s)), name)
-                if base not in exported and name not in exported:
-                    missing.add(name)
-        assert not missing, f"{path.name} queries metrics no node exports: {sorted(missing)}"
+            for metric in _METRIC.findall(query):
+                base = next((metric[: -len(s)] for s in _HISTOGRAM_SERIES if metric.endswith(s)), metric)
+                if base not in exported and metric not in exported:
+                    missing.add(metric)
+        assert not missing, f"{name} queries metrics no node exports: {sorted(missing)}"
