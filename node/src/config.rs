@@ -1158,6 +1158,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("cluster.join_as"), "{err}");
+        let clustered = [
+            ("HALYARD_CLUSTER__PEER_LISTEN", "0.0.0.0:7000"),
+            ("HALYARD_CLUSTER__CA_CERT", "/tls/ca.crt"),
+            ("HALYARD_CLUSTER__CERT", "/tls/tls.crt"),
+            ("HALYARD_CLUSTER__KEY", "/tls/tls.key"),
+        ];
+        for (variable, value, key) in [
+            ("HALYARD_CLUSTER__JOIN", " , ", "cluster.join"),
+            ("HALYARD_CLUSTER__TLS_CHECK_MS", "0", "cluster.tls_check_ms"),
+        ] {
+            let mut vars = clustered.to_vec();
+            vars.push((variable, value));
+            let err = Config::load(None, env(&vars), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -422,7 +422,7 @@ async fn take<N: NodeAdmin>(
             )
         }
         Action::TransferLeadership { from } => {
-            let to = successor(observation, *from);
+            let to = plan::successor(&observation.observed, *from);
             if let (Some(leader), Some(to)) = (leader(), to) {
                 ctx.admin.transfer_leader(&leader, to).await?;
             }
@@ -458,22 +458,6 @@ async fn take<N: NodeAdmin>(
     )
     .await;
     Ok(())
-}
-
-/// The voter to hand leadership to: caught up the most, ready, not draining.
-fn successor(observation: &Observation, from: u64) -> Option<u64> {
-    let observed = &observation.observed;
-    observed
-        .members
-        .iter()
-        .filter(|(id, m)| **id != from && m.role == plan::Role::Voter)
-        .filter(|(id, _)| {
-            plan::ordinal_of(**id)
-                .and_then(|o| observed.pods.get(&o))
-                .is_some_and(|p| p.ready && !p.draining && !p.drained)
-        })
-        .min_by_key(|(id, m)| (m.lag, **id))
-        .map(|(id, _)| *id)
 }
 
 pub fn step_name(action: &Action) -> &'static str {
@@ -550,30 +534,44 @@ fn condition(
     }
 }
 
+/// `old` with one condition set (and the generation it answers), the others as they were.
+fn with_condition(
+    cluster: &HalyardCluster,
+    old: &HalyardClusterStatus,
+    now: jiff::Timestamp,
+    (type_, reason, message): (&str, &str, String),
+) -> HalyardClusterStatus {
+    let mut status = old.clone();
+    let generation = cluster.metadata.generation;
+    status.conditions.retain(|c| c.type_ != type_);
+    status.conditions.push(condition(
+        &old.conditions,
+        type_,
+        true,
+        reason,
+        message,
+        generation,
+        now,
+    ));
+    status.observed_generation = generation;
+    status
+}
+
 fn status_paused(
     cluster: &HalyardCluster,
     old: &HalyardClusterStatus,
     now: jiff::Timestamp,
 ) -> HalyardClusterStatus {
-    let mut status = old.clone();
-    let generation = cluster.metadata.generation;
-    let mut conditions: Vec<Condition> = old
-        .conditions
-        .iter()
-        .filter(|c| c.type_ != "ReconciliationPaused")
-        .cloned()
-        .collect();
-    conditions.push(condition(
-        &old.conditions,
-        "ReconciliationPaused",
-        true,
-        "Paused",
-        "spec.paused is true: the operator changes nothing".into(),
-        generation,
+    let mut status = with_condition(
+        cluster,
+        old,
         now,
-    ));
-    status.conditions = conditions;
-    status.observed_generation = generation;
+        (
+            "ReconciliationPaused",
+            "Paused",
+            "spec.paused is true: the operator changes nothing".into(),
+        ),
+    );
     status.step = Some("Paused".into());
     status
 }
@@ -584,26 +582,12 @@ fn status_invalid(
     now: jiff::Timestamp,
     message: &str,
 ) -> HalyardClusterStatus {
-    let mut status = old.clone();
-    let generation = cluster.metadata.generation;
-    let mut conditions: Vec<Condition> = old
-        .conditions
-        .iter()
-        .filter(|c| c.type_ != "Degraded")
-        .cloned()
-        .collect();
-    conditions.push(condition(
-        &old.conditions,
-        "Degraded",
-        true,
-        "InvalidSpec",
-        message.to_owned(),
-        generation,
+    with_condition(
+        cluster,
+        old,
         now,
-    ));
-    status.conditions = conditions;
-    status.observed_generation = generation;
-    status
+        ("Degraded", "InvalidSpec", message.to_owned()),
+    )
 }
 
 fn status_after(

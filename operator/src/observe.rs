@@ -1,14 +1,13 @@
 //! What the operator sees of a cluster: its pods (from Kubernetes) and its nodes (from their
 //! admin API), turned into the planner's [`Observed`] and the status it reports.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod as KubePod;
 
 use crate::crd::{MemberStatus, NodeStatus};
 use crate::nodes::{Endpoint, NodeAdmin, StoreStatus};
-use crate::plan::{self, Member, Observed, Ordinal, Role};
+use crate::plan::{self, Observed, Ordinal, Role};
 use crate::resources::{CONTAINER, Names};
 use crate::rotation::Loaded;
 
@@ -173,21 +172,12 @@ pub async fn observe<N: NodeAdmin>(
     let store = leader_status(admin, &observed, &endpoint).await;
     if let Some(status) = &store {
         observed.leader = status.leader;
-        observed.members = status
-            .members
-            .iter()
-            .map(|m| {
-                let role = if m.voter { Role::Voter } else { Role::Learner };
-                // The leader knows every member's lag; a member it has not heard from yet
-                // counts as far behind.
-                let lag = if Some(m.id) == status.leader {
-                    0
-                } else {
-                    m.lag.unwrap_or(u64::MAX)
-                };
-                (m.id, Member { role, lag })
-            })
-            .collect::<BTreeMap<_, _>>();
+        if let Some(leader) = status.leader {
+            observed.members = plan::members_from_leader(
+                leader,
+                status.members.iter().map(|m| (m.id, m.voter, m.lag)),
+            );
+        }
     }
     Observation {
         observed,

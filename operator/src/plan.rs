@@ -121,6 +121,37 @@ pub enum Wait {
     NoOtherLeader(NodeId),
 }
 
+/// The members as the leader reports them: `(id, voter, lag)` for each, the lag `None` for a
+/// member the leader has not heard from yet, which counts as far behind; the leader itself is
+/// caught up.
+pub fn members_from_leader(
+    leader: NodeId,
+    reported: impl IntoIterator<Item = (NodeId, bool, Option<u64>)>,
+) -> BTreeMap<NodeId, Member> {
+    reported
+        .into_iter()
+        .map(|(id, voter, lag)| {
+            let role = if voter { Role::Voter } else { Role::Learner };
+            let lag = if id == leader {
+                0
+            } else {
+                lag.unwrap_or(u64::MAX)
+            };
+            (id, Member { role, lag })
+        })
+        .collect()
+}
+
+/// The voter to hand leadership to from `from`: ready, not draining, the most caught up.
+pub fn successor(observed: &Observed, from: NodeId) -> Option<NodeId> {
+    observed
+        .members
+        .iter()
+        .filter(|(id, m)| **id != from && m.role == Role::Voter && serves(observed, **id))
+        .min_by_key(|(id, m)| (m.lag, **id))
+        .map(|(id, _)| *id)
+}
+
 /// The next action that brings `observed` toward `desired`.
 pub fn plan(observed: &Observed, desired: &Desired) -> Action {
     if desired.paused {
@@ -228,9 +259,7 @@ impl View<'_> {
 
     /// Whether the node of `id` serves clients: ready and not draining.
     fn serves(&self, id: NodeId) -> bool {
-        ordinal_of(id)
-            .and_then(|o| self.observed.pods.get(&o))
-            .is_some_and(|pod| pod.ready && !pod.draining && !pod.drained)
+        serves(self.observed, id)
     }
 
     /// Whether the node of `id` stays once the spec is met.
@@ -368,6 +397,13 @@ impl View<'_> {
             Action::Replace(ordinal)
         }
     }
+}
+
+/// Whether the node of `id` serves clients: its pod ready and not draining.
+fn serves(observed: &Observed, id: NodeId) -> bool {
+    ordinal_of(id)
+        .and_then(|o| observed.pods.get(&o))
+        .is_some_and(|pod| pod.ready && !pod.draining && !pod.drained)
 }
 
 /// The ordinal of the pod of node `id`.

@@ -23,9 +23,7 @@ use std::time::Duration;
 
 use halyard_node::config::{Config, JoinRole};
 use halyard_node::server::Server;
-use halyard_operator::plan::{
-    self, Action, Desired, Member, Observed, Ordinal, Pod, Role, node_id, ordinal_of,
-};
+use halyard_operator::plan::{self, Action, Desired, Observed, Ordinal, Pod, node_id, ordinal_of};
 use halyard_raft::{MemEngine, NodeId};
 use madsim::rand::{Rng, thread_rng};
 use madsim::runtime::{Handle, NodeHandle};
@@ -452,19 +450,12 @@ async fn observe(sts: &StatefulSet) -> Observed {
         .find(|s| s.leader == Some(s.id))
     {
         observed.leader = status.leader;
-        observed.members = status
-            .members
-            .iter()
-            .map(|m| {
-                let role = if m.voter { Role::Voter } else { Role::Learner };
-                let lag = if Some(m.id) == status.leader {
-                    0
-                } else {
-                    m.lag.unwrap_or(u64::MAX)
-                };
-                (m.id, Member { role, lag })
-            })
-            .collect();
+        if let Some(leader) = status.leader {
+            observed.members = plan::members_from_leader(
+                leader,
+                status.members.iter().map(|m| (m.id, m.voter, m.lag)),
+            );
+        }
     }
     observed
 }
@@ -520,17 +511,7 @@ async fn take(sts: &StatefulSet, spec: &Spec, observed: &Observed, action: &Acti
         }
         Action::TransferLeadership { from } => {
             let from = *from;
-            let to = observed
-                .members
-                .iter()
-                .filter(|(id, m)| **id != from && m.role == Role::Voter)
-                .filter(|(id, _)| {
-                    ordinal_of(**id)
-                        .and_then(|o| observed.pods.get(&o))
-                        .is_some_and(|p| p.ready && !p.draining && !p.drained)
-                })
-                .min_by_key(|(id, m)| (m.lag, **id))
-                .map(|(id, _)| *id);
+            let to = plan::successor(observed, from);
             if let Some(to) = to {
                 on_leader(sts, observed, move |s| async move {
                     let _ = s.store().transfer_leader(to).await;

@@ -3,21 +3,15 @@
 //! writes, and the dead node catches up when it returns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
+
+use crate::common::free_udp_port;
 use std::path::Path;
 use std::time::Duration;
 
 use halyard_node::config::Config;
 use halyard_node::server::Server;
 use halyard_raft::{Consistency, RangeRequest, StoreError};
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts node `id` again on its peer port. The stopped node's UDP socket is released once its
 /// QUIC endpoint has drained, which on a loaded machine can take a moment after shutdown.

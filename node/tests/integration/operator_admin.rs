@@ -4,7 +4,9 @@
 //! whose first does not answer, as a pod does through its StatefulSet's other pods.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
+
+use crate::common::free_udp_port;
 use std::time::Duration;
 
 use halyard_node::config::{Config, JoinRole};
@@ -13,14 +15,6 @@ use halyard_operator::nodes::{Endpoint, HttpAdmin, NodeAdmin, StoreStatus};
 use halyard_operator::rotation::fingerprints;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(dir: &std::path::Path, id: u64, port: u16) -> Config {
     let certs = dir.join("certs");

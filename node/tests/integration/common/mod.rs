@@ -885,3 +885,12 @@ pub fn publish_packet(topic: &str, qos: QoS, packet_id: u16, payload: &[u8]) -> 
         properties: Properties::default(),
     }
 }
+
+/// A UDP port free on loopback now, for a node's QUIC peer listener.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind a UDP socket")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
