@@ -193,11 +193,12 @@ async fn cleanup<N: NodeAdmin>(
     Ok(Requeue::await_change())
 }
 
-fn desired(spec: &HalyardClusterSpec) -> Desired {
+fn desired(spec: &HalyardClusterSpec, template: String) -> Desired {
     Desired {
         nodes: spec.nodes,
         voters: spec.voters,
         version: spec.version.clone(),
+        template,
         min_pod_age: Duration::from_secs(u64::from(spec.upgrade.min_pod_age_seconds)),
         max_lag: spec.upgrade.max_raft_lag,
         paused: spec.paused,
@@ -234,7 +235,7 @@ async fn apply<N: NodeAdmin>(cluster: &HalyardCluster, ctx: &Context<N>) -> Resu
         )
         .await;
     }
-    let config_hash = resources::config_hash(&config);
+    let config_hash = resources::steady_config_hash(&cluster.spec, &names)?;
     writes::apply(
         &Api::<ConfigMap>::namespaced(client.clone(), ns),
         &names.config_map(),
@@ -274,12 +275,9 @@ async fn apply<N: NodeAdmin>(cluster: &HalyardCluster, ctx: &Context<N>) -> Resu
         // A new cluster starts whole: node 1 forms the store, the others join it.
         None => cluster.spec.nodes,
     };
-    writes::apply(
-        &statefulsets,
-        &names.statefulset(),
-        &resources::statefulset(cluster, &names, replicas, &config_hash),
-    )
-    .await?;
+    let statefulset = resources::statefulset(cluster, &names, replicas, &config_hash);
+    let template = resources::template_hash(&statefulset);
+    writes::apply(&statefulsets, &names.statefulset(), &statefulset).await?;
 
     let pods = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(&selector(&names)))
@@ -299,7 +297,8 @@ async fn apply<N: NodeAdmin>(cluster: &HalyardCluster, ctx: &Context<N>) -> Resu
         )
         .await;
     }
-    let action = plan::plan(&observation.observed, &desired(&cluster.spec));
+    let desired = desired(&cluster.spec, template);
+    let action = plan::plan(&observation.observed, &desired);
     ctx.metrics.planned(&names, &action);
     let step = Step {
         cluster,
@@ -307,17 +306,10 @@ async fn apply<N: NodeAdmin>(cluster: &HalyardCluster, ctx: &Context<N>) -> Resu
         token: &token,
         config_hash: &config_hash,
         observation: &observation,
+        desired: &desired,
     };
     let outcome = take(ctx, &step, &action).await;
-    let status = status_after(
-        cluster,
-        &status,
-        &observation,
-        &action,
-        peer,
-        outcome.as_ref().err(),
-        now,
-    );
+    let status = status_after(&step, &status, &action, peer, outcome.as_ref().err(), now);
     write_status(ctx, cluster, &names, status).await?;
     outcome?;
     Ok(match action {
@@ -363,6 +355,7 @@ struct Step<'a> {
     token: &'a str,
     config_hash: &'a str,
     observation: &'a Observation,
+    desired: &'a Desired,
 }
 
 /// Takes the planner's step.
@@ -377,6 +370,7 @@ async fn take<N: NodeAdmin>(
         token,
         config_hash,
         observation,
+        ..
     } = *step;
     let client = &ctx.client;
     let ns = names.namespace.as_str();
@@ -591,15 +585,20 @@ fn status_invalid(
 }
 
 fn status_after(
-    cluster: &HalyardCluster,
+    step: &Step<'_>,
     old: &HalyardClusterStatus,
-    observation: &Observation,
     action: &Action,
     peer: PeerReport,
     error: Option<&Error>,
     now: jiff::Timestamp,
 ) -> HalyardClusterStatus {
-    let names = Names::of(cluster);
+    let Step {
+        cluster,
+        names,
+        observation,
+        desired,
+        ..
+    } = *step;
     let generation = cluster.metadata.generation;
     let observed = &observation.observed;
     let ready = observed.pods.values().filter(|p| p.ready).count() as u32;
@@ -627,9 +626,13 @@ fn status_after(
     let outdated: Vec<String> = observed
         .pods
         .iter()
-        .filter(|(_, p)| p.version != cluster.spec.version)
+        .filter(|(_, p)| p.version != cluster.spec.version || p.template != desired.template)
         .map(|(o, _)| names.pod(*o))
         .collect();
+    let new_version = observed
+        .pods
+        .values()
+        .any(|p| p.version != cluster.spec.version);
     // Progress that has waited this long on one gate (a pod that does not become ready or
     // catch up) is a fault to look at, as a Deployment's progress deadline.
     let stalled = old
@@ -714,11 +717,18 @@ fn status_after(
             !outdated.is_empty(),
             if outdated.is_empty() {
                 "AtVersion"
-            } else {
+            } else if new_version {
                 "RollingUpgrade"
+            } else {
+                "RollingRestart"
             },
             if outdated.is_empty() {
                 format!("every node runs {}", cluster.spec.version)
+            } else if !new_version {
+                format!(
+                    "restarting for a changed configuration or pod template: {}",
+                    outdated.join(", ")
+                )
             } else {
                 format!(
                     "not yet at {}: {}",
@@ -761,7 +771,7 @@ fn status_after(
         leader: observed.leader,
         leader_pod: observation.leader_ordinal().map(|o| names.pod(o)),
         term: observation.store.as_ref().map(|s| s.term),
-        members: observation.members(&names),
+        members: observation.members(names),
         nodes: observation.nodes.clone(),
         certificates: peer.certificates,
     }

@@ -72,7 +72,7 @@ pub struct HalyardClusterSpec {
     #[serde(default)]
     pub paused: bool,
     /// The node's TOML configuration, merged under what the operator sets (identity, listeners,
-    /// cluster membership and certificates).
+    /// cluster membership and certificates). A change rolls the pods, one at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
     #[serde(default)]

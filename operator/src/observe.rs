@@ -69,6 +69,17 @@ pub fn version(pod: &KubePod) -> String {
     image_tag(image).to_owned()
 }
 
+/// The digest of the template the pod was made from; empty for a pod made before templates
+/// carried one, which is then replaced as outdated.
+fn template(pod: &KubePod) -> String {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::resources::TEMPLATE_HASH))
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// The tag of an image reference (`registry:5000/halyard:1.2` is `1.2`), or "latest".
 pub fn image_tag(image: &str) -> &str {
     let image = image.split('@').next().unwrap_or(image);
@@ -153,6 +164,7 @@ pub async fn observe<N: NodeAdmin>(
         }
         let pod = plan::Pod {
             version: version(kube_pod),
+            template: template(kube_pod),
             running,
             ready: ready(kube_pod),
             age: age(kube_pod, now),

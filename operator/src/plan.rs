@@ -29,6 +29,9 @@ pub fn node_id(ordinal: Ordinal) -> NodeId {
 pub struct Pod {
     /// The Halyard version it runs.
     pub version: String,
+    /// The digest of the pod template it was made from (image, configuration, resources,
+    /// placement): a pod whose digest is not the spec's is replaced like an outdated version.
+    pub template: String,
     /// Its container runs: the node takes part in the store, draining or not.
     pub running: bool,
     /// Its `/readyz` holds (the node is not draining, its store is caught up).
@@ -72,6 +75,8 @@ pub struct Desired {
     /// Raft voters; the other nodes are learners that serve clients.
     pub voters: u32,
     pub version: String,
+    /// The digest of the pod template the spec makes.
+    pub template: String,
     /// A pod replaced or added is this old before the next disruptive step.
     pub min_pod_age: Duration,
     /// A member this many entries behind the leader, or fewer, is caught up.
@@ -333,12 +338,14 @@ impl View<'_> {
             .find(|id| Some(*id) != self.observed.leader)
     }
 
-    /// The pod to upgrade next: the highest ordinal not at the spec's version, the leader's
-    /// last.
+    /// The pod to replace next: the highest ordinal not at the spec's version or template, the
+    /// leader's last.
     fn outdated(&self) -> Option<Ordinal> {
         let leader = self.observed.leader.and_then(ordinal_of);
         let outdated = |(o, pod): (&Ordinal, &Pod)| {
-            (*o < self.observed.replicas && pod.version != self.desired.version).then_some(*o)
+            (*o < self.observed.replicas
+                && (pod.version != self.desired.version || pod.template != self.desired.template))
+                .then_some(*o)
         };
         let mut candidates: Vec<Ordinal> = self.observed.pods.iter().filter_map(outdated).collect();
         candidates.sort_by_key(|o| (Some(*o) == leader, std::cmp::Reverse(*o)));

@@ -39,6 +39,10 @@ const PEER_TLS_DIR: &str = "/etc/halyard/peer-tls";
 /// The key of the admin token in its Secret.
 pub const TOKEN_KEY: &str = "token";
 /// Tells the headless Service from the client one.
+/// The pod template annotation with the digest of the node configuration.
+const CONFIG_HASH: &str = "halyard.io/config-hash";
+/// The pod template annotation with the digest of the whole template, which a pod keeps.
+pub const TEMPLATE_HASH: &str = "halyard.io/template-hash";
 const SERVICE_ROLE: &str = "halyard.io/service";
 /// Non-root, as distroless's `nonroot` user.
 const USER: i64 = 65532;
@@ -382,9 +386,25 @@ pub fn statefulset(
         l
     };
     let mut annotations = spec.pod_template.annotations.clone();
-    // A changed configuration reaches a node when it is next replaced, not before: the file
-    // is read at start. The hash shows which pods run which.
-    annotations.insert("halyard.io/config-hash".to_owned(), config_hash.to_owned());
+    // A node reads its configuration file at start, so the file's digest is part of the
+    // template: a changed configuration makes a changed template, which the planner rolls.
+    annotations.insert(CONFIG_HASH.to_owned(), config_hash.to_owned());
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec(spec, names)),
+    };
+    let digest = template_digest(&template);
+    if let Some(annotations) = template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.annotations.as_mut())
+    {
+        annotations.insert(TEMPLATE_HASH.to_owned(), digest);
+    }
     let retention = match spec.storage.on_scale_down {
         crate::crd::VolumeRetention::Retain => "Retain",
         crate::crd::VolumeRetention::Delete => "Delete",
@@ -411,14 +431,7 @@ pub fn statefulset(
                     when_scaled: Some(retention.to_owned()),
                 },
             ),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod_spec(spec, names)),
-            },
+            template,
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some("data".to_owned()),
@@ -698,7 +711,7 @@ pub enum RenderError {
 pub fn render(cluster: &HalyardCluster) -> Result<String, RenderError> {
     let names = Names::of(cluster);
     let config = node_config(&cluster.spec, &names, false)?;
-    let hash = config_hash(&config);
+    let hash = steady_config_hash(&cluster.spec, &names)?;
     let mut documents = vec![
         serde_saphyr::to_string(&config_map(cluster, &names, config))?,
         serde_saphyr::to_string(&peer_service(cluster, &names))?,
@@ -713,6 +726,38 @@ pub fn render(cluster: &HalyardCluster) -> Result<String, RenderError> {
         .iter()
         .map(|d| format!("---\n{d}"))
         .collect::<String>())
+}
+
+/// The digest of a pod template, as its `halyard.io/template-hash` annotation records it.
+fn template_digest(template: &PodTemplateSpec) -> String {
+    // Serialised maps are ordered (k8s-openapi's are `BTreeMap`s), so equal templates give
+    // equal text.
+    config_hash(&serde_json::to_string(template).unwrap_or_default())
+}
+
+/// The digest of the pod template that a StatefulSet's pods are made from now.
+pub fn template_hash(statefulset: &StatefulSet) -> String {
+    statefulset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(TEMPLATE_HASH))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The digest of the configuration a node of a formed cluster reads, less what changes with
+/// the cluster's shape and matters only to a node joining: node 1's `initial_members`, and the
+/// `join` list, which grows with `nodes`. Forming the store or scaling rolls no pod.
+pub fn steady_config_hash(spec: &HalyardClusterSpec, names: &Names) -> Result<String, ConfigError> {
+    let mut config: toml::Table = node_config(spec, names, true)?
+        .parse()
+        .map_err(ConfigError::Parse)?;
+    if let Some(toml::Value::Table(cluster)) = config.get_mut("cluster") {
+        cluster.remove("join");
+    }
+    Ok(config_hash(&config.to_string()))
 }
 
 /// A short, stable digest of the node configuration, for the pod template's annotation.

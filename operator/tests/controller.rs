@@ -432,7 +432,8 @@ impl Harness {
     }
 
     /// What Kubernetes does between rounds: the StatefulSet controller makes the pods
-    /// `0..replicas` that are missing (at the template's image) and removes those above, and
+    /// `0..replicas` that are missing (from the template's image and annotations) and removes
+    /// those above, and
     /// a new node joins the store as a learner (node 1 forms it).
     fn statefulset_controller(&self) {
         let mut api = self.api.lock();
@@ -461,6 +462,7 @@ impl Harness {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        let annotations = sts["spec"]["template"]["metadata"]["annotations"].clone();
         let mut nodes = self.nodes.0.lock();
         let existing: Vec<String> = api
             .objects
@@ -486,7 +488,7 @@ impl Harness {
             let started = now();
             api.objects.insert(key, json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": format!("{NAME}-{ordinal}"), "namespace": NS, "labels": {"app.kubernetes.io/name": "halyard", "app.kubernetes.io/instance": NAME}},
+                "metadata": {"name": format!("{NAME}-{ordinal}"), "namespace": NS, "labels": {"app.kubernetes.io/name": "halyard", "app.kubernetes.io/instance": NAME}, "annotations": annotations},
                 "spec": {"containers": [{"name": "halyard", "image": image}]},
                 "status": {
                     "startTime": started.to_string(),
@@ -750,6 +752,59 @@ async fn an_upgrade_drains_and_replaces_one_pod_at_a_time_and_the_leader_last() 
         h.condition("Upgrading"),
         ("False".into(), "AtVersion".into())
     );
+}
+
+fn pod_deletions(rounds: &[(Vec<String>, Vec<String>)]) -> Vec<String> {
+    rounds
+        .iter()
+        .flat_map(|(w, _)| w.clone())
+        .filter(|w| w.starts_with("DELETE /api/v1/namespaces/iot/pods/"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_changed_configuration_restarts_every_pod_one_at_a_time_and_forming_restarts_none() {
+    let h = Harness::new(spec(3, "1.0.0"));
+    let formed = h.settle(10).await;
+    assert_eq!(pod_deletions(&formed), Vec::<String>::new());
+    assert_eq!(h.status()["formed"], true);
+
+    h.edit(|s| s.config = Some("[mqtt]\nmax_inflight_messages = 64\n".into()));
+    let first = h.round().await;
+    assert_eq!(
+        h.condition("Upgrading"),
+        ("True".into(), "RollingRestart".into())
+    );
+    let mut rounds = vec![first];
+    rounds.extend(h.settle(30).await);
+    assert_eq!(
+        pod_deletions(&rounds),
+        [
+            "DELETE /api/v1/namespaces/iot/pods/hc-2",
+            "DELETE /api/v1/namespaces/iot/pods/hc-1",
+            "DELETE /api/v1/namespaces/iot/pods/hc-0",
+        ]
+    );
+    let config = h
+        .api
+        .lock()
+        .get("/api/v1/namespaces/iot/configmaps/hc-config")
+        .cloned();
+    let config = config.map(|c| c["data"]["halyard.toml"].clone());
+    assert!(
+        config
+            .as_ref()
+            .and_then(|c| c.as_str())
+            .is_some_and(|c| c.contains("max_inflight_messages = 64")),
+        "{config:?}"
+    );
+    assert_eq!(
+        h.condition("Upgrading"),
+        ("False".into(), "AtVersion".into())
+    );
+    // Settled, nothing more rolls.
+    let settled = h.round().await;
+    assert_eq!(pod_deletions(&[settled]), Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -11,12 +11,14 @@ use halyard_operator::plan::{
 use proptest::prelude::*;
 
 const AGE: Duration = Duration::from_secs(30);
+const TEMPLATE: &str = "a1b2";
 
 fn desired(nodes: u32, voters: u32, version: &str) -> Desired {
     Desired {
         nodes,
         voters,
         version: version.to_owned(),
+        template: TEMPLATE.to_owned(),
         min_pod_age: AGE,
         max_lag: 10,
         paused: false,
@@ -26,6 +28,7 @@ fn desired(nodes: u32, voters: u32, version: &str) -> Desired {
 fn pod(version: &str) -> Pod {
     Pod {
         version: version.to_owned(),
+        template: TEMPLATE.to_owned(),
         running: true,
         ready: true,
         age: AGE,
@@ -53,30 +56,37 @@ fn cluster(nodes: u32, voters: u32, version: &str) -> Observed {
     }
 }
 
-/// The cluster, with the StatefulSet's template at `template`.
+/// The cluster, with the StatefulSet's template at `version` and `template`.
 struct Model {
     observed: Observed,
+    version: String,
     template: String,
+}
+
+impl Model {
+    /// A pod as the StatefulSet's template makes it now.
+    fn new_pod(&self) -> Pod {
+        Pod {
+            running: false,
+            ready: false,
+            age: Duration::ZERO,
+            template: self.template.clone(),
+            ..pod(&self.version)
+        }
+    }
 }
 
 impl Model {
     /// Carries `action` out, as the API server, the StatefulSet controller and the nodes would.
     fn apply(&mut self, action: &Action) {
+        let new = self.new_pod();
         let o = &mut self.observed;
         match action {
             Action::Wait(_) | Action::Done => {}
             Action::Scale(replicas) => {
                 for ordinal in o.replicas..*replicas {
                     // Started, not ready yet; it joins as a learner once up.
-                    o.pods.insert(
-                        ordinal,
-                        Pod {
-                            running: false,
-                            ready: false,
-                            age: Duration::ZERO,
-                            ..pod(&self.template)
-                        },
-                    );
+                    o.pods.insert(ordinal, new.clone());
                 }
                 for ordinal in *replicas..o.replicas {
                     let gone = o.pods.remove(&ordinal);
@@ -124,12 +134,7 @@ impl Model {
                     panic!("pod {ordinal} replaced while it does not exist");
                 };
                 assert!(p.drained, "pod {ordinal} replaced before its drain ended");
-                *p = Pod {
-                    running: false,
-                    ready: false,
-                    age: Duration::ZERO,
-                    ..pod(&self.template)
-                };
+                *p = new;
                 if let Some(m) = o.members.get_mut(&node_id(*ordinal)) {
                     m.lag = 50;
                 }
@@ -204,7 +209,8 @@ impl Model {
 fn converge(start: Observed, want: &Desired, ticks_between: usize) -> Vec<Action> {
     let mut model = Model {
         observed: start,
-        template: want.version.clone(),
+        version: want.version.clone(),
+        template: want.template.clone(),
     };
     let mut actions = Vec::new();
     for _ in 0..400 {
@@ -296,6 +302,27 @@ fn scaling_five_to_three_drains_removes_and_shrinks_the_highest_ordinal_first() 
 #[test]
 fn an_upgrade_replaces_one_drained_pod_at_a_time_and_the_leader_last() {
     let actions = converge(cluster(3, 3, "1.0"), &desired(3, 3, "2.0"), 1);
+    assert_eq!(
+        disruptive(&actions),
+        [
+            &Action::Drain(2),
+            &Action::Replace(2),
+            &Action::Drain(1),
+            &Action::Replace(1),
+            &Action::Drain(0),
+            &Action::TransferLeadership { from: 1 },
+            &Action::Replace(0),
+        ]
+    );
+}
+
+#[test]
+fn a_changed_pod_template_rolls_the_pods_as_an_upgrade_does() {
+    let want = Desired {
+        template: "c3d4".to_owned(),
+        ..desired(3, 3, "1.0")
+    };
+    let actions = converge(cluster(3, 3, "1.0"), &want, 1);
     assert_eq!(
         disruptive(&actions),
         [

@@ -409,6 +409,7 @@ async fn reconcile(sts: &StatefulSet, spec: &Spec) {
         nodes: *spec.nodes.lock(),
         voters: 3,
         version: spec.version.lock().clone(),
+        template: String::new(),
         min_pod_age: Duration::from_secs(2),
         max_lag: 100,
         paused: false,
@@ -433,6 +434,7 @@ async fn observe(sts: &StatefulSet) -> Observed {
             ordinal,
             Pod {
                 version,
+                template: String::new(),
                 running: server.is_some(),
                 ready: server
                     .as_ref()
