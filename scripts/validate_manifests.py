@@ -19,11 +19,15 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-# Kinds of the Prometheus Operator, whose schemas are not part of Kubernetes': their shape is
-# checked here as far as the chart and the operator depend on it.
-PROMETHEUS_OPERATOR = {
+# Kinds of the Prometheus Operator and cert-manager, whose schemas are not part of
+# Kubernetes': their shape is checked here as far as the chart and the operator depend on it.
+EXTENSION_KINDS = {
     "PrometheusRule": lambda o: isinstance(o.get("spec", {}).get("groups"), list),
     "ServiceMonitor": lambda o: isinstance(o.get("spec", {}).get("endpoints"), list),
+    # cert-manager's: a Secret to write, an issuer to ask, the names to certify.
+    "Certificate": lambda o: bool(o.get("spec", {}).get("secretName"))
+    and bool(o.get("spec", {}).get("issuerRef", {}).get("name"))
+    and isinstance(o.get("spec", {}).get("dnsNames"), list),
 }
 
 
@@ -43,8 +47,8 @@ def validate(obj: dict[str, Any], schema: dict[str, Any], version: str) -> list[
     if kind == "HalyardCluster":
         validator = jsonschema.Draft7Validator(schema)
         return [f"{name_of(obj)}: {'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(obj)]
-    if kind in PROMETHEUS_OPERATOR:
-        return [] if PROMETHEUS_OPERATOR[kind](obj) else [f"{name_of(obj)}: not the expected shape"]
+    if kind in EXTENSION_KINDS:
+        return [] if EXTENSION_KINDS[kind](obj) else [f"{name_of(obj)}: not the expected shape"]
     try:
         kubernetes_validate.validate(obj, version, strict=True)
     except kubernetes_validate.ValidationError as e:

@@ -87,9 +87,15 @@ fn pki_setup() -> Pki {
     let key_path = dir.path().join("server.key");
     std::fs::write(&cert_path, &server.certificate_pem).expect("write");
     std::fs::write(&key_path, &server.key_pem).expect("write");
+    let served = halyard_node::gateway::server_cert::ServerCertificate::load(
+        &halyard_node::gateway::server_cert::ServerFiles {
+            certificate: cert_path,
+            key: key_path,
+        },
+    )
+    .expect("server certificate files");
     let server = halyard_node::gateway::tls::device_server_config(
-        &cert_path,
-        &key_path,
+        served,
         halyard_node::gateway::tls::TlsPort::Mqtt,
     )
     .expect("server TLS");

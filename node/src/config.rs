@@ -89,6 +89,12 @@ pub struct AwsConfig {
     pub ca_cert: Option<PathBuf>,
     /// PEM: the private key of `ca_cert`.
     pub ca_key: Option<PathBuf>,
+    /// PEM: the certificate (and its chain) devices see on the TLS listeners, instead of one
+    /// issued from the cluster's CA; read again when it changes (every `cluster.tls_check_ms`),
+    /// so a renewed Secret needs no restart. Set together with `server_key`.
+    pub server_cert: Option<PathBuf>,
+    /// PEM: the private key of `server_cert`.
+    pub server_key: Option<PathBuf>,
     /// Custom authorizer functions by ARN: the URL each is called at (an authorizer whose
     /// function ARN is itself an `http(s)://` URL needs no entry).
     pub authorizer_functions: std::collections::BTreeMap<String, String>,
@@ -133,6 +139,8 @@ impl Default for AwsConfig {
             public_host: None,
             ca_cert: None,
             ca_key: None,
+            server_cert: None,
+            server_key: None,
             authorizer_functions: std::collections::BTreeMap::new(),
             jwt_verifiers: std::collections::BTreeMap::new(),
         }
@@ -166,8 +174,8 @@ pub struct ClusterConfig {
     pub cert: Option<PathBuf>,
     /// PEM: this node's private key.
     pub key: Option<PathBuf>,
-    /// How often the three files above are read for a change, in milliseconds: a changed
-    /// certificate or CA bundle is used without a restart.
+    /// How often the three files above (and `aws.server_cert`, `aws.server_key`) are read for
+    /// a change, in milliseconds: a changed certificate or CA bundle is used without a restart.
     pub tls_check_ms: u64,
     /// Leader heartbeat period, in milliseconds.
     pub heartbeat_ms: u64,
@@ -524,6 +532,8 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("aws.public_host", EnvKind::Text),
     ("aws.ca_cert", EnvKind::Text),
     ("aws.ca_key", EnvKind::Text),
+    ("aws.server_cert", EnvKind::Text),
+    ("aws.server_key", EnvKind::Text),
 ];
 
 /// The config key a `HALYARD_*` variable names, if it names one, and what its value is read as.
@@ -759,6 +769,15 @@ impl Config {
         match (&aws.ca_cert, &aws.ca_key) {
             (Some(_), None) => return invalid("aws.ca_key", "must be set when aws.ca_cert is"),
             (None, Some(_)) => return invalid("aws.ca_cert", "must be set when aws.ca_key is"),
+            _ => {}
+        }
+        match (&aws.server_cert, &aws.server_key) {
+            (Some(_), None) => {
+                return invalid("aws.server_key", "must be set when aws.server_cert is");
+            }
+            (None, Some(_)) => {
+                return invalid("aws.server_cert", "must be set when aws.server_key is");
+            }
             _ => {}
         }
         let shadow = &self.shadow;
@@ -1209,6 +1228,8 @@ mod tests {
         config.aws.ca_cert = Some("own-ca.pem".into());
         config.mqtt_anonymous_policy = Some("anonymous.json".into());
         config.aws.ca_key = Some("own-ca.key".into());
+        config.aws.server_cert = Some("server.pem".into());
+        config.aws.server_key = Some("server.key".into());
         config.aws.public_host = Some("iot.example.com".into());
         let table = toml::Table::try_from(&config).unwrap();
         let mut keys = Vec::new();
@@ -1259,6 +1280,16 @@ mod tests {
         let only_key = [("HALYARD_AWS__CA_KEY".to_owned(), "ca.key".to_owned())];
         let err = Config::load(None, only_key, &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("aws.ca_cert"), "{err}");
+    }
+
+    #[test]
+    fn a_server_certificate_needs_its_key() {
+        let only_cert = [("HALYARD_AWS__SERVER_CERT".to_owned(), "tls.crt".to_owned())];
+        let err = Config::load(None, only_cert, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("aws.server_key"), "{err}");
+        let only_key = [("HALYARD_AWS__SERVER_KEY".to_owned(), "tls.key".to_owned())];
+        let err = Config::load(None, only_key, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("aws.server_cert"), "{err}");
     }
 
     #[test]

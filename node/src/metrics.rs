@@ -1,7 +1,8 @@
 //! Prometheus metrics of the node; every subsystem registers its own set here.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::mqtt::QoS;
@@ -287,5 +288,60 @@ impl ShadowMetrics {
         self.latency
             .with_label_values(&[operation])
             .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// `halyard_tls_*`: certificate lifetimes and reloads.
+#[derive(Clone)]
+pub struct TlsMetrics {
+    expiry: IntGaugeVec,
+    reloads: IntCounterVec,
+}
+
+impl TlsMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let expiry = IntGaugeVec::new(
+            Opts::new(
+                "halyard_tls_certificate_expiry_timestamp_seconds",
+                "When a certificate this node uses ends (Unix seconds), by certificate: peer \
+                 (this node's, between nodes), peer_ca (the first trusted cluster CA to end), \
+                 server (the one devices see on the TLS listeners)",
+            ),
+            &["certificate"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "halyard_tls_reloads_total",
+                "Certificate files found changed and loaded again, by certificate and outcome \
+                 (ok, or error: the files did not load and the previous ones stay in use)",
+            ),
+            &["certificate", "outcome"],
+        )?;
+        registry.register(Box::new(expiry.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        // Zero from the start, so that a rate over them is defined before the first reload.
+        for certificate in ["peer", "server"] {
+            for outcome in ["ok", "error"] {
+                reloads.with_label_values(&[certificate, outcome]);
+            }
+        }
+        Ok(TlsMetrics { expiry, reloads })
+    }
+
+    pub fn set_expiry(&self, certificate: &str, not_after: i64) {
+        self.expiry.with_label_values(&[certificate]).set(not_after);
+    }
+
+    pub fn reloaded(&self, certificate: &str, outcome: &str) {
+        self.reloads
+            .with_label_values(&[certificate, outcome])
+            .inc();
+    }
+
+    pub fn set_peer_expiry(&self, cert_not_after: i64, ca_not_after: i64) {
+        self.expiry.with_label_values(&["peer"]).set(cert_not_after);
+        self.expiry
+            .with_label_values(&["peer_ca"])
+            .set(ca_not_after);
     }
 }

@@ -91,7 +91,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub type PeerServer = Box<
     dyn FnOnce(
             &Store,
-            &Registry,
+            &crate::metrics::TlsMetrics,
             &Arc<crate::cluster::PeerTlsStatus>,
             watch::Receiver<bool>,
         ) -> Result<Vec<JoinHandle<()>>, ServerError>
@@ -149,8 +149,7 @@ impl Server {
         let serve: PeerServer = {
             let inbound = Arc::clone(&inbound);
             let transport = Arc::clone(&transport);
-            Box::new(move |store, registry, tls_status, shutdown| {
-                let tls_metrics = crate::cluster::certs::TlsMetrics::new(registry)?;
+            Box::new(move |store, tls_metrics, tls_status, shutdown| {
                 tls_metrics.set_peer_expiry(expiry.0, expiry.1);
                 tls_status.set(loaded);
                 Ok(vec![
@@ -163,7 +162,7 @@ impl Server {
                     tokio::spawn(crate::cluster::certs::follow_peer_files(
                         peer_files,
                         transport,
-                        tls_metrics,
+                        tls_metrics.clone(),
                         Arc::clone(tls_status),
                         tls_check,
                         shutdown,
@@ -245,7 +244,8 @@ impl Server {
         let health = Health::new(&registry)?;
         let mut tasks = Supervisor::new(Arc::clone(&health));
         let peer_tls = Arc::new(crate::cluster::PeerTlsStatus::default());
-        for task in peers(&store, &registry, &peer_tls, watch_rx.clone())? {
+        let tls_metrics = crate::metrics::TlsMetrics::new(&registry)?;
+        for task in peers(&store, &tls_metrics, &peer_tls, watch_rx.clone())? {
             tasks.spawn(task);
         }
         let members = cluster.members()?;
@@ -325,6 +325,7 @@ impl Server {
         )?;
         // The admin API runs on hyper, which the simulation does not carry.
         #[cfg(not(madsim))]
+        let server_tls = crate::api::admin::ServerTls::default();
         if let Some((admin, addr)) = bind("admin", config.admin_listen).await? {
             listeners.admin = Some(addr);
             tasks.spawn_critical(
@@ -338,6 +339,7 @@ impl Server {
                         health: Arc::clone(&health),
                         drain: Arc::clone(&drain),
                         peer_tls: Arc::clone(&peer_tls),
+                        server_tls: Arc::clone(&server_tls),
                     },
                     watch_rx.clone(),
                 ),
@@ -367,14 +369,11 @@ impl Server {
                     ),
                 );
             }
-            let tls_dir = config.data_dir.join("tls");
+            let served = server_certificate(&config, &tls_metrics, &mut tasks, &watch_rx)?;
+            let _ = server_tls.set(Arc::clone(&served));
             let tls_config = |port| {
-                gateway::tls::device_server_config(
-                    &tls_dir.join("server.pem"),
-                    &tls_dir.join("server.key"),
-                    port,
-                )
-                .map_err(|e| ServerError::Aws(e.to_string()))
+                gateway::tls::device_server_config(Arc::clone(&served), port)
+                    .map_err(|e| ServerError::Aws(e.to_string()))
             };
             for (name, addr, port) in [
                 ("mqtts", config.mqtts_listen, gateway::tls::TlsPort::Mqtt),
@@ -576,6 +575,49 @@ async fn bind_at(listener: &'static str, addr: SocketAddr) -> Result<TcpListener
     {
         TcpListener::bind(addr).await.map_err(error)
     }
+}
+
+/// The certificate the TLS listeners present: `aws.server_cert` and `aws.server_key`,
+/// followed for changes, or else the one issued to this node from the cluster CA (written
+/// to `{data_dir}/tls/` by [`aws_api`]).
+#[cfg(not(madsim))]
+fn server_certificate(
+    config: &Config,
+    metrics: &crate::metrics::TlsMetrics,
+    tasks: &mut Supervisor,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Arc<gateway::server_cert::ServerCertificate>, ServerError> {
+    use gateway::server_cert::{ServerCertificate, ServerFiles};
+    let tls_dir = config.data_dir.join("tls");
+    let (files, follow) = match (&config.aws.server_cert, &config.aws.server_key) {
+        (Some(certificate), Some(key)) => (
+            ServerFiles {
+                certificate: certificate.clone(),
+                key: key.clone(),
+            },
+            true,
+        ),
+        _ => (
+            ServerFiles {
+                certificate: tls_dir.join("server.pem"),
+                key: tls_dir.join("server.key"),
+            },
+            false,
+        ),
+    };
+    let served = ServerCertificate::load(&files).map_err(|e| ServerError::Aws(e.to_string()))?;
+    metrics.set_expiry("server", served.loaded().not_after);
+    if follow {
+        let check = Duration::from_millis(config.cluster.tls_check_ms);
+        tasks.spawn(tokio::spawn(gateway::server_cert::follow(
+            files,
+            Arc::clone(&served),
+            metrics.clone(),
+            check,
+            shutdown.clone(),
+        )));
+    }
+    Ok(served)
 }
 
 /// The AWS services of this node and the HTTP API in front of them. The cluster's access

@@ -261,6 +261,7 @@ async fn apply<N: NodeAdmin>(cluster: &HalyardCluster, ctx: &Context<N>) -> Resu
     )
     .await?;
     apply_service_monitor(client, cluster, &names).await?;
+    apply_certificates(client, cluster, &names).await?;
 
     let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), ns);
     let existing = statefulsets.get_opt(&names.statefulset()).await?;
@@ -284,8 +285,18 @@ async fn apply<N: NodeAdmin>(cluster: &HalyardCluster, ctx: &Context<N>) -> Resu
         .await?
         .items;
     let observation = observe::observe(&ctx.admin, &names, &token, replicas, &pods, now).await;
-    let peer =
+    let mut peer =
         secrets::rotate_peer_ca(client, cluster, &names, now.as_second(), &observation.tls).await?;
+    peer.certificates.extend(
+        secrets::mounted_certificates(
+            client,
+            cluster,
+            &names,
+            &observation.tls,
+            &observation.served,
+        )
+        .await?,
+    );
     if let Some(note) = &peer.changed {
         writes::event(
             client,
@@ -344,6 +355,31 @@ async fn apply_service_monitor(
     } else {
         // Orphaned when monitoring is turned off; absent (404), or the CRD missing, is fine.
         writes::delete(&api, &names.cluster).await?;
+    }
+    Ok(())
+}
+
+/// cert-manager's Certificates with `certManager` TLS; removed in any other mode, where the
+/// Secrets they kept are no longer mounted.
+async fn apply_certificates(
+    client: &Client,
+    cluster: &HalyardCluster,
+    names: &Names,
+) -> Result<(), Error> {
+    let resource = resources::certificate_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &names.namespace, &resource);
+    let wanted = resources::certificates(cluster, names);
+    for certificate in &wanted {
+        writes::apply(&api, &certificate.name_any(), certificate).await?;
+    }
+    if wanted.is_empty() {
+        for name in [names.peer_certificate(), names.server_certificate()] {
+            // Read first: without cert-manager installed the kind is unknown, and there is
+            // nothing to remove.
+            if api.get_opt(&name).await?.is_some() {
+                writes::delete(&api, &name).await?;
+            }
+        }
     }
     Ok(())
 }

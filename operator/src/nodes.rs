@@ -50,6 +50,16 @@ pub struct DrainReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct TlsReport {
     pub peer: Option<PeerTlsReport>,
+    /// The certificate the node's TLS listeners present (absent from older nodes).
+    #[serde(default)]
+    pub server: Option<ServerTlsReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTlsReport {
+    pub certificate_sha256: String,
+    pub not_after: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

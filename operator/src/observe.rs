@@ -20,6 +20,8 @@ pub struct Observation {
     pub nodes: Vec<NodeStatus>,
     /// What each running node has loaded of the peer certificates (`None`: it did not say).
     pub tls: Vec<(String, Option<Loaded>)>,
+    /// The fingerprint of the server certificate each running node presents to devices.
+    pub served: Vec<(String, Option<String>)>,
 }
 
 impl Observation {
@@ -137,6 +139,7 @@ pub async fn observe<N: NodeAdmin>(
     };
     let mut nodes = Vec::new();
     let mut tls = Vec::new();
+    let mut served = Vec::new();
     for kube_pod in pods {
         let Some(ordinal) = ordinal(names, kube_pod) else {
             continue;
@@ -150,17 +153,18 @@ pub async fn observe<N: NodeAdmin>(
             None
         };
         if running {
-            let loaded = admin
-                .tls(&endpoint(ordinal))
-                .await
-                .ok()
-                .and_then(|report| report.peer)
-                .map(|peer| Loaded {
-                    pod: names.pod(ordinal),
-                    certificate_sha256: peer.certificate_sha256,
-                    trusted_ca_sha256: peer.trusted_ca_sha256,
-                });
+            let report = admin.tls(&endpoint(ordinal)).await.ok();
+            let server = report
+                .as_ref()
+                .and_then(|r| r.server.as_ref())
+                .map(|s| s.certificate_sha256.clone());
+            let loaded = report.and_then(|r| r.peer).map(|peer| Loaded {
+                pod: names.pod(ordinal),
+                certificate_sha256: peer.certificate_sha256,
+                trusted_ca_sha256: peer.trusted_ca_sha256,
+            });
             tls.push((names.pod(ordinal), loaded));
+            served.push((names.pod(ordinal), server));
         }
         let pod = plan::Pod {
             version: version(kube_pod),
@@ -196,6 +200,7 @@ pub async fn observe<N: NodeAdmin>(
         store,
         nodes,
         tls,
+        served,
     }
 }
 

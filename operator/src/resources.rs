@@ -36,13 +36,14 @@ const DATA_DIR: &str = "/var/lib/halyard";
 const CONFIG_DIR: &str = "/etc/halyard";
 const CONFIG_FILE: &str = "halyard.toml";
 const PEER_TLS_DIR: &str = "/etc/halyard/peer-tls";
+const SERVER_TLS_DIR: &str = "/etc/halyard/server-tls";
 /// The key of the admin token in its Secret.
 pub const TOKEN_KEY: &str = "token";
-/// Tells the headless Service from the client one.
 /// The pod template annotation with the digest of the node configuration.
 const CONFIG_HASH: &str = "halyard.io/config-hash";
 /// The pod template annotation with the digest of the whole template, which a pod keeps.
 pub const TEMPLATE_HASH: &str = "halyard.io/template-hash";
+/// Tells the headless Service from the client one.
 const SERVICE_ROLE: &str = "halyard.io/service";
 /// Non-root, as distroless's `nonroot` user.
 const USER: i64 = 65532;
@@ -89,6 +90,21 @@ impl Names {
     /// The certificate every node presents to the others (`ca.crt`, `tls.crt`, `tls.key`).
     pub fn peer_tls(&self) -> String {
         format!("{}-peer-tls", self.cluster)
+    }
+
+    /// The certificate devices see, when cert-manager issues it.
+    pub fn server_tls(&self) -> String {
+        format!("{}-server-tls", self.cluster)
+    }
+
+    /// cert-manager's Certificate for the peer Secret.
+    pub fn peer_certificate(&self) -> String {
+        format!("{}-peer", self.cluster)
+    }
+
+    /// cert-manager's Certificate for the server Secret.
+    pub fn server_certificate(&self) -> String {
+        format!("{}-server", self.cluster)
     }
 
     /// The CA that signs the peer certificate (managed TLS); never mounted in a pod.
@@ -250,13 +266,28 @@ pub fn node_config(
         }
     }
     root.insert("cluster".to_owned(), toml::Value::Table(cluster_table));
+    let mut aws = take_table(&mut root, "aws");
     if !spec.tls.server_names.is_empty() {
-        let mut aws = take_table(&mut root, "aws");
         set(
             &mut aws,
             "server_names",
             toml::Value::Array(spec.tls.server_names.iter().map(|n| text(n)).collect()),
         );
+    }
+    // A Secret-held server certificate replaces the one each node issues from the cluster CA.
+    if server_tls_secret(spec, names)?.is_some() {
+        set(
+            &mut aws,
+            "server_cert",
+            text(&format!("{SERVER_TLS_DIR}/tls.crt")),
+        );
+        set(
+            &mut aws,
+            "server_key",
+            text(&format!("{SERVER_TLS_DIR}/tls.key")),
+        );
+    }
+    if !aws.is_empty() {
         root.insert("aws".to_owned(), toml::Value::Table(aws));
     }
     toml::to_string(&root).map_err(ConfigError::Serialize)
@@ -269,6 +300,10 @@ pub enum ConfigError {
     Parse(toml::de::Error),
     #[error("the node configuration does not serialize: {0}")]
     Serialize(toml::ser::Error),
+    #[error("spec.tls.issuerRef is required when spec.tls.mode is certManager")]
+    MissingIssuer,
+    #[error("spec.tls.secrets is required when spec.tls.mode is secrets")]
+    MissingSecrets,
 }
 
 /// The sub-table `key` taken out of `root` (empty if absent or not a table), to be put back.
@@ -465,6 +500,8 @@ pub fn image(spec: &HalyardClusterSpec) -> String {
 
 fn pod_spec(spec: &HalyardClusterSpec, names: &Names) -> PodSpec {
     let overrides = &spec.pod_template;
+    // An invalid TLS spec is reported by the node configuration, made first.
+    let server_tls = server_tls_secret(spec, names).ok().flatten();
     let field = |path: &str| EnvVarSource {
         field_ref: Some(ObjectFieldSelector {
             field_path: path.to_owned(),
@@ -553,12 +590,21 @@ fn pod_spec(spec: &HalyardClusterSpec, names: &Names) -> PodSpec {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            mount("data", DATA_DIR),
-            mount("config", CONFIG_DIR),
-            mount("peer-tls", PEER_TLS_DIR),
-            mount("tmp", "/tmp"),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("data", DATA_DIR),
+                mount("config", CONFIG_DIR),
+                mount("peer-tls", PEER_TLS_DIR),
+                mount("tmp", "/tmp"),
+            ]
+            .into_iter()
+            .chain(
+                server_tls
+                    .is_some()
+                    .then(|| mount("server-tls", SERVER_TLS_DIR)),
+            )
+            .collect(),
+        ),
         ..Container::default()
     };
     let affinity = overrides.affinity.clone().or_else(|| {
@@ -609,30 +655,43 @@ fn pod_spec(spec: &HalyardClusterSpec, names: &Names) -> PodSpec {
         node_selector: (!overrides.node_selector.is_empty())
             .then(|| overrides.node_selector.clone()),
         priority_class_name: overrides.priority_class_name.clone(),
-        volumes: Some(vec![
-            Volume {
-                name: "config".to_owned(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: names.config_map(),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            Volume {
-                name: "peer-tls".to_owned(),
+        volumes: Some(
+            [
+                Volume {
+                    name: "config".to_owned(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: names.config_map(),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: "peer-tls".to_owned(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(peer_tls_secret(spec, names)),
+                        default_mode: Some(0o440),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: "tmp".to_owned(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Volume::default()
+                },
+            ]
+            .into_iter()
+            .chain(server_tls.map(|secret| Volume {
+                name: "server-tls".to_owned(),
                 secret: Some(SecretVolumeSource {
-                    secret_name: Some(peer_tls_secret(spec, names)),
+                    secret_name: Some(secret),
                     default_mode: Some(0o440),
                     ..SecretVolumeSource::default()
                 }),
                 ..Volume::default()
-            },
-            Volume {
-                name: "tmp".to_owned(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Volume::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         ..PodSpec::default()
     }
 }
@@ -643,6 +702,96 @@ pub fn peer_tls_secret(spec: &HalyardClusterSpec, names: &Names) -> String {
         (TlsMode::Secrets, Some(secrets)) => secrets.node.clone(),
         _ => names.peer_tls(),
     }
+}
+
+/// The Secret holding the certificate devices see, if one does: with managed TLS each node
+/// issues its own from the cluster CA (the one device certificates chain to).
+pub fn server_tls_secret(
+    spec: &HalyardClusterSpec,
+    names: &Names,
+) -> Result<Option<String>, ConfigError> {
+    match spec.tls.mode {
+        TlsMode::Managed => Ok(None),
+        TlsMode::CertManager => {
+            if spec.tls.issuer_ref.is_none() {
+                return Err(ConfigError::MissingIssuer);
+            }
+            Ok(Some(names.server_tls()))
+        }
+        TlsMode::Secrets => match &spec.tls.secrets {
+            Some(secrets) => Ok(Some(secrets.server.clone())),
+            None => Err(ConfigError::MissingSecrets),
+        },
+    }
+}
+
+/// cert-manager's Certificates for the peer and server Secrets (`certManager` TLS; none
+/// otherwise). cert-manager renews them before their end, and the nodes load the renewed
+/// files without a restart.
+pub fn certificates(cluster: &HalyardCluster, names: &Names) -> Vec<DynamicObject> {
+    let spec = &cluster.spec;
+    let (TlsMode::CertManager, Some(issuer)) = (spec.tls.mode, &spec.tls.issuer_ref) else {
+        return Vec::new();
+    };
+    let resource = certificate_resource();
+    let hours = |days: u32| format!("{}h", u64::from(days) * 24);
+    // cert-manager refuses a renewal window as long as the certificate's life.
+    let renew_before = hours(
+        spec.tls
+            .renew_before_days
+            .min(spec.tls.cert_validity_days.saturating_sub(1))
+            .max(1),
+    );
+    let certificate = |name: String, secret: String, common_name: &str, dns: Vec<String>| {
+        let mut object = DynamicObject::new(&name, &resource).within(&names.namespace);
+        object.metadata = meta(cluster, names, name.clone());
+        object.data = serde_json::json!({
+            "spec": {
+                "secretName": secret,
+                "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
+                "commonName": common_name,
+                "dnsNames": dns,
+                "duration": hours(spec.tls.cert_validity_days),
+                "renewBefore": renew_before,
+                "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
+                "secretTemplate": {"labels": selector_labels(names)},
+            }
+        });
+        object
+    };
+    let service = names.client_service();
+    let ns = &names.namespace;
+    let mut server_names = spec.tls.server_names.clone();
+    server_names.extend([
+        service.clone(),
+        format!("{service}.{ns}"),
+        format!("{service}.{ns}.svc"),
+        format!("{service}.{ns}.svc.cluster.local"),
+    ]);
+    vec![
+        // Nodes dial each other by one name whatever their address; the CA is what they trust.
+        certificate(
+            names.peer_certificate(),
+            names.peer_tls(),
+            "halyard node",
+            vec![crate::pki::PEER_SERVER_NAME.to_owned()],
+        ),
+        certificate(
+            names.server_certificate(),
+            names.server_tls(),
+            &service,
+            server_names,
+        ),
+    ]
+}
+
+pub fn certificate_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "cert-manager.io",
+        "v1",
+        "Certificate",
+    ))
 }
 
 fn container_port(name: &str, port: u16, protocol: &str) -> ContainerPort {
@@ -721,6 +870,9 @@ pub fn render(cluster: &HalyardCluster) -> Result<String, RenderError> {
     ];
     if cluster.spec.monitoring.service_monitor.enabled {
         documents.push(serde_saphyr::to_string(&service_monitor(cluster, &names))?);
+    }
+    for certificate in certificates(cluster, &names) {
+        documents.push(serde_saphyr::to_string(&certificate)?);
     }
     Ok(documents
         .iter()

@@ -346,6 +346,79 @@ pub async fn rotate_peer_ca(
     Ok(report)
 }
 
+/// The certificates of Secrets the operator does not issue (`certManager` or `secrets` TLS):
+/// when each ends and which nodes have loaded it. A Secret not there yet (cert-manager has
+/// not issued it) is left out; its pods wait for it to start.
+pub async fn mounted_certificates(
+    client: &Client,
+    cluster: &HalyardCluster,
+    names: &Names,
+    loaded: &[(String, Option<Loaded>)],
+    served: &[(String, Option<String>)],
+) -> Result<Vec<CertificateStatus>, Error> {
+    let spec = &cluster.spec;
+    if spec.tls.mode == TlsMode::Managed {
+        return Ok(Vec::new());
+    }
+    let api = Api::<Secret>::namespaced(client.clone(), &names.namespace);
+    let expiry = |what, pem: &str| -> Result<Time, Error> {
+        let at = pki::not_after(what, pem)?;
+        Ok(Time(
+            jiff::Timestamp::from_second(at).unwrap_or(jiff::Timestamp::MAX),
+        ))
+    };
+    let pods_where = |pick: &dyn Fn(&Loaded) -> bool| -> Vec<String> {
+        loaded
+            .iter()
+            .filter(|(_, l)| l.as_ref().is_some_and(pick))
+            .map(|(pod, _)| pod.clone())
+            .collect()
+    };
+    let mut out = Vec::new();
+    let peer_name = resources::peer_tls_secret(spec, names);
+    if let Some(peer) = api.get_opt(&peer_name).await? {
+        if let Some(bundle) = optional_text(&peer, "ca.crt") {
+            let mut want = rotation::fingerprints(&bundle)?;
+            want.sort();
+            out.push(CertificateStatus {
+                secret: peer_name.clone(),
+                kind: "ca".to_owned(),
+                not_after: expiry("peer CA", &bundle)?,
+                loaded_by: pods_where(&|l| {
+                    let mut have = l.trusted_ca_sha256.clone();
+                    have.sort();
+                    have == want
+                }),
+            });
+        }
+        let certificate = text(&peer, &peer_name, "tls.crt")?;
+        let fingerprint = rotation::fingerprints(&certificate)?.into_iter().next();
+        out.push(CertificateStatus {
+            secret: peer_name.clone(),
+            kind: "peer".to_owned(),
+            not_after: expiry("peer certificate", &certificate)?,
+            loaded_by: pods_where(&|l| Some(&l.certificate_sha256) == fingerprint.as_ref()),
+        });
+    }
+    if let Some(server_name) = resources::server_tls_secret(spec, names)?
+        && let Some(server) = api.get_opt(&server_name).await?
+    {
+        let certificate = text(&server, &server_name, "tls.crt")?;
+        let fingerprint = rotation::fingerprints(&certificate)?.into_iter().next();
+        out.push(CertificateStatus {
+            secret: server_name,
+            kind: "server".to_owned(),
+            not_after: expiry("server certificate", &certificate)?,
+            loaded_by: served
+                .iter()
+                .filter(|(_, sha)| sha.is_some() && *sha == fingerprint)
+                .map(|(pod, _)| pod.clone())
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
 fn statuses(
     names: &Names,
     secrets: &rotation::Secrets,

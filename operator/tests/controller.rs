@@ -14,8 +14,8 @@ use halyard_operator::controller::{Context, backoff, reconcile};
 use halyard_operator::crd::{HalyardCluster, HalyardClusterSpec};
 use halyard_operator::metrics::Metrics;
 use halyard_operator::nodes::{
-    AdminError, DrainReport, Endpoint, MemberReport, NodeAdmin, PeerTlsReport, StoreStatus,
-    TlsReport,
+    AdminError, DrainReport, Endpoint, MemberReport, NodeAdmin, PeerTlsReport, ServerTlsReport,
+    StoreStatus, TlsReport,
 };
 use halyard_operator::rotation::fingerprints;
 use http::{Request, Response};
@@ -223,6 +223,8 @@ struct Nodes {
     draining: BTreeSet<u64>,
     /// What each node has loaded of the peer Secret: its certificate and trusted CAs.
     loaded: BTreeMap<u64, (String, Vec<String>)>,
+    /// The fingerprint of the server certificate each node presents, from the server Secret.
+    served: BTreeMap<u64, String>,
     calls: Vec<String>,
 }
 
@@ -287,6 +289,13 @@ impl NodeAdmin for FakeAdmin {
                     certificate_sha256: certificate.clone(),
                     not_after: 0,
                     trusted_ca_sha256: trusted.clone(),
+                }),
+            server: nodes
+                .served
+                .get(&node_of(node))
+                .map(|certificate| ServerTlsReport {
+                    certificate_sha256: certificate.clone(),
+                    not_after: 0,
                 }),
         })
     }
@@ -455,6 +464,16 @@ impl Harness {
                 nodes
                     .loaded
                     .insert(id, (certificate.clone(), trusted.clone()));
+            }
+        }
+        if let Some(secret) = api.get(&format!("{SECRETS}/hc-server-tls")).cloned() {
+            let raw = secret["data"]["tls.crt"].as_str().unwrap_or_default();
+            let pem = String::from_utf8(base64_decode(raw)).unwrap_or_default();
+            let certificate = fingerprints(&pem).unwrap().remove(0);
+            let mut nodes = self.nodes.0.lock();
+            let running: Vec<u64> = nodes.members.keys().copied().collect();
+            for id in running {
+                nodes.served.insert(id, certificate.clone());
             }
         }
         let replicas = sts["spec"]["replicas"].as_u64().unwrap_or(0);
@@ -987,4 +1006,158 @@ async fn reconcile_only(h: &Harness) -> (Vec<String>, Vec<String>) {
 fn a_failing_cluster_is_retried_later_each_time_up_to_five_minutes() {
     let delays: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
     assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+}
+
+/// A TLS Secret as cert-manager writes it.
+fn tls_secret(name: &str, certificate: &str, key: &str, ca: &str) -> Value {
+    use k8s_openapi::ByteString;
+    let data = [("tls.crt", certificate), ("tls.key", key), ("ca.crt", ca)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+        .collect();
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(NS.to_owned()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    let mut value = serde_json::to_value(secret).unwrap();
+    value["apiVersion"] = json!("v1");
+    value["kind"] = json!("Secret");
+    value
+}
+
+#[tokio::test]
+async fn with_cert_manager_the_certificates_are_requested_mounted_and_reported_as_loaded() {
+    let mut cluster = spec(3, "1.0.0");
+    cluster["tls"] = json!({
+        "mode": "certManager",
+        "issuerRef": {"name": "iot-ca", "kind": "ClusterIssuer"},
+        "serverNames": ["iot.example.com"],
+    });
+    let h = Harness::new(cluster);
+    h.round().await;
+    let (writes, _) = h.round().await;
+    let certificates = "/apis/cert-manager.io/v1/namespaces/iot/certificates";
+    for name in ["hc-peer", "hc-server"] {
+        assert!(
+            writes.contains(&format!("PATCH {certificates}/{name}")),
+            "{writes:?}"
+        );
+    }
+    // The operator keeps no CA of its own in this mode.
+    assert!(h.api.lock().get(&format!("{SECRETS}/hc-peer-ca")).is_none());
+    let server = h
+        .api
+        .lock()
+        .get(&format!("{certificates}/hc-server"))
+        .cloned()
+        .unwrap();
+    assert_eq!(server["spec"]["secretName"], "hc-server-tls");
+    assert_eq!(server["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    let dns = server["spec"]["dnsNames"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        dns.contains(&json!("iot.example.com")) && dns.contains(&json!("hc.iot.svc")),
+        "{dns:?}"
+    );
+    let peer = h
+        .api
+        .lock()
+        .get(&format!("{certificates}/hc-peer"))
+        .cloned()
+        .unwrap();
+    assert_eq!(peer["spec"]["secretName"], "hc-peer-tls");
+    assert_eq!(peer["spec"]["dnsNames"], json!(["halyard-peer"]));
+    let sts = h.api.lock().get(STS_PATH).cloned().unwrap();
+    let volumes = sts["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(
+        volumes.contains("hc-server-tls") && volumes.contains("hc-peer-tls"),
+        "{volumes}"
+    );
+    let config = h
+        .api
+        .lock()
+        .get("/api/v1/namespaces/iot/configmaps/hc-config")
+        .cloned()
+        .unwrap();
+    let config = config["data"]["halyard.toml"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        config.contains("server_cert = \"/etc/halyard/server-tls/tls.crt\""),
+        "{config}"
+    );
+
+    // cert-manager issues both Secrets; the nodes load them.
+    let now = NOW.get();
+    let ca = halyard_operator::pki::new_ca(now, 365).unwrap();
+    let node = halyard_operator::pki::issue_peer(&ca, now, 90).unwrap();
+    let device_facing = halyard_operator::pki::issue_peer(&ca, now, 60).unwrap();
+    for (name, pair) in [("hc-peer-tls", &node), ("hc-server-tls", &device_facing)] {
+        let secret = tls_secret(
+            name,
+            &pair.certificate_pem,
+            &pair.key_pem,
+            &ca.certificate_pem,
+        );
+        h.api
+            .lock()
+            .objects
+            .insert(format!("{SECRETS}/{name}"), secret);
+    }
+    h.settle(10).await;
+    h.round().await;
+    let status = h.status();
+    let certificates = status["certificates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let kinds: Vec<&str> = certificates
+        .iter()
+        .filter_map(|c| c["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["ca", "peer", "server"], "{status}");
+    for certificate in &certificates {
+        assert_eq!(
+            certificate["loadedBy"],
+            json!(["hc-0", "hc-1", "hc-2"]),
+            "{certificate}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn existing_secrets_mode_without_its_secrets_is_an_invalid_spec_naming_the_field() {
+    let mut cluster = spec(3, "1.0.0");
+    cluster["tls"] = json!({"mode": "secrets"});
+    let h = Harness::new(cluster);
+    h.round().await;
+    h.round().await;
+    assert_eq!(
+        h.condition("Degraded"),
+        ("True".into(), "InvalidSpec".into())
+    );
+    let status = h.status();
+    let degraded = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Degraded")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.tls.secrets"),
+        "{degraded}"
+    );
+    assert!(h.api.lock().get(STS_PATH).is_none());
 }

@@ -29,7 +29,11 @@ pub struct AdminState {
     pub health: Arc<Health>,
     pub drain: Arc<crate::drain::Drain>,
     pub peer_tls: Arc<crate::cluster::PeerTlsStatus>,
+    /// The certificate devices see, once the TLS listeners have one.
+    pub server_tls: ServerTls,
 }
+
+pub type ServerTls = Arc<std::sync::OnceLock<Arc<crate::gateway::server_cert::ServerCertificate>>>;
 
 /// Serves the admin API until `shutdown` turns true.
 pub async fn run(listener: TcpListener, state: AdminState, shutdown: watch::Receiver<bool>) {
@@ -230,9 +234,11 @@ async fn drain(State(state): State<AdminState>, headers: HeaderMap) -> Response 
         .into_response()
 }
 
-/// The peer certificate and the CAs this node uses now (`null` on a node without peers).
+/// The peer certificate and the CAs this node uses now (`null` on a node without peers), and
+/// the server certificate its TLS listeners present (`null` before they start).
 async fn tls_status(State(state): State<AdminState>) -> Response {
-    Json(json!({ "peer": state.peer_tls.get() })).into_response()
+    let server = state.server_tls.get().map(|served| served.loaded());
+    Json(json!({ "peer": state.peer_tls.get(), "server": server })).into_response()
 }
 
 /// Whether this node drains and whether its drain is done (`done` holds what it did).

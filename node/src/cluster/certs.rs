@@ -222,6 +222,71 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> std::io::Result<()
     options.open(path)?.write_all(contents)
 }
 
+/// The files of the peer certificates, and what was last loaded from them.
+pub struct PeerFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl PeerFiles {
+    fn read(&self) -> Option<[Vec<u8>; 3]> {
+        Some([
+            std::fs::read(&self.ca).ok()?,
+            std::fs::read(&self.cert).ok()?,
+            std::fs::read(&self.key).ok()?,
+        ])
+    }
+
+    pub fn load(&self) -> Result<PeerTls, ClusterError> {
+        load(&self.ca, &self.cert, &self.key)
+    }
+}
+
+/// Loads the peer certificates again whenever their files change (read every `check`), so
+/// that certificates and the trusted CAs rotate without a restart, until `shutdown`.
+/// Kubernetes updates a mounted Secret by swapping a symlink: a read sees all old or all new
+/// files.
+pub async fn follow_peer_files(
+    files: PeerFiles,
+    transport: Arc<super::QuicTransport>,
+    metrics: crate::metrics::TlsMetrics,
+    status: Arc<super::PeerTlsStatus>,
+    check: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = files.read();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(check) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let current = files.read();
+        if current.is_none() || current == last {
+            continue;
+        }
+        last = current;
+        let outcome = match files.load().and_then(|tls| {
+            let expiry = (tls.cert_not_after, tls.ca_not_after);
+            let loaded = tls.loaded.clone();
+            transport.reload(tls)?;
+            metrics.set_peer_expiry(expiry.0, expiry.1);
+            status.set(loaded);
+            Ok(())
+        }) {
+            Ok(()) => {
+                tracing::info!(cert = %files.cert.display(), "peer certificates reloaded");
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "changed peer certificates do not load; the previous ones stay in use");
+                "error"
+            }
+        };
+        metrics.reloaded("peer", outcome);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,112 +321,5 @@ mod tests {
         let err = load(&missing, &missing, &missing).err().unwrap();
         assert!(err.to_string().contains("cluster CA"), "{err}");
         assert!(err.to_string().contains("nope.pem"), "{err}");
-    }
-}
-
-/// The files of the peer certificates, and what was last loaded from them.
-pub struct PeerFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl PeerFiles {
-    fn read(&self) -> Option<[Vec<u8>; 3]> {
-        Some([
-            std::fs::read(&self.ca).ok()?,
-            std::fs::read(&self.cert).ok()?,
-            std::fs::read(&self.key).ok()?,
-        ])
-    }
-
-    pub fn load(&self) -> Result<PeerTls, ClusterError> {
-        load(&self.ca, &self.cert, &self.key)
-    }
-}
-
-/// `halyard_tls_*`: certificate lifetimes and reloads.
-#[derive(Clone)]
-pub struct TlsMetrics {
-    expiry: prometheus::IntGaugeVec,
-    reloads: prometheus::IntCounterVec,
-}
-
-impl TlsMetrics {
-    pub fn new(registry: &prometheus::Registry) -> Result<Self, prometheus::Error> {
-        let expiry = prometheus::IntGaugeVec::new(
-            prometheus::Opts::new(
-                "halyard_tls_certificate_expiry_timestamp_seconds",
-                "When a certificate this node uses ends (Unix seconds), by certificate: peer \
-                 (this node's, between nodes), peer_ca (the first trusted cluster CA to end)",
-            ),
-            &["certificate"],
-        )?;
-        let reloads = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
-                "halyard_tls_reloads_total",
-                "Certificate files found changed and loaded again, by certificate and outcome \
-                 (ok, or error: the files did not load and the previous ones stay in use)",
-            ),
-            &["certificate", "outcome"],
-        )?;
-        registry.register(Box::new(expiry.clone()))?;
-        registry.register(Box::new(reloads.clone()))?;
-        // Zero from the start, so that a rate over them is defined before the first reload.
-        for outcome in ["ok", "error"] {
-            reloads.with_label_values(&["peer", outcome]);
-        }
-        Ok(TlsMetrics { expiry, reloads })
-    }
-
-    pub fn set_peer_expiry(&self, cert_not_after: i64, ca_not_after: i64) {
-        self.expiry.with_label_values(&["peer"]).set(cert_not_after);
-        self.expiry
-            .with_label_values(&["peer_ca"])
-            .set(ca_not_after);
-    }
-}
-
-/// Loads the peer certificates again whenever their files change (read every `check`), so
-/// that certificates and the trusted CAs rotate without a restart, until `shutdown`.
-/// Kubernetes updates a mounted Secret by swapping a symlink: a read sees all old or all new
-/// files.
-pub async fn follow_peer_files(
-    files: PeerFiles,
-    transport: Arc<super::QuicTransport>,
-    metrics: TlsMetrics,
-    status: Arc<super::PeerTlsStatus>,
-    check: std::time::Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut last = files.read();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(check) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-        let current = files.read();
-        if current.is_none() || current == last {
-            continue;
-        }
-        last = current;
-        let outcome = match files.load().and_then(|tls| {
-            let expiry = (tls.cert_not_after, tls.ca_not_after);
-            let loaded = tls.loaded.clone();
-            transport.reload(tls)?;
-            metrics.set_peer_expiry(expiry.0, expiry.1);
-            status.set(loaded);
-            Ok(())
-        }) {
-            Ok(()) => {
-                tracing::info!(cert = %files.cert.display(), "peer certificates reloaded");
-                "ok"
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "changed peer certificates do not load; the previous ones stay in use");
-                "error"
-            }
-        };
-        metrics.reloads.with_label_values(&["peer", outcome]).inc();
     }
 }

@@ -4,6 +4,8 @@
 mod admission;
 #[cfg(not(madsim))]
 pub mod http;
+#[cfg(not(madsim))]
+pub mod server_cert;
 mod tcp;
 #[cfg(not(madsim))]
 pub mod tls;

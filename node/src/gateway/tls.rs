@@ -5,14 +5,12 @@
 //! moment ago on any node is known.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use thiserror::Error;
@@ -120,29 +118,12 @@ impl ClientCertVerifier for RegistryDecides {
     }
 }
 
-fn pem_error(
-    what: &'static str,
-    path: &Path,
-) -> impl Fn(rustls::pki_types::pem::Error) -> TlsError {
-    move |e| TlsError::Pem {
-        what,
-        path: path.to_owned(),
-        message: e.to_string(),
-    }
-}
-
-/// A device port's TLS: TLS 1.2 and 1.3, the server certificate and key from PEM files, a
-/// client certificate as `port` needs it.
+/// A device port's TLS: TLS 1.2 and 1.3, the server certificate `served` (which may change
+/// under it), a client certificate as `port` needs it.
 pub fn device_server_config(
-    certificate: &Path,
-    key: &Path,
+    served: Arc<super::server_cert::ServerCertificate>,
     port: TlsPort,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = CertificateDer::pem_file_iter(certificate)
-        .map_err(pem_error("server certificate", certificate))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem_error("server certificate", certificate))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(pem_error("server key", key))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(RegistryDecides {
         algorithms: provider.signature_verification_algorithms,
@@ -151,7 +132,7 @@ pub fn device_server_config(
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(served);
     if port == TlsPort::Multiplexed {
         config.alpn_protocols = ALPN_MULTIPLEXED.iter().map(|p| p.to_vec()).collect();
     }

@@ -9,3 +9,4 @@ mod cluster_quic;
 mod common;
 mod ingest;
 mod operator_admin;
+mod server_tls;
