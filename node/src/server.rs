@@ -323,9 +323,10 @@ impl Server {
             Duration::from_millis(config.cluster.drain_handover_ms),
             &registry,
         )?;
-        // The admin API runs on hyper, which the simulation does not carry.
         #[cfg(not(madsim))]
         let server_tls = crate::api::admin::ServerTls::default();
+        // The admin API runs on hyper, which the simulation does not carry.
+        #[cfg(not(madsim))]
         if let Some((admin, addr)) = bind("admin", config.admin_listen).await? {
             listeners.admin = Some(addr);
             tasks.spawn_critical(
