@@ -349,6 +349,16 @@ impl Server {
         #[cfg(not(madsim))]
         {
             let api = Arc::new(aws_api(&config, &store, &broker, &shadows, &registry).await?);
+            let engine = Arc::new(crate::services::rules::engine::RulesEngine::new(
+                broker.clone(),
+                crate::services::records::Records::new(store.clone()),
+                &config.aws.account_id,
+                crate::services::rules::engine::RuleMetrics::new(&registry)?,
+                watch_rx.clone(),
+            ));
+            engine
+                .start(&mut tasks)
+                .map_err(|e| ServerError::Aws(e.to_string()))?;
             let devices: Arc<dyn gateway::tls::Devices> =
                 Arc::new(crate::api::routes::DeviceServices::new(Arc::clone(&api)));
             if let Some((http, addr)) = bind("http", config.http_listen).await? {
@@ -669,6 +679,7 @@ async fn aws_api(
         registry.clone(),
         certs.clone(),
     );
+    let rules = crate::services::rules::Rules::new(records.clone(), arns.clone());
     let authorizers = Authorizers::new(
         records.clone(),
         arns.clone(),
@@ -694,6 +705,7 @@ async fn aws_api(
             certs,
             policies,
             authorizers,
+            rules,
             custom,
             config: aws.clone(),
         },

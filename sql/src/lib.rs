@@ -12,11 +12,13 @@ mod functions;
 mod lexer;
 mod ops;
 mod parser;
+mod template;
 mod value;
 
 pub use ast::SqlVersion;
 pub use error::ParseError;
 pub use eval::{Document, Environment, Message, MqttProperties, NoEnvironment};
+pub use template::Template;
 pub use value::{Map, Value};
 
 use ast::{Expr, Item, Select};

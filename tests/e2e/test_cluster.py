@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 
+import aws
 from harness import Broker, Client, Launched, halyard_bin, launch_broker, wait_for_broker
 
 NODES = (1, 2, 3)
@@ -142,6 +143,39 @@ def test_a_message_published_on_one_node_reaches_subscribers_on_the_others_in_or
         assert all(m.topic == "fleet/7/temp" for m in got)
     for client in (exact, wildcard, publisher):
         client.disconnect()
+
+
+def test_a_rule_created_on_one_node_runs_once_per_message_whichever_node_it_enters(cluster: Cluster) -> None:
+    first, second, third = cluster.brokers
+    key, secret = aws.keys(first)
+    iot = aws.client(first, key, secret)
+    iot.create_topic_rule(
+        ruleName="cluster_hot",
+        topicRulePayload={
+            "sql": "SELECT temp, topic(2) AS site FROM 'plant/+/temp' WHERE temp > 50",
+            "awsIotSqlVersion": "2016-03-23",
+            "actions": [{"republish": {"topic": "plant-alerts/${topic(2)}", "roleArn": "arn:aws:iam::1:role/r", "qos": 1}}],
+        },
+    )
+    # Every node's engine follows the store.
+    for node in cluster.brokers:
+        _wait_for("the rule on every node", lambda n=node: (n.metrics().value("halyard_rules") or 0) >= 1)
+    watcher = _client(third, "rules-watcher")
+    watcher.subscribe("plant-alerts/#", 1)
+    _wait_for("node 2 to learn the route", lambda: _routes(second) >= 1)
+    publisher = _client(second, "rules-publisher")
+    for n in range(20):
+        publisher.publish(f"plant/s{n}/temp", json.dumps({"temp": 60 + n}).encode(), qos=1)
+    got = sorted((m.topic, json.loads(m.payload)["temp"]) for m in (watcher.expect() for _ in range(20)))
+    assert got == sorted((f"plant-alerts/s{n}", 60 + n) for n in range(20))
+    watcher.expect_none(1.0)
+    fired = sum(b.metrics().value("halyard_rule_messages_fired_total", rule="cluster_hot") or 0 for b in cluster.brokers)
+    assert fired == 20
+    iot.delete_topic_rule(ruleName="cluster_hot")
+    for node in cluster.brokers:
+        _wait_for("the rule gone from every node", lambda n=node: n.metrics().value("halyard_rules") == 0)
+    publisher.disconnect()
+    watcher.disconnect()
 
 
 def test_a_message_retained_on_one_node_is_sent_to_a_subscriber_on_another(

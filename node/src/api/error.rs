@@ -191,6 +191,8 @@ impl From<Error> for AwsError {
             Error::LimitExceeded(_) => Self::limit_exceeded(message),
             Error::VersionsLimitExceeded(_) => Self::versions_limit_exceeded(message),
             Error::MalformedPolicy(_) => Self::malformed_policy(message),
+            Error::SqlParse(_) => Self::with_status(400, "SqlParseException", message),
+            Error::Unauthorized(_) => Self::unauthorized(message),
             Error::Unavailable(_) => Self::unavailable(message),
             Error::Internal(_) => Self::internal(message),
         }

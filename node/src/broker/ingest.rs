@@ -47,6 +47,9 @@ pub(super) fn event(topic: String, payload: String) -> Message {
     }
 }
 
+/// Topics that go to one topic rule only (`$aws/rules/{rule}/...`).
+pub const BASIC_INGEST: &str = "$aws/rules/";
+
 /// Where a message entered the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Arrival<'a> {
@@ -83,12 +86,18 @@ impl Broker {
         let message = Arc::new(message);
         let served = self.serve(&message, ingress.publisher);
         self.tap(&message, ingress.publisher);
-        let mut published = self.route(
-            &message,
-            ingress.waker,
-            ingress.reply_to.map(|s| s.id),
-            Arrival::Here,
-        );
+        // Basic Ingest: the rules engine's tap has it; no subscriber, retained copy or other
+        // node does.
+        let mut published = if message.topic.starts_with(BASIC_INGEST) {
+            Published::default()
+        } else {
+            self.route(
+                &message,
+                ingress.waker,
+                ingress.reply_to.map(|s| s.id),
+                Arrival::Here,
+            )
+        };
         published.served = served;
         if let Some(requester) = ingress.reply_to
             && !published.requester_offered

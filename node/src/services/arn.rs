@@ -17,6 +17,7 @@ pub enum Kind {
     CaCertificate,
     Policy,
     Authorizer,
+    Rule,
 }
 
 impl Kind {
@@ -29,6 +30,7 @@ impl Kind {
             Kind::CaCertificate => "cacert/",
             Kind::Policy => "policy/",
             Kind::Authorizer => "authorizer/",
+            Kind::Rule => "rule/",
         }
     }
 }

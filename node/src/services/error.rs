@@ -48,6 +48,12 @@ pub enum Error {
     VersionsLimitExceeded(String),
     #[error("{0}")]
     MalformedPolicy(String),
+    /// A topic rule's SQL statement does not parse.
+    #[error("{0}")]
+    SqlParse(String),
+    /// AWS answers a missing topic rule as access denied.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The store cannot answer now (no leader, no quorum, shutting down).
     #[error("{0}")]
     Unavailable(String),

@@ -26,6 +26,8 @@ pub mod policies;
 pub mod records;
 #[cfg(not(madsim))]
 pub mod registry;
+#[cfg(not(madsim))]
+pub mod rules;
 pub mod shadow;
 
 use std::sync::Arc;

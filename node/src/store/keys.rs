@@ -45,6 +45,8 @@ pub const POLICY_TARGETS: &str = "aws/policy-targets/";
 pub const TARGET_POLICIES: &str = "aws/target-policies/";
 pub const AUTHORIZERS: &str = "aws/authorizer/";
 pub const DEFAULT_AUTHORIZER: &str = "aws/default-authorizer";
+/// Topic rules, by name: outside `aws/`, so that admission does not follow them.
+pub const RULES: &str = "rule/";
 /// The cluster's generated access keys.
 pub const CREDENTIALS: &str = "aws/credentials/halyard";
 /// The cluster's own CA.
@@ -166,6 +168,10 @@ pub fn thing(name: &str) -> String {
 
 pub fn thing_type(name: &str) -> String {
     joined(&[THING_TYPES, name])
+}
+
+pub fn rule(name: &str) -> String {
+    joined(&[RULES, name])
 }
 
 pub fn thing_group(name: &str) -> String {

@@ -6,6 +6,7 @@ mod authorizers;
 mod certificates;
 mod groups;
 mod policies;
+mod rules;
 mod things;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::services::authorizers::Authorizers;
 use crate::services::certs::Certificates;
 use crate::services::policies::Policies;
 use crate::services::registry::Registry;
+use crate::services::rules::Rules;
 
 type ApiResult = Result<Value, AwsError>;
 
@@ -29,6 +31,7 @@ pub struct ControlPlane {
     pub certs: Certificates,
     pub policies: Policies,
     pub authorizers: Authorizers,
+    pub rules: Rules,
     pub custom: Arc<CustomAuth>,
     pub config: AwsConfig,
 }
@@ -287,6 +290,25 @@ impl ControlPlane {
                 self.describe_default_authorizer().await,
             ),
             ("GET", ["endpoint"]) => ("DescribeEndpoint", self.describe_endpoint(request)),
+            ("GET", ["rules"]) => ("ListTopicRules", self.list_topic_rules(request).await),
+            ("POST", ["rules", name]) => (
+                "CreateTopicRule",
+                self.create_topic_rule(name, request).await,
+            ),
+            ("PATCH", ["rules", name]) => (
+                "ReplaceTopicRule",
+                self.replace_topic_rule(name, request).await,
+            ),
+            ("GET", ["rules", name]) => ("GetTopicRule", self.get_topic_rule(name).await),
+            ("DELETE", ["rules", name]) => ("DeleteTopicRule", self.delete_topic_rule(name).await),
+            ("POST", ["rules", name, "enable"]) => (
+                "EnableTopicRule",
+                self.set_topic_rule_disabled(name, false).await,
+            ),
+            ("POST", ["rules", name, "disable"]) => (
+                "DisableTopicRule",
+                self.set_topic_rule_disabled(name, true).await,
+            ),
             ("POST", ["test-authorization"]) => {
                 ("TestAuthorization", self.test_authorization(request).await)
             }

@@ -1,0 +1,472 @@
+//! The rules engine of one node. It follows the rules in the store (every node runs the same
+//! set), and takes each message that enters the broker on this node from a tap: a message
+//! forwarded from another node has been through that node's engine, so each message is seen
+//! once in the cluster. Rules are matched by their FROM filters in a trie; a Basic Ingest
+//! message (`$aws/rules/{rule}/...`) goes to its rule alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use halyard_sql::{Document, Environment, Message as SqlMessage, MqttProperties, Statement, Value};
+use parking_lot::RwLock;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::watch;
+
+use super::RuleRecord;
+use super::actions::{Action, Republish};
+use crate::broker::{Broker, Subscriber, SubscriptionTrie, Tapped, Target};
+use crate::mqtt::SubscriptionOptions;
+use crate::services::records::Records;
+use crate::store::keys;
+use crate::supervisor::Supervisor;
+
+/// Messages taken from the broker and not yet evaluated; beyond, the tap drops and counts.
+const QUEUE: usize = 65_536;
+/// The prefix of Basic Ingest topics.
+const BASIC_INGEST: &str = "$aws/rules/";
+
+/// `halyard_rule_*`, by rule.
+#[derive(Clone)]
+pub struct RuleMetrics {
+    matched: IntCounterVec,
+    fired: IntCounterVec,
+    actions: IntCounterVec,
+    evaluation: HistogramVec,
+    rules: IntGauge,
+}
+
+impl RuleMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = RuleMetrics {
+            matched: IntCounterVec::new(
+                Opts::new(
+                    "halyard_rule_messages_matched_total",
+                    "Messages whose topic a rule's FROM filter matched (or sent to it by Basic Ingest), by rule",
+                ),
+                &["rule"],
+            )?,
+            fired: IntCounterVec::new(
+                Opts::new(
+                    "halyard_rule_messages_fired_total",
+                    "Messages for which a rule's WHERE held and its actions ran, by rule",
+                ),
+                &["rule"],
+            )?,
+            actions: IntCounterVec::new(
+                Opts::new(
+                    "halyard_rule_actions_total",
+                    "Actions run, by rule, action and outcome (succeeded, failed, error_action)",
+                ),
+                &["rule", "action", "outcome"],
+            )?,
+            evaluation: HistogramVec::new(
+                HistogramOpts::new(
+                    "halyard_rule_evaluation_seconds",
+                    "Time a rule's statement takes over one message, by rule",
+                )
+                .buckets(vec![1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 2e-3, 1e-2]),
+                &["rule"],
+            )?,
+            rules: IntGauge::new("halyard_rules", "Topic rules this node's engine runs")?,
+        };
+        registry.register(Box::new(metrics.matched.clone()))?;
+        registry.register(Box::new(metrics.fired.clone()))?;
+        registry.register(Box::new(metrics.actions.clone()))?;
+        registry.register(Box::new(metrics.evaluation.clone()))?;
+        registry.register(Box::new(metrics.rules.clone()))?;
+        Ok(metrics)
+    }
+}
+
+/// A rule ready to run.
+struct Compiled {
+    id: u64,
+    record: RuleRecord,
+    statement: Statement,
+    actions: Vec<Action>,
+    error_action: Option<Action>,
+}
+
+#[derive(Clone)]
+struct Rule(Arc<Compiled>);
+
+impl Target for Rule {
+    fn target_id(&self) -> u64 {
+        self.0.id
+    }
+}
+
+#[derive(Default)]
+struct RuleSet {
+    by_name: HashMap<String, Rule>,
+    filters: SubscriptionTrie<Rule>,
+}
+
+static NEXT_RULE: AtomicU64 = AtomicU64::new(1);
+
+impl RuleSet {
+    /// The set of `records`, reusing what is compiled already for a rule that did not change.
+    fn build(records: Vec<RuleRecord>, previous: &RuleSet) -> RuleSet {
+        let mut set = RuleSet::default();
+        for record in records {
+            let rule = match previous.by_name.get(&record.rule_name) {
+                Some(rule) if rule.0.record == record => rule.clone(),
+                _ => match compile(record) {
+                    Ok(rule) => rule,
+                    Err((name, e)) => {
+                        tracing::warn!(rule = %name, error = %e, "a stored rule does not compile; it is skipped");
+                        continue;
+                    }
+                },
+            };
+            if let Some(filter) = rule.0.statement.topic_filter() {
+                set.filters.insert(
+                    filter,
+                    None,
+                    Subscriber {
+                        target: rule.clone(),
+                        options: SubscriptionOptions::default(),
+                        subscription_id: None,
+                    },
+                );
+            }
+            set.by_name.insert(rule.0.record.rule_name.clone(), rule);
+        }
+        set
+    }
+}
+
+fn compile(record: RuleRecord) -> Result<Rule, (String, String)> {
+    let name = record.rule_name.clone();
+    let version = record.version();
+    let failed = |e: String| (name.clone(), e);
+    let statement = Statement::compile(&record.sql, version).map_err(|e| failed(e.to_string()))?;
+    let actions = record
+        .actions
+        .iter()
+        .map(|a| Action::parse(a, version))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
+    let error_action = record
+        .error_action
+        .as_ref()
+        .map(|a| Action::parse(a, version))
+        .transpose()
+        .map_err(failed)?;
+    Ok(Rule(Arc::new(Compiled {
+        id: NEXT_RULE.fetch_add(1, Ordering::Relaxed),
+        record,
+        statement,
+        actions,
+        error_action,
+    })))
+}
+
+/// What the functions that look beyond the message see.
+struct NodeEnvironment {
+    account_id: String,
+}
+
+impl Environment for NodeEnvironment {
+    fn account_id(&self) -> &str {
+        &self.account_id
+    }
+
+    fn thing_shadow(&self, _thing: &str, _name: Option<&str>) -> Option<Value> {
+        None
+    }
+}
+
+pub struct RulesEngine {
+    broker: Broker,
+    records: Records,
+    env: NodeEnvironment,
+    set: RwLock<Arc<RuleSet>>,
+    metrics: RuleMetrics,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl RulesEngine {
+    pub fn new(
+        broker: Broker,
+        records: Records,
+        account_id: &str,
+        metrics: RuleMetrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        RulesEngine {
+            broker,
+            records,
+            env: NodeEnvironment {
+                account_id: account_id.to_owned(),
+            },
+            set: RwLock::new(Arc::new(RuleSet::default())),
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// Starts following the rules and taking messages; both run until the node stops.
+    pub fn start(self: Arc<Self>, tasks: &mut Supervisor) -> Result<(), crate::broker::TapError> {
+        let tap = self.broker.add_tap("rules", &["#", "$aws/#"], QUEUE)?;
+        tasks.spawn_critical("rules:follow", Arc::clone(&self).follow());
+        tasks.spawn_critical("rules:run", self.run(tap));
+        Ok(())
+    }
+
+    /// Loads every rule, then again after each change; after a missed change (the watch fell
+    /// behind the store's compaction), from scratch.
+    async fn follow(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let mut changes = match self.records.watch(keys::RULES) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the topic rules; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            // Watching began before this read, so no change between the two is missed.
+            if let Err(e) = self.reload().await {
+                tracing::warn!(error = %e, "cannot read the topic rules; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+            loop {
+                tokio::select! {
+                    next = changes.next() => match next {
+                        Some(Ok(_)) => {
+                            if let Err(e) = self.reload().await {
+                                tracing::warn!(error = %e, "cannot read the topic rules");
+                            }
+                        }
+                        Some(Err(_)) | None => break,
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+
+    async fn reload(&self) -> crate::services::error::Result<()> {
+        let mut records = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = self
+                .records
+                .page::<RuleRecord>(keys::RULES, after.as_deref(), 1000)
+                .await?;
+            after = page.last().map(|(key, _)| key.clone());
+            records.extend(page.into_iter().map(|(_, r)| r));
+            if !more {
+                break;
+            }
+        }
+        let previous = Arc::clone(&self.set.read());
+        let set = RuleSet::build(records, &previous);
+        self.metrics.rules.set(set.by_name.len() as i64);
+        *self.set.write() = Arc::new(set);
+        Ok(())
+    }
+
+    async fn run(self: Arc<Self>, mut tap: crate::broker::Tap) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                next = tap.recv() => match next {
+                    Some(tapped) => self.process(&tapped),
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Runs every rule `tapped` reaches.
+    fn process(&self, tapped: &Tapped) {
+        let set = Arc::clone(&self.set.read());
+        let full_topic: &str = &tapped.message.topic;
+        let (topic, rules) = match full_topic.strip_prefix(BASIC_INGEST) {
+            Some(rest) => {
+                let (name, topic) = rest.split_once('/').unwrap_or((rest, ""));
+                (topic, set.by_name.get(name).cloned().into_iter().collect())
+            }
+            None => {
+                let mut matched = Vec::new();
+                set.filters.matches(full_topic, &mut matched);
+                let rules: Vec<Rule> = matched.into_iter().map(|s| s.target.clone()).collect();
+                (full_topic, rules)
+            }
+        };
+        let rules: Vec<Rule> = rules
+            .into_iter()
+            .filter(|r| !r.0.record.rule_disabled)
+            .collect();
+        if rules.is_empty() {
+            return;
+        }
+        let payload: &[u8] = &tapped.message.payload;
+        let document = Document::parse(payload);
+        let properties = sql_properties(&tapped.message);
+        let message = SqlMessage {
+            topic,
+            payload,
+            document: &document,
+            client_id: tapped.client_id.as_deref(),
+            principal: None,
+            timestamp_ms: now_ms(),
+            trace_id: None,
+            properties: &properties,
+        };
+        for rule in rules {
+            self.run_rule(&rule.0, &message);
+        }
+    }
+
+    fn run_rule(&self, rule: &Compiled, message: &SqlMessage<'_>) {
+        let name = rule.record.rule_name.as_str();
+        self.metrics.matched.with_label_values(&[name]).inc();
+        let started = Instant::now();
+        let output = rule.statement.evaluate(message, &self.env);
+        self.metrics
+            .evaluation
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        let Some(output) = output else {
+            return;
+        };
+        self.metrics.fired.with_label_values(&[name]).inc();
+        let payload = output.to_payload();
+        let mut failures = Vec::new();
+        for action in &rule.actions {
+            let outcome = self.execute(action, message, &payload);
+            let label = if outcome.is_ok() {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            self.metrics
+                .actions
+                .with_label_values(&[name, &action.failed_action(), label])
+                .inc();
+            if let Err((resource, error)) = outcome {
+                failures.push(serde_json::json!({
+                    "failedAction": action.failed_action(),
+                    "failedResource": resource,
+                    "errorMessage": error,
+                }));
+            }
+        }
+        if failures.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            rule = name,
+            failures = failures.len(),
+            "rule actions failed"
+        );
+        let Some(error_action) = &rule.error_action else {
+            return;
+        };
+        // One message per rule and message, listing every action that failed.
+        let report = serde_json::json!({
+            "ruleName": name,
+            "topic": message.topic,
+            "cloudwatchTraceId": crate::ids::uuid_v4(),
+            "clientId": message.client_id.unwrap_or("n/a"),
+            "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(message.payload),
+            "failures": failures,
+        });
+        let outcome = self.execute(error_action, message, report.to_string().as_bytes());
+        let label = if outcome.is_ok() {
+            "error_action"
+        } else {
+            "error_action_failed"
+        };
+        self.metrics
+            .actions
+            .with_label_values(&[name, &error_action.failed_action(), label])
+            .inc();
+    }
+
+    /// Runs one action with `payload`; on failure, the resource and why.
+    fn execute(
+        &self,
+        action: &Action,
+        message: &SqlMessage<'_>,
+        payload: &[u8],
+    ) -> Result<(), (String, String)> {
+        match action {
+            Action::Republish(republish) => self.republish(republish, message, payload),
+            Action::NotRun { kind } => Err((
+                (*kind).to_owned(),
+                format!("the {kind} action is not available on this Halyard node"),
+            )),
+        }
+    }
+
+    fn republish(
+        &self,
+        republish: &Republish,
+        message: &SqlMessage<'_>,
+        payload: &[u8],
+    ) -> Result<(), (String, String)> {
+        let topic = republish.topic.render(message, &self.env);
+        if crate::mqtt::topic::validate_name(&topic, usize::from(u16::MAX), usize::MAX).is_err() {
+            return Err((
+                topic.clone(),
+                format!(
+                    "'{topic}' (from '{}') is not a topic a message can be published to",
+                    republish.topic_text
+                ),
+            ));
+        }
+        let published = self.broker.publish(
+            crate::broker::Message {
+                topic: topic.as_str().into(),
+                payload: bytes::Bytes::copy_from_slice(payload),
+                qos: republish.qos,
+                retain: false,
+                properties: None,
+                expires_at: None,
+                origin: 0,
+            },
+            None,
+        );
+        if published.refused {
+            return Err((
+                topic,
+                "the broker refused the message: the store cannot take more now".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The MQTT 5 properties the SQL functions read.
+fn sql_properties(message: &crate::broker::Message) -> MqttProperties {
+    let Some(p) = message.properties.as_deref() else {
+        return MqttProperties::default();
+    };
+    MqttProperties {
+        content_type: p.content_type.clone(),
+        payload_format_utf8: p.payload_format_indicator.map(|f| f == 1),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.as_ref().map(|d| d.to_vec()),
+        user_properties: p.user_properties.clone(),
+    }
+}
