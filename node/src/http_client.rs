@@ -1,5 +1,5 @@
 //! The node's one HTTP(S) client, for calling out to services that answer JSON: custom
-//! authorizer functions run as web services and the key sets of JWT issuers today, rule actions
+//! authorizer functions run as web services, the key sets of JWT issuers, rules' HTTP actions,
 //! and provisioning hooks later. Connections are kept alive and reused per origin, so that a
 //! busy authorizer costs one TLS handshake, not one per device.
 
@@ -116,6 +116,40 @@ impl HttpClient {
         }
     }
 
+    /// POSTs `body` as `content_type` with `headers` to `url`, within `timeout`; the status
+    /// the server answered, whatever it is (a rule action decides what to retry).
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        content_type: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<u16, HttpClientError> {
+        let send = async {
+            let (origin, uri) = origin_of(url)?;
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut builder = Request::post(path)
+                .header(
+                    header::HOST,
+                    uri.authority().map_or(origin.host.as_str(), |a| a.as_str()),
+                )
+                .header(header::CONTENT_TYPE, content_type);
+            for (name, value) in headers {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+            let request = builder
+                .body(Full::new(body))
+                .map_err(|e| HttpClientError::Url(format!("{url}: {e}")))?;
+            let (status, _) = self.send(url, &origin, request).await?;
+            Ok(status)
+        };
+        match tokio::time::timeout(timeout, send).await {
+            Ok(result) => result,
+            Err(_) => Err(HttpClientError::Timeout(url.to_owned(), timeout)),
+        }
+    }
+
     /// Idle connections held for `url`'s origin.
     pub fn idle_connections(&self, url: &str) -> usize {
         let Ok((origin, _)) = origin_of(url) else {
@@ -141,11 +175,27 @@ impl HttpClient {
                 body.map(Value::to_string).unwrap_or_default(),
             )))
             .map_err(|e| HttpClientError::Url(format!("{url}: {e}")))?;
+        let (status, body) = self.send(url, &origin, request).await?;
+        if !(200..300).contains(&status) {
+            return Err(HttpClientError::Status(url.to_owned(), status));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| HttpClientError::Json(url.to_owned(), e.to_string()))
+    }
+
+    /// One exchange on a kept-alive connection to `origin` (or a new one): the status and the
+    /// answer's body.
+    async fn send(
+        &self,
+        url: &str,
+        origin: &Origin,
+        request: Request<Full<bytes::Bytes>>,
+    ) -> Result<(u16, bytes::Bytes), HttpClientError> {
         let failed =
             |e: &dyn std::fmt::Display| HttpClientError::Exchange(url.to_owned(), e.to_string());
-        let mut sender = match self.take_idle(&origin) {
+        let mut sender = match self.take_idle(origin) {
             Some(sender) => sender,
-            None => self.connect(url, &origin).await?,
+            None => self.connect(url, origin).await?,
         };
         let response = sender.send_request(request).await.map_err(|e| failed(&e))?;
         let status = response.status();
@@ -155,12 +205,8 @@ impl HttpClient {
             .map_err(|e| failed(&e))?
             .to_bytes();
         // The whole answer was read, so the connection is ready for the next request.
-        self.put_idle(origin, sender);
-        if !status.is_success() {
-            return Err(HttpClientError::Status(url.to_owned(), status.as_u16()));
-        }
-        serde_json::from_slice(&body)
-            .map_err(|e| HttpClientError::Json(url.to_owned(), e.to_string()))
+        self.put_idle(origin.clone(), sender);
+        Ok((status.as_u16(), body))
     }
 
     fn take_idle(&self, origin: &Origin) -> Option<SendRequest<Full<bytes::Bytes>>> {

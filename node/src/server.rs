@@ -352,6 +352,7 @@ impl Server {
             let engine = Arc::new(crate::services::rules::engine::RulesEngine::new(
                 broker.clone(),
                 crate::services::records::Records::new(store.clone()),
+                shadows.as_ref().clone(),
                 &config.aws.account_id,
                 crate::services::rules::engine::RuleMetrics::new(&registry)?,
                 watch_rx.clone(),

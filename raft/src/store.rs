@@ -353,6 +353,14 @@ impl Store {
         Ok(GetResult { kv, revision })
     }
 
+    /// A key as this node has applied it, read at once (no barrier): for readers that cannot
+    /// wait and may see a value a few milliseconds old.
+    pub fn get_local(&self, key: &[u8]) -> Result<GetResult, StoreError> {
+        let revision = self.revision();
+        let kv = state::get(self.inner.engine.as_ref(), key)?;
+        Ok(GetResult { kv, revision })
+    }
+
     pub async fn range(
         &self,
         request: RangeRequest,

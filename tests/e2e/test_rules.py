@@ -4,14 +4,17 @@ Basic Ingest, the error action."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import queue
+import threading
 import time
 from typing import Any
 
 import botocore.exceptions
 import pytest
 
-from harness import Client, MakeClient
+from harness import Broker, Client, MakeClient
 
 
 def _republish_rule(sql: str, topic: str, version: str = "2016-03-23", **extra: Any) -> dict[str, Any]:
@@ -22,6 +25,14 @@ def _republish_rule(sql: str, topic: str, version: str = "2016-03-23", **extra: 
     }
     payload.update(extra)
     return payload
+
+
+def _wait_rules(broker: Broker, count: int) -> None:
+    """Waits until the node's engine runs `count` rules (it follows the store moments after)."""
+    deadline = time.monotonic() + 10
+    while (broker.metrics().value("halyard_rules") or 0) != count:
+        assert time.monotonic() < deadline, f"the engine never ran {count} rules"
+        time.sleep(0.05)
 
 
 def _until_fired(publisher: Client, topic: str, payload: bytes, watcher: Client, tries: int = 20) -> Any:
@@ -140,6 +151,28 @@ def test_a_rule_republishes_what_its_where_accepts_to_its_topic_template(iot: An
     watcher.expect_none(0.5)
 
 
+def test_the_engine_takes_only_what_its_rules_want(iot: Any, broker: Broker, mqtt_client: MakeClient) -> None:
+    iot.create_topic_rule(ruleName="narrow", topicRulePayload=_republish_rule("SELECT * FROM 'wanted/+'", "elsewhere"))
+    _wait_rules(broker, 1)
+    device = mqtt_client()
+    device.connect()
+    taken = lambda: broker.metrics().value("halyard_tap_messages_total", tap="rules", outcome="accepted") or 0  # noqa: E731
+    before = taken()
+    for n in range(10):
+        device.publish(f"unwanted/{n}", b"{}", qos=1)
+    device.publish("wanted/1", b"{}", qos=1)
+    deadline = time.monotonic() + 5
+    while taken() < before + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert taken() == before + 1
+    iot.disable_topic_rule(ruleName="narrow")
+    time.sleep(1.0)
+    device.publish("wanted/2", b"{}", qos=1)
+    time.sleep(0.3)
+    assert taken() == before + 1
+
+
 def test_basic_ingest_reaches_its_rule_and_no_subscriber(iot: Any, mqtt_client: MakeClient) -> None:
     iot.create_topic_rule(
         ruleName="ingest",
@@ -188,3 +221,151 @@ def test_an_action_that_fails_sends_one_report_to_the_error_action(iot: Any, mqt
     assert "not available" in report["failures"][0]["errorMessage"]
     # One report for the message, however many actions failed.
     watcher.expect_none(0.5)
+
+
+class _Receiver:
+    """A local HTTP server that records every POST and answers the statuses it is given, in
+    turn (then 200)."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.requests: queue.Queue[tuple[str, dict[str, str], bytes]] = queue.Queue()
+        self.statuses = list(statuses or [])
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                receiver.requests.put((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def next(self, timeout: float = 5.0) -> tuple[str, dict[str, str], bytes]:
+        try:
+            return self.requests.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("no request reached the receiver") from None
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Any:
+    started = _Receiver()
+    yield started
+    started.close()
+
+
+def test_the_http_action_posts_the_output_with_templated_url_and_headers(
+    iot: Any, broker: Broker, mqtt_client: MakeClient, receiver: _Receiver
+) -> None:
+    iot.create_topic_rule(
+        ruleName="to_http",
+        topicRulePayload={
+            "sql": "SELECT temp, topic(2) AS device FROM 'http/+/data'",
+            "awsIotSqlVersion": "2016-03-23",
+            "actions": [
+                {
+                    "http": {
+                        "url": receiver.url + "/ingest/${topic(2)}",
+                        "confirmationUrl": receiver.url,
+                        "headers": [{"key": "x-device", "value": "${topic(2)}"}, {"key": "x-static", "value": "on"}],
+                    }
+                }
+            ],
+        },
+    )
+    _wait_rules(broker, 1)
+    device = mqtt_client()
+    device.connect()
+    device.publish("http/d7/data", b'{"temp": 21, "x": 1}', qos=1)
+    path, headers, body = receiver.next()
+    assert path == "/ingest/d7"
+    assert headers["content-type"] == "application/json"
+    assert headers["x-device"] == "d7"
+    assert headers["x-static"] == "on"
+    assert json.loads(body) == {"temp": 21, "device": "d7"}
+    device.publish("http/d7/data", b"not json", qos=1)
+    _, headers, body = receiver.next()
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {"device": "d7"}
+
+
+def test_the_http_action_tries_again_on_5xx_and_reports_a_4xx_to_the_error_action(
+    iot: Any, broker: Broker, mqtt_client: MakeClient
+) -> None:
+    flaky = _Receiver([503, 503])
+    refusing = _Receiver([400] * 100)
+    try:
+        iot.create_topic_rule(
+            ruleName="flaky_http",
+            topicRulePayload={
+                "sql": "SELECT * FROM 'flaky/in'",
+                "actions": [{"http": {"url": flaky.url + "/a"}}, {"http": {"url": refusing.url + "/b"}}],
+                "errorAction": {"republish": {"topic": "flaky/errors", "roleArn": "arn:aws:iam::1:role/r"}},
+            },
+        )
+        _wait_rules(broker, 1)
+        watcher = mqtt_client()
+        watcher.connect()
+        watcher.subscribe("flaky/errors", 1)
+        device = mqtt_client()
+        device.connect()
+        device.publish("flaky/in", b'{"n": 1}', qos=1)
+        report = json.loads(watcher.expect().payload)
+        # Two 503s, then the third try went through: no failure for the first action.
+        assert [flaky.next()[0] for _ in range(3)] == ["/a", "/a", "/a"]
+        assert [f["failedAction"] for f in report["failures"]] == ["HttpAction"]
+        assert report["failures"][0]["failedResource"] == refusing.url + "/b"
+        assert "HTTP 400" in report["failures"][0]["errorMessage"]
+        # A 4xx is not tried again, and the report came once.
+        refusing.next()
+        with pytest.raises(AssertionError):
+            refusing.next(timeout=0.5)
+        watcher.expect_none(0.3)
+        # The raw payload passes through `SELECT *` as bytes.
+        device.publish("flaky/in", b"\x00\x01raw", qos=1)
+        _, headers, body = flaky.next()
+        assert headers["content-type"] == "application/octet-stream"
+        assert body == b"\x00\x01raw"
+    finally:
+        flaky.close()
+        refusing.close()
+
+
+def test_get_thing_shadow_reads_the_shadow_of_the_thing_a_message_names(
+    iot: Any, data: Any, broker: Broker, mqtt_client: MakeClient
+) -> None:
+    data.update_thing_shadow(thingName="pump-3", payload=json.dumps({"state": {"reported": {"rpm": 1200}}}))
+    data.update_thing_shadow(
+        thingName="pump-3", shadowName="limits", payload=json.dumps({"state": {"desired": {"max": 1500}}})
+    )
+    iot.create_topic_rule(
+        ruleName="with_shadow",
+        topicRulePayload=_republish_rule(
+            "SELECT get_thing_shadow(topic(2), 'arn:aws:iam::123456789012:role/r').state.reported.rpm AS rpm, "
+            "get_thing_shadow(topic(2), 'limits', 'arn:aws:iam::123456789012:role/r').state.desired.max AS max, "
+            "get_thing_shadow('nobody', 'arn:aws:iam::123456789012:role/r') AS none "
+            "FROM 'pumps/+/alarm'",
+            "pumps/with-shadow",
+        ),
+    )
+    _wait_rules(broker, 1)
+    watcher = mqtt_client()
+    watcher.connect()
+    watcher.subscribe("pumps/with-shadow", 1)
+    device = mqtt_client()
+    device.connect()
+    device.publish("pumps/pump-3/alarm", b"{}", qos=1)
+    assert json.loads(watcher.expect().payload) == {"rpm": 1200, "max": 1500}

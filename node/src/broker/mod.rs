@@ -36,7 +36,7 @@ pub use services::{InFlight, ServiceRequest, TopicService};
 pub use session::{
     Attachment, DeliveryQueue, Enqueued, Inflight, QueueLimits, Session, Signal, StoredSubscription,
 };
-pub use taps::{Tap, TapError, TapQueue, Tapped};
+pub use taps::{Tap, TapError, TapFilters, TapQueue, Tapped};
 pub use trie::{SharedMatch, Subscriber, SubscriptionTrie, Target};
 
 pub use durable::{Durable, Ownership};

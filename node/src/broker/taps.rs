@@ -70,9 +70,39 @@ impl Target for Arc<TapQueue> {
 /// The consumer's end: messages in the order they were ingested. Dropping it removes the tap.
 pub struct Tap {
     queue: Arc<TapQueue>,
-    filters: Vec<String>,
+    filters: Arc<parking_lot::Mutex<Vec<String>>>,
     receiver: mpsc::Receiver<Tapped>,
     broker: Broker,
+    name: String,
+}
+
+/// Changes a tap's filters while its consumer reads on (the rules engine's follow the FROM
+/// filters of its rules, so that a message no rule wants costs nothing).
+#[derive(Clone)]
+pub struct TapFilters {
+    queue: Arc<TapQueue>,
+    filters: Arc<parking_lot::Mutex<Vec<String>>>,
+    broker: Broker,
+    name: String,
+}
+
+impl TapFilters {
+    /// Makes `filters` the tap's filters; none changes if one is invalid.
+    pub fn set(&self, filters: &[&str]) -> Result<(), TapError> {
+        for filter in filters {
+            check_filter(&self.name, filter)?;
+        }
+        let mut current = self.filters.lock();
+        let mut taps = self.broker.inner.taps.write();
+        for filter in current.iter() {
+            taps.remove(filter, None, self.queue.id);
+        }
+        for filter in filters {
+            taps.insert(filter, None, tap_subscriber(&self.queue));
+        }
+        *current = filters.iter().map(|f| (*f).to_owned()).collect();
+        Ok(())
+    }
 }
 
 impl Tap {
@@ -85,14 +115,45 @@ impl Tap {
     pub fn try_recv(&mut self) -> Option<Tapped> {
         self.receiver.try_recv().ok()
     }
+
+    /// A handle that changes the tap's filters.
+    pub fn filters(&self) -> TapFilters {
+        TapFilters {
+            queue: Arc::clone(&self.queue),
+            filters: Arc::clone(&self.filters),
+            broker: self.broker.clone(),
+            name: self.name.clone(),
+        }
+    }
 }
 
 impl Drop for Tap {
     fn drop(&mut self) {
+        let filters = self.filters.lock();
         let mut taps = self.broker.inner.taps.write();
-        for filter in &self.filters {
+        for filter in filters.iter() {
             taps.remove(filter, None, self.queue.id);
         }
+    }
+}
+
+/// A tap takes any valid filter but a shared one: it sees every message.
+fn check_filter(tap: &str, filter: &str) -> Result<(), TapError> {
+    let shared = topic::parse_filter(filter).is_ok_and(|f| f.share_group.is_some());
+    if shared || topic::validate_filter(filter, usize::from(u16::MAX), usize::MAX).is_err() {
+        return Err(TapError::Filter {
+            tap: tap.into(),
+            filter: filter.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn tap_subscriber(queue: &Arc<TapQueue>) -> Subscriber<Arc<TapQueue>> {
+    Subscriber {
+        target: Arc::clone(queue),
+        options: SubscriptionOptions::default(),
+        subscription_id: None,
     }
 }
 
@@ -106,14 +167,7 @@ impl Broker {
             return Err(TapError::Capacity { tap: name.into() });
         }
         for filter in filters {
-            let shared = topic::parse_filter(filter).is_ok_and(|f| f.share_group.is_some());
-            if shared || topic::validate_filter(filter, usize::from(u16::MAX), usize::MAX).is_err()
-            {
-                return Err(TapError::Filter {
-                    tap: name.into(),
-                    filter: (*filter).to_owned(),
-                });
-            }
+            check_filter(name, filter)?;
         }
         let (sender, receiver) = mpsc::channel(capacity);
         let counter = |outcome| {
@@ -134,21 +188,16 @@ impl Broker {
         });
         let mut taps = self.inner.taps.write();
         for filter in filters {
-            taps.insert(
-                filter,
-                None,
-                Subscriber {
-                    target: Arc::clone(&queue),
-                    options: SubscriptionOptions::default(),
-                    subscription_id: None,
-                },
-            );
+            taps.insert(filter, None, tap_subscriber(&queue));
         }
         Ok(Tap {
             queue,
-            filters: filters.iter().map(|f| (*f).to_owned()).collect(),
+            filters: Arc::new(parking_lot::Mutex::new(
+                filters.iter().map(|f| (*f).to_owned()).collect(),
+            )),
             receiver,
             broker: self.clone(),
+            name: name.to_owned(),
         })
     }
 }

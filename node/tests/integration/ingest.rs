@@ -28,7 +28,7 @@ async fn taps_see_client_and_broker_messages_on_their_filters() {
     let server = TestServer::start().await;
     let broker = server.server().broker().clone();
     let mut tap = broker
-        .add_tap("rules", &["sensors/#", "$aws/events/presence/+/+"], 100)
+        .add_tap("recorder", &["sensors/#", "$aws/events/presence/+/+"], 100)
         .expect("tap");
     assert!(
         broker.wants("sensors/1/temp"),
@@ -67,7 +67,7 @@ async fn taps_see_client_and_broker_messages_on_their_filters() {
     assert!(seen.contains(&("sensors/2/temp".into(), None)), "{seen:?}");
     assert!(tap.try_recv().is_none());
     assert_eq!(
-        server.metric("halyard_tap_messages_total{outcome=\"accepted\",tap=\"rules\"}"),
+        server.metric("halyard_tap_messages_total{outcome=\"accepted\",tap=\"recorder\"}"),
         3.0
     );
 

@@ -1,6 +1,6 @@
-//! A rule's actions, read from the JSON they were created with. `republish` runs here; every
-//! other action of AWS's API is kept and echoed, and fails when it runs, so that the rule's
-//! error action reports it.
+//! A rule's actions, read from the JSON they were created with. `republish` and `http` run;
+//! every other action of AWS's API is kept and echoed, and fails when it runs, so that the
+//! rule's error action reports it.
 
 use halyard_sql::{SqlVersion, Template};
 
@@ -36,6 +36,7 @@ pub const KINDS: [&str; 23] = [
 #[derive(Debug, Clone)]
 pub enum Action {
     Republish(Republish),
+    Http(Http),
     /// An action this node does not run: it fails into the error action.
     NotRun {
         kind: &'static str,
@@ -71,6 +72,7 @@ impl Action {
         }
         match *kind {
             "republish" => Republish::parse(body, version).map(Action::Republish),
+            "http" => Http::parse(body, version).map(Action::Http),
             kind => Ok(Action::NotRun { kind }),
         }
     }
@@ -79,6 +81,7 @@ impl Action {
     pub fn failed_action(&self) -> String {
         let kind = match self {
             Action::Republish(_) => "republish",
+            Action::Http(_) => "http",
             Action::NotRun { kind } => kind,
         };
         let mut name = String::with_capacity(kind.len() + 6);
@@ -118,6 +121,76 @@ impl Republish {
             topic,
             topic_text,
             qos,
+        })
+    }
+}
+
+/// AWS's HTTP action: a POST of the rule's output to a URL.
+#[derive(Debug, Clone)]
+pub struct Http {
+    pub url: Template,
+    /// The URL as written, for error reports.
+    pub url_text: String,
+    pub headers: Vec<(String, Template)>,
+}
+
+const MAX_URL: usize = 2000;
+const MAX_HEADERS: usize = 100;
+
+impl Http {
+    fn parse(body: &serde_json::Value, version: SqlVersion) -> Result<Http, String> {
+        let url_text = body
+            .get("url")
+            .and_then(serde_json::Value::as_str)
+            .filter(|u| !u.is_empty())
+            .ok_or("http: url is required")?;
+        if url_text.len() > MAX_URL {
+            return Err(format!("http: url is longer than {MAX_URL} characters"));
+        }
+        // AWS takes only HTTPS; a self-hosted cluster may post to plain HTTP inside its
+        // network too.
+        if !(url_text.starts_with("https://") || url_text.starts_with("http://")) {
+            return Err(format!(
+                "http: url {url_text} is not an https:// or http:// URL"
+            ));
+        }
+        if let Some(confirmation) = body
+            .get("confirmationUrl")
+            .and_then(serde_json::Value::as_str)
+            && !url_text.starts_with(confirmation)
+        {
+            return Err(format!(
+                "http: confirmationUrl {confirmation} is not a prefix of the url {url_text}"
+            ));
+        }
+        let url = Template::compile(url_text, version).map_err(|e| format!("http: url: {e}"))?;
+        let mut headers = Vec::new();
+        if let Some(list) = body.get("headers") {
+            let list = list.as_array().ok_or("http: headers must be a list")?;
+            if list.len() > MAX_HEADERS {
+                return Err(format!("http: at most {MAX_HEADERS} headers"));
+            }
+            for header in list {
+                let key = header
+                    .get("key")
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|k| {
+                        !k.is_empty() && k.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+                    })
+                    .ok_or("http: every header needs a key that is a header name")?;
+                let value = header
+                    .get("value")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| format!("http: header {key} needs a value"))?;
+                let value = Template::compile(value, version)
+                    .map_err(|e| format!("http: header {key}: {e}"))?;
+                headers.push((key.to_owned(), value));
+            }
+        }
+        Ok(Http {
+            url,
+            url_text: url_text.to_owned(),
+            headers,
         })
     }
 }

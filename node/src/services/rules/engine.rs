@@ -10,16 +10,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use bytes::Bytes;
 use halyard_sql::{Document, Environment, Message as SqlMessage, MqttProperties, Statement, Value};
 use parking_lot::RwLock;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use tokio::sync::watch;
 
 use super::RuleRecord;
-use super::actions::{Action, Republish};
+use super::actions::{Action, Http, Republish};
+use super::delivery::{Failure, HttpJob, HttpSink, OwnedMessage, Report};
 use crate::broker::{Broker, Subscriber, SubscriptionTrie, Tapped, Target};
 use crate::mqtt::SubscriptionOptions;
 use crate::services::records::Records;
+use crate::services::shadow::service::ShadowService;
 use crate::store::keys;
 use crate::supervisor::Supervisor;
 
@@ -27,6 +32,7 @@ use crate::supervisor::Supervisor;
 const QUEUE: usize = 65_536;
 /// The prefix of Basic Ingest topics.
 const BASIC_INGEST: &str = "$aws/rules/";
+const BASIC_INGEST_FILTER: &str = "$aws/rules/#";
 
 /// `halyard_rule_*`, by rule.
 #[derive(Clone)]
@@ -35,6 +41,7 @@ pub struct RuleMetrics {
     fired: IntCounterVec,
     actions: IntCounterVec,
     evaluation: HistogramVec,
+    queue_depth: IntGaugeVec,
     rules: IntGauge,
 }
 
@@ -70,24 +77,50 @@ impl RuleMetrics {
                 .buckets(vec![1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 2e-3, 1e-2]),
                 &["rule"],
             )?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new(
+                    "halyard_rule_action_queue_depth",
+                    "Messages waiting for an action that leaves the node, by rule and action position (0 is the first action, error for the error action)",
+                ),
+                &["rule", "action"],
+            )?,
             rules: IntGauge::new("halyard_rules", "Topic rules this node's engine runs")?,
         };
         registry.register(Box::new(metrics.matched.clone()))?;
         registry.register(Box::new(metrics.fired.clone()))?;
         registry.register(Box::new(metrics.actions.clone()))?;
         registry.register(Box::new(metrics.evaluation.clone()))?;
+        registry.register(Box::new(metrics.queue_depth.clone()))?;
         registry.register(Box::new(metrics.rules.clone()))?;
         Ok(metrics)
     }
 }
 
 /// A rule ready to run.
-struct Compiled {
+pub struct Compiled {
     id: u64,
     record: RuleRecord,
     statement: Statement,
     actions: Vec<Action>,
     error_action: Option<Action>,
+    /// The queue of each action that leaves the node, by the action's position.
+    sinks: Vec<Option<HttpSink>>,
+    /// The error action's queue, if it leaves the node.
+    error_sink: Option<HttpSink>,
+}
+
+impl Compiled {
+    pub fn name(&self) -> &str {
+        &self.record.rule_name
+    }
+
+    fn leaves_the_node(&self) -> bool {
+        self.sinks.iter().any(Option::is_some)
+    }
+}
+
+fn sink_of(action: &Action, depth: impl FnOnce() -> IntGauge) -> Option<HttpSink> {
+    matches!(action, Action::Http(_)).then(|| HttpSink::start(depth()))
 }
 
 #[derive(Clone)]
@@ -109,12 +142,12 @@ static NEXT_RULE: AtomicU64 = AtomicU64::new(1);
 
 impl RuleSet {
     /// The set of `records`, reusing what is compiled already for a rule that did not change.
-    fn build(records: Vec<RuleRecord>, previous: &RuleSet) -> RuleSet {
+    fn build(records: Vec<RuleRecord>, previous: &RuleSet, metrics: &RuleMetrics) -> RuleSet {
         let mut set = RuleSet::default();
         for record in records {
             let rule = match previous.by_name.get(&record.rule_name) {
                 Some(rule) if rule.0.record == record => rule.clone(),
-                _ => match compile(record) {
+                _ => match compile(record, metrics) {
                     Ok(rule) => rule,
                     Err((name, e)) => {
                         tracing::warn!(rule = %name, error = %e, "a stored rule does not compile; it is skipped");
@@ -139,7 +172,7 @@ impl RuleSet {
     }
 }
 
-fn compile(record: RuleRecord) -> Result<Rule, (String, String)> {
+fn compile(record: RuleRecord, metrics: &RuleMetrics) -> Result<Rule, (String, String)> {
     let name = record.rule_name.clone();
     let version = record.version();
     let failed = |e: String| (name.clone(), e);
@@ -156,18 +189,33 @@ fn compile(record: RuleRecord) -> Result<Rule, (String, String)> {
         .map(|a| Action::parse(a, version))
         .transpose()
         .map_err(failed)?;
+    let depth = |action: String| {
+        let gauge = metrics.queue_depth.with_label_values(&[&name, &action]);
+        move || gauge
+    };
+    let sinks = actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| sink_of(a, depth(i.to_string())))
+        .collect();
+    let error_sink = error_action
+        .as_ref()
+        .and_then(|a| sink_of(a, depth("error".to_owned())));
     Ok(Rule(Arc::new(Compiled {
         id: NEXT_RULE.fetch_add(1, Ordering::Relaxed),
         record,
         statement,
         actions,
         error_action,
+        sinks,
+        error_sink,
     })))
 }
 
 /// What the functions that look beyond the message see.
 struct NodeEnvironment {
     account_id: String,
+    shadows: ShadowService,
 }
 
 impl Environment for NodeEnvironment {
@@ -175,8 +223,23 @@ impl Environment for NodeEnvironment {
         &self.account_id
     }
 
-    fn thing_shadow(&self, _thing: &str, _name: Option<&str>) -> Option<Value> {
-        None
+    /// The shadow as GetThingShadow answers it, from this node's copy of the store.
+    fn thing_shadow(&self, thing: &str, name: Option<&str>) -> Option<Value> {
+        let document = match self.shadows.store().get_local(thing, name) {
+            Ok(document) => document?,
+            Err(e) => {
+                tracing::debug!(thing, error = %e, "get_thing_shadow cannot read the shadow");
+                return None;
+            }
+        };
+        let (state, metadata) = document.state_and_metadata(true);
+        let answer = serde_json::json!({
+            "state": state,
+            "metadata": metadata,
+            "version": document.version,
+            "timestamp": now_ms() / 1000,
+        });
+        Some(Value::from(&answer))
     }
 }
 
@@ -193,6 +256,7 @@ impl RulesEngine {
     pub fn new(
         broker: Broker,
         records: Records,
+        shadows: ShadowService,
         account_id: &str,
         metrics: RuleMetrics,
         shutdown: watch::Receiver<bool>,
@@ -202,6 +266,7 @@ impl RulesEngine {
             records,
             env: NodeEnvironment {
                 account_id: account_id.to_owned(),
+                shadows,
             },
             set: RwLock::new(Arc::new(RuleSet::default())),
             metrics,
@@ -211,15 +276,18 @@ impl RulesEngine {
 
     /// Starts following the rules and taking messages; both run until the node stops.
     pub fn start(self: Arc<Self>, tasks: &mut Supervisor) -> Result<(), crate::broker::TapError> {
-        let tap = self.broker.add_tap("rules", &["#", "$aws/#"], QUEUE)?;
-        tasks.spawn_critical("rules:follow", Arc::clone(&self).follow());
+        // Basic Ingest always; the rules' own filters once they are read.
+        let tap = self
+            .broker
+            .add_tap("rules", &[BASIC_INGEST_FILTER], QUEUE)?;
+        tasks.spawn_critical("rules:follow", Arc::clone(&self).follow(tap.filters()));
         tasks.spawn_critical("rules:run", self.run(tap));
         Ok(())
     }
 
     /// Loads every rule, then again after each change; after a missed change (the watch fell
     /// behind the store's compaction), from scratch.
-    async fn follow(self: Arc<Self>) {
+    async fn follow(self: Arc<Self>, tap: crate::broker::TapFilters) {
         let mut shutdown = self.shutdown.clone();
         loop {
             let mut changes = match self.records.watch(keys::RULES) {
@@ -233,7 +301,7 @@ impl RulesEngine {
                 }
             };
             // Watching began before this read, so no change between the two is missed.
-            if let Err(e) = self.reload().await {
+            if let Err(e) = self.reload(&tap).await {
                 tracing::warn!(error = %e, "cannot read the topic rules; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -244,7 +312,7 @@ impl RulesEngine {
                 tokio::select! {
                     next = changes.next() => match next {
                         Some(Ok(_)) => {
-                            if let Err(e) = self.reload().await {
+                            if let Err(e) = self.reload(&tap).await {
                                 tracing::warn!(error = %e, "cannot read the topic rules");
                             }
                         }
@@ -256,7 +324,9 @@ impl RulesEngine {
         }
     }
 
-    async fn reload(&self) -> crate::services::error::Result<()> {
+    /// Reads every rule, compiles what changed, and has the tap take what the enabled rules'
+    /// filters match, and Basic Ingest.
+    async fn reload(&self, tap: &crate::broker::TapFilters) -> crate::services::error::Result<()> {
         let mut records = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -271,9 +341,22 @@ impl RulesEngine {
             }
         }
         let previous = Arc::clone(&self.set.read());
-        let set = RuleSet::build(records, &previous);
+        let set = Arc::new(RuleSet::build(records, &previous, &self.metrics));
+        let mut filters: Vec<&str> = set
+            .by_name
+            .values()
+            .filter(|r| !r.0.record.rule_disabled)
+            .filter_map(|r| r.0.statement.topic_filter())
+            .collect();
+        filters.push(BASIC_INGEST_FILTER);
+        filters.sort_unstable();
+        filters.dedup();
+        // The set first: a message the widened tap takes finds its rule.
         self.metrics.rules.set(set.by_name.len() as i64);
-        *self.set.write() = Arc::new(set);
+        *self.set.write() = Arc::clone(&set);
+        if let Err(e) = tap.set(&filters) {
+            tracing::warn!(error = %e, "a rule's filter is refused by the broker's tap");
+        }
         Ok(())
     }
 
@@ -291,7 +374,7 @@ impl RulesEngine {
     }
 
     /// Runs every rule `tapped` reaches.
-    fn process(&self, tapped: &Tapped) {
+    fn process(self: &Arc<Self>, tapped: &Tapped) {
         let set = Arc::clone(&self.set.read());
         let full_topic: &str = &tapped.message.topic;
         let (topic, rules) = match full_topic.strip_prefix(BASIC_INGEST) {
@@ -331,7 +414,7 @@ impl RulesEngine {
         }
     }
 
-    fn run_rule(&self, rule: &Compiled, message: &SqlMessage<'_>) {
+    fn run_rule(self: &Arc<Self>, rule: &Arc<Compiled>, message: &SqlMessage<'_>) {
         let name = rule.record.rule_name.as_str();
         self.metrics.matched.with_label_values(&[name]).inc();
         let started = Instant::now();
@@ -344,30 +427,73 @@ impl RulesEngine {
             return;
         };
         self.metrics.fired.with_label_values(&[name]).inc();
-        let payload = output.to_payload();
-        let mut failures = Vec::new();
-        for action in &rule.actions {
-            let outcome = self.execute(action, message, &payload);
-            let label = if outcome.is_ok() {
-                "succeeded"
-            } else {
-                "failed"
-            };
-            self.metrics
-                .actions
-                .with_label_values(&[name, &action.failed_action(), label])
-                .inc();
-            if let Err((resource, error)) = outcome {
-                failures.push(serde_json::json!({
-                    "failedAction": action.failed_action(),
-                    "failedResource": resource,
-                    "errorMessage": error,
-                }));
+        let json = matches!(output, halyard_sql::Output::Json(_));
+        let payload = Bytes::from(output.to_payload());
+        if !rule.leaves_the_node() {
+            let mut failures = Vec::new();
+            for action in &rule.actions {
+                let outcome = self.run_here(action, message, &payload);
+                self.count(name, action, outcome.is_ok());
+                failures.extend(outcome.err());
             }
-        }
-        if failures.is_empty() {
+            if !failures.is_empty() {
+                self.send_error_report(rule, message, &failures);
+            }
             return;
         }
+        let report = Report::new(
+            Arc::clone(self),
+            Arc::clone(rule),
+            Arc::new(OwnedMessage::of(message)),
+            rule.actions.len(),
+        );
+        for (action, sink) in rule.actions.iter().zip(&rule.sinks) {
+            match (action, sink) {
+                (Action::Http(http), Some(sink)) => {
+                    let job = http_job(http, message, &self.env, json, &payload, &report);
+                    if let Err(job) = sink.offer(job) {
+                        self.count(name, action, false);
+                        job.report.done(Err(Failure {
+                            action: action.failed_action(),
+                            resource: job.url,
+                            message: "the action's queue is full".to_owned(),
+                        }));
+                    }
+                }
+                _ => {
+                    let outcome = self.run_here(action, message, &payload);
+                    self.count(name, action, outcome.is_ok());
+                    report.done(outcome);
+                }
+            }
+        }
+        report.sealed();
+    }
+
+    fn count(&self, rule: &str, action: &Action, ok: bool) {
+        self.count_action(
+            rule,
+            &action.failed_action(),
+            if ok { "succeeded" } else { "failed" },
+        );
+    }
+
+    /// Counts an action's outcome (the workers of actions that leave the node report here).
+    pub(super) fn count_action(&self, rule: &str, action: &str, outcome: &str) {
+        self.metrics
+            .actions
+            .with_label_values(&[rule, action, outcome])
+            .inc();
+    }
+
+    /// Sends the rule's error action one report of `failures` for `message`.
+    pub(super) fn send_error_report(
+        &self,
+        rule: &Compiled,
+        message: &SqlMessage<'_>,
+        failures: &[Failure],
+    ) {
+        let name = rule.record.rule_name.as_str();
         tracing::debug!(
             rule = name,
             failures = failures.len(),
@@ -376,37 +502,55 @@ impl RulesEngine {
         let Some(error_action) = &rule.error_action else {
             return;
         };
-        // One message per rule and message, listing every action that failed.
         let report = serde_json::json!({
             "ruleName": name,
             "topic": message.topic,
             "cloudwatchTraceId": crate::ids::uuid_v4(),
             "clientId": message.client_id.unwrap_or("n/a"),
             "base64OriginalPayload": base64::engine::general_purpose::STANDARD.encode(message.payload),
-            "failures": failures,
+            "failures": failures.iter().map(Failure::to_json).collect::<Vec<_>>(),
         });
-        let outcome = self.execute(error_action, message, report.to_string().as_bytes());
+        let payload = Bytes::from(report.to_string());
+        let outcome = match (error_action, &rule.error_sink) {
+            (Action::Http(http), Some(sink)) => {
+                // Its own outcome is counted, and reported to no one.
+                let quiet = Report::new_detached();
+                let job = http_job(http, message, &self.env, true, &payload, &quiet);
+                sink.offer(job).map_err(|_| ())
+            }
+            _ => self
+                .run_here(error_action, message, &payload)
+                .map_err(|_| ()),
+        };
         let label = if outcome.is_ok() {
             "error_action"
         } else {
             "error_action_failed"
         };
-        self.metrics
-            .actions
-            .with_label_values(&[name, &error_action.failed_action(), label])
-            .inc();
+        self.count_action(name, &error_action.failed_action(), label);
     }
 
-    /// Runs one action with `payload`; on failure, the resource and why.
-    fn execute(
+    /// Runs an action that does not leave the node; on failure, what failed and why.
+    fn run_here(
         &self,
         action: &Action,
         message: &SqlMessage<'_>,
-        payload: &[u8],
-    ) -> Result<(), (String, String)> {
+        payload: &Bytes,
+    ) -> Result<(), Failure> {
+        let failed = |resource: String, message: String| Failure {
+            action: action.failed_action(),
+            resource,
+            message,
+        };
         match action {
-            Action::Republish(republish) => self.republish(republish, message, payload),
-            Action::NotRun { kind } => Err((
+            Action::Republish(republish) => self
+                .republish(republish, message, payload)
+                .map_err(|(resource, why)| failed(resource, why)),
+            Action::Http(http) => Err(failed(
+                http.url_text.clone(),
+                "the action's queue is gone".to_owned(),
+            )),
+            Action::NotRun { kind } => Err(failed(
                 (*kind).to_owned(),
                 format!("the {kind} action is not available on this Halyard node"),
             )),
@@ -417,7 +561,7 @@ impl RulesEngine {
         &self,
         republish: &Republish,
         message: &SqlMessage<'_>,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<(), (String, String)> {
         let topic = republish.topic.render(message, &self.env);
         if crate::mqtt::topic::validate_name(&topic, usize::from(u16::MAX), usize::MAX).is_err() {
@@ -432,7 +576,7 @@ impl RulesEngine {
         let published = self.broker.publish(
             crate::broker::Message {
                 topic: topic.as_str().into(),
-                payload: bytes::Bytes::copy_from_slice(payload),
+                payload: payload.clone(),
                 qos: republish.qos,
                 retain: false,
                 properties: None,
@@ -448,6 +592,32 @@ impl RulesEngine {
             ));
         }
         Ok(())
+    }
+}
+
+/// The POST of an HTTP action for `message`: URL and header values from their templates.
+fn http_job(
+    http: &Http,
+    message: &SqlMessage<'_>,
+    env: &NodeEnvironment,
+    json: bool,
+    payload: &Bytes,
+    report: &Arc<Report>,
+) -> HttpJob {
+    HttpJob {
+        url: http.url.render(message, env),
+        headers: http
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.render(message, env)))
+            .collect(),
+        content_type: if json {
+            "application/json"
+        } else {
+            "application/octet-stream"
+        },
+        body: payload.clone(),
+        report: Arc::clone(report),
     }
 }
 

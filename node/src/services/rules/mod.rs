@@ -3,6 +3,7 @@
 //! the actions must be well formed), and the engine that runs them ([`engine`]).
 
 pub mod actions;
+mod delivery;
 pub mod engine;
 
 use halyard_sql::{SqlVersion, Statement};

@@ -65,6 +65,22 @@ impl ShadowStore {
         }
     }
 
+    /// The shadow if it exists, as this node has applied it, read without waiting (the rules
+    /// engine's `get_thing_shadow`).
+    pub fn get_local(
+        &self,
+        thing: &str,
+        shadow: Option<&str>,
+    ) -> Result<Option<ShadowDocument>, ShadowStoreError> {
+        let key = key(thing, shadow);
+        let Some(kv) = self.store.get_local(key.as_bytes())?.kv else {
+            return Ok(None);
+        };
+        let document: ShadowDocument =
+            serde_json::from_slice(&kv.value).map_err(|_| ShadowStoreError::Corrupt(key))?;
+        Ok(document.exists.then_some(document))
+    }
+
     /// The shadow if it exists.
     pub async fn get(
         &self,

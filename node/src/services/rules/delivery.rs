@@ -1,0 +1,246 @@
+//! Actions that leave the node (HTTP now; Kafka, AWS-compatible services and PostgreSQL
+//! later) run off the evaluation path: each action of each rule has a bounded queue and a
+//! worker with a fixed number of exchanges in flight. A full queue is a failure at once,
+//! never a wait, so that one slow endpoint holds up no other rule. The outcomes of one
+//! message's actions meet in a [`Report`], which sends the rule's error action one report
+//! listing every failure once the last action has finished.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use halyard_sql::{Document, Message as SqlMessage, MqttProperties};
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::engine::{Compiled, RulesEngine};
+
+/// Messages waiting for one action; beyond, the action fails for them at once.
+const QUEUE: usize = 10_000;
+/// Exchanges one action has in flight at once.
+const IN_FLIGHT: usize = 64;
+/// AWS tries an HTTP action at most three times, again only on 429 and 5xx.
+const TRIES: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A failed action, as the error action's report lists it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub action: String,
+    pub resource: String,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "failedAction": self.action,
+            "failedResource": self.resource,
+            "errorMessage": self.message,
+        })
+    }
+}
+
+/// The message as the error action's templates read it after the evaluation is over.
+pub struct OwnedMessage {
+    pub topic: String,
+    pub payload: Bytes,
+    pub document: Document,
+    pub client_id: Option<String>,
+    pub timestamp_ms: i64,
+    pub properties: MqttProperties,
+}
+
+impl OwnedMessage {
+    pub fn of(message: &SqlMessage<'_>) -> OwnedMessage {
+        OwnedMessage {
+            topic: message.topic.to_owned(),
+            payload: Bytes::copy_from_slice(message.payload),
+            document: message.document.clone(),
+            client_id: message.client_id.map(str::to_owned),
+            timestamp_ms: message.timestamp_ms,
+            properties: message.properties.clone(),
+        }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&SqlMessage<'_>) -> R) -> R {
+        f(&SqlMessage {
+            topic: &self.topic,
+            payload: &self.payload,
+            document: &self.document,
+            client_id: self.client_id.as_deref(),
+            principal: None,
+            timestamp_ms: self.timestamp_ms,
+            trace_id: None,
+            properties: &self.properties,
+        })
+    }
+}
+
+/// Where one message's actions report; the last to report sends the failures, if any, to the
+/// rule's error action.
+pub struct Report {
+    /// The engine, the rule and the message the report is about; `None` for the error
+    /// action's own POST, which reports to no one.
+    about: Option<(Arc<RulesEngine>, Arc<Compiled>, Arc<OwnedMessage>)>,
+    pending: AtomicUsize,
+    failures: Mutex<Vec<Failure>>,
+}
+
+impl Report {
+    /// A report expecting `actions` outcomes, and one more from [`Report::sealed`] once every
+    /// action has been started.
+    pub fn new(
+        engine: Arc<RulesEngine>,
+        rule: Arc<Compiled>,
+        message: Arc<OwnedMessage>,
+        actions: usize,
+    ) -> Arc<Report> {
+        Arc::new(Report {
+            about: Some((engine, rule, message)),
+            pending: AtomicUsize::new(actions + 1),
+            failures: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A report that goes nowhere.
+    pub fn new_detached() -> Arc<Report> {
+        Arc::new(Report {
+            about: None,
+            pending: AtomicUsize::new(usize::MAX),
+            failures: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The outcome of an action that left the node, counted under its name.
+    pub fn outcome(&self, action: &str, outcome: Result<(), Failure>) {
+        if let Some((engine, rule, _)) = &self.about {
+            let label = if outcome.is_ok() {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            engine.count_action(rule.name(), action, label);
+        }
+        self.done(outcome);
+    }
+
+    pub fn done(&self, outcome: Result<(), Failure>) {
+        if let Err(failure) = outcome {
+            self.failures.lock().push(failure);
+        }
+        self.finish_one();
+    }
+
+    /// Every action was started.
+    pub fn sealed(&self) {
+        self.finish_one();
+    }
+
+    fn finish_one(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let Some((engine, rule, message)) = &self.about else {
+            return;
+        };
+        let failures = std::mem::take(&mut *self.failures.lock());
+        if failures.is_empty() {
+            return;
+        }
+        message.with(|message| engine.send_error_report(rule, message, &failures));
+    }
+}
+
+/// One POST for an HTTP action.
+pub struct HttpJob {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub content_type: &'static str,
+    pub body: Bytes,
+    pub report: Arc<Report>,
+}
+
+/// An HTTP action's queue and worker. Dropping it (the rule was replaced or deleted) lets the
+/// worker finish what is queued and end.
+pub struct HttpSink {
+    sender: mpsc::Sender<HttpJob>,
+    /// Messages waiting, as `halyard_rule_action_queue_depth` shows them.
+    depth: prometheus::IntGauge,
+}
+
+impl std::fmt::Debug for HttpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpSink")
+    }
+}
+
+impl HttpSink {
+    pub fn start(depth: prometheus::IntGauge) -> HttpSink {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        tokio::spawn(http_worker(receiver, depth.clone()));
+        HttpSink { sender, depth }
+    }
+
+    /// Queues `job`, or gives it back when the queue is full.
+    pub fn offer(&self, job: HttpJob) -> Result<(), HttpJob> {
+        self.sender.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+        })?;
+        self.depth.inc();
+        Ok(())
+    }
+}
+
+async fn http_worker(mut receiver: mpsc::Receiver<HttpJob>, depth: prometheus::IntGauge) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(job) = receiver.recv().await {
+        depth.dec();
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let outcome = post_with_retries(&job).await.map_err(|message| Failure {
+                action: "HttpAction".to_owned(),
+                resource: job.url.clone(),
+                message,
+            });
+            job.report.outcome("HttpAction", outcome);
+            drop(slot);
+        });
+    }
+}
+
+/// POSTs the job; again after 429 and 5xx answers, up to three tries in all.
+async fn post_with_retries(job: &HttpJob) -> Result<(), String> {
+    let client = crate::http_client::shared();
+    let mut backoff = FIRST_BACKOFF;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let outcome = client
+            .post(
+                &job.url,
+                &job.headers,
+                job.content_type,
+                job.body.clone(),
+                HTTP_TIMEOUT,
+            )
+            .await;
+        match outcome {
+            Ok(status) if (200..300).contains(&status) => return Ok(()),
+            Ok(status) if (status == 429 || status >= 500) && tries < TRIES => {}
+            Ok(status) => {
+                return Err(format!(
+                    "{} answered HTTP {status} (after {tries} tries)",
+                    job.url
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
+    }
+}
