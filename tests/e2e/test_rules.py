@@ -7,8 +7,10 @@ from __future__ import annotations
 import http.server
 import json
 import queue
+import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
@@ -369,3 +371,38 @@ def test_get_thing_shadow_reads_the_shadow_of_the_thing_a_message_names(
     device.connect()
     device.publish("pumps/pump-3/alarm", b"{}", qos=1)
     assert json.loads(watcher.expect().payload) == {"rpm": 1200, "max": 1500}
+
+
+def test_the_rules_dashboard_queries_only_what_the_engine_exports(
+    iot: Any, broker: Broker, mqtt_client: MakeClient, receiver: _Receiver
+) -> None:
+    iot.create_topic_rule(
+        ruleName="observed",
+        topicRulePayload={
+            "sql": "SELECT * FROM 'observed/in'",
+            "actions": [
+                {"republish": {"topic": "observed/out", "roleArn": "arn:aws:iam::1:role/r"}},
+                {"http": {"url": receiver.url + "/x"}},
+                {"sqs": {"queueUrl": "https://sqs.us-east-1.amazonaws.com/1/q", "roleArn": "arn:aws:iam::1:role/r"}},
+            ],
+            "errorAction": {"republish": {"topic": "observed/errors", "roleArn": "arn:aws:iam::1:role/r"}},
+        },
+    )
+    _wait_rules(broker, 1)
+    device = mqtt_client()
+    device.connect()
+    device.publish("observed/in", b"{}", qos=1)
+    receiver.next()
+    status, body, _ = broker.http_get("/metrics")
+    assert status == 200
+    exported = {line.split()[2] for line in body.splitlines() if line.startswith("# TYPE ")}
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "halyard-rules.json").read_text())
+    queries = [v.get("query", "") for v in dashboard["templating"]["list"]]
+    queries += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    missing = set()
+    for query in queries:
+        for metric in re.findall(r"\b(halyard_[a-z0-9_]+)", query):
+            base = re.sub(r"_(bucket|sum|count)$", "", metric)
+            if base not in exported and metric not in exported:
+                missing.add(metric)
+    assert not missing, f"halyard-rules.json queries metrics the node does not export: {sorted(missing)}"
