@@ -354,6 +354,7 @@ async fn run_one(
                     inflight: MAX_INFLIGHT as usize,
                     version: ProtocolVersion::V311,
                     topic_prefix: "cmp".to_owned(),
+                    subscribe_prefix: None,
                     drain_timeout: Duration::from_secs(10),
                     progress: false,
                 })

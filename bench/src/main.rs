@@ -223,6 +223,10 @@ struct PubsubArgs {
     /// Subscribers keep persistent sessions: QoS 1/2 messages are stored until acknowledged.
     #[arg(long)]
     persistent: bool,
+    /// Subscribers take `{prefix}/t{j}` rather than the publishers' topics (the topics a
+    /// topic rule republishes to).
+    #[arg(long)]
+    subscribe_prefix: Option<String>,
 }
 
 #[derive(Args)]
@@ -363,6 +367,7 @@ fn run() -> anyhow::Result<()> {
                     inflight: 64,
                     version: version(a.target.mqtt_version),
                     topic_prefix: run_id(),
+                    subscribe_prefix: None,
                     drain_timeout: Duration::from_secs(10),
                     progress: false,
                 };
@@ -410,6 +415,7 @@ fn run() -> anyhow::Result<()> {
                     inflight: a.inflight,
                     version: version(a.target.mqtt_version),
                     topic_prefix: run_id(),
+                    subscribe_prefix: a.subscribe_prefix,
                     drain_timeout: Duration::from_secs(10),
                     progress: true,
                 };

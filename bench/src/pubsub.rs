@@ -45,6 +45,9 @@ pub struct PubSubOptions {
     pub version: ProtocolVersion,
     /// Unique per run, so runs never see each other's messages.
     pub topic_prefix: String,
+    /// Subscribers take `{this}/t{j}` instead of the publishers' topics, for messages that a
+    /// topic rule republishes there.
+    pub subscribe_prefix: Option<String>,
     /// How long to wait for the last messages after publishing stops.
     pub drain_timeout: Duration,
     /// Print a progress line every second.
@@ -109,7 +112,8 @@ pub async fn run(opts: PubSubOptions) -> anyhow::Result<PubSubReport> {
         let mut copts = connect_options(&opts, format!("{}-sub-{j}", opts.topic_prefix), j);
         copts.broker = opts.subscriber_brokers[j % opts.subscriber_brokers.len()];
         copts.clean_start = !opts.persistent_subscribers;
-        let topic = format!("{}/t{}", opts.topic_prefix, j % opts.topics);
+        let prefix = opts.subscribe_prefix.as_ref().unwrap_or(&opts.topic_prefix);
+        let topic = format!("{prefix}/t{}", j % opts.topics);
         let limiter = Arc::clone(&limiter);
         let qos = opts.qos;
         connecting.push(tokio::spawn(async move {

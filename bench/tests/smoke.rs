@@ -41,6 +41,7 @@ fn options(server: &Server, qos: QoS, version: ProtocolVersion) -> pubsub::PubSu
         inflight: 16,
         version,
         topic_prefix: format!("smoke{}", qos.as_u8()),
+        subscribe_prefix: None,
         drain_timeout: Duration::from_secs(10),
         progress: false,
     }

@@ -65,6 +65,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub aws: AwsConfig,
     pub shadow: ShadowConfig,
+    pub rules: RulesConfig,
 }
 
 /// What the AWS-compatible API presents itself as, and who may call it.
@@ -373,6 +374,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             aws: AwsConfig::default(),
             shadow: ShadowConfig::default(),
+            rules: RulesConfig::default(),
         }
     }
 }
@@ -433,6 +435,21 @@ impl Default for ShadowConfig {
             max_queued_requests: 100,
         }
     }
+}
+
+/// Where the rules engine sends the actions of AWS services (s3, sqs, sns, kinesis, firehose,
+/// lambda, dynamoDBv2): one AWS-compatible endpoint (MinIO, LocalStack, moto, or AWS itself),
+/// requests signed with SigV4 by the keys given.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RulesConfig {
+    /// The endpoint's URL (`http://minio:9000`); unset, those actions fail into the error
+    /// action.
+    pub aws_endpoint: Option<String>,
+    /// The region requests are signed for; unset, `aws.region`.
+    pub aws_region: Option<String>,
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
 }
 
 /// Values given on the command line; `None` leaves the layer below in force.
@@ -503,6 +520,10 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("mqtt.maximum_qos", EnvKind::Number),
     ("mqtt.connect_timeout", EnvKind::Number),
     ("mqtt.lifecycle_events", EnvKind::Flag),
+    ("rules.aws_endpoint", EnvKind::Text),
+    ("rules.aws_region", EnvKind::Text),
+    ("rules.aws_access_key_id", EnvKind::Text),
+    ("rules.aws_secret_access_key", EnvKind::Text),
     ("shadow.max_state_bytes", EnvKind::Number),
     ("shadow.max_depth", EnvKind::Number),
     ("shadow.max_client_token_bytes", EnvKind::Number),
@@ -795,6 +816,27 @@ impl Config {
         }
         if shadow.max_queued_requests == 0 {
             return invalid("shadow.max_queued_requests", "must be at least 1");
+        }
+        let rules = &self.rules;
+        if let Some(endpoint) = &rules.aws_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return invalid("rules.aws_endpoint", "must be an http:// or https:// URL");
+        }
+        match (&rules.aws_access_key_id, &rules.aws_secret_access_key) {
+            (Some(_), None) => {
+                return invalid(
+                    "rules.aws_secret_access_key",
+                    "must be set when rules.aws_access_key_id is",
+                );
+            }
+            (None, Some(_)) => {
+                return invalid(
+                    "rules.aws_access_key_id",
+                    "must be set when rules.aws_secret_access_key is",
+                );
+            }
+            _ => {}
         }
         self.validate_cluster()
     }
@@ -1229,6 +1271,10 @@ mod tests {
         config.mqtt_anonymous_policy = Some("anonymous.json".into());
         config.aws.ca_key = Some("own-ca.key".into());
         config.aws.server_cert = Some("server.pem".into());
+        config.rules.aws_endpoint = Some("http://minio:9000".into());
+        config.rules.aws_region = Some("eu-west-1".into());
+        config.rules.aws_access_key_id = Some("AKIA".into());
+        config.rules.aws_secret_access_key = Some("secret".into());
         config.aws.server_key = Some("server.key".into());
         config.aws.public_host = Some("iot.example.com".into());
         let table = toml::Table::try_from(&config).unwrap();

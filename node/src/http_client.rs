@@ -116,20 +116,24 @@ impl HttpClient {
         }
     }
 
-    /// POSTs `body` as `content_type` with `headers` to `url`, within `timeout`; the status
-    /// the server answered, whatever it is (a rule action decides what to retry).
-    pub async fn post(
+    /// Sends `body` as `content_type` with `headers` to `url` by `method` (`POST`, `PUT`),
+    /// within `timeout`; the status the server answered, whatever it is (a rule action decides
+    /// what to retry), and its body.
+    pub async fn send_body(
         &self,
+        method: &str,
         url: &str,
         headers: &[(String, String)],
         content_type: &str,
         body: bytes::Bytes,
         timeout: Duration,
-    ) -> Result<u16, HttpClientError> {
+    ) -> Result<(u16, bytes::Bytes), HttpClientError> {
         let send = async {
             let (origin, uri) = origin_of(url)?;
             let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            let mut builder = Request::post(path)
+            let mut builder = Request::builder()
+                .method(method)
+                .uri(path)
                 .header(
                     header::HOST,
                     uri.authority().map_or(origin.host.as_str(), |a| a.as_str()),
@@ -141,8 +145,7 @@ impl HttpClient {
             let request = builder
                 .body(Full::new(body))
                 .map_err(|e| HttpClientError::Url(format!("{url}: {e}")))?;
-            let (status, _) = self.send(url, &origin, request).await?;
-            Ok(status)
+            self.send(url, &origin, request).await
         };
         match tokio::time::timeout(timeout, send).await {
             Ok(result) => result,

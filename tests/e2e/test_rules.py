@@ -195,17 +195,17 @@ def test_basic_ingest_reaches_its_rule_and_no_subscriber(iot: Any, mqtt_client: 
 
 def test_an_action_that_fails_sends_one_report_to_the_error_action(iot: Any, mqtt_client: MakeClient) -> None:
     iot.create_topic_rule(
-        ruleName="to_lambda",
+        ruleName="to_salesforce",
         topicRulePayload={
             "sql": "SELECT * FROM 'jobs/in'",
             "actions": [
-                {"lambda": {"functionArn": "arn:aws:lambda:us-east-1:123456789012:function:f"}},
+                {"salesforce": {"token": "t" * 40, "url": "https://ingestion.example.com/streams/0001"}},
                 {"republish": {"topic": "jobs/copied", "roleArn": "arn:aws:iam::123456789012:role/r"}},
             ],
             "errorAction": {"republish": {"topic": "jobs/errors", "roleArn": "arn:aws:iam::123456789012:role/r"}},
         },
     )
-    rule = iot.get_topic_rule(ruleName="to_lambda")["rule"]
+    rule = iot.get_topic_rule(ruleName="to_salesforce")["rule"]
     assert rule["errorAction"] == {"republish": {"topic": "jobs/errors", "roleArn": "arn:aws:iam::123456789012:role/r"}}
     watcher = mqtt_client()
     watcher.connect()
@@ -215,11 +215,11 @@ def test_an_action_that_fails_sends_one_report_to_the_error_action(iot: Any, mqt
     _until_fired(device, "jobs/in", b'{"n": 0}', watcher)
     device.publish("jobs/in", b'{"n": 1}', qos=1)
     report = json.loads(watcher.expect().payload)
-    assert report["ruleName"] == "to_lambda"
+    assert report["ruleName"] == "to_salesforce"
     assert report["topic"] == "jobs/in"
     assert report["clientId"] == "worker-1"
     assert report["base64OriginalPayload"] == "eyJuIjogMX0="
-    assert [f["failedAction"] for f in report["failures"]] == ["LambdaAction"]
+    assert [f["failedAction"] for f in report["failures"]] == ["SalesforceAction"]
     assert "not available" in report["failures"][0]["errorMessage"]
     # One report for the message, however many actions failed.
     watcher.expect_none(0.5)

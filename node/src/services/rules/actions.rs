@@ -1,6 +1,7 @@
-//! A rule's actions, read from the JSON they were created with. `republish` and `http` run;
-//! every other action of AWS's API is kept and echoed, and fails when it runs, so that the
-//! rule's error action reports it.
+//! A rule's actions, read from the JSON they were created with. `republish` and `http` run,
+//! and the actions of AWS services (s3, sqs, sns, kinesis, firehose, lambda, dynamoDBv2) go to
+//! the configured AWS-compatible endpoint; every other action of AWS's API is kept and echoed,
+//! and fails when it runs, so that the rule's error action reports it.
 
 use halyard_sql::{SqlVersion, Template};
 
@@ -37,6 +38,7 @@ pub const KINDS: [&str; 23] = [
 pub enum Action {
     Republish(Republish),
     Http(Http),
+    Aws(AwsAction),
     /// An action this node does not run: it fails into the error action.
     NotRun {
         kind: &'static str,
@@ -73,6 +75,9 @@ impl Action {
         match *kind {
             "republish" => Republish::parse(body, version).map(Action::Republish),
             "http" => Http::parse(body, version).map(Action::Http),
+            "s3" | "sqs" | "sns" | "kinesis" | "firehose" | "lambda" | "dynamoDBv2" => {
+                AwsAction::parse(kind, body, version).map(Action::Aws)
+            }
             kind => Ok(Action::NotRun { kind }),
         }
     }
@@ -82,6 +87,7 @@ impl Action {
         let kind = match self {
             Action::Republish(_) => "republish",
             Action::Http(_) => "http",
+            Action::Aws(aws) => aws.kind,
             Action::NotRun { kind } => kind,
         };
         let mut name = String::with_capacity(kind.len() + 6);
@@ -192,5 +198,104 @@ impl Http {
             url_text: url_text.to_owned(),
             headers,
         })
+    }
+}
+
+/// An action of an AWS service, sent to the configured AWS-compatible endpoint.
+#[derive(Debug, Clone)]
+pub struct AwsAction {
+    pub kind: &'static str,
+    pub target: AwsTarget,
+}
+
+#[derive(Debug, Clone)]
+pub enum AwsTarget {
+    S3 {
+        bucket: String,
+        key: Template,
+        canned_acl: Option<String>,
+    },
+    Sqs {
+        queue_url: String,
+        base64: bool,
+    },
+    Sns {
+        target_arn: String,
+        json: bool,
+    },
+    Kinesis {
+        stream: String,
+        partition_key: Option<Template>,
+    },
+    Firehose {
+        stream: String,
+        separator: Option<String>,
+    },
+    Lambda {
+        function_arn: String,
+    },
+    DynamoDbV2 {
+        table: String,
+    },
+}
+
+impl AwsAction {
+    fn parse(
+        kind: &'static str,
+        body: &serde_json::Value,
+        version: SqlVersion,
+    ) -> Result<AwsAction, String> {
+        let text = |field: &str| -> Result<String, String> {
+            body.get(field)
+                .and_then(serde_json::Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{kind}: {field} is required"))
+        };
+        let optional = |field: &str| body.get(field).and_then(serde_json::Value::as_str);
+        let template = |field: &str, text: &str| {
+            Template::compile(text, version).map_err(|e| format!("{kind}: {field}: {e}"))
+        };
+        let target = match kind {
+            "s3" => AwsTarget::S3 {
+                bucket: text("bucketName")?,
+                key: template("key", &text("key")?)?,
+                canned_acl: optional("cannedAcl").map(str::to_owned),
+            },
+            "sqs" => AwsTarget::Sqs {
+                queue_url: text("queueUrl")?,
+                base64: body
+                    .get("useBase64")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false),
+            },
+            "sns" => AwsTarget::Sns {
+                target_arn: text("targetArn")?,
+                json: optional("messageFormat") == Some("JSON"),
+            },
+            "kinesis" => AwsTarget::Kinesis {
+                stream: text("streamName")?,
+                partition_key: optional("partitionKey")
+                    .map(|k| template("partitionKey", k))
+                    .transpose()?,
+            },
+            "firehose" => AwsTarget::Firehose {
+                stream: text("deliveryStreamName")?,
+                separator: optional("separator").map(str::to_owned),
+            },
+            "lambda" => AwsTarget::Lambda {
+                function_arn: text("functionArn")?,
+            },
+            _ => AwsTarget::DynamoDbV2 {
+                table: body
+                    .get("putItem")
+                    .and_then(|p| p.get("tableName"))
+                    .and_then(serde_json::Value::as_str)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("{kind}: putItem.tableName is required"))?,
+            },
+        };
+        Ok(AwsAction { kind, target })
     }
 }

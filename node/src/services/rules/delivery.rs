@@ -1,5 +1,5 @@
-//! Actions that leave the node (HTTP now; Kafka, AWS-compatible services and PostgreSQL
-//! later) run off the evaluation path: each action of each rule has a bounded queue and a
+//! Actions that leave the node (HTTP and the AWS services now; Kafka and PostgreSQL later) run
+//! off the evaluation path: each action of each rule has a bounded queue and a
 //! worker with a fixed number of exchanges in flight. A full queue is a failure at once,
 //! never a wait, so that one slow endpoint holds up no other rule. The outcomes of one
 //! message's actions meet in a [`Report`], which sends the rule's error action one report
@@ -14,6 +14,7 @@ use halyard_sql::{Document, Message as SqlMessage, MqttProperties};
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc};
 
+use super::aws::{AwsEndpoint, Prepared, signed_headers};
 use super::engine::{Compiled, RulesEngine};
 
 /// Messages waiting for one action; beyond, the action fails for them at once.
@@ -154,38 +155,40 @@ impl Report {
     }
 }
 
-/// One POST for an HTTP action.
-pub struct HttpJob {
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    pub content_type: &'static str,
-    pub body: Bytes,
+/// One request of an action that leaves the node.
+pub struct OutboundJob {
+    pub request: Box<Prepared>,
+    /// Set for the actions of AWS services: signed again before each try, since the
+    /// signature carries the time.
+    pub signing: Option<Arc<AwsEndpoint>>,
+    /// The action's name in reports and metrics (`HttpAction`, `S3Action`).
+    pub action: String,
     pub report: Arc<Report>,
 }
 
-/// An HTTP action's queue and worker. Dropping it (the rule was replaced or deleted) lets the
+/// An action's queue and worker. Dropping it (the rule was replaced or deleted) lets the
 /// worker finish what is queued and end.
-pub struct HttpSink {
-    sender: mpsc::Sender<HttpJob>,
+pub struct Sink {
+    sender: mpsc::Sender<OutboundJob>,
     /// Messages waiting, as `halyard_rule_action_queue_depth` shows them.
     depth: prometheus::IntGauge,
 }
 
-impl std::fmt::Debug for HttpSink {
+impl std::fmt::Debug for Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HttpSink")
+        f.write_str("Sink")
     }
 }
 
-impl HttpSink {
-    pub fn start(depth: prometheus::IntGauge) -> HttpSink {
+impl Sink {
+    pub fn start(depth: prometheus::IntGauge) -> Sink {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(http_worker(receiver, depth.clone()));
-        HttpSink { sender, depth }
+        tokio::spawn(worker(receiver, depth.clone()));
+        Sink { sender, depth }
     }
 
     /// Queues `job`, or gives it back when the queue is full.
-    pub fn offer(&self, job: HttpJob) -> Result<(), HttpJob> {
+    pub fn offer(&self, job: OutboundJob) -> Result<(), OutboundJob> {
         self.sender.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
         })?;
@@ -194,7 +197,7 @@ impl HttpSink {
     }
 }
 
-async fn http_worker(mut receiver: mpsc::Receiver<HttpJob>, depth: prometheus::IntGauge) {
+async fn worker(mut receiver: mpsc::Receiver<OutboundJob>, depth: prometheus::IntGauge) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(job) = receiver.recv().await {
         depth.dec();
@@ -202,40 +205,50 @@ async fn http_worker(mut receiver: mpsc::Receiver<HttpJob>, depth: prometheus::I
             return;
         };
         tokio::spawn(async move {
-            let outcome = post_with_retries(&job).await.map_err(|message| Failure {
-                action: "HttpAction".to_owned(),
-                resource: job.url.clone(),
+            let outcome = send_with_retries(&job).await.map_err(|message| Failure {
+                action: job.action.clone(),
+                resource: job.request.resource.clone(),
                 message,
             });
-            job.report.outcome("HttpAction", outcome);
+            job.report.outcome(&job.action, outcome);
             drop(slot);
         });
     }
 }
 
-/// POSTs the job; again after 429 and 5xx answers, up to three tries in all.
-async fn post_with_retries(job: &HttpJob) -> Result<(), String> {
+/// Sends the job; again after 429 and 5xx answers, up to three tries in all.
+async fn send_with_retries(job: &OutboundJob) -> Result<(), String> {
     let client = crate::http_client::shared();
+    let request = &job.request;
     let mut backoff = FIRST_BACKOFF;
     let mut tries = 0;
     loop {
         tries += 1;
+        let headers = match &job.signing {
+            Some(endpoint) => signed_headers(endpoint, request, now_epoch())?,
+            None => request.headers.clone(),
+        };
         let outcome = client
-            .post(
-                &job.url,
-                &job.headers,
-                job.content_type,
-                job.body.clone(),
+            .send_body(
+                request.method,
+                &request.url,
+                &headers,
+                request.content_type,
+                request.body.clone(),
                 HTTP_TIMEOUT,
             )
             .await;
         match outcome {
-            Ok(status) if (200..300).contains(&status) => return Ok(()),
-            Ok(status) if (status == 429 || status >= 500) && tries < TRIES => {}
-            Ok(status) => {
+            Ok((status, _)) if (200..300).contains(&status) => return Ok(()),
+            Ok((status, _)) if (status == 429 || status >= 500) && tries < TRIES => {}
+            Ok((status, answer)) => {
+                let answer = String::from_utf8_lossy(&answer);
+                let answer: String = answer.chars().take(300).collect();
                 return Err(format!(
-                    "{} answered HTTP {status} (after {tries} tries)",
-                    job.url
+                    "{} answered HTTP {status} (after {tries} tries){}{}",
+                    request.url,
+                    if answer.is_empty() { "" } else { ": " },
+                    answer.trim()
                 ));
             }
             Err(e) => return Err(e.to_string()),
@@ -243,4 +256,10 @@ async fn post_with_retries(job: &HttpJob) -> Result<(), String> {
         tokio::time::sleep(backoff).await;
         backoff *= 2;
     }
+}
+
+fn now_epoch() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -20,7 +20,8 @@ use tokio::sync::watch;
 
 use super::RuleRecord;
 use super::actions::{Action, Http, Republish};
-use super::delivery::{Failure, HttpJob, HttpSink, OwnedMessage, Report};
+use super::aws::{self, AwsEndpoint};
+use super::delivery::{Failure, OutboundJob, OwnedMessage, Report, Sink};
 use crate::broker::{Broker, Subscriber, SubscriptionTrie, Tapped, Target};
 use crate::mqtt::SubscriptionOptions;
 use crate::services::records::Records;
@@ -104,9 +105,9 @@ pub struct Compiled {
     actions: Vec<Action>,
     error_action: Option<Action>,
     /// The queue of each action that leaves the node, by the action's position.
-    sinks: Vec<Option<HttpSink>>,
+    sinks: Vec<Option<Sink>>,
     /// The error action's queue, if it leaves the node.
-    error_sink: Option<HttpSink>,
+    error_sink: Option<Sink>,
 }
 
 impl Compiled {
@@ -119,8 +120,8 @@ impl Compiled {
     }
 }
 
-fn sink_of(action: &Action, depth: impl FnOnce() -> IntGauge) -> Option<HttpSink> {
-    matches!(action, Action::Http(_)).then(|| HttpSink::start(depth()))
+fn sink_of(action: &Action, depth: impl FnOnce() -> IntGauge) -> Option<Sink> {
+    matches!(action, Action::Http(_) | Action::Aws(_)).then(|| Sink::start(depth()))
 }
 
 #[derive(Clone)]
@@ -249,6 +250,8 @@ pub struct RulesEngine {
     env: NodeEnvironment,
     set: RwLock<Arc<RuleSet>>,
     metrics: RuleMetrics,
+    /// Where the actions of AWS services go, if anywhere.
+    aws: Option<Arc<AwsEndpoint>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -258,6 +261,7 @@ impl RulesEngine {
         records: Records,
         shadows: ShadowService,
         account_id: &str,
+        aws: Option<AwsEndpoint>,
         metrics: RuleMetrics,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -270,6 +274,7 @@ impl RulesEngine {
             },
             set: RwLock::new(Arc::new(RuleSet::default())),
             metrics,
+            aws: aws.map(Arc::new),
             shutdown,
         }
     }
@@ -448,22 +453,26 @@ impl RulesEngine {
             rule.actions.len(),
         );
         for (action, sink) in rule.actions.iter().zip(&rule.sinks) {
-            match (action, sink) {
-                (Action::Http(http), Some(sink)) => {
-                    let job = http_job(http, message, &self.env, json, &payload, &report);
+            let Some(sink) = sink else {
+                let outcome = self.run_here(action, message, &payload);
+                self.count(name, action, outcome.is_ok());
+                report.done(outcome);
+                continue;
+            };
+            match self.outbound(action, message, json, &payload, &report) {
+                Ok(job) => {
                     if let Err(job) = sink.offer(job) {
                         self.count(name, action, false);
                         job.report.done(Err(Failure {
-                            action: action.failed_action(),
-                            resource: job.url,
+                            action: job.action,
+                            resource: job.request.resource,
                             message: "the action's queue is full".to_owned(),
                         }));
                     }
                 }
-                _ => {
-                    let outcome = self.run_here(action, message, &payload);
-                    self.count(name, action, outcome.is_ok());
-                    report.done(outcome);
+                Err(failure) => {
+                    self.count(name, action, false);
+                    report.done(Err(failure));
                 }
             }
         }
@@ -511,14 +520,15 @@ impl RulesEngine {
             "failures": failures.iter().map(Failure::to_json).collect::<Vec<_>>(),
         });
         let payload = Bytes::from(report.to_string());
-        let outcome = match (error_action, &rule.error_sink) {
-            (Action::Http(http), Some(sink)) => {
+        let outcome = match &rule.error_sink {
+            Some(sink) => {
                 // Its own outcome is counted, and reported to no one.
                 let quiet = Report::new_detached();
-                let job = http_job(http, message, &self.env, true, &payload, &quiet);
-                sink.offer(job).map_err(|_| ())
+                self.outbound(error_action, message, true, &payload, &quiet)
+                    .map_err(|_| ())
+                    .and_then(|job| sink.offer(job).map_err(|_| ()))
             }
-            _ => self
+            None => self
                 .run_here(error_action, message, &payload)
                 .map_err(|_| ()),
         };
@@ -550,11 +560,60 @@ impl RulesEngine {
                 http.url_text.clone(),
                 "the action's queue is gone".to_owned(),
             )),
+            Action::Aws(aws) => Err(failed(
+                aws.kind.to_owned(),
+                "the action's queue is gone".to_owned(),
+            )),
             Action::NotRun { kind } => Err(failed(
                 (*kind).to_owned(),
                 format!("the {kind} action is not available on this Halyard node"),
             )),
         }
+    }
+
+    /// The request an action that leaves the node makes for `message`, or why it cannot.
+    fn outbound(
+        &self,
+        action: &Action,
+        message: &SqlMessage<'_>,
+        json: bool,
+        payload: &Bytes,
+        report: &Arc<Report>,
+    ) -> Result<OutboundJob, Failure> {
+        let (request, signing) = match action {
+            Action::Http(http) => (http_request(http, message, &self.env, json, payload), None),
+            Action::Aws(action) => {
+                let Some(endpoint) = &self.aws else {
+                    return Err(Failure {
+                        action: Action::Aws(action.clone()).failed_action(),
+                        resource: action.kind.to_owned(),
+                        message: "no AWS-compatible endpoint is configured (rules.aws_endpoint)"
+                            .to_owned(),
+                    });
+                };
+                let request = aws::prepare(endpoint, action, message, &self.env, payload).map_err(
+                    |(resource, message)| Failure {
+                        action: Action::Aws(action.clone()).failed_action(),
+                        resource,
+                        message,
+                    },
+                )?;
+                (request, Some(Arc::clone(endpoint)))
+            }
+            other => {
+                return Err(Failure {
+                    action: other.failed_action(),
+                    resource: String::new(),
+                    message: "the action does not leave the node".to_owned(),
+                });
+            }
+        };
+        Ok(OutboundJob {
+            request: Box::new(request),
+            signing,
+            action: action.failed_action(),
+            report: Arc::clone(report),
+        })
     }
 
     fn republish(
@@ -596,16 +655,19 @@ impl RulesEngine {
 }
 
 /// The POST of an HTTP action for `message`: URL and header values from their templates.
-fn http_job(
+fn http_request(
     http: &Http,
     message: &SqlMessage<'_>,
     env: &NodeEnvironment,
     json: bool,
     payload: &Bytes,
-    report: &Arc<Report>,
-) -> HttpJob {
-    HttpJob {
-        url: http.url.render(message, env),
+) -> aws::Prepared {
+    let url = http.url.render(message, env);
+    aws::Prepared {
+        method: "POST",
+        resource: url.clone(),
+        url,
+        service: "",
         headers: http
             .headers
             .iter()
@@ -617,7 +679,6 @@ fn http_job(
             "application/octet-stream"
         },
         body: payload.clone(),
-        report: Arc::clone(report),
     }
 }
 

@@ -2,7 +2,10 @@
 //! engine follows the same set), their validation when created (the statement must compile,
 //! the actions must be well formed), and the engine that runs them ([`engine`]).
 
+pub use aws::AwsEndpoint;
+
 pub mod actions;
+mod aws;
 mod delivery;
 pub mod engine;
 

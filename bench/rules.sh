@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The rules engine's cost to the broker, side by side in one run: 1:1 QoS 1 traffic (100
+# publishers, 100 subscribers, 100 topics, 256 B, max rate) on a node with no rules, then on a
+# node with 100 rules of which 10 match every message (each republishing it to a topic nobody
+# takes) and 90 match none; alternated, each on a fresh node. Then the republish action's
+# throughput: one rule republishes every message of 100 publishers to the topics their 100
+# subscribers take, so every delivered message went through the engine. Prints a Markdown
+# table. ROUNDS (default 2) alternations, DURATION (default 10) seconds each.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+ensure_apt_packages "${BUILD_PACKAGES[@]}"
+ensure_cargo
+ensure_test_venv
+
+target="${CARGO_TARGET_DIR:-target}"
+[[ "$target" == /* ]] || target="$PWD/$target"
+cargo build --release -p halyard-node --bin halyard -p halyard-bench --bin halyard-bench
+halyard="$target/release/halyard"
+bench="$target/release/halyard-bench"
+duration="${DURATION:-10}"
+rounds="${ROUNDS:-2}"
+
+work="$(mktemp -d "${TMPDIR:-/var/tmp}/halyard-rules.XXXXXX")"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { ".venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start_halyard() {
+    [[ ${#pids[@]} -gt 0 ]] && { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=(); }
+    rm -rf "$work/data"
+    mqtt_port="$(free_port)"
+    http_port="$(free_port)"
+    HALYARD_LOG_LEVEL=warn "$halyard" serve --data-dir "$work/data" \
+        --mqtt-listen "127.0.0.1:$mqtt_port" --http-listen "127.0.0.1:$http_port" \
+        --admin-listen 127.0.0.1:0 --mqtts-listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 --ws-listen 127.0.0.1:0 &
+    pids+=($!)
+    for _ in $(seq 100); do
+        [[ -s "$work/data/credentials" ]] && (echo > "/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "halyard did not start" >&2
+    exit 1
+}
+
+# Creates rules through the AWS API with boto3: `matching` rules on every benchmark topic,
+# `idle` rules on topics nobody publishes, `republish` the rule that feeds the subscribers.
+create_rules() {
+    ".venv/bin/python" - "$work/data/credentials" "$http_port" "$1" <<'PY'
+import configparser, sys, time
+import boto3
+credentials, port, kind = sys.argv[1], sys.argv[2], sys.argv[3]
+profile = configparser.ConfigParser()
+profile.read(credentials)
+section = profile["halyard"]
+iot = boto3.client("iot", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                   aws_access_key_id=section["aws_access_key_id"],
+                   aws_secret_access_key=section["aws_secret_access_key"])
+role = "arn:aws:iam::123456789012:role/rules"
+def rule(name, sql, topic):
+    iot.create_topic_rule(ruleName=name, topicRulePayload={
+        "sql": sql, "awsIotSqlVersion": "2016-03-23",
+        "actions": [{"republish": {"topic": topic, "roleArn": role, "qos": 1}}]})
+if kind == "hundred":
+    for n in range(10):
+        rule(f"matching_{n}", "SELECT * FROM '+/+' WHERE startswith(topic(1), 'bench')", f"rules-out/{n}/m")
+    for n in range(90):
+        rule(f"idle_{n}", f"SELECT * FROM 'idle{n}/+' WHERE startswith(topic(1), 'bench')", f"rules-idle/{n}/m")
+elif kind == "republish":
+    rule("feed", "SELECT * FROM '+/+' WHERE startswith(topic(1), 'bench')", "fed/x/${topic(2)}")
+time.sleep(1)  # every node's engine follows the store; one node here
+PY
+}
+
+run() {
+    "$bench" pubsub --port "$mqtt_port" --publishers 100 --subscribers 100 --topics 100 --qos 1 \
+        --rate max --duration "$duration" --json "$work/run.json" "$@" >/dev/null 2>"$work/run.log"
+    ".venv/bin/python" - "$work/run.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+l = r["latency"]
+print(f'{r["throughput_out"]:.0f} | {l["p50_ms"]:.2f} | {l["p99_ms"]:.2f} | {r["lost"]} | {r["duplicates"]}')
+PY
+}
+
+echo "| run | rules | delivered msg/s | p50 ms | p99 ms | lost | duplicates |"
+echo "|---|---|---:|---:|---:|---:|---:|"
+for round in $(seq "$rounds"); do
+    start_halyard
+    echo "| $round | none | $(run) |"
+    start_halyard
+    create_rules hundred
+    echo "| $round | 100, 10 matching | $(run) |"
+    start_halyard
+    create_rules republish
+    echo "| $round | 1 republishing every message to the subscribers | $(run --subscribe-prefix fed/x) |"
+done

@@ -1,0 +1,164 @@
+"""Rule actions of AWS services (s3, sqs, sns, kinesis, firehose, dynamoDBv2) sent to an
+AWS-compatible endpoint: moto in server mode, checked by reading what arrived with boto3."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+import aws
+from harness import Broker, Client, launch_broker, wait_for_broker
+
+REGION = "us-east-1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _moto(url: str, service: str) -> Any:
+    return boto3.client(service, endpoint_url=url, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture
+def broker_with_aws(tmp_path: Path, moto: str) -> Iterator[Broker]:
+    env = {
+        "HALYARD_RULES__AWS_ENDPOINT": moto,
+        "HALYARD_RULES__AWS_ACCESS_KEY_ID": "testing",
+        "HALYARD_RULES__AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    running = wait_for_broker(launch_broker(tmp_path, env_extra=env))
+    try:
+        yield running
+        assert running.stop() == 0
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
+def _wait(what: str, ready: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = ready()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} did not happen"
+        time.sleep(0.1)
+
+
+def test_aws_service_actions_reach_the_aws_compatible_endpoint(broker_with_aws: Broker, moto: str) -> None:
+    broker = broker_with_aws
+    s3 = _moto(moto, "s3")
+    s3.create_bucket(Bucket="telemetry")
+    sqs = _moto(moto, "sqs")
+    queue_url = sqs.create_queue(QueueName="alerts")["QueueUrl"]
+    sns = _moto(moto, "sns")
+    topic_arn = sns.create_topic(Name="ops")["TopicArn"]
+    sns_queue = sqs.create_queue(QueueName="ops-copy")["QueueUrl"]
+    sns_queue_arn = sqs.get_queue_attributes(QueueUrl=sns_queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=sns_queue_arn, Attributes={"RawMessageDelivery": "true"})
+    kinesis = _moto(moto, "kinesis")
+    kinesis.create_stream(StreamName="readings", ShardCount=1)
+    dynamodb = _moto(moto, "dynamodb")
+    dynamodb.create_table(
+        TableName="devices",
+        KeySchema=[{"AttributeName": "device", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "device", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    key, secret = aws.keys(broker)
+    iot = aws.client(broker, key, secret)
+    role = "arn:aws:iam::123456789012:role/rules"
+    iot.create_topic_rule(
+        ruleName="to_aws",
+        topicRulePayload={
+            "sql": "SELECT temp, topic(2) AS device FROM 'plant/+/reading'",
+            "awsIotSqlVersion": "2016-03-23",
+            "actions": [
+                {"s3": {"bucketName": "telemetry", "key": "${topic(2)}/${timestamp()}.json", "roleArn": role}},
+                {"sqs": {"queueUrl": queue_url, "useBase64": False, "roleArn": role}},
+                {"sns": {"targetArn": topic_arn, "messageFormat": "RAW", "roleArn": role}},
+                {"kinesis": {"streamName": "readings", "partitionKey": "${topic(2)}", "roleArn": role}},
+                {"dynamoDBv2": {"putItem": {"tableName": "devices"}, "roleArn": role}},
+            ],
+            "errorAction": {"republish": {"topic": "plant/errors", "roleArn": role}},
+        },
+    )
+    deadline = time.monotonic() + 10
+    while (broker.metrics().value("halyard_rules") or 0) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    errors = Client(broker, "aws-errors", 5, True, None)
+    errors.connect()
+    errors.subscribe("plant/errors", 1)
+    device = Client(broker, "aws-device", 5, True, None)
+    device.connect()
+    device.publish("plant/p9/reading", b'{"temp": 81.5}', qos=1)
+
+    expected = {"temp": 81.5, "device": "p9"}
+    objects = _wait("the S3 object", lambda: s3.list_objects_v2(Bucket="telemetry").get("Contents"))
+    assert objects[0]["Key"].startswith("p9/")
+    assert json.loads(s3.get_object(Bucket="telemetry", Key=objects[0]["Key"])["Body"].read()) == expected
+    messages = _wait("the SQS message", lambda: sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1).get("Messages"))
+    assert json.loads(messages[0]["Body"]) == expected
+    copied = _wait("the SNS message", lambda: sqs.receive_message(QueueUrl=sns_queue, WaitTimeSeconds=1).get("Messages"))
+    assert json.loads(copied[0]["Body"]) == expected
+    shard = kinesis.get_shard_iterator(StreamName="readings", ShardId="shardId-000000000000", ShardIteratorType="TRIM_HORIZON")
+    records = _wait("the Kinesis record", lambda: kinesis.get_records(ShardIterator=shard["ShardIterator"])["Records"])
+    assert json.loads(records[0]["Data"]) == expected
+    assert records[0]["PartitionKey"] == "p9"
+    item = _wait("the DynamoDB item", lambda: dynamodb.get_item(TableName="devices", Key={"device": {"S": "p9"}}).get("Item"))
+    assert item == {"device": {"S": "p9"}, "temp": {"N": "81.5"}}
+    errors.expect_none(0.5)
+
+    # A queue that does not exist: the action fails into the error action with AWS's answer.
+    iot.replace_topic_rule(
+        ruleName="to_aws",
+        topicRulePayload={
+            "sql": "SELECT * FROM 'plant/+/reading'",
+            "actions": [{"sqs": {"queueUrl": queue_url + "-missing", "roleArn": role}}],
+            "errorAction": {"republish": {"topic": "plant/errors", "roleArn": role}},
+        },
+    )
+    time.sleep(0.5)
+    device.publish("plant/p9/reading", b'{"temp": 1}', qos=1)
+    report = json.loads(errors.expect().payload)
+    assert [f["failedAction"] for f in report["failures"]] == ["SqsAction"]
+    assert "HTTP 400" in report["failures"][0]["errorMessage"]
+    assert base64.b64decode(report["base64OriginalPayload"]) == b'{"temp": 1}'
