@@ -5,7 +5,9 @@
 # takes) and 90 match none; alternated, each on a fresh node. Then the republish action's
 # throughput: one rule republishes every message of 100 publishers to the topics their 100
 # subscribers take, so every delivered message went through the engine. Prints a Markdown
-# table. ROUNDS (default 2) alternations, DURATION (default 10) seconds each.
+# table with how many messages the engine took and how many its full queue dropped.
+# ROUNDS (default 2) alternations, DURATION (default 10) seconds each, RATE (default max)
+# messages per second offered in all.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -40,9 +42,10 @@ start_halyard() {
     rm -rf "$work/data"
     mqtt_port="$(free_port)"
     http_port="$(free_port)"
+    admin_port="$(free_port)"
     HALYARD_LOG_LEVEL=warn "$halyard" serve --data-dir "$work/data" \
         --mqtt-listen "127.0.0.1:$mqtt_port" --http-listen "127.0.0.1:$http_port" \
-        --admin-listen 127.0.0.1:0 --mqtts-listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 --ws-listen 127.0.0.1:0 &
+        --admin-listen "127.0.0.1:$admin_port" --mqtts-listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 --ws-listen 127.0.0.1:0 &
     pids+=($!)
     for _ in $(seq 100); do
         [[ -s "$work/data/credentials" ]] && (echo > "/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && return
@@ -83,17 +86,22 @@ PY
 
 run() {
     "$bench" pubsub --port "$mqtt_port" --publishers 100 --subscribers 100 --topics 100 --qos 1 \
-        --rate max --duration "$duration" --json "$work/run.json" "$@" >/dev/null 2>"$work/run.log"
-    ".venv/bin/python" - "$work/run.json" <<'PY'
-import json, sys
+        --rate "${RATE:-max}" --duration "$duration" --json "$work/run.json" "$@" >/dev/null 2>"$work/run.log"
+    curl -s "http://127.0.0.1:$admin_port/metrics" > "$work/metrics.txt"
+    ".venv/bin/python" - "$work/run.json" "$work/metrics.txt" <<'PY'
+import json, re, sys
 r = json.load(open(sys.argv[1]))
 l = r["latency"]
-print(f'{r["throughput_out"]:.0f} | {l["p50_ms"]:.2f} | {l["p99_ms"]:.2f} | {r["lost"]} | {r["duplicates"]}')
+def total(pattern):
+    return sum(float(line.split()[-1]) for line in open(sys.argv[2]) if re.match(pattern, line))
+taken = total(r'halyard_tap_messages_total\{(?=.*outcome="accepted")(?=.*tap="rules")')
+dropped = total(r'halyard_tap_messages_total\{(?=.*outcome="dropped")(?=.*tap="rules")')
+print(f'{r["throughput_out"]:.0f} | {l["p50_ms"]:.2f} | {l["p99_ms"]:.2f} | {r["lost"]} | {taken:.0f} | {dropped:.0f}')
 PY
 }
 
-echo "| run | rules | delivered msg/s | p50 ms | p99 ms | lost | duplicates |"
-echo "|---|---|---:|---:|---:|---:|---:|"
+echo "| run | rules | delivered msg/s | p50 ms | p99 ms | lost | the engine took | its tap dropped |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
 for round in $(seq "$rounds"); do
     start_halyard
     echo "| $round | none | $(run) |"

@@ -31,6 +31,10 @@ use crate::supervisor::Supervisor;
 
 /// Messages taken from the broker and not yet evaluated; beyond, the tap drops and counts.
 const QUEUE: usize = 65_536;
+/// Evaluating tasks at most (one per core up to this).
+const MAX_EVALUATORS: usize = 8;
+/// Messages waiting for one evaluating task.
+const EVALUATOR_QUEUE: usize = 1024;
 /// The prefix of Basic Ingest topics.
 const BASIC_INGEST: &str = "$aws/rules/";
 const BASIC_INGEST_FILTER: &str = "$aws/rules/#";
@@ -365,16 +369,39 @@ impl RulesEngine {
         Ok(())
     }
 
+    /// Hands each message from the tap to one of a few evaluators, by its topic, so that the
+    /// messages of a topic are evaluated in the order they came and the cores share the work.
+    /// A busy evaluator holds the tap back, whose full queue then drops and counts.
     async fn run(self: Arc<Self>, mut tap: crate::broker::Tap) {
+        let evaluators = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, MAX_EVALUATORS);
+        let mut queues = Vec::with_capacity(evaluators);
+        for _ in 0..evaluators {
+            let (sender, receiver) = tokio::sync::mpsc::channel::<Tapped>(EVALUATOR_QUEUE);
+            queues.push(sender);
+            tokio::spawn(Arc::clone(&self).evaluate(receiver));
+        }
         let mut shutdown = self.shutdown.clone();
         loop {
             tokio::select! {
                 next = tap.recv() => match next {
-                    Some(tapped) => self.process(&tapped),
+                    Some(tapped) => {
+                        let at = topic_hash(&tapped.message.topic) % queues.len();
+                        if queues[at].send(tapped).await.is_err() {
+                            return;
+                        }
+                    }
                     None => return,
                 },
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+
+    async fn evaluate(self: Arc<Self>, mut queue: tokio::sync::mpsc::Receiver<Tapped>) {
+        while let Some(tapped) = queue.recv().await {
+            self.process(&tapped);
         }
     }
 
@@ -680,6 +707,16 @@ fn http_request(
         },
         body: payload.clone(),
     }
+}
+
+/// FNV-1a of a topic: which evaluating task takes its messages.
+fn topic_hash(topic: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in topic.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as usize
 }
 
 fn now_ms() -> i64 {
