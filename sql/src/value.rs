@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::str::FromStr;
 
-use bigdecimal::{BigDecimal, RoundingMode, ToPrimitive, Zero};
+use bigdecimal::{BigDecimal, RoundingMode, Signed, ToPrimitive, Zero};
 use indexmap::IndexMap;
 
 /// Digits an Int or a Decimal keeps.
@@ -97,12 +97,22 @@ impl Value {
         }
     }
 
-    /// A Decimal rounded to 34 significant digits.
+    /// A Decimal rounded to 34 significant digits; Undefined beyond AWS's range (magnitudes
+    /// from 1E-999 to 9.99E999), which also keeps a hostile exponent from costing anything.
     pub fn decimal(d: BigDecimal) -> Value {
-        Value::Decimal(Box::new(d.with_precision_round(
+        let d = d.with_precision_round(
             std::num::NonZeroU64::new(PRECISION).unwrap_or(std::num::NonZeroU64::MIN),
             RoundingMode::HalfEven,
-        )))
+        );
+        if !d.is_zero() {
+            let (digits, scale) = d.as_bigint_and_exponent();
+            let length = digits.abs().to_string().len() as i64;
+            let exponent = length - 1 - scale;
+            if !(-999..=999).contains(&exponent) {
+                return Value::Undefined;
+            }
+        }
+        Value::Decimal(Box::new(d))
     }
 
     pub fn from_f64(f: f64) -> Value {
@@ -288,7 +298,10 @@ pub fn numeric_string(s: &str) -> Option<BigDecimal> {
     if i != bytes.len() {
         return None;
     }
-    BigDecimal::from_str(s).ok()
+    match Value::decimal(BigDecimal::from_str(s).ok()?) {
+        Value::Decimal(d) => Some(*d),
+        _ => None,
+    }
 }
 
 fn write_decimal(d: &BigDecimal, out: &mut String) {

@@ -415,6 +415,14 @@ fn the_reference_examples() {
             "hello bytes",
             None,
         ),
+        // Beyond AWS's decimal range a number is Undefined, whatever its exponent.
+        (
+            "SELECT round(1e999999999) AS a, cast('1e999999999' AS Int) AS b, 9.99e999 * 10 AS c, 1e999 AS d FROM 't'",
+            V2016,
+            "t",
+            "{}",
+            Some(r#"{"d":1e999}"#),
+        ),
         // An empty payload takes fields next to `*`.
         (
             "SELECT *, 15 AS speed FROM 't'",

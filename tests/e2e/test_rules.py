@@ -406,3 +406,59 @@ def test_the_rules_dashboard_queries_only_what_the_engine_exports(
             if base not in exported and metric not in exported:
                 missing.add(metric)
     assert not missing, f"halyard-rules.json queries metrics the node does not export: {sorted(missing)}"
+
+
+def test_topic_rule_destinations_are_made_with_rules_and_a_disabled_one_stops_its_actions(
+    iot: Any, broker: Broker, mqtt_client: MakeClient, receiver: _Receiver
+) -> None:
+    created = iot.create_topic_rule_destination(
+        destinationConfiguration={"httpUrlConfiguration": {"confirmationUrl": receiver.url + "/hooks"}}
+    )["topicRuleDestination"]
+    arn = created["arn"]
+    assert arn.startswith("arn:aws:iot:us-east-1:000000000000:ruledestination/http/")
+    assert created["status"] == "ENABLED"
+    assert created["httpUrlProperties"] == {"confirmationUrl": receiver.url + "/hooks"}
+    assert iot.get_topic_rule_destination(arn=arn)["topicRuleDestination"]["status"] == "ENABLED"
+    code, _, status = _error(
+        lambda: iot.create_topic_rule_destination(
+            destinationConfiguration={"httpUrlConfiguration": {"confirmationUrl": receiver.url + "/hooks"}}
+        )
+    )
+    assert (code, status) == ("ResourceAlreadyExistsException", 409)
+
+    # A rule whose URL no destination covers gets one, as on AWS.
+    iot.create_topic_rule(
+        ruleName="hooked",
+        topicRulePayload={
+            "sql": "SELECT * FROM 'hooks/in'",
+            "actions": [{"http": {"url": receiver.url + "/hooks/a"}}, {"http": {"url": "http://127.0.0.1:9/other/${topic(1)}"}}],
+            "errorAction": {"republish": {"topic": "hooks/errors", "roleArn": "arn:aws:iam::1:role/r"}},
+        },
+    )
+    urls = sorted(
+        d["httpUrlSummary"]["confirmationUrl"] for d in iot.list_topic_rule_destinations()["destinationSummaries"]
+    )
+    assert urls == sorted(["http://127.0.0.1:9/other/", receiver.url + "/hooks"])
+    _wait_rules(broker, 1)
+    watcher = mqtt_client()
+    watcher.connect()
+    watcher.subscribe("hooks/errors", 1)
+    device = mqtt_client()
+    device.connect()
+    device.publish("hooks/in", b"{}", qos=1)
+    assert receiver.next()[0] == "/hooks/a"
+    watcher.expect()  # the action to port 9 fails
+
+    iot.update_topic_rule_destination(arn=arn, status="DISABLED")
+    time.sleep(0.5)
+    device.publish("hooks/in", b"{}", qos=1)
+    report = json.loads(watcher.expect().payload)
+    refused = [f for f in report["failures"] if f["failedResource"] == receiver.url + "/hooks/a"]
+    assert refused and "DISABLED" in refused[0]["errorMessage"]
+    with pytest.raises(AssertionError):
+        receiver.next(timeout=0.5)
+
+    assert _error(lambda: iot.update_topic_rule_destination(arn=arn, status="DELETING"))[0] == "InvalidRequestException"
+    iot.delete_topic_rule_destination(arn=arn)
+    code, _, status = _error(lambda: iot.get_topic_rule_destination(arn=arn))
+    assert (code, status) == ("UnauthorizedException", 401)

@@ -18,6 +18,7 @@ pub enum Kind {
     Policy,
     Authorizer,
     Rule,
+    RuleDestination,
 }
 
 impl Kind {
@@ -31,6 +32,7 @@ impl Kind {
             Kind::Policy => "policy/",
             Kind::Authorizer => "authorizer/",
             Kind::Rule => "rule/",
+            Kind::RuleDestination => "ruledestination/http/",
         }
     }
 }

@@ -47,6 +47,10 @@ pub const AUTHORIZERS: &str = "aws/authorizer/";
 pub const DEFAULT_AUTHORIZER: &str = "aws/default-authorizer";
 /// Topic rules, by name: outside `aws/`, so that admission does not follow them.
 pub const RULES: &str = "rule/";
+/// Topic rule destinations, by id.
+pub const RULE_DESTINATIONS: &str = "rule-destination/";
+/// Both of the above: what the rules engine follows.
+pub const RULES_AND_DESTINATIONS: &str = "rule";
 /// The cluster's generated access keys.
 pub const CREDENTIALS: &str = "aws/credentials/halyard";
 /// The cluster's own CA.
@@ -172,6 +176,10 @@ pub fn thing_type(name: &str) -> String {
 
 pub fn rule(name: &str) -> String {
     joined(&[RULES, name])
+}
+
+pub fn rule_destination(id: &str) -> String {
+    joined(&[RULE_DESTINATIONS, id])
 }
 
 pub fn thing_group(name: &str) -> String {

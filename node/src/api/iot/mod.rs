@@ -309,6 +309,26 @@ impl ControlPlane {
                 "DisableTopicRule",
                 self.set_topic_rule_disabled(name, true).await,
             ),
+            ("POST", ["destinations"]) => (
+                "CreateTopicRuleDestination",
+                self.create_topic_rule_destination(request).await,
+            ),
+            ("GET", ["destinations"]) => (
+                "ListTopicRuleDestinations",
+                self.list_topic_rule_destinations(request).await,
+            ),
+            ("PATCH", ["destinations"]) => (
+                "UpdateTopicRuleDestination",
+                self.update_topic_rule_destination(request).await,
+            ),
+            ("GET", ["destinations", arn @ ..]) => (
+                "GetTopicRuleDestination",
+                self.get_topic_rule_destination(&arn.join("/")).await,
+            ),
+            ("DELETE", ["destinations", arn @ ..]) => (
+                "DeleteTopicRuleDestination",
+                self.delete_topic_rule_destination(&arn.join("/")).await,
+            ),
             ("POST", ["test-authorization"]) => {
                 ("TestAuthorization", self.test_authorization(request).await)
             }

@@ -22,6 +22,7 @@ use super::RuleRecord;
 use super::actions::{Action, Http, Republish};
 use super::aws::{self, AwsEndpoint};
 use super::delivery::{Failure, OutboundJob, OwnedMessage, Report, Sink};
+use super::destinations::DestinationRecord;
 use crate::broker::{Broker, Subscriber, SubscriptionTrie, Tapped, Target};
 use crate::mqtt::SubscriptionOptions;
 use crate::services::records::Records;
@@ -141,6 +142,28 @@ impl Target for Rule {
 struct RuleSet {
     by_name: HashMap<String, Rule>,
     filters: SubscriptionTrie<Rule>,
+    destinations: Vec<DestinationRecord>,
+}
+
+impl RuleSet {
+    /// Why an `http` action may not post to `url`: a destination covers it, and every one
+    /// that does is disabled.
+    fn refuses(&self, url: &str) -> Option<&DestinationRecord> {
+        let mut covering = self
+            .destinations
+            .iter()
+            .filter(|d| d.covers(url))
+            .peekable();
+        covering.peek()?;
+        let mut disabled = None;
+        for destination in covering {
+            if destination.status == "ENABLED" {
+                return None;
+            }
+            disabled = Some(destination);
+        }
+        disabled
+    }
 }
 
 static NEXT_RULE: AtomicU64 = AtomicU64::new(1);
@@ -299,7 +322,7 @@ impl RulesEngine {
     async fn follow(self: Arc<Self>, tap: crate::broker::TapFilters) {
         let mut shutdown = self.shutdown.clone();
         loop {
-            let mut changes = match self.records.watch(keys::RULES) {
+            let mut changes = match self.records.watch(keys::RULES_AND_DESTINATIONS) {
                 Ok(stream) => stream,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch the topic rules; retrying");
@@ -349,8 +372,23 @@ impl RulesEngine {
                 break;
             }
         }
+        let mut destinations = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let (page, more) = self
+                .records
+                .page::<DestinationRecord>(keys::RULE_DESTINATIONS, after.as_deref(), 1000)
+                .await?;
+            after = page.last().map(|(key, _)| key.clone());
+            destinations.extend(page.into_iter().map(|(_, d)| d));
+            if !more {
+                break;
+            }
+        }
         let previous = Arc::clone(&self.set.read());
-        let set = Arc::new(RuleSet::build(records, &previous, &self.metrics));
+        let mut set = RuleSet::build(records, &previous, &self.metrics);
+        set.destinations = destinations;
+        let set = Arc::new(set);
         let mut filters: Vec<&str> = set
             .by_name
             .values()
@@ -608,7 +646,20 @@ impl RulesEngine {
         report: &Arc<Report>,
     ) -> Result<OutboundJob, Failure> {
         let (request, signing) = match action {
-            Action::Http(http) => (http_request(http, message, &self.env, json, payload), None),
+            Action::Http(http) => {
+                let request = http_request(http, message, &self.env, json, payload);
+                if let Some(destination) = self.set.read().refuses(&request.url) {
+                    return Err(Failure {
+                        action: action.failed_action(),
+                        resource: request.url.clone(),
+                        message: format!(
+                            "the topic rule destination {} is {}",
+                            destination.confirmation_url, destination.status
+                        ),
+                    });
+                }
+                (request, None)
+            }
             Action::Aws(action) => {
                 let Some(endpoint) = &self.aws else {
                     return Err(Failure {

@@ -7,6 +7,7 @@ pub use aws::AwsEndpoint;
 pub mod actions;
 mod aws;
 mod delivery;
+pub mod destinations;
 pub mod engine;
 
 use halyard_sql::{SqlVersion, Statement};
@@ -83,6 +84,24 @@ pub struct Rules {
     arns: Arns,
 }
 
+/// The URLs of a rule's `http` actions (and its error action) that a destination must cover:
+/// the confirmation URL when given, else the URL up to its first substitution template.
+fn http_destination_urls(record: &RuleRecord) -> Vec<String> {
+    record
+        .actions
+        .iter()
+        .chain(record.error_action.iter())
+        .filter_map(|action| action.get("http"))
+        .filter_map(|http| {
+            let url = http
+                .get("confirmationUrl")
+                .or_else(|| http.get("url"))?
+                .as_str()?;
+            Some(url.split("${").next().unwrap_or(url).to_owned())
+        })
+        .collect()
+}
+
 /// `^[a-zA-Z0-9_]+$`, 1 to 128 characters.
 fn check_rule_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 128 {
@@ -154,6 +173,8 @@ impl Rules {
     pub async fn create(&self, name: &str, payload: TopicRulePayload) -> Result<RuleRecord> {
         check_rule_name(name)?;
         let record = Self::record(name, payload, epoch_seconds_fraction())?;
+        self.ensure_destinations(&http_destination_urls(&record))
+            .await?;
         if !self.records.create(&keys::rule(name), &record).await? {
             return Err(Error::already_exists(
                 format!("Rule {name} already exists"),
@@ -187,6 +208,8 @@ impl Rules {
             .await?
             .ok_or_else(|| Self::denied(name))?;
         let record = Self::record(name, payload, current.value.created_at)?;
+        self.ensure_destinations(&http_destination_urls(&record))
+            .await?;
         if !self
             .records
             .replace(&key, &record, current.mod_revision)
