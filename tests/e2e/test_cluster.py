@@ -174,6 +174,8 @@ def test_a_rule_created_on_one_node_runs_once_per_message_whichever_node_it_ente
     iot.delete_topic_rule(ruleName="cluster_hot")
     for node in cluster.brokers:
         _wait_for("the rule gone from every node", lambda n=node: n.metrics().value("halyard_rules") == 0)
+        # Its series go with it.
+        assert node.metrics().value("halyard_rule_messages_fired_total", rule="cluster_hot") is None
     publisher.disconnect()
     watcher.disconnect()
 

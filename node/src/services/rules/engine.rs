@@ -52,6 +52,28 @@ pub struct RuleMetrics {
 }
 
 impl RuleMetrics {
+    /// Drops the series of a deleted rule.
+    fn forget(&self, rule: &Compiled) {
+        let name = rule.record.rule_name.as_str();
+        let _ = self.matched.remove_label_values(&[name]);
+        let _ = self.fired.remove_label_values(&[name]);
+        let _ = self.evaluation.remove_label_values(&[name]);
+        let positions = (0..rule.actions.len())
+            .map(|i| i.to_string())
+            .chain(["error".to_owned()]);
+        for position in positions {
+            let _ = self.queue_depth.remove_label_values(&[name, &position]);
+        }
+        let outcomes = ["succeeded", "failed", "error_action", "error_action_failed"];
+        for action in rule.actions.iter().chain(rule.error_action.iter()) {
+            for outcome in outcomes {
+                let _ = self
+                    .actions
+                    .remove_label_values(&[name, &action.failed_action(), outcome]);
+            }
+        }
+    }
+
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let metrics = RuleMetrics {
             matched: IntCounterVec::new(
@@ -388,6 +410,11 @@ impl RulesEngine {
         let previous = Arc::clone(&self.set.read());
         let mut set = RuleSet::build(records, &previous, &self.metrics);
         set.destinations = destinations;
+        for (name, rule) in &previous.by_name {
+            if !set.by_name.contains_key(name) {
+                self.metrics.forget(&rule.0);
+            }
+        }
         let set = Arc::new(set);
         let mut filters: Vec<&str> = set
             .by_name
