@@ -12,28 +12,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-ensure_apt_packages "${BUILD_PACKAGES[@]}"
-ensure_cargo
-ensure_test_venv
-
-target="${CARGO_TARGET_DIR:-target}"
-[[ "$target" == /* ]] || target="$PWD/$target"
-cargo build --release -p halyard-node --bin halyard -p halyard-bench --bin halyard-bench
-halyard="$target/release/halyard"
-bench="$target/release/halyard-bench"
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_prepare cluster
 duration="${DURATION:-10}"
 
-work="$(mktemp -d "${TMPDIR:-/var/tmp}/halyard-cluster.XXXXXX")"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# shellcheck source=bench/nodes.sh
-. bench/nodes.sh
 start_three_nodes
 
 echo "| placement | offered | out msg/s | p50 ms | p99 ms | lost |"

@@ -12,30 +12,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-ensure_apt_packages "${BUILD_PACKAGES[@]}" mosquitto
-ensure_cargo
-ensure_test_venv
-
-target="${CARGO_TARGET_DIR:-target}"
-[[ "$target" == /* ]] || target="$PWD/$target"
-cargo build --release -p halyard-node --bin halyard -p halyard-bench --bin halyard-bench
-halyard="$target/release/halyard"
-bench="$target/release/halyard-bench"
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_prepare persistent mosquitto
 mosquitto="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 duration="${DURATION:-8}"
 pairs="${PAIRS:-4}"
-
-work="$(mktemp -d "${TMPDIR:-/var/tmp}/halyard-persistent.XXXXXX")"
-pids=()
-stop_all() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    pids=()
-}
-trap 'stop_all; rm -rf "$work"' EXIT
-
-# shellcheck source=bench/nodes.sh
-. bench/nodes.sh
 
 # One row: broker, subscribers' sessions, placement, then the bench's target arguments.
 run() {

@@ -14,46 +14,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-ensure_apt_packages "${BUILD_PACKAGES[@]}"
-ensure_cargo
-ensure_test_venv
-
-target="${CARGO_TARGET_DIR:-target}"
-[[ "$target" == /* ]] || target="$PWD/$target"
-cargo build --release -p halyard-node --bin halyard -p halyard-bench --bin halyard-bench
-halyard="$target/release/halyard"
-bench="$target/release/halyard-bench"
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_prepare rules
 duration="${DURATION:-10}"
 rounds="${ROUNDS:-2}"
-
-work="$(mktemp -d "${TMPDIR:-/var/tmp}/halyard-rules.XXXXXX")"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { ".venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-start_halyard() {
-    [[ ${#pids[@]} -gt 0 ]] && { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=(); }
-    rm -rf "$work/data"
-    mqtt_port="$(free_port)"
-    http_port="$(free_port)"
-    admin_port="$(free_port)"
-    HALYARD_LOG_LEVEL=warn "$halyard" serve --data-dir "$work/data" \
-        --mqtt-listen "127.0.0.1:$mqtt_port" --http-listen "127.0.0.1:$http_port" \
-        --admin-listen "127.0.0.1:$admin_port" --mqtts-listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 --ws-listen 127.0.0.1:0 &
-    pids+=($!)
-    for _ in $(seq 100); do
-        [[ -s "$work/data/credentials" ]] && (echo > "/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "halyard did not start" >&2
-    exit 1
-}
 
 # Creates rules through the AWS API with boto3: `matching` rules on every benchmark topic,
 # `idle` rules on topics nobody publishes, `republish` the rule that feeds the subscribers.

@@ -10,41 +10,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-ensure_apt_packages "${BUILD_PACKAGES[@]}" mosquitto
-ensure_cargo
-ensure_test_venv
-
-target="${CARGO_TARGET_DIR:-target}"
-[[ "$target" == /* ]] || target="$PWD/$target"
-cargo build --release -p halyard-node --bin halyard -p halyard-bench --bin halyard-bench
-halyard="$target/release/halyard"
-bench="$target/release/halyard-bench"
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_prepare storm mosquitto
 mosquitto="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 duration="${DURATION:-10}"
-
-work="$(mktemp -d "${TMPDIR:-/var/tmp}/halyard-storm.XXXXXX")"
-pid=""
-cleanup() {
-    [[ -n "$pid" ]] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { ".venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-wait_port() {
-    for _ in $(seq 100); do
-        (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "the broker did not start" >&2
-    exit 1
-}
 
 echo "| broker | quiet msg/s out | quiet p50 ms | quiet p99 ms | storm msg/s out | storm p99 ms | subscriptions (s) | p99 storm/quiet | lost |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for broker in halyard mosquitto; do
-    [[ -n "$pid" ]] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+    stop_all
     rm -rf "$work/data"
     port="$(free_port)"
     if [[ "$broker" == halyard ]]; then
@@ -56,8 +31,8 @@ for broker in halyard mosquitto; do
             "$port" > "$work/mosquitto.conf"
         "$mosquitto" -c "$work/mosquitto.conf" >/dev/null 2>&1 &
     fi
-    pid=$!
-    wait_port "$port"
+    pids+=($!)
+    wait_for_port "$port"
     json="$work/result.json"
     "$bench" storm --port "$port" --duration "$duration" --json "$json" "$@" >/dev/null 2>"$work/bench.log" \
         || { cat "$work/bench.log" >&2; exit 1; }

@@ -9,27 +9,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-ensure_apt_packages "${BUILD_PACKAGES[@]}" mosquitto
-ensure_cargo
-ensure_test_venv
-
-target="${CARGO_TARGET_DIR:-target}"
-[[ "$target" == /* ]] || target="$PWD/$target"
-cargo build --release -p halyard-node --bin halyard -p halyard-bench --bin halyard-bench
-halyard="$target/release/halyard"
-bench="$target/release/halyard-bench"
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_prepare tls mosquitto
 duration="${DURATION:-8}"
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { ".venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 http_port="$(free_port)"
 halyard_port="$(free_port)"
 mosquitto_port="$(free_port)"

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod drain;
+pub mod file_watch;
 pub mod gateway;
 #[cfg(not(madsim))]
 pub mod http_client;

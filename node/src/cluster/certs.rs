@@ -65,11 +65,6 @@ pub struct PeerTls {
     pub loaded: super::LoadedPeer,
 }
 
-fn sha256_hex(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// When the certificate ends, in Unix seconds.
 fn not_after(what: &'static str, path: &Path, der: &CertificateDer) -> Result<i64, ClusterError> {
     let (_, certificate) =
@@ -89,14 +84,14 @@ pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<PeerTls, ClusterError>
     let mut trusted_ca_sha256 = Vec::new();
     for ca_cert in read_certs("cluster CA", ca)? {
         ca_not_after = ca_not_after.min(not_after("cluster CA", ca, &ca_cert)?);
-        trusted_ca_sha256.push(sha256_hex(&ca_cert));
+        trusted_ca_sha256.push(crate::auth::identity::x509::certificate_id(&ca_cert));
         roots.add(ca_cert).map_err(tls)?;
     }
     let roots = Arc::new(roots);
     let chain = read_certs("node certificate", cert)?;
     let cert_not_after = not_after("node certificate", cert, &chain[0])?;
     let loaded = super::LoadedPeer {
-        certificate_sha256: sha256_hex(&chain[0]),
+        certificate_sha256: crate::auth::identity::x509::certificate_id(&chain[0]),
         not_after: cert_not_after,
         trusted_ca_sha256,
     };
@@ -253,19 +248,9 @@ pub async fn follow_peer_files(
     metrics: crate::metrics::TlsMetrics,
     status: Arc<super::PeerTlsStatus>,
     check: std::time::Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut last = files.read();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(check) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-        let current = files.read();
-        if current.is_none() || current == last {
-            continue;
-        }
-        last = current;
+    crate::file_watch::on_change(|| files.read(), check, shutdown, || {
         let outcome = match files.load().and_then(|tls| {
             let expiry = (tls.cert_not_after, tls.ca_not_after);
             let loaded = tls.loaded.clone();
@@ -284,7 +269,8 @@ pub async fn follow_peer_files(
             }
         };
         metrics.reloaded("peer", outcome);
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ impl ServerFiles {
             )
         })?;
         let report = LoadedServer {
-            certificate_sha256: sha256_hex(leaf),
+            certificate_sha256: crate::auth::identity::x509::certificate_id(leaf),
             not_after: parsed.validity().not_after.timestamp(),
         };
         let key = PrivateKeyDer::from_pem_file(&self.key)
@@ -125,11 +125,6 @@ impl ServerFiles {
     }
 }
 
-fn sha256_hex(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Loads the server certificate again whenever its files change (read every `check`), until
 /// `shutdown`. A pair that does not load (a key that does not match, a half-written file)
 /// leaves the previous one in use and counts as an error.
@@ -138,19 +133,9 @@ pub async fn follow(
     served: Arc<ServerCertificate>,
     metrics: TlsMetrics,
     check: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut last = files.read();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(check) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-        let current = files.read();
-        if current.is_none() || current == last {
-            continue;
-        }
-        last = current;
+    crate::file_watch::on_change(|| files.read(), check, shutdown, || {
         let outcome = match files.load() {
             Ok(loaded) => {
                 metrics.set_expiry("server", loaded.report.not_after);
@@ -164,5 +149,6 @@ pub async fn follow(
             }
         };
         metrics.reloaded("server", outcome);
-    }
+    })
+    .await;
 }

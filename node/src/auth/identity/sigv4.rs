@@ -340,7 +340,7 @@ pub fn percent_decode(s: &str) -> String {
 }
 
 /// SigV4's URI encoding: every byte but the unreserved characters (and `/` in paths).
-fn uri_encode(s: &str, keep_slash: bool) -> String {
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric()

@@ -55,10 +55,17 @@ pub fn prepare(
             if key.is_empty() {
                 return Err((resource, "the object key is empty".to_owned()));
             }
-            let path: Vec<String> = key.split('/').map(percent_encode).collect();
+            let path: Vec<String> = key
+                .split('/')
+                .map(|segment| sigv4::uri_encode(segment, false))
+                .collect();
             Prepared {
                 method: "PUT",
-                url: format!("{base}/{}/{}", percent_encode(bucket), path.join("/")),
+                url: format!(
+                    "{base}/{}/{}",
+                    sigv4::uri_encode(bucket, false),
+                    path.join("/")
+                ),
                 service: "s3",
                 content_type: "application/octet-stream",
                 headers: canned_acl
@@ -137,7 +144,7 @@ pub fn prepare(
             method: "POST",
             url: format!(
                 "{base}/2015-03-31/functions/{}/invocations",
-                percent_encode(function_arn)
+                sigv4::uri_encode(function_arn, false)
             ),
             service: "lambda",
             content_type: "application/json",
@@ -176,7 +183,13 @@ pub fn prepare(
 fn form(base: &str, service: &'static str, resource: &str, fields: &[(&str, &str)]) -> Prepared {
     let body: Vec<String> = fields
         .iter()
-        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                sigv4::uri_encode(k, false),
+                sigv4::uri_encode(v, false)
+            )
+        })
         .collect();
     Prepared {
         method: "POST",
@@ -222,19 +235,6 @@ fn attribute(value: &serde_json::Value) -> serde_json::Value {
             "M": map.iter().map(|(k, v)| (k.clone(), attribute(v))).collect::<serde_json::Map<_, _>>()
         }),
     }
-}
-
-/// RFC 3986 percent-encoding of everything but the unreserved characters.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The headers to send, with `x-amz-date`, `x-amz-content-sha256` and, when keys are set,

@@ -225,7 +225,9 @@ async fn send_with_retries(job: &OutboundJob) -> Result<(), String> {
     loop {
         tries += 1;
         let headers = match &job.signing {
-            Some(endpoint) => signed_headers(endpoint, request, now_epoch())?,
+            Some(endpoint) => {
+                signed_headers(endpoint, request, crate::clock::epoch_seconds_signed())?
+            }
             None => request.headers.clone(),
         };
         let outcome = client
@@ -256,10 +258,4 @@ async fn send_with_retries(job: &OutboundJob) -> Result<(), String> {
         tokio::time::sleep(backoff).await;
         backoff *= 2;
     }
-}
-
-fn now_epoch() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -287,7 +287,7 @@ impl Environment for NodeEnvironment {
             "state": state,
             "metadata": metadata,
             "version": document.version,
-            "timestamp": now_ms() / 1000,
+            "timestamp": crate::clock::epoch_seconds_signed(),
         });
         Some(Value::from(&answer))
     }
@@ -502,7 +502,7 @@ impl RulesEngine {
             document: &document,
             client_id: tapped.client_id.as_deref(),
             principal: None,
-            timestamp_ms: now_ms(),
+            timestamp_ms: i64::try_from(crate::clock::epoch_millis()).unwrap_or(i64::MAX),
             trace_id: None,
             properties: &properties,
         };
@@ -795,12 +795,6 @@ fn topic_hash(topic: &str) -> usize {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h as usize
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The MQTT 5 properties the SQL functions read.
