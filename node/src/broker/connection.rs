@@ -87,9 +87,40 @@ impl Wait {
     }
 }
 
-/// A publisher paused until a congested subscriber's queue drains.
+/// What a paused publisher waits for.
+enum Congested {
+    /// A subscriber's queue to drain.
+    Subscriber(Arc<Session>),
+    /// A tap's consumer (the rules engine) to catch up.
+    Tap(Arc<crate::broker::TapQueue>),
+}
+
+impl Congested {
+    fn progress(&self) -> u64 {
+        match self {
+            Congested::Subscriber(session) => session.progress(),
+            Congested::Tap(tap) => tap.progress(),
+        }
+    }
+
+    fn has_space(&self, limits: QueueLimits) -> bool {
+        match self {
+            Congested::Subscriber(session) => session.has_space(limits),
+            Congested::Tap(tap) => tap.has_space(),
+        }
+    }
+
+    fn wait_for_space(&self, publisher: &Arc<Signal>, limits: QueueLimits) {
+        match self {
+            Congested::Subscriber(session) => session.wait_for_space(publisher, limits),
+            Congested::Tap(tap) => tap.wait_for_space(publisher),
+        }
+    }
+}
+
+/// A publisher paused until a congested subscriber's queue drains or a tap catches up.
 struct Pause {
-    session: Arc<Session>,
+    on: Congested,
     /// When to look again whether the subscriber is making progress.
     until: Instant,
     /// The subscriber's progress when the pause began or was last checked.
@@ -280,10 +311,10 @@ impl Connection {
         }
         let max_queued = QueueLimits::of(self.broker.config());
         if let Some(pause) = &self.paused {
-            if pause.session.has_space(max_queued) {
+            if pause.on.has_space(max_queued) {
                 self.resume(now);
             } else {
-                pause.session.wait_for_space(&self.waker, max_queued);
+                pause.on.wait_for_space(&self.waker, max_queued);
             }
         }
     }
@@ -386,15 +417,23 @@ impl Connection {
         }
         let timeout = self.slow_subscriber_timeout();
         if let Some(pause) = self.paused.as_mut().filter(|p| p.until <= now) {
-            let progress = pause.session.progress();
+            let progress = pause.on.progress();
             if progress != pause.progress {
                 // Busy, not stuck: keep waiting for it.
                 pause.progress = progress;
                 pause.until = now + timeout;
                 return;
             }
-            tracing::debug!(connection = self.id, client_id = %pause.session.client_id, "slow subscriber");
-            pause.session.mark_slow();
+            match &pause.on {
+                Congested::Subscriber(session) => {
+                    tracing::debug!(connection = self.id, client_id = %session.client_id, "slow subscriber");
+                    session.mark_slow();
+                }
+                // A tap that stopped taking refuses what would go beyond its hard limit.
+                Congested::Tap(_) => {
+                    tracing::debug!(connection = self.id, "a tap takes nothing; resuming");
+                }
+            }
             self.resume(now);
             return;
         }
@@ -1146,11 +1185,16 @@ impl Connection {
             }
             return self.close(reason::QUOTA_EXCEEDED, CloseKind::ServerBusy);
         }
-        if let Some(session) = published.congested {
-            session.wait_for_space(&self.waker, QueueLimits::of(self.broker.config()));
+        let max_queued = QueueLimits::of(self.broker.config());
+        let congested = published
+            .congested
+            .map(Congested::Subscriber)
+            .or(published.tap_congested.map(Congested::Tap));
+        if let Some(on) = congested {
+            on.wait_for_space(&self.waker, max_queued);
             self.paused = Some(Pause {
-                progress: session.progress(),
-                session,
+                progress: on.progress(),
+                on,
                 until: now + self.slow_subscriber_timeout(),
             });
         }

@@ -17,7 +17,7 @@ use super::durable::{self, Durable};
 use super::message::{Delivery, Message};
 use super::services::{ServiceRequest, TopicService};
 use super::session::{Enqueued, QueueLimits, Session, Signal};
-use super::taps::Tapped;
+use super::taps::{Offered, TapQueue, Tapped};
 use super::{Broker, GroupKey, Handoff, Published};
 use crate::mqtt::QoS;
 
@@ -74,7 +74,9 @@ impl Broker {
     /// Takes `message` through the services, the taps and the subscriptions, in that order.
     /// A QoS 1/2 message is refused (`Published::refused`) while more than
     /// `mqtt.max_pending_writes` store writes wait for a store without quorum: it could not be
-    /// made durable, so it must not be acknowledged, and the backlog must not grow without end.
+    /// made durable, so it must not be acknowledged, and the backlog must not grow without end;
+    /// and while a tap it matches is at its hard limit, since an acknowledged message must be
+    /// in every tap (see [`super::taps`]).
     pub fn ingest(&self, message: Message, ingress: Ingress<'_>) -> Published {
         if message.qos != QoS::AtMostOnce && self.store_backlogged() {
             self.inner.metrics.publish_refused("store_backlog");
@@ -83,9 +85,18 @@ impl Broker {
                 ..Published::default()
             };
         }
+        let taps = self.matching_taps(&message.topic);
+        // Refused as a whole before anything acts on it: acknowledged, it must be in every tap.
+        if message.qos != QoS::AtMostOnce && taps.iter().any(|t| t.is_full()) {
+            self.inner.metrics.publish_refused("tap_full");
+            return Published {
+                refused: true,
+                ..Published::default()
+            };
+        }
         let message = Arc::new(message);
         let served = self.serve(&message, ingress.publisher);
-        self.tap(&message, ingress.publisher);
+        let tap_congested = self.tap(taps, &message, ingress.publisher);
         // Basic Ingest: the rules engine's tap has it; no subscriber, retained copy or other
         // node does.
         let mut published = if message.topic.starts_with(BASIC_INGEST) {
@@ -99,6 +110,7 @@ impl Broker {
             )
         };
         published.served = served;
+        published.tap_congested = tap_congested;
         if let Some(requester) = ingress.reply_to
             && !published.requester_offered
         {
@@ -226,25 +238,40 @@ impl Broker {
         served
     }
 
-    /// Offers `message` to every tap whose filters match it.
-    fn tap(&self, message: &Arc<Message>, publisher: Option<&Arc<Session>>) {
+    /// The taps whose filters match `topic`, each once.
+    fn matching_taps(&self, topic: &str) -> Vec<Arc<TapQueue>> {
         let taps = self.inner.taps.read();
         if taps.is_empty() {
-            return;
+            return Vec::new();
         }
         let mut matches = Vec::new();
-        taps.matches(&message.topic, &mut matches);
+        taps.matches(topic, &mut matches);
         if matches.len() > 1 {
             // A tap with overlapping filters sees a message once.
             matches.sort_unstable_by_key(|s| s.target.id());
             matches.dedup_by_key(|s| s.target.id());
         }
-        for subscriber in matches {
-            subscriber.target.offer(Tapped {
+        matches.into_iter().map(|s| Arc::clone(&s.target)).collect()
+    }
+
+    /// Offers `message` to `taps`; returns one that holds more than its capacity now.
+    fn tap(
+        &self,
+        taps: Vec<Arc<TapQueue>>,
+        message: &Arc<Message>,
+        publisher: Option<&Arc<Session>>,
+    ) -> Option<Arc<TapQueue>> {
+        let mut congested = None;
+        for tap in taps {
+            let offered = tap.offer(Tapped {
                 message: Arc::clone(message),
                 client_id: publisher.map(|s| Arc::clone(&s.client_id)),
             });
+            if offered == Offered::Congested {
+                congested = Some(tap);
+            }
         }
+        congested
     }
 
     /// Routes `message` to every matching subscription and stores it when retained; notes

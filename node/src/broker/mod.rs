@@ -109,8 +109,12 @@ pub struct Published {
     pub handoffs: Vec<Handoff>,
     /// Services that took it as a request.
     pub served: usize,
-    /// Not taken at all: the store cannot make it durable now (see [`Broker::ingest`]).
+    /// Not taken at all: the store cannot make it durable now, or a tap is at its hard limit
+    /// (see [`Broker::ingest`]).
     pub refused: bool,
+    /// A tap that holds more than its capacity with this message: the publisher should pause
+    /// until its consumer catches up.
+    pub tap_congested: Option<Arc<TapQueue>>,
     /// For a message another node forwarded: the share groups it named (by their index)
     /// that have no member here.
     pub unserved_groups: Vec<usize>,

@@ -38,6 +38,8 @@ pub struct Signal {
     notify: Notify,
     /// Whether the connection is in some session's queue of paused publishers.
     waiting_for_space: AtomicBool,
+    /// Whether the connection is in some tap's queue of paused publishers.
+    pub(super) waiting_for_tap: AtomicBool,
     /// The connection's next deadline in [`Deadlines`](super::deadlines::Deadlines)
     /// ticks; 0 for none.
     deadline: AtomicU64,

@@ -1,15 +1,20 @@
 //! Taps: consumers that see every message on their filters without being MQTT sessions (the
-//! rules engine is one). A tap has a bounded queue; a message it has no room for is dropped
-//! and counted, so that a slow consumer never holds up a publisher.
+//! rules engine is one). Taking a message means the tap has it: a publisher is acknowledged only
+//! after that. A tap holding more than its capacity makes the MQTT publishers that fill it pause
+//! (they stop being read) until its consumer catches up; beyond twice its capacity, which only
+//! many publishers at once can reach, a QoS 1/2 message is refused as a whole (the publisher
+//! sends it again) and a QoS 0 one is dropped and counted.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
 use super::Broker;
 use super::message::Message;
+use super::session::Signal;
 use super::trie::{Subscriber, Target};
 use crate::mqtt::SubscriptionOptions;
 use crate::mqtt::topic;
@@ -38,13 +43,35 @@ pub enum TapError {
     },
 }
 
+/// Beyond this many times its capacity a tap takes nothing: the bound on memory when many
+/// publishers overshoot the capacity at once, each before it pauses.
+const HARD_LIMIT_FACTOR: usize = 2;
+
 /// The broker's end of a tap.
 #[derive(Debug)]
 pub struct TapQueue {
     id: u64,
-    sender: mpsc::Sender<Tapped>,
+    sender: mpsc::UnboundedSender<Tapped>,
+    /// Messages offered and not yet taken by the consumer.
+    pending: AtomicUsize,
+    capacity: usize,
+    /// Messages the consumer has taken: whether a publisher paused on the tap sees progress.
+    taken: AtomicU64,
+    /// Publishers paused on this tap, woken in the order they paused as the consumer catches up.
+    paused: parking_lot::Mutex<VecDeque<Arc<Signal>>>,
+    paused_count: AtomicUsize,
     accepted: IntCounter,
     dropped: IntCounter,
+}
+
+/// What a tap did with a message offered to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Offered {
+    Taken,
+    /// Taken, and the tap holds more than its capacity: the publisher should pause.
+    Congested,
+    /// Not taken: the tap is at its hard limit, or its consumer is gone.
+    Dropped,
 }
 
 impl TapQueue {
@@ -52,12 +79,77 @@ impl TapQueue {
         self.id
     }
 
-    pub(super) fn offer(&self, tapped: Tapped) {
-        match self.sender.try_send(tapped) {
-            Ok(()) => self.accepted.inc(),
-            // Full, or the consumer is gone: either way the message is not taken.
-            Err(_) => self.dropped.inc(),
+    /// Whether the tap is at its hard limit: a message offered now would not be taken.
+    pub(super) fn is_full(&self) -> bool {
+        self.pending.load(Ordering::Acquire) >= self.capacity.saturating_mul(HARD_LIMIT_FACTOR)
+    }
+
+    pub(super) fn offer(&self, tapped: Tapped) -> Offered {
+        if self.is_full() {
+            self.dropped.inc();
+            return Offered::Dropped;
         }
+        let pending = self.pending.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.sender.send(tapped).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.dropped.inc();
+            return Offered::Dropped;
+        }
+        self.accepted.inc();
+        if pending > self.capacity {
+            Offered::Congested
+        } else {
+            Offered::Taken
+        }
+    }
+
+    /// How many messages the consumer has taken.
+    pub fn progress(&self) -> u64 {
+        self.taken.load(Ordering::Acquire)
+    }
+
+    /// Whether a publisher paused on the tap may go on: it is within its capacity again, or
+    /// nobody consumes it any more.
+    pub fn has_space(&self) -> bool {
+        self.sender.is_closed() || self.pending.load(Ordering::Acquire) <= self.capacity
+    }
+
+    /// Queues `publisher` to be woken when the tap is within its capacity, or wakes it now.
+    pub fn wait_for_space(&self, publisher: &Arc<Signal>) {
+        let mut paused = self.paused.lock();
+        // Looked at under the lock that `took` takes to wake, so that no wake is missed.
+        if self.has_space() {
+            drop(paused);
+            publisher.wake();
+        } else if !publisher.waiting_for_tap.swap(true, Ordering::AcqRel) {
+            paused.push_back(Arc::clone(publisher));
+            self.paused_count.store(paused.len(), Ordering::Release);
+        }
+    }
+
+    /// The consumer took one message: wakes a paused publisher if there is room for it.
+    fn took(&self) {
+        self.taken.fetch_add(1, Ordering::AcqRel);
+        let pending = self.pending.fetch_sub(1, Ordering::AcqRel) - 1;
+        if self.paused_count.load(Ordering::Acquire) == 0 || pending > self.capacity {
+            return;
+        }
+        let mut paused = self.paused.lock();
+        if let Some(publisher) = paused.pop_front() {
+            publisher.waiting_for_tap.store(false, Ordering::Release);
+            publisher.wake();
+        }
+        self.paused_count.store(paused.len(), Ordering::Release);
+    }
+
+    /// Wakes every paused publisher: the consumer is gone.
+    fn release_all(&self) {
+        let mut paused = self.paused.lock();
+        for publisher in paused.drain(..) {
+            publisher.waiting_for_tap.store(false, Ordering::Release);
+            publisher.wake();
+        }
+        self.paused_count.store(0, Ordering::Release);
     }
 }
 
@@ -71,7 +163,7 @@ impl Target for Arc<TapQueue> {
 pub struct Tap {
     queue: Arc<TapQueue>,
     filters: Arc<parking_lot::Mutex<Vec<String>>>,
-    receiver: mpsc::Receiver<Tapped>,
+    receiver: mpsc::UnboundedReceiver<Tapped>,
     broker: Broker,
     name: String,
 }
@@ -108,12 +200,16 @@ impl TapFilters {
 impl Tap {
     /// The next message; `None` once the broker is gone.
     pub async fn recv(&mut self) -> Option<Tapped> {
-        self.receiver.recv().await
+        let tapped = self.receiver.recv().await?;
+        self.queue.took();
+        Some(tapped)
     }
 
     /// A message if one is waiting.
     pub fn try_recv(&mut self) -> Option<Tapped> {
-        self.receiver.try_recv().ok()
+        let tapped = self.receiver.try_recv().ok()?;
+        self.queue.took();
+        Some(tapped)
     }
 
     /// A handle that changes the tap's filters.
@@ -134,6 +230,9 @@ impl Drop for Tap {
         for filter in filters.iter() {
             taps.remove(filter, None, self.queue.id);
         }
+        drop(taps);
+        self.receiver.close();
+        self.queue.release_all();
     }
 }
 
@@ -160,8 +259,9 @@ fn tap_subscriber(queue: &Arc<TapQueue>) -> Subscriber<Arc<TapQueue>> {
 static NEXT_TAP: AtomicU64 = AtomicU64::new(1);
 
 impl Broker {
-    /// Adds a tap named `name` on `filters` holding at most `capacity` messages not yet taken.
-    /// Its counters are `halyard_tap_messages_total{tap="name",outcome="accepted|dropped"}`.
+    /// Adds a tap named `name` on `filters` whose publishers pause beyond `capacity` messages
+    /// not yet taken (see the module's documentation). Its counters are
+    /// `halyard_tap_messages_total{tap="name",outcome="accepted|dropped"}`.
     pub fn add_tap(&self, name: &str, filters: &[&str], capacity: usize) -> Result<Tap, TapError> {
         if capacity == 0 {
             return Err(TapError::Capacity { tap: name.into() });
@@ -169,7 +269,7 @@ impl Broker {
         for filter in filters {
             check_filter(name, filter)?;
         }
-        let (sender, receiver) = mpsc::channel(capacity);
+        let (sender, receiver) = mpsc::unbounded_channel();
         let counter = |outcome| {
             self.inner
                 .metrics
@@ -183,6 +283,11 @@ impl Broker {
         let queue = Arc::new(TapQueue {
             id: NEXT_TAP.fetch_add(1, Ordering::Relaxed),
             sender,
+            pending: AtomicUsize::new(0),
+            capacity,
+            taken: AtomicU64::new(0),
+            paused: parking_lot::Mutex::new(VecDeque::new()),
+            paused_count: AtomicUsize::new(0),
             accepted: counter("accepted")?,
             dropped: counter("dropped")?,
         });

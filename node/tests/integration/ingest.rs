@@ -1,5 +1,6 @@
 //! The one ingest path: every message, whoever sent it, reaches the taps before the
-//! subscriptions; a full tap loses messages (counted) without holding up the publisher; and a
+//! subscriptions; a tap beyond its capacity pauses the publishers filling it, and at its hard
+//! limit refuses what would be acknowledged; and a
 //! node reports on `/readyz` whether it can serve.
 
 use crate::common;
@@ -91,29 +92,93 @@ async fn taps_see_client_and_broker_messages_on_their_filters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_tap_drops_and_counts_without_holding_up_the_publisher() {
+async fn a_tap_beyond_its_capacity_pauses_its_publisher_and_loses_nothing() {
     let server = TestServer::start().await;
     let broker = server.server().broker().clone();
     let mut tap = broker.add_tap("slow", &["load/#"], 2).expect("tap");
     let mut subscriber = v4(&server, "sub").await;
     subscriber.subscribe("load/#", Q4::AtLeastOnce).await;
-    let mut publisher = v4(&server, "pub").await;
+    let publisher = v4(&server, "pub").await;
     for n in 0..10u8 {
         publisher
-            .publish("load/x", Q4::AtLeastOnce, false, &[n])
-            .await;
+            .client
+            .publish("load/x", Q4::AtLeastOnce, false, vec![n])
+            .await
+            .expect("publish queued");
     }
-    // Subscribers get everything although the tap took only two.
-    let received = subscriber.recv_n(10).await;
-    assert_eq!(received.len(), 10);
+    // The third message goes beyond the tap's capacity: the publisher is read no further until
+    // the tap's consumer takes some.
+    let first = subscriber.recv_n(3).await;
+    assert_eq!(first.len(), 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        subscriber
+            .try_recv(Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the paused publisher's fourth message was routed"
+    );
+    let mut tapped = Vec::new();
+    while tapped.len() < 10 {
+        let next = within("tapped message", tap.recv())
+            .await
+            .expect("tap open");
+        tapped.push(next.message.payload[0]);
+    }
+    assert_eq!(tapped, (0..10).collect::<Vec<u8>>(), "in order, none lost");
+    let rest = subscriber.recv_n(7).await;
+    assert_eq!(rest.len(), 7);
     assert_eq!(
         server.metric("halyard_tap_messages_total{outcome=\"dropped\",tap=\"slow\"}"),
-        8.0
+        0.0
     );
-    let first = tap.try_recv().expect("first tapped");
-    assert_eq!(&first.message.payload[..], &[0]);
     publisher.disconnect().await;
     subscriber.disconnect().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tap_at_its_hard_limit_refuses_acknowledged_messages_and_drops_qos0_ones() {
+    let server = TestServer::start().await;
+    let broker = server.server().broker().clone();
+    let mut tap = broker.add_tap("stuck", &["load/#"], 2).expect("tap");
+    // Messages nobody pauses for (HTTPS publishes) fill it to twice its capacity.
+    for n in 0..4u8 {
+        let published = broker.publish(message("load/x", b"abcd"), None);
+        assert!(!published.refused, "message {n} is within the hard limit");
+    }
+    let refused = broker.publish(message("load/x", b"e"), None);
+    assert!(
+        refused.refused,
+        "an acknowledged message must be in the tap"
+    );
+    let mut qos0 = message("load/x", b"f");
+    qos0.qos = QoS::AtMostOnce;
+    assert!(!broker.publish(qos0, None).refused);
+    assert_eq!(
+        server.metric("halyard_tap_messages_total{outcome=\"dropped\",tap=\"stuck\"}"),
+        1.0
+    );
+    // A v5 publisher hears Quota exceeded; once the tap is taken from, its message goes through.
+    let (mut device, _) = Raw::v5(&server, "dev-5", true, Properties::default()).await;
+    let mut puback = async |id: u16| {
+        device
+            .publish(publish_packet("load/x", QoS::AtLeastOnce, id, b"g"))
+            .await;
+        match device.recv().await {
+            Packet::PubAck(a) => (a.packet_id, a.reason_code),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    };
+    assert_eq!(puback(1).await, (1, 0x97));
+    for _ in 0..4 {
+        tap.recv().await.expect("tap open");
+    }
+    assert_eq!(puback(2).await, (2, 0x10), "taken, and no subscriber");
+    let tapped = within("tapped after room", tap.recv())
+        .await
+        .expect("tap open");
+    assert_eq!(&tapped.message.payload[..], b"g");
     server.shutdown().await;
 }
 
