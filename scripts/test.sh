@@ -25,7 +25,7 @@ step() {
     printf '==> ok: %s (%ds)\n' "$title" "$((SECONDS - started))"
 }
 
-step "System packages" ensure_apt_packages "${BUILD_PACKAGES[@]}" mosquitto-clients
+step "System packages" ensure_apt_packages "${BUILD_PACKAGES[@]}" mosquitto-clients postgresql
 step "Rust toolchain" ensure_cargo
 step "Python environment (.venv)" ensure_test_venv
 step "Disk space for the build" prune_target_dirs

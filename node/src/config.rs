@@ -450,6 +450,26 @@ pub struct RulesConfig {
     pub aws_region: Option<String>,
     pub aws_access_key_id: Option<String>,
     pub aws_secret_access_key: Option<String>,
+    /// Where the timestream action writes (`postgres://user:password@host:5432/metrics`, or
+    /// `host=... user=...`); unset, that action fails into the error action.
+    pub postgres_url: Option<String>,
+}
+
+#[cfg(not(madsim))]
+impl RulesConfig {
+    /// The connection `postgres_url` describes, if set.
+    pub fn postgres_config(&self) -> Result<Option<tokio_postgres::Config>, ConfigError> {
+        self.postgres_url
+            .as_deref()
+            .map(|url| {
+                url.parse::<tokio_postgres::Config>()
+                    .map_err(|e| ConfigError::Invalid {
+                        key: "rules.postgres_url".to_owned(),
+                        message: format!("is not a PostgreSQL connection string: {e}"),
+                    })
+            })
+            .transpose()
+    }
 }
 
 /// Values given on the command line; `None` leaves the layer below in force.
@@ -521,6 +541,7 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("mqtt.connect_timeout", EnvKind::Number),
     ("mqtt.lifecycle_events", EnvKind::Flag),
     ("rules.aws_endpoint", EnvKind::Text),
+    ("rules.postgres_url", EnvKind::Text),
     ("rules.aws_region", EnvKind::Text),
     ("rules.aws_access_key_id", EnvKind::Text),
     ("rules.aws_secret_access_key", EnvKind::Text),
@@ -818,6 +839,8 @@ impl Config {
             return invalid("shadow.max_queued_requests", "must be at least 1");
         }
         let rules = &self.rules;
+        #[cfg(not(madsim))]
+        rules.postgres_config()?;
         if let Some(endpoint) = &rules.aws_endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {

@@ -349,14 +349,14 @@ impl Server {
         #[cfg(not(madsim))]
         {
             let api = Arc::new(aws_api(&config, &store, &broker, &shadows, &registry).await?);
-            let engine =
-                Arc::new(crate::services::rules::engine::RulesEngine::new(
-                    broker.clone(),
-                    crate::services::records::Records::new(store.clone()),
-                    shadows.as_ref().clone(),
-                    &config.aws.account_id,
-                    config.rules.aws_endpoint.as_ref().map(|url| {
-                        crate::services::rules::AwsEndpoint {
+            let engine = Arc::new(crate::services::rules::engine::RulesEngine::new(
+                broker.clone(),
+                crate::services::records::Records::new(store.clone()),
+                shadows.as_ref().clone(),
+                &config.aws.account_id,
+                crate::services::rules::engine::Targets {
+                    aws: config.rules.aws_endpoint.as_ref().map(|url| {
+                        Arc::new(crate::services::rules::AwsEndpoint {
                             url: url.trim_end_matches('/').to_owned(),
                             region: config
                                 .rules
@@ -368,11 +368,13 @@ impl Server {
                                 .aws_access_key_id
                                 .clone()
                                 .zip(config.rules.aws_secret_access_key.clone()),
-                        }
+                        })
                     }),
-                    crate::services::rules::engine::RuleMetrics::new(&registry)?,
-                    watch_rx.clone(),
-                ));
+                    postgres: config.rules.postgres_config()?.map(Arc::new),
+                },
+                crate::services::rules::engine::RuleMetrics::new(&registry)?,
+                watch_rx.clone(),
+            ));
             engine
                 .start(&mut tasks)
                 .map_err(|e| ServerError::Aws(e.to_string()))?;

@@ -1,7 +1,8 @@
 //! A rule's actions, read from the JSON they were created with. `republish` and `http` run,
-//! and the actions of AWS services (s3, sqs, sns, kinesis, firehose, lambda, dynamoDBv2) go to
-//! the configured AWS-compatible endpoint; every other action of AWS's API is kept and echoed,
-//! and fails when it runs, so that the rule's error action reports it.
+//! the actions of AWS services (s3, sqs, sns, kinesis, firehose, lambda, dynamoDBv2) go to
+//! the configured AWS-compatible endpoint, and `timestream` writes to the configured
+//! PostgreSQL; every other action of AWS's API is kept and echoed, and fails when it runs, so
+//! that the rule's error action reports it.
 
 use halyard_sql::{SqlVersion, Template};
 
@@ -39,6 +40,7 @@ pub enum Action {
     Republish(Republish),
     Http(Http),
     Aws(AwsAction),
+    Timestream(super::timestream::Timestream),
     /// An action this node does not run: it fails into the error action.
     NotRun {
         kind: &'static str,
@@ -75,6 +77,9 @@ impl Action {
         match *kind {
             "republish" => Republish::parse(body, version).map(Action::Republish),
             "http" => Http::parse(body, version).map(Action::Http),
+            "timestream" => {
+                super::timestream::Timestream::parse(body, version).map(Action::Timestream)
+            }
             "s3" | "sqs" | "sns" | "kinesis" | "firehose" | "lambda" | "dynamoDBv2" => {
                 AwsAction::parse(kind, body, version).map(Action::Aws)
             }
@@ -88,6 +93,7 @@ impl Action {
             Action::Republish(_) => "republish",
             Action::Http(_) => "http",
             Action::Aws(aws) => aws.kind,
+            Action::Timestream(_) => "timestream",
             Action::NotRun { kind } => kind,
         };
         let mut name = String::with_capacity(kind.len() + 6);

@@ -1,6 +1,6 @@
-//! Actions that leave the node (HTTP and the AWS services now; Kafka and PostgreSQL later) run
-//! off the evaluation path: each action of each rule has a bounded queue and a
-//! worker with a fixed number of exchanges in flight. A full queue is a failure at once,
+//! Actions that leave the node (HTTP, the AWS services, PostgreSQL) run off the evaluation
+//! path: each action of each rule has a bounded queue and a worker (HTTP's with a fixed number
+//! of exchanges in flight, PostgreSQL's writing what is queued in batches). A full queue is a failure at once,
 //! never a wait, so that one slow endpoint holds up no other rule. The outcomes of one
 //! message's actions meet in a [`Report`], which sends the rule's error action one report
 //! listing every failure once the last action has finished.
@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::aws::{AwsEndpoint, Prepared, signed_headers};
 use super::engine::{Compiled, RulesEngine};
+use super::timestream::Row;
 
 /// Messages waiting for one action; beyond, the action fails for them at once.
 const QUEUE: usize = 10_000;
@@ -155,15 +156,41 @@ impl Report {
     }
 }
 
-/// One request of an action that leaves the node.
+/// What an action that leaves the node does for one message.
+pub enum Work {
+    Http {
+        request: Box<Prepared>,
+        /// Set for the actions of AWS services: signed again before each try, since the
+        /// signature carries the time.
+        signing: Option<Arc<AwsEndpoint>>,
+    },
+    /// A row for PostgreSQL (the timestream action).
+    Row(Box<Row>),
+}
+
+impl Work {
+    pub fn row(&self) -> Option<&Row> {
+        match self {
+            Work::Row(row) => Some(row),
+            Work::Http { .. } => None,
+        }
+    }
+}
+
+/// One message's work for an action that leaves the node.
 pub struct OutboundJob {
-    pub request: Box<Prepared>,
-    /// Set for the actions of AWS services: signed again before each try, since the
-    /// signature carries the time.
-    pub signing: Option<Arc<AwsEndpoint>>,
+    pub work: Work,
+    /// What failed, as the error report names it.
+    pub resource: String,
     /// The action's name in reports and metrics (`HttpAction`, `S3Action`).
     pub action: String,
     pub report: Arc<Report>,
+}
+
+/// Where an action's worker sends its work.
+pub enum Destination {
+    Http,
+    Postgres(Arc<tokio_postgres::Config>),
 }
 
 /// An action's queue and worker. Dropping it (the rule was replaced or deleted) lets the
@@ -181,9 +208,16 @@ impl std::fmt::Debug for Sink {
 }
 
 impl Sink {
-    pub fn start(depth: prometheus::IntGauge) -> Sink {
+    pub fn start(destination: Destination, depth: prometheus::IntGauge) -> Sink {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(worker(receiver, depth.clone()));
+        match destination {
+            Destination::Http => {
+                tokio::spawn(worker(receiver, depth.clone()));
+            }
+            Destination::Postgres(config) => {
+                tokio::spawn(super::timestream::worker(receiver, depth.clone(), config));
+            }
+        }
         Sink { sender, depth }
     }
 
@@ -205,9 +239,15 @@ async fn worker(mut receiver: mpsc::Receiver<OutboundJob>, depth: prometheus::In
             return;
         };
         tokio::spawn(async move {
-            let outcome = send_with_retries(&job).await.map_err(|message| Failure {
+            let outcome = match &job.work {
+                Work::Http { request, signing } => {
+                    send_with_retries(request, signing.as_deref()).await
+                }
+                Work::Row(_) => Err("a row for PostgreSQL reached an HTTP worker".to_owned()),
+            };
+            let outcome = outcome.map_err(|message| Failure {
                 action: job.action.clone(),
-                resource: job.request.resource.clone(),
+                resource: job.resource.clone(),
                 message,
             });
             job.report.outcome(&job.action, outcome);
@@ -217,14 +257,16 @@ async fn worker(mut receiver: mpsc::Receiver<OutboundJob>, depth: prometheus::In
 }
 
 /// Sends the job; again after 429 and 5xx answers, up to three tries in all.
-async fn send_with_retries(job: &OutboundJob) -> Result<(), String> {
+async fn send_with_retries(
+    request: &Prepared,
+    signing: Option<&AwsEndpoint>,
+) -> Result<(), String> {
     let client = crate::http_client::shared();
-    let request = &job.request;
     let mut backoff = FIRST_BACKOFF;
     let mut tries = 0;
     loop {
         tries += 1;
-        let headers = match &job.signing {
+        let headers = match signing {
             Some(endpoint) => {
                 signed_headers(endpoint, request, crate::clock::epoch_seconds_signed())?
             }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::RuleRecord;
 use super::actions::{Action, Http, Republish};
 use super::aws::{self, AwsEndpoint};
-use super::delivery::{Failure, OutboundJob, OwnedMessage, Report, Sink};
+use super::delivery::{Destination, Failure, OutboundJob, OwnedMessage, Report, Sink, Work};
 use super::destinations::DestinationRecord;
 use crate::broker::{Broker, Subscriber, SubscriptionTrie, Tapped, Target};
 use crate::mqtt::SubscriptionOptions;
@@ -147,8 +147,22 @@ impl Compiled {
     }
 }
 
-fn sink_of(action: &Action, depth: impl FnOnce() -> IntGauge) -> Option<Sink> {
-    matches!(action, Action::Http(_) | Action::Aws(_)).then(|| Sink::start(depth()))
+/// Where actions that leave the node go, as the node's configuration says.
+#[derive(Clone, Default)]
+pub struct Targets {
+    /// Where the actions of AWS services go, if anywhere.
+    pub aws: Option<Arc<AwsEndpoint>>,
+    /// Where the timestream action writes, if anywhere.
+    pub postgres: Option<Arc<tokio_postgres::Config>>,
+}
+
+fn sink_of(action: &Action, targets: &Targets, depth: impl FnOnce() -> IntGauge) -> Option<Sink> {
+    let destination = match action {
+        Action::Http(_) | Action::Aws(_) => Destination::Http,
+        Action::Timestream(_) => Destination::Postgres(Arc::clone(targets.postgres.as_ref()?)),
+        Action::Republish(_) | Action::NotRun { .. } => return None,
+    };
+    Some(Sink::start(destination, depth()))
 }
 
 #[derive(Clone)]
@@ -192,12 +206,17 @@ static NEXT_RULE: AtomicU64 = AtomicU64::new(1);
 
 impl RuleSet {
     /// The set of `records`, reusing what is compiled already for a rule that did not change.
-    fn build(records: Vec<RuleRecord>, previous: &RuleSet, metrics: &RuleMetrics) -> RuleSet {
+    fn build(
+        records: Vec<RuleRecord>,
+        previous: &RuleSet,
+        metrics: &RuleMetrics,
+        targets: &Targets,
+    ) -> RuleSet {
         let mut set = RuleSet::default();
         for record in records {
             let rule = match previous.by_name.get(&record.rule_name) {
                 Some(rule) if rule.0.record == record => rule.clone(),
-                _ => match compile(record, metrics) {
+                _ => match compile(record, metrics, targets) {
                     Ok(rule) => rule,
                     Err((name, e)) => {
                         tracing::warn!(rule = %name, error = %e, "a stored rule does not compile; it is skipped");
@@ -222,7 +241,11 @@ impl RuleSet {
     }
 }
 
-fn compile(record: RuleRecord, metrics: &RuleMetrics) -> Result<Rule, (String, String)> {
+fn compile(
+    record: RuleRecord,
+    metrics: &RuleMetrics,
+    targets: &Targets,
+) -> Result<Rule, (String, String)> {
     let name = record.rule_name.clone();
     let version = record.version();
     let failed = |e: String| (name.clone(), e);
@@ -246,11 +269,11 @@ fn compile(record: RuleRecord, metrics: &RuleMetrics) -> Result<Rule, (String, S
     let sinks = actions
         .iter()
         .enumerate()
-        .map(|(i, a)| sink_of(a, depth(i.to_string())))
+        .map(|(i, a)| sink_of(a, targets, depth(i.to_string())))
         .collect();
     let error_sink = error_action
         .as_ref()
-        .and_then(|a| sink_of(a, depth("error".to_owned())));
+        .and_then(|a| sink_of(a, targets, depth("error".to_owned())));
     Ok(Rule(Arc::new(Compiled {
         id: NEXT_RULE.fetch_add(1, Ordering::Relaxed),
         record,
@@ -299,8 +322,7 @@ pub struct RulesEngine {
     env: NodeEnvironment,
     set: RwLock<Arc<RuleSet>>,
     metrics: RuleMetrics,
-    /// Where the actions of AWS services go, if anywhere.
-    aws: Option<Arc<AwsEndpoint>>,
+    targets: Targets,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -310,7 +332,7 @@ impl RulesEngine {
         records: Records,
         shadows: ShadowService,
         account_id: &str,
-        aws: Option<AwsEndpoint>,
+        targets: Targets,
         metrics: RuleMetrics,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -323,7 +345,7 @@ impl RulesEngine {
             },
             set: RwLock::new(Arc::new(RuleSet::default())),
             metrics,
-            aws: aws.map(Arc::new),
+            targets,
             shutdown,
         }
     }
@@ -408,7 +430,7 @@ impl RulesEngine {
             }
         }
         let previous = Arc::clone(&self.set.read());
-        let mut set = RuleSet::build(records, &previous, &self.metrics);
+        let mut set = RuleSet::build(records, &previous, &self.metrics, &self.targets);
         set.destinations = destinations;
         for (name, rule) in &previous.by_name {
             if !set.by_name.contains_key(name) {
@@ -557,7 +579,7 @@ impl RulesEngine {
                         self.count(name, action, false);
                         job.report.done(Err(Failure {
                             action: job.action,
-                            resource: job.request.resource,
+                            resource: job.resource,
                             message: "the action's queue is full".to_owned(),
                         }));
                     }
@@ -656,6 +678,11 @@ impl RulesEngine {
                 aws.kind.to_owned(),
                 "the action's queue is gone".to_owned(),
             )),
+            Action::Timestream(timestream) => Err(failed(
+                format!("{}.{}", timestream.database, timestream.table),
+                "no PostgreSQL is configured for the timestream action (rules.postgres_url)"
+                    .to_owned(),
+            )),
             Action::NotRun { kind } => Err(failed(
                 (*kind).to_owned(),
                 format!("the {kind} action is not available on this Halyard node"),
@@ -672,50 +699,73 @@ impl RulesEngine {
         payload: &Bytes,
         report: &Arc<Report>,
     ) -> Result<OutboundJob, Failure> {
-        let (request, signing) = match action {
+        let failure = |resource: String, message: String| Failure {
+            action: action.failed_action(),
+            resource,
+            message,
+        };
+        let (work, resource) = match action {
             Action::Http(http) => {
                 let request = http_request(http, message, &self.env, json, payload);
                 if let Some(destination) = self.set.read().refuses(&request.url) {
-                    return Err(Failure {
-                        action: action.failed_action(),
-                        resource: request.url.clone(),
-                        message: format!(
+                    return Err(failure(
+                        request.url.clone(),
+                        format!(
                             "the topic rule destination {} is {}",
                             destination.confirmation_url, destination.status
                         ),
-                    });
+                    ));
                 }
-                (request, None)
-            }
-            Action::Aws(action) => {
-                let Some(endpoint) = &self.aws else {
-                    return Err(Failure {
-                        action: Action::Aws(action.clone()).failed_action(),
-                        resource: action.kind.to_owned(),
-                        message: "no AWS-compatible endpoint is configured (rules.aws_endpoint)"
-                            .to_owned(),
-                    });
-                };
-                let request = aws::prepare(endpoint, action, message, &self.env, payload).map_err(
-                    |(resource, message)| Failure {
-                        action: Action::Aws(action.clone()).failed_action(),
-                        resource,
-                        message,
+                let resource = request.resource.clone();
+                (
+                    Work::Http {
+                        request: Box::new(request),
+                        signing: None,
                     },
-                )?;
-                (request, Some(Arc::clone(endpoint)))
+                    resource,
+                )
+            }
+            Action::Aws(aws_action) => {
+                let Some(endpoint) = &self.targets.aws else {
+                    return Err(failure(
+                        aws_action.kind.to_owned(),
+                        "no AWS-compatible endpoint is configured (rules.aws_endpoint)".to_owned(),
+                    ));
+                };
+                let request = aws::prepare(endpoint, aws_action, message, &self.env, payload)
+                    .map_err(|(resource, message)| failure(resource, message))?;
+                let resource = request.resource.clone();
+                (
+                    Work::Http {
+                        request: Box::new(request),
+                        signing: Some(Arc::clone(endpoint)),
+                    },
+                    resource,
+                )
+            }
+            Action::Timestream(timestream) => {
+                let resource = format!("{}.{}", timestream.database, timestream.table);
+                if !json {
+                    return Err(failure(
+                        resource,
+                        "the rule's output is not a JSON object".to_owned(),
+                    ));
+                }
+                let row = timestream
+                    .row(message, &self.env, payload)
+                    .map_err(|why| failure(resource.clone(), why))?;
+                (Work::Row(Box::new(row)), resource)
             }
             other => {
-                return Err(Failure {
-                    action: other.failed_action(),
-                    resource: String::new(),
-                    message: "the action does not leave the node".to_owned(),
-                });
+                return Err(failure(
+                    String::new(),
+                    format!("the {} does not leave the node", other.failed_action()),
+                ));
             }
         };
         Ok(OutboundJob {
-            request: Box::new(request),
-            signing,
+            work,
+            resource,
             action: action.failed_action(),
             report: Arc::clone(report),
         })

@@ -9,6 +9,7 @@ mod aws;
 mod delivery;
 pub mod destinations;
 pub mod engine;
+mod timestream;
 
 use halyard_sql::{SqlVersion, Statement};
 use serde::{Deserialize, Serialize};
