@@ -127,15 +127,22 @@ impl TapQueue {
         }
     }
 
-    /// The consumer took one message: wakes a paused publisher if there is room for it.
-    fn took(&self) {
-        self.taken.fetch_add(1, Ordering::AcqRel);
-        let pending = self.pending.fetch_sub(1, Ordering::AcqRel) - 1;
+    /// The consumer took `n` messages: wakes as many paused publishers, if the tap is within
+    /// its capacity.
+    fn took(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.taken.fetch_add(n as u64, Ordering::AcqRel);
+        let pending = self.pending.fetch_sub(n, Ordering::AcqRel) - n;
         if self.paused_count.load(Ordering::Acquire) == 0 || pending > self.capacity {
             return;
         }
         let mut paused = self.paused.lock();
-        if let Some(publisher) = paused.pop_front() {
+        for _ in 0..n {
+            let Some(publisher) = paused.pop_front() else {
+                break;
+            };
             publisher.waiting_for_tap.store(false, Ordering::Release);
             publisher.wake();
         }
@@ -201,14 +208,21 @@ impl Tap {
     /// The next message; `None` once the broker is gone.
     pub async fn recv(&mut self) -> Option<Tapped> {
         let tapped = self.receiver.recv().await?;
-        self.queue.took();
+        self.queue.took(1);
         Some(tapped)
+    }
+
+    /// Up to `limit` messages into `out`, waiting for the first; 0 once the broker is gone.
+    pub async fn recv_many(&mut self, out: &mut Vec<Tapped>, limit: usize) -> usize {
+        let n = self.receiver.recv_many(out, limit).await;
+        self.queue.took(n);
+        n
     }
 
     /// A message if one is waiting.
     pub fn try_recv(&mut self) -> Option<Tapped> {
         let tapped = self.receiver.try_recv().ok()?;
-        self.queue.took();
+        self.queue.took(1);
         Some(tapped)
     }
 

@@ -4,6 +4,7 @@
 //! once in the cluster. Rules are matched by their FROM filters in a trie; a Basic Ingest
 //! message (`$aws/rules/{rule}/...`) goes to its rule alone.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,9 @@ use bytes::Bytes;
 use halyard_sql::{Document, Environment, Message as SqlMessage, MqttProperties, Statement, Value};
 use parking_lot::RwLock;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+    local::{LocalHistogram, LocalIntCounter},
 };
 use tokio::sync::watch;
 
@@ -23,19 +26,30 @@ use super::actions::{Action, Http, Republish};
 use super::aws::{self, AwsEndpoint};
 use super::delivery::{Destination, Failure, OutboundJob, OwnedMessage, Report, Sink, Work};
 use super::destinations::DestinationRecord;
-use crate::broker::{Broker, Subscriber, SubscriptionTrie, Tapped, Target};
+use crate::broker::{
+    Broker, QueueLimits, Session, Signal, Subscriber, SubscriptionTrie, Tapped, Target,
+};
 use crate::mqtt::SubscriptionOptions;
 use crate::services::records::Records;
 use crate::services::shadow::service::ShadowService;
 use crate::store::keys;
 use crate::supervisor::Supervisor;
 
-/// Messages taken from the broker and not yet evaluated; beyond, the tap drops and counts.
-const QUEUE: usize = 65_536;
+/// Messages the tap holds for the engine before the publishers filling it pause (and twice
+/// that before it refuses what they send): at 100,000 messages a second, 160 ms of work.
+const QUEUE: usize = 16_384;
 /// Evaluating tasks at most (one per core up to this).
 const MAX_EVALUATORS: usize = 8;
-/// Messages waiting for one evaluating task.
-const EVALUATOR_QUEUE: usize = 1024;
+/// Messages taken from the tap at once.
+const BATCH: usize = 256;
+/// Batches waiting for one evaluating task: few, so that a busy engine leaves its backlog in
+/// the tap, where it holds its publishers back.
+const EVALUATOR_QUEUE: usize = 4;
+tokio::task_local! {
+    /// A subscriber whose queue a republish by this evaluating task filled.
+    static CONGESTED: RefCell<Option<Arc<Session>>>;
+}
+
 /// The prefix of Basic Ingest topics.
 const BASIC_INGEST: &str = "$aws/rules/";
 const BASIC_INGEST_FILTER: &str = "$aws/rules/#";
@@ -124,9 +138,95 @@ impl RuleMetrics {
     }
 }
 
+/// A rule's series, looked up once when it is compiled rather than by label for every message.
+struct RuleCounters {
+    matched: IntCounter,
+    fired: IntCounter,
+    evaluation: Histogram,
+    /// Succeeded and failed, by the action's position.
+    actions: Vec<[IntCounter; 2]>,
+}
+
+impl RuleCounters {
+    fn new(metrics: &RuleMetrics, name: &str, actions: &[Action]) -> RuleCounters {
+        RuleCounters {
+            matched: metrics.matched.with_label_values(&[name]),
+            fired: metrics.fired.with_label_values(&[name]),
+            evaluation: metrics.evaluation.with_label_values(&[name]),
+            actions: actions
+                .iter()
+                .map(|action| {
+                    let kind = action.failed_action();
+                    ["succeeded", "failed"]
+                        .map(|outcome| metrics.actions.with_label_values(&[name, &kind, outcome]))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One evaluating task's counts, added to the rules' series every [`FLUSH_EVERY`] messages and
+/// whenever the task waits: every evaluation of every rule incrementing the shared series
+/// would have the cores fight over their cache lines.
+#[derive(Default)]
+struct LocalCounts {
+    rules: HashMap<u64, LocalRule>,
+    messages: usize,
+}
+
+struct LocalRule {
+    matched: LocalIntCounter,
+    fired: LocalIntCounter,
+    evaluation: LocalHistogram,
+    actions: Vec<[LocalIntCounter; 2]>,
+}
+
+const FLUSH_EVERY: usize = 1024;
+
+impl LocalCounts {
+    fn of(&mut self, rule: &Compiled) -> &mut LocalRule {
+        self.rules.entry(rule.id).or_insert_with(|| {
+            let shared = &rule.counters;
+            LocalRule {
+                matched: shared.matched.local(),
+                fired: shared.fired.local(),
+                evaluation: shared.evaluation.local(),
+                actions: shared
+                    .actions
+                    .iter()
+                    .map(|pair| pair.each_ref().map(IntCounter::local))
+                    .collect(),
+            }
+        })
+    }
+
+    fn flush(&mut self) {
+        for rule in self.rules.values() {
+            rule.matched.flush();
+            rule.fired.flush();
+            rule.evaluation.flush();
+            for pair in &rule.actions {
+                pair.iter().for_each(LocalIntCounter::flush);
+            }
+        }
+        // Rules replaced since are forgotten; the next message makes what it needs.
+        self.rules.clear();
+        self.messages = 0;
+    }
+}
+
+impl LocalRule {
+    fn count(&mut self, position: usize, ok: bool) {
+        if let Some([succeeded, failed]) = self.actions.get_mut(position) {
+            if ok { succeeded } else { failed }.inc();
+        }
+    }
+}
+
 /// A rule ready to run.
 pub struct Compiled {
     id: u64,
+    counters: RuleCounters,
     record: RuleRecord,
     statement: Statement,
     actions: Vec<Action>,
@@ -276,6 +376,7 @@ fn compile(
         .and_then(|a| sink_of(a, targets, depth("error".to_owned())));
     Ok(Rule(Arc::new(Compiled {
         id: NEXT_RULE.fetch_add(1, Ordering::Relaxed),
+        counters: RuleCounters::new(metrics, &name, &actions),
         record,
         statement,
         actions,
@@ -465,35 +566,88 @@ impl RulesEngine {
             .clamp(1, MAX_EVALUATORS);
         let mut queues = Vec::with_capacity(evaluators);
         for _ in 0..evaluators {
-            let (sender, receiver) = tokio::sync::mpsc::channel::<Tapped>(EVALUATOR_QUEUE);
+            let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<Tapped>>(EVALUATOR_QUEUE);
             queues.push(sender);
             tokio::spawn(Arc::clone(&self).evaluate(receiver));
         }
         let mut shutdown = self.shutdown.clone();
+        let mut taken = Vec::with_capacity(BATCH);
+        let mut batches: Vec<Vec<Tapped>> = vec![Vec::new(); evaluators];
         loop {
+            // In batches, so that the engine's tasks keep pace with the many connections'
+            // tasks that fill the tap (each wake of a task is a turn among all of them).
             tokio::select! {
-                next = tap.recv() => match next {
-                    Some(tapped) => {
-                        let at = topic_hash(&tapped.message.topic) % queues.len();
-                        if queues[at].send(tapped).await.is_err() {
-                            return;
-                        }
-                    }
-                    None => return,
+                n = tap.recv_many(&mut taken, BATCH) => if n == 0 {
+                    return;
                 },
                 _ = shutdown.changed() => return,
+            }
+            for tapped in taken.drain(..) {
+                batches[topic_hash(&tapped.message.topic) % evaluators].push(tapped);
+            }
+            for (queue, batch) in queues.iter().zip(batches.iter_mut()) {
+                if !batch.is_empty() && queue.send(std::mem::take(batch)).await.is_err() {
+                    return;
+                }
             }
         }
     }
 
-    async fn evaluate(self: Arc<Self>, mut queue: tokio::sync::mpsc::Receiver<Tapped>) {
-        while let Some(tapped) = queue.recv().await {
-            self.process(&tapped);
+    async fn evaluate(self: Arc<Self>, queue: tokio::sync::mpsc::Receiver<Vec<Tapped>>) {
+        CONGESTED
+            .scope(RefCell::new(None), self.evaluate_in_scope(queue))
+            .await;
+    }
+
+    async fn evaluate_in_scope(
+        self: &Arc<Self>,
+        mut queue: tokio::sync::mpsc::Receiver<Vec<Tapped>>,
+    ) {
+        let mut counts = LocalCounts::default();
+        let signal = Arc::new(Signal::default());
+        while let Some(batch) = queue.recv().await {
+            for tapped in &batch {
+                self.process(tapped, &mut counts);
+                if let Some(session) = CONGESTED.with(|c| c.borrow_mut().take()) {
+                    counts.flush();
+                    self.wait_for_subscriber(&session, &signal).await;
+                }
+            }
+            counts.messages += batch.len();
+            if counts.messages >= FLUSH_EVERY || queue.is_empty() {
+                counts.flush();
+            }
+        }
+        counts.flush();
+    }
+
+    /// Waits until a subscriber the engine's republishing filled has room again, as a
+    /// publisher's connection would: the engine then falls behind, its tap fills, and the
+    /// publishers feeding it pause, rather than the subscriber losing messages. A subscriber
+    /// that takes nothing for `mqtt.slow_subscriber_timeout` is marked slow and waited for no
+    /// more.
+    async fn wait_for_subscriber(&self, session: &Arc<Session>, signal: &Arc<Signal>) {
+        let limits = QueueLimits::of(self.broker.config());
+        let timeout = Duration::from_secs(u64::from(self.broker.config().slow_subscriber_timeout));
+        let mut progress = session.progress();
+        loop {
+            let notified = signal.notified();
+            session.wait_for_space(signal, limits);
+            if session.has_space(limits) {
+                return;
+            }
+            if tokio::time::timeout(timeout, notified).await.is_err() {
+                if session.progress() == progress {
+                    session.mark_slow();
+                    return;
+                }
+                progress = session.progress();
+            }
         }
     }
 
     /// Runs every rule `tapped` reaches.
-    fn process(self: &Arc<Self>, tapped: &Tapped) {
+    fn process(self: &Arc<Self>, tapped: &Tapped, counts: &mut LocalCounts) {
         let set = Arc::clone(&self.set.read());
         let full_topic: &str = &tapped.message.topic;
         let (topic, rules) = match full_topic.strip_prefix(BASIC_INGEST) {
@@ -529,30 +683,31 @@ impl RulesEngine {
             properties: &properties,
         };
         for rule in rules {
-            self.run_rule(&rule.0, &message);
+            self.run_rule(&rule.0, &message, counts.of(&rule.0));
         }
     }
 
-    fn run_rule(self: &Arc<Self>, rule: &Arc<Compiled>, message: &SqlMessage<'_>) {
-        let name = rule.record.rule_name.as_str();
-        self.metrics.matched.with_label_values(&[name]).inc();
+    fn run_rule(
+        self: &Arc<Self>,
+        rule: &Arc<Compiled>,
+        message: &SqlMessage<'_>,
+        counters: &mut LocalRule,
+    ) {
+        counters.matched.inc();
         let started = Instant::now();
         let output = rule.statement.evaluate(message, &self.env);
-        self.metrics
-            .evaluation
-            .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
+        counters.evaluation.observe(started.elapsed().as_secs_f64());
         let Some(output) = output else {
             return;
         };
-        self.metrics.fired.with_label_values(&[name]).inc();
+        counters.fired.inc();
         let json = matches!(output, halyard_sql::Output::Json(_));
         let payload = Bytes::from(output.to_payload());
         if !rule.leaves_the_node() {
             let mut failures = Vec::new();
-            for action in &rule.actions {
+            for (position, action) in rule.actions.iter().enumerate() {
                 let outcome = self.run_here(action, message, &payload);
-                self.count(name, action, outcome.is_ok());
+                counters.count(position, outcome.is_ok());
                 failures.extend(outcome.err());
             }
             if !failures.is_empty() {
@@ -566,17 +721,17 @@ impl RulesEngine {
             Arc::new(OwnedMessage::of(message)),
             rule.actions.len(),
         );
-        for (action, sink) in rule.actions.iter().zip(&rule.sinks) {
+        for (position, (action, sink)) in rule.actions.iter().zip(&rule.sinks).enumerate() {
             let Some(sink) = sink else {
                 let outcome = self.run_here(action, message, &payload);
-                self.count(name, action, outcome.is_ok());
+                counters.count(position, outcome.is_ok());
                 report.done(outcome);
                 continue;
             };
             match self.outbound(action, message, json, &payload, &report) {
                 Ok(job) => {
                     if let Err(job) = sink.offer(job) {
-                        self.count(name, action, false);
+                        counters.count(position, false);
                         job.report.done(Err(Failure {
                             action: job.action,
                             resource: job.resource,
@@ -585,20 +740,12 @@ impl RulesEngine {
                     }
                 }
                 Err(failure) => {
-                    self.count(name, action, false);
+                    counters.count(position, false);
                     report.done(Err(failure));
                 }
             }
         }
         report.sealed();
-    }
-
-    fn count(&self, rule: &str, action: &Action, ok: bool) {
-        self.count_action(
-            rule,
-            &action.failed_action(),
-            if ok { "succeeded" } else { "failed" },
-        );
     }
 
     /// Counts an action's outcome (the workers of actions that leave the node report here).
@@ -804,6 +951,11 @@ impl RulesEngine {
                 topic,
                 "the broker refused the message: the store cannot take more now".to_owned(),
             ));
+        }
+        if let Some(session) = published.congested {
+            // Only an evaluating task waits; an error report sent by an action's worker
+            // does not.
+            let _ = CONGESTED.try_with(|c| *c.borrow_mut() = Some(session));
         }
         Ok(())
     }
