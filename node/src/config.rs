@@ -1298,6 +1298,7 @@ mod tests {
         config.rules.aws_region = Some("eu-west-1".into());
         config.rules.aws_access_key_id = Some("AKIA".into());
         config.rules.aws_secret_access_key = Some("secret".into());
+        config.rules.postgres_url = Some("postgres://halyard@db/metrics".into());
         config.aws.server_key = Some("server.key".into());
         config.aws.public_host = Some("iot.example.com".into());
         let table = toml::Table::try_from(&config).unwrap();

@@ -371,6 +371,11 @@ impl Server {
                         })
                     }),
                     postgres: config.rules.postgres_config()?.map(Arc::new),
+                    keys: config
+                        .rules
+                        .aws_access_key_id
+                        .clone()
+                        .zip(config.rules.aws_secret_access_key.clone()),
                 },
                 crate::services::rules::engine::RuleMetrics::new(&registry)?,
                 watch_rx.clone(),

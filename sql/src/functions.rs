@@ -181,6 +181,14 @@ const FUNCTIONS: &[Entry] = &[
         |_, cx| Value::string(cx.version.as_str()),
         false,
     ),
+    // Time, with Joda-Time patterns.
+    pure_2016("parse_time", parse_time),
+    pure_2016("time_to_epoch", |a, _| {
+        text2(a, |text, pattern| {
+            crate::time::parse(text, pattern)
+                .map_or(Value::Undefined, |ms| Value::int(i128::from(ms)))
+        })
+    }),
     contextual("get_thing_shadow", get_thing_shadow, true),
     contextual("get_mqtt_property", get_mqtt_property, false),
     contextual("get_user_properties", get_user_properties, false),
@@ -249,6 +257,29 @@ fn number1(args: &[Cow<'_, Value>]) -> Option<Number> {
         return None;
     }
     arg(args, 0).to_number()
+}
+
+/// `parse_time(pattern, millis[, zone])`: the time written by a Joda-Time pattern.
+fn parse_time(args: &[Cow<'_, Value>], _: &Context<'_>) -> Value {
+    if !(2..=3).contains(&args.len()) {
+        return Value::Undefined;
+    }
+    let Value::String(pattern) = arg(args, 0) else {
+        return Value::Undefined;
+    };
+    let millis = match arg(args, 1).to_number() {
+        Some(Number::Int(i)) => i64::try_from(i).ok(),
+        Some(Number::Decimal(d)) => d.with_scale_round(0, RoundingMode::Down).to_i64(),
+        None => None,
+    };
+    let zone = match arg(args, 2) {
+        Value::Undefined if args.len() == 2 => None,
+        Value::String(zone) => Some(zone.as_str()),
+        _ => return Value::Undefined,
+    };
+    millis
+        .and_then(|ms| crate::time::format(pattern, ms, zone))
+        .map_or(Value::Undefined, Value::String)
 }
 
 fn abs(args: &[Cow<'_, Value>], _: &Context<'_>) -> Value {

@@ -13,6 +13,7 @@ mod lexer;
 mod ops;
 mod parser;
 mod template;
+mod time;
 mod value;
 
 pub use ast::SqlVersion;

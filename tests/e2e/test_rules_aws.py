@@ -4,6 +4,8 @@ AWS-compatible endpoint: moto in server mode, checked by reading what arrived wi
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import socket
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 
 import aws
@@ -162,3 +165,79 @@ def test_aws_service_actions_reach_the_aws_compatible_endpoint(broker_with_aws: 
     assert [f["failedAction"] for f in report["failures"]] == ["SqsAction"]
     assert "HTTP 400" in report["failures"][0]["errorMessage"]
     assert base64.b64decode(report["base64OriginalPayload"]) == b'{"temp": 1}'
+
+
+def _sigv4_valid(method: str, path: str, headers: dict[str, str], body: bytes, secret: str) -> bool:
+    """Checks an AWS Signature Version 4 as a receiver would, from what arrived."""
+    authorization = headers["authorization"]
+    fields = dict(part.strip().split("=", 1) for part in authorization.split(" ", 1)[1].split(","))
+    _, date, region, service, _ = fields["Credential"].split("/")
+    signed = fields["SignedHeaders"].split(";")
+    canonical = "\n".join(
+        [method, path, "", *(f"{name}:{headers[name].strip()}" for name in signed), "", ";".join(signed), hashlib.sha256(body).hexdigest()]
+    )
+    amz_date = headers["x-amz-date"]
+    scope = f"{date}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + secret).encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.compare_digest(hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest(), fields["Signature"])
+
+
+def test_the_http_action_signs_with_sigv4_and_sends_batches(broker_with_aws: Broker) -> None:
+    from test_rules import _Receiver
+
+    broker = broker_with_aws
+    receiver = _Receiver()
+    try:
+        key, secret = aws.keys(broker)
+        iot = aws.client(broker, key, secret)
+        role = "arn:aws:iam::123456789012:role/rules"
+        iot.create_topic_rule(
+            ruleName="batched",
+            topicRulePayload={
+                "sql": "SELECT temp FROM 'batch/+/t'",
+                "actions": [
+                    {
+                        "http": {
+                            "url": receiver.url + "/in",
+                            "auth": {"sigv4": {"signingRegion": "eu-west-1", "serviceName": "execute-api", "roleArn": role}},
+                            "enableBatching": True,
+                            "batchConfig": {"maxBatchOpenMs": 200, "maxBatchSize": 3},
+                        }
+                    }
+                ],
+            },
+        )
+        deadline = time.monotonic() + 10
+        while (broker.metrics().value("halyard_rules") or 0) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        device = Client(broker, "batch-device", 5, True, None)
+        device.connect()
+        for n in range(3):
+            device.publish_nowait("batch/d1/t", json.dumps({"temp": n}).encode(), qos=1)
+        path, headers, body = receiver.next()
+        assert path == "/in"
+        assert json.loads(body) == [{"temp": 0}, {"temp": 1}, {"temp": 2}], "three messages within 200 ms, one request"
+        assert headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
+        assert "/eu-west-1/execute-api/aws4_request" in headers["authorization"]
+        assert _sigv4_valid("POST", "/in", headers, body, "testing")
+        # A lone message within its window still arrives, as an array of one.
+        device.publish("batch/d1/t", b'{"temp": 9}', qos=1)
+        _, _, body = receiver.next()
+        assert json.loads(body) == [{"temp": 9}]
+
+        # A batch size AWS does not allow is refused when the rule is made.
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            iot.create_topic_rule(
+                ruleName="too_big",
+                topicRulePayload={
+                    "sql": "SELECT * FROM 'a'",
+                    "actions": [{"http": {"url": receiver.url, "enableBatching": True, "batchConfig": {"maxBatchSize": 11}}}],
+                },
+            )
+        assert "batchConfig.maxBatchSize must be from 2 to 10" in str(refused.value)
+    finally:
+        receiver.close()

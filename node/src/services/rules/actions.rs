@@ -144,6 +144,48 @@ pub struct Http {
     /// The URL as written, for error reports.
     pub url_text: String,
     pub headers: Vec<(String, Template)>,
+    /// `auth.sigv4`: requests signed for this region and service with the node's
+    /// `rules.aws_access_key_id`.
+    pub sigv4: Option<SigV4>,
+    /// `enableBatching`: messages for one URL sent together as a JSON array.
+    pub batching: Option<Batching>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SigV4 {
+    pub region: String,
+    pub service: String,
+}
+
+/// AWS's `batchConfig`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// How long a batch waits for more messages after its first.
+    pub open: std::time::Duration,
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+impl Batching {
+    fn parse(config: Option<&serde_json::Value>) -> Result<Batching, String> {
+        let number = |field: &str, default: u64, min: u64, max: u64| -> Result<u64, String> {
+            match config.and_then(|c| c.get(field)) {
+                None | Some(serde_json::Value::Null) => Ok(default),
+                Some(value) => value
+                    .as_u64()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| {
+                        format!("http: batchConfig.{field} must be from {min} to {max}")
+                    }),
+            }
+        };
+        Ok(Batching {
+            open: std::time::Duration::from_millis(number("maxBatchOpenMs", 20, 5, 200)?),
+            messages: usize::try_from(number("maxBatchSize", 10, 2, 10)?).unwrap_or(10),
+            bytes: usize::try_from(number("maxBatchSizeBytes", 5120, 100, 131_072)?)
+                .unwrap_or(5120),
+        })
+    }
 }
 
 const MAX_URL: usize = 2000;
@@ -199,10 +241,34 @@ impl Http {
                 headers.push((key.to_owned(), value));
             }
         }
+        let sigv4 = match body.get("auth").and_then(|a| a.get("sigv4")) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(sigv4) => {
+                let field = |name: &str| {
+                    sigv4
+                        .get(name)
+                        .and_then(serde_json::Value::as_str)
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("http: auth.sigv4.{name} is required"))
+                };
+                Some(SigV4 {
+                    region: field("signingRegion")?,
+                    service: field("serviceName")?,
+                })
+            }
+        };
+        let batching = match body.get("enableBatching") {
+            None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => None,
+            Some(serde_json::Value::Bool(true)) => Some(Batching::parse(body.get("batchConfig"))?),
+            Some(_) => return Err("http: enableBatching must be true or false".to_owned()),
+        };
         Ok(Http {
             url,
             url_text: url_text.to_owned(),
             headers,
+            sigv4,
+            batching,
         })
     }
 }

@@ -25,7 +25,7 @@ pub struct Prepared {
     pub method: &'static str,
     pub url: String,
     /// The SigV4 service name.
-    pub service: &'static str,
+    pub service: std::borrow::Cow<'static, str>,
     pub content_type: &'static str,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
@@ -66,7 +66,7 @@ pub fn prepare(
                     sigv4::uri_encode(bucket, false),
                     path.join("/")
                 ),
-                service: "s3",
+                service: "s3".into(),
                 content_type: "application/octet-stream",
                 headers: canned_acl
                     .iter()
@@ -146,7 +146,7 @@ pub fn prepare(
                 "{base}/2015-03-31/functions/{}/invocations",
                 sigv4::uri_encode(function_arn, false)
             ),
-            service: "lambda",
+            service: "lambda".into(),
             content_type: "application/json",
             // Asynchronously, as the rules engine invokes functions.
             headers: vec![("x-amz-invocation-type".to_owned(), "Event".to_owned())],
@@ -194,7 +194,7 @@ fn form(base: &str, service: &'static str, resource: &str, fields: &[(&str, &str
     Prepared {
         method: "POST",
         url: format!("{base}/"),
-        service,
+        service: service.into(),
         content_type: "application/x-www-form-urlencoded; charset=utf-8",
         headers: Vec::new(),
         body: Bytes::from(body.join("&")),
@@ -214,7 +214,7 @@ fn json_target(
     Prepared {
         method: "POST",
         url: format!("{base}/"),
-        service,
+        service: service.into(),
         content_type,
         headers: vec![("x-amz-target".to_owned(), target.to_owned())],
         body: Bytes::from(body.to_string()),
@@ -279,7 +279,7 @@ pub fn signed_headers(
         key_id,
         secret,
         &endpoint.region,
-        prepared.service,
+        &prepared.service,
         &amz_date,
     );
     headers.push(("authorization".to_owned(), authorization));

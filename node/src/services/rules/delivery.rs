@@ -14,6 +14,7 @@ use halyard_sql::{Document, Message as SqlMessage, MqttProperties};
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc};
 
+use super::actions::Batching;
 use super::aws::{AwsEndpoint, Prepared, signed_headers};
 use super::engine::{Compiled, RulesEngine};
 use super::timestream::Row;
@@ -190,6 +191,8 @@ pub struct OutboundJob {
 /// Where an action's worker sends its work.
 pub enum Destination {
     Http,
+    /// HTTP, consecutive JSON messages for one URL sent together as a JSON array.
+    HttpBatched(Batching),
     Postgres(Arc<tokio_postgres::Config>),
 }
 
@@ -213,6 +216,9 @@ impl Sink {
         match destination {
             Destination::Http => {
                 tokio::spawn(worker(receiver, depth.clone()));
+            }
+            Destination::HttpBatched(batching) => {
+                tokio::spawn(batching_worker(receiver, depth.clone(), batching));
             }
             Destination::Postgres(config) => {
                 tokio::spawn(super::timestream::worker(receiver, depth.clone(), config));
@@ -253,6 +259,113 @@ async fn worker(mut receiver: mpsc::Receiver<OutboundJob>, depth: prometheus::In
             job.report.outcome(&job.action, outcome);
             drop(slot);
         });
+    }
+}
+
+/// Gathers what comes within `batching.open` of a batch's first message, up to its count and
+/// bytes, and sends each run of JSON messages for one URL (and the same headers) as one
+/// request whose body is their array; each message's outcome is its request's.
+async fn batching_worker(
+    mut receiver: mpsc::Receiver<OutboundJob>,
+    depth: prometheus::IntGauge,
+    batching: Batching,
+) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut held: Option<OutboundJob> = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match receiver.recv().await {
+                Some(job) => {
+                    depth.dec();
+                    job
+                }
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        let mut bytes = batch[0].body_len();
+        let deadline = tokio::time::Instant::now() + batching.open;
+        while batch.len() < batching.messages && batch[0].is_json() {
+            let Ok(Some(next)) = tokio::time::timeout_at(deadline, receiver.recv()).await else {
+                break;
+            };
+            depth.dec();
+            if !next.joins(&batch[0]) || bytes + next.body_len() > batching.bytes {
+                held = Some(next);
+                break;
+            }
+            bytes += next.body_len();
+            batch.push(next);
+        }
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let outcome = match batched_request(&batch) {
+                Some((request, signing)) => send_with_retries(&request, signing.as_deref()).await,
+                None => Err("a row for PostgreSQL reached an HTTP worker".to_owned()),
+            };
+            for job in &batch {
+                let outcome = outcome.clone().map_err(|message| Failure {
+                    action: job.action.clone(),
+                    resource: job.resource.clone(),
+                    message,
+                });
+                job.report.outcome(&job.action, outcome);
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// One request carrying every job of `batch`: the JSON array of their bodies (of one, too, so
+/// that a receiver always gets the same shape), or a lone message that is not JSON as it is.
+fn batched_request(batch: &[OutboundJob]) -> Option<(Prepared, Option<Arc<AwsEndpoint>>)> {
+    let Work::Http { request, signing } = &batch.first()?.work else {
+        return None;
+    };
+    let mut combined = (**request).clone();
+    if batch[0].is_json() {
+        let mut body = Vec::with_capacity(
+            batch.iter().map(OutboundJob::body_len).sum::<usize>() + batch.len() + 1,
+        );
+        body.push(b'[');
+        for (i, job) in batch.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            if let Work::Http { request, .. } = &job.work {
+                body.extend_from_slice(&request.body);
+            }
+        }
+        body.push(b']');
+        combined.body = Bytes::from(body);
+    }
+    Some((combined, signing.clone()))
+}
+
+impl OutboundJob {
+    fn body_len(&self) -> usize {
+        match &self.work {
+            Work::Http { request, .. } => request.body.len(),
+            Work::Row(_) => 0,
+        }
+    }
+
+    fn is_json(&self) -> bool {
+        matches!(&self.work, Work::Http { request, .. } if request.content_type == "application/json")
+    }
+
+    /// Whether this job may go in one request with `first`'s: JSON, to the same URL with the
+    /// same headers.
+    fn joins(&self, first: &OutboundJob) -> bool {
+        match (&self.work, &first.work) {
+            (Work::Http { request: a, .. }, Work::Http { request: b, .. }) => {
+                self.is_json() && a.url == b.url && a.headers == b.headers
+            }
+            _ => false,
+        }
     }
 }
 

@@ -254,11 +254,17 @@ pub struct Targets {
     pub aws: Option<Arc<AwsEndpoint>>,
     /// Where the timestream action writes, if anywhere.
     pub postgres: Option<Arc<tokio_postgres::Config>>,
+    /// What HTTP actions with `auth.sigv4` sign with: `(access key id, secret)`.
+    pub keys: Option<(String, String)>,
 }
 
 fn sink_of(action: &Action, targets: &Targets, depth: impl FnOnce() -> IntGauge) -> Option<Sink> {
     let destination = match action {
-        Action::Http(_) | Action::Aws(_) => Destination::Http,
+        Action::Http(http) => match http.batching {
+            Some(batching) => Destination::HttpBatched(batching),
+            None => Destination::Http,
+        },
+        Action::Aws(_) => Destination::Http,
         Action::Timestream(_) => Destination::Postgres(Arc::clone(targets.postgres.as_ref()?)),
         Action::Republish(_) | Action::NotRun { .. } => return None,
     };
@@ -863,11 +869,27 @@ impl RulesEngine {
                         ),
                     ));
                 }
+                let signing = match &http.sigv4 {
+                    None => None,
+                    Some(sigv4) => {
+                        let Some(keys) = &self.targets.keys else {
+                            return Err(failure(
+                                request.url.clone(),
+                                "auth.sigv4 needs keys to sign with (rules.aws_access_key_id, rules.aws_secret_access_key)".to_owned(),
+                            ));
+                        };
+                        Some(Arc::new(AwsEndpoint {
+                            url: String::new(),
+                            region: sigv4.region.clone(),
+                            keys: Some(keys.clone()),
+                        }))
+                    }
+                };
                 let resource = request.resource.clone();
                 (
                     Work::Http {
                         request: Box::new(request),
-                        signing: None,
+                        signing,
                     },
                     resource,
                 )
@@ -974,7 +996,10 @@ fn http_request(
         method: "POST",
         resource: url.clone(),
         url,
-        service: "",
+        service: http
+            .sigv4
+            .as_ref()
+            .map_or(std::borrow::Cow::Borrowed(""), |s| s.service.clone().into()),
         headers: http
             .headers
             .iter()
