@@ -462,3 +462,32 @@ def test_topic_rule_destinations_are_made_with_rules_and_a_disabled_one_stops_it
     iot.delete_topic_rule_destination(arn=arn)
     code, _, status = _error(lambda: iot.get_topic_rule_destination(arn=arn))
     assert (code, status) == ("UnauthorizedException", 401)
+
+
+def test_principal_is_the_certificate_a_device_connected_with(iot: Any, broker: Broker, lamp: Any, mqtt_client: MakeClient) -> None:
+    from device import Device
+
+    created, cert, key = lamp
+    iot.create_topic_rule(
+        ruleName="who",
+        topicRulePayload={
+            "sql": "SELECT principal() AS principal, clientid() AS client FROM 'things/+/who'",
+            "awsIotSqlVersion": "2016-03-23",
+            "actions": [{"republish": {"topic": "who-out", "roleArn": "arn:aws:iam::123456789012:role/rules"}}],
+        },
+    )
+    _wait_rules(broker, 1)
+    watcher = mqtt_client()
+    watcher.connect()
+    watcher.subscribe("who-out", 1)
+    device = Device(broker, "lamp", cert, key)
+    assert not device.connect().is_failure
+    info = device.paho.publish("things/lamp/who", b"{}", qos=1)
+    assert device.wait(lambda: info.mid in device.pubacks)
+    assert json.loads(watcher.expect().payload) == {"principal": created["certificateId"], "client": "lamp"}
+    device.close()
+    # A client that authenticated as nobody has no principal: the field is left out.
+    anonymous = mqtt_client()
+    anonymous.connect()
+    anonymous.publish("things/x/who", b"{}", qos=1)
+    assert json.loads(watcher.expect().payload) == {"client": anonymous.client_id}

@@ -995,6 +995,9 @@ impl Connection {
         }));
         self.phase = Phase::Active;
         self.session = Some(Arc::clone(&opened.session));
+        opened
+            .session
+            .set_principal(self.access.as_ref().map_or("", |a| a.principal.as_str()));
         tracing::debug!(connection = self.id, client_id = %client_id, present = opened.present, "connected");
         if config.lifecycle_events {
             let presence = Presence {

@@ -266,6 +266,7 @@ impl Broker {
             let offered = tap.offer(Tapped {
                 message: Arc::clone(message),
                 client_id: publisher.map(|s| Arc::clone(&s.client_id)),
+                principal: publisher.and_then(|s| s.principal()),
             });
             if offered == Offered::Congested {
                 congested = Some(tap);

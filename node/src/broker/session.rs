@@ -421,6 +421,9 @@ pub struct Session {
     /// Requests to services not yet answered (see `services::InFlight`).
     pub(super) service_requests: AtomicU32,
     pub state: Mutex<SessionState>,
+    /// The certificate id or other principal its connection authenticated as, for the rules'
+    /// `principal()`; `None` for an anonymous one.
+    principal: parking_lot::RwLock<Option<Arc<str>>>,
 }
 
 /// Wakes up to `n` paused publishers, oldest first.
@@ -463,7 +466,17 @@ impl Session {
             ownership: Mutex::new(Ownership::Unowned),
             service_requests: AtomicU32::new(0),
             state: Mutex::new(SessionState::default()),
+            principal: parking_lot::RwLock::new(None),
         }
+    }
+
+    /// Notes who the connection now attached authenticated as (empty for nobody).
+    pub fn set_principal(&self, principal: &str) {
+        *self.principal.write() = (!principal.is_empty()).then(|| Arc::from(principal));
+    }
+
+    pub fn principal(&self) -> Option<Arc<str>> {
+        self.principal.read().clone()
     }
 
     /// The store key of its queued message numbered `stored`.

@@ -26,6 +26,8 @@ pub struct Tapped {
     /// The client id of the MQTT client that published it; `None` for the broker's own
     /// messages and HTTPS publishes.
     pub client_id: Option<Arc<str>>,
+    /// The certificate id or other principal that client authenticated as.
+    pub principal: Option<Arc<str>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -52,6 +52,7 @@ pub struct OwnedMessage {
     pub payload: Bytes,
     pub document: Document,
     pub client_id: Option<String>,
+    pub principal: Option<String>,
     pub timestamp_ms: i64,
     pub properties: MqttProperties,
 }
@@ -63,6 +64,7 @@ impl OwnedMessage {
             payload: Bytes::copy_from_slice(message.payload),
             document: message.document.clone(),
             client_id: message.client_id.map(str::to_owned),
+            principal: message.principal.map(str::to_owned),
             timestamp_ms: message.timestamp_ms,
             properties: message.properties.clone(),
         }
@@ -74,7 +76,7 @@ impl OwnedMessage {
             payload: &self.payload,
             document: &self.document,
             client_id: self.client_id.as_deref(),
-            principal: None,
+            principal: self.principal.as_deref(),
             timestamp_ms: self.timestamp_ms,
             trace_id: None,
             properties: &self.properties,

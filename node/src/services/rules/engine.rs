@@ -683,7 +683,7 @@ impl RulesEngine {
             payload,
             document: &document,
             client_id: tapped.client_id.as_deref(),
-            principal: None,
+            principal: tapped.principal.as_deref(),
             timestamp_ms: i64::try_from(crate::clock::epoch_millis()).unwrap_or(i64::MAX),
             trace_id: None,
             properties: &properties,
