@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -12,7 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -478,3 +479,40 @@ class Client:
 
 
 MakeClient = Callable[..., Client]
+
+
+def free_port() -> int:
+    """A free loopback TCP port, for the real servers the tests start beside Halyard."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(what: str, ready: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Polls `ready` until it returns something true, and returns that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = ready()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} did not happen"
+        time.sleep(0.1)
+
+
+def wait_for_rules(broker: Broker, count: int) -> None:
+    """Waits until the node's engine runs `count` rules (it follows the store moments after)."""
+    wait_until(f"the engine running {count} rules", lambda: (broker.metrics().value("halyard_rules") or 0) == count)
+
+
+@contextlib.contextmanager
+def running_broker(workdir: Path, env_extra: dict[str, str]) -> Iterator[Broker]:
+    """A node started with `env_extra` in its environment, stopped cleanly at the end."""
+    running = wait_for_broker(launch_broker(workdir, env_extra=env_extra))
+    try:
+        yield running
+        assert running.stop() == 0
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+

@@ -16,7 +16,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
-from harness import Broker, Client, MakeClient
+from harness import Broker, Client, MakeClient, wait_for_rules
 
 
 def _republish_rule(sql: str, topic: str, version: str = "2016-03-23", **extra: Any) -> dict[str, Any]:
@@ -27,14 +27,6 @@ def _republish_rule(sql: str, topic: str, version: str = "2016-03-23", **extra: 
     }
     payload.update(extra)
     return payload
-
-
-def _wait_rules(broker: Broker, count: int) -> None:
-    """Waits until the node's engine runs `count` rules (it follows the store moments after)."""
-    deadline = time.monotonic() + 10
-    while (broker.metrics().value("halyard_rules") or 0) != count:
-        assert time.monotonic() < deadline, f"the engine never ran {count} rules"
-        time.sleep(0.05)
 
 
 def _until_fired(publisher: Client, topic: str, payload: bytes, watcher: Client, tries: int = 20) -> Any:
@@ -155,7 +147,7 @@ def test_a_rule_republishes_what_its_where_accepts_to_its_topic_template(iot: An
 
 def test_the_engine_takes_only_what_its_rules_want(iot: Any, broker: Broker, mqtt_client: MakeClient) -> None:
     iot.create_topic_rule(ruleName="narrow", topicRulePayload=_republish_rule("SELECT * FROM 'wanted/+'", "elsewhere"))
-    _wait_rules(broker, 1)
+    wait_for_rules(broker, 1)
     device = mqtt_client()
     device.connect()
     taken = lambda: broker.metrics().value("halyard_tap_messages_total", tap="rules", outcome="accepted") or 0  # noqa: E731
@@ -288,7 +280,7 @@ def test_the_http_action_posts_the_output_with_templated_url_and_headers(
             ],
         },
     )
-    _wait_rules(broker, 1)
+    wait_for_rules(broker, 1)
     device = mqtt_client()
     device.connect()
     device.publish("http/d7/data", b'{"temp": 21, "x": 1}', qos=1)
@@ -318,7 +310,7 @@ def test_the_http_action_tries_again_on_5xx_and_reports_a_4xx_to_the_error_actio
                 "errorAction": {"republish": {"topic": "flaky/errors", "roleArn": "arn:aws:iam::1:role/r"}},
             },
         )
-        _wait_rules(broker, 1)
+        wait_for_rules(broker, 1)
         watcher = mqtt_client()
         watcher.connect()
         watcher.subscribe("flaky/errors", 1)
@@ -363,7 +355,7 @@ def test_get_thing_shadow_reads_the_shadow_of_the_thing_a_message_names(
             "pumps/with-shadow",
         ),
     )
-    _wait_rules(broker, 1)
+    wait_for_rules(broker, 1)
     watcher = mqtt_client()
     watcher.connect()
     watcher.subscribe("pumps/with-shadow", 1)
@@ -388,7 +380,7 @@ def test_the_rules_dashboard_queries_only_what_the_engine_exports(
             "errorAction": {"republish": {"topic": "observed/errors", "roleArn": "arn:aws:iam::1:role/r"}},
         },
     )
-    _wait_rules(broker, 1)
+    wait_for_rules(broker, 1)
     device = mqtt_client()
     device.connect()
     device.publish("observed/in", b"{}", qos=1)
@@ -439,7 +431,7 @@ def test_topic_rule_destinations_are_made_with_rules_and_a_disabled_one_stops_it
         d["httpUrlSummary"]["confirmationUrl"] for d in iot.list_topic_rule_destinations()["destinationSummaries"]
     )
     assert urls == sorted(["http://127.0.0.1:9/other/", receiver.url + "/hooks"])
-    _wait_rules(broker, 1)
+    wait_for_rules(broker, 1)
     watcher = mqtt_client()
     watcher.connect()
     watcher.subscribe("hooks/errors", 1)
@@ -476,7 +468,7 @@ def test_principal_is_the_certificate_a_device_connected_with(iot: Any, broker: 
             "actions": [{"republish": {"topic": "who-out", "roleArn": "arn:aws:iam::123456789012:role/rules"}}],
         },
     )
-    _wait_rules(broker, 1)
+    wait_for_rules(broker, 1)
     watcher = mqtt_client()
     watcher.connect()
     watcher.subscribe("who-out", 1)

@@ -20,20 +20,14 @@ import botocore.exceptions
 import pytest
 
 import aws
-from harness import Broker, Client, launch_broker, wait_for_broker
+from harness import Broker, Client, free_port, running_broker, wait_for_rules, wait_until
 
 REGION = "us-east-1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def moto() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -64,24 +58,8 @@ def broker_with_aws(tmp_path: Path, moto: str) -> Iterator[Broker]:
         "HALYARD_RULES__AWS_ACCESS_KEY_ID": "testing",
         "HALYARD_RULES__AWS_SECRET_ACCESS_KEY": "testing",
     }
-    running = wait_for_broker(launch_broker(tmp_path, env_extra=env))
-    try:
+    with running_broker(tmp_path, env) as running:
         yield running
-        assert running.stop() == 0
-    finally:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
-
-
-def _wait(what: str, ready: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = ready()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen"
-        time.sleep(0.1)
 
 
 def test_aws_service_actions_reach_the_aws_compatible_endpoint(broker_with_aws: Broker, moto: str) -> None:
@@ -123,10 +101,7 @@ def test_aws_service_actions_reach_the_aws_compatible_endpoint(broker_with_aws: 
             "errorAction": {"republish": {"topic": "plant/errors", "roleArn": role}},
         },
     )
-    deadline = time.monotonic() + 10
-    while (broker.metrics().value("halyard_rules") or 0) < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_rules(broker, 1)
     errors = Client(broker, "aws-errors", 5, True, None)
     errors.connect()
     errors.subscribe("plant/errors", 1)
@@ -135,18 +110,18 @@ def test_aws_service_actions_reach_the_aws_compatible_endpoint(broker_with_aws: 
     device.publish("plant/p9/reading", b'{"temp": 81.5}', qos=1)
 
     expected = {"temp": 81.5, "device": "p9"}
-    objects = _wait("the S3 object", lambda: s3.list_objects_v2(Bucket="telemetry").get("Contents"))
+    objects = wait_until("the S3 object", lambda: s3.list_objects_v2(Bucket="telemetry").get("Contents"))
     assert objects[0]["Key"].startswith("p9/")
     assert json.loads(s3.get_object(Bucket="telemetry", Key=objects[0]["Key"])["Body"].read()) == expected
-    messages = _wait("the SQS message", lambda: sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1).get("Messages"))
+    messages = wait_until("the SQS message", lambda: sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1).get("Messages"))
     assert json.loads(messages[0]["Body"]) == expected
-    copied = _wait("the SNS message", lambda: sqs.receive_message(QueueUrl=sns_queue, WaitTimeSeconds=1).get("Messages"))
+    copied = wait_until("the SNS message", lambda: sqs.receive_message(QueueUrl=sns_queue, WaitTimeSeconds=1).get("Messages"))
     assert json.loads(copied[0]["Body"]) == expected
     shard = kinesis.get_shard_iterator(StreamName="readings", ShardId="shardId-000000000000", ShardIteratorType="TRIM_HORIZON")
-    records = _wait("the Kinesis record", lambda: kinesis.get_records(ShardIterator=shard["ShardIterator"])["Records"])
+    records = wait_until("the Kinesis record", lambda: kinesis.get_records(ShardIterator=shard["ShardIterator"])["Records"])
     assert json.loads(records[0]["Data"]) == expected
     assert records[0]["PartitionKey"] == "p9"
-    item = _wait("the DynamoDB item", lambda: dynamodb.get_item(TableName="devices", Key={"device": {"S": "p9"}}).get("Item"))
+    item = wait_until("the DynamoDB item", lambda: dynamodb.get_item(TableName="devices", Key={"device": {"S": "p9"}}).get("Item"))
     assert item == {"device": {"S": "p9"}, "temp": {"N": "81.5"}}
     errors.expect_none(0.5)
 
@@ -210,10 +185,7 @@ def test_the_http_action_signs_with_sigv4_and_sends_batches(broker_with_aws: Bro
                 ],
             },
         )
-        deadline = time.monotonic() + 10
-        while (broker.metrics().value("halyard_rules") or 0) < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for_rules(broker, 1)
         device = Client(broker, "batch-device", 5, True, None)
         device.connect()
         for n in range(3):

@@ -8,7 +8,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,15 +17,9 @@ from pathlib import Path
 import pytest
 
 import aws
-from harness import Broker, Client, halyard_bin, launch_broker, wait_for_broker
+from harness import Broker, Client, free_port, halyard_bin, running_broker, wait_for_rules, wait_until
 
 ROLE = "arn:aws:iam::123456789012:role/rules"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _postgres_bin(name: str) -> str:
@@ -67,7 +60,7 @@ def postgres() -> Iterator[Postgres]:
         check=True,
         capture_output=True,
     )
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         _as_postgres(
             [
@@ -100,28 +93,8 @@ def postgres() -> Iterator[Postgres]:
 
 @pytest.fixture
 def broker_with_postgres(tmp_path: Path, postgres: Postgres) -> Iterator[Broker]:
-    running = wait_for_broker(launch_broker(tmp_path, env_extra={"HALYARD_RULES__POSTGRES_URL": postgres.url}))
-    try:
+    with running_broker(tmp_path, {"HALYARD_RULES__POSTGRES_URL": postgres.url}) as running:
         yield running
-        assert running.stop() == 0
-    finally:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
-
-
-def _wait(what: str, ready, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = ready()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen"
-        time.sleep(0.1)
-
-
-def _wait_for_rules(broker: Broker, count: int) -> None:
-    _wait("the rules to load", lambda: (broker.metrics().value("halyard_rules") or 0) >= count)
 
 
 def test_messages_become_rows_with_dimensions_and_measures_as_columns(broker_with_postgres: Broker, postgres: Postgres) -> None:
@@ -150,7 +123,7 @@ def test_messages_become_rows_with_dimensions_and_measures_as_columns(broker_wit
     # AWS's shape is stored and echoed.
     echoed = iot.get_topic_rule(ruleName="climate_to_pg")["rule"]["actions"][0]["timestream"]
     assert echoed["timestamp"] == {"value": "${ts}", "unit": "MILLISECONDS"}
-    _wait_for_rules(broker, 1)
+    wait_for_rules(broker, 1)
     errors = Client(broker, "pg-errors", 5, True, None)
     errors.connect()
     errors.subscribe("farm/errors", 1)
@@ -161,7 +134,7 @@ def test_messages_become_rows_with_dimensions_and_measures_as_columns(broker_wit
         json.dumps({"temp": 21.5, "humidity": 40, "status": "ok", "tags": {"zone": 3}, "ts": 1700000000123}).encode(),
         qos=1,
     )
-    rows = _wait("the row", lambda: postgres.query("SELECT 1 FROM pg_tables WHERE schemaname = 'farm'") and postgres.query(
+    rows = wait_until("the row", lambda: postgres.query("SELECT 1 FROM pg_tables WHERE schemaname = 'farm'") and postgres.query(
         "SELECT device, site, temp, humidity, status, tags::text, (extract(epoch FROM time) * 1000)::bigint FROM farm.climate"
     ))
     assert rows == [["g7", "north", "21.5", "40", "ok", '{"zone": 3}', "1700000000123"]]
@@ -192,7 +165,7 @@ def test_messages_become_rows_with_dimensions_and_measures_as_columns(broker_wit
     assert report["failures"][0]["failedResource"] == "farm.climate"
     assert "PostgreSQL refused the row" in report["failures"][0]["errorMessage"]
     assert "bigint" in report["failures"][0]["errorMessage"]
-    devices = _wait("the good rows", lambda: [r[0] for r in postgres.query("SELECT device FROM farm.climate ORDER BY time")] == ["g7", "g7", "g9"])
+    devices = wait_until("the good rows", lambda: [r[0] for r in postgres.query("SELECT device FROM farm.climate ORDER BY time")] == ["g7", "g7", "g9"])
     assert devices
 
     # A measure seen for the first time gets its column; rows before it have none.
@@ -208,14 +181,14 @@ def test_messages_become_rows_with_dimensions_and_measures_as_columns(broker_wit
     time.sleep(0.5)
     before = time.time()
     device.publish("farm/g10/climate", json.dumps({"temp": 17, "pressure": 1013.25}).encode(), qos=1)
-    pressure = _wait("the new column", lambda: postgres.query("SELECT pressure, extract(epoch FROM time) FROM farm.climate WHERE device = 'g10'"))
+    pressure = wait_until("the new column", lambda: postgres.query("SELECT pressure, extract(epoch FROM time) FROM farm.climate WHERE device = 'g10'"))
     assert pressure[0][0] == "1013.25"
     assert before - 5 < float(pressure[0][1]) < time.time() + 5, "without a timestamp, the time it was processed"
 
     # Many messages, written in batches, none lost.
     for n in range(300):
         device.publish_nowait("farm/bulk/climate", json.dumps({"temp": n}).encode(), qos=1)
-    _wait("every bulk row", lambda: postgres.query("SELECT count(*) FROM farm.climate WHERE device = 'bulk'") == [["300"]], timeout=20)
+    wait_until("every bulk row", lambda: postgres.query("SELECT count(*) FROM farm.climate WHERE device = 'bulk'") == [["300"]], timeout=20)
     errors.expect_none(0.5)
 
 
@@ -230,7 +203,7 @@ def test_the_action_without_postgres_configured_fails_into_the_error_action(brok
             "errorAction": {"republish": {"topic": "farm/errors", "roleArn": ROLE}},
         },
     )
-    _wait_for_rules(broker, 1)
+    wait_for_rules(broker, 1)
     errors = Client(broker, "nowhere-errors", 5, True, None)
     errors.connect()
     errors.subscribe("farm/errors", 1)

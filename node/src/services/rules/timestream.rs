@@ -259,6 +259,7 @@ struct Writer {
 
 /// Why a write did not happen: the database refused it (retrying the same rows will not
 /// help), or the connection failed (it may, once connected again).
+#[derive(Clone)]
 enum WriteError {
     Refused(String),
     Connection(String),
@@ -322,7 +323,7 @@ impl Writer {
             }
             Err(e) => {
                 for job in &jobs {
-                    report(job, Err(e.clone_message()));
+                    report(job, Err(e.clone()));
                 }
             }
         }
@@ -488,15 +489,6 @@ async fn read_columns(
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
         .collect())
-}
-
-impl WriteError {
-    fn clone_message(&self) -> WriteError {
-        match self {
-            WriteError::Refused(m) => WriteError::Refused(m.clone()),
-            WriteError::Connection(m) => WriteError::Connection(m.clone()),
-        }
-    }
 }
 
 fn report(job: &OutboundJob, outcome: Result<(), WriteError>) {
