@@ -230,6 +230,119 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
+/// Jobs: the devices' requests and the executions' changes.
+#[derive(Clone)]
+pub struct JobsMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    transitions: IntCounterVec,
+    /// Executions created by rollouts (things notified).
+    pub rolled_out: IntCounter,
+    /// Executions timed out by their timers.
+    pub timed_out: IntCounter,
+    /// Executions queued again after a failure or a timeout.
+    pub retried: IntCounter,
+    /// Jobs canceled by their abort configuration.
+    pub aborted: IntCounter,
+    /// 1 on the node whose driver runs the jobs (the store's leader).
+    pub driving: IntGauge,
+    /// Driver rounds whose work a concurrent change overtook (done again from a fresh read).
+    pub conflicts: IntCounter,
+}
+
+impl JobsMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "halyard_jobs_requests_total",
+                "Jobs requests of devices by operation, protocol and outcome (accepted or the \
+                 rejection's code)",
+            ),
+            &["operation", "protocol", "outcome"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "halyard_jobs_request_duration_seconds",
+                "Time from a device's jobs request to its answer, by operation",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["operation"],
+        )?;
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "halyard_jobs_execution_transitions_total",
+                "Job executions entering each status, counted by the node that wrote the change",
+            ),
+            &["status"],
+        )?;
+        let rolled_out = IntCounter::new(
+            "halyard_jobs_executions_created_total",
+            "Job executions created by rollouts (things notified)",
+        )?;
+        let timed_out = IntCounter::new(
+            "halyard_jobs_timeouts_total",
+            "Job executions timed out by their timers",
+        )?;
+        let retried = IntCounter::new(
+            "halyard_jobs_retries_total",
+            "Job executions queued again after a failure or a timeout",
+        )?;
+        let aborted = IntCounter::new(
+            "halyard_jobs_aborted_total",
+            "Jobs canceled by their abort configuration",
+        )?;
+        let driving = IntGauge::new(
+            "halyard_jobs_driver_active",
+            "1 on the node that drives rollouts, timers, retries and aborts (the store's leader)",
+        )?;
+        let conflicts = IntCounter::new(
+            "halyard_jobs_driver_conflicts_total",
+            "Driver writes overtaken by a concurrent change and done again from a fresh read",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(transitions.clone()))?;
+        registry.register(Box::new(rolled_out.clone()))?;
+        registry.register(Box::new(timed_out.clone()))?;
+        registry.register(Box::new(retried.clone()))?;
+        registry.register(Box::new(aborted.clone()))?;
+        registry.register(Box::new(driving.clone()))?;
+        registry.register(Box::new(conflicts.clone()))?;
+        Ok(Self {
+            requests,
+            latency,
+            transitions,
+            rolled_out,
+            timed_out,
+            retried,
+            aborted,
+            driving,
+            conflicts,
+        })
+    }
+
+    pub fn request(
+        &self,
+        operation: &str,
+        protocol: &str,
+        outcome: &str,
+        elapsed: std::time::Duration,
+    ) {
+        self.requests
+            .with_label_values(&[operation, protocol, outcome])
+            .inc();
+        self.latency
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn transition(&self, status: &str) {
+        self.transitions.with_label_values(&[status]).inc();
+    }
+}
+
 /// Device Shadow requests, over MQTT and HTTP.
 #[derive(Clone)]
 pub struct ShadowMetrics {

@@ -292,8 +292,15 @@ impl Server {
             registry: &registry,
         };
         let shadows = Arc::new(ShadowService::build(&context, config.shadow.clone())?);
+        let jobs = Arc::new(crate::services::jobs::Jobs::build(
+            &context,
+            crate::services::arn::Arns::new(&config.aws.region, &config.aws.account_id),
+        )?);
         let services = Services::start(
-            vec![Arc::clone(&shadows) as Arc<dyn Service>],
+            vec![
+                Arc::clone(&shadows) as Arc<dyn Service>,
+                Arc::clone(&jobs) as Arc<dyn Service>,
+            ],
             &broker,
             &mut tasks,
         );
@@ -348,7 +355,8 @@ impl Server {
         }
         #[cfg(not(madsim))]
         {
-            let api = Arc::new(aws_api(&config, &store, &broker, &shadows, &registry).await?);
+            let api =
+                Arc::new(aws_api(&config, &store, &broker, &shadows, &jobs, &registry).await?);
             let engine = Arc::new(crate::services::rules::engine::RulesEngine::new(
                 broker.clone(),
                 crate::services::records::Records::new(store.clone()),
@@ -664,6 +672,7 @@ async fn aws_api(
     store: &Store,
     broker: &Broker,
     shadows: &crate::services::shadow::service::ShadowService,
+    jobs: &crate::services::jobs::Jobs,
     metrics: &prometheus::Registry,
 ) -> Result<crate::api::aws::Api, ServerError> {
     use crate::admission::DeviceAdmission;
@@ -730,12 +739,14 @@ async fn aws_api(
             policies,
             authorizers,
             rules,
+            jobs: jobs.clone(),
             custom,
             config: aws.clone(),
         },
         DataPlane {
             broker: broker.clone(),
             shadows: shadows.clone(),
+            jobs: jobs.clone(),
         },
         admission,
         keys,

@@ -179,6 +179,9 @@ pub(super) async fn handle(State(api): State<Arc<Api>>, request: Request) -> Res
         ) {
             Err(e) => ("Unauthenticated", Err(e)),
             Ok(signer) if signer.service == CONTROL_PLANE => api.control.dispatch(&request).await,
+            Ok(signer) if signer.service == iot_data::JOBS_SIGNING_NAME => {
+                api.data.dispatch(&request, &Caller::Signed).await
+            }
             Ok(signer) if iot_data::SIGNING_NAMES.contains(&signer.service.as_str()) => {
                 api.data.dispatch(&request, &Caller::Signed).await
             }

@@ -218,3 +218,26 @@ impl IntoResponse for AwsError {
         response
     }
 }
+
+impl From<crate::services::jobs::error::JobsError> for AwsError {
+    fn from(e: crate::services::jobs::error::JobsError) -> Self {
+        use crate::services::jobs::error::JobsError;
+        let message = e.to_string();
+        match e {
+            JobsError::InvalidRequest(_) => Self::invalid_request(message),
+            JobsError::NotFound(_) => Self::not_found(message),
+            JobsError::InvalidStateTransition { .. } => {
+                Self::with_status(409, "InvalidStateTransitionException", message)
+            }
+            JobsError::VersionMismatch { .. } => Self::version_conflict(message),
+            JobsError::TerminalStateReached(_) => {
+                Self::with_status(410, "TerminalStateException", message)
+            }
+            JobsError::AlreadyExists { id, arn, .. } => Self::already_exists(message, id, arn),
+            JobsError::Conflict(_) => Self::with_status(409, "ConflictException", message),
+            JobsError::LimitExceeded(_) => Self::limit_exceeded(message),
+            JobsError::Unavailable(_) => Self::unavailable(message),
+            JobsError::Internal(_) => Self::internal(message),
+        }
+    }
+}

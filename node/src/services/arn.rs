@@ -19,6 +19,8 @@ pub enum Kind {
     Authorizer,
     Rule,
     RuleDestination,
+    Job,
+    JobTemplate,
 }
 
 impl Kind {
@@ -33,6 +35,8 @@ impl Kind {
             Kind::Authorizer => "authorizer/",
             Kind::Rule => "rule/",
             Kind::RuleDestination => "ruledestination/http/",
+            Kind::Job => "job/",
+            Kind::JobTemplate => "jobtemplate/",
         }
     }
 }

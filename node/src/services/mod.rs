@@ -8,7 +8,6 @@
 //! [`Services::start`] registers its topics and starts its background tasks under the
 //! supervisor, and [`Services::stop`] lets it go before the store closes.
 
-#[cfg(not(madsim))]
 pub mod arn;
 #[cfg(not(madsim))]
 pub mod authorizers;
@@ -16,8 +15,8 @@ pub mod authorizers;
 pub mod certs;
 #[cfg(not(madsim))]
 pub mod credentials;
-#[cfg(not(madsim))]
 pub mod error;
+pub mod jobs;
 #[cfg(not(madsim))]
 pub mod links;
 #[cfg(not(madsim))]

@@ -52,6 +52,21 @@ pub const RULE_DESTINATIONS: &str = "rule-destination/";
 /// Both of the above: what the rules engine follows.
 pub const RULES_AND_DESTINATIONS: &str = "rule";
 /// The cluster's generated access keys.
+/// `job/{id}`: a job (`services::jobs`).
+pub const JOBS: &str = "job/";
+/// `job-targets/{id}`: the things a job was created for, resolved once (a snapshot job's
+/// groups as they were then).
+pub const JOB_TARGETS: &str = "job-targets/";
+/// `job-exec/{thing}/{job}`: a thing's execution of a job.
+pub const JOB_EXECUTIONS: &str = "job-exec/";
+/// `job-things/{job}/{thing}`: the status of each execution of a job, kept with it.
+pub const JOB_THINGS: &str = "job-things/";
+/// `job-timer/{deadline ms, 13 digits}/{thing}/{job}`: when an execution times out, kept with it.
+pub const JOB_TIMERS: &str = "job-timer/";
+/// `job-template/{id}`.
+pub const JOB_TEMPLATES: &str = "job-template/";
+/// Which kinds of event the account publishes (UpdateEventConfigurations).
+pub const EVENT_CONFIGURATIONS: &str = "aws/event-configurations";
 pub const CREDENTIALS: &str = "aws/credentials/halyard";
 /// The cluster's own CA.
 pub const OWN_CA: &str = "aws/ca/halyard";
@@ -180,6 +195,50 @@ pub fn rule(name: &str) -> String {
 
 pub fn rule_destination(id: &str) -> String {
     joined(&[RULE_DESTINATIONS, id])
+}
+
+pub fn job(id: &str) -> String {
+    joined(&[JOBS, id])
+}
+
+pub fn job_targets(id: &str) -> String {
+    joined(&[JOB_TARGETS, id])
+}
+
+pub fn job_execution(thing: &str, job: &str) -> String {
+    joined(&[JOB_EXECUTIONS, thing, "/", job])
+}
+
+/// The executions of `thing`.
+pub fn job_executions_of_thing(thing: &str) -> String {
+    joined(&[JOB_EXECUTIONS, thing, "/"])
+}
+
+pub fn job_thing(job: &str, thing: &str) -> String {
+    joined(&[JOB_THINGS, job, "/", thing])
+}
+
+/// The executions of `job`, by thing.
+pub fn job_things(job: &str) -> String {
+    joined(&[JOB_THINGS, job, "/"])
+}
+
+pub fn job_timer(deadline_ms: u64, thing: &str, job: &str) -> String {
+    let mut key = String::from(JOB_TIMERS);
+    let _ = write!(key, "{deadline_ms:013}/{thing}/{job}");
+    key
+}
+
+/// The thing and job of a timer key.
+pub fn parse_job_timer(key: &str) -> Option<(u64, &str, &str)> {
+    let rest = key.strip_prefix(JOB_TIMERS)?;
+    let (deadline, rest) = rest.split_once('/')?;
+    let (thing, job) = rest.split_once('/')?;
+    Some((deadline.parse().ok()?, thing, job))
+}
+
+pub fn job_template(id: &str) -> String {
+    joined(&[JOB_TEMPLATES, id])
 }
 
 pub fn thing_group(name: &str) -> String {

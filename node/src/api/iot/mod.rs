@@ -5,6 +5,7 @@
 mod authorizers;
 mod certificates;
 mod groups;
+mod jobs;
 mod policies;
 mod rules;
 mod things;
@@ -19,6 +20,7 @@ use crate::admission::custom_auth::CustomAuth;
 use crate::config::AwsConfig;
 use crate::services::authorizers::Authorizers;
 use crate::services::certs::Certificates;
+use crate::services::jobs::Jobs;
 use crate::services::policies::Policies;
 use crate::services::registry::Registry;
 use crate::services::rules::Rules;
@@ -32,6 +34,7 @@ pub struct ControlPlane {
     pub policies: Policies,
     pub authorizers: Authorizers,
     pub rules: Rules,
+    pub jobs: Jobs,
     pub custom: Arc<CustomAuth>,
     pub config: AwsConfig,
 }
@@ -78,6 +81,60 @@ impl ControlPlane {
         let method = request.method.as_str();
         match (method, segments.as_slice()) {
             ("GET", ["things"]) => ("ListThings", self.list_things(request).await),
+            ("PUT", ["jobs", id]) => ("CreateJob", self.create_job(id, request).await),
+            ("GET", ["jobs"]) => ("ListJobs", self.list_jobs(request).await),
+            ("GET", ["jobs", id]) => ("DescribeJob", self.describe_job(id).await),
+            ("PATCH", ["jobs", id]) => ("UpdateJob", self.update_job(id, request).await),
+            ("DELETE", ["jobs", id]) => ("DeleteJob", self.delete_job(id, request).await),
+            ("PUT", ["jobs", id, "cancel"]) => ("CancelJob", self.cancel_job(id, request).await),
+            ("GET", ["jobs", id, "job-document"]) => {
+                ("GetJobDocument", self.get_job_document(id).await)
+            }
+            ("POST", ["jobs", id, "targets"]) => (
+                "AssociateTargetsWithJob",
+                self.associate_targets(id, request).await,
+            ),
+            ("GET", ["jobs", id, "things"]) => (
+                "ListJobExecutionsForJob",
+                self.list_job_executions_for_job(id, request).await,
+            ),
+            ("GET", ["things", thing, "jobs"]) => (
+                "ListJobExecutionsForThing",
+                self.list_job_executions_for_thing(thing, request).await,
+            ),
+            ("GET", ["things", thing, "jobs", job]) => (
+                "DescribeJobExecution",
+                self.describe_job_execution(thing, job, request).await,
+            ),
+            ("PUT", ["things", thing, "jobs", job, "cancel"]) => (
+                "CancelJobExecution",
+                self.cancel_job_execution(thing, job, request).await,
+            ),
+            ("DELETE", ["things", thing, "jobs", job, "executionNumber", number]) => (
+                "DeleteJobExecution",
+                self.delete_job_execution(thing, job, number, request).await,
+            ),
+            ("PUT", ["job-templates", id]) => (
+                "CreateJobTemplate",
+                self.create_job_template(id, request).await,
+            ),
+            ("GET", ["job-templates"]) => {
+                ("ListJobTemplates", self.list_job_templates(request).await)
+            }
+            ("GET", ["job-templates", id]) => {
+                ("DescribeJobTemplate", self.describe_job_template(id).await)
+            }
+            ("DELETE", ["job-templates", id]) => {
+                ("DeleteJobTemplate", self.delete_job_template(id).await)
+            }
+            ("GET", ["event-configurations"]) => (
+                "DescribeEventConfigurations",
+                self.describe_event_configurations().await,
+            ),
+            ("PATCH", ["event-configurations"]) => (
+                "UpdateEventConfigurations",
+                self.update_event_configurations(request).await,
+            ),
             ("POST", ["things", name]) => ("CreateThing", self.create_thing(name, request).await),
             ("GET", ["things", name]) => ("DescribeThing", self.describe_thing(name).await),
             ("PATCH", ["things", name]) => ("UpdateThing", self.update_thing(name, request).await),

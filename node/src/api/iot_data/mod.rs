@@ -2,6 +2,7 @@
 //! operations and the retained-message reads, for administrators (SigV4) and for devices (a
 //! client certificate or a custom authorizer, within their policies).
 
+mod jobs;
 mod publish;
 mod retained;
 mod shadows;
@@ -14,12 +15,16 @@ use super::error::AwsError;
 use super::request::ApiRequest;
 use crate::auth::permissions::{Access, Action};
 use crate::broker::Broker;
+use crate::services::jobs::Jobs;
 use crate::services::shadow::service::ShadowService;
 
 type ApiResult = Result<Value, AwsError>;
 
 /// Signing names that reach the device data plane.
 pub const SIGNING_NAMES: [&str; 2] = ["iotdata", "iotdevicegateway"];
+/// The signing name of the jobs data plane, whose paths (`/things/{thing}/jobs/...`) the
+/// control plane also has.
+pub const JOBS_SIGNING_NAME: &str = "iot-jobs-data";
 
 /// How an HTTP caller of the data plane was authenticated.
 pub enum Caller {
@@ -42,6 +47,7 @@ impl Caller {
 pub struct DataPlane {
     pub broker: Broker,
     pub shadows: ShadowService,
+    pub jobs: Jobs,
 }
 
 impl DataPlane {
@@ -69,6 +75,24 @@ impl DataPlane {
             ("DELETE", ["things", thing, "shadow"]) => (
                 "DeleteThingShadow",
                 self.delete_thing_shadow(thing, request, caller).await,
+            ),
+            ("GET", ["things", thing, "jobs"]) => (
+                "GetPendingJobExecutions",
+                self.get_pending_job_executions(thing, caller).await,
+            ),
+            ("PUT", ["things", thing, "jobs", "$next"]) => (
+                "StartNextPendingJobExecution",
+                self.start_next_pending_job_execution(thing, request, caller)
+                    .await,
+            ),
+            ("GET", ["things", thing, "jobs", job]) => (
+                "DescribeJobExecution",
+                self.describe_job_execution(thing, job, request, caller)
+                    .await,
+            ),
+            ("POST", ["things", thing, "jobs", job]) => (
+                "UpdateJobExecution",
+                self.update_job_execution(thing, job, request, caller).await,
             ),
             ("GET", ["retainedMessage"]) => (
                 "ListRetainedMessages",
