@@ -290,6 +290,7 @@ impl Server {
             broker: &broker,
             store: &store,
             registry: &registry,
+            shutdown: &watch_rx,
         };
         let shadows = Arc::new(ShadowService::build(&context, config.shadow.clone())?);
         let jobs = Arc::new(crate::services::jobs::Jobs::build(

@@ -194,12 +194,13 @@ impl Broker {
         durable && handoffs.iter().all(Handoff::settled)
     }
 
-    /// Whether a message on `topic` would reach anyone (a service, a tap or a subscriber): a
-    /// message nobody takes need not be built.
+    /// Whether a message on `topic` would reach anyone (a service, a tap, a subscriber here
+    /// or on another node): a message nobody takes need not be built.
     pub fn wants(&self, topic: &str) -> bool {
         self.answering(topic).next().is_some()
             || self.inner.taps.read().has_match(topic)
             || self.inner.trie.read().has_match(topic)
+            || self.remote().is_some_and(|r| r.reaches(topic))
     }
 
     /// Adds a service that answers requests published on its topics, for as long as the

@@ -50,6 +50,10 @@ pub trait Remote: Send + Sync + 'static {
     /// its session go (deleting the stored one too when `clean_start`). Must not block.
     fn connecting(&self, client_id: &str, clean_start: bool, claimed_at: u64);
 
+    /// Whether another node has a subscription matching `topic`: a message published here
+    /// would reach someone there.
+    fn reaches(&self, topic: &str) -> bool;
+
     /// Whether another node has a member of share group `key`: a message this node's only
     /// members cannot take now (offline) goes to it instead.
     fn has_share_member(&self, key: GroupKey<'_>) -> bool;

@@ -1360,6 +1360,14 @@ impl Remote for DataPlane {
         self.local.lock().barrier(waker)
     }
 
+    fn reaches(&self, topic: &str) -> bool {
+        let mut direct = Vec::new();
+        let mut shared = Vec::new();
+        let routes = self.remote.read();
+        routes.matches(topic, &mut direct, &mut shared);
+        !direct.is_empty() || !shared.is_empty()
+    }
+
     fn forward(
         &self,
         message: &Arc<Message>,

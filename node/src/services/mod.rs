@@ -42,6 +42,8 @@ pub struct ServiceContext<'a> {
     pub broker: &'a Broker,
     pub store: &'a Store,
     pub registry: &'a Registry,
+    /// Becomes true when the node stops: background tasks end then.
+    pub shutdown: &'a tokio::sync::watch::Receiver<bool>,
 }
 
 /// One service's life on a node.

@@ -134,7 +134,8 @@ struct Driver {
 pub async fn run(jobs: Jobs) {
     let dirty = Arc::new(Mutex::new(HashSet::new()));
     let groups_changed = Arc::new(Mutex::new(true));
-    tokio::spawn(follow(
+    let mut shutdown = jobs.inner().shutdown.clone();
+    let follower = tokio::spawn(follow(
         jobs.clone(),
         Arc::clone(&dirty),
         Arc::clone(&groups_changed),
@@ -152,7 +153,7 @@ pub async fn run(jobs: Jobs) {
         let leading = store.status().leader == Some(store.id());
         driver.jobs.inner().metrics.driving.set(i64::from(leading));
         let mut sleep = IDLE;
-        if leading {
+        if leading && !*shutdown.borrow() {
             match driver.round().await {
                 Ok(next) => sleep = next.min(IDLE),
                 Err(e) => tracing::debug!(error = %e, "jobs driver round failed"),
@@ -160,12 +161,17 @@ pub async fn run(jobs: Jobs) {
         } else {
             driver.last_full_scan = None;
         }
+        if *shutdown.borrow() {
+            break;
+        }
         let wake = &driver.jobs.inner().driver_wake;
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = wake.notified() => {}
+            _ = shutdown.changed() => {}
         }
     }
+    follower.abort();
 }
 
 /// Marks jobs whose executions change, and notes group membership changes, from the store.

@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     metrics: JobsMetrics,
     /// Wakes this node's driver when an operation here left it work.
     driver_wake: tokio::sync::Notify,
+    /// Becomes true when the node stops.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The jobs service of one node; cheap to clone.
@@ -61,10 +63,17 @@ impl Jobs {
             context.broker.clone(),
             arns,
             JobsMetrics::new(context.registry)?,
+            context.shutdown.clone(),
         ))
     }
 
-    pub fn new(store: Store, broker: Broker, arns: Arns, metrics: JobsMetrics) -> Self {
+    pub fn new(
+        store: Store,
+        broker: Broker,
+        arns: Arns,
+        metrics: JobsMetrics,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         let store = JobStore::new(store);
         let notifier = Notifier::new(broker.clone(), store.clone(), arns.clone());
         Self {
@@ -75,6 +84,7 @@ impl Jobs {
                 notifier,
                 metrics,
                 driver_wake: tokio::sync::Notify::new(),
+                shutdown,
             }),
         }
     }
