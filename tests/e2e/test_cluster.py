@@ -5,7 +5,9 @@ client lost on one node reaches subscribers on another, a share group with membe
 nodes gets each message once, a message acknowledged to its publisher survives `kill -9` of
 the publisher's node, a persistent subscriber whose node is killed resumes on another node
 with every acknowledged message, and a node cut off from the other two refuses what it cannot
-store instead of acknowledging it, and serves again once the others are back. The Grafana
+store instead of acknowledging it, and serves again once the others are back; a job created
+on one node reaches a device on another, and its execution's step timer fires after the
+node that was driving it dies. The Grafana
 dashboards and the alerting rules query only metrics that such a cluster exports."""
 
 from __future__ import annotations
@@ -392,6 +394,60 @@ def test_a_node_cut_off_from_the_others_refuses_what_it_cannot_store_and_serves_
     keeper.disconnect()
     watcher.disconnect()
     publisher.disconnect()
+
+
+def test_a_job_reaches_devices_on_every_node_and_its_timer_survives_the_leaders_death(
+    cluster: Cluster,
+) -> None:
+    status = json.loads(cluster.brokers[0].http_get("/cluster/status")[1])
+    leader_id = int(status["leader"])
+    leader = cluster.brokers[leader_id - 1]
+    api_node, device_node = (b for b in cluster.brokers if b is not leader)
+    key, secret = aws.keys(api_node)
+    iot = aws.client(api_node, key, secret)
+    jobs_data = aws.client(api_node, key, secret, service="iot-jobs-data")
+    for thing in ("far", "near"):
+        iot.create_thing(thingName=thing)
+    watcher = _client(device_node, "far-watcher")
+    # The SUBACK waits until every peer has the route (the route barrier).
+    watcher.subscribe("$aws/things/far/jobs/notify-next", 1)
+
+    arn = "arn:aws:iot:us-east-1:000000000000:thing"
+    iot.create_job(jobId="cluster-job", targets=[f"{arn}/far", f"{arn}/near"], document='{"run":1}')
+    queued = json.loads(watcher.expect().payload)
+    assert queued["execution"]["jobId"] == "cluster-job"
+
+    device = _client(device_node, "far")
+    device.publish("$aws/things/far/jobs/start-next",
+                   json.dumps({"stepTimeoutInMinutes": 1, "clientToken": "s"}).encode(), qos=1)
+    started = json.loads(device.expect().payload)
+    assert started["execution"]["status"] == "IN_PROGRESS" and started["clientToken"] == "s"
+    jobs_data.update_job_execution(thingName="near", jobId="cluster-job", status="SUCCEEDED")
+
+    # The node driving the job's timers dies; the step timer lives in the store, and the
+    # next leader fires it.
+    leader.process.kill()
+    leader.process.wait()
+    try:
+        _wait_for(
+            "the execution to time out under the new leader",
+            lambda: iot.describe_job_execution(jobId="cluster-job", thingName="far")[
+                "execution"]["status"] == "TIMED_OUT",
+            timeout=120,
+        )
+        assert "execution" not in json.loads(watcher.expect(timeout=10).payload)
+        _wait_for(
+            "the job to complete",
+            lambda: iot.describe_job(jobId="cluster-job")["job"]["status"] == "COMPLETED",
+            timeout=20,
+        )
+        details = iot.describe_job(jobId="cluster-job")["job"]["jobProcessDetails"]
+        assert details["numberOfSucceededThings"] == 1 and details["numberOfTimedOutThings"] == 1
+        assert sum(v for k, v in details.items() if k.startswith("numberOf")) == 2
+    finally:
+        cluster.relaunch(leader_id)
+    watcher.disconnect()
+    device.disconnect()
 
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
