@@ -65,6 +65,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     tasks: Supervisor,
     services: Services,
+    jobs: Arc<crate::services::jobs::Jobs>,
     drain: Arc<crate::drain::Drain>,
     /// The other nodes as the broker sees them; held here, the broker holds it weakly.
     _remote: Option<Arc<dyn Remote>>,
@@ -459,6 +460,7 @@ impl Server {
             shutdown,
             tasks,
             services,
+            jobs,
             drain,
             _remote: remote,
         })
@@ -495,6 +497,11 @@ impl Server {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The jobs service of this node.
+    pub fn jobs(&self) -> &crate::services::jobs::Jobs {
+        &self.jobs
     }
 
     pub fn registry(&self) -> &Arc<Registry> {

@@ -112,11 +112,11 @@ struct Host {
 }
 
 /// The broker nodes.
-struct Brokers {
+pub(crate) struct Brokers {
     hosts: BTreeMap<NodeId, Host>,
-    servers: Arc<Mutex<BTreeMap<NodeId, Arc<Server>>>>,
+    pub(crate) servers: Arc<Mutex<BTreeMap<NodeId, Arc<Server>>>>,
     planes: Planes,
-    ids: Vec<NodeId>,
+    pub(crate) ids: Vec<NodeId>,
 }
 
 pub async fn run() -> String {
@@ -391,7 +391,7 @@ fn random_node(ids: &[NodeId]) -> NodeId {
 }
 
 impl Brokers {
-    fn start(nodes: u64, dir: &std::path::Path) -> Self {
+    pub(crate) fn start(nodes: u64, dir: &std::path::Path) -> Self {
         let ids: Vec<NodeId> = (1..=nodes).collect();
         let members = ids
             .iter()
@@ -450,7 +450,7 @@ impl Brokers {
     }
 
     /// Waits until every node has started and the store has a leader.
-    async fn wait_until_serving(&self, limit: Duration) {
+    pub(crate) async fn wait_until_serving(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let servers = self.servers.lock().clone();
@@ -494,7 +494,7 @@ impl Brokers {
         queued
     }
 
-    fn kill(&self, id: NodeId) {
+    pub(crate) fn kill(&self, id: NodeId) {
         self.forget(id);
         if let Some(host) = self.hosts.get(&id) {
             Handle::current().kill(host.handle.id());
@@ -503,7 +503,7 @@ impl Brokers {
     }
 
     /// Starts the node's next life; a live one is killed first (its sockets closed with it).
-    fn restart(&self, id: NodeId) {
+    pub(crate) fn restart(&self, id: NodeId) {
         self.forget(id);
         if let Some(host) = self.hosts.get(&id) {
             Handle::current().kill(host.handle.id());
@@ -517,7 +517,7 @@ impl Brokers {
         self.planes.lock().remove(&id);
     }
 
-    fn partition(&self, side: &[NodeId]) {
+    pub(crate) fn partition(&self, side: &[NodeId]) {
         let net = madsim::net::NetSim::current();
         for a in side {
             for b in self.ids.iter().filter(|b| !side.contains(b)) {
@@ -529,7 +529,7 @@ impl Brokers {
         }
     }
 
-    fn heal(&self) {
+    pub(crate) fn heal(&self) {
         let net = madsim::net::NetSim::current();
         for a in self.hosts.values() {
             for b in self.hosts.values() {
@@ -540,7 +540,7 @@ impl Brokers {
         }
     }
 
-    fn leader(&self) -> Option<NodeId> {
+    pub(crate) fn leader(&self) -> Option<NodeId> {
         self.servers
             .lock()
             .iter()

@@ -8,6 +8,7 @@ pub mod checker;
 pub mod cluster;
 pub mod cluster_broker_scenario;
 pub mod harness;
+pub mod jobs_scenario;
 pub mod links;
 pub mod mqtt_client;
 pub mod operator_scenario;

@@ -4,13 +4,15 @@
 
 use halyard_sim_tests::harness::{assert_replays_identically, run_seeds};
 use halyard_sim_tests::{
-    broker_scenario, cluster_broker_scenario, operator_scenario, shadow_scenario, store_scenario,
+    broker_scenario, cluster_broker_scenario, jobs_scenario, operator_scenario, shadow_scenario,
+    store_scenario,
 };
 
 const STORE: &str = "store_stays_linearizable_and_loses_nothing_under_faults";
 const BROKER: &str = "broker_loses_no_acknowledged_message_across_restarts";
 const CLUSTER: &str = "brokers_act_as_one_and_lose_no_acknowledged_message_under_faults";
 const SHADOW: &str = "shadow_updates_are_never_lost_or_applied_twice_under_faults";
+const JOBS: &str = "job_executions_end_once_and_rollouts_keep_their_rate_under_faults";
 const OPERATOR: &str = "the_operator_scales_and_upgrades_real_nodes_losing_nothing";
 
 #[test]
@@ -34,6 +36,11 @@ fn shadow_updates_are_never_lost_or_applied_twice_under_faults() {
 }
 
 #[test]
+fn job_executions_end_once_and_rollouts_keep_their_rate_under_faults() {
+    run_seeds(JOBS, 4, jobs_scenario::run);
+}
+
+#[test]
 fn the_operator_scales_and_upgrades_real_nodes_losing_nothing() {
     run_seeds(OPERATOR, 5, operator_scenario::run);
 }
@@ -47,5 +54,6 @@ fn the_same_seed_replays_the_same_run() {
     assert_replays_identically(STORE, &[11, 12, 13], scratch.path());
     assert_replays_identically(BROKER, &[11, 12], scratch.path());
     assert_replays_identically(SHADOW, &[11], scratch.path());
+    assert_replays_identically(JOBS, &[11], scratch.path());
     assert_replays_identically(OPERATOR, &[11], scratch.path());
 }
