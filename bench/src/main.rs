@@ -36,6 +36,29 @@ enum Command {
     Shadow(ShadowArgs),
     /// 1:1 traffic at a fixed rate, alone and then during a subscribe storm; the p99 of each.
     Storm(StormArgs),
+    /// Devices running the jobs sample flow (start-next, update SUCCEEDED) on the jobs they
+    /// are sent.
+    Jobs(JobsArgs),
+}
+
+#[derive(Args)]
+struct JobsArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Devices online, things `{thing_prefix}{n}`.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    #[arg(long, default_value = "dev-")]
+    thing_prefix: String,
+    /// Executions each device completes.
+    #[arg(long, default_value_t = 1)]
+    executions: u64,
+    /// The longest the devices run, in seconds.
+    #[arg(long, default_value_t = 300.0)]
+    duration: f64,
+    /// A file written once every device is connected and subscribed.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -446,6 +469,19 @@ fn run() -> anyhow::Result<()> {
                     report.p50_ms,
                     report.p99_ms
                 );
+                emit(&report, a.target.json.as_ref())
+            }
+            Command::Jobs(a) => {
+                let opts = halyard_bench::jobs::JobsOptions {
+                    target: resolve(&a.target)?,
+                    devices: a.devices,
+                    thing_prefix: a.thing_prefix,
+                    executions: a.executions,
+                    duration: Duration::from_secs_f64(a.duration.max(1.0)),
+                    ready_file: a.ready_file,
+                };
+                let report = halyard_bench::jobs::run(opts).await?;
+                eprintln!("{}", halyard_bench::jobs::summary(&report));
                 emit(&report, a.target.json.as_ref())
             }
             Command::Shadow(a) => {
