@@ -191,6 +191,7 @@ pub async fn run() -> String {
         let server = some_jobs(&brokers).await;
         let resolved = Resolved {
             things: things.clone(),
+            named: things.clone(),
             groups: Vec::new(),
         };
         match call(server.jobs().create_job(JOB, spec.clone(), resolved)).await {

@@ -510,6 +510,8 @@ def test_failures_are_retried_and_too_many_abort_the_job(broker: Broker, iot: An
     # Out of retries, d0 and d1 fail for good: 2 of 2 executed things failed, over 50%.
     data.update_job_execution(thingName="d0", jobId="risky", status="FAILED", executionNumber=2)
     data.update_job_execution(thingName="d1", jobId="risky", status="FAILED")
+    wait_until("d1 retried", lambda: iot.describe_job_execution(
+        jobId="risky", thingName="d1")["execution"]["executionNumber"] == 2)
     data.update_job_execution(thingName="d1", jobId="risky", status="FAILED", executionNumber=2)
     wait_until("the job aborted", lambda: iot.describe_job(jobId="risky")["job"]["status"] == "CANCELED")
     wait_until("queued executions canceled", lambda: _counts(iot, "risky")["numberOfCanceledThings"] == 4)
@@ -544,8 +546,17 @@ def test_a_continuous_job_reaches_things_added_to_its_group_later(broker: Broker
     iot.add_thing_to_thing_group(thingGroupName="fleet", thingName="late")
     wait_until("late queued", lambda: _counts(iot, "always")["numberOfQueuedThings"] == 2)
     _jobs_data(broker).update_job_execution(thingName="early", jobId="always", status="SUCCEEDED")
+    # A thing that leaves the group has its pending execution REMOVED.
+    iot.remove_thing_from_thing_group(thingGroupName="fleet", thingName="late")
+    wait_until("late removed", lambda: iot.describe_job_execution(
+        jobId="always", thingName="late")["execution"]["status"] == "REMOVED")
     time.sleep(1.0)
     assert iot.describe_job(jobId="always")["job"]["status"] == "IN_PROGRESS", "continuous jobs never complete"
+    # Back in the group, it runs the job again.
+    iot.add_thing_to_thing_group(thingGroupName="fleet", thingName="late")
+    wait_until("late queued again", lambda: iot.describe_job_execution(
+        jobId="always", thingName="late")["execution"]["status"] == "QUEUED")
+    assert iot.describe_job_execution(jobId="always", thingName="late")["execution"]["executionNumber"] == 2
 
 
 def test_job_events_are_published_once_enabled(broker: Broker, iot: Any, mqtt_client: MakeClient) -> None:

@@ -45,6 +45,7 @@ impl ControlPlane {
                     return Err(AwsError::not_found(format!("Thing {thing} does not exist")));
                 }
                 resolved.things.push(thing.to_owned());
+                resolved.named.push(thing.to_owned());
             } else if let Some(group) = arns.name(Kind::ThingGroup, target) {
                 let mut page = Page::first(1000);
                 loop {

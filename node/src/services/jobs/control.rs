@@ -76,6 +76,9 @@ pub struct TemplateSpec {
 pub struct Resolved {
     /// Every thing to run the job on (those named, and the members of the groups named).
     pub things: Vec<String>,
+    /// The things named themselves: what a continuous job keeps besides its groups, whose
+    /// members it follows as they change.
+    pub named: Vec<String>,
     /// The thing groups named.
     pub groups: Vec<String>,
 }
@@ -326,7 +329,10 @@ impl Jobs {
             },
             pending_cancel: false,
         };
-        let mut things = resolved.things;
+        let mut things = match job.target_selection {
+            TargetSelection::Continuous => resolved.named,
+            TargetSelection::Snapshot => resolved.things,
+        };
         things.sort();
         things.dedup();
         if !self.inner.store.create_job(&job, &things).await? {
@@ -577,8 +583,11 @@ impl Jobs {
             // New things go after the old ones, where the rollout's cursor has yet to reach.
             let mut things = self.inner.store.targets(id).await?;
             let known: std::collections::HashSet<String> = things.iter().cloned().collect();
-            let mut added: Vec<String> = resolved
-                .things
+            let new_things = match job.target_selection {
+                TargetSelection::Continuous => &resolved.named,
+                TargetSelection::Snapshot => &resolved.things,
+            };
+            let mut added: Vec<String> = new_things
                 .iter()
                 .filter(|t| !known.contains(*t))
                 .cloned()

@@ -436,13 +436,14 @@ impl Driver {
         Ok(targets)
     }
 
-    /// A continuous job's things without an execution (or whose execution was REMOVED):
-    /// those named, and the members of its groups now.
+    /// A continuous job's things without an execution (or whose execution was REMOVED), and
+    /// those with a pending execution that are no longer its targets: the things it names,
+    /// and the members of its groups now.
     async fn continuous_candidates(
         &mut self,
         job: &JobRecord,
         statuses: &[(String, ExecutionStatus)],
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, Vec<String>)> {
         let mut wanted: Vec<String> = self.targets(job).await?.as_ref().clone();
         for group in &job.target_groups {
             wanted.extend(self.members(group).await?);
@@ -454,10 +455,43 @@ impl Driver {
             .filter(|(_, s)| *s != ExecutionStatus::Removed)
             .map(|(t, _)| t.as_str())
             .collect();
-        Ok(wanted
+        let departed = statuses
+            .iter()
+            .filter(|(t, s)| !s.is_terminal() && wanted.binary_search(t).is_err())
+            .map(|(t, _)| t.clone())
+            .collect();
+        let candidates = wanted
             .into_iter()
             .filter(|t| !has.contains(t.as_str()))
-            .collect())
+            .collect();
+        Ok((candidates, departed))
+    }
+
+    /// Executions of things that left a continuous job's groups are REMOVED.
+    async fn remove_departed(&self, job: &JobRecord, departed: &[String]) -> Result<()> {
+        let now = epoch_millis();
+        for thing in departed.iter().take(BATCH) {
+            let Some(current) = self
+                .store()
+                .execution(thing, &job.job_id, Consistency::Local)
+                .await?
+            else {
+                continue;
+            };
+            if current.value.status.is_terminal() {
+                continue;
+            }
+            let removed = execution::finish(&current.value, ExecutionStatus::Removed, now);
+            if self
+                .store()
+                .write_execution(Some(&current), &removed, Vec::new())
+                .await?
+            {
+                self.jobs.inner().metrics.transition(removed.status.name());
+                self.notify(&removed, Some(&current.value)).await;
+            }
+        }
+        Ok(())
     }
 
     /// The things of `group` and of the groups under it.
@@ -502,7 +536,11 @@ impl Driver {
             let Some(statuses) = statuses else {
                 return Ok(None);
             };
-            (self.continuous_candidates(job, statuses).await?, 0)
+            let (candidates, departed) = self.continuous_candidates(job, statuses).await?;
+            if !departed.is_empty() {
+                self.remove_departed(job, &departed).await?;
+            }
+            (candidates, 0)
         } else {
             let targets = self.targets(job).await?;
             let from = job.rollout.cursor.min(targets.len());
