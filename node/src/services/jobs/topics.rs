@@ -119,15 +119,16 @@ struct Fields {
 }
 
 impl Fields {
-    fn parse(payload: &[u8]) -> Result<Self, JobsError> {
+    /// The request's JSON object; none when the payload is not UTF-8 JSON of an object
+    /// (AWS's `InvalidJson`). An empty payload is an empty request.
+    fn parse(payload: &[u8]) -> Option<Self> {
         if payload.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self { object: Map::new() });
+            return Some(Self { object: Map::new() });
         }
-        let text = std::str::from_utf8(payload)
-            .map_err(|_| JobsError::InvalidRequest("__InvalidJson".into()))?;
+        let text = std::str::from_utf8(payload).ok()?;
         match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(object)) => Ok(Self { object }),
-            _ => Err(JobsError::InvalidRequest("__InvalidJson".into())),
+            Ok(Value::Object(object)) => Some(Self { object }),
+            _ => None,
         }
     }
 
@@ -210,9 +211,7 @@ impl JobTopics {
         if let Some(waiting) = queues.get_mut(&thing) {
             if waiting.len() >= MAX_QUEUED {
                 drop(queues);
-                let token = Fields::parse(&job.payload)
-                    .ok()
-                    .and_then(|f| f.client_token());
+                let token = Fields::parse(&job.payload).and_then(|f| f.client_token());
                 let error = JobsError::LimitExceeded("Too many requests for this thing".into());
                 return self.answer(
                     &job,
@@ -255,8 +254,8 @@ impl JobTopics {
             return;
         };
         let fields = match Fields::parse(&job.payload) {
-            Ok(fields) => fields,
-            Err(_) => {
+            Some(fields) => fields,
+            None => {
                 let error = JobsError::InvalidRequest("Request payload is not valid JSON".into());
                 return self.answer_code(job, request.name(), "InvalidJson", error, started);
             }
@@ -429,9 +428,7 @@ impl TopicService for JobTopics {
                         requester: request.requester.clone(),
                         in_flight: None,
                     };
-                    let token = Fields::parse(&request.payload)
-                        .ok()
-                        .and_then(|f| f.client_token());
+                    let token = Fields::parse(&request.payload).and_then(|f| f.client_token());
                     let error = JobsError::LimitExceeded(
                         "Too many jobs requests in flight on this connection".into(),
                     );
