@@ -589,3 +589,24 @@ def test_job_events_are_published_once_enabled(broker: Broker, iot: Any, mqtt_cl
     assert completed["eventType"] == "JOB" and completed["status"] == "COMPLETED"
     assert completed["jobProcessDetails"]["numberOfSucceededThings"] == 1
     assert completed["createdAt"] > 10**12, "milliseconds"
+
+
+def test_a_rollout_waits_for_its_maintenance_window(broker: Broker, iot: Any) -> None:
+    _things(iot, "w1")
+    with pytest.raises(iot.exceptions.InvalidRequestException) as bad:
+        iot.create_job(jobId="bad-window", targets=[f"{THING_ARN}/w1"], document="{}",
+                       schedulingConfig={"maintenanceWindows": [
+                           {"startTime": "cron(0 0 * * * *)", "durationInMinutes": 60}]})
+    assert "maintenanceWindows" in aws.error(bad)[2]
+    # A window far in the future: nothing rolls out now.
+    iot.create_job(jobId="later", targets=[f"{THING_ARN}/w1"], document="{}",
+                   schedulingConfig={"maintenanceWindows": [
+                       {"startTime": "cron(0 0 1 JAN ? 2090)", "durationInMinutes": 60}]})
+    # Every minute of every day: open now.
+    iot.create_job(jobId="now", targets=[f"{THING_ARN}/w1"], document="{}",
+                   schedulingConfig={"maintenanceWindows": [
+                       {"startTime": "cron(* * ? * * *)", "durationInMinutes": 1}]})
+    wait_until("the open window's job queued", lambda: _counts(iot, "now")["numberOfQueuedThings"] == 1)
+    assert sum(_counts(iot, "later").values()) == 0
+    window = iot.describe_job(jobId="later")["job"]["schedulingConfig"]["maintenanceWindows"][0]
+    assert window == {"startTime": "cron(0 0 1 JAN ? 2090)", "durationInMinutes": 60}

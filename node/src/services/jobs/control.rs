@@ -859,6 +859,7 @@ impl Jobs {
             }
             _ => {}
         }
+        super::schedule::check_windows(&template.maintenance_windows)?;
         check_configs(
             template.job_executions_rollout_config.as_ref(),
             template.abort_config.as_ref(),
@@ -960,13 +961,7 @@ fn schedule_times(schedule: &SchedulingConfig, now: u64) -> Result<(Option<u64>,
             "schedulingConfig.endTime must be at least 30 minutes after the start",
         ));
     }
-    for window in &schedule.maintenance_windows {
-        if !(1..=1430).contains(&window.duration_in_minutes) {
-            return Err(JobsError::invalid(
-                "maintenanceWindows durationInMinutes must be between 1 and 1430",
-            ));
-        }
-    }
+    super::schedule::check_windows(&schedule.maintenance_windows)?;
     Ok((start, end))
 }
 

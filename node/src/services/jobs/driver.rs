@@ -531,6 +531,14 @@ impl Driver {
         job: &JobRecord,
         statuses: Option<&[(String, ExecutionStatus)]>,
     ) -> Result<Option<Duration>> {
+        let windows = job
+            .scheduling_config
+            .as_ref()
+            .map_or(&[][..], |s| s.maintenance_windows.as_slice());
+        if !super::schedule::inside(windows, epoch_millis()) {
+            // Outside its maintenance windows a rollout waits; looked at again each minute.
+            return Ok(Some(Duration::from_secs(60)));
+        }
         let continuous = job.target_selection == TargetSelection::Continuous;
         let (candidates, from) = if continuous {
             let Some(statuses) = statuses else {

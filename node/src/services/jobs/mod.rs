@@ -6,6 +6,7 @@
 //! - `control`: the control plane's operations (CreateJob ... DeleteJobExecution, templates);
 //! - `device`: the device's four operations, over MQTT (`topics`) and HTTP (`iot-jobs-data`);
 //! - `notify`: `notify`, `notify-next` and the job events, from whichever node made a change;
+//! - `schedule`: maintenance windows (AWS's cron expressions);
 //! - `driver`: what no device asks for (rollout at its rate, timeouts, retries, aborts,
 //!   completion, cancellation and deletion of executions, schedules), run by the store's leader
 //!   and fenced by the records' revisions, so that a second driver during a leader change
@@ -18,6 +19,7 @@ pub mod error;
 pub mod execution;
 pub mod model;
 pub mod notify;
+pub mod schedule;
 pub mod store;
 pub mod topics;
 
