@@ -294,9 +294,26 @@ impl Server {
             shutdown: &watch_rx,
         };
         let shadows = Arc::new(ShadowService::build(&context, config.shadow.clone())?);
+        let presigner = config
+            .rules
+            .aws_access_key_id
+            .clone()
+            .zip(config.rules.aws_secret_access_key.clone())
+            .map(
+                |(access_key_id, secret_access_key)| crate::services::jobs::presign::Presigner {
+                    access_key_id,
+                    secret_access_key,
+                    region: config
+                        .rules
+                        .aws_region
+                        .clone()
+                        .unwrap_or_else(|| config.aws.region.clone()),
+                },
+            );
         let jobs = Arc::new(crate::services::jobs::Jobs::build(
             &context,
             crate::services::arn::Arns::new(&config.aws.region, &config.aws.account_id),
+            presigner,
         )?);
         let services = Services::start(
             vec![

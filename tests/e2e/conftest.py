@@ -7,6 +7,10 @@ cleanly on SIGTERM.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,7 @@ import pytest
 
 import aws
 from device import device_certificate, thing_policy
-from harness import Broker, Client, MakeClient, start_broker
+from harness import Broker, Client, MakeClient, free_port, start_broker
 
 
 @pytest.fixture
@@ -93,3 +97,26 @@ def lamp(iot: Any, tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
     iot.create_policy(policyName="thing-scoped", policyDocument=thing_policy())
     iot.attach_policy(policyName="thing-scoped", target=created["certificateArn"])
     return created, cert, key
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    """moto in server mode: an AWS-compatible endpoint (S3, SQS, SNS, ...) on a free port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)

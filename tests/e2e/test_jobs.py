@@ -15,12 +15,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import boto3
 import paho.mqtt.client as mqtt
 import pytest
 
 import aws
 from device import ARN, NOT_AUTHORIZED, Device, device_certificate
-from harness import Broker, Client, MakeClient, wait_until
+from harness import Broker, Client, MakeClient, running_broker, wait_until
 
 WAIT = 10.0
 THING_ARN = f"{ARN}:thing"
@@ -610,3 +611,32 @@ def test_a_rollout_waits_for_its_maintenance_window(broker: Broker, iot: Any) ->
     assert sum(_counts(iot, "later").values()) == 0
     window = iot.describe_job(jobId="later")["job"]["schedulingConfig"]["maintenanceWindows"][0]
     assert window == {"startTime": "cron(0 0 1 JAN ? 2090)", "durationInMinutes": 60}
+
+
+def test_presigned_url_placeholders_are_signed_when_a_device_gets_the_document(
+        tmp_path: Path, moto: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=moto, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="firmware")
+    s3.put_object(Bucket="firmware", Key="fw-2.bin", Body=b"firmware bytes")
+    env = {"HALYARD_RULES__AWS_ACCESS_KEY_ID": "testing", "HALYARD_RULES__AWS_SECRET_ACCESS_KEY": "testing"}
+    with running_broker(tmp_path, env) as broker:
+        key, secret = aws.keys(broker)
+        iot = aws.client(broker, key, secret)
+        data = aws.client(broker, key, secret, service="iot-jobs-data")
+        iot.create_thing(thingName="downloader")
+        document = json.dumps({"url": f"${{aws:iot:s3-presigned-url:{moto}/firmware/fw-2.bin}}"})
+        with pytest.raises(iot.exceptions.InvalidRequestException):
+            iot.create_job(jobId="dl", targets=[f"{THING_ARN}/downloader"], document=document)
+        iot.create_job(jobId="dl", targets=[f"{THING_ARN}/downloader"], document=document,
+                       presignedUrlConfig={"roleArn": "arn:aws:iam::000000000000:role/jobs",
+                                           "expiresInSec": 300})
+        wait_until("queued", lambda: data.get_pending_job_executions(thingName="downloader")["queuedJobs"])
+        started = data.start_next_pending_job_execution(thingName="downloader")["execution"]
+        url = json.loads(started["jobDocument"])["url"]
+        assert url.startswith(f"{moto}/firmware/fw-2.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256")
+        assert "X-Amz-Expires=300" in url and "X-Amz-Signature=" in url
+        with urllib.request.urlopen(url, timeout=WAIT) as response:
+            assert response.read() == b"firmware bytes"
+        # Operators see the document as they wrote it.
+        assert iot.get_job_document(jobId="dl")["document"] == document

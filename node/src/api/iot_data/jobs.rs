@@ -104,7 +104,7 @@ impl DataPlane {
             .await?;
         Ok(match started {
             Some(ForDevice { execution, job }) => {
-                json!({ "execution": execution_json(&execution, Some(&job.document)) })
+                json!({ "execution": execution_json(&execution, Some(&self.jobs.device_document(&job))) })
             }
             None => json!({}),
         })
@@ -126,8 +126,8 @@ impl DataPlane {
         let number = request.query_u64("executionNumber")?;
         let ForDevice { execution, job } =
             self.jobs.describe_for_device(thing, which, number).await?;
-        let document = include_document.then_some(job.document.as_str());
-        Ok(json!({ "execution": execution_json(&execution, document) }))
+        let document = include_document.then(|| self.jobs.device_document(&job));
+        Ok(json!({ "execution": execution_json(&execution, document.as_deref()) }))
     }
 
     pub(super) async fn update_job_execution(
@@ -176,7 +176,7 @@ impl DataPlane {
             });
         }
         if body.include_job_document {
-            answer["jobDocument"] = json!(job.document);
+            answer["jobDocument"] = json!(self.jobs.device_document(&job));
         }
         Ok(answer)
     }

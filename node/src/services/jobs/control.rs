@@ -274,6 +274,15 @@ impl Jobs {
             .clone()
             .ok_or_else(|| JobsError::invalid("One of document and documentSource is required"))?;
         check_document(&document)?;
+        match &spec.presigned_url_config {
+            Some(config) => super::presign::check_config(config)?,
+            None if super::presign::has_placeholder(&document) => {
+                return Err(JobsError::invalid(
+                    "The job document has a presigned URL placeholder: presignedUrlConfig is required",
+                ));
+            }
+            None => {}
+        }
         check_description(spec.description.as_deref())?;
         check_configs(
             spec.job_executions_rollout_config.as_ref(),

@@ -6,6 +6,7 @@
 //! - `control`: the control plane's operations (CreateJob ... DeleteJobExecution, templates);
 //! - `device`: the device's four operations, over MQTT (`topics`) and HTTP (`iot-jobs-data`);
 //! - `notify`: `notify`, `notify-next` and the job events, from whichever node made a change;
+//! - `presign`: presigned S3 URLs in job documents;
 //! - `schedule`: maintenance windows (AWS's cron expressions);
 //! - `driver`: what no device asks for (rollout at its rate, timeouts, retries, aborts,
 //!   completion, cancellation and deletion of executions, schedules), run by the store's leader
@@ -19,6 +20,7 @@ pub mod error;
 pub mod execution;
 pub mod model;
 pub mod notify;
+pub mod presign;
 pub mod schedule;
 pub mod store;
 pub mod topics;
@@ -47,6 +49,7 @@ pub(crate) struct Inner {
     driver_wake: tokio::sync::Notify,
     /// Becomes true when the node stops.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    presigner: Option<presign::Presigner>,
 }
 
 /// The jobs service of one node; cheap to clone.
@@ -59,6 +62,7 @@ impl Jobs {
     pub fn build(
         context: &crate::services::ServiceContext<'_>,
         arns: Arns,
+        presigner: Option<presign::Presigner>,
     ) -> Result<Self, prometheus::Error> {
         Ok(Self::new(
             context.store.clone(),
@@ -66,6 +70,7 @@ impl Jobs {
             arns,
             JobsMetrics::new(context.registry)?,
             context.shutdown.clone(),
+            presigner,
         ))
     }
 
@@ -75,9 +80,15 @@ impl Jobs {
         arns: Arns,
         metrics: JobsMetrics,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        presigner: Option<presign::Presigner>,
     ) -> Self {
         let store = JobStore::new(store);
-        let notifier = Notifier::new(broker.clone(), store.clone(), arns.clone());
+        let notifier = Notifier::new(
+            broker.clone(),
+            store.clone(),
+            arns.clone(),
+            presigner.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -87,6 +98,7 @@ impl Jobs {
                 metrics,
                 driver_wake: tokio::sync::Notify::new(),
                 shutdown,
+                presigner,
             }),
         }
     }
@@ -101,6 +113,17 @@ impl Jobs {
 
     pub fn arns(&self) -> &Arns {
         &self.inner.arns
+    }
+
+    /// The job's document as its devices are given it: presigned URLs made now.
+    pub fn device_document(&self, job: &model::JobRecord) -> String {
+        presign::substitute(
+            &job.document,
+            job.presigned_url_config.as_ref(),
+            self.inner.presigner.as_ref(),
+            crate::clock::epoch_seconds_signed(),
+        )
+        .into_owned()
     }
 
     pub(crate) fn inner(&self) -> &Inner {

@@ -136,14 +136,21 @@ pub struct Notifier {
     broker: Broker,
     store: JobStore,
     arns: Arns,
+    presigner: Option<super::presign::Presigner>,
 }
 
 impl Notifier {
-    pub fn new(broker: Broker, store: JobStore, arns: Arns) -> Self {
+    pub fn new(
+        broker: Broker,
+        store: JobStore,
+        arns: Arns,
+        presigner: Option<super::presign::Presigner>,
+    ) -> Self {
         Self {
             broker,
             store,
             arns,
+            presigner,
         }
     }
 
@@ -202,7 +209,16 @@ impl Notifier {
 
     async fn document_of(&self, job: &str) -> Option<Value> {
         match self.store.job(job, halyard_raft::Consistency::Local).await {
-            Ok(Some(read)) => Some(document_json(&read.value.document)),
+            Ok(Some(read)) => {
+                let job = read.value;
+                let document = super::presign::substitute(
+                    &job.document,
+                    job.presigned_url_config.as_ref(),
+                    self.presigner.as_ref(),
+                    crate::clock::epoch_seconds_signed(),
+                );
+                Some(document_json(&document))
+            }
             _ => None,
         }
     }

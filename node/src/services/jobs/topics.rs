@@ -303,8 +303,11 @@ impl JobTopics {
                 let started = jobs.start_next(thing, details, step).await?;
                 let mut body = json!({ "timestamp": epoch_seconds() });
                 if let Some(ForDevice { execution, job }) = started {
-                    body["execution"] =
-                        execution_json(&execution, Some(document_json(&job.document)), now);
+                    body["execution"] = execution_json(
+                        &execution,
+                        Some(document_json(&jobs.device_document(&job))),
+                        now,
+                    );
                 }
                 Ok(body)
             }
@@ -317,7 +320,7 @@ impl JobTopics {
                 }
                 let ForDevice { execution, job } =
                     jobs.describe_for_device(thing, which, number).await?;
-                let document = include_document.then(|| document_json(&job.document));
+                let document = include_document.then(|| document_json(&jobs.device_document(&job)));
                 Ok(json!({
                     "execution": execution_json(&execution, document, now),
                     "timestamp": epoch_seconds(),
@@ -341,7 +344,7 @@ impl JobTopics {
                     body["executionState"] = state_json(&ExecutionState::from(&execution));
                 }
                 if include_document {
-                    body["jobDocument"] = document_json(&job.document);
+                    body["jobDocument"] = document_json(&jobs.device_document(&job));
                 }
                 Ok(body)
             }
