@@ -54,8 +54,8 @@ pub const RULES_AND_DESTINATIONS: &str = "rule";
 /// The cluster's generated access keys.
 /// `job/{id}`: a job (`services::jobs`).
 pub const JOBS: &str = "job/";
-/// `job-targets/{id}`: the things a job was created for, resolved once (a snapshot job's
-/// groups as they were then).
+/// `job-targets/{id}/{chunk}`: the things a job was created for, resolved once (a snapshot
+/// job's groups as they were then), 1,000 to a key.
 pub const JOB_TARGETS: &str = "job-targets/";
 /// `job-exec/{thing}/{job}`: a thing's execution of a job.
 pub const JOB_EXECUTIONS: &str = "job-exec/";
@@ -201,8 +201,16 @@ pub fn job(id: &str) -> String {
     joined(&[JOBS, id])
 }
 
+/// The chunks of a job's resolved targets.
 pub fn job_targets(id: &str) -> String {
-    joined(&[JOB_TARGETS, id])
+    joined(&[JOB_TARGETS, id, "/"])
+}
+
+/// Chunk `n` of a job's resolved targets (at most 1,000 names each).
+pub fn job_targets_chunk(id: &str, n: usize) -> String {
+    let mut key = job_targets(id);
+    let _ = write!(key, "{n:06}");
+    key
 }
 
 pub fn job_execution(thing: &str, job: &str) -> String {

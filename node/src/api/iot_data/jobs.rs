@@ -13,9 +13,25 @@ use crate::api::error::AwsError;
 use crate::api::request::ApiRequest;
 use crate::auth::permissions::Action;
 use crate::services::jobs::device::ForDevice;
+use crate::services::jobs::error::JobsError;
 use crate::services::jobs::execution::Update;
 use crate::services::jobs::model::{ExecutionRecord, ExecutionStatus, check_id};
 use crate::services::jobs::notify::pending_lists;
+
+/// A refusal in iot-jobs-data's words, which differ from the control plane's: a version
+/// mismatch is an InvalidStateTransitionException (the model has no version conflict), a
+/// throttled request a 429.
+fn refused(e: JobsError) -> AwsError {
+    match e {
+        JobsError::VersionMismatch { message, .. } => {
+            AwsError::with_status(409, "InvalidStateTransitionException", message)
+        }
+        JobsError::LimitExceeded(message) => {
+            AwsError::with_status(429, "ThrottlingException", message)
+        }
+        other => AwsError::from(other),
+    }
+}
 
 fn seconds(ms: u64) -> u64 {
     ms / 1000
@@ -78,7 +94,7 @@ impl DataPlane {
         caller: &Caller,
     ) -> ApiResult {
         self.job_caller(caller, Action::GetPendingJobExecutions, thing)?;
-        let pending = self.jobs.pending_executions(thing).await?;
+        let pending = self.jobs.pending_executions(thing).await.map_err(refused)?;
         let refs: Vec<&ExecutionRecord> = pending.iter().collect();
         let (in_progress, queued) = pending_lists(&refs);
         Ok(json!({ "inProgressJobs": in_progress, "queuedJobs": queued }))
@@ -101,7 +117,8 @@ impl DataPlane {
         let started = self
             .jobs
             .start_next(thing, body.status_details, body.step_timeout_in_minutes)
-            .await?;
+            .await
+            .map_err(refused)?;
         Ok(match started {
             Some(ForDevice { execution, job }) => {
                 json!({ "execution": execution_json(&execution, Some(&self.jobs.device_document(&job))) })
@@ -120,12 +137,15 @@ impl DataPlane {
         self.job_caller(caller, Action::DescribeJobExecution, thing)?;
         let which = (job != "$next").then_some(job);
         if let Some(id) = which {
-            check_id("jobId", id)?;
+            check_id("jobId", id).map_err(refused)?;
         }
         let include_document = request.query_flag("includeJobDocument")?;
         let number = request.query_u64("executionNumber")?;
-        let ForDevice { execution, job } =
-            self.jobs.describe_for_device(thing, which, number).await?;
+        let ForDevice { execution, job } = self
+            .jobs
+            .describe_for_device(thing, which, number)
+            .await
+            .map_err(refused)?;
         let document = include_document.then(|| self.jobs.device_document(&job));
         Ok(json!({ "execution": execution_json(&execution, document.as_deref()) }))
     }
@@ -151,7 +171,7 @@ impl DataPlane {
             execution_number: Option<u64>,
         }
         self.job_caller(caller, Action::UpdateJobExecution, thing)?;
-        check_id("jobId", job)?;
+        check_id("jobId", job).map_err(refused)?;
         let body: Body = request.json()?;
         let status = match body.status.as_deref() {
             None => return Err(AwsError::invalid_request("status is required")),
@@ -166,7 +186,11 @@ impl DataPlane {
             execution_number: body.execution_number,
             step_timeout_in_minutes: body.step_timeout_in_minutes,
         };
-        let ForDevice { execution, job } = self.jobs.update_for_device(thing, job, &update).await?;
+        let ForDevice { execution, job } = self
+            .jobs
+            .update_for_device(thing, job, &update)
+            .await
+            .map_err(refused)?;
         let mut answer = json!({});
         if body.include_job_execution_state {
             answer["executionState"] = json!({

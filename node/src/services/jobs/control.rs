@@ -19,7 +19,6 @@ use super::store::Read;
 use super::{ATTEMPTS, Jobs, Result, Which};
 use crate::clock::epoch_millis;
 use crate::services::arn::Kind;
-use crate::store::keys;
 
 /// CreateJob's body.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -591,6 +590,7 @@ impl Jobs {
             }
             // New things go after the old ones, where the rollout's cursor has yet to reach.
             let mut things = self.inner.store.targets(id).await?;
+            let before = things.len();
             let known: std::collections::HashSet<String> = things.iter().cloned().collect();
             let new_things = match job.target_selection {
                 TargetSelection::Continuous => &resolved.named,
@@ -619,12 +619,11 @@ impl Jobs {
             }
             job.rollout.done = false;
             job.last_updated_at_ms = epoch_millis();
-            let put_targets =
-                halyard_raft::Op::put(keys::job_targets(id), super::store::encode(&things)?);
+            let put_targets = super::store::target_ops(id, &things, before)?;
             if self
                 .inner
                 .store
-                .replace_job(&job, read.revision, vec![put_targets])
+                .replace_job(&job, read.revision, put_targets)
                 .await?
             {
                 self.wake_driver();

@@ -34,6 +34,11 @@ const BATCH: usize = 256;
 const IDLE: Duration = Duration::from_secs(1);
 /// How often every active job's executions are counted, changed or not.
 const FULL_SCAN: Duration = Duration::from_secs(5);
+/// The shortest wait between rounds (and between two counts of one job's executions), so that
+/// a busy job or a conflict costs a few rounds a second, not a loop.
+const PAUSE: Duration = Duration::from_millis(50);
+/// The shortest wait between two counts of one job's executions when they changed.
+const RESCAN: Duration = Duration::from_millis(250);
 
 /// How many executions a rollout may create now (`None`: as many as there are), and its
 /// state with the rate raised as its exponential configuration says.
@@ -128,6 +133,8 @@ struct Driver {
     targets: HashMap<String, (u64, Arc<Vec<String>>)>,
     /// Each job's succeeded executions when last counted (an exponential rollout's measure).
     succeeded: HashMap<String, u64>,
+    /// When each job's executions were last counted.
+    scanned: HashMap<String, tokio::time::Instant>,
 }
 
 /// Runs the driver until the node stops.
@@ -147,6 +154,7 @@ pub async fn run(jobs: Jobs) {
         last_full_scan: None,
         targets: HashMap::new(),
         succeeded: HashMap::new(),
+        scanned: HashMap::new(),
     };
     loop {
         let store = driver.jobs.inner().store.raw().clone();
@@ -155,7 +163,7 @@ pub async fn run(jobs: Jobs) {
         let mut sleep = IDLE;
         if leading && !*shutdown.borrow() {
             match driver.round().await {
-                Ok(next) => sleep = next.min(IDLE),
+                Ok(next) => sleep = next.clamp(PAUSE, IDLE),
                 Err(e) => tracing::debug!(error = %e, "jobs driver round failed"),
             }
         } else {
@@ -238,10 +246,31 @@ impl Driver {
             .store()
             .jobs(None, usize::MAX, Consistency::Local)
             .await?;
-        for job in jobs.into_iter().filter(JobRecord::is_active) {
-            let scan = full
-                || dirty.contains(&job.job_id)
+        let active: Vec<JobRecord> = jobs.into_iter().filter(JobRecord::is_active).collect();
+        let ids: HashSet<&str> = active.iter().map(|j| j.job_id.as_str()).collect();
+        self.targets.retain(|id, _| ids.contains(id.as_str()));
+        self.succeeded.retain(|id, _| ids.contains(id.as_str()));
+        self.scanned.retain(|id, _| ids.contains(id.as_str()));
+        let now = tokio::time::Instant::now();
+        for job in active {
+            let changed = dirty.contains(&job.job_id)
                 || (groups_changed && job.target_selection == TargetSelection::Continuous);
+            let recent = self
+                .scanned
+                .get(&job.job_id)
+                .is_some_and(|at| now.duration_since(*at) < RESCAN);
+            if changed && recent && !full {
+                // Counted a moment ago: again once RESCAN has passed.
+                self.dirty.lock().insert(job.job_id.clone());
+                if groups_changed {
+                    *self.groups_changed.lock() = true;
+                }
+                next = next.min(RESCAN);
+            }
+            let scan = full || (changed && !recent);
+            if scan {
+                self.scanned.insert(job.job_id.clone(), now);
+            }
             match self.drive(job, scan).await {
                 Ok(Some(due)) => next = next.min(due),
                 Ok(None) => {}
@@ -270,6 +299,10 @@ impl Driver {
                 // The execution no longer names this timer (it moved, or the execution is
                 // gone): the timer goes, or it would fire every round.
                 Ok(_) => self.drop_stale_timer(&thing, &job, now).await?,
+                // The execution or its job is gone: nothing is left to time out.
+                Err(super::error::JobsError::NotFound(_)) => {
+                    self.drop_stale_timer(&thing, &job, now).await?;
+                }
                 Err(e) => tracing::debug!(error = %e, %thing, %job, "jobs: timer not fired"),
             }
         }
@@ -317,8 +350,9 @@ impl Driver {
         match job.status {
             JobStatus::Scheduled => {
                 if job.starts_at_ms.is_some_and(|at| at <= now) {
-                    self.set_status(&job.job_id, JobStatus::InProgress).await?;
-                    return Ok(Some(Duration::ZERO));
+                    self.set_status(&job.job_id, JobStatus::Scheduled, JobStatus::InProgress)
+                        .await?;
+                    return Ok(Some(PAUSE));
                 }
                 Ok(job
                     .starts_at_ms
@@ -326,7 +360,7 @@ impl Driver {
             }
             JobStatus::DeletionInProgress => {
                 self.delete_some(&job).await?;
-                Ok(Some(Duration::ZERO))
+                Ok(Some(PAUSE))
             }
             JobStatus::Canceled => {
                 self.cancel_some(&job).await?;
@@ -337,7 +371,7 @@ impl Driver {
                     && end <= now
                 {
                     self.end_rollout(&job).await?;
-                    return Ok(Some(Duration::ZERO));
+                    return Ok(Some(PAUSE));
                 }
                 let statuses = if scan {
                     let (statuses, _) = self
@@ -368,12 +402,17 @@ impl Driver {
         }
     }
 
-    async fn set_status(&self, id: &str, status: JobStatus) -> Result<()> {
+    /// Moves job `id` from `from` to `to`, if it is still `from` (a cancel or delete since
+    /// the round read it wins).
+    async fn set_status(&self, id: &str, from: JobStatus, to: JobStatus) -> Result<()> {
         let Some(read) = self.store().job(id, Consistency::Linearizable).await? else {
             return Ok(());
         };
+        if read.value.status != from {
+            return Ok(());
+        }
         let mut job = read.value;
-        job.status = status;
+        job.status = to;
         job.last_updated_at_ms = epoch_millis();
         if !self
             .store()
@@ -400,6 +439,10 @@ impl Driver {
         else {
             return Ok(());
         };
+        // A cancel or delete since the round read the job wins.
+        if read.value.status != JobStatus::InProgress || read.value.ends_at_ms != job.ends_at_ms {
+            return Ok(());
+        }
         let mut next = read.value;
         next.ends_at_ms = None;
         next.last_updated_at_ms = epoch_millis();
@@ -470,6 +513,12 @@ impl Driver {
     /// Executions of things that left a continuous job's groups are REMOVED.
     async fn remove_departed(&self, job: &JobRecord, departed: &[String]) -> Result<()> {
         let now = epoch_millis();
+        let fence = match self.store().job(&job.job_id, Consistency::Local).await? {
+            Some(read) if read.value.status == JobStatus::InProgress => {
+                Some((keys::job(&job.job_id), read.revision))
+            }
+            _ => return Ok(()),
+        };
         for thing in departed.iter().take(BATCH) {
             let Some(current) = self
                 .store()
@@ -484,7 +533,7 @@ impl Driver {
             let removed = execution::finish(&current.value, ExecutionStatus::Removed, now);
             if self
                 .store()
-                .write_execution(Some(&current), &removed, Vec::new())
+                .write_execution_fenced(Some(&current), &removed, fence.clone())
                 .await?
             {
                 self.jobs.inner().metrics.transition(removed.status.name());
@@ -559,7 +608,7 @@ impl Driver {
         };
         if read.value != *job {
             // Changed since the round read it: the next round goes on from the new version.
-            return Ok(Some(Duration::ZERO));
+            return Ok(Some(PAUSE));
         }
         let now = epoch_millis();
         let succeeded = self.succeeded.get(&job.job_id).copied().unwrap_or(0);
@@ -611,7 +660,11 @@ impl Driver {
         if everything {
             state.done = true;
         }
-        if take == 0 && state == job.rollout {
+        // With nothing to create, only a change of progress is written (not the stretch the
+        // rate is measured from, which moves every time): a continuous job with a rate does
+        // not rewrite its record on every count.
+        let progressed = state.done != job.rollout.done || state.cursor != job.rollout.cursor;
+        if take == 0 && !progressed {
             return Ok(if everything {
                 None
             } else {
@@ -627,7 +680,7 @@ impl Driver {
         let txn = halyard_raft::Txn::new().when(compares).and_then(ops);
         if !self.store().raw().txn(txn).await?.succeeded {
             self.jobs.inner().metrics.conflicts.inc();
-            return Ok(Some(Duration::from_millis(50)));
+            return Ok(Some(PAUSE));
         }
         let metrics = &self.jobs.inner().metrics;
         metrics.rolled_out.inc_by(created.len() as u64);
@@ -643,7 +696,7 @@ impl Driver {
         }
         Ok(next_due(&state, epoch_millis())
             .map(Duration::from_millis)
-            .or(Some(Duration::ZERO)))
+            .or(Some(PAUSE)))
     }
 
     /// Tells `execution`'s device of its change (`before`: as it was, none when new).
@@ -673,8 +726,15 @@ impl Driver {
     async fn settle(&self, job: &JobRecord, statuses: &[(String, ExecutionStatus)]) -> Result<()> {
         let now = epoch_millis();
         let mut retrying = 0usize;
+        let retries = job.job_executions_retry_config.is_some();
+        // Retries hold only while the job is as read: a stale driver (leadership moving) does
+        // not queue work on a job canceled or deleted meanwhile.
+        let fence = match self.store().job(&job.job_id, Consistency::Local).await? {
+            Some(read) if read.value.status == JobStatus::InProgress => read.revision,
+            _ => return Ok(()),
+        };
         for (thing, status) in statuses {
-            if !matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) {
+            if !retries || !matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) {
                 continue;
             }
             let Some(current) = self
@@ -690,7 +750,11 @@ impl Driver {
             retrying += 1;
             if self
                 .store()
-                .write_execution(Some(&current), &retried, Vec::new())
+                .write_execution_fenced(
+                    Some(&current),
+                    &retried,
+                    Some((keys::job(&job.job_id), fence)),
+                )
                 .await?
             {
                 self.jobs.inner().metrics.retried.inc();
@@ -812,11 +876,15 @@ impl Driver {
             else {
                 continue;
             };
-            let mut canceled = execution::finish(&current.value, ExecutionStatus::Canceled, now);
-            canceled.force_canceled = current.value.status == ExecutionStatus::InProgress;
-            if current.value.status.is_terminal() {
+            // The device may have started it since the statuses were read: without force, an
+            // execution in progress is left to finish.
+            let still = current.value.status == ExecutionStatus::Queued
+                || (current.value.status == ExecutionStatus::InProgress && job.force_canceled);
+            if !still {
                 continue;
             }
+            let mut canceled = execution::finish(&current.value, ExecutionStatus::Canceled, now);
+            canceled.force_canceled = current.value.status == ExecutionStatus::InProgress;
             if self
                 .store()
                 .write_execution(Some(&current), &canceled, Vec::new())
@@ -920,17 +988,22 @@ impl Driver {
         else {
             return Ok(());
         };
+        // Every execution is gone (writes that could add one hold only while the job is as
+        // it was before DELETION_IN_PROGRESS, or compare an execution already deleted).
+        let (left, _) = self
+            .store()
+            .statuses(&job.job_id, None, 1, Consistency::Linearizable)
+            .await?;
+        if !left.is_empty() {
+            return Ok(());
+        }
         let key = keys::job(&job.job_id);
         let txn = halyard_raft::Txn::new()
-            .when([
-                unchanged_since(&key, read.revision),
-                halyard_raft::Compare::version(
-                    keys::job_things(&job.job_id).into_bytes(),
-                    halyard_raft::CompareOp::Equal,
-                    0,
-                ),
-            ])
-            .and_then([Op::delete(key), Op::delete(keys::job_targets(&job.job_id))]);
+            .when([unchanged_since(&key, read.revision)])
+            .and_then([
+                Op::delete(key),
+                Op::delete_prefix(keys::job_targets(&job.job_id)),
+            ]);
         let done = self.store().raw().txn(txn).await?.succeeded;
         if done {
             self.jobs

@@ -193,8 +193,8 @@ pub fn retry(execution: &ExecutionRecord, job: &JobRecord, now_ms: u64) -> Optio
     let allowed = job
         .job_executions_retry_config
         .as_ref()
-        .map_or(0, |c| c.retries_for(execution.status));
-    if execution.retry_attempt >= allowed {
+        .is_some_and(|c| c.allows_retry(execution.status, execution));
+    if !allowed {
         return None;
     }
     let mut next = ExecutionRecord::queued(
@@ -204,6 +204,12 @@ pub fn retry(execution: &ExecutionRecord, job: &JobRecord, now_ms: u64) -> Optio
         now_ms,
     );
     next.retry_attempt = execution.retry_attempt + 1;
+    next.retries_failed = execution.retries_failed;
+    next.retries_timed_out = execution.retries_timed_out;
+    match execution.status {
+        ExecutionStatus::Failed => next.retries_failed += 1,
+        _ => next.retries_timed_out += 1,
+    }
     Some(next)
 }
 
@@ -392,6 +398,43 @@ mod tests {
         assert!(
             retry(&rejected, &job, 20).is_none(),
             "rejections are not retried"
+        );
+    }
+
+    #[test]
+    fn each_failure_type_counts_its_own_retries() {
+        let mut job = job(None, 0);
+        job.job_executions_retry_config = Some(RetryConfig {
+            criteria_list: vec![
+                RetryCriteria {
+                    failure_type: FailureType::Failed,
+                    number_of_retries: 1,
+                },
+                RetryCriteria {
+                    failure_type: FailureType::TimedOut,
+                    number_of_retries: 2,
+                },
+            ],
+        });
+        let mut execution = ExecutionRecord::queued("j", "t", 1, 0);
+        for _ in 0..2 {
+            execution.status = ExecutionStatus::TimedOut;
+            execution = retry(&execution, &job, 0).unwrap();
+        }
+        execution.status = ExecutionStatus::TimedOut;
+        assert!(
+            retry(&execution, &job, 0).is_none(),
+            "two timeouts retried already"
+        );
+        execution.status = ExecutionStatus::Failed;
+        let again = retry(&execution, &job, 0).unwrap();
+        assert_eq!(
+            (
+                again.retry_attempt,
+                again.retries_failed,
+                again.retries_timed_out
+            ),
+            (3, 1, 2)
         );
     }
 

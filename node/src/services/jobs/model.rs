@@ -202,6 +202,23 @@ pub struct RetryConfig {
 }
 
 impl RetryConfig {
+    /// Whether an execution that ended in `status` may be tried again, given the retries it
+    /// had: each criterion counts the retries of its own failure type (ALL counts them all),
+    /// and no execution is retried more than 10 times in all.
+    pub fn allows_retry(&self, status: ExecutionStatus, had: &ExecutionRecord) -> bool {
+        had.retry_attempt < 10
+            && self.criteria_list.iter().any(|c| {
+                let used = match c.failure_type {
+                    FailureType::Failed => had.retries_failed,
+                    FailureType::TimedOut => had.retries_timed_out,
+                    FailureType::All | FailureType::Rejected => had.retry_attempt,
+                };
+                c.failure_type != FailureType::Rejected
+                    && c.failure_type.covers(status)
+                    && used < c.number_of_retries
+            })
+    }
+
     /// How many retries an execution that ended in `status` may have.
     pub fn retries_for(&self, status: ExecutionStatus) -> u32 {
         self.criteria_list
@@ -351,9 +368,13 @@ pub struct ExecutionRecord {
     pub last_updated_at_ms: u64,
     pub version_number: u64,
     pub execution_number: u64,
-    /// Retries this thing has had of this job.
+    /// Retries this thing has had of this job, in all and after each kind of failure.
     #[serde(default)]
     pub retry_attempt: u32,
+    #[serde(default)]
+    pub retries_failed: u32,
+    #[serde(default)]
+    pub retries_timed_out: u32,
     #[serde(default)]
     pub force_canceled: bool,
     /// When the in-progress timeout expires, from the job's timeout configuration.
@@ -378,6 +399,8 @@ impl ExecutionRecord {
             version_number: 1,
             execution_number,
             retry_attempt: 0,
+            retries_failed: 0,
+            retries_timed_out: 0,
             force_canceled: false,
             in_progress_deadline_ms: None,
             timeout_at_ms: None,

@@ -75,7 +75,10 @@ fn field(text: &str, min: u32, max: u32, names: &[&str]) -> Option<(Field, bool)
         let mut v = from;
         while v <= to {
             bits |= 1 << (v - min);
-            v += step;
+            match v.checked_add(step) {
+                Some(next) => v = next,
+                None => break,
+            }
         }
     }
     Some((Field { bits, min }, false))
@@ -240,5 +243,7 @@ mod tests {
         ] {
             assert!(Cron::parse(bad).is_none(), "{bad}");
         }
+        assert!(Cron::parse("cron(5/4294967295 * ? * * *)").is_some());
+        assert!(Cron::parse("cron(0 0 1 1 ? 3000)").is_none(), "a year past 2097");
     }
 }

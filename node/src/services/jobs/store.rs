@@ -112,10 +112,9 @@ impl JobStore {
     /// Writes a new job and its resolved targets, unless the id is taken; whether it was written.
     pub async fn create_job(&self, job: &JobRecord, targets: &[String]) -> Result<bool, JobsError> {
         let key = keys::job(&job.job_id);
-        let txn = Txn::new().when([unchanged_since(&key, 0)]).and_then([
-            Op::put(key, encode(job)?),
-            Op::put(keys::job_targets(&job.job_id), encode(&targets)?),
-        ]);
+        let mut ops = vec![Op::put(key.clone(), encode(job)?)];
+        ops.extend(target_ops(&job.job_id, targets, 0)?);
+        let txn = Txn::new().when([unchanged_since(&key, 0)]).and_then(ops);
         Ok(self.store.txn(txn).await?.succeeded)
     }
 
@@ -135,13 +134,16 @@ impl JobStore {
         Ok(self.store.txn(txn).await?.succeeded)
     }
 
-    /// The things a job was created for.
+    /// The things a job was created for, in rollout order.
     pub async fn targets(&self, id: &str) -> Result<Vec<String>, JobsError> {
-        Ok(self
-            .get::<Vec<String>>(&keys::job_targets(id), Consistency::Local)
-            .await?
-            .map(|r| r.value)
-            .unwrap_or_default())
+        let (chunks, _) = self
+            .range_all(&keys::job_targets(id), None, usize::MAX, Consistency::Local)
+            .await?;
+        let mut targets = Vec::new();
+        for chunk in &chunks {
+            targets.extend(decode::<Vec<String>>(chunk)?);
+        }
+        Ok(targets)
     }
 
     /// Up to `limit` jobs after `after` (a job id), in id order; whether more follow.
@@ -231,6 +233,26 @@ impl JobStore {
         let txn = Txn::new()
             .when([unchanged_since(&key, read_at)])
             .and_then(ops);
+        Ok(self.store.txn(txn).await?.succeeded)
+    }
+
+    /// [`JobStore::write_execution`], holding only while `fence` (a key and the revision it
+    /// was read at) is unchanged too.
+    pub async fn write_execution_fenced(
+        &self,
+        old: Option<&Read<ExecutionRecord>>,
+        new: &ExecutionRecord,
+        fence: Option<(String, Revision)>,
+    ) -> Result<bool, JobsError> {
+        let key = keys::job_execution(&new.thing_name, &new.job_id);
+        let read_at = old.map_or(0, |o| o.revision);
+        let mut compares = vec![unchanged_since(&key, read_at)];
+        if let Some((key, revision)) = fence {
+            compares.push(unchanged_since(&key, revision));
+        }
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(execution_ops(old.map(|o| &o.value), new)?);
         Ok(self.store.txn(txn).await?.succeeded)
     }
 
@@ -362,6 +384,22 @@ impl JobStore {
             "The event configuration kept changing; try again".into(),
         ))
     }
+}
+
+/// Names of things per key of a job's resolved targets: 1,000 of the longest (128 bytes)
+/// stay well under the store's largest value.
+const TARGETS_PER_CHUNK: usize = 1000;
+
+/// The writes that store `targets` as a job's resolved targets, from the chunk that holds
+/// position `from` on (the chunks before it are unchanged).
+pub fn target_ops(id: &str, targets: &[String], from: usize) -> Result<Vec<Op>, JobsError> {
+    let first = from / TARGETS_PER_CHUNK;
+    targets
+        .chunks(TARGETS_PER_CHUNK)
+        .enumerate()
+        .skip(first)
+        .map(|(n, chunk)| Ok(Op::put(keys::job_targets_chunk(id, n), encode(&chunk)?)))
+        .collect()
 }
 
 /// The writes that replace execution `old` by `new`: the record, its status in the job's

@@ -257,7 +257,7 @@ impl JobTopics {
             Some(fields) => fields,
             None => {
                 let error = JobsError::InvalidRequest("Request payload is not valid JSON".into());
-                return self.answer_code(job, request.name(), "InvalidJson", error, started);
+                return self.answer_code(job, request.name(), "InvalidJson", error, None, started);
             }
         };
         let token = fields.client_token();
@@ -266,7 +266,14 @@ impl JobTopics {
                 "Topic {} is not a jobs request topic",
                 job.topic
             ));
-            return self.answer_code(job, request.name(), "InvalidTopic", error, started);
+            return self.answer_code(
+                job,
+                request.name(),
+                "InvalidTopic",
+                error,
+                token.as_deref(),
+                started,
+            );
         }
         let outcome = self.handle(thing, &request, &fields).await;
         let outcome = outcome.map(|mut body| {
@@ -359,9 +366,10 @@ impl JobTopics {
         operation: &str,
         code: &str,
         error: JobsError,
+        client_token: Option<&str>,
         started: Instant,
     ) {
-        let mut body = rejection(&error, None);
+        let mut body = rejection(&error, client_token);
         body["code"] = json!(code);
         self.publish(job, operation, "rejected", body, code, started);
     }
