@@ -244,6 +244,9 @@ mod tests {
             assert!(Cron::parse(bad).is_none(), "{bad}");
         }
         assert!(Cron::parse("cron(5/4294967295 * ? * * *)").is_some());
-        assert!(Cron::parse("cron(0 0 1 1 ? 3000)").is_none(), "a year past 2097");
+        assert!(
+            Cron::parse("cron(0 0 1 1 ? 3000)").is_none(),
+            "a year past 2097"
+        );
     }
 }
