@@ -927,20 +927,6 @@ impl Jobs {
     ) -> Result<()> {
         self.inner.store.update_event_configurations(changes).await
     }
-
-    /// The things that have an execution of `job` in a pending state, for the driver's tests.
-    pub async fn pending_things(&self, job: &str) -> Result<Vec<String>> {
-        let (statuses, _) = self
-            .inner
-            .store
-            .statuses(job, None, usize::MAX, Consistency::Linearizable)
-            .await?;
-        Ok(statuses
-            .into_iter()
-            .filter(|(_, s)| !s.is_terminal())
-            .map(|(t, _)| t)
-            .collect())
-    }
 }
 
 /// A schedule's start and end, checked as AWS checks them.

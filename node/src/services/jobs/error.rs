@@ -81,16 +81,12 @@ impl JobsError {
 }
 
 impl From<StoreError> for JobsError {
+    /// As every other service words a store failure (`services::error`): unavailable when
+    /// retrying may help, internal otherwise.
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Timeout(_)
-            | StoreError::Unavailable(_)
-            | StoreError::NotLeader { .. }
-            | StoreError::Shutdown
-            | StoreError::OutcomeUnknown(_) => {
-                JobsError::Unavailable(format!("The service is unavailable: {e}"))
-            }
-            other => JobsError::Internal(format!("Internal failure: {other}")),
+        match crate::services::error::Error::from(e) {
+            crate::services::error::Error::Unavailable(message) => JobsError::Unavailable(message),
+            other => JobsError::Internal(other.to_string()),
         }
     }
 }
