@@ -55,7 +55,20 @@ async fn rocksdb_store_recovers_state_and_revision_after_restart() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let engine = Arc::new(RocksEngine::open(&dir.path().join("db")).unwrap());
+    // The last reference can be gone while RocksDB is still closing on the thread that dropped
+    // it, so the lock file may stay held a moment longer.
+    let engine = loop {
+        match RocksEngine::open(&dir.path().join("db")) {
+            Ok(engine) => break Arc::new(engine),
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the database stayed locked after shutdown: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     let store = open(engine, dir.path()).await;
     assert_eq!(store.revision(), revision);
     assert!(store.status().applied_index >= applied);
