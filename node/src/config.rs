@@ -66,6 +66,7 @@ pub struct Config {
     pub aws: AwsConfig,
     pub shadow: ShadowConfig,
     pub rules: RulesConfig,
+    pub provisioning: ProvisioningConfig,
 }
 
 /// What the AWS-compatible API presents itself as, and who may call it.
@@ -375,6 +376,7 @@ impl Default for Config {
             aws: AwsConfig::default(),
             shadow: ShadowConfig::default(),
             rules: RulesConfig::default(),
+            provisioning: ProvisioningConfig::default(),
         }
     }
 }
@@ -403,6 +405,47 @@ impl Default for MqttConfig {
             maximum_qos: 2,
             connect_timeout: 10,
             lifecycle_events: true,
+        }
+    }
+}
+
+/// The key pairs CreateKeysAndCertificate makes.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    /// RSA 2048, PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`), as AWS IoT returns.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    /// EC P-256, PKCS#8 PEM: far faster to make.
+    #[serde(rename = "ec-p256")]
+    EcP256,
+}
+
+/// Fleet provisioning and the keys Halyard makes for devices.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    /// The key pairs CreateKeysAndCertificate returns, over HTTP and MQTT.
+    pub key_algorithm: KeyAlgorithm,
+    /// Key pairs made ahead of demand: an RSA key takes tens of milliseconds of a core, so a
+    /// burst of devices is served from the pool while it refills in the background.
+    pub key_pool: usize,
+    /// How long a pre-provisioning hook may take to answer before the device is refused.
+    pub hook_timeout_ms: u64,
+    /// Provisioning requests (MQTT) one connection may have unanswered.
+    pub max_inflight_requests: u32,
+    /// How long a certificate ownership token is valid (AWS: one hour); a certificate made
+    /// for provisioning that no template activated or attached by then is removed.
+    pub ownership_token_seconds: u64,
+}
+
+impl Default for ProvisioningConfig {
+    fn default() -> Self {
+        Self {
+            key_algorithm: KeyAlgorithm::Rsa2048,
+            key_pool: 16,
+            hook_timeout_ms: 5_000,
+            max_inflight_requests: 10,
+            ownership_token_seconds: 3_600,
         }
     }
 }
@@ -545,6 +588,11 @@ const ENV_KEYS: &[(&str, EnvKind)] = &[
     ("rules.aws_region", EnvKind::Text),
     ("rules.aws_access_key_id", EnvKind::Text),
     ("rules.aws_secret_access_key", EnvKind::Text),
+    ("provisioning.key_algorithm", EnvKind::Text),
+    ("provisioning.key_pool", EnvKind::Number),
+    ("provisioning.hook_timeout_ms", EnvKind::Number),
+    ("provisioning.max_inflight_requests", EnvKind::Number),
+    ("provisioning.ownership_token_seconds", EnvKind::Number),
     ("shadow.max_state_bytes", EnvKind::Number),
     ("shadow.max_depth", EnvKind::Number),
     ("shadow.max_client_token_bytes", EnvKind::Number),
@@ -696,6 +744,24 @@ impl Config {
         };
         if m.max_packet_size < 64 {
             return invalid("mqtt.max_packet_size", "must be at least 64 bytes");
+        }
+        if self.provisioning.key_pool > 1024 {
+            return invalid("provisioning.key_pool", "must be at most 1024 key pairs");
+        }
+        if !(100..=60_000).contains(&self.provisioning.hook_timeout_ms) {
+            return invalid(
+                "provisioning.hook_timeout_ms",
+                "must be between 100 and 60000 milliseconds",
+            );
+        }
+        if !(1..=86_400).contains(&self.provisioning.ownership_token_seconds) {
+            return invalid(
+                "provisioning.ownership_token_seconds",
+                "must be between 1 and 86400 seconds",
+            );
+        }
+        if self.provisioning.max_inflight_requests == 0 {
+            return invalid("provisioning.max_inflight_requests", "must be at least 1");
         }
         if m.max_packet_size > 268_435_455 {
             return invalid("mqtt.max_packet_size", "must be at most 268435455 bytes");

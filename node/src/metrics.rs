@@ -458,3 +458,111 @@ impl TlsMetrics {
             .set(ca_not_after);
     }
 }
+
+/// Fleet provisioning: devices' requests, key pairs, hooks and the sweep of what lapsed.
+#[derive(Clone)]
+pub struct ProvisioningMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    /// Devices provisioned, by how (fleet, JITP, HTTP registration).
+    pub provisioned: IntCounterVec,
+    /// Pre-provisioning hook calls by outcome (allowed, denied, failed).
+    pub hooks: IntCounterVec,
+    /// Certificates registered just in time on a device's first connection.
+    pub jit_registered: IntCounter,
+    /// Certificates, ownership tokens and claims removed after they lapsed unused.
+    pub swept: IntCounter,
+    /// Key pairs waiting in the pool.
+    pub keys_pooled: IntGauge,
+    /// Key pairs handed out from the pool, and made on demand because it was empty.
+    pub keys_taken: IntCounterVec,
+}
+
+impl ProvisioningMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "halyard_provisioning_requests_total",
+                "Fleet provisioning requests by operation, protocol and outcome (accepted or \
+                 the rejection's code)",
+            ),
+            &["operation", "protocol", "outcome"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "halyard_provisioning_request_duration_seconds",
+                "Time from a provisioning request to its answer, by operation",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["operation"],
+        )?;
+        let provisioned = IntCounterVec::new(
+            Opts::new(
+                "halyard_provisioning_devices_total",
+                "Devices whose template's resources were created, by how (fleet, jitp, register)",
+            ),
+            &["via"],
+        )?;
+        let hooks = IntCounterVec::new(
+            Opts::new(
+                "halyard_provisioning_hook_calls_total",
+                "Pre-provisioning hook calls by outcome (allowed, denied, failed)",
+            ),
+            &["outcome"],
+        )?;
+        let jit_registered = IntCounter::new(
+            "halyard_provisioning_jit_registrations_total",
+            "Device certificates registered just in time by a CA with auto-registration",
+        )?;
+        let swept = IntCounter::new(
+            "halyard_provisioning_swept_total",
+            "Unused provisioning certificates, ownership tokens and claims removed once lapsed",
+        )?;
+        let keys_pooled = IntGauge::new(
+            "halyard_provisioning_keys_pooled",
+            "Device key pairs made ahead of demand and waiting in the pool",
+        )?;
+        let keys_taken = IntCounterVec::new(
+            Opts::new(
+                "halyard_provisioning_keys_total",
+                "Device key pairs handed out, from the pool or made on demand",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(provisioned.clone()))?;
+        registry.register(Box::new(hooks.clone()))?;
+        registry.register(Box::new(jit_registered.clone()))?;
+        registry.register(Box::new(swept.clone()))?;
+        registry.register(Box::new(keys_pooled.clone()))?;
+        registry.register(Box::new(keys_taken.clone()))?;
+        Ok(Self {
+            requests,
+            latency,
+            provisioned,
+            hooks,
+            jit_registered,
+            swept,
+            keys_pooled,
+            keys_taken,
+        })
+    }
+
+    pub fn request(
+        &self,
+        operation: &str,
+        protocol: &str,
+        outcome: &str,
+        elapsed: std::time::Duration,
+    ) {
+        self.requests
+            .with_label_values(&[operation, protocol, outcome])
+            .inc();
+        self.latency
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+    }
+}

@@ -315,7 +315,8 @@ impl Server {
             crate::services::arn::Arns::new(&config.aws.region, &config.aws.account_id),
             presigner,
         )?);
-        let services = Services::start(
+        #[allow(unused_mut)]
+        let mut services = Services::start(
             vec![
                 Arc::clone(&shadows) as Arc<dyn Service>,
                 Arc::clone(&jobs) as Arc<dyn Service>,
@@ -374,8 +375,16 @@ impl Server {
         }
         #[cfg(not(madsim))]
         {
-            let api =
-                Arc::new(aws_api(&config, &store, &broker, &shadows, &jobs, &registry).await?);
+            let (api, provisioning) = aws_api(
+                &config, &store, &broker, &shadows, &jobs, &registry, &watch_rx,
+            )
+            .await?;
+            let api = Arc::new(api);
+            services.add(
+                vec![Arc::new(provisioning) as Arc<dyn Service>],
+                &broker,
+                &mut tasks,
+            );
             let engine = Arc::new(crate::services::rules::engine::RulesEngine::new(
                 broker.clone(),
                 crate::services::records::Records::new(store.clone()),
@@ -699,7 +708,14 @@ async fn aws_api(
     shadows: &crate::services::shadow::service::ShadowService,
     jobs: &crate::services::jobs::Jobs,
     metrics: &prometheus::Registry,
-) -> Result<crate::api::aws::Api, ServerError> {
+    shutdown: &watch::Receiver<bool>,
+) -> Result<
+    (
+        crate::api::aws::Api,
+        crate::services::provisioning::Provisioning,
+    ),
+    ServerError,
+> {
     use crate::admission::DeviceAdmission;
     use crate::admission::custom_auth::{AuthorizerMetrics, CustomAuth};
     use crate::api::aws::{Api, ApiMetrics};
@@ -723,7 +739,11 @@ async fn aws_api(
         .await
         .map_err(failed)?;
     let arns = Arns::new(&aws.region, &aws.account_id);
-    let certs = Certificates::new(records.clone(), arns.clone(), ca).map_err(failed)?;
+    let key_pool = crate::services::certs::keygen::KeyPool::new(
+        config.provisioning.key_algorithm,
+        config.provisioning.key_pool,
+    );
+    let certs = Certificates::new(records.clone(), arns.clone(), ca, key_pool).map_err(failed)?;
     let registry = Registry::new(
         records.clone(),
         arns.clone(),
@@ -750,14 +770,30 @@ async fn aws_api(
         aws,
         AuthorizerMetrics::new(metrics)?,
     ));
+    let provisioning = crate::services::provisioning::Provisioning::new(
+        crate::services::provisioning::Parts {
+            records: records.clone(),
+            arns: arns.clone(),
+            registry: registry.clone(),
+            certs: certs.clone(),
+            policies: policies.clone(),
+            broker: broker.clone(),
+            config: config.provisioning.clone(),
+            account_id: aws.account_id.clone(),
+            region: aws.region.clone(),
+            metrics: crate::metrics::ProvisioningMetrics::new(metrics)?,
+        },
+        shutdown.clone(),
+    );
     let admission = Arc::new(DeviceAdmission::new(
         records,
         arns,
         certs.clone(),
         policies.clone(),
         Arc::clone(&custom),
+        provisioning.clone(),
     ));
-    Ok(Api::new(
+    let api = Api::new(
         ControlPlane {
             registry,
             certs,
@@ -765,6 +801,7 @@ async fn aws_api(
             authorizers,
             rules,
             jobs: jobs.clone(),
+            provisioning: provisioning.clone(),
             custom,
             config: aws.clone(),
         },
@@ -776,5 +813,6 @@ async fn aws_api(
         admission,
         keys,
         ApiMetrics::new(metrics)?,
-    ))
+    );
+    Ok((api, provisioning))
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::auth::permissions::{Access, Permissions};
 use crate::auth::policy::{Context, Policy};
 use crate::gateway::http::ConnectionInfo;
+use crate::gateway::tls::PresentedCertificate;
 use crate::gateway::{ConnectCredentials, Gate, GateFuture};
 use crate::mqtt::reason;
 use crate::services::arn::{Arns, Kind};
@@ -27,6 +28,8 @@ use crate::services::certs::{CertificateStatus, Certificates};
 use crate::services::error::Error;
 use crate::services::links;
 use crate::services::policies::Policies;
+use crate::services::provisioning::Provisioning;
+use crate::services::provisioning::jit::{JustInTime, claim_policy};
 use crate::services::records::Records;
 use authorizer_gate::AuthorizerGate;
 use custom_auth::{Credentials, CustomAuth};
@@ -39,6 +42,7 @@ pub struct DeviceAdmission {
     certs: Certificates,
     policies: Policies,
     custom: Arc<CustomAuth>,
+    provisioning: Provisioning,
     live: LiveConnections,
 }
 
@@ -49,6 +53,7 @@ impl DeviceAdmission {
         certs: Certificates,
         policies: Policies,
         custom: Arc<CustomAuth>,
+        provisioning: Provisioning,
     ) -> Self {
         Self {
             records,
@@ -56,16 +61,43 @@ impl DeviceAdmission {
             certs,
             policies,
             custom,
+            provisioning,
             live: LiveConnections::default(),
         }
     }
 
-    /// The gate of a connection that proved certificate `id`.
-    pub fn certificate_gate(self: &Arc<Self>, certificate_id: String) -> Arc<dyn Gate> {
+    /// The gate of a connection that proved `certificate`.
+    pub fn certificate_gate(self: &Arc<Self>, certificate: PresentedCertificate) -> Arc<dyn Gate> {
         Arc::new(CertificateGate {
             admission: Arc::clone(self),
-            certificate_id,
+            certificate,
         })
+    }
+
+    /// Admits a certificate the registry did not know if a CA with auto-registration
+    /// provisions it now (JITP); otherwise the connection stays refused.
+    async fn admit_just_in_time(
+        &self,
+        certificate: &PresentedCertificate,
+        client_id: &str,
+    ) -> Result<Arc<Access>, u8> {
+        if certificate.der.is_empty() {
+            return Err(reason::NOT_AUTHORIZED);
+        }
+        match self
+            .provisioning
+            .register_just_in_time(&certificate.der, certificate.server_name.as_deref())
+            .await
+        {
+            Ok(JustInTime::Provisioned(_)) => {
+                self.admit_certificate(&certificate.id, client_id).await
+            }
+            Ok(JustInTime::NotEligible | JustInTime::Registered) => Err(reason::NOT_AUTHORIZED),
+            Err(e) => {
+                tracing::warn!(certificate = %certificate.id, error = %e, "just-in-time provisioning failed");
+                Err(reason::NOT_AUTHORIZED)
+            }
+        }
     }
 
     /// The gate of a connection that is admitted through a custom authorizer, from what its
@@ -118,6 +150,9 @@ impl DeviceAdmission {
         client_id: &str,
     ) -> Result<Option<(Permissions, Vec<String>)>, Error> {
         let Some(certificate) = self.certs.find(id).await? else {
+            if let Some(template) = self.provisioning.claim_template(id).await? {
+                return Ok(Some(self.claim_permissions(&template)));
+            }
             tracing::debug!(certificate = id, "unregistered client certificate");
             return Ok(None);
         };
@@ -186,18 +221,40 @@ impl DeviceAdmission {
     }
 }
 
+impl DeviceAdmission {
+    /// What a temporary claim certificate of `template` may do: provision with it, no more.
+    fn claim_permissions(&self, template: &str) -> (Permissions, Vec<String>) {
+        let document = claim_policy(self.arns.account(), template);
+        let policies: Vec<Policy> = Policy::parse(&document).into_iter().collect();
+        (
+            Permissions::compile(&policies, &Context::new(), self.arns.account()),
+            vec![format!("provisioning-claim/{template}")],
+        )
+    }
+}
+
 /// Admits the holder of one client certificate.
 struct CertificateGate {
     admission: Arc<DeviceAdmission>,
-    certificate_id: String,
+    certificate: PresentedCertificate,
 }
 
 impl Gate for CertificateGate {
     fn admit<'a>(&'a self, connect: ConnectCredentials<'a>) -> GateFuture<'a> {
-        Box::pin(
-            self.admission
-                .admit_certificate(&self.certificate_id, connect.client_id),
-        )
+        Box::pin(async move {
+            let admitted = self
+                .admission
+                .admit_certificate(&self.certificate.id, connect.client_id)
+                .await;
+            match admitted {
+                Err(reason::NOT_AUTHORIZED) => {
+                    self.admission
+                        .admit_just_in_time(&self.certificate, connect.client_id)
+                        .await
+                }
+                other => other,
+            }
+        })
     }
 }
 

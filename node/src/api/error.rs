@@ -192,6 +192,9 @@ impl From<Error> for AwsError {
             Error::VersionsLimitExceeded(_) => Self::versions_limit_exceeded(message),
             Error::MalformedPolicy(_) => Self::malformed_policy(message),
             Error::SqlParse(_) => Self::with_status(400, "SqlParseException", message),
+            Error::ResourceRegistrationFailure(_) => {
+                Self::with_status(400, "ResourceRegistrationFailureException", message)
+            }
             Error::Unauthorized(_) => Self::unauthorized(message),
             Error::Unavailable(_) => Self::unavailable(message),
             Error::Internal(_) => Self::internal(message),

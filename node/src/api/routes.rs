@@ -13,7 +13,7 @@ use super::websocket::mqtt_over_websocket;
 use crate::admission::DeviceAdmission;
 use crate::admission::custom_auth::Credentials;
 use crate::gateway::http::ConnectionInfo;
-use crate::gateway::tls::Devices;
+use crate::gateway::tls::{Devices, PresentedCertificate};
 use crate::gateway::{Admission, Gate};
 
 /// The gateway's view of the API: how a TLS connection's device is admitted, and the HTTP
@@ -33,8 +33,8 @@ impl DeviceServices {
 }
 
 impl Devices for DeviceServices {
-    fn certificate_gate(&self, certificate_id: String) -> Arc<dyn Gate> {
-        self.admission.certificate_gate(certificate_id)
+    fn certificate_gate(&self, certificate: PresentedCertificate) -> Arc<dyn Gate> {
+        self.admission.certificate_gate(certificate)
     }
 
     fn custom_auth_gate(&self, info: ConnectionInfo) -> Arc<dyn Gate> {

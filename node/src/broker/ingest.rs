@@ -11,6 +11,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::durable::{self, Durable};
@@ -35,7 +36,7 @@ pub struct Ingress<'a> {
 }
 
 /// A message of the broker's own (an AWS IoT event or a service's answer): QoS 1, not retained.
-pub(super) fn event(topic: String, payload: String) -> Message {
+pub(super) fn event(topic: String, payload: impl Into<Bytes>) -> Message {
     Message {
         topic: topic.into(),
         payload: payload.into(),
@@ -149,7 +150,12 @@ impl Broker {
     }
 
     /// Publishes a service's answer, to `requester` even when it did not subscribe.
-    pub fn reply(&self, topic: String, payload: String, requester: Option<&Arc<Session>>) {
+    pub fn reply(
+        &self,
+        topic: String,
+        payload: impl Into<Bytes>,
+        requester: Option<&Arc<Session>>,
+    ) {
         self.ingest(
             event(topic, payload),
             Ingress {

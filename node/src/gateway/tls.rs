@@ -62,12 +62,21 @@ pub enum TlsPort {
 
 /// Where the gateway hands each connection once it knows what the client speaks.
 pub trait Devices: Send + Sync + 'static {
-    /// The gate of an MQTT client that proved the certificate whose id is given.
-    fn certificate_gate(&self, certificate_id: String) -> Arc<dyn Gate>;
+    /// The gate of an MQTT client that proved `certificate`.
+    fn certificate_gate(&self, certificate: PresentedCertificate) -> Arc<dyn Gate>;
     /// The gate of an MQTT client that authenticates with a custom authorizer.
     fn custom_auth_gate(&self, info: ConnectionInfo) -> Arc<dyn Gate>;
     /// What answers HTTP: the APIs, HTTPS publish and WebSocket upgrades.
     fn router(&self) -> axum::Router;
+}
+
+/// The client certificate a device proved it holds the key of, and the server name it asked
+/// for: what a certificate the registry does not know yet is registered by (JITR/JITP).
+#[derive(Debug, Clone)]
+pub struct PresentedCertificate {
+    pub id: String,
+    pub der: Vec<u8>,
+    pub server_name: Option<String>,
 }
 
 /// Accepts any client certificate whose holder proves its key; the registry decides the rest.
@@ -195,10 +204,9 @@ async fn serve_session(
 ) {
     let session = &stream.get_ref().1;
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-    let certificate_id = session
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|der| crate::auth::identity::x509::certificate_id(der));
+    let presented = session.peer_certificates().and_then(|chain| chain.first());
+    let certificate_id = presented.map(|der| crate::auth::identity::x509::certificate_id(der));
+    let certificate_der = presented.map(|der| der.as_ref().to_vec());
     let server_name = session.server_name().map(str::to_owned);
     let info = ConnectionInfo::new(peer, certificate_id, server_name, None);
     let mqtt_with_certificate =
@@ -211,7 +219,11 @@ async fn serve_session(
         return;
     }
     if mqtt_with_certificate {
-        let gate = devices.certificate_gate(info.certificate_id.unwrap_or_default());
+        let gate = devices.certificate_gate(PresentedCertificate {
+            id: info.certificate_id.clone().unwrap_or_default(),
+            der: certificate_der.unwrap_or_default(),
+            server_name: info.server_name.clone(),
+        });
         let stream = BufferedStream::new(stream);
         serve_connection(stream, broker, Admission::Gated(gate), Some(peer.ip())).await;
     } else if alpn.as_deref() == Some(ALPN_MQTT_CUSTOM_AUTH) {

@@ -21,6 +21,7 @@ pub enum Kind {
     RuleDestination,
     Job,
     JobTemplate,
+    ProvisioningTemplate,
 }
 
 impl Kind {
@@ -37,6 +38,7 @@ impl Kind {
             Kind::RuleDestination => "ruledestination/http/",
             Kind::Job => "job/",
             Kind::JobTemplate => "jobtemplate/",
+            Kind::ProvisioningTemplate => "provisioningtemplate/",
         }
     }
 }

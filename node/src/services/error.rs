@@ -48,6 +48,9 @@ pub enum Error {
     VersionsLimitExceeded(String),
     #[error("{0}")]
     MalformedPolicy(String),
+    /// A provisioning template could not create its resources for this device.
+    #[error("{0}")]
+    ResourceRegistrationFailure(String),
     /// A topic rule's SQL statement does not parse.
     #[error("{0}")]
     SqlParse(String),

@@ -22,6 +22,8 @@ pub mod links;
 #[cfg(not(madsim))]
 pub mod policies;
 #[cfg(not(madsim))]
+pub mod provisioning;
+#[cfg(not(madsim))]
 pub mod records;
 #[cfg(not(madsim))]
 pub mod registry;
@@ -83,6 +85,18 @@ impl Services {
             started.names.push(name);
         }
         started
+    }
+
+    /// Registers and starts more services: those built after the first ones.
+    pub fn add(
+        &mut self,
+        services: Vec<Arc<dyn Service>>,
+        broker: &Broker,
+        tasks: &mut Supervisor,
+    ) {
+        let more = Self::start(services, broker, tasks);
+        self.running.extend(more.running);
+        self.names.extend(more.names);
     }
 
     /// The names of the running services.

@@ -59,9 +59,39 @@ pub fn unchanged_since(key: &str, revision: Revision) -> Compare {
     Compare::mod_revision(key.as_bytes(), CompareOp::Equal, revision)
 }
 
+/// Writes of several services committed as one transaction, each holding only while what it
+/// read is unchanged: how a provisioning template creates its thing, certificate and policy
+/// all or nothing. Each service stages its own records into it.
+#[derive(Default)]
+pub struct Batch {
+    compares: Vec<Compare>,
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    /// The batch holds only while `key` is still as read at `revision` (0: absent).
+    pub fn read(&mut self, key: &str, revision: Revision) {
+        self.compares.push(unchanged_since(key, revision));
+    }
+
+    pub fn put<T: Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
+        self.ops.push(Op::put(key, encode(value)?));
+        Ok(())
+    }
+
+    pub fn ops(&mut self, ops: impl IntoIterator<Item = Op>) {
+        self.ops.extend(ops);
+    }
+}
+
 impl Records {
     pub fn new(store: Store) -> Self {
         Self { store }
+    }
+
+    /// The store the records live in.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Runs `reads` after one read barrier, serving every read inside from this node's applied
@@ -123,6 +153,12 @@ impl Records {
     /// Changes under `prefix` from the next revision on.
     pub fn watch(&self, prefix: &str) -> Result<halyard_raft::WatchStream> {
         Ok(self.store.watch(prefix.as_bytes().to_vec(), None)?)
+    }
+
+    /// Commits `batch`; whether all it read was unchanged, and so it was written.
+    pub async fn commit(&self, batch: Batch) -> Result<bool> {
+        let txn = Txn::new().when(batch.compares).and_then(batch.ops);
+        Ok(self.store.txn(txn).await?.succeeded)
     }
 
     /// Runs `txn` as it is.

@@ -66,6 +66,17 @@ pub const JOB_TIMERS: &str = "job-timer/";
 /// `job-template/{id}`.
 pub const JOB_TEMPLATES: &str = "job-template/";
 /// Which kinds of event the account publishes (UpdateEventConfigurations).
+/// `provisioning/template/{name}`: a provisioning template.
+pub const PROVISIONING_TEMPLATES: &str = "provisioning/template/";
+/// `provisioning/template-version/{name}/{version:010}`: a template's body, by version.
+pub const PROVISIONING_TEMPLATE_VERSIONS: &str = "provisioning/template-version/";
+/// `provisioning/token/{token}`: a certificate ownership token and the certificate it proves.
+pub const OWNERSHIP_TOKENS: &str = "provisioning/token/";
+/// `provisioning/claim/{certificate id}`: a temporary claim certificate (CreateProvisioningClaim).
+pub const PROVISIONING_CLAIMS: &str = "provisioning/claim/";
+/// `provisioning/expiry/{deadline ms:013}/{certificate id}`: when a certificate made for
+/// provisioning (or a claim) lapses, for the sweeper.
+pub const PROVISIONING_EXPIRIES: &str = "provisioning/expiry/";
 pub const EVENT_CONFIGURATIONS: &str = "aws/event-configurations";
 pub const CREDENTIALS: &str = "aws/credentials/halyard";
 /// The cluster's own CA.
@@ -355,6 +366,38 @@ pub fn target_policies(target: &str) -> String {
     push_hex(&mut key, target.as_bytes());
     key.push('/');
     key
+}
+
+pub fn provisioning_template(name: &str) -> String {
+    joined(&[PROVISIONING_TEMPLATES, name])
+}
+
+pub fn provisioning_template_version(name: &str, version: u32) -> String {
+    format!("{PROVISIONING_TEMPLATE_VERSIONS}{name}/{version:010}")
+}
+
+/// The versions of template `name`.
+pub fn provisioning_template_versions(name: &str) -> String {
+    joined(&[PROVISIONING_TEMPLATE_VERSIONS, name, "/"])
+}
+
+pub fn ownership_token(token: &str) -> String {
+    joined(&[OWNERSHIP_TOKENS, token])
+}
+
+pub fn provisioning_claim(certificate_id: &str) -> String {
+    joined(&[PROVISIONING_CLAIMS, certificate_id])
+}
+
+pub fn provisioning_expiry(deadline_ms: u64, certificate_id: &str) -> String {
+    format!("{PROVISIONING_EXPIRIES}{deadline_ms:013}/{certificate_id}")
+}
+
+/// The deadline and certificate of a `provisioning/expiry/` key.
+pub fn parse_provisioning_expiry(key: &str) -> Option<(u64, &str)> {
+    let rest = key.strip_prefix(PROVISIONING_EXPIRIES)?;
+    let (deadline, certificate) = rest.split_once('/')?;
+    Some((deadline.parse().ok()?, certificate))
 }
 
 pub fn authorizer(name: &str) -> String {

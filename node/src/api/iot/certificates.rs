@@ -10,7 +10,7 @@ use crate::api::error::AwsError;
 use crate::api::request::{ApiRequest, with_token};
 use crate::services::certs::{
     AutoRegistration, CaCertificateRecord, CaStatus, CertificateMode, CertificateRecord,
-    CertificateStatus, NewCaCertificate,
+    CertificateStatus, NewCaCertificate, RegistrationConfig,
 };
 
 #[derive(Deserialize, Default)]
@@ -29,10 +29,49 @@ struct Register {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
+struct RegistrationConfigBody {
+    template_body: Option<String>,
+    template_name: Option<String>,
+    role_arn: Option<String>,
+}
+
+impl From<RegistrationConfigBody> for RegistrationConfig {
+    fn from(body: RegistrationConfigBody) -> Self {
+        Self {
+            template_body: body.template_body,
+            template_name: body.template_name,
+            role_arn: body.role_arn,
+        }
+    }
+}
+
+fn registration_config_json(config: &RegistrationConfig) -> Value {
+    let mut out = json!({});
+    if let Some(body) = &config.template_body {
+        out["templateBody"] = json!(body);
+    }
+    if let Some(name) = &config.template_name {
+        out["templateName"] = json!(name);
+    }
+    if let Some(role) = &config.role_arn {
+        out["roleArn"] = json!(role);
+    }
+    out
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct RegisterCa {
     ca_certificate: String,
     verification_certificate: Option<String>,
     certificate_mode: Option<String>,
+    registration_config: Option<RegistrationConfigBody>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct UpdateCa {
+    registration_config: Option<RegistrationConfigBody>,
 }
 
 fn status(field: &str, name: &str) -> Result<CertificateStatus, AwsError> {
@@ -200,6 +239,10 @@ impl ControlPlane {
                 ));
             }
         };
+        let registration_config = body.registration_config.map(RegistrationConfig::from);
+        if let Some(config) = &registration_config {
+            self.provisioning.check_registration_config(config).await?;
+        }
         let record = self
             .certs
             .register_ca(NewCaCertificate {
@@ -208,6 +251,7 @@ impl ControlPlane {
                 mode,
                 active: request.query_flag("setAsActive")?,
                 auto_registration: request.query_flag("allowAutoRegistration")?,
+                registration_config,
             })
             .await?;
         Ok(json!({
@@ -218,8 +262,11 @@ impl ControlPlane {
 
     pub(super) async fn describe_ca_certificate(&self, id: &str) -> ApiResult {
         let c = self.certs.ca_certificate(id).await?;
-        Ok(json!({
-            "certificateDescription": {
+        let mut answer = json!({});
+        if let Some(config) = &c.registration_config {
+            answer["registrationConfig"] = registration_config_json(config);
+        }
+        answer["certificateDescription"] = json!({
                 "certificateArn": self.certs.ca_arn(&c.certificate_id),
                 "certificateId": c.certificate_id,
                 "status": c.status.as_str(),
@@ -232,8 +279,8 @@ impl ControlPlane {
                 "generationId": c.generation_id,
                 "validity": { "notBefore": c.not_before, "notAfter": c.not_after },
                 "certificateMode": c.certificate_mode.as_str(),
-            }
-        }))
+        });
+        Ok(answer)
     }
 
     pub(super) async fn list_ca_certificates(&self, request: &ApiRequest) -> ApiResult {
@@ -282,7 +329,16 @@ impl ControlPlane {
                 ));
             }
         };
-        self.certs.update_ca(id, status, auto_registration).await?;
+        let body: UpdateCa = request.json()?;
+        let registration_config = body.registration_config.map(RegistrationConfig::from);
+        if let Some(config) = &registration_config
+            && !config.is_empty()
+        {
+            self.provisioning.check_registration_config(config).await?;
+        }
+        self.certs
+            .update_ca(id, status, auto_registration, registration_config)
+            .await?;
         Ok(json!({}))
     }
 

@@ -7,6 +7,7 @@ mod certificates;
 mod groups;
 mod jobs;
 mod policies;
+mod provisioning;
 mod rules;
 mod things;
 
@@ -22,6 +23,7 @@ use crate::services::authorizers::Authorizers;
 use crate::services::certs::Certificates;
 use crate::services::jobs::Jobs;
 use crate::services::policies::Policies;
+use crate::services::provisioning::Provisioning;
 use crate::services::registry::Registry;
 use crate::services::rules::Rules;
 
@@ -35,6 +37,7 @@ pub struct ControlPlane {
     pub authorizers: Authorizers,
     pub rules: Rules,
     pub jobs: Jobs,
+    pub provisioning: Provisioning,
     pub custom: Arc<CustomAuth>,
     pub config: AwsConfig,
 }
@@ -81,6 +84,51 @@ impl ControlPlane {
         let method = request.method.as_str();
         match (method, segments.as_slice()) {
             ("GET", ["things"]) => ("ListThings", self.list_things(request).await),
+            ("POST", ["things"]) => ("RegisterThing", self.register_thing(request).await),
+            ("POST", ["provisioning-templates"]) => (
+                "CreateProvisioningTemplate",
+                self.create_provisioning_template(request).await,
+            ),
+            ("GET", ["provisioning-templates"]) => (
+                "ListProvisioningTemplates",
+                self.list_provisioning_templates(request).await,
+            ),
+            ("GET", ["provisioning-templates", name]) => (
+                "DescribeProvisioningTemplate",
+                self.describe_provisioning_template(name).await,
+            ),
+            ("PATCH", ["provisioning-templates", name]) => (
+                "UpdateProvisioningTemplate",
+                self.update_provisioning_template(name, request).await,
+            ),
+            ("DELETE", ["provisioning-templates", name]) => (
+                "DeleteProvisioningTemplate",
+                self.delete_provisioning_template(name).await,
+            ),
+            ("POST", ["provisioning-templates", name, "versions"]) => (
+                "CreateProvisioningTemplateVersion",
+                self.create_provisioning_template_version(name, request)
+                    .await,
+            ),
+            ("GET", ["provisioning-templates", name, "versions"]) => (
+                "ListProvisioningTemplateVersions",
+                self.list_provisioning_template_versions(name, request)
+                    .await,
+            ),
+            ("GET", ["provisioning-templates", name, "versions", version]) => (
+                "DescribeProvisioningTemplateVersion",
+                self.describe_provisioning_template_version(name, version)
+                    .await,
+            ),
+            ("DELETE", ["provisioning-templates", name, "versions", version]) => (
+                "DeleteProvisioningTemplateVersion",
+                self.delete_provisioning_template_version(name, version)
+                    .await,
+            ),
+            ("POST", ["provisioning-templates", name, "provisioning-claim"]) => (
+                "CreateProvisioningClaim",
+                self.create_provisioning_claim(name).await,
+            ),
             ("PUT", ["jobs", id]) => ("CreateJob", self.create_job(id, request).await),
             ("GET", ["jobs"]) => ("ListJobs", self.list_jobs(request).await),
             ("GET", ["jobs", id]) => ("DescribeJob", self.describe_job(id).await),

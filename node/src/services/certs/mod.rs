@@ -3,7 +3,9 @@
 //! registered to vouch for devices' certificates.
 
 pub mod authority;
+pub mod keygen;
 pub mod pki;
+mod provisioned;
 
 use std::sync::Arc;
 
@@ -12,10 +14,11 @@ use serde::{Deserialize, Serialize};
 use super::arn::{Arns, Kind};
 use super::error::{Error, Result};
 use super::links;
-use super::records::{Page, Records, Versioned};
+use super::records::{Batch, Page, Records, Versioned};
 use crate::clock::epoch_seconds_fraction;
 use crate::ids::uuid_v4;
 use crate::store::keys;
+use keygen::KeyPool;
 use pki::{CaPair, IssuedKeys, ParsedCertificate};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,11 +28,15 @@ pub enum CertificateStatus {
     Inactive,
     Revoked,
     RegisterInactive,
+    /// Made for a device that has not been provisioned yet: it may connect only once a
+    /// template activates it, and is removed if none does within the hour.
+    PendingActivation,
 }
 
 impl CertificateStatus {
     /// The statuses' names, as a validation message lists them.
-    pub const NAMES: &'static str = "[ACTIVE, INACTIVE, REVOKED, REGISTER_INACTIVE]";
+    pub const NAMES: &'static str =
+        "[ACTIVE, INACTIVE, REVOKED, REGISTER_INACTIVE, PENDING_ACTIVATION]";
 
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {
@@ -37,6 +44,7 @@ impl CertificateStatus {
             "INACTIVE" => Self::Inactive,
             "REVOKED" => Self::Revoked,
             "REGISTER_INACTIVE" => Self::RegisterInactive,
+            "PENDING_ACTIVATION" => Self::PendingActivation,
             _ => return None,
         })
     }
@@ -47,6 +55,7 @@ impl CertificateStatus {
             Self::Inactive => "INACTIVE",
             Self::Revoked => "REVOKED",
             Self::RegisterInactive => "REGISTER_INACTIVE",
+            Self::PendingActivation => "PENDING_ACTIVATION",
         }
     }
 }
@@ -117,6 +126,21 @@ pub struct CertificateRecord {
     pub certificate_mode: CertificateMode,
 }
 
+/// What provisions the devices whose certificates a CA registers just in time (JITP): a
+/// template given inline or by name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RegistrationConfig {
+    pub template_body: Option<String>,
+    pub template_name: Option<String>,
+    pub role_arn: Option<String>,
+}
+
+impl RegistrationConfig {
+    pub fn is_empty(&self) -> bool {
+        self.template_body.is_none() && self.template_name.is_none()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CaCertificateRecord {
     pub certificate_id: String,
@@ -130,6 +154,8 @@ pub struct CaCertificateRecord {
     pub not_before: i64,
     pub not_after: i64,
     pub certificate_mode: CertificateMode,
+    #[serde(default)]
+    pub registration_config: Option<RegistrationConfig>,
 }
 
 /// A CA certificate to register.
@@ -140,6 +166,7 @@ pub struct NewCaCertificate {
     pub mode: CertificateMode,
     pub active: bool,
     pub auto_registration: bool,
+    pub registration_config: Option<RegistrationConfig>,
 }
 
 /// The certificates of one account.
@@ -150,6 +177,7 @@ pub struct Certificates {
     ca: Arc<CaPair>,
     /// The cluster's CA certificate, parsed once.
     own_ca: Arc<ParsedCertificate>,
+    keys: Arc<KeyPool>,
 }
 
 fn check_certificate_id(id: &str) -> Result<()> {
@@ -191,8 +219,8 @@ fn new_record(
 }
 
 impl Certificates {
-    /// The certificates of the account `arns` names, issuing from `ca`.
-    pub fn new(records: Records, arns: Arns, ca: CaPair) -> Result<Self> {
+    /// The certificates of the account `arns` names, issuing from `ca` for keys from `keys`.
+    pub fn new(records: Records, arns: Arns, ca: CaPair, keys: Arc<KeyPool>) -> Result<Self> {
         let own_ca = pki::parse(&ca.certificate_pem)
             .map_err(|e| Error::internal(format!("the cluster's CA is unreadable: {e}")))?;
         Ok(Self {
@@ -200,6 +228,7 @@ impl Certificates {
             arns,
             ca: Arc::new(ca),
             own_ca: Arc::new(own_ca),
+            keys,
         })
     }
 
@@ -235,27 +264,43 @@ impl Certificates {
         }
     }
 
-    /// CreateKeysAndCertificate: a new key pair and a certificate for it from the cluster's CA.
-    pub async fn create_keys_and_certificate(
+    /// The pool the device key pairs come from.
+    pub fn key_pool(&self) -> &Arc<KeyPool> {
+        &self.keys
+    }
+
+    /// A new key pair and a certificate for it from the cluster's CA, not yet stored.
+    pub async fn issue_keys(
         &self,
         status: CertificateStatus,
     ) -> Result<(CertificateRecord, IssuedKeys)> {
-        let keys = pki::issue_device(&self.ca).map_err(|e| Error::internal(e.to_string()))?;
-        let parsed =
-            pki::parse(&keys.certificate_pem).map_err(|e| Error::internal(e.to_string()))?;
+        let key = self
+            .keys
+            .take()
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let certificate_pem =
+            pki::issue_for_key(&self.ca, &key).map_err(|e| Error::internal(e.to_string()))?;
+        let parsed = pki::parse(&certificate_pem).map_err(|e| Error::internal(e.to_string()))?;
         let record = new_record(
             &parsed,
-            keys.certificate_pem.clone(),
+            certificate_pem.clone(),
             Some(self.own_ca.id.clone()),
             status,
             CertificateMode::Default,
         );
-        self.store_new(&record).await?;
-        Ok((record, keys))
+        Ok((
+            record,
+            IssuedKeys {
+                certificate_pem,
+                public_key_pem: key.public_key_pem,
+                private_key_pem: key.private_key_pem,
+            },
+        ))
     }
 
-    /// CreateCertificateFromCsr: a certificate from the cluster's CA for the CSR's key.
-    pub async fn create_from_csr(
+    /// A certificate from the cluster's CA for a CSR's key, not yet stored.
+    pub fn issue_for_csr(
         &self,
         csr_pem: &str,
         status: CertificateStatus,
@@ -266,13 +311,39 @@ impl Certificates {
         let pem =
             pki::issue_from_csr(&self.ca, csr_pem).map_err(|e| Error::invalid(e.to_string()))?;
         let parsed = pki::parse(&pem).map_err(|e| Error::internal(e.to_string()))?;
-        let record = new_record(
+        Ok(new_record(
             &parsed,
             pem,
             Some(self.own_ca.id.clone()),
             status,
             CertificateMode::Default,
-        );
+        ))
+    }
+
+    /// Stages a certificate issued (and not yet stored) into `batch`.
+    pub fn stage_new(&self, record: &CertificateRecord, batch: &mut Batch) -> Result<()> {
+        let key = keys::certificate(&record.certificate_id);
+        batch.read(&key, 0);
+        batch.put(&key, record)
+    }
+
+    /// CreateKeysAndCertificate: a new key pair and a certificate for it from the cluster's CA.
+    pub async fn create_keys_and_certificate(
+        &self,
+        status: CertificateStatus,
+    ) -> Result<(CertificateRecord, IssuedKeys)> {
+        let (record, keys) = self.issue_keys(status).await?;
+        self.store_new(&record).await?;
+        Ok((record, keys))
+    }
+
+    /// CreateCertificateFromCsr: a certificate from the cluster's CA for the CSR's key.
+    pub async fn create_from_csr(
+        &self,
+        csr_pem: &str,
+        status: CertificateStatus,
+    ) -> Result<CertificateRecord> {
+        let record = self.issue_for_csr(csr_pem, status)?;
         self.store_new(&record).await?;
         Ok(record)
     }
@@ -524,6 +595,7 @@ impl Certificates {
             not_before: parsed.not_before,
             not_after: parsed.not_after,
             certificate_mode: new.mode,
+            registration_config: new.registration_config.filter(|c| !c.is_empty()),
         };
         if !self
             .records
@@ -563,12 +635,13 @@ impl Certificates {
         .await
     }
 
-    /// UpdateCACertificate: its status, its auto-registration, or both.
+    /// UpdateCACertificate: its status, its auto-registration, its registration config.
     pub async fn update_ca(
         &self,
         id: &str,
         status: Option<CaStatus>,
         auto_registration: Option<AutoRegistration>,
+        registration_config: Option<RegistrationConfig>,
     ) -> Result<()> {
         let current = self.versioned_ca(id).await?;
         let mut c = current.value;
@@ -577,6 +650,9 @@ impl Certificates {
         }
         if let Some(auto) = auto_registration {
             c.auto_registration_status = auto;
+        }
+        if let Some(config) = registration_config {
+            c.registration_config = (!config.is_empty()).then_some(config);
         }
         c.last_modified_date = epoch_seconds_fraction();
         c.customer_version += 1;

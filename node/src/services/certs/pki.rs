@@ -102,17 +102,24 @@ fn random_serial() -> [u8; 16] {
     serial
 }
 
-/// A new key pair and a client certificate for it, signed by `ca`.
+/// A new EC P-256 key pair and a client certificate for it, signed by `ca`.
 pub fn issue_device(ca: &CaPair) -> Result<IssuedKeys, PkiError> {
-    let key = KeyPair::generate().map_err(generate_error)?;
-    let certificate = device_params()?
-        .signed_by(&key, &issuer(ca)?)
-        .map_err(generate_error)?;
+    let key = super::keygen::generate(crate::config::KeyAlgorithm::EcP256)?;
     Ok(IssuedKeys {
-        certificate_pem: certificate.pem(),
-        public_key_pem: key.public_key_pem(),
-        private_key_pem: key.serialize_pem(),
+        certificate_pem: issue_for_key(ca, &key)?,
+        public_key_pem: key.public_key_pem,
+        private_key_pem: key.private_key_pem,
     })
+}
+
+/// A client certificate for `key`, signed by `ca`.
+pub fn issue_for_key(ca: &CaPair, key: &super::keygen::DeviceKey) -> Result<String, PkiError> {
+    let public = rcgen::SubjectPublicKeyInfo::from_der(&key.public_key_der)
+        .map_err(|e| PkiError::Invalid(format!("the device key is unusable: {e}")))?;
+    Ok(device_params()?
+        .signed_by(&public, &issuer(ca)?)
+        .map_err(generate_error)?
+        .pem())
 }
 
 /// A client certificate for the key of a certificate signing request, signed by `ca`.

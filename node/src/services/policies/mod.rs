@@ -6,6 +6,9 @@
 //! on the revision it read, never removes a policy that was attached meanwhile.
 
 mod effective;
+mod provisioned;
+
+pub use provisioned::name_of_document;
 
 pub use effective::{ActionType, AuthInfo, AuthResult, AuthorizationTest, Decision};
 

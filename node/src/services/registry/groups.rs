@@ -24,7 +24,7 @@ use crate::store::keys;
 /// Levels in a hierarchy, the root included.
 const MAX_DEPTH: usize = 7;
 /// Groups one thing may belong to.
-const MAX_GROUPS_PER_THING: usize = 10;
+pub(super) const MAX_GROUPS_PER_THING: usize = 10;
 /// Attempts at a change that lost a race with another change of the same records.
 const ATTEMPTS: usize = 8;
 
@@ -45,7 +45,7 @@ pub struct ThingGroupRecord {
 
 impl ThingGroupRecord {
     /// The group at the top of this group's hierarchy.
-    fn root(&self) -> &str {
+    pub(super) fn root(&self) -> &str {
         self.root_to_parent.first().unwrap_or(&self.name)
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod groups;
 mod principals;
+mod provisioned;
 pub mod things;
 pub mod types;
 
@@ -133,7 +134,7 @@ impl Registry {
 
     /// Publishes a registry event on `$aws/events/thing/{name}/{operation}`, as AWS IoT does,
     /// if anyone listens.
-    fn thing_event(&self, operation: &str, thing: &ThingRecord) {
+    pub(crate) fn thing_event(&self, operation: &str, thing: &ThingRecord) {
         let topic = format!(
             "$aws/events/thing/{}/{}",
             thing.thing_name,

@@ -81,7 +81,7 @@ impl ThingFilter {
     }
 }
 
-fn check_attributes(attributes: &BTreeMap<String, String>, typed: bool) -> Result<()> {
+pub(super) fn check_attributes(attributes: &BTreeMap<String, String>, typed: bool) -> Result<()> {
     for (name, value) in attributes {
         check_attribute_name("attributePayload.attributes", name)?;
         if value.len() > 800
