@@ -7,7 +7,9 @@ the publisher's node, a persistent subscriber whose node is killed resumes on an
 with every acknowledged message, and a node cut off from the other two refuses what it cannot
 store instead of acknowledging it, and serves again once the others are back; a job created
 on one node reaches a device on another, and its execution's step timer fires after the
-node that was driving it dies. The Grafana
+node that was driving it dies; a device provisioned by claim through one node, across the
+store leader's death, connects to another, and a CA's JITP template provisions a device on any
+node. The Grafana
 dashboards and the alerting rules query only metrics that such a cluster exports."""
 
 from __future__ import annotations
@@ -448,6 +450,79 @@ def test_a_job_reaches_devices_on_every_node_and_its_timer_survives_the_leaders_
         cluster.relaunch(leader_id)
     watcher.disconnect()
     device.disconnect()
+
+
+def test_a_device_provisioned_through_one_node_connects_to_another_even_after_the_leader_dies(
+    cluster: Cluster, tmp_path: Path,
+) -> None:
+    from device import Device
+    from test_provisioning import (
+        FLEET_TEMPLATE, JITP_TEMPLATE, ROLE, _connect_by_name, _own_ca, _pem, _signed_device, claim_policy,
+    )
+
+    status = json.loads(cluster.brokers[0].http_get("/cluster/status")[1])
+    leader_id = int(status["leader"])
+    leader = cluster.brokers[leader_id - 1]
+    factory_node, device_node = (b for b in cluster.brokers if b is not leader)
+    key, secret = aws.keys(device_node)
+    iot = aws.client(device_node, key, secret)
+    iot.create_thing_group(thingGroupName="meters")
+    iot.create_provisioning_template(templateName="meters", templateBody=FLEET_TEMPLATE, enabled=True,
+                                     provisioningRoleArn=ROLE)
+    claim = iot.create_keys_and_certificate(setAsActive=True)
+    iot.create_policy(policyName="claim", policyDocument=claim_policy("meters"))
+    iot.attach_policy(policyName="claim", target=claim["certificateArn"])
+    (tmp_path / "claim.pem").write_text(claim["certificatePem"])
+    (tmp_path / "claim.key").write_text(claim["keyPair"]["PrivateKey"])
+    watcher = _client(device_node, "registry-watcher")
+    watcher.subscribe("$aws/events/thing/meter_c1/created", 1)
+
+    factory = Device(factory_node, "factory", tmp_path / "claim.pem", tmp_path / "claim.key")
+    assert factory.connect() == 0
+    factory.subscribe("$aws/certificates/create/json/+")
+    factory.subscribe("$aws/provisioning-templates/meters/provision/json/+")
+    factory.paho.publish("$aws/certificates/create/json", b"{}", qos=1)
+    assert factory.wait(lambda: len(factory.messages) == 1)
+    keys = json.loads(factory.messages[0].payload)
+
+    # The store's leader dies between the two steps: the token and the certificate are in the
+    # replicated store, and the next leader serves the rest.
+    leader.process.kill()
+    leader.process.wait()
+    try:
+        def provisioned() -> bool:
+            before = len(factory.messages)
+            factory.paho.publish("$aws/provisioning-templates/meters/provision/json", json.dumps({
+                "certificateOwnershipToken": keys["certificateOwnershipToken"],
+                "parameters": {"SerialNumber": "c1"}}), qos=1)
+            factory.wait(lambda: len(factory.messages) > before)
+            return factory.messages[-1].topic.endswith("/accepted")
+
+        _wait_for("provisioning under the new leader", provisioned, timeout=60)
+        assert json.loads(factory.messages[-1].payload)["thingName"] == "meter_c1"
+        assert json.loads(watcher.expect(timeout=10).payload)["thingName"] == "meter_c1"
+        factory.close()
+
+        (tmp_path / "meter.pem").write_text(keys["certificatePem"])
+        (tmp_path / "meter.key").write_text(keys["privateKey"])
+        device = Device(device_node, "meter_c1", tmp_path / "meter.pem", tmp_path / "meter.key",
+                        protocol=mqtt.MQTTv5)
+        assert device.connect() == 0
+        sent = device.paho.publish("things/meter_c1/telemetry", b"{}", qos=1)
+        assert device.wait(lambda: sent.mid in device.pubacks)
+        assert not device.pubacks[sent.mid].is_failure
+        device.close()
+
+        # JITP: a CA registered through one node provisions a device connecting to another.
+        ca = _own_ca("cluster CA")
+        iot.register_ca_certificate(caCertificate=_pem(ca[1]), setAsActive=True, allowAutoRegistration=True,
+                                    registrationConfig={"templateBody": JITP_TEMPLATE, "roleArn": ROLE})
+        cert, private_key, _ = _signed_device(ca, "sensor-c1", tmp_path)
+        assert _connect_by_name(factory_node, "sensor-c1", cert, private_key, "localhost") == 0
+        assert iot.describe_thing(thingName="sensor-c1")["attributes"] == {"maker": "Acme"}
+    finally:
+        cluster.relaunch(leader_id)
+    watcher.disconnect()
 
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
