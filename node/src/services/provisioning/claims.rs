@@ -202,9 +202,39 @@ impl Provisioning {
     }
 }
 
-/// The sweeper of one node: acts while this node leads the store.
+/// What the key pool had handed out when last reported, to export the difference.
+#[derive(Default)]
+struct KeyCounts {
+    from_pool: u64,
+    on_demand: u64,
+}
+
+impl KeyCounts {
+    fn report(&mut self, provisioning: &Provisioning) {
+        use std::sync::atomic::Ordering;
+        let metrics = &provisioning.inner.metrics;
+        let pool = provisioning.inner.certs.key_pool();
+        metrics.keys_pooled.set(pool.available() as i64);
+        let from_pool = pool.from_pool.load(Ordering::Relaxed);
+        let on_demand = pool.on_demand.load(Ordering::Relaxed);
+        metrics
+            .keys_taken
+            .with_label_values(&["pool"])
+            .inc_by(from_pool.saturating_sub(self.from_pool));
+        metrics
+            .keys_taken
+            .with_label_values(&["on_demand"])
+            .inc_by(on_demand.saturating_sub(self.on_demand));
+        self.from_pool = from_pool;
+        self.on_demand = on_demand;
+    }
+}
+
+/// The sweeper of one node: acts while this node leads the store; every node reports its
+/// key pool.
 pub async fn sweep(provisioning: Provisioning, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let store = provisioning.inner.records.store().clone();
+    let mut keys = KeyCounts::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
@@ -213,9 +243,7 @@ pub async fn sweep(provisioning: Provisioning, mut shutdown: tokio::sync::watch:
         if *shutdown.borrow() {
             return;
         }
-        let metrics = &provisioning.inner.metrics;
-        let pool = provisioning.inner.certs.key_pool();
-        metrics.keys_pooled.set(pool.available() as i64);
+        keys.report(&provisioning);
         if store.status().leader != Some(store.id()) {
             continue;
         }
