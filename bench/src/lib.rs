@@ -6,6 +6,7 @@ pub mod compare;
 pub mod conn;
 pub mod handshakes;
 pub mod jobs;
+pub mod provision;
 pub mod pubsub;
 pub mod shadow;
 pub mod stats;
