@@ -424,6 +424,14 @@ def test_a_claim_certificate_from_create_provisioning_claim(broker: Broker, iot:
     answer = _provision(device, "meters", {"SerialNumber": "0005"})
     assert answer["topic"].endswith("/accepted"), answer
     assert answer["thingName"] == "meter_0005"
+    # A token provisions once.
+    before = len(device.messages)
+    device.paho.publish("$aws/provisioning-templates/meters/provision/json", json.dumps({
+        "certificateOwnershipToken": answer["keys"]["certificateOwnershipToken"],
+        "parameters": {"SerialNumber": "0006"}}), qos=1)
+    assert device.wait(lambda: len(device.messages) > before)
+    assert device.messages[-1].topic.endswith("/rejected")
+    assert json.loads(device.messages[-1].payload)["errorCode"] == "InvalidCertificateOwnershipToken"
     info = device.paho.publish("things/meter_0005/telemetry", b"{}", qos=1)
     assert device.wait(lambda: info.mid in device.pubacks)
     assert device.pubacks[info.mid] == NOT_AUTHORIZED

@@ -195,6 +195,9 @@ impl From<Error> for AwsError {
             Error::ResourceRegistrationFailure(_) => {
                 Self::with_status(400, "ResourceRegistrationFailureException", message)
             }
+            Error::ResourceConflicts(_) => {
+                Self::with_status(409, "ResourceConflictsException", message)
+            }
             Error::Unauthorized(_) => Self::unauthorized(message),
             Error::Unavailable(_) => Self::unavailable(message),
             Error::Internal(_) => Self::internal(message),

@@ -51,6 +51,9 @@ pub enum Error {
     /// A provisioning template could not create its resources for this device.
     #[error("{0}")]
     ResourceRegistrationFailure(String),
+    /// A template's resource exists and differs, and its override setting says FAIL.
+    #[error("{0}")]
+    ResourceConflicts(String),
     /// A topic rule's SQL statement does not parse.
     #[error("{0}")]
     SqlParse(String),

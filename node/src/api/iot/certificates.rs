@@ -72,19 +72,23 @@ struct RegisterCa {
 #[serde(rename_all = "camelCase")]
 struct UpdateCa {
     registration_config: Option<RegistrationConfigBody>,
+    remove_auto_registration: Option<bool>,
 }
 
 fn status(field: &str, name: &str) -> Result<CertificateStatus, AwsError> {
-    CertificateStatus::parse(name).ok_or_else(|| {
-        AwsError::validation(
-            field,
-            name,
-            &format!(
-                "Member must satisfy enum value set: {}",
-                CertificateStatus::NAMES
-            ),
-        )
-    })
+    // PENDING_ACTIVATION is the provisioning's to give, not a caller's.
+    CertificateStatus::parse(name)
+        .filter(|s| *s != CertificateStatus::PendingActivation)
+        .ok_or_else(|| {
+            AwsError::validation(
+                field,
+                name,
+                &format!(
+                    "Member must satisfy enum value set: {}",
+                    CertificateStatus::NAMES
+                ),
+            )
+        })
 }
 
 /// The status a new certificate starts in: `setAsActive` in the query, or `status`.
@@ -330,7 +334,12 @@ impl ControlPlane {
             }
         };
         let body: UpdateCa = request.json()?;
-        let registration_config = body.registration_config.map(RegistrationConfig::from);
+        let mut registration_config = body.registration_config.map(RegistrationConfig::from);
+        let mut auto_registration = auto_registration;
+        if body.remove_auto_registration == Some(true) {
+            auto_registration = Some(AutoRegistration::Disable);
+            registration_config = Some(RegistrationConfig::default());
+        }
         if let Some(config) = &registration_config
             && !config.is_empty()
         {

@@ -64,6 +64,8 @@ pub struct KeyPool {
     capacity: usize,
     keys: Mutex<VecDeque<DeviceKey>>,
     drawn: Notify,
+    /// Keys made on demand at once: no more than the cores, whatever the burst.
+    making: tokio::sync::Semaphore,
     /// Keys handed out from the pool, and made on demand because it was empty.
     pub from_pool: AtomicU64,
     pub on_demand: AtomicU64,
@@ -76,6 +78,9 @@ impl KeyPool {
             capacity,
             keys: Mutex::new(VecDeque::with_capacity(capacity)),
             drawn: Notify::new(),
+            making: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            ),
             from_pool: AtomicU64::new(0),
             on_demand: AtomicU64::new(0),
         })
@@ -99,6 +104,11 @@ impl KeyPool {
             return Ok(key);
         }
         self.on_demand.fetch_add(1, Ordering::Relaxed);
+        let _turn = self
+            .making
+            .acquire()
+            .await
+            .map_err(|e| PkiError::Generate(e.to_string()))?;
         let algorithm = self.algorithm;
         tokio::task::spawn_blocking(move || generate(algorithm))
             .await

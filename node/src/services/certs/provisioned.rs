@@ -15,9 +15,11 @@ use crate::store::keys;
 
 impl Certificates {
     /// Stages the certificate `spec` describes into `batch`: its record as the batch leaves it.
+    /// `registered` is a certificate registered by the same batch (JITP), not stored yet.
     pub async fn stage_provisioned(
         &self,
         spec: &CertificateSpec,
+        registered: Option<&CertificateRecord>,
         batch: &mut Batch,
     ) -> Result<CertificateRecord> {
         let wanted = if spec.active {
@@ -25,6 +27,16 @@ impl Certificates {
         } else {
             CertificateStatus::Inactive
         };
+        if let (CertificateSource::Id(id), Some(registered)) = (&spec.source, registered)
+            && registered.certificate_id == *id
+        {
+            let mut record = registered.clone();
+            record.status = wanted;
+            let key = keys::certificate(id);
+            batch.read(&key, 0);
+            batch.put(&key, &record)?;
+            return Ok(record);
+        }
         let fresh = match &spec.source {
             CertificateSource::Id(id) => {
                 check_certificate_id(id)?;
@@ -102,7 +114,7 @@ impl Certificates {
             (current, Override::DoNothing) => current,
             (_, Override::Replace | Override::Merge) => wanted,
             (current, Override::Fail) if current != wanted => {
-                return Err(Error::ResourceRegistrationFailure(format!(
+                return Err(Error::ResourceConflicts(format!(
                     "Certificate {id} is {} and the template says FAIL",
                     current.as_str()
                 )));

@@ -39,11 +39,9 @@ impl Policies {
                     .ok_or_else(|| {
                         Error::ResourceRegistrationFailure(format!("Policy {name} does not exist"))
                     })?;
-                let key = keys::policy(name);
-                batch.read(&key, current.mod_revision);
-                // Rewritten unchanged, so that a concurrent DeletePolicy fails rather than
-                // leaves this attachment dangling.
-                batch.put(&key, &current.value)?;
+                // Read, not rewritten: every device of a fleet attaches the same policy, and a
+                // rewrite would make their transactions overtake one another.
+                batch.read(&keys::policy(name), current.mod_revision);
                 name.clone()
             }
             PolicySpec::Document { document, .. } => {
@@ -51,10 +49,7 @@ impl Policies {
                 let name = name_of_document(document);
                 let key = keys::policy(&name);
                 match self.records.get::<PolicyRecord>(&key).await? {
-                    Some(current) => {
-                        batch.read(&key, current.mod_revision);
-                        batch.put(&key, &current.value)?;
-                    }
+                    Some(current) => batch.read(&key, current.mod_revision),
                     None => {
                         let now = epoch_seconds_fraction();
                         batch.read(&key, 0);

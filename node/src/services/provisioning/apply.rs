@@ -11,9 +11,26 @@ use crate::services::certs::CertificateRecord;
 use crate::services::error::{Error, Result};
 use crate::services::links;
 use crate::services::records::Batch;
+use crate::services::registry::StagedThing;
 
 /// Attempts at a template whose records kept changing under it.
 const ATTEMPTS: usize = 8;
+
+/// An ownership token a provisioning uses up: its transaction holds only while the token is
+/// as read, and removes it, so one token provisions once.
+pub struct SpentToken {
+    pub key: String,
+    pub revision: halyard_raft::Revision,
+    pub expiry_key: String,
+}
+
+/// What a provisioning brings into its template's transaction besides the resources.
+#[derive(Default)]
+pub struct Seed {
+    pub token: Option<SpentToken>,
+    /// A certificate registered in the same transaction (JITP), not in the store yet.
+    pub new_certificate: Option<CertificateRecord>,
+}
 
 /// What a template made.
 #[derive(Debug, Clone)]
@@ -25,72 +42,116 @@ pub struct Provisioned {
     pub device_configuration: BTreeMap<String, String>,
 }
 
+/// A template's resources staged, not yet committed.
+struct Staged {
+    batch: Batch,
+    resource_arns: BTreeMap<String, String>,
+    certificate: Option<CertificateRecord>,
+    thing: Option<StagedThing>,
+}
+
 impl Provisioning {
     /// Creates or updates the resources of `resolved` in one transaction.
-    pub async fn apply(&self, resolved: &Resolved, via: &str) -> Result<Provisioned> {
+    pub async fn apply(&self, resolved: &Resolved, via: &str, seed: &Seed) -> Result<Provisioned> {
         let inner = &self.inner;
-        for _ in 0..ATTEMPTS {
-            let mut batch = Batch::default();
-            let mut resource_arns = BTreeMap::new();
-            let certificate = match &resolved.certificate {
-                Some(spec) => {
-                    let record = inner.certs.stage_provisioned(spec, &mut batch).await?;
-                    resource_arns.insert(
-                        spec.logical_id.clone(),
-                        inner.certs.arn(&record.certificate_id),
-                    );
-                    Some(record)
-                }
-                None => None,
-            };
-            let certificate_arn = certificate
-                .as_ref()
-                .map(|c| inner.certs.arn(&c.certificate_id));
-            let thing = match &resolved.thing {
-                Some(spec) => {
-                    let staged = inner.registry.stage_thing(spec, &mut batch).await?;
-                    resource_arns.insert(
-                        spec.logical_id.clone(),
-                        inner.registry.thing_arn(&spec.name),
-                    );
-                    Some(staged)
-                }
-                None => None,
-            };
-            for policy in &resolved.policies {
-                let target = certificate_arn.as_deref().ok_or_else(|| {
-                    Error::ResourceRegistrationFailure(
-                        "A policy needs the template's certificate to be attached to".into(),
-                    )
-                })?;
-                let name = inner
-                    .policies
-                    .stage_attached(policy, target, &mut batch)
-                    .await?;
-                let logical_id = match policy {
-                    super::template::PolicySpec::Named { logical_id, .. }
-                    | super::template::PolicySpec::Document { logical_id, .. } => logical_id,
-                };
-                resource_arns.insert(logical_id.clone(), inner.policies.arn(&name));
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                // Spread the next attempts of writers that overtook one another.
+                let jitter = rand::random::<u64>() % (5 << attempt.min(5));
+                tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
             }
-            if let (Some(thing), Some(arn)) = (&thing, &certificate_arn) {
-                batch.ops(links::attach_principal(&thing.record.thing_name, arn));
-            }
-            if inner.records.commit(batch).await? {
-                if let Some(thing) = &thing {
+            // One read barrier, then every owner reads from this node's applied state: the
+            // batch's conditions catch anything that changed since.
+            let staged = inner.records.settled(self.stage(resolved, seed)).await??;
+            if inner.records.commit(staged.batch).await? {
+                if let Some(thing) = &staged.thing {
                     inner.registry.thing_committed(thing);
                 }
                 inner.metrics.provisioned.with_label_values(&[via]).inc();
                 return Ok(Provisioned {
-                    thing_name: thing.map(|t| t.record.thing_name),
-                    certificate,
-                    resource_arns,
+                    thing_name: staged.thing.map(|t| t.record.thing_name),
+                    certificate: staged.certificate,
+                    resource_arns: staged.resource_arns,
                     device_configuration: resolved.device_configuration.clone(),
                 });
+            }
+            if let Some(token) = &seed.token {
+                let now = inner.records.get::<serde_json::Value>(&token.key).await?;
+                if now.is_none_or(|t| t.mod_revision != token.revision) {
+                    return Err(Error::NotFound(
+                        "The certificate ownership token was used or has expired.".into(),
+                    ));
+                }
             }
         }
         Err(Error::conflict(
             "The template's resources kept changing while it was applied; retry.",
         ))
+    }
+
+    async fn stage(&self, resolved: &Resolved, seed: &Seed) -> Result<Staged> {
+        let inner = &self.inner;
+        let mut batch = Batch::default();
+        if let Some(token) = &seed.token {
+            batch.read(&token.key, token.revision);
+            batch.ops([
+                halyard_raft::Op::delete(token.key.clone()),
+                halyard_raft::Op::delete(token.expiry_key.clone()),
+            ]);
+        }
+        let mut resource_arns = BTreeMap::new();
+        let certificate = match &resolved.certificate {
+            Some(spec) => {
+                let record = inner
+                    .certs
+                    .stage_provisioned(spec, seed.new_certificate.as_ref(), &mut batch)
+                    .await?;
+                resource_arns.insert(
+                    spec.logical_id.clone(),
+                    inner.certs.arn(&record.certificate_id),
+                );
+                Some(record)
+            }
+            None => None,
+        };
+        let certificate_arn = certificate
+            .as_ref()
+            .map(|c| inner.certs.arn(&c.certificate_id));
+        let thing = match &resolved.thing {
+            Some(spec) => {
+                let staged = inner.registry.stage_thing(spec, &mut batch).await?;
+                resource_arns.insert(
+                    spec.logical_id.clone(),
+                    inner.registry.thing_arn(&spec.name),
+                );
+                Some(staged)
+            }
+            None => None,
+        };
+        for policy in &resolved.policies {
+            let target = certificate_arn.as_deref().ok_or_else(|| {
+                Error::ResourceRegistrationFailure(
+                    "A policy needs the template's certificate to be attached to".into(),
+                )
+            })?;
+            let name = inner
+                .policies
+                .stage_attached(policy, target, &mut batch)
+                .await?;
+            let logical_id = match policy {
+                super::template::PolicySpec::Named { logical_id, .. }
+                | super::template::PolicySpec::Document { logical_id, .. } => logical_id,
+            };
+            resource_arns.insert(logical_id.clone(), inner.policies.arn(&name));
+        }
+        if let (Some(thing), Some(arn)) = (&thing, &certificate_arn) {
+            batch.ops(links::attach_principal(&thing.record.thing_name, arn));
+        }
+        Ok(Staged {
+            batch,
+            resource_arns,
+            certificate,
+            thing,
+        })
     }
 }

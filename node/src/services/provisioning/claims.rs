@@ -92,20 +92,29 @@ impl Provisioning {
         Ok(token)
     }
 
-    /// The certificate an ownership token proves, if it is valid.
-    pub(super) async fn token_certificate(&self, token: &str) -> Result<Option<String>> {
+    /// The certificate an ownership token proves, if it is valid, and the token to spend.
+    pub(super) async fn token_certificate(
+        &self,
+        token: &str,
+    ) -> Result<Option<(String, super::apply::SpentToken)>> {
         if token.is_empty() || token.len() > 256 {
             return Ok(None);
         }
-        let record = self
-            .inner
-            .records
-            .get::<TokenRecord>(&keys::ownership_token(token))
-            .await?;
+        let key = keys::ownership_token(token);
+        let record = self.inner.records.get::<TokenRecord>(&key).await?;
         Ok(record
-            .map(|r| r.value)
-            .filter(|r| r.expires_ms > epoch_millis())
-            .map(|r| r.certificate_id))
+            .filter(|r| r.value.expires_ms > epoch_millis())
+            .map(|r| {
+                let spent = super::apply::SpentToken {
+                    expiry_key: keys::provisioning_expiry(
+                        r.value.expires_ms,
+                        &r.value.certificate_id,
+                    ),
+                    key,
+                    revision: r.mod_revision,
+                };
+                (r.value.certificate_id, spent)
+            }))
     }
 
     /// Stores a claim certificate of `template`.

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::apply::Seed;
 use super::hook::{self, HookInput, Verdict};
 use super::template::Kind;
 use super::templates::{TemplateType, parse_body};
@@ -48,6 +49,7 @@ impl From<Error> for Refusal {
             Error::ResourceRegistrationFailure(_) => {
                 Self::new(400, "ResourceRegistrationFailure", message)
             }
+            Error::ResourceConflicts(_) => Self::new(409, "ResourceConflictsException", message),
             Error::CertificateState(_) | Error::CertificateInvalid(_) => {
                 Self::new(400, "InvalidCertificate", message)
             }
@@ -147,19 +149,37 @@ impl Provisioning {
                 format!("The provisioning template {} is disabled", template.name),
             ));
         }
-        if let Some(claimed) = self.claim_template(request.claim_certificate_id).await?
-            && claimed != template.name
-        {
-            return Err(Refusal::new(
-                403,
-                "AccessDenied",
-                format!(
-                    "The claim certificate is for the provisioning template {claimed}, not {}",
-                    template.name
-                ),
-            ));
+        match self.claim_template(request.claim_certificate_id).await? {
+            Some(claimed) if claimed != template.name => {
+                return Err(Refusal::new(
+                    403,
+                    "AccessDenied",
+                    format!(
+                        "The claim certificate is for the provisioning template {claimed}, not {}",
+                        template.name
+                    ),
+                ));
+            }
+            Some(_) => {}
+            // A claim certificate that lapsed while its connection stayed open may provision
+            // no more.
+            None if !request.claim_certificate_id.is_empty()
+                && inner
+                    .certs
+                    .find(request.claim_certificate_id)
+                    .await?
+                    .is_none() =>
+            {
+                return Err(Refusal::new(
+                    403,
+                    "AccessDenied",
+                    "The claim certificate has expired",
+                ));
+            }
+            None => {}
         }
-        let Some(certificate_id) = self.token_certificate(request.ownership_token).await? else {
+        let Some((certificate_id, spent)) = self.token_certificate(request.ownership_token).await?
+        else {
             return Err(Refusal::new(
                 400,
                 "InvalidCertificateOwnershipToken",
@@ -193,7 +213,33 @@ impl Provisioning {
         let resolved = body
             .resolve(&parameters, &self.pseudo(&certificate_id))
             .map_err(|e| Refusal::new(400, "InvalidParameters", e.0))?;
-        Ok(self.apply(&resolved, "fleet").await?)
+        if !resolved.provisions_only(&certificate_id) {
+            return Err(Refusal::new(
+                400,
+                "InvalidParameters",
+                "The template's certificate must be the one the ownership token proves",
+            ));
+        }
+        let seed = Seed {
+            token: Some(spent),
+            new_certificate: None,
+        };
+        match self.apply(&resolved, "fleet", &seed).await {
+            Ok(provisioned) => Ok(provisioned),
+            Err(_)
+                if self
+                    .token_certificate(request.ownership_token)
+                    .await?
+                    .is_none() =>
+            {
+                Err(Refusal::new(
+                    400,
+                    "InvalidCertificateOwnershipToken",
+                    "The certificate ownership token was used or has expired.",
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// RegisterThing over HTTP: a template brought by the caller, with its parameters.
@@ -206,7 +252,7 @@ impl Provisioning {
         let resolved = template
             .resolve(parameters, &BTreeMap::new())
             .map_err(|e| Error::ResourceRegistrationFailure(e.0))?;
-        self.apply(&resolved, "register").await
+        self.apply(&resolved, "register", &Seed::default()).await
     }
 
     /// CreateProvisioningClaim: a claim certificate that may only provision with `template`,

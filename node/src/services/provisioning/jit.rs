@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
+use super::apply::Seed;
 use super::template::{Kind, SUBJECT_PARAMETERS};
 use super::templates::{TemplateType, parse_body};
 use super::{Provisioned, Provisioning};
@@ -144,6 +145,10 @@ impl Provisioning {
         if parsed.is_ca || inner.certs.find(&parsed.id).await?.is_some() {
             return Ok(JustInTime::NotEligible);
         }
+        let now_s = crate::clock::epoch_seconds_signed();
+        if now_s < parsed.not_before || now_s > parsed.not_after {
+            return Ok(JustInTime::NotEligible);
+        }
         let Some(ca) = self.auto_registering_ca(&parsed).await? else {
             return Ok(JustInTime::NotEligible);
         };
@@ -161,35 +166,58 @@ impl Provisioning {
             not_after: parsed.not_after,
             certificate_mode: CertificateMode::Default,
         };
-        let mut batch = Batch::default();
-        inner.certs.stage_new(&record, &mut batch)?;
-        if !inner.records.commit(batch).await? {
-            // Another connection of the same device registered it first.
-            return Ok(JustInTime::NotEligible);
-        }
-        inner.metrics.jit_registered.inc();
-        self.registered_event(&record, &ca.certificate_id, now);
-        let Some(config) = &ca.registration_config else {
+        let Some(config) = ca.registration_config.as_ref().filter(|c| !c.is_empty()) else {
+            let mut batch = Batch::default();
+            inner.certs.stage_new(&record, &mut batch)?;
+            if !inner.records.commit(batch).await? {
+                // Another connection of the same device registered it first.
+                return Ok(JustInTime::NotEligible);
+            }
+            inner.metrics.jit_registered.inc();
+            self.registered_event(&record, &ca.certificate_id, now);
             return Ok(JustInTime::Registered);
         };
         let body = match (&config.template_body, &config.template_name) {
             (Some(body), _) => parse_body(body, Kind::Jitp)?,
-            (None, Some(name)) => inner.templates.usable(name).await?.1,
-            (None, None) => return Ok(JustInTime::Registered),
+            (None, Some(name)) => {
+                let (template, body) = inner.templates.usable(name).await?;
+                if template.template_type != TemplateType::Jitp || !template.enabled {
+                    return Err(Error::ResourceRegistrationFailure(format!(
+                        "The provisioning template {name} is not an enabled JITP template"
+                    )));
+                }
+                body
+            }
+            (None, None) => return Ok(JustInTime::NotEligible),
         };
-        let subject: BTreeMap<String, String> = pki::name_fields(&parsed.der)
-            .into_iter()
-            .filter_map(|(field, value)| {
-                SUBJECT_PARAMETERS
-                    .iter()
-                    .find(|(_, name)| *name == field)
-                    .map(|(parameter, _)| ((*parameter).to_owned(), value))
-            })
-            .collect();
+        let mut pseudo = self.pseudo(&parsed.id);
+        pseudo.extend(
+            pki::name_fields(&parsed.der)
+                .into_iter()
+                .filter_map(|(field, value)| {
+                    SUBJECT_PARAMETERS
+                        .iter()
+                        .find(|(_, name)| *name == field)
+                        .map(|(parameter, _)| ((*parameter).to_owned(), value))
+                }),
+        );
         let resolved = body
-            .resolve(&subject, &self.pseudo(&parsed.id))
+            .resolve(&BTreeMap::new(), &pseudo)
             .map_err(|e| Error::ResourceRegistrationFailure(e.0))?;
-        let provisioned = self.apply(&resolved, "jitp").await?;
+        if !resolved.provisions_only(&parsed.id) {
+            return Err(Error::ResourceRegistrationFailure(
+                "A JITP template's certificate must be the connecting device's".into(),
+            ));
+        }
+        // The certificate is registered in the template's own transaction: if the template
+        // cannot be applied, nothing is left behind and the device's next attempt starts over.
+        let seed = Seed {
+            token: None,
+            new_certificate: Some(record.clone()),
+        };
+        let provisioned = self.apply(&resolved, "jitp", &seed).await?;
+        inner.metrics.jit_registered.inc();
+        self.registered_event(&record, &ca.certificate_id, now);
         Ok(JustInTime::Provisioned(Box::new(provisioned)))
     }
 

@@ -127,6 +127,16 @@ pub struct Resolved {
     pub device_configuration: BTreeMap<String, String>,
 }
 
+impl Resolved {
+    /// Whether the only certificate this touches is `certificate_id`: a device proves it
+    /// holds one certificate and may not have a template activate another.
+    pub fn provisions_only(&self, certificate_id: &str) -> bool {
+        self.certificate
+            .as_ref()
+            .is_none_or(|c| c.source == CertificateSource::Id(certificate_id.to_owned()))
+    }
+}
+
 /// A template, parsed and checked.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -634,7 +644,14 @@ impl Template {
     ) -> Result<Resolved, TemplateError> {
         let mut values = BTreeMap::new();
         for (name, default) in &self.parameters {
-            let value = match (parameters.get(name), default) {
+            // What the provisioning knows of the certificate (its id, its subject) is never
+            // the device's to say: a device could otherwise name another certificate.
+            let given = if name.starts_with("AWS::") {
+                pseudo.get(name)
+            } else {
+                parameters.get(name)
+            };
+            let value = match (given, default) {
                 (Some(given), _) => Value::String(given.clone()),
                 (None, Some(default)) => Value::String(scalar_text(default)),
                 (None, None) => {
@@ -1138,12 +1155,38 @@ mod tests {
         let template = Template::parse(body, Kind::Jitp).unwrap();
         let resolved = template
             .resolve(
-                &params(&[("AWS::IoT::Certificate::CommonName", "sensor-7")]),
-                &params(&[(CERTIFICATE_ID, "id")]),
+                &BTreeMap::new(),
+                &params(&[
+                    (CERTIFICATE_ID, "id"),
+                    ("AWS::IoT::Certificate::CommonName", "sensor-7"),
+                ]),
             )
             .unwrap();
         assert_eq!(resolved.thing.unwrap().name, "sensor-7");
         assert_eq!(resolved.policies.len(), 1);
+    }
+
+    #[test]
+    fn pseudo_parameters_come_from_the_provisioning_never_from_the_device() {
+        let body = r#"{
+          "Parameters": {"AWS::IoT::Certificate::Id": {"Type": "String"}, "AWS::IoT::Certificate::CommonName": {"Type": "String"}},
+          "Resources": {
+            "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "AWS::IoT::Certificate::CommonName"}}},
+            "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}}}
+          }
+        }"#;
+        let template = Template::parse(body, Kind::Jitp).unwrap();
+        let resolved = template
+            .resolve(
+                &params(&[(CERTIFICATE_ID, "someone-elses")]),
+                &params(&[
+                    (CERTIFICATE_ID, "mine"),
+                    ("AWS::IoT::Certificate::CommonName", "sensor"),
+                ]),
+            )
+            .unwrap();
+        assert!(resolved.provisions_only("mine"));
+        assert_eq!(resolved.thing.unwrap().name, "sensor");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 pub mod groups;
 mod principals;
 mod provisioned;
+
+pub use provisioned::StagedThing;
 pub mod things;
 pub mod types;
 

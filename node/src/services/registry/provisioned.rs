@@ -20,7 +20,7 @@ pub struct StagedThing {
 }
 
 fn conflict(name: &str, property: &str) -> Error {
-    Error::ResourceRegistrationFailure(format!(
+    Error::ResourceConflicts(format!(
         "Thing {name} exists with another {property} and the template says FAIL"
     ))
 }
