@@ -346,6 +346,12 @@ def test_the_pre_provisioning_hook_allows_with_overrides_or_denies(
     cert, key = _fleet(iot, tmp_path, preProvisioningHook={"targetArn": hook, "payloadVersion": "2020-04-01"})
     device = Device(broker, "factory-hook", cert, key)
     assert device.connect() == 0
+    # Another device of the fleet, subscribed to the same answers, must not see this one's
+    # private key or token.
+    eavesdropper = Device(broker, "factory-other", cert, key)
+    assert eavesdropper.connect() == 0
+    eavesdropper.subscribe("$aws/certificates/create/json/+")
+    eavesdropper.subscribe("$aws/provisioning-templates/meters/provision/json/+")
 
     _Hook.answers.append({"allowProvisioning": True, "parameterOverrides": {"SerialNumber": "from-hook"}})
     answer = _provision(device, "meters", {"SerialNumber": "0003"})
@@ -365,6 +371,8 @@ def test_the_pre_provisioning_hook_allows_with_overrides_or_denies(
     with pytest.raises(botocore.exceptions.ClientError):
         iot.describe_thing(thingName="meter_0004")
     device.close()
+    assert eavesdropper.messages == []
+    eavesdropper.close()
 
 
 def test_a_template_is_all_or_nothing_and_register_thing_over_http(broker: Broker, iot: Any) -> None:

@@ -165,6 +165,34 @@ impl Broker {
         );
     }
 
+    /// Delivers a service's answer to `requester` alone: no other subscriber, node, tap or
+    /// rule sees it. What fleet provisioning answers holds a device's private key and its
+    /// ownership token, which every other device subscribed to the same topic would otherwise
+    /// receive.
+    pub fn reply_privately(
+        &self,
+        topic: String,
+        payload: impl Into<Bytes>,
+        requester: Option<&Arc<Session>>,
+    ) {
+        let Some(requester) = requester else {
+            return;
+        };
+        let delivery = Delivery {
+            message: Arc::new(event(topic, payload)),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            stored: 0,
+            fence: 0,
+        };
+        if let Enqueued::Dropped(reason) =
+            requester.enqueue(delivery, QueueLimits::of(&self.inner.config))
+        {
+            self.inner.metrics.message_dropped(reason);
+        }
+    }
+
     /// Publishes `message` and returns once the store writes it needs (its retained copy, the
     /// copies queued for persistent sessions) are durable and every other node it went to has
     /// it; false if that is not so within `timeout`, or if the message was refused.

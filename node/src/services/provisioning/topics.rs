@@ -1,8 +1,9 @@
 //! The fleet provisioning MQTT API: `$aws/certificates/create/{json|cbor}`,
 //! `$aws/certificates/create-from-csr/{json|cbor}` and
 //! `$aws/provisioning-templates/{name}/provision/{json|cbor}`, answered on the request's topic
-//! `/accepted` or `/rejected` to the requester even without a subscription, in the request's
-//! encoding. There is no clientToken: a client matches answers by topic.
+//! `/accepted` or `/rejected` to the requester alone (it holds a private key and an ownership
+//! token; every device of a fleet subscribes to the same topics), in the request's encoding.
+//! There is no clientToken: a client matches answers by topic.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -282,7 +283,7 @@ fn answer(
     provisioning
         .inner
         .broker
-        .reply(reply_topic, encode(&body, encoding), requester);
+        .reply_privately(reply_topic, encode(&body, encoding), requester);
 }
 
 #[cfg(test)]
