@@ -258,6 +258,7 @@ impl ControlPlane {
                 registration_config,
             })
             .await?;
+        self.provisioning.forget_jit_cas();
         Ok(json!({
             "certificateArn": self.certs.ca_arn(&record.certificate_id),
             "certificateId": record.certificate_id,
@@ -348,6 +349,7 @@ impl ControlPlane {
         self.certs
             .update_ca(id, status, auto_registration, registration_config)
             .await?;
+        self.provisioning.forget_jit_cas();
         Ok(json!({}))
     }
 

@@ -7,6 +7,7 @@
 //! connect again).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::json;
 
@@ -23,6 +24,9 @@ use crate::services::certs::{
 use crate::services::error::{Error, Result};
 use crate::services::records::{Batch, Page};
 use crate::store::keys;
+
+/// How long the list of auto-registering CAs serves before it is read again.
+const JIT_CA_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What became of a certificate the registry did not know.
 #[derive(Debug)]
@@ -106,25 +110,60 @@ impl Provisioning {
         Ok(cas.into_iter().next().map(|ca| ca.certificate_id))
     }
 
-    /// The registered, active CA with auto-registration that signed `certificate`.
+    /// Forgets the list of auto-registering CAs: one was registered or changed here.
+    pub fn forget_jit_cas(&self) {
+        *self.inner.jit_cas.lock() = None;
+    }
+
+    /// The registered, active CA with auto-registration that signed `certificate`, as it is
+    /// in the store now. The list of such CAs is read at most once a second when none signed
+    /// the certificates presented: an unknown certificate costs a signature check per CA, not
+    /// a scan of the store per connection.
     async fn auto_registering_ca(
         &self,
         certificate: &ParsedCertificate,
     ) -> Result<Option<CaCertificateRecord>> {
-        let (cas, _) = Page::first(1000)
-            .collect(
-                &self.inner.records,
-                keys::CA_CERTIFICATES,
-                |ca: &CaCertificateRecord| {
-                    ca.status == CaStatus::Active
-                        && ca.auto_registration_status == AutoRegistration::Enable
-                },
-            )
-            .await?;
-        Ok(cas.into_iter().find(|ca| {
-            pki::parse(&ca.certificate_pem)
-                .is_ok_and(|parsed| pki::signed_by(&certificate.der, &parsed.der))
-        }))
+        let signer = |cas: &[CaCertificateRecord]| {
+            cas.iter()
+                .find(|ca| {
+                    pki::parse(&ca.certificate_pem)
+                        .is_ok_and(|parsed| pki::signed_by(&certificate.der, &parsed.der))
+                })
+                .map(|ca| ca.certificate_id.clone())
+        };
+        let cached = self.inner.jit_cas.lock().clone();
+        let found = match cached {
+            Some((read_at, cas)) if read_at.elapsed() < JIT_CA_REFRESH => signer(&cas),
+            _ => {
+                let (cas, _) = Page::first(1000)
+                    .collect(
+                        &self.inner.records,
+                        keys::CA_CERTIFICATES,
+                        |ca: &CaCertificateRecord| {
+                            ca.status == CaStatus::Active
+                                && ca.auto_registration_status == AutoRegistration::Enable
+                        },
+                    )
+                    .await?;
+                let found = signer(&cas);
+                *self.inner.jit_cas.lock() = Some((std::time::Instant::now(), Arc::new(cas)));
+                found
+            }
+        };
+        let Some(id) = found else {
+            return Ok(None);
+        };
+        // The CA as it is now: its status, auto-registration and registration config.
+        Ok(self
+            .inner
+            .certs
+            .ca_certificate(&id)
+            .await
+            .ok()
+            .filter(|ca| {
+                ca.status == CaStatus::Active
+                    && ca.auto_registration_status == AutoRegistration::Enable
+            }))
     }
 
     /// Registers (and, with a registration config, provisions) a certificate the registry

@@ -62,6 +62,14 @@ pub(crate) struct Inner {
     region: String,
     metrics: ProvisioningMetrics,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The CAs that register certificates just in time, and when they were read.
+    #[allow(clippy::type_complexity)]
+    jit_cas: parking_lot::Mutex<
+        Option<(
+            std::time::Instant,
+            Arc<Vec<crate::services::certs::CaCertificateRecord>>,
+        )>,
+    >,
 }
 
 /// Fleet provisioning of one account.
@@ -85,6 +93,7 @@ impl Provisioning {
                 region: parts.region,
                 metrics: parts.metrics,
                 shutdown,
+                jit_cas: parking_lot::Mutex::new(None),
             }),
         }
     }
