@@ -346,12 +346,14 @@ def test_the_pre_provisioning_hook_allows_with_overrides_or_denies(
     cert, key = _fleet(iot, tmp_path, preProvisioningHook={"targetArn": hook, "payloadVersion": "2020-04-01"})
     device = Device(broker, "factory-hook", cert, key)
     assert device.connect() == 0
-    # Another device of the fleet, subscribed to the same answers, must not see this one's
-    # private key or token.
+    # Another device of the fleet, subscribed to the same requests and answers, must not see
+    # this one's private key or token.
     eavesdropper = Device(broker, "factory-other", cert, key)
     assert eavesdropper.connect() == 0
-    eavesdropper.subscribe("$aws/certificates/create/json/+")
-    eavesdropper.subscribe("$aws/provisioning-templates/meters/provision/json/+")
+    for topic in ("$aws/certificates/create/json", "$aws/certificates/create/json/+",
+                  "$aws/provisioning-templates/meters/provision/json",
+                  "$aws/provisioning-templates/meters/provision/json/+"):
+        eavesdropper.subscribe(topic)
 
     _Hook.answers.append({"allowProvisioning": True, "parameterOverrides": {"SerialNumber": "from-hook"}})
     answer = _provision(device, "meters", {"SerialNumber": "0003"})

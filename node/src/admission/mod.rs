@@ -93,6 +93,8 @@ impl DeviceAdmission {
                 self.admit_certificate(&certificate.id, client_id).await
             }
             Ok(JustInTime::NotEligible | JustInTime::Registered) => Err(reason::NOT_AUTHORIZED),
+            // Another connection of the same device may have provisioned it meanwhile.
+            Err(Error::Conflict(_)) => self.admit_certificate(&certificate.id, client_id).await,
             Err(e) => {
                 tracing::warn!(certificate = %certificate.id, error = %e, "just-in-time provisioning failed");
                 Err(reason::NOT_AUTHORIZED)

@@ -96,7 +96,13 @@ impl Broker {
             };
         }
         let message = Arc::new(message);
-        let served = self.serve(&message, ingress.publisher);
+        let (served, private) = self.serve(&message, ingress.publisher);
+        if private {
+            return Published {
+                served,
+                ..Published::default()
+            };
+        }
         let tap_congested = self.tap(taps, &message, ingress.publisher);
         // Basic Ingest: the rules engine's tap has it; no subscriber, retained copy or other
         // node does.
@@ -259,10 +265,13 @@ impl Broker {
         services.into_iter()
     }
 
-    /// Hands `message` to every service that answers its topic; how many took it.
-    fn serve(&self, message: &Arc<Message>, requester: Option<&Arc<Session>>) -> usize {
+    /// Hands `message` to every service that answers its topic; how many took it, and
+    /// Whether one of them keeps its requests private.
+    fn serve(&self, message: &Arc<Message>, requester: Option<&Arc<Session>>) -> (usize, bool) {
         let mut served = 0;
+        let mut private = false;
         for service in self.answering(&message.topic) {
+            private |= service.private();
             service.request(ServiceRequest {
                 topic: Arc::clone(&message.topic),
                 payload: message.payload.clone(),
@@ -270,7 +279,7 @@ impl Broker {
             });
             served += 1;
         }
-        served
+        (served, private)
     }
 
     /// The taps whose filters match `topic`, each once.

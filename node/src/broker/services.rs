@@ -25,6 +25,12 @@ pub trait TopicService: Send + Sync {
     /// Takes a request published on one of its topics. Must not block: the caller is a
     /// connection's packet loop.
     fn request(&self, request: ServiceRequest);
+
+    /// Whether its requests are for it alone: no subscriber, tap or other node sees them (a
+    /// fleet provisioning request carries a device's ownership token).
+    fn private(&self) -> bool {
+        false
+    }
 }
 
 /// Counts a session's requests until they are answered, to hold each connection to a limit.

@@ -2,8 +2,10 @@
 //! groups; and the questions asked of them (`effective`): which apply to a principal, what a
 //! connection's policy variables are, and what the policies allow.
 //!
-//! Attaching rewrites the policy's record unchanged, so that DeletePolicy, which is conditioned
-//! on the revision it read, never removes a policy that was attached meanwhile.
+//! AttachPolicy rewrites the policy's record unchanged, and a provisioning template's
+//! transaction is conditioned on the revision it read; DeletePolicy first marks the policy as
+//! being deleted (failing both), then checks for attachments and deletes only if nothing
+//! changed since the mark. So it never removes a policy that was attached meanwhile.
 
 mod effective;
 mod provisioned;
@@ -39,6 +41,9 @@ pub struct PolicyRecord {
     pub creation_date: f64,
     pub last_modified_date: f64,
     pub generation_id: String,
+    /// DeletePolicy has begun: nothing may be attached to it any more.
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -158,6 +163,7 @@ impl Policies {
             creation_date: now,
             last_modified_date: now,
             generation_id: uuid_v4(),
+            deleting: false,
         };
         let version = PolicyVersionRecord {
             version_id: 1,
@@ -187,26 +193,47 @@ impl Policies {
     }
 
     /// DeletePolicy: only one attached to nothing, with no version but the default.
+    ///
+    /// In two steps, since a provisioning template attaches a policy by only reading its
+    /// record: the policy is first marked as being deleted (which fails every transaction that
+    /// read it before), then checked for attachments, then deleted if nothing changed since
+    /// the mark.
     pub async fn delete(&self, name: &str) -> Result<()> {
         let current = self.versioned(name).await?;
+        let key = keys::policy(name);
+        if self.version_records(name).await?.len() > 1 {
+            return Err(Error::DeleteConflict(format!(
+                "Cannot delete the policy because it has one or more policy versions other than the default (name={name})"
+            )));
+        }
+        let mut marked = current.value.clone();
+        marked.deleting = true;
+        let txn = Txn::new()
+            .when([unchanged_since(&key, current.mod_revision)])
+            .and_then([Op::put(key.clone(), encode(&marked)?)]);
+        let mark = self.records.txn(txn).await?;
+        if !mark.succeeded {
+            return Err(changed_meanwhile(name));
+        }
+        let marked_at = mark.revision;
         if !self
             .records
             .names(&keys::policy_targets(name), 1)
             .await?
             .is_empty()
         {
+            let mut unmarked = marked;
+            unmarked.deleting = false;
+            let txn = Txn::new()
+                .when([unchanged_since(&key, marked_at)])
+                .and_then([Op::put(key.clone(), encode(&unmarked)?)]);
+            self.records.txn(txn).await?;
             return Err(Error::DeleteConflict(format!(
                 "The policy cannot be deleted as the policy is attached to one or more principals (name={name})"
             )));
         }
-        if self.version_records(name).await?.len() > 1 {
-            return Err(Error::DeleteConflict(format!(
-                "Cannot delete the policy because it has one or more policy versions other than the default (name={name})"
-            )));
-        }
-        let key = keys::policy(name);
         let txn = Txn::new()
-            .when([unchanged_since(&key, current.mod_revision)])
+            .when([unchanged_since(&key, marked_at)])
             .and_then([
                 Op::delete(key.clone()),
                 Op::delete(keys::policy_version(name, current.value.default_version)),
@@ -357,6 +384,9 @@ impl Policies {
         let key = keys::policy(policy);
         for _ in 0..ATTEMPTS {
             let current = self.versioned(policy).await?;
+            if current.value.deleting {
+                return Err(changed_meanwhile(policy));
+            }
             let attached = links::policies_of(&self.records, target).await?;
             if attached.iter().any(|p| p == policy) {
                 return Ok(());

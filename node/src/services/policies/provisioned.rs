@@ -36,6 +36,7 @@ impl Policies {
                     .records
                     .get::<PolicyRecord>(&keys::policy(name))
                     .await?
+                    .filter(|p| !p.value.deleting)
                     .ok_or_else(|| {
                         Error::ResourceRegistrationFailure(format!("Policy {name} does not exist"))
                     })?;
@@ -49,6 +50,11 @@ impl Policies {
                 let name = name_of_document(document);
                 let key = keys::policy(&name);
                 match self.records.get::<PolicyRecord>(&key).await? {
+                    Some(current) if current.value.deleting => {
+                        return Err(Error::conflict(format!(
+                            "Policy {name} is being deleted; retry."
+                        )));
+                    }
                     Some(current) => batch.read(&key, current.mod_revision),
                     None => {
                         let now = epoch_seconds_fraction();
@@ -62,6 +68,7 @@ impl Policies {
                                 creation_date: now,
                                 last_modified_date: now,
                                 generation_id: uuid_v4(),
+                                deleting: false,
                             },
                         )?;
                         batch.put(

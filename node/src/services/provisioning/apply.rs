@@ -21,7 +21,6 @@ const ATTEMPTS: usize = 8;
 pub struct SpentToken {
     pub key: String,
     pub revision: halyard_raft::Revision,
-    pub expiry_key: String,
 }
 
 /// What a provisioning brings into its template's transaction besides the resources.
@@ -75,6 +74,17 @@ impl Provisioning {
                     device_configuration: resolved.device_configuration.clone(),
                 });
             }
+            if let Some(registered) = &seed.new_certificate
+                && inner
+                    .certs
+                    .find(&registered.certificate_id)
+                    .await?
+                    .is_some()
+            {
+                return Err(Error::conflict(
+                    "The certificate was registered by another connection meanwhile.",
+                ));
+            }
             if let Some(token) = &seed.token {
                 let now = inner.records.get::<serde_json::Value>(&token.key).await?;
                 if now.is_none_or(|t| t.mod_revision != token.revision) {
@@ -93,11 +103,10 @@ impl Provisioning {
         let inner = &self.inner;
         let mut batch = Batch::default();
         if let Some(token) = &seed.token {
+            // The lapse key stays: if the template activates nothing, the sweeper still
+            // removes the certificate once it lapses.
             batch.read(&token.key, token.revision);
-            batch.ops([
-                halyard_raft::Op::delete(token.key.clone()),
-                halyard_raft::Op::delete(token.expiry_key.clone()),
-            ]);
+            batch.ops([halyard_raft::Op::delete(token.key.clone())]);
         }
         let mut resource_arns = BTreeMap::new();
         let certificate = match &resolved.certificate {
@@ -146,6 +155,15 @@ impl Provisioning {
         }
         if let (Some(thing), Some(arn)) = (&thing, &certificate_arn) {
             batch.ops(links::attach_principal(&thing.record.thing_name, arn));
+        }
+        // A certificate registered just in time is stored even by a template that does not
+        // name it.
+        if let Some(registered) = &seed.new_certificate
+            && certificate
+                .as_ref()
+                .is_none_or(|c| c.certificate_id != registered.certificate_id)
+        {
+            inner.certs.stage_new(registered, &mut batch)?;
         }
         Ok(Staged {
             batch,

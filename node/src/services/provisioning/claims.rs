@@ -106,10 +106,6 @@ impl Provisioning {
             .filter(|r| r.value.expires_ms > epoch_millis())
             .map(|r| {
                 let spent = super::apply::SpentToken {
-                    expiry_key: keys::provisioning_expiry(
-                        r.value.expires_ms,
-                        &r.value.certificate_id,
-                    ),
                     key,
                     revision: r.mod_revision,
                 };

@@ -68,6 +68,12 @@ impl From<Error> for Refusal {
     }
 }
 
+/// Whether a connection's principal is a certificate's id (rather than a custom
+/// authorizer's or an access key's principal).
+fn is_certificate_id(principal: &str) -> bool {
+    principal.len() == 64 && principal.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// RegisterThing by a device over MQTT.
 pub struct DeviceProvision<'a> {
     pub template_name: &'a str,
@@ -163,7 +169,7 @@ impl Provisioning {
             Some(_) => {}
             // A claim certificate that lapsed while its connection stayed open may provision
             // no more.
-            None if !request.claim_certificate_id.is_empty()
+            None if is_certificate_id(request.claim_certificate_id)
                 && inner
                     .certs
                     .find(request.claim_certificate_id)
@@ -249,8 +255,9 @@ impl Provisioning {
         parameters: &BTreeMap<String, String>,
     ) -> Result<Provisioned, Error> {
         let template = parse_body(template_body, Kind::Registration)?;
+        // The caller is the account's operator: it may give the pseudo-parameters too.
         let resolved = template
-            .resolve(parameters, &BTreeMap::new())
+            .resolve(parameters, parameters)
             .map_err(|e| Error::ResourceRegistrationFailure(e.0))?;
         self.apply(&resolved, "register", &Seed::default()).await
     }

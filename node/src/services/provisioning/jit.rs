@@ -154,16 +154,14 @@ impl Provisioning {
             return Ok(None);
         };
         // The CA as it is now: its status, auto-registration and registration config.
-        Ok(self
-            .inner
-            .certs
-            .ca_certificate(&id)
-            .await
-            .ok()
-            .filter(|ca| {
-                ca.status == CaStatus::Active
-                    && ca.auto_registration_status == AutoRegistration::Enable
-            }))
+        let ca = match self.inner.certs.ca_certificate(&id).await {
+            Ok(ca) => Some(ca),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(ca.filter(|ca| {
+            ca.status == CaStatus::Active && ca.auto_registration_status == AutoRegistration::Enable
+        }))
     }
 
     /// Registers (and, with a registration config, provisions) a certificate the registry

@@ -141,6 +141,10 @@ impl TopicService for ProvisioningTopics {
             && request_topic(topic).is_some()
     }
 
+    fn private(&self) -> bool {
+        true
+    }
+
     fn request(&self, request: ServiceRequest) {
         let limit = self.provisioning.inner.config.max_inflight_requests;
         let in_flight = match &request.requester {
