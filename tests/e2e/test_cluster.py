@@ -563,6 +563,12 @@ def test_the_dashboards_and_alerts_query_only_metrics_the_nodes_export(cluster: 
     assert moved.connect(), "node 3 took the session over from node 2"
     moved.disconnect()
     publisher.disconnect()
+    # A jobs request, so that the jobs dashboard's request series exist even if the node that
+    # served the jobs test's requests was restarted since.
+    jobs_client = _client(first, "dashboards-jobs")
+    jobs_client.publish("$aws/things/dashboards/jobs/get", b"{}", qos=1)
+    jobs_client.expect()
+    jobs_client.disconnect()
     # And a packet no MQTT client would send.
     with first.raw_socket() as garbage:
         garbage.sendall(b"\x00\x00")
