@@ -121,21 +121,26 @@ impl Broker {
         if let Some(requester) = ingress.reply_to
             && !published.requester_offered
         {
-            let delivery = Delivery {
-                message,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                subscription_ids: Vec::new(),
-                stored: 0,
-                fence: 0,
-            };
-            if let Enqueued::Dropped(reason) =
-                requester.enqueue(delivery, QueueLimits::of(&self.inner.config))
-            {
-                self.inner.metrics.message_dropped(reason);
-            }
+            self.deliver_to(requester, message);
         }
         published
+    }
+
+    /// Queues `message` for `requester` alone, whatever it subscribed to.
+    fn deliver_to(&self, requester: &Arc<Session>, message: Arc<Message>) {
+        let delivery = Delivery {
+            message,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            stored: 0,
+            fence: 0,
+        };
+        if let Enqueued::Dropped(reason) =
+            requester.enqueue(delivery, QueueLimits::of(&self.inner.config))
+        {
+            self.inner.metrics.message_dropped(reason);
+        }
     }
 
     /// Ingests a message that no client published (a will, an HTTPS publish).
@@ -181,21 +186,8 @@ impl Broker {
         payload: impl Into<Bytes>,
         requester: Option<&Arc<Session>>,
     ) {
-        let Some(requester) = requester else {
-            return;
-        };
-        let delivery = Delivery {
-            message: Arc::new(event(topic, payload)),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            subscription_ids: Vec::new(),
-            stored: 0,
-            fence: 0,
-        };
-        if let Enqueued::Dropped(reason) =
-            requester.enqueue(delivery, QueueLimits::of(&self.inner.config))
-        {
-            self.inner.metrics.message_dropped(reason);
+        if let Some(requester) = requester {
+            self.deliver_to(requester, Arc::new(event(topic, payload)));
         }
     }
 

@@ -269,17 +269,23 @@ impl Templates {
         Ok((template, body))
     }
 
-    async fn version_record(&self, name: &str, version: u32) -> Result<VersionRecord> {
-        Ok(self
-            .records
+    async fn versioned_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Versioned<VersionRecord>> {
+        self.records
             .get::<VersionRecord>(&keys::provisioning_template_version(name, version))
             .await?
             .ok_or_else(|| {
                 Error::not_found(format!(
                     "The provisioning template {name} has no version {version}"
                 ))
-            })?
-            .value)
+            })
+    }
+
+    async fn version_record(&self, name: &str, version: u32) -> Result<VersionRecord> {
+        Ok(self.versioned_version(name, version).await?.value)
     }
 
     async fn version_records(&self, name: &str) -> Result<Vec<VersionRecord>> {
@@ -449,15 +455,7 @@ impl Templates {
             )));
         }
         let version_key = keys::provisioning_template_version(name, version);
-        let found = self
-            .records
-            .get::<VersionRecord>(&version_key)
-            .await?
-            .ok_or_else(|| {
-                Error::not_found(format!(
-                    "The provisioning template {name} has no version {version}"
-                ))
-            })?;
+        let found = self.versioned_version(name, version).await?;
         let key = keys::provisioning_template(name);
         let mut batch = Batch::default();
         batch.read(&key, current.mod_revision);
