@@ -554,13 +554,20 @@ def test_the_dashboards_and_alerts_query_only_metrics_the_nodes_export(cluster: 
     subscriber = Client(second, "dashboards-sub", mqtt.MQTTv311, False, None)
     subscriber.connect()
     subscriber.subscribe("dashboards/#", 1)
-    _wait_for("node 1 to learn the route", lambda: _routes(first) >= 1)
+    # Every node hears node 2's route only over a live link to it, so node 3 can ask node 2
+    # for the session below even if an earlier test restarted either of them.
+    _wait_for(
+        "every node to learn the route",
+        lambda: _knows_all_routes(first, (second, third)) and _knows_all_routes(third, (first, second)),
+        timeout=30,
+    )
     publisher = _client(first, "dashboards-pub")
     publisher.publish("dashboards/a", b"1", qos=1)
     subscriber.expect()
     subscriber.drop()
     moved = Client(third, "dashboards-sub", mqtt.MQTTv311, False, None)
     assert moved.connect(), "node 3 took the session over from node 2"
+    assert (third.metrics().value("halyard_cluster_session_claims_total", outcome="peer") or 0) >= 1
     moved.disconnect()
     publisher.disconnect()
     # A jobs request, so that the jobs dashboard's request series exist even if the node that
