@@ -5,6 +5,7 @@ pub mod client;
 pub mod compare;
 pub mod conn;
 pub mod handshakes;
+pub mod index;
 pub mod jobs;
 pub mod provision;
 pub mod pubsub;

@@ -42,6 +42,53 @@ enum Command {
     /// Devices sharing a claim certificate provisioning at once over mTLS: create keys and
     /// certificate, register their thing, connect with the new identity.
     Provision(ProvisionArgs),
+    /// Fleet indexing: register a fleet (`load`), or measure searches and the lag from a
+    /// write to it being searchable (`measure`).
+    Index(IndexArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IndexAction {
+    Load,
+    Measure,
+}
+
+#[derive(Args)]
+struct IndexArgs {
+    #[arg(value_enum)]
+    action: IndexAction,
+    #[command(flatten)]
+    target: Target,
+    /// HTTP API port.
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// An AWS shared-credentials file whose first profile signs the requests.
+    #[arg(long)]
+    credentials: PathBuf,
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// Things in the fleet, `{thing_prefix}{n}`.
+    #[arg(long, default_value_t = 1_000_000)]
+    things: usize,
+    #[arg(long, default_value = "meter-")]
+    thing_prefix: String,
+    /// HTTP connections used at once.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Things online over MQTT while measuring.
+    #[arg(long, default_value_t = 1000)]
+    online: usize,
+    /// Times each query is timed.
+    #[arg(long, default_value_t = 200)]
+    repeat: usize,
+    /// Registry writes per second while the lag is measured.
+    #[arg(long, default_value_t = 1000.0)]
+    write_rate: f64,
+    #[arg(long, default_value_t = 30.0)]
+    write_seconds: f64,
+    /// One write in this many is followed until SearchIndex finds it.
+    #[arg(long, default_value_t = 20)]
+    sample_every: u64,
 }
 
 #[derive(Args)]
@@ -517,6 +564,36 @@ fn run() -> anyhow::Result<()> {
                 let report = halyard_bench::jobs::run(opts).await?;
                 eprintln!("{}", halyard_bench::jobs::summary(&report));
                 emit(&report, a.target.json.as_ref())
+            }
+            Command::Index(a) => {
+                let opts = halyard_bench::index::IndexOptions {
+                    http: resolve_port(&a.target, a.http_port)?,
+                    mqtt: resolve(&a.target)?,
+                    credentials: halyard_bench::shadow::read_credentials(&a.credentials)?,
+                    region: a.region,
+                    things: a.things,
+                    prefix: a.thing_prefix,
+                    connections: a.connections,
+                };
+                match a.action {
+                    IndexAction::Load => {
+                        let report = halyard_bench::index::load(opts).await?;
+                        eprintln!("{}", halyard_bench::index::load_summary(&report));
+                        emit(&report, a.target.json.as_ref())
+                    }
+                    IndexAction::Measure => {
+                        let measure = halyard_bench::index::MeasureOptions {
+                            online: a.online,
+                            repeat: a.repeat,
+                            write_rate: a.write_rate,
+                            write_seconds: a.write_seconds,
+                            sample_every: a.sample_every,
+                        };
+                        let report = halyard_bench::index::measure(opts, measure).await?;
+                        eprintln!("{}", halyard_bench::index::measure_summary(&report));
+                        emit(&report, a.target.json.as_ref())
+                    }
+                }
             }
             Command::Provision(a) => {
                 let opts = halyard_bench::provision::ProvisionOptions {

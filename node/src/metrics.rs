@@ -566,3 +566,87 @@ impl ProvisioningMetrics {
             .observe(elapsed.as_secs_f64());
     }
 }
+
+/// Fleet indexing's metrics.
+#[derive(Clone)]
+pub struct IndexMetrics {
+    /// Documents in each index on this node.
+    pub documents: IntGaugeVec,
+    /// Time from a change being applied to this node's store to it being searchable here.
+    pub lag: prometheus::Histogram,
+    /// How long the last build of the indexes took.
+    pub build_seconds: prometheus::Gauge,
+    pub builds: IntCounter,
+    query_seconds: HistogramVec,
+    /// Connectivity records written, by outcome (written, superseded, failed).
+    pub connectivity_writes: IntCounterVec,
+}
+
+impl IndexMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let documents = IntGaugeVec::new(
+            Opts::new(
+                "halyard_index_documents",
+                "Documents in each fleet index on this node",
+            ),
+            &["index"],
+        )?;
+        let lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "halyard_index_lag_seconds",
+                "Time from a change being applied to this node's store to it being searchable \
+                 in this node's fleet index",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        let build_seconds = prometheus::Gauge::new(
+            "halyard_index_build_seconds",
+            "How long the last build of this node's fleet indexes from the store took",
+        )?;
+        let builds = IntCounter::new(
+            "halyard_index_builds_total",
+            "Builds of this node's fleet indexes: at start, after a configuration change, and \
+             after the store's watch fell behind its compaction",
+        )?;
+        let query_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "halyard_index_query_seconds",
+                "Time to answer a search or an aggregation, by operation",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["operation"],
+        )?;
+        let connectivity_writes = IntCounterVec::new(
+            Opts::new(
+                "halyard_index_connectivity_writes_total",
+                "Connectivity records of things written by this node, by outcome (written, \
+                 superseded by a later connection, failed)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(documents.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(build_seconds.clone()))?;
+        registry.register(Box::new(builds.clone()))?;
+        registry.register(Box::new(query_seconds.clone()))?;
+        registry.register(Box::new(connectivity_writes.clone()))?;
+        Ok(Self {
+            documents,
+            lag,
+            build_seconds,
+            builds,
+            query_seconds,
+            connectivity_writes,
+        })
+    }
+
+    pub fn observe_query(&self, operation: &str, started: std::time::Instant) {
+        self.query_seconds
+            .with_label_values(&[operation])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}

@@ -375,16 +375,12 @@ impl Server {
         }
         #[cfg(not(madsim))]
         {
-            let (api, provisioning) = aws_api(
+            let (api, aws_services) = aws_api(
                 &config, &store, &broker, &shadows, &jobs, &registry, &watch_rx,
             )
             .await?;
             let api = Arc::new(api);
-            services.add(
-                vec![Arc::new(provisioning) as Arc<dyn Service>],
-                &broker,
-                &mut tasks,
-            );
+            services.add(aws_services, &broker, &mut tasks);
             let engine = Arc::new(crate::services::rules::engine::RulesEngine::new(
                 broker.clone(),
                 crate::services::records::Records::new(store.clone()),
@@ -709,13 +705,7 @@ async fn aws_api(
     jobs: &crate::services::jobs::Jobs,
     metrics: &prometheus::Registry,
     shutdown: &watch::Receiver<bool>,
-) -> Result<
-    (
-        crate::api::aws::Api,
-        crate::services::provisioning::Provisioning,
-    ),
-    ServerError,
-> {
+) -> Result<(crate::api::aws::Api, Vec<Arc<dyn Service>>), ServerError> {
     use crate::admission::DeviceAdmission;
     use crate::admission::custom_auth::{AuthorizerMetrics, CustomAuth};
     use crate::api::aws::{Api, ApiMetrics};
@@ -785,6 +775,12 @@ async fn aws_api(
         },
         shutdown.clone(),
     );
+    let index = crate::services::index::FleetIndex::new(
+        store.clone(),
+        broker.clone(),
+        crate::metrics::IndexMetrics::new(metrics)?,
+        shutdown.clone(),
+    );
     let admission = Arc::new(DeviceAdmission::new(
         records,
         arns,
@@ -802,6 +798,7 @@ async fn aws_api(
             rules,
             jobs: jobs.clone(),
             provisioning: provisioning.clone(),
+            index: index.clone(),
             custom,
             config: aws.clone(),
         },
@@ -814,5 +811,11 @@ async fn aws_api(
         keys,
         ApiMetrics::new(metrics)?,
     );
-    Ok((api, provisioning))
+    Ok((
+        api,
+        vec![
+            Arc::new(provisioning) as Arc<dyn Service>,
+            Arc::new(index) as Arc<dyn Service>,
+        ],
+    ))
 }

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -523,6 +524,51 @@ def test_a_device_provisioned_through_one_node_connects_to_another_even_after_th
     finally:
         cluster.relaunch(leader_id)
     watcher.disconnect()
+
+
+def test_every_node_searches_the_whole_fleet_and_where_its_devices_are_connected(cluster: Cluster) -> None:
+    first, second, third = cluster.brokers
+
+    def iot_of(broker: Broker) -> Any:
+        key, secret = aws.keys(broker)
+        return aws.client(broker, key, secret)
+
+    clients = [iot_of(b) for b in cluster.brokers]
+    clients[0].update_indexing_configuration(thingIndexingConfiguration={
+        "thingIndexingMode": "REGISTRY_AND_SHADOW", "thingConnectivityIndexingMode": "STATUS"})
+    for iot in clients:
+        _wait_for("every node to build its index",
+                  lambda: iot.describe_index(indexName="AWS_Things")["indexStatus"] == "ACTIVE", timeout=30)
+    clients[1].create_thing(thingName="idx-1", attributePayload={"attributes": {"model": "X"}})
+    clients[1].create_thing(thingName="idx-2", attributePayload={"attributes": {"model": "X"}})
+
+    def names(iot: Any, query: str) -> list[str]:
+        return [t["thingName"] for t in iot.search_index(queryString=query)["things"]]
+
+    device = _client(third, "idx-1")
+    query = "attributes.model:X AND connectivity.connected:true"
+    for iot in clients:
+        _wait_for("every node to find the device connected", lambda: names(iot, query) == ["idx-1"], timeout=20)
+
+    # The device moves to node 1: node 3's record of its disconnection, written after node 1's
+    # of its connection, does not mark it disconnected.
+    moved = _client(first, "idx-1")
+    device.wait_disconnected()
+
+    def written(outcome: str) -> float:
+        return third.metrics().value("halyard_index_connectivity_writes_total", outcome=outcome) or 0.0
+
+    _wait_for("node 3 to have heard of the disconnection",
+              lambda: written("written") + written("superseded") >= 2, timeout=20)
+    for iot in clients:
+        assert names(iot, query) == ["idx-1"]
+    assert clients[1].get_thing_connectivity_data(thingName="idx-1")["connected"] is True
+    moved.disconnect()
+    for iot in clients:
+        _wait_for("every node to find the device disconnected",
+                  lambda: names(iot, "connectivity.connected:false AND attributes.model:X") == ["idx-1", "idx-2"], timeout=20)
+    counted = clients[2].get_statistics(queryString="attributes.model:X")["statistics"]
+    assert counted["count"] == 2
 
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana"

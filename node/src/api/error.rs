@@ -192,6 +192,11 @@ impl From<Error> for AwsError {
             Error::VersionsLimitExceeded(_) => Self::versions_limit_exceeded(message),
             Error::MalformedPolicy(_) => Self::malformed_policy(message),
             Error::SqlParse(_) => Self::with_status(400, "SqlParseException", message),
+            Error::InvalidQuery(_) => Self::with_status(400, "InvalidQueryException", message),
+            Error::IndexNotReady(_) => Self::with_status(400, "IndexNotReadyException", message),
+            Error::InvalidAggregation(_) => {
+                Self::with_status(400, "InvalidAggregationException", message)
+            }
             Error::ResourceRegistrationFailure(_) => {
                 Self::with_status(400, "ResourceRegistrationFailureException", message)
             }

@@ -999,7 +999,7 @@ impl Connection {
             .session
             .set_principal(self.access.as_ref().map_or("", |a| a.principal.as_str()));
         tracing::debug!(connection = self.id, client_id = %client_id, present = opened.present, "connected");
-        if config.lifecycle_events {
+        if config.lifecycle_events || self.broker.presence_observer().is_some() {
             let presence = Presence {
                 client_id,
                 session_identifier: format!("{:032x}", rand::random::<u128>()),
@@ -1010,6 +1010,12 @@ impl Connection {
                     .unwrap_or_default(),
                 ip: self.peer,
                 version: self.id,
+                keep_alive_seconds: self
+                    .keep_alive
+                    .map_or(0, |k| u16::try_from(k.as_secs()).unwrap_or(u16::MAX)),
+                clean_start,
+                session_expiry_seconds: self.session_expiry,
+                publish_events: config.lifecycle_events,
             };
             presence.connected(&self.broker);
             self.presence = Some(Box::new(presence));

@@ -17,6 +17,30 @@ pub struct Presence {
     pub ip: Option<IpAddr>,
     /// Orders the events of one client id: each connection gets a higher one.
     pub version: u64,
+    pub keep_alive_seconds: u16,
+    pub clean_start: bool,
+    pub session_expiry_seconds: u32,
+    /// Whether lifecycle events are published (`mqtt.lifecycle_events`); the observer hears
+    /// of the connection either way.
+    pub publish_events: bool,
+}
+
+/// A connection as a [`PresenceObserver`] hears of it.
+pub struct Connected<'a> {
+    pub client_id: &'a str,
+    /// This node's number for the connection.
+    pub connection: u64,
+    pub at_ms: u64,
+    pub keep_alive_seconds: u16,
+    pub clean_start: bool,
+    pub session_expiry_seconds: u32,
+}
+
+/// Hears of every client's connection and disconnection on this node (the fleet index
+/// records things' connectivity from it). Called on the connection's task: it must not block.
+pub trait PresenceObserver: Send + Sync {
+    fn connected(&self, connected: &Connected<'_>);
+    fn disconnected(&self, client_id: &str, connection: u64, at_ms: u64, reason: &'static str);
 }
 
 fn timestamp_ms() -> u64 {
@@ -49,6 +73,19 @@ fn publish(broker: &Broker, topic: String, payload: impl FnOnce() -> serde_json:
 
 impl Presence {
     pub fn connected(&self, broker: &Broker) {
+        if let Some(observer) = broker.presence_observer() {
+            observer.connected(&Connected {
+                client_id: &self.client_id,
+                connection: self.version,
+                at_ms: timestamp_ms(),
+                keep_alive_seconds: self.keep_alive_seconds,
+                clean_start: self.clean_start,
+                session_expiry_seconds: self.session_expiry_seconds,
+            });
+        }
+        if !self.publish_events {
+            return;
+        }
         publish(
             broker,
             format!("$aws/events/presence/connected/{}", self.client_id),
@@ -70,6 +107,17 @@ impl Presence {
     }
 
     pub fn disconnected(&self, broker: &Broker, kind: Option<CloseKind>) {
+        if let Some(observer) = broker.presence_observer() {
+            observer.disconnected(
+                &self.client_id,
+                self.version,
+                timestamp_ms(),
+                disconnect_reason(kind).0,
+            );
+        }
+        if !self.publish_events {
+            return;
+        }
         publish(
             broker,
             format!("$aws/events/presence/disconnected/{}", self.client_id),
@@ -91,7 +139,7 @@ impl Presence {
 
     /// `subscribed` or `unsubscribed`, for the filters that took effect.
     pub fn subscriptions(&self, broker: &Broker, event_type: &str, topics: &[&str]) {
-        if topics.is_empty() {
+        if topics.is_empty() || !self.publish_events {
             return;
         }
         publish(

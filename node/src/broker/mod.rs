@@ -29,6 +29,7 @@ pub use close::CloseKind;
 pub use connection::Connection;
 pub use deadlines::{Deadlines, SWEEP_INTERVAL};
 pub use ingest::Ingress;
+pub use lifecycle::{Connected, PresenceObserver};
 pub use message::{Delivery, Message};
 pub use remote::{AckCursor, Claim, ClaimOutcome, GroupKey, Handoff, Remote, StoredOwner};
 pub use retained::{Retained, RetainedStore};
@@ -90,6 +91,8 @@ struct Inner {
     /// Sessions installed lately that are catching up (see `Session::is_catching_up`), with
     /// when each stops, in that order.
     catching_up: Mutex<std::collections::VecDeque<(Weak<Session>, Instant)>>,
+    /// Hears of connections and disconnections; weak for the same reason as `services`.
+    presence: RwLock<Option<Weak<dyn PresenceObserver>>>,
 }
 
 /// A session holding deliveries for the store's watch, and since when.
@@ -170,6 +173,7 @@ impl Broker {
                 holding: Mutex::new(HashMap::new()),
                 watched: AtomicU64::new(0),
                 catching_up: Mutex::new(std::collections::VecDeque::new()),
+                presence: RwLock::new(None),
             }),
         }
     }
@@ -278,6 +282,15 @@ impl Broker {
             return 0;
         };
         remote.hand_over(self.offline_persistent_sessions())
+    }
+
+    /// Has `observer` hear of every connection and disconnection on this node.
+    pub fn observe_presence(&self, observer: Weak<dyn PresenceObserver>) {
+        *self.inner.presence.write() = Some(observer);
+    }
+
+    pub(crate) fn presence_observer(&self) -> Option<Arc<dyn PresenceObserver>> {
+        self.inner.presence.read().as_ref().and_then(Weak::upgrade)
     }
 
     pub fn durable(&self) -> Option<&Arc<Durable>> {

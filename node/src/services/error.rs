@@ -54,6 +54,15 @@ pub enum Error {
     /// A template's resource exists and differs, and its override setting says FAIL.
     #[error("{0}")]
     ResourceConflicts(String),
+    /// A fleet indexing query does not parse.
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// The index asked for is being built and cannot answer yet.
+    #[error("{0}")]
+    IndexNotReady(String),
+    /// The aggregation cannot be made of the field asked for.
+    #[error("{0}")]
+    InvalidAggregation(String),
     /// A topic rule's SQL statement does not parse.
     #[error("{0}")]
     SqlParse(String),

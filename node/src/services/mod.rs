@@ -16,6 +16,8 @@ pub mod certs;
 #[cfg(not(madsim))]
 pub mod credentials;
 pub mod error;
+#[cfg(not(madsim))]
+pub mod index;
 pub mod jobs;
 #[cfg(not(madsim))]
 pub mod links;

@@ -78,6 +78,10 @@ pub const PROVISIONING_CLAIMS: &str = "provisioning/claim/";
 /// provisioning (or a claim) lapses, for the sweeper.
 pub const PROVISIONING_EXPIRIES: &str = "provisioning/expiry/";
 pub const EVENT_CONFIGURATIONS: &str = "aws/event-configurations";
+/// The fleet indexing configuration (`services::index`).
+pub const INDEXING_CONFIG: &str = "index/config";
+/// `connectivity/{thing}`: whether the thing's client is connected, as its node last wrote it.
+pub const CONNECTIVITY: &str = "connectivity/";
 pub const CREDENTIALS: &str = "aws/credentials/halyard";
 /// The cluster's own CA.
 pub const OWN_CA: &str = "aws/ca/halyard";
@@ -190,6 +194,10 @@ pub fn shadow(thing: &str, shadow: Option<&str>) -> String {
 /// The named shadows of `thing`.
 pub fn named_shadows(thing: &str) -> String {
     joined(&[SHADOW, thing, "/"])
+}
+
+pub fn connectivity(thing: &str) -> String {
+    joined(&[CONNECTIVITY, thing])
 }
 
 pub fn thing(name: &str) -> String {

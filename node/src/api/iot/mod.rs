@@ -5,6 +5,7 @@
 mod authorizers;
 mod certificates;
 mod groups;
+mod indexing;
 mod jobs;
 mod policies;
 mod provisioning;
@@ -21,6 +22,7 @@ use crate::admission::custom_auth::CustomAuth;
 use crate::config::AwsConfig;
 use crate::services::authorizers::Authorizers;
 use crate::services::certs::Certificates;
+use crate::services::index::FleetIndex;
 use crate::services::jobs::Jobs;
 use crate::services::policies::Policies;
 use crate::services::provisioning::Provisioning;
@@ -38,6 +40,7 @@ pub struct ControlPlane {
     pub rules: Rules,
     pub jobs: Jobs,
     pub provisioning: Provisioning,
+    pub index: FleetIndex,
     pub custom: Arc<CustomAuth>,
     pub config: AwsConfig,
 }
@@ -395,6 +398,37 @@ impl ControlPlane {
                 self.describe_default_authorizer().await,
             ),
             ("GET", ["endpoint"]) => ("DescribeEndpoint", self.describe_endpoint(request)),
+            ("GET", ["indexing", "config"]) => (
+                "GetIndexingConfiguration",
+                self.get_indexing_configuration().await,
+            ),
+            ("POST", ["indexing", "config"]) => (
+                "UpdateIndexingConfiguration",
+                self.update_indexing_configuration(request).await,
+            ),
+            ("GET", ["indices"]) => ("ListIndices", self.list_indices().await),
+            ("POST", ["indices", "search"]) => ("SearchIndex", self.search_index(request).await),
+            ("POST", ["indices", "statistics"]) => (
+                "GetStatistics",
+                self.aggregate_index(request, "statistics").await,
+            ),
+            ("POST", ["indices", "cardinality"]) => (
+                "GetCardinality",
+                self.aggregate_index(request, "cardinality").await,
+            ),
+            ("POST", ["indices", "percentiles"]) => (
+                "GetPercentiles",
+                self.aggregate_index(request, "percentiles").await,
+            ),
+            ("POST", ["indices", "buckets"]) => (
+                "GetBucketsAggregation",
+                self.aggregate_index(request, "buckets").await,
+            ),
+            ("GET", ["indices", name]) => ("DescribeIndex", self.describe_index(name).await),
+            ("POST", ["things", name, "connectivity-data"]) => (
+                "GetThingConnectivityData",
+                self.get_thing_connectivity_data(name).await,
+            ),
             ("GET", ["rules"]) => ("ListTopicRules", self.list_topic_rules(request).await),
             ("POST", ["rules", name]) => (
                 "CreateTopicRule",

@@ -63,7 +63,11 @@ impl From<Error> for Refusal {
             }
             Error::Unauthorized(_) => Self::new(403, "AccessDenied", message),
             Error::Unavailable(_) => Self::new(503, "ServiceUnavailable", message),
-            Error::SqlParse(_) | Error::Internal(_) => Self::new(500, "InternalFailure", message),
+            Error::SqlParse(_)
+            | Error::InvalidQuery(_)
+            | Error::IndexNotReady(_)
+            | Error::InvalidAggregation(_)
+            | Error::Internal(_) => Self::new(500, "InternalFailure", message),
         }
     }
 }
