@@ -336,7 +336,8 @@ async fn write_lag(
                 let thing = format!("{}{}", opts.prefix, n % opts.things);
                 n += writers;
                 let stamp = format!("w{seq}");
-                let body = json!({ "attributePayload": { "attributes": { "stamp": stamp }, "merge": true } });
+                // A thing without a type has at most three attributes: the stamp is one of them.
+                let body = json!({ "attributePayload": { "attributes": { "site": stamp }, "merge": true } });
                 let (status, answer) = api.call("PATCH", "iot", &format!("/things/{thing}"), &body).await?;
                 if status != 200 {
                     bail!("UpdateThing answered {status}: {answer}");
@@ -349,7 +350,7 @@ async fn write_lag(
                         let Ok(mut follower) = Api::connect(&opts).await else {
                             return;
                         };
-                        let query = format!("thingName:{thing} AND attributes.stamp:{stamp}");
+                        let query = format!("thingName:{thing} AND attributes.site:{stamp}");
                         let give_up = acknowledged + Duration::from_secs(30);
                         while Instant::now() < give_up {
                             if let Ok(found) = follower.search(&query, 1).await

@@ -29,6 +29,8 @@ pub struct ConnectivityRecorder {
     store: Store,
     index: FleetIndex,
     node: u64,
+    /// When this node started: its connection numbers start again at each start.
+    life: u64,
     pending: Mutex<HashMap<String, Connectivity>>,
     wake: tokio::sync::Notify,
     metrics: IndexMetrics,
@@ -46,6 +48,7 @@ impl PresenceObserver for ConnectivityRecorder {
             clean_session: Some(c.clean_start),
             session_expiry: Some(u64::from(c.session_expiry_seconds)),
             node: self.node,
+            life: self.life,
             connection: c.connection,
         });
     }
@@ -60,6 +63,7 @@ impl PresenceObserver for ConnectivityRecorder {
             clean_session: None,
             session_expiry: None,
             node: self.node,
+            life: self.life,
             connection,
         });
     }
@@ -77,7 +81,7 @@ fn replaces(ours: &Connectivity, stored: Option<&Connectivity>) -> bool {
     if ours.connected {
         !(stored.connected && stored.node != ours.node && stored.timestamp > ours.timestamp)
     } else if stored.connected {
-        stored.node == ours.node && stored.connection == ours.connection
+        stored.node == ours.node && stored.life == ours.life && stored.connection == ours.connection
     } else {
         stored.timestamp <= ours.timestamp
     }
@@ -92,6 +96,7 @@ impl ConnectivityRecorder {
             store,
             index,
             node,
+            life: crate::clock::epoch_millis(),
             pending: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             metrics,
@@ -126,7 +131,7 @@ impl ConnectivityRecorder {
         }
     }
 
-    /// The records naming this node as connected: its previous life's connections.
+    /// The records naming this node as connected in a previous life.
     async fn lost_at_restart(&self) {
         let mut lost = Vec::new();
         let mut after: Option<Vec<u8>> = None;
@@ -149,6 +154,7 @@ impl ConnectivityRecorder {
                 if let Ok(c) = serde_json::from_slice::<Connectivity>(&kv.value)
                     && c.connected
                     && c.node == self.node
+                    && c.life != self.life
                 {
                     lost.push(Connectivity {
                         connected: false,
@@ -268,6 +274,7 @@ mod tests {
 
     fn record(connected: bool, timestamp: u64, node: u64, connection: u64) -> Connectivity {
         Connectivity {
+            life: 1,
             connected,
             timestamp,
             disconnect_reason: None,
@@ -290,6 +297,12 @@ mod tests {
         // A disconnection ends its own connection, not a later one on the same node.
         assert!(replaces(&record(false, 20, 2, 7), Some(&on_2)));
         assert!(!replaces(&record(false, 20, 2, 6), Some(&on_2)));
+        // Nor the same number of connection in a previous life of the node.
+        let before_restart = Connectivity {
+            life: 0,
+            ..record(false, 20, 2, 7)
+        };
+        assert!(!replaces(&before_restart, Some(&on_2)));
         // A connection does not replace a later one on another node.
         assert!(!replaces(&record(true, 5, 1, 3), Some(&on_2)));
         assert!(replaces(&record(true, 5, 1, 3), None));

@@ -31,8 +31,11 @@ pub struct Connectivity {
     pub clean_session: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_expiry: Option<u64>,
-    /// The node that wrote it, and its number for the connection.
+    /// The node that wrote it, when that node started (epoch milliseconds), and its number
+    /// for the connection: together, the connection.
     pub node: u64,
+    #[serde(default)]
+    pub life: u64,
     #[serde(default)]
     pub connection: u64,
 }
