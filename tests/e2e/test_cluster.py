@@ -554,6 +554,8 @@ def test_every_node_searches_the_whole_fleet_and_where_its_devices_are_connected
     # of its connection, does not mark it disconnected.
     moved = _client(first, "idx-1")
     device.wait_disconnected()
+    # Taken over, it must not connect again and take the session back.
+    device.paho.loop_stop()
 
     def written(outcome: str) -> float:
         return third.metrics().value("halyard_index_connectivity_writes_total", outcome=outcome) or 0.0
