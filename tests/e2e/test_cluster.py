@@ -562,8 +562,10 @@ def test_every_node_searches_the_whole_fleet_and_where_its_devices_are_connected
 
     _wait_for("node 3 to have heard of the disconnection",
               lambda: written("written") + written("superseded") >= 2, timeout=20)
+    # Node 1's record of the connection may land after node 3's of the disconnection.
     for iot in clients:
-        assert names(iot, query) == ["idx-1"]
+        _wait_for("every node to find the device connected on node 1",
+                  lambda: names(iot, query) == ["idx-1"], timeout=20)
     assert clients[1].get_thing_connectivity_data(thingName="idx-1")["connected"] is True
     moved.disconnect()
     for iot in clients:
