@@ -51,6 +51,15 @@ pub(super) struct Follower {
     inner: Arc<Inner>,
 }
 
+impl From<Arc<Inner>> for Follower {
+    fn from(inner: Arc<Inner>) -> Self {
+        Self {
+            store: inner.store.clone(),
+            inner,
+        }
+    }
+}
+
 /// The groups a thing is a member of, as this node has applied them (at most 10 static ones,
 /// and its dynamic ones).
 pub(super) async fn groups_of(store: &Store, thing: &str) -> Vec<String> {
@@ -79,10 +88,6 @@ pub(super) async fn groups_of(store: &Store, thing: &str) -> Vec<String> {
 }
 
 impl Follower {
-    pub(super) fn new(store: Store, inner: Arc<Inner>) -> Self {
-        Self { store, inner }
-    }
-
     pub(super) async fn run(self) {
         let mut shutdown = self.inner.shutdown.clone();
         loop {

@@ -477,7 +477,7 @@ impl Service for FleetIndex {
     }
 
     fn start(self: Arc<Self>, tasks: &mut Supervisor) {
-        let follower = follow::Follower::new(self.inner.store.clone(), Arc::clone(&self.inner));
+        let follower = follow::Follower::from(Arc::clone(&self.inner));
         tasks.spawn_critical("index:follow", follower.run());
         let recorder = connectivity::ConnectivityRecorder::new(
             self.inner.store.clone(),

@@ -199,6 +199,16 @@ impl Parser {
         }
     }
 
+    /// The character a `\` at the cursor escapes, past both.
+    fn escaped(&mut self) -> Result<char, QueryError> {
+        self.at += 1;
+        let c = self
+            .peek()
+            .ok_or_else(|| self.error("'\\' escapes nothing"))?;
+        self.at += 1;
+        Ok(c)
+    }
+
     fn peek(&self) -> Option<char> {
         self.chars.get(self.at).copied()
     }
@@ -318,12 +328,8 @@ impl Parser {
         loop {
             match self.peek() {
                 Some('\\') => {
-                    self.at += 1;
-                    let Some(c) = self.peek() else {
-                        return Err(self.error("'\\' escapes nothing"));
-                    };
+                    let c = self.escaped()?;
                     field.push(c);
-                    self.at += 1;
                 }
                 Some(':' | '<' | '>') => break,
                 Some(c) if ends_word(c) || c == '"' => break,
@@ -473,12 +479,8 @@ impl Parser {
             match self.peek() {
                 None => return Err(self.error("a range is not closed")),
                 Some('\\') => {
-                    self.at += 1;
-                    let Some(c) = self.peek() else {
-                        return Err(self.error("'\\' escapes nothing"));
-                    };
+                    let c = self.escaped()?;
                     text.push(c);
-                    self.at += 1;
                 }
                 Some(c) if c.is_whitespace() || matches!(c, ']' | '}') => break,
                 Some(c) => {
@@ -531,12 +533,8 @@ impl Parser {
         loop {
             match self.peek() {
                 Some('\\') => {
-                    self.at += 1;
-                    let Some(c) = self.peek() else {
-                        return Err(self.error("'\\' escapes nothing"));
-                    };
+                    let c = self.escaped()?;
                     pieces.push(Piece::Char(c));
-                    self.at += 1;
                 }
                 Some('*') => {
                     wild = true;
